@@ -1,0 +1,105 @@
+# gdn: Gated DeltaNet kernels. `make help` lists the targets.
+#
+# The CUDA backend is built whenever nvcc is found (GDN_CUDA=0 leaves it out, GDN_CUDA=1
+# insists on it). Outputs go to build/.
+
+PREFIX ?= /usr/local
+BUILD ?= build
+CC ?= cc
+CXX ?= c++
+NVCC ?= $(shell command -v nvcc 2>/dev/null || { test -x /usr/local/cuda/bin/nvcc && echo /usr/local/cuda/bin/nvcc; })
+GDN_CUDA ?= $(if $(NVCC),1,0)
+CUDA_HOME ?= $(abspath $(dir $(NVCC))..)
+CUDA_ARCHS ?= -gencode=arch=compute_80,code=sm_80 -gencode=arch=compute_90a,code=sm_90a \
+              -gencode=arch=compute_80,code=compute_80
+
+WARN = -Wall -Wextra -Werror
+CFLAGS ?= -O3
+CFLAGS += -std=gnu11 -fPIC -fvisibility=hidden $(WARN) -Iinclude -pthread
+NVCCFLAGS ?= -O3
+NVCCFLAGS += -std=c++17 $(CUDA_ARCHS) -Werror all-warnings -Xcompiler -fPIC,-fvisibility=hidden,-Wall,-Wextra,-Werror -Iinclude
+
+LIB_SRC = $(wildcard src/core/*.c src/cpu/*.c)
+CUDA_SRC = $(wildcard src/cuda/*.cu)
+TOOL_SRC = $(wildcard tools/*.c)
+TEST_SRC = $(wildcard tests/*.c)
+
+ifeq ($(GDN_CUDA),1)
+LIB_SRC := $(filter-out src/core/cuda_absent.c,$(LIB_SRC))
+LIB_OBJ = $(LIB_SRC:%.c=$(BUILD)/obj/%.o) $(CUDA_SRC:%.cu=$(BUILD)/obj/%.o)
+CUDA_LIBS = -L$(CUDA_HOME)/lib64 -lcudart_static -ldl -lrt
+TOOL_CFLAGS = -DGDN_TOOLS_CUDA -I$(CUDA_HOME)/include
+LINK = $(CXX)
+else
+LIB_OBJ = $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
+CUDA_LIBS =
+TOOL_CFLAGS =
+LINK = $(CC)
+endif
+LIBS = $(CUDA_LIBS) -lpthread -lm
+TOOL_OBJ = $(TOOL_SRC:%.c=$(BUILD)/obj/%.o)
+KIT_OBJ = $(filter-out $(BUILD)/obj/tools/gdn.o,$(TOOL_OBJ))
+TEST_OBJ = $(TEST_SRC:%.c=$(BUILD)/obj/%.o)
+
+.PHONY: all lib run test test-gpu bench install clean format help
+all: lib $(BUILD)/gdn $(BUILD)/test_gdn
+
+help:
+	@echo "make            build libgdn (shared + static), the gdn command and the tests"
+	@echo "make run        the main job: gdn info, gdn check, gdn bench (cuda if a GPU is there, else cpu)"
+	@echo "make test       the C test suite (CPU backend; the CUDA backend too when a GPU is there)"
+	@echo "make test-gpu   tests/gpu/run.sh: full cuda check matrix + 4096-step run (on a GPU machine)"
+	@echo "make install    PREFIX=$(PREFIX): header, libraries, gdn, pkg-config file"
+	@echo "make format     clang-format the tree"
+	@echo "make clean      remove $(BUILD)/"
+	@echo "GDN_CUDA=0|1    leave out / require the CUDA backend (now: $(GDN_CUDA), nvcc: $(or $(NVCC),none))"
+
+lib: $(BUILD)/libgdn.so $(BUILD)/libgdn.a
+
+$(BUILD)/obj/%.o: %.c $(wildcard include/*.h src/*/*.h tools/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(if $(filter tools/% tests/%,$<),$(TOOL_CFLAGS) -Itools) -c $< -o $@
+
+$(BUILD)/obj/%.o: %.cu $(wildcard include/*.h src/*/*.h)
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCCFLAGS) -c $< -o $@
+
+$(BUILD)/libgdn.so: $(LIB_OBJ)
+	$(LINK) -shared -o $@ $^ -Wl,--exclude-libs,ALL -Wl,-soname,libgdn.so.0 $(LIBS)
+
+$(BUILD)/libgdn.a: $(LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/gdn: $(BUILD)/obj/tools/gdn.o $(KIT_OBJ) $(BUILD)/libgdn.a
+	$(LINK) -o $@ $^ $(LIBS)
+
+$(BUILD)/test_gdn: $(TEST_OBJ) $(KIT_OBJ) $(BUILD)/libgdn.a
+	$(LINK) -o $@ $^ $(LIBS)
+
+run: all
+	$(BUILD)/gdn info
+	$(BUILD)/gdn check
+	$(BUILD)/gdn bench
+
+test: all
+	$(BUILD)/test_gdn
+
+test-gpu: all
+	tests/gpu/run.sh
+
+install: lib $(BUILD)/gdn
+	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/bin
+	install -m 644 include/gdn.h $(DESTDIR)$(PREFIX)/include/
+	install -m 755 $(BUILD)/libgdn.so $(DESTDIR)$(PREFIX)/lib/libgdn.so.0
+	ln -sf libgdn.so.0 $(DESTDIR)$(PREFIX)/lib/libgdn.so
+	install -m 644 $(BUILD)/libgdn.a $(DESTDIR)$(PREFIX)/lib/
+	install -m 755 $(BUILD)/gdn $(DESTDIR)$(PREFIX)/bin/
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(shell sed -n 's/^#define GDN_VERSION_\(MAJOR\|MINOR\|PATCH\) //p' include/gdn.h | paste -sd.)|' \
+	    -e 's|@LIBS_PRIVATE@|$(LIBS)|' gdn.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/gdn.pc
+
+format:
+	clang-format -i $(shell git ls-files '*.c' '*.h' '*.cu')
+
+clean:
+	rm -rf $(BUILD)

@@ -1,0 +1,235 @@
+/*
+ * gdn.h - Gated DeltaNet (GDN) kernels for inference engines.
+ *
+ * This header is the whole public interface and its manual: read it top to bottom.
+ *
+ * The library computes the recurrent decode step of a Gated DeltaNet layer (Qwen3-Next,
+ * Qwen3.5) for a batch of sequences whose states live in a pool, on a CPU backend (always
+ * built) or a CUDA backend (built when nvcc was found). Every call takes its arguments in a
+ * struct whose first field is its own size, so that fields can be added without breaking
+ * programs built against an older header.
+ *
+ * Math of one token, one sequence, one value head hv (query/key head h):
+ *
+ *     g    = -exp(A_log[hv]) * softplus(a + dt_bias[hv])
+ *     beta = sigmoid(b)
+ *     if qk_l2norm:  q = q / sqrt(sum(q*q) + 1e-6);  k = k / sqrt(sum(k*k) + 1e-6)
+ *     q    = q * scale
+ *     S    = exp(g) * S                 S is V x K (layout "vk": row = value channel)
+ *     u    = beta * (v - S k)
+ *     S    = S + u k^T
+ *     o    = S q
+ *
+ * All arithmetic is float32 whatever the storage dtypes (float64 on the reference backend).
+ *
+ * Thread safety: every function may be called from any number of threads at once. The only
+ * mutable global state is the last-error message, which is kept per thread.
+ */
+#ifndef GDN_H
+#define GDN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(_WIN32)
+#define GDN_API __declspec(dllexport)
+#else
+#define GDN_API __attribute__((visibility("default")))
+#endif
+
+/* ---------------------------------------------------------------------------------------
+ * Version
+ * ------------------------------------------------------------------------------------- */
+
+#define GDN_VERSION_MAJOR 0
+#define GDN_VERSION_MINOR 1
+#define GDN_VERSION_PATCH 0
+#define GDN_VERSION_NUMBER (GDN_VERSION_MAJOR * 10000 + GDN_VERSION_MINOR * 100 + GDN_VERSION_PATCH)
+
+/* The version of the library actually loaded, as GDN_VERSION_NUMBER and as "0.1.0". */
+GDN_API unsigned gdn_version_number(void);
+GDN_API const char *gdn_version_string(void);
+
+/* ---------------------------------------------------------------------------------------
+ * Status codes
+ *
+ * Every call returns GDN_OK or one of these. On any error nothing was written: no byte of the
+ * state pool or of the outputs changed, and gdn_last_error() says what was wrong with this
+ * particular call (e.g. "slot_indices[17] = 4096 but num_slots = 4096").
+ * ------------------------------------------------------------------------------------- */
+
+typedef enum gdn_status {
+    GDN_OK = 0,
+    GDN_ERR_INVALID_ARGUMENT = 1,    /* null params, unknown struct_size, bad enum value, bad scale */
+    GDN_ERR_NULL_POINTER = 2,        /* a required tensor pointer is NULL */
+    GDN_ERR_INVALID_SHAPE = 3,       /* a size <= 0, HV not a multiple of H, too few slots */
+    GDN_ERR_INVALID_STRIDE = 4,      /* a token stride shorter than one token's row */
+    GDN_ERR_UNSUPPORTED_DTYPE = 5,   /* dtype not served by this tensor or backend */
+    GDN_ERR_UNSUPPORTED_LAYOUT = 6,  /* state layout not vk or kv */
+    GDN_ERR_UNSUPPORTED_HEAD_SIZE = 7, /* K or V outside what the backend serves */
+    GDN_ERR_SLOT_OUT_OF_RANGE = 8,   /* a slot index >= num_slots (host-visible indices) */
+    GDN_ERR_MISALIGNED = 9,          /* a pointer not aligned for its dtype or vector path */
+    GDN_ERR_BACKEND_UNAVAILABLE = 10, /* the backend asked for is not built or has no device */
+    GDN_ERR_WRONG_MEMORY = 11,       /* a pointer lives where the backend cannot read it */
+    GDN_ERR_OVERLAP = 12,            /* the output overlaps the state pool */
+    GDN_ERR_DEVICE = 13              /* the GPU runtime reported an error (launch failure) */
+} gdn_status;
+
+/* A constant sentence naming the status ("slot index out of range"). Never NULL. */
+GDN_API const char *gdn_status_string(gdn_status status);
+
+/* The message of the last failed call on this thread, or "" if none failed yet. The text stays
+ * valid until the next gdn call on this thread. */
+GDN_API const char *gdn_last_error(void);
+
+/* ---------------------------------------------------------------------------------------
+ * Enumerations
+ * ------------------------------------------------------------------------------------- */
+
+typedef enum gdn_dtype {
+    GDN_DTYPE_F32 = 0,
+    GDN_DTYPE_F16 = 1,
+    GDN_DTYPE_BF16 = 2,
+    GDN_DTYPE_F64 = 3, /* activations and state of the float64 reference backend only */
+    GDN_DTYPE_I32 = 4, /* slot indices */
+    GDN_DTYPE_I64 = 5  /* slot indices */
+} gdn_dtype;
+
+/* Size in bytes of one element, 0 for an unknown dtype. */
+GDN_API size_t gdn_dtype_size(gdn_dtype dtype);
+/* "f32", "f16", "bf16", "f64", "i32", "i64", or "?" */
+GDN_API const char *gdn_dtype_name(gdn_dtype dtype);
+
+typedef enum gdn_state_layout {
+    GDN_LAYOUT_VK = 0, /* pool [num_slots, HV, V, K]: FlashInfer "pretranspose", FLA state_v_first */
+    GDN_LAYOUT_KV = 1  /* pool [num_slots, HV, K, V]: FLA's default */
+} gdn_state_layout;
+
+typedef enum gdn_head_map {
+    GDN_HEAD_MAP_GROUPED = 0, /* h = hv / (HV / H): vLLM, SGLang, FLA, FlashInfer */
+    GDN_HEAD_MAP_TILED = 1    /* h = hv % H: llama.cpp's converted weights */
+} gdn_head_map;
+
+typedef enum gdn_backend {
+    GDN_BACKEND_AUTO = 0,      /* GDN_BACKEND env var if set, else cuda for device pointers, else cpu */
+    GDN_BACKEND_CPU = 1,       /* float32 on host threads; host pointers */
+    GDN_BACKEND_CUDA = 2,      /* CUDA kernels; device (or managed) pointers; asynchronous */
+    GDN_BACKEND_REFERENCE = 3  /* float64, single thread, host pointers: the oracle for tests */
+} gdn_backend;
+
+/* "auto", "cpu", "cuda", "reference", or "?" */
+GDN_API const char *gdn_backend_name(gdn_backend backend);
+/* Parses the names above; returns 0 and sets *backend, or -1 for an unknown name. */
+GDN_API int gdn_backend_from_name(const char *name, gdn_backend *backend);
+
+/* 1 if the backend is compiled into this library (cpu and reference always are). */
+GDN_API int gdn_backend_built(gdn_backend backend);
+
+/* Number of CUDA devices the library can use (0 without the CUDA backend, a driver or a GPU). */
+GDN_API int gdn_cuda_device_count(void);
+
+/* Name and compute capability of CUDA device `device`; returns GDN_OK or an error. */
+GDN_API gdn_status gdn_cuda_device_info(int device, char *name, size_t name_size, int *cc_major,
+                                        int *cc_minor);
+
+/* ---------------------------------------------------------------------------------------
+ * Decode: one token per sequence (SPEC operation 1)
+ *
+ * Tensors (element strides between tokens, innermost dimensions contiguous):
+ *   q, k     [N, H, K]   activation dtype; element (n, h, i) at n*q_stride + h*K + i
+ *   v        [N, HV, V]  activation dtype; element (n, hv, j) at n*v_stride + hv*V + j
+ *   a, b     [N, HV]     activation dtype; element (n, hv) at n*a_stride + hv
+ *   out      [N, HV, V]  activation dtype; element (n, hv, j) at n*out_stride + hv*V + j
+ *   A_log, dt_bias [HV]  float32
+ *   state_pool [num_slots, HV, V, K] (vk) or [num_slots, HV, K, V] (kv), state dtype, contiguous
+ *   slot_indices [N]     int32 or int64
+ * A stride of 0 means "packed" (the row width: H*K for q and k, HV*V for v and out, HV for a, b).
+ *
+ * Sequence n reads the state in slot r = slot_indices[n] and writes the new state to slot
+ * w = write_slot_indices[n] (or r when write_slot_indices is NULL). A negative r (or r == 0
+ * with null_slot_zero) makes row n a padding row: its outputs are written as zeros and no
+ * state is read or written. A negative w (or 0 with null_slot_zero) computes the outputs but
+ * saves no state. Slots written in one call must be distinct, and no sequence may write a
+ * slot another sequence of the same call reads: each row's result is independent of the
+ * order rows are processed in only under that condition (the library does not check it).
+ *
+ * Host pointers for cpu and reference, device (or managed) pointers for cuda. The cuda backend
+ * also needs the state pool 16-byte aligned (cudaMalloc gives 256). On the cuda backend slot
+ * indices stay in device memory, so indices >= num_slots cannot be refused before the launch:
+ * the kernel skips such rows (no output and no state written for them).
+ *
+ * The cuda backend enqueues one kernel on `stream` and returns: no allocation, no
+ * synchronisation, no host copy, so the call can be captured in a CUDA graph.
+ * ------------------------------------------------------------------------------------- */
+
+typedef struct gdn_decode_params {
+    size_t struct_size; /* sizeof(gdn_decode_params); set by gdn_decode_params_init */
+
+    /* shape */
+    int64_t num_seqs;     /* N: sequences in the batch (rows), >= 0; 0 is a no-op */
+    int64_t num_q_heads;  /* H: query/key heads */
+    int64_t num_v_heads;  /* HV: value heads, a multiple of H */
+    int64_t head_dim_k;   /* K */
+    int64_t head_dim_v;   /* V */
+
+    /* activations */
+    gdn_dtype act_dtype; /* f32, f16 or bf16 (f64 on the reference backend): q, k, v, a, b, out */
+    const void *q;
+    int64_t q_stride;
+    const void *k;
+    int64_t k_stride;
+    const void *v;
+    int64_t v_stride;
+    const void *a;
+    int64_t a_stride;
+    const void *b;
+    int64_t b_stride;
+    void *out;
+    int64_t out_stride;
+
+    /* per-head gate parameters, float32 [HV] */
+    const float *A_log;
+    const float *dt_bias;
+
+    /* options */
+    float scale;            /* q scale; 0 = 1/sqrt(K) */
+    int qk_l2norm;          /* 1 = l2-normalise q and k in the kernel (default), 0 = as given */
+    gdn_head_map head_map;  /* default GDN_HEAD_MAP_GROUPED */
+
+    /* state pool */
+    void *state_pool;
+    int64_t num_slots;
+    gdn_state_layout state_layout; /* default GDN_LAYOUT_VK */
+    gdn_dtype state_dtype;         /* f32 or bf16 (f64 on the reference backend) */
+
+    /* slots */
+    const void *slot_indices;        /* [N]: slot read (and written) by each sequence */
+    const void *write_slot_indices;  /* optional [N]: slot written, same dtype; NULL = read slot */
+    gdn_dtype index_dtype;           /* GDN_DTYPE_I64 (default) or GDN_DTYPE_I32 */
+    int null_slot_zero;              /* 1 = slot 0 is padding too (vLLM NULL_BLOCK_ID) */
+
+    /* execution */
+    gdn_backend backend; /* default GDN_BACKEND_AUTO */
+    void *stream;        /* cudaStream_t for cuda (NULL = legacy default stream) */
+    int num_threads;     /* cpu: worker threads; 0 = GDN_NUM_THREADS env var, else all cores */
+} gdn_decode_params;
+
+/* Fills *params with the defaults above (everything else zero/NULL) and sets struct_size. */
+GDN_API void gdn_decode_params_init(gdn_decode_params *params);
+
+/* Runs one decode step. Validates every argument before touching memory. */
+GDN_API gdn_status gdn_decode(const gdn_decode_params *params);
+
+/* The backend gdn_decode would run these params on (resolving AUTO), without running it.
+ * Returns GDN_OK and sets *backend, or the error gdn_decode would return for the choice. */
+GDN_API gdn_status gdn_decode_backend_for(const gdn_decode_params *params, gdn_backend *backend);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* GDN_H */

@@ -1,0 +1,99 @@
+/*
+ * The decode problem after validation: every default resolved, every stride in elements,
+ * every enum checked. Backends receive only this struct, so none of them re-validates, and
+ * the same struct is passed by value to CUDA kernels.
+ *
+ * The inline helpers below are the per-head math shared by the CPU backend and the CUDA
+ * kernels (GDN_HD marks them host+device under nvcc), so both compute the gate, the beta, the
+ * head mapping and the slot resolution with the same expressions.
+ */
+#ifndef GDN_COMMON_PROBLEM_H
+#define GDN_COMMON_PROBLEM_H
+
+#include <math.h>
+#include <stdint.h>
+
+#include "gdn.h"
+
+#ifdef __CUDACC__
+#define GDN_HD static __host__ __device__ __forceinline__
+#else
+#define GDN_HD static inline
+#endif
+
+typedef struct gdn_problem {
+    int64_t num_seqs, num_q_heads, num_v_heads, head_dim_k, head_dim_v;
+    gdn_dtype act_dtype;
+    const void *q, *k, *v, *a, *b;
+    void *out;
+    int64_t q_stride, k_stride, v_stride, a_stride, b_stride, out_stride;
+    const float *A_log, *dt_bias;
+    float scale;
+    int qk_l2norm;
+    gdn_head_map head_map;
+    void *state_pool;
+    int64_t num_slots;
+    gdn_state_layout state_layout;
+    gdn_dtype state_dtype;
+    const void *read_slots, *write_slots;
+    gdn_dtype index_dtype;
+    int null_slot_zero;
+    void *stream;
+    int num_threads;
+} gdn_problem;
+
+/* Epsilon added to the sum of squares before the square root of the l2 norm (SPEC 1). */
+#define GDN_L2NORM_EPS 1e-6f
+
+GDN_HD float gdn_softplus(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
+
+GDN_HD float gdn_sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+/* g = -exp(A_log) * softplus(a + dt_bias): the log of the per-step decay of the state. */
+GDN_HD float gdn_gate_log(float A_log, float a, float dt_bias)
+{
+    return -expf(A_log) * gdn_softplus(a + dt_bias);
+}
+
+/* The query/key head that value head hv reads. */
+GDN_HD int64_t gdn_qk_head(const gdn_problem *p, int64_t hv)
+{
+    return p->head_map == GDN_HEAD_MAP_TILED ? hv % p->num_q_heads
+                                             : hv / (p->num_v_heads / p->num_q_heads);
+}
+
+/* Raw index n of an index array of either index dtype. */
+GDN_HD int64_t gdn_index_at(const void *indices, gdn_dtype index_dtype, int64_t n)
+{
+    return index_dtype == GDN_DTYPE_I32 ? (int64_t)((const int32_t *)indices)[n]
+                                        : ((const int64_t *)indices)[n];
+}
+
+/* A slot that means "no state": negative, or 0 when slot 0 is the null block. */
+GDN_HD int gdn_slot_is_null(const gdn_problem *p, int64_t slot)
+{
+    return slot < 0 || (p->null_slot_zero && slot == 0);
+}
+
+/* Slot whose state row n reads, or -1 for a padding row. */
+GDN_HD int64_t gdn_read_slot(const gdn_problem *p, int64_t n)
+{
+    int64_t slot = gdn_index_at(p->read_slots, p->index_dtype, n);
+    return gdn_slot_is_null(p, slot) ? -1 : slot;
+}
+
+/* Slot row n writes its new state to, or -1 when the state is not saved. */
+GDN_HD int64_t gdn_write_slot(const gdn_problem *p, int64_t n)
+{
+    int64_t slot = p->write_slots ? gdn_index_at(p->write_slots, p->index_dtype, n)
+                                  : gdn_index_at(p->read_slots, p->index_dtype, n);
+    return gdn_slot_is_null(p, slot) ? -1 : slot;
+}
+
+/* Element offset of the state tile (slot, hv) in the pool; 64-bit throughout. */
+GDN_HD int64_t gdn_tile_offset(const gdn_problem *p, int64_t slot, int64_t hv)
+{
+    return (slot * p->num_v_heads + hv) * (p->head_dim_v * p->head_dim_k);
+}
+
+#endif

@@ -1,0 +1,49 @@
+/*
+ * The interface between the dispatcher (src/core) and the backends. The dispatcher is the
+ * only code that knows every backend; a backend sees only a validated gdn_problem.
+ */
+#ifndef GDN_CORE_BACKENDS_H
+#define GDN_CORE_BACKENDS_H
+
+#include "../common/problem.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Records a formatted message as this thread's last error and returns status. */
+gdn_status gdn_fail(gdn_status status, const char *format, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+
+/* cpu backend: float32, host threads (src/cpu/decode.c). */
+gdn_status gdn_cpu_decode(const gdn_problem *p);
+/* reference backend: float64, one thread (src/cpu/decode_reference.c). */
+gdn_status gdn_reference_decode(const gdn_problem *p);
+
+/* Largest K and V the host backends take: their per-head scratch lives on the stack. */
+#define GDN_HOST_MAX_HEAD_DIM 1024
+/* Largest K the CUDA kernels take: q and k of one head live in shared memory. */
+#define GDN_CUDA_MAX_HEAD_DIM 1024
+
+/* Where a pointer lives, as far as the CUDA runtime knows. */
+typedef enum gdn_memory_kind {
+    GDN_MEMORY_HOST = 0,    /* ordinary host memory (or no CUDA backend built) */
+    GDN_MEMORY_DEVICE = 1,  /* device memory: only kernels may touch it */
+    GDN_MEMORY_MANAGED = 2, /* managed or mapped pinned: both sides may touch it */
+    GDN_MEMORY_UNKNOWN = 3
+} gdn_memory_kind;
+
+/* cuda backend (src/cuda/); stubs in src/core/cuda_absent.c when nvcc was not found. */
+int gdn_cuda_built(void);
+int gdn_cuda_usable(void); /* built, a driver and at least one device of a built architecture */
+gdn_memory_kind gdn_cuda_memory_kind(const void *ptr, int *device);
+gdn_status gdn_cuda_decode(const gdn_problem *p);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,10 @@
+#ifndef GDN_CORE_CHOOSE_BACKEND_H
+#define GDN_CORE_CHOOSE_BACKEND_H
+
+#include "backends.h"
+
+/* Resolves AUTO (API argument, then GDN_BACKEND, then where state_pool lives) and checks that
+ * the backend is built and usable. */
+gdn_status gdn_choose_backend(gdn_backend requested, const void *state_pool, gdn_backend *chosen);
+
+#endif

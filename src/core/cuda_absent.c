@@ -1,0 +1,28 @@
+/* Built instead of src/cuda/ when nvcc was not found: the cuda backend reports itself absent. */
+#include "backends.h"
+
+int gdn_cuda_built(void) { return 0; }
+
+int gdn_cuda_usable(void) { return 0; }
+
+gdn_memory_kind gdn_cuda_memory_kind(const void *ptr, int *device)
+{
+    (void)ptr;
+    if (device)
+        *device = -1;
+    return GDN_MEMORY_HOST;
+}
+
+gdn_status gdn_cuda_decode(const gdn_problem *p)
+{
+    (void)p;
+    return gdn_fail(GDN_ERR_BACKEND_UNAVAILABLE, "the cuda backend is not built into this library");
+}
+
+int gdn_cuda_device_count(void) { return 0; }
+
+gdn_status gdn_cuda_device_info(int device, char *name, size_t name_size, int *cc_major, int *cc_minor)
+{
+    (void)device, (void)name, (void)name_size, (void)cc_major, (void)cc_minor;
+    return gdn_fail(GDN_ERR_BACKEND_UNAVAILABLE, "the cuda backend is not built into this library");
+}

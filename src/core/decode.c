@@ -1,0 +1,322 @@
+/*
+ * gdn_decode: validation of every argument, then dispatch to one backend.
+ *
+ * Validation reads the params and, for host backends, the slot indices; it never writes.
+ * A backend is entered only once the whole call is known to be valid, which is what makes
+ * "no byte of the pool or output is written on error" hold for every backend at once.
+ */
+#include <stdint.h>
+#include <string.h>
+
+#include "backends.h"
+#include "choose_backend.h"
+
+void gdn_decode_params_init(gdn_decode_params *params)
+{
+    if (!params)
+        return;
+    memset(params, 0, sizeof *params);
+    params->struct_size = sizeof *params;
+    params->act_dtype = GDN_DTYPE_BF16;
+    params->qk_l2norm = 1;
+    params->head_map = GDN_HEAD_MAP_GROUPED;
+    params->state_layout = GDN_LAYOUT_VK;
+    params->state_dtype = GDN_DTYPE_F32;
+    params->index_dtype = GDN_DTYPE_I64;
+    params->backend = GDN_BACKEND_AUTO;
+}
+
+/* a * b for non-negative a, b, or -1 when it would not fit in int64. */
+static int64_t checked_mul(int64_t a, int64_t b)
+{
+    if (a != 0 && b > INT64_MAX / a)
+        return -1;
+    return a * b;
+}
+
+static int is_host_backend(gdn_backend backend) { return backend != GDN_BACKEND_CUDA; }
+
+static gdn_status check_shape(const gdn_decode_params *p)
+{
+    if (p->num_seqs < 0)
+        return gdn_fail(GDN_ERR_INVALID_SHAPE, "num_seqs = %lld is negative", (long long)p->num_seqs);
+    const struct {
+        const char *name;
+        int64_t value;
+    } dims[] = {{"num_q_heads", p->num_q_heads},
+                {"num_v_heads", p->num_v_heads},
+                {"head_dim_k", p->head_dim_k},
+                {"head_dim_v", p->head_dim_v},
+                {"num_slots", p->num_slots}};
+    for (size_t i = 0; i < sizeof dims / sizeof dims[0]; i++)
+        if (dims[i].value <= 0)
+            return gdn_fail(GDN_ERR_INVALID_SHAPE, "%s = %lld must be positive", dims[i].name,
+                            (long long)dims[i].value);
+    if (p->num_v_heads % p->num_q_heads != 0)
+        return gdn_fail(GDN_ERR_INVALID_SHAPE,
+                        "num_v_heads = %lld is not a multiple of num_q_heads = %lld",
+                        (long long)p->num_v_heads, (long long)p->num_q_heads);
+    int64_t tile = checked_mul(p->head_dim_v, p->head_dim_k);
+    int64_t pool = checked_mul(checked_mul(p->num_slots, p->num_v_heads), tile);
+    if (tile < 0 || pool < 0 || checked_mul(pool, 8) < 0)
+        return gdn_fail(GDN_ERR_INVALID_SHAPE, "the state pool of %lld slots does not fit in 64 bits",
+                        (long long)p->num_slots);
+    return GDN_OK;
+}
+
+static gdn_status check_options(const gdn_decode_params *p)
+{
+    if ((unsigned)p->head_map > GDN_HEAD_MAP_TILED)
+        return gdn_fail(GDN_ERR_INVALID_ARGUMENT, "head_map = %d is not a gdn_head_map", (int)p->head_map);
+    if ((unsigned)p->state_layout > GDN_LAYOUT_KV)
+        return gdn_fail(GDN_ERR_UNSUPPORTED_LAYOUT, "state_layout = %d is neither vk (0) nor kv (1)",
+                        (int)p->state_layout);
+    if ((unsigned)p->backend > GDN_BACKEND_REFERENCE)
+        return gdn_fail(GDN_ERR_INVALID_ARGUMENT, "backend = %d is not a gdn_backend", (int)p->backend);
+    if (!(p->scale == p->scale) || p->scale > 3.4e38f || p->scale < -3.4e38f)
+        return gdn_fail(GDN_ERR_INVALID_ARGUMENT, "scale = %g is not finite", (double)p->scale);
+    if (p->num_threads < 0)
+        return gdn_fail(GDN_ERR_INVALID_ARGUMENT, "num_threads = %d is negative", p->num_threads);
+    return GDN_OK;
+}
+
+static gdn_status check_dtypes(const gdn_decode_params *p, gdn_backend backend)
+{
+    int reference = backend == GDN_BACKEND_REFERENCE;
+    gdn_dtype act = p->act_dtype, state = p->state_dtype;
+    if (!(act == GDN_DTYPE_F32 || act == GDN_DTYPE_F16 || act == GDN_DTYPE_BF16 ||
+          (reference && act == GDN_DTYPE_F64)))
+        return gdn_fail(GDN_ERR_UNSUPPORTED_DTYPE,
+                        "act_dtype = %s (%d) is not served by the %s backend (f32, f16 or bf16%s)",
+                        gdn_dtype_name(act), (int)act, gdn_backend_name(backend),
+                        reference ? " or f64" : "");
+    if (!(state == GDN_DTYPE_F32 || state == GDN_DTYPE_BF16 || (reference && state == GDN_DTYPE_F64)))
+        return gdn_fail(GDN_ERR_UNSUPPORTED_DTYPE,
+                        "state_dtype = %s (%d) is not served by the %s backend (f32 or bf16%s)",
+                        gdn_dtype_name(state), (int)state, gdn_backend_name(backend),
+                        reference ? " or f64" : "");
+    if (p->index_dtype != GDN_DTYPE_I32 && p->index_dtype != GDN_DTYPE_I64)
+        return gdn_fail(GDN_ERR_UNSUPPORTED_DTYPE, "index_dtype = %s (%d) is neither i32 nor i64",
+                        gdn_dtype_name(p->index_dtype), (int)p->index_dtype);
+    return GDN_OK;
+}
+
+static gdn_status check_head_size(const gdn_decode_params *p, gdn_backend backend)
+{
+    int64_t limit = is_host_backend(backend) ? GDN_HOST_MAX_HEAD_DIM : GDN_CUDA_MAX_HEAD_DIM;
+    if (p->head_dim_k > limit || p->head_dim_v > limit)
+        return gdn_fail(GDN_ERR_UNSUPPORTED_HEAD_SIZE,
+                        "head_dim_k = %lld, head_dim_v = %lld: the %s backend serves head sizes up "
+                        "to %lld",
+                        (long long)p->head_dim_k, (long long)p->head_dim_v, gdn_backend_name(backend),
+                        (long long)limit);
+    return GDN_OK;
+}
+
+/* One tensor argument: its name, pointer, element size and token-stride facts. */
+typedef struct tensor_arg {
+    const char *name;
+    const void *ptr;
+    size_t elem_size;
+    int64_t stride;    /* elements between rows as given (0 = packed) */
+    int64_t row_width; /* elements one row needs */
+    int has_stride;
+} tensor_arg;
+
+static int tensor_args(const gdn_decode_params *p, tensor_arg *t)
+{
+    size_t act = gdn_dtype_size(p->act_dtype), idx = gdn_dtype_size(p->index_dtype);
+    int64_t hk = p->num_q_heads * p->head_dim_k, hvv = p->num_v_heads * p->head_dim_v;
+    int n = 0;
+    t[n++] = (tensor_arg){"q", p->q, act, p->q_stride, hk, 1};
+    t[n++] = (tensor_arg){"k", p->k, act, p->k_stride, hk, 1};
+    t[n++] = (tensor_arg){"v", p->v, act, p->v_stride, hvv, 1};
+    t[n++] = (tensor_arg){"a", p->a, act, p->a_stride, p->num_v_heads, 1};
+    t[n++] = (tensor_arg){"b", p->b, act, p->b_stride, p->num_v_heads, 1};
+    t[n++] = (tensor_arg){"out", p->out, act, p->out_stride, hvv, 1};
+    t[n++] = (tensor_arg){"A_log", p->A_log, 4, 0, p->num_v_heads, 0};
+    t[n++] = (tensor_arg){"dt_bias", p->dt_bias, 4, 0, p->num_v_heads, 0};
+    t[n++] = (tensor_arg){"slot_indices", p->slot_indices, idx, 0, 1, 0};
+    t[n++] = (tensor_arg){"state_pool", p->state_pool, gdn_dtype_size(p->state_dtype), 0, 0, 0};
+    if (p->write_slot_indices)
+        t[n++] = (tensor_arg){"write_slot_indices", p->write_slot_indices, idx, 0, 1, 0};
+    return n;
+}
+
+static gdn_status check_tensors(const gdn_decode_params *p, gdn_backend backend)
+{
+    tensor_arg t[11];
+    int count = tensor_args(p, t);
+    int pool_device = -1;
+    gdn_memory_kind pool_kind = GDN_MEMORY_HOST;
+    if (gdn_cuda_usable())
+        pool_kind = gdn_cuda_memory_kind(p->state_pool, &pool_device);
+    for (int i = 0; i < count; i++) {
+        if (!t[i].ptr)
+            return gdn_fail(GDN_ERR_NULL_POINTER, "%s is NULL", t[i].name);
+        if ((uintptr_t)t[i].ptr % t[i].elem_size != 0)
+            return gdn_fail(GDN_ERR_MISALIGNED, "%s = %p is not aligned to its %zu-byte elements",
+                            t[i].name, t[i].ptr, t[i].elem_size);
+        if (t[i].has_stride && (t[i].stride < 0 || (t[i].stride > 0 && t[i].stride < t[i].row_width)))
+            return gdn_fail(GDN_ERR_INVALID_STRIDE,
+                            "%s_stride = %lld is shorter than one token's row of %lld elements",
+                            t[i].name, (long long)t[i].stride, (long long)t[i].row_width);
+        if (t[i].has_stride && checked_mul(p->num_seqs, t[i].stride ? t[i].stride : t[i].row_width) < 0)
+            return gdn_fail(GDN_ERR_INVALID_STRIDE, "%s_stride = %lld overflows 64-bit offsets",
+                            t[i].name, (long long)t[i].stride);
+        if (!gdn_cuda_usable())
+            continue;
+        int device = pool_device;
+        gdn_memory_kind kind = t[i].ptr == p->state_pool ? pool_kind
+                                                         : gdn_cuda_memory_kind(t[i].ptr, &device);
+        if (backend == GDN_BACKEND_CUDA && kind != GDN_MEMORY_DEVICE && kind != GDN_MEMORY_MANAGED)
+            return gdn_fail(GDN_ERR_WRONG_MEMORY,
+                            "%s = %p is host memory but the cuda backend needs device or managed "
+                            "memory",
+                            t[i].name, t[i].ptr);
+        if (backend == GDN_BACKEND_CUDA && kind == GDN_MEMORY_DEVICE && pool_kind == GDN_MEMORY_DEVICE &&
+            device != pool_device)
+            return gdn_fail(GDN_ERR_WRONG_MEMORY, "%s is on CUDA device %d but state_pool is on device %d",
+                            t[i].name, device, pool_device);
+        if (backend != GDN_BACKEND_CUDA && kind == GDN_MEMORY_DEVICE)
+            return gdn_fail(GDN_ERR_WRONG_MEMORY,
+                            "%s = %p is CUDA device memory but the %s backend needs host memory",
+                            t[i].name, t[i].ptr, gdn_backend_name(backend));
+    }
+    if (backend == GDN_BACKEND_CUDA && (uintptr_t)p->state_pool % 16 != 0)
+        return gdn_fail(GDN_ERR_MISALIGNED,
+                        "state_pool = %p is not 16-byte aligned, which the cuda backend's vector "
+                        "loads need",
+                        p->state_pool);
+    return GDN_OK;
+}
+
+static gdn_status check_overlap(const gdn_decode_params *p)
+{
+    size_t act = gdn_dtype_size(p->act_dtype);
+    int64_t out_stride = p->out_stride ? p->out_stride : p->num_v_heads * p->head_dim_v;
+    uintptr_t out_lo = (uintptr_t)p->out;
+    uintptr_t out_hi = out_lo + (uintptr_t)((p->num_seqs - 1) * out_stride +
+                                            p->num_v_heads * p->head_dim_v) * act;
+    uintptr_t pool_lo = (uintptr_t)p->state_pool;
+    uintptr_t pool_hi = pool_lo + (uintptr_t)(p->num_slots * p->num_v_heads * p->head_dim_v *
+                                              p->head_dim_k) *
+                                      gdn_dtype_size(p->state_dtype);
+    if (out_lo < pool_hi && pool_lo < out_hi)
+        return gdn_fail(GDN_ERR_OVERLAP, "out [%p, %p) overlaps state_pool [%p, %p)", (void *)out_lo,
+                        (void *)out_hi, (void *)pool_lo, (void *)pool_hi);
+    return GDN_OK;
+}
+
+/* Host backends can read the indices, so an index past the pool is refused before any write. */
+static gdn_status check_host_slots(const gdn_problem *pr)
+{
+    const void *arrays[2] = {pr->read_slots, pr->write_slots};
+    const char *names[2] = {"slot_indices", "write_slot_indices"};
+    for (int a = 0; a < 2; a++) {
+        if (!arrays[a])
+            continue;
+        for (int64_t n = 0; n < pr->num_seqs; n++) {
+            int64_t slot = gdn_index_at(arrays[a], pr->index_dtype, n);
+            if (slot >= pr->num_slots)
+                return gdn_fail(GDN_ERR_SLOT_OUT_OF_RANGE, "%s[%lld] = %lld but num_slots = %lld",
+                                names[a], (long long)n, (long long)slot, (long long)pr->num_slots);
+        }
+    }
+    return GDN_OK;
+}
+
+static gdn_problem make_problem(const gdn_decode_params *p)
+{
+    gdn_problem pr;
+    memset(&pr, 0, sizeof pr);
+    pr.num_seqs = p->num_seqs;
+    pr.num_q_heads = p->num_q_heads;
+    pr.num_v_heads = p->num_v_heads;
+    pr.head_dim_k = p->head_dim_k;
+    pr.head_dim_v = p->head_dim_v;
+    pr.act_dtype = p->act_dtype;
+    pr.q = p->q;
+    pr.k = p->k;
+    pr.v = p->v;
+    pr.a = p->a;
+    pr.b = p->b;
+    pr.out = p->out;
+    int64_t hk = p->num_q_heads * p->head_dim_k, hvv = p->num_v_heads * p->head_dim_v;
+    pr.q_stride = p->q_stride ? p->q_stride : hk;
+    pr.k_stride = p->k_stride ? p->k_stride : hk;
+    pr.v_stride = p->v_stride ? p->v_stride : hvv;
+    pr.a_stride = p->a_stride ? p->a_stride : p->num_v_heads;
+    pr.b_stride = p->b_stride ? p->b_stride : p->num_v_heads;
+    pr.out_stride = p->out_stride ? p->out_stride : hvv;
+    pr.A_log = p->A_log;
+    pr.dt_bias = p->dt_bias;
+    pr.scale = p->scale != 0.0f ? p->scale : 1.0f / sqrtf((float)p->head_dim_k);
+    pr.qk_l2norm = p->qk_l2norm != 0;
+    pr.head_map = p->head_map;
+    pr.state_pool = p->state_pool;
+    pr.num_slots = p->num_slots;
+    pr.state_layout = p->state_layout;
+    pr.state_dtype = p->state_dtype;
+    pr.read_slots = p->slot_indices;
+    pr.write_slots = p->write_slot_indices;
+    pr.index_dtype = p->index_dtype;
+    pr.null_slot_zero = p->null_slot_zero != 0;
+    pr.stream = p->stream;
+    pr.num_threads = p->num_threads;
+    return pr;
+}
+
+static gdn_status validate(const gdn_decode_params *p, gdn_backend *backend)
+{
+    if (!p)
+        return gdn_fail(GDN_ERR_INVALID_ARGUMENT, "params is NULL");
+    if (p->struct_size != sizeof(gdn_decode_params))
+        return gdn_fail(GDN_ERR_INVALID_ARGUMENT,
+                        "params->struct_size = %zu but this library's gdn_decode_params has %zu "
+                        "bytes (call gdn_decode_params_init)",
+                        p->struct_size, sizeof(gdn_decode_params));
+    gdn_status s;
+    if ((s = check_shape(p)) || (s = check_options(p)))
+        return s;
+    if (p->num_seqs > 0 && !p->state_pool)
+        return gdn_fail(GDN_ERR_NULL_POINTER, "state_pool is NULL");
+    if ((s = gdn_choose_backend(p->backend, p->state_pool, backend)))
+        return s;
+    if ((s = check_dtypes(p, *backend)) || (s = check_head_size(p, *backend)))
+        return s;
+    if (p->num_seqs == 0)
+        return GDN_OK;
+    if ((s = check_tensors(p, *backend)) || (s = check_overlap(p)))
+        return s;
+    return GDN_OK;
+}
+
+gdn_status gdn_decode_backend_for(const gdn_decode_params *params, gdn_backend *backend)
+{
+    gdn_backend chosen;
+    gdn_status s = validate(params, &chosen);
+    if (s == GDN_OK && backend)
+        *backend = chosen;
+    return s;
+}
+
+gdn_status gdn_decode(const gdn_decode_params *params)
+{
+    gdn_backend backend;
+    gdn_status s = validate(params, &backend);
+    if (s != GDN_OK || params->num_seqs == 0)
+        return s;
+    gdn_problem pr = make_problem(params);
+    switch (backend) {
+    case GDN_BACKEND_CUDA: return gdn_cuda_decode(&pr);
+    case GDN_BACKEND_REFERENCE:
+        if ((s = check_host_slots(&pr)))
+            return s;
+        return gdn_reference_decode(&pr);
+    default:
+        if ((s = check_host_slots(&pr)))
+            return s;
+        return gdn_cpu_decode(&pr);
+    }
+}

@@ -1,0 +1,406 @@
+/*
+ * cuda backend: decode, one token per sequence.
+ *
+ * Design. Decode is memory-bound: each (sequence, value head) tile of V x K state is read once
+ * and written once, and each state element costs 4 FLOPs (two dot products and one update),
+ * so the kernel's whole job is to stream the pool at copy bandwidth. Rows of a tile (value
+ * channels) are independent given q, k, g and beta, because
+ *     u_j = beta (v_j - e^g S_j.k)      o_j = e^g S_j.q + u_j (k.q)      S'_j = e^g S_j + u_j k
+ * all come from the old row S_j. So a block owns a (sequence, head, row range) and nothing is
+ * shared between blocks: the grid is (N*HV) x (V / rows per block), enough blocks to fill
+ * every SM even at N = 1.
+ *
+ * Fast path (layout vk, K = 128): 128 threads, 8 lanes per row, 16 rows per block. Lane l of a
+ * row loads 16-byte vectors at elements c*8*VEC + l*VEC, so each load instruction of the 8
+ * lanes covers one contiguous 128-byte span (coalesced) and the matching q/k reads from shared
+ * memory are conflict-free. The state loads are issued first, before q and k are fetched and
+ * l2-normalised (block reduction), so their latency overlaps that work. Row sums reduce over the
+ * 8 lanes with three shuffles each. Per thread: 64 B (f32) or 32 B (bf16) of state in flight.
+ *
+ * Generic paths (any K, V up to GDN_CUDA_MAX_HEAD_DIM; vk and kv): scalar, coalesced along the
+ * contiguous dimension, rows re-read for the update (an L1/L2 hit). Correct for every size the
+ * API accepts; not tuned.
+ *
+ * Slot indices stay in device memory: a row whose read or write slot is >= num_slots is
+ * skipped entirely (nothing written), so a bad index can never write outside the pool.
+ */
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <limits.h>
+
+#include "../core/backends.h"
+
+namespace {
+
+constexpr int kThreads = 128;
+constexpr int kWarps = kThreads / 32;
+
+template <typename T> __device__ __forceinline__ float to_float(T x);
+template <> __device__ __forceinline__ float to_float<float>(float x) { return x; }
+template <> __device__ __forceinline__ float to_float<__half>(__half x) { return __half2float(x); }
+template <> __device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 x)
+{
+    return __bfloat162float(x);
+}
+
+template <typename T> __device__ __forceinline__ T from_float(float x);
+template <> __device__ __forceinline__ float from_float<float>(float x) { return x; }
+template <> __device__ __forceinline__ __half from_float<__half>(float x) { return __float2half_rn(x); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x)
+{
+    return __float2bfloat16_rn(x);
+}
+
+template <typename T> __device__ __forceinline__ float load_elem(const void *base, int64_t i)
+{
+    return to_float<T>(static_cast<const T *>(base)[i]);
+}
+
+template <typename T> __device__ __forceinline__ void store_elem(void *base, int64_t i, float x)
+{
+    static_cast<T *>(base)[i] = from_float<T>(x);
+}
+
+/* Sum over the `width` consecutive lanes that share a row (width a power of two <= 32). */
+template <int width> __device__ __forceinline__ float row_sum(float x)
+{
+#pragma unroll
+    for (int offset = width / 2; offset > 0; offset /= 2)
+        x += __shfl_xor_sync(0xffffffffu, x, offset);
+    return x;
+}
+
+struct head_scalars {
+    float decay, beta, kq; /* exp(g), sigmoid(b), k.q after normalisation and scale */
+};
+
+/*
+ * Block-wide: loads q and k of row n's head into shared memory (l2-normalised if asked, q
+ * scaled) and computes the head's scalars. Every thread of the block must call it.
+ * `sums` is shared scratch of 3 * kWarps floats.
+ */
+template <typename Act>
+__device__ head_scalars load_head(const gdn_problem &p, int64_t n, int64_t hv, float *sq, float *sk,
+                                  float *sums)
+{
+    const int64_t K = p.head_dim_k, h = gdn_qk_head(&p, hv);
+    const int64_t q_at = n * p.q_stride + h * K, k_at = n * p.k_stride + h * K;
+    float qq = 0.0f, kk = 0.0f, qk = 0.0f;
+    for (int64_t i = threadIdx.x; i < K; i += blockDim.x) {
+        float qi = load_elem<Act>(p.q, q_at + i), ki = load_elem<Act>(p.k, k_at + i);
+        sq[i] = qi;
+        sk[i] = ki;
+        qq += qi * qi;
+        kk += ki * ki;
+        qk += qi * ki;
+    }
+    qq = row_sum<32>(qq);
+    kk = row_sum<32>(kk);
+    qk = row_sum<32>(qk);
+    const int warp = threadIdx.x / 32;
+    if (threadIdx.x % 32 == 0) {
+        sums[3 * warp] = qq;
+        sums[3 * warp + 1] = kk;
+        sums[3 * warp + 2] = qk;
+    }
+    __syncthreads();
+    qq = kk = qk = 0.0f;
+    for (int w = 0; w < kWarps; w++) {
+        qq += sums[3 * w];
+        kk += sums[3 * w + 1];
+        qk += sums[3 * w + 2];
+    }
+    const float inv_q = p.qk_l2norm ? 1.0f / sqrtf(qq + GDN_L2NORM_EPS) : 1.0f;
+    const float inv_k = p.qk_l2norm ? 1.0f / sqrtf(kk + GDN_L2NORM_EPS) : 1.0f;
+    const float q_factor = inv_q * p.scale;
+    for (int64_t i = threadIdx.x; i < K; i += blockDim.x) { /* each thread rescales its own i */
+        sq[i] *= q_factor;
+        sk[i] *= inv_k;
+    }
+    const float a = load_elem<Act>(p.a, n * p.a_stride + hv);
+    const float b = load_elem<Act>(p.b, n * p.b_stride + hv);
+    head_scalars s;
+    s.decay = expf(gdn_gate_log(p.A_log[hv], a, p.dt_bias[hv]));
+    s.beta = gdn_sigmoid(b);
+    s.kq = qk * q_factor * inv_k;
+    __syncthreads();
+    return s;
+}
+
+/* Resolves row n's slots; false when the block has nothing to compute (padding or bad slot). */
+template <typename Act>
+__device__ bool resolve_slots(const gdn_problem &p, int64_t n, int64_t hv, int64_t row0,
+                              int64_t rows, int64_t *read, int64_t *write)
+{
+    *read = gdn_read_slot(&p, n);
+    *write = gdn_write_slot(&p, n);
+    if (*read < 0) { /* padding row: zeros out, state untouched */
+        const int64_t out_at = n * p.out_stride + hv * p.head_dim_v;
+        for (int64_t j = row0 + threadIdx.x; j < row0 + rows && j < p.head_dim_v; j += blockDim.x)
+            store_elem<Act>(p.out, out_at + j, 0.0f);
+        return false;
+    }
+    return *read < p.num_slots && *write < p.num_slots;
+}
+
+/* ---- fast path: vk layout, K = 128 -------------------------------------------------------- */
+
+constexpr int kFastK = 128;
+constexpr int kLanesPerRow = 8;
+constexpr int kFastRows = kThreads / kLanesPerRow;
+
+template <typename St> struct state_vec;
+template <> struct state_vec<float> {
+    static constexpr int n = 4;
+    static __device__ __forceinline__ void unpack(uint4 raw, float *x)
+    {
+        x[0] = __uint_as_float(raw.x);
+        x[1] = __uint_as_float(raw.y);
+        x[2] = __uint_as_float(raw.z);
+        x[3] = __uint_as_float(raw.w);
+    }
+    static __device__ __forceinline__ uint4 pack(const float *x)
+    {
+        return make_uint4(__float_as_uint(x[0]), __float_as_uint(x[1]), __float_as_uint(x[2]),
+                          __float_as_uint(x[3]));
+    }
+};
+template <> struct state_vec<__nv_bfloat16> {
+    static constexpr int n = 8;
+    static __device__ __forceinline__ float2 pair(unsigned w)
+    {
+        __nv_bfloat162 h;
+        memcpy(&h, &w, sizeof w);
+        return __bfloat1622float2(h);
+    }
+    static __device__ __forceinline__ unsigned word(float lo, float hi)
+    {
+        __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+        unsigned w;
+        memcpy(&w, &h, sizeof w);
+        return w;
+    }
+    static __device__ __forceinline__ void unpack(uint4 raw, float *x)
+    {
+        float2 p0 = pair(raw.x), p1 = pair(raw.y), p2 = pair(raw.z), p3 = pair(raw.w);
+        x[0] = p0.x, x[1] = p0.y, x[2] = p1.x, x[3] = p1.y;
+        x[4] = p2.x, x[5] = p2.y, x[6] = p3.x, x[7] = p3.y;
+    }
+    static __device__ __forceinline__ uint4 pack(const float *x)
+    {
+        return make_uint4(word(x[0], x[1]), word(x[2], x[3]), word(x[4], x[5]), word(x[6], x[7]));
+    }
+};
+
+template <typename Act, typename St>
+__global__ void __launch_bounds__(kThreads) decode_vk_k128(const __grid_constant__ gdn_problem p)
+{
+    constexpr int VEC = state_vec<St>::n;
+    constexpr int CHUNKS = kFastK / (kLanesPerRow * VEC);
+    __shared__ __align__(16) float sq[kFastK];
+    __shared__ __align__(16) float sk[kFastK];
+    __shared__ float sums[3 * kWarps];
+
+    const int64_t HV = p.num_v_heads, V = p.head_dim_v;
+    const int64_t n = blockIdx.x / HV, hv = blockIdx.x % HV;
+    const int64_t row0 = (int64_t)blockIdx.y * kFastRows;
+    const int lane = threadIdx.x % kLanesPerRow;
+    const int64_t row = row0 + threadIdx.x / kLanesPerRow;
+    const bool has_row = row < V;
+    int64_t read, write;
+    if (!resolve_slots<Act>(p, n, hv, row0, kFastRows, &read, &write))
+        return;
+
+    /* Issue the state loads before anything else so they overlap the q/k work below. */
+    uint4 raw[CHUNKS];
+    const int64_t row_at = gdn_tile_offset(&p, read, hv) + row * kFastK + lane * VEC;
+    const St *src = static_cast<const St *>(p.state_pool) + row_at;
+    if (has_row) {
+#pragma unroll
+        for (int c = 0; c < CHUNKS; c++)
+            raw[c] = *reinterpret_cast<const uint4 *>(src + c * kLanesPerRow * VEC);
+    }
+    const float v_j = has_row ? load_elem<Act>(p.v, n * p.v_stride + hv * V + row) : 0.0f;
+    const head_scalars hs = load_head<Act>(p, n, hv, sq, sk, sums);
+    if (!has_row)
+        return;
+
+    float s[CHUNKS * VEC];
+    float dot_k = 0.0f, dot_q = 0.0f;
+#pragma unroll
+    for (int c = 0; c < CHUNKS; c++) {
+        state_vec<St>::unpack(raw[c], s + c * VEC);
+        const int at = c * kLanesPerRow * VEC + lane * VEC;
+#pragma unroll
+        for (int e = 0; e < VEC; e += 4) {
+            const float4 kv = *reinterpret_cast<const float4 *>(sk + at + e);
+            const float4 qv = *reinterpret_cast<const float4 *>(sq + at + e);
+            const float *x = s + c * VEC + e;
+            dot_k += x[0] * kv.x + x[1] * kv.y + x[2] * kv.z + x[3] * kv.w;
+            dot_q += x[0] * qv.x + x[1] * qv.y + x[2] * qv.z + x[3] * qv.w;
+        }
+    }
+    dot_k = row_sum<kLanesPerRow>(dot_k);
+    dot_q = row_sum<kLanesPerRow>(dot_q);
+    const float u = hs.beta * (v_j - hs.decay * dot_k);
+    if (lane == 0)
+        store_elem<Act>(p.out, n * p.out_stride + hv * V + row, hs.decay * dot_q + u * hs.kq);
+    if (write < 0)
+        return;
+
+    St *dst = static_cast<St *>(p.state_pool) + gdn_tile_offset(&p, write, hv) + row * kFastK +
+              lane * VEC;
+#pragma unroll
+    for (int c = 0; c < CHUNKS; c++) {
+        const int at = c * kLanesPerRow * VEC + lane * VEC;
+        float next[VEC];
+#pragma unroll
+        for (int e = 0; e < VEC; e++)
+            next[e] = hs.decay * s[c * VEC + e] + u * sk[at + e];
+        *reinterpret_cast<uint4 *>(dst + c * kLanesPerRow * VEC) = state_vec<St>::pack(next);
+    }
+}
+
+/* ---- generic paths ------------------------------------------------------------------------- */
+
+constexpr int kGenericVkRows = 16; /* rows per block: 4 per warp */
+constexpr int kGenericKvCols = 32; /* value columns per block: one per lane */
+
+/* vk, any K: a warp per row, lanes along K. */
+template <typename Act, typename St>
+__global__ void __launch_bounds__(kThreads) decode_vk_generic(const __grid_constant__ gdn_problem p)
+{
+    extern __shared__ float smem[];
+    const int64_t K = p.head_dim_k, V = p.head_dim_v, HV = p.num_v_heads;
+    float *sq = smem, *sk = smem + K, *sums = smem + 2 * K;
+    const int64_t n = blockIdx.x / HV, hv = blockIdx.x % HV;
+    const int64_t row0 = (int64_t)blockIdx.y * kGenericVkRows;
+    int64_t read, write;
+    if (!resolve_slots<Act>(p, n, hv, row0, kGenericVkRows, &read, &write))
+        return;
+    const head_scalars hs = load_head<Act>(p, n, hv, sq, sk, sums);
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const St *src = static_cast<const St *>(p.state_pool) + gdn_tile_offset(&p, read, hv);
+    St *dst = static_cast<St *>(p.state_pool) + (write < 0 ? 0 : gdn_tile_offset(&p, write, hv));
+    for (int64_t row = row0 + warp; row < row0 + kGenericVkRows && row < V; row += kWarps) {
+        float dot_k = 0.0f, dot_q = 0.0f;
+        for (int64_t i = lane; i < K; i += 32) {
+            const float x = load_elem<St>(src, row * K + i);
+            dot_k += x * sk[i];
+            dot_q += x * sq[i];
+        }
+        dot_k = row_sum<32>(dot_k);
+        dot_q = row_sum<32>(dot_q);
+        const float u = hs.beta * (load_elem<Act>(p.v, n * p.v_stride + hv * V + row) - hs.decay * dot_k);
+        if (lane == 0)
+            store_elem<Act>(p.out, n * p.out_stride + hv * V + row, hs.decay * dot_q + u * hs.kq);
+        if (write < 0)
+            continue;
+        /* All lanes finished reading this row before any writes it (the shuffles above). */
+        for (int64_t i = lane; i < K; i += 32)
+            store_elem<St>(dst, row * K + i, hs.decay * load_elem<St>(src, row * K + i) + u * sk[i]);
+    }
+}
+
+/* kv, any K and V: lanes along V (one column each), warps split K, reduced in shared memory. */
+template <typename Act, typename St>
+__global__ void __launch_bounds__(kThreads) decode_kv_generic(const __grid_constant__ gdn_problem p)
+{
+    extern __shared__ float smem[];
+    const int64_t K = p.head_dim_k, V = p.head_dim_v, HV = p.num_v_heads;
+    float *sq = smem, *sk = smem + K, *sums = smem + 2 * K;
+    float *partial = sums + 3 * kWarps; /* [kWarps][2][32] */
+    const int64_t n = blockIdx.x / HV, hv = blockIdx.x % HV;
+    const int64_t col0 = (int64_t)blockIdx.y * kGenericKvCols;
+    int64_t read, write;
+    if (!resolve_slots<Act>(p, n, hv, col0, kGenericKvCols, &read, &write))
+        return;
+    const head_scalars hs = load_head<Act>(p, n, hv, sq, sk, sums);
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int64_t col = col0 + lane;
+    const bool has_col = col < V;
+    const St *src = static_cast<const St *>(p.state_pool) + gdn_tile_offset(&p, read, hv);
+    St *dst = static_cast<St *>(p.state_pool) + (write < 0 ? 0 : gdn_tile_offset(&p, write, hv));
+    float dot_k = 0.0f, dot_q = 0.0f;
+    if (has_col) {
+        for (int64_t i = warp; i < K; i += kWarps) {
+            const float x = load_elem<St>(src, i * V + col);
+            dot_k += x * sk[i];
+            dot_q += x * sq[i];
+        }
+    }
+    partial[(warp * 2) * 32 + lane] = dot_k;
+    partial[(warp * 2 + 1) * 32 + lane] = dot_q;
+    __syncthreads(); /* every partial sum is in, and every read of the old state is done */
+    dot_k = dot_q = 0.0f;
+    for (int w = 0; w < kWarps; w++) {
+        dot_k += partial[(w * 2) * 32 + lane];
+        dot_q += partial[(w * 2 + 1) * 32 + lane];
+    }
+    if (!has_col)
+        return;
+    const float u = hs.beta * (load_elem<Act>(p.v, n * p.v_stride + hv * V + col) - hs.decay * dot_k);
+    if (warp == 0)
+        store_elem<Act>(p.out, n * p.out_stride + hv * V + col, hs.decay * dot_q + u * hs.kq);
+    if (write < 0)
+        return;
+    for (int64_t i = warp; i < K; i += kWarps)
+        store_elem<St>(dst, i * V + col, hs.decay * load_elem<St>(src, i * V + col) + u * sk[i]);
+}
+
+/* ---- launch -------------------------------------------------------------------------------- */
+
+template <typename Act, typename St> cudaError_t launch(const gdn_problem &p, cudaStream_t stream)
+{
+    const unsigned heads = (unsigned)(p.num_seqs * p.num_v_heads);
+    const int64_t V = p.head_dim_v, K = p.head_dim_k;
+    if (p.state_layout == GDN_LAYOUT_VK && K == kFastK) {
+        dim3 grid(heads, (unsigned)((V + kFastRows - 1) / kFastRows));
+        decode_vk_k128<Act, St><<<grid, kThreads, 0, stream>>>(p);
+    } else if (p.state_layout == GDN_LAYOUT_VK) {
+        dim3 grid(heads, (unsigned)((V + kGenericVkRows - 1) / kGenericVkRows));
+        size_t smem = (size_t)(2 * K + 3 * kWarps) * sizeof(float);
+        decode_vk_generic<Act, St><<<grid, kThreads, smem, stream>>>(p);
+    } else {
+        dim3 grid(heads, (unsigned)((V + kGenericKvCols - 1) / kGenericKvCols));
+        size_t smem = (size_t)(2 * K + 3 * kWarps + 2 * kWarps * 32) * sizeof(float);
+        decode_kv_generic<Act, St><<<grid, kThreads, smem, stream>>>(p);
+    }
+    return cudaGetLastError();
+}
+
+template <typename Act> cudaError_t launch_act(const gdn_problem &p, cudaStream_t stream)
+{
+    return p.state_dtype == GDN_DTYPE_BF16 ? launch<Act, __nv_bfloat16>(p, stream)
+                                           : launch<Act, float>(p, stream);
+}
+
+} // namespace
+
+extern "C" gdn_status gdn_cuda_decode(const gdn_problem *p)
+{
+    if (p->num_seqs * p->num_v_heads > INT_MAX)
+        return gdn_fail(GDN_ERR_INVALID_SHAPE,
+                        "num_seqs * num_v_heads = %lld exceeds the cuda backend's grid limit %d",
+                        (long long)(p->num_seqs * p->num_v_heads), INT_MAX);
+    /* Launch on the device that holds the pool, whatever device the calling thread has current. */
+    int pool_device = -1, current = -1;
+    gdn_cuda_memory_kind(p->state_pool, &pool_device);
+    cudaGetDevice(&current);
+    const bool switch_device = pool_device >= 0 && pool_device != current;
+    if (switch_device)
+        cudaSetDevice(pool_device);
+    cudaStream_t stream = static_cast<cudaStream_t>(p->stream);
+    cudaError_t err;
+    switch (p->act_dtype) {
+    case GDN_DTYPE_F16: err = launch_act<__half>(*p, stream); break;
+    case GDN_DTYPE_BF16: err = launch_act<__nv_bfloat16>(*p, stream); break;
+    default: err = launch_act<float>(*p, stream); break;
+    }
+    if (switch_device)
+        cudaSetDevice(current);
+    if (err != cudaSuccess)
+        return gdn_fail(GDN_ERR_DEVICE, "decode kernel launch failed: %s", cudaGetErrorString(err));
+    return GDN_OK;
+}

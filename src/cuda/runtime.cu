@@ -1,0 +1,84 @@
+/*
+ * cuda backend: what the dispatcher asks of the CUDA runtime outside the kernels: whether a
+ * usable device exists, where a pointer lives, and device names for `gdn info`.
+ *
+ * The runtime is linked statically (libcudart_static), so a machine without a driver loads
+ * the library fine and simply reports no device.
+ */
+#include <cuda_runtime.h>
+#include <pthread.h>
+#include <stdio.h>
+
+#include "../core/backends.h"
+
+static pthread_once_t probe_once = PTHREAD_ONCE_INIT;
+static int usable_devices; /* written once under probe_once, read-only afterwards */
+
+static void probe_devices(void)
+{
+    int count = 0;
+    if (cudaGetDeviceCount(&count) != cudaSuccess) {
+        cudaGetLastError(); /* clear the sticky "no driver" error for later callers */
+        return;
+    }
+    for (int d = 0; d < count; d++) {
+        cudaDeviceProp prop;
+        if (cudaGetDeviceProperties(&prop, d) == cudaSuccess && prop.major >= 8)
+            usable_devices++;
+    }
+}
+
+extern "C" int gdn_cuda_built(void) { return 1; }
+
+extern "C" int gdn_cuda_usable(void)
+{
+    pthread_once(&probe_once, probe_devices);
+    return usable_devices > 0;
+}
+
+extern "C" int gdn_cuda_device_count(void)
+{
+    int count = 0;
+    if (cudaGetDeviceCount(&count) != cudaSuccess) {
+        cudaGetLastError();
+        return 0;
+    }
+    return count;
+}
+
+extern "C" gdn_status gdn_cuda_device_info(int device, char *name, size_t name_size, int *cc_major,
+                                           int *cc_minor)
+{
+    cudaDeviceProp prop;
+    cudaError_t err = cudaGetDeviceProperties(&prop, device);
+    if (err != cudaSuccess)
+        return gdn_fail(GDN_ERR_DEVICE, "cudaGetDeviceProperties(%d): %s", device,
+                        cudaGetErrorString(err));
+    if (name && name_size)
+        snprintf(name, name_size, "%s", prop.name);
+    if (cc_major)
+        *cc_major = prop.major;
+    if (cc_minor)
+        *cc_minor = prop.minor;
+    return GDN_OK;
+}
+
+extern "C" gdn_memory_kind gdn_cuda_memory_kind(const void *ptr, int *device)
+{
+    if (device)
+        *device = -1;
+    cudaPointerAttributes attr;
+    if (cudaPointerGetAttributes(&attr, ptr) != cudaSuccess) {
+        cudaGetLastError();
+        return GDN_MEMORY_UNKNOWN;
+    }
+    if (device)
+        *device = attr.device;
+    switch (attr.type) {
+    case cudaMemoryTypeDevice: return GDN_MEMORY_DEVICE;
+    case cudaMemoryTypeManaged: return GDN_MEMORY_MANAGED;
+    /* Pinned host memory is mapped into the device address space under UVA. */
+    case cudaMemoryTypeHost: return attr.devicePointer == ptr ? GDN_MEMORY_MANAGED : GDN_MEMORY_HOST;
+    default: return GDN_MEMORY_HOST;
+    }
+}
