@@ -38,7 +38,7 @@ LINK = $(CC)
 endif
 LIBS = $(CUDA_LIBS) -lpthread -lm
 TOOL_OBJ = $(TOOL_SRC:%.c=$(BUILD)/obj/%.o)
-KIT_OBJ = $(filter-out $(BUILD)/obj/tools/gdn.o,$(TOOL_OBJ))
+KIT_OBJ = $(filter-out $(BUILD)/obj/tools/gdn.o $(BUILD)/obj/tools/cmd_%.o,$(TOOL_OBJ))
 TEST_OBJ = $(TEST_SRC:%.c=$(BUILD)/obj/%.o)
 
 .PHONY: all lib run test test-gpu bench install clean format help
@@ -71,7 +71,7 @@ $(BUILD)/libgdn.a: $(LIB_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
-$(BUILD)/gdn: $(BUILD)/obj/tools/gdn.o $(KIT_OBJ) $(BUILD)/libgdn.a
+$(BUILD)/gdn: $(TOOL_OBJ) $(BUILD)/libgdn.a
 	$(LINK) -o $@ $^ $(LIBS)
 
 $(BUILD)/test_gdn: $(TEST_OBJ) $(KIT_OBJ) $(BUILD)/libgdn.a

@@ -129,7 +129,8 @@ GDN_API int gdn_backend_from_name(const char *name, gdn_backend *backend);
 /* 1 if the backend is compiled into this library (cpu and reference always are). */
 GDN_API int gdn_backend_built(gdn_backend backend);
 
-/* Number of CUDA devices the library can use (0 without the CUDA backend, a driver or a GPU). */
+/* Number of CUDA devices the library can use: sm_80 or newer (0 without the CUDA backend, a
+ * driver or such a GPU). Devices are numbered as the CUDA runtime numbers them. */
 GDN_API int gdn_cuda_device_count(void);
 
 /* Name and compute capability of CUDA device `device`; returns GDN_OK or an error. */
@@ -225,7 +226,8 @@ GDN_API void gdn_decode_params_init(gdn_decode_params *params);
 GDN_API gdn_status gdn_decode(const gdn_decode_params *params);
 
 /* The backend gdn_decode would run these params on (resolving AUTO), without running it.
- * Returns GDN_OK and sets *backend, or the error gdn_decode would return for the choice. */
+ * Returns GDN_OK and sets *backend, or the error gdn_decode would return. It checks everything
+ * except the values of the slot indices (which gdn_decode checks on host backends). */
 GDN_API gdn_status gdn_decode_backend_for(const gdn_decode_params *params, gdn_backend *backend);
 
 #ifdef __cplusplus

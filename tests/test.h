@@ -1,5 +1,5 @@
 /*
- * A minimal test runner: each tests/*.c file defines a register_<file>_tests() that calls
+ * A minimal test runner: each tests/<name>.c file defines a register_<file>_tests() that calls
  * test_add() for its tests; tests/main.c runs them all and ends with "N passed, N failed".
  * CHECK records a failure (with file, line and the expression) and lets the test go on, so
  * one run reports every broken expectation.

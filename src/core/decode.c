@@ -5,6 +5,7 @@
  * A backend is entered only once the whole call is known to be valid, which is what makes
  * "no byte of the pool or output is written on error" hold for every backend at once.
  */
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -59,7 +60,7 @@ static gdn_status check_shape(const gdn_decode_params *p)
     int64_t tile = checked_mul(p->head_dim_v, p->head_dim_k);
     int64_t pool = checked_mul(checked_mul(p->num_slots, p->num_v_heads), tile);
     if (tile < 0 || pool < 0 || checked_mul(pool, 8) < 0)
-        return gdn_fail(GDN_ERR_INVALID_SHAPE, "the state pool of %lld slots does not fit in 64 bits",
+        return gdn_fail(GDN_ERR_INVALID_SHAPE, "num_slots = %lld: the state pool does not fit in 64-bit offsets",
                         (long long)p->num_slots);
     return GDN_OK;
 }
@@ -73,7 +74,7 @@ static gdn_status check_options(const gdn_decode_params *p)
                         (int)p->state_layout);
     if ((unsigned)p->backend > GDN_BACKEND_REFERENCE)
         return gdn_fail(GDN_ERR_INVALID_ARGUMENT, "backend = %d is not a gdn_backend", (int)p->backend);
-    if (!(p->scale == p->scale) || p->scale > 3.4e38f || p->scale < -3.4e38f)
+    if (!isfinite(p->scale))
         return gdn_fail(GDN_ERR_INVALID_ARGUMENT, "scale = %g is not finite", (double)p->scale);
     if (p->num_threads < 0)
         return gdn_fail(GDN_ERR_INVALID_ARGUMENT, "num_threads = %d is negative", p->num_threads);

@@ -36,14 +36,11 @@ extern "C" int gdn_cuda_usable(void)
     return usable_devices > 0;
 }
 
+/* Devices the backend can run on (sm_80 and newer); gdn_cuda_device_info numbers all devices. */
 extern "C" int gdn_cuda_device_count(void)
 {
-    int count = 0;
-    if (cudaGetDeviceCount(&count) != cudaSuccess) {
-        cudaGetLastError();
-        return 0;
-    }
-    return count;
+    pthread_once(&probe_once, probe_devices);
+    return usable_devices;
 }
 
 extern "C" gdn_status gdn_cuda_device_info(int device, char *name, size_t name_size, int *cc_major,

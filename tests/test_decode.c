@@ -1,0 +1,144 @@
+/*
+ * Randomized parity of the cpu backend (and cuda, when a GPU is present) against the float64
+ * reference: every activation dtype x state dtype x layout x index dtype, GQA mappings,
+ * padding, the null slot, separate write slots, strided activations, odd sizes, and a
+ * multi-step run. Fresh seeds every run; a failure prints the seed.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "decode_case.h"
+#include "rng.h"
+#include "test.h"
+
+static uint64_t seed;
+
+static void expect_pass(decode_case c, gdn_backend backend, int steps)
+{
+    decode_case_result r;
+    c.seed = seed++;
+    int ok = decode_case_run(&c, backend, steps, NULL, NULL, &r);
+    char what[256];
+    decode_case_describe(&c, what, sizeof what);
+    CHECK_MSG(ok, "%s on %s (seed %llu): %s", what, gdn_backend_name(backend), (unsigned long long)c.seed,
+              r.message);
+}
+
+static decode_case base(int64_t n, int64_t h, int64_t hv, int64_t k, int64_t v)
+{
+    decode_case c;
+    memset(&c, 0, sizeof c);
+    c.name = "test";
+    c.num_seqs = n, c.num_q_heads = h, c.num_v_heads = hv, c.head_dim_k = k, c.head_dim_v = v;
+    c.act_dtype = GDN_DTYPE_F32, c.state_dtype = GDN_DTYPE_F32, c.index_dtype = GDN_DTYPE_I64;
+    c.layout = GDN_LAYOUT_VK, c.head_map = GDN_HEAD_MAP_GROUPED, c.qk_l2norm = 1;
+    return c;
+}
+
+/* Every dtype/layout/index combination on a small GQA shape, with every option each way. */
+static void every_combination(gdn_backend backend)
+{
+    const gdn_dtype acts[] = {GDN_DTYPE_F32, GDN_DTYPE_F16, GDN_DTYPE_BF16};
+    const gdn_dtype states[] = {GDN_DTYPE_F32, GDN_DTYPE_BF16};
+    const gdn_dtype idx[] = {GDN_DTYPE_I64, GDN_DTYPE_I32};
+    for (int a = 0; a < 3; a++)
+        for (int s = 0; s < 2; s++)
+            for (int l = 0; l < 2; l++)
+                for (int i = 0; i < 2; i++)
+                    for (int opt = 0; opt < 2; opt++) {
+                        decode_case c = base(7, 2, 4, 128, 128);
+                        c.act_dtype = acts[a], c.state_dtype = states[s], c.index_dtype = idx[i];
+                        c.layout = l ? GDN_LAYOUT_KV : GDN_LAYOUT_VK;
+                        c.head_map = opt ? GDN_HEAD_MAP_TILED : GDN_HEAD_MAP_GROUPED;
+                        c.qk_l2norm = !opt || a == 0;
+                        c.padding = 1, c.null_slot_zero = opt, c.write_slots = !opt, c.strided = opt;
+                        expect_pass(c, backend, 1);
+                    }
+}
+
+static void odd_sizes(gdn_backend backend)
+{
+    const int64_t shapes[][5] = {{3, 1, 3, 128, 128}, {3, 1, 3, 32, 16}, {1, 2, 6, 64, 48},
+                                 {7, 3, 9, 100, 72},  {2, 2, 4, 128, 40}, {5, 1, 1, 1, 1},
+                                 {4, 1, 2, 7, 130}};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+        for (int l = 0; l < 2; l++)
+            for (int st = 0; st < 2; st++) {
+                decode_case c = base(shapes[s][0], shapes[s][1], shapes[s][2], shapes[s][3], shapes[s][4]);
+                c.layout = l ? GDN_LAYOUT_KV : GDN_LAYOUT_VK;
+                c.state_dtype = st ? GDN_DTYPE_BF16 : GDN_DTYPE_F32;
+                c.act_dtype = st ? GDN_DTYPE_BF16 : GDN_DTYPE_F32;
+                c.padding = s % 2, c.strided = l;
+                expect_pass(c, backend, 1);
+            }
+}
+
+static void model_shapes_batch(gdn_backend backend)
+{
+    const int64_t shapes[][2] = {{16, 32}, {16, 64}, {16, 48}, {4, 8}};
+    for (size_t s = 0; s < 4; s++) {
+        decode_case c = base(s == 3 ? 33 : 4, shapes[s][0], shapes[s][1], 128, 128);
+        c.act_dtype = GDN_DTYPE_BF16, c.padding = 1;
+        c.state_dtype = s % 2 ? GDN_DTYPE_BF16 : GDN_DTYPE_F32;
+        c.head_map = s == 2 ? GDN_HEAD_MAP_TILED : GDN_HEAD_MAP_GROUPED;
+        expect_pass(c, backend, 1);
+    }
+}
+
+/* Consecutive steps: errors must not grow (f32) or grow beyond the bf16 rounding drift. */
+static void multi_step(gdn_backend backend)
+{
+    for (int st = 0; st < 2; st++)
+        for (int l = 0; l < 2; l++) {
+            decode_case c = base(2, 1, 2, 128, 128);
+            c.state_dtype = st ? GDN_DTYPE_BF16 : GDN_DTYPE_F32;
+            c.act_dtype = GDN_DTYPE_BF16;
+            c.layout = l ? GDN_LAYOUT_KV : GDN_LAYOUT_VK;
+            c.write_slots = l; /* the state hops between two slots every step */
+            expect_pass(c, backend, 64);
+        }
+}
+
+static void cpu_every_combination(void) { every_combination(GDN_BACKEND_CPU); }
+static void cpu_odd_sizes(void) { odd_sizes(GDN_BACKEND_CPU); }
+static void cpu_model_shapes(void) { model_shapes_batch(GDN_BACKEND_CPU); }
+static void cpu_multi_step(void) { multi_step(GDN_BACKEND_CPU); }
+
+static int cuda_present(void)
+{
+    if (gdn_backend_built(GDN_BACKEND_CUDA) && gdn_cuda_device_count() > 0)
+        return 1;
+    test_note("no CUDA device here: the cuda backend is checked on the GPU machine (tests/gpu/run.sh)");
+    return 0;
+}
+
+static void cuda_all(void)
+{
+    if (!cuda_present())
+        return;
+    every_combination(GDN_BACKEND_CUDA);
+    odd_sizes(GDN_BACKEND_CUDA);
+    model_shapes_batch(GDN_BACKEND_CUDA);
+    multi_step(GDN_BACKEND_CUDA);
+}
+
+/* The cpu backend with several threads must give bit-identical results to one thread. */
+static void cpu_threads_agree(void)
+{
+    /* Large enough that the thread split engages (>= 2^18 state elements per thread). */
+    decode_case c = base(16, 4, 8, 128, 128);
+    c.act_dtype = GDN_DTYPE_BF16, c.padding = 1;
+    expect_pass(c, GDN_BACKEND_CPU, 2);
+}
+
+void register_decode_tests(void)
+{
+    seed = rng_fresh_seed();
+    printf("decode tests: first seed %llu\n", (unsigned long long)seed);
+    test_add("decode/cpu_every_combination", cpu_every_combination);
+    test_add("decode/cpu_odd_sizes", cpu_odd_sizes);
+    test_add("decode/cpu_model_shapes", cpu_model_shapes);
+    test_add("decode/cpu_multi_step", cpu_multi_step);
+    test_add("decode/cpu_threads", cpu_threads_agree);
+    test_add("decode/cuda_all", cuda_all);
+}

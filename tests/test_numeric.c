@@ -1,0 +1,54 @@
+/* The host dtype conversions against exhaustive or known values. */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "../src/common/numeric.h"
+#include "test.h"
+
+static void bf16_round_trip_is_exact(void)
+{
+    int64_t bad = 0;
+    for (uint32_t h = 0; h < 65536; h++) {
+        float x = gdn_bf16_to_f32((uint16_t)h);
+        if (!isnan(x) && gdn_f32_to_bf16(x) != h)
+            bad++;
+    }
+    CHECK_MSG(bad == 0, "%lld bf16 values do not survive a round trip", (long long)bad);
+}
+
+static void f16_round_trip_is_exact(void)
+{
+    int64_t bad = 0;
+    for (uint32_t h = 0; h < 65536; h++) {
+        float x = gdn_f16_to_f32((uint16_t)h);
+        if (!isnan(x) && gdn_f32_to_f16(x) != h)
+            bad++;
+    }
+    CHECK_MSG(bad == 0, "%lld f16 values do not survive a round trip", (long long)bad);
+}
+
+static void rounding_is_to_nearest_even(void)
+{
+    /* 1 + 2^-8 lies halfway between bf16 1.0 and 1 + 2^-7: ties go to the even mantissa (1.0). */
+    CHECK(gdn_f32_to_bf16(1.0f + 0x1p-8f) == 0x3f80);
+    CHECK(gdn_f32_to_bf16(1.0f + 0x1p-8f + 0x1p-20f) == 0x3f81);
+    CHECK(gdn_f32_to_bf16(1.0f + 3 * 0x1p-8f) == 0x3f82); /* tie, odd below: rounds up */
+    CHECK(gdn_f32_to_f16(1.0f + 0x1p-11f) == 0x3c00);
+    CHECK(gdn_f32_to_f16(1.0f + 3 * 0x1p-11f) == 0x3c02);
+    CHECK(gdn_f32_to_f16(65520.0f) == 0x7c00); /* overflows to inf */
+    CHECK(gdn_f32_to_f16(65504.0f) == 0x7bff);
+    CHECK(gdn_f32_to_f16(0x1p-24f) == 0x0001);  /* smallest subnormal */
+    CHECK(gdn_f32_to_f16(0x1p-25f) == 0x0000);  /* tie to even: zero */
+    CHECK(gdn_f32_to_f16(0x1.8p-24f) == 0x0002); /* tie, odd below: up */
+    CHECK(isnan(gdn_bf16_to_f32(gdn_f32_to_bf16(NAN))));
+    CHECK(isnan(gdn_f16_to_f32(gdn_f32_to_f16(NAN))));
+    CHECK(gdn_f16_to_f32(0x8000) == 0.0f && signbit(gdn_f16_to_f32(0x8000)));
+}
+
+void register_numeric_tests(void)
+{
+    test_add("numeric/bf16_round_trip", bf16_round_trip_is_exact);
+    test_add("numeric/f16_round_trip", f16_round_trip_is_exact);
+    test_add("numeric/round_to_nearest_even", rounding_is_to_nearest_even);
+}

@@ -1,0 +1,56 @@
+/*
+ * One randomized decode check: a backend against the float64 reference backend on the same
+ * (dtype-rounded) inputs. Used by `gdn check` and by the test suite.
+ *
+ * Every run draws fresh inputs with the statistics of trained models (SPEC 6), poisons the
+ * outputs, and afterwards checks that every output element was written, that padding rows
+ * are exactly zero, that no byte outside the written slots or between output rows changed,
+ * and that outputs and written states are within tolerance of the reference.
+ */
+#ifndef GDN_TOOLS_DECODE_CASE_H
+#define GDN_TOOLS_DECODE_CASE_H
+
+#include <stdint.h>
+
+#include "gdn.h"
+
+typedef struct decode_case {
+    const char *name;
+    int64_t num_seqs, num_q_heads, num_v_heads, head_dim_k, head_dim_v;
+    gdn_dtype act_dtype, state_dtype, index_dtype;
+    gdn_state_layout layout;
+    gdn_head_map head_map;
+    int qk_l2norm;
+    int padding;        /* every third row is a padding row (-1, or 0 with null_slot_zero) */
+    int null_slot_zero; /* slot 0 is the null slot */
+    int write_slots;    /* separate write slots (read one slot, write another) */
+    int strided;        /* q, k, v slices of one packed projection row; out rows padded */
+    uint64_t seed;
+} decode_case;
+
+typedef struct decode_case_result {
+    gdn_status status;   /* of the backend call; GDN_OK when the run could be made */
+    char message[256];   /* why the run failed, or the first failed expectation */
+    double out_rel;      /* ||out - ref|| / ||ref|| over non-padding rows */
+    double out_max_abs;  /* max |out - ref| */
+    double out_ref_max;  /* max |ref| */
+    double state_rel;    /* ||S - S_ref|| / ||S_ref|| over written tiles */
+    double rounded_rel;  /* same for the reference rounded to the state dtype after each step */
+    int64_t unwritten;   /* output elements left poisoned */
+    int64_t bad_padding; /* padding-row outputs not exactly zero */
+    int64_t stray;       /* bytes changed outside written tiles / between output rows */
+    int pass;
+} decode_case_result;
+
+/* Called after each step of a multi-step run (curves for `gdn check --steps`). */
+typedef void (*decode_step_fn)(int step, const decode_case_result *r, void *ctx);
+
+/* Runs `steps` consecutive decode steps of c on backend (cpu, cuda or reference) and checks
+ * each. Returns r->pass. */
+int decode_case_run(const decode_case *c, gdn_backend backend, int steps, decode_step_fn on_step,
+                    void *ctx, decode_case_result *r);
+
+/* "qwen3-next N=16 bf16/f32 vk i64 ..." for tables. */
+void decode_case_describe(const decode_case *c, char *buf, size_t size);
+
+#endif
