@@ -193,72 +193,135 @@ template <> struct state_vec<__nv_bfloat16> {
     }
 };
 
-template <typename Act, typename St>
+/*
+ * One block: 128 threads = 16 row groups of 8 lanes; each thread owns ROWS rows (row group g
+ * owns rows g, g + 16, ...), so a block covers 16 * ROWS rows of one (sequence, head) tile.
+ * ROWS trades parallelism at small N (ROWS = 1: most blocks) against per-block overhead and
+ * bytes in flight at large N (ROWS = 4: 4 * 64 B of f32 state per thread).
+ *
+ * Latency chain, which sets the time at small N: every load that does not depend on the slot
+ * (slot indices, q, k, v, a, b, A_log, dt_bias) is issued first, together; then the state
+ * loads, which need the slot; then one barrier for the q/k norms. q and k stay raw in shared
+ * memory and the norms are folded into the row sums and the update.
+ */
+template <typename Act, typename St, int ROWS>
 __global__ void __launch_bounds__(kThreads) decode_vk_k128(const __grid_constant__ gdn_problem p)
 {
     constexpr int VEC = state_vec<St>::n;
     constexpr int CHUNKS = kFastK / (kLanesPerRow * VEC);
+    constexpr int BLOCK_ROWS = kFastRows * ROWS;
     __shared__ __align__(16) float sq[kFastK];
     __shared__ __align__(16) float sk[kFastK];
     __shared__ float sums[3 * kWarps];
 
     const int64_t HV = p.num_v_heads, V = p.head_dim_v;
-    const int64_t n = blockIdx.x / HV, hv = blockIdx.x % HV;
-    const int64_t row0 = (int64_t)blockIdx.y * kFastRows;
+    const int64_t n = blockIdx.x / HV, hv = blockIdx.x % HV, h = gdn_qk_head(&p, hv);
+    const int64_t row0 = (int64_t)blockIdx.y * BLOCK_ROWS + threadIdx.x / kLanesPerRow;
     const int lane = threadIdx.x % kLanesPerRow;
-    const int64_t row = row0 + threadIdx.x / kLanesPerRow;
-    const bool has_row = row < V;
-    int64_t read, write;
-    if (!resolve_slots<Act>(p, n, hv, row0, kFastRows, &read, &write))
-        return;
 
-    /* Issue the state loads before anything else so they overlap the q/k work below. */
-    uint4 raw[CHUNKS];
-    const int64_t row_at = gdn_tile_offset(&p, read, hv) + row * kFastK + lane * VEC;
-    const St *src = static_cast<const St *>(p.state_pool) + row_at;
-    if (has_row) {
+    /* 1. Every load that does not depend on the slot. */
+    const int64_t read = gdn_read_slot(&p, n), write = gdn_write_slot(&p, n);
+    const float q_i = load_elem<Act>(p.q, n * p.q_stride + h * kFastK + threadIdx.x);
+    const float k_i = load_elem<Act>(p.k, n * p.k_stride + h * kFastK + threadIdx.x);
+    float v_row[ROWS];
 #pragma unroll
-        for (int c = 0; c < CHUNKS; c++)
-            raw[c] = *reinterpret_cast<const uint4 *>(src + c * kLanesPerRow * VEC);
+    for (int r = 0; r < ROWS; r++) {
+        const int64_t row = row0 + r * kFastRows;
+        v_row[r] = row < V ? load_elem<Act>(p.v, n * p.v_stride + hv * V + row) : 0.0f;
     }
-    const float v_j = has_row ? load_elem<Act>(p.v, n * p.v_stride + hv * V + row) : 0.0f;
-    const head_scalars hs = load_head<Act>(p, n, hv, sq, sk, sums);
-    if (!has_row)
+    const float a = load_elem<Act>(p.a, n * p.a_stride + hv);
+    const float b = load_elem<Act>(p.b, n * p.b_stride + hv);
+    const float A_log = p.A_log[hv], dt_bias = p.dt_bias[hv];
+
+    const int64_t out_at = n * p.out_stride + hv * V;
+    if (read < 0) { /* padding row: zeros out, state untouched */
+#pragma unroll
+        for (int r = 0; r < ROWS; r++) {
+            const int64_t row = row0 + r * kFastRows;
+            if (row < V && lane == 0)
+                store_elem<Act>(p.out, out_at + row, 0.0f);
+        }
+        return;
+    }
+    if (read >= p.num_slots || write >= p.num_slots)
         return;
 
-    float s[CHUNKS * VEC];
-    float dot_k = 0.0f, dot_q = 0.0f;
+    /* 2. The state rows. */
+    uint4 raw[ROWS][CHUNKS];
+    const St *src = static_cast<const St *>(p.state_pool) + gdn_tile_offset(&p, read, hv) + lane * VEC;
 #pragma unroll
-    for (int c = 0; c < CHUNKS; c++) {
-        state_vec<St>::unpack(raw[c], s + c * VEC);
-        const int at = c * kLanesPerRow * VEC + lane * VEC;
+    for (int r = 0; r < ROWS; r++) {
+        const int64_t row = row0 + r * kFastRows;
+        if (row < V) {
 #pragma unroll
-        for (int e = 0; e < VEC; e += 4) {
-            const float4 kv = *reinterpret_cast<const float4 *>(sk + at + e);
-            const float4 qv = *reinterpret_cast<const float4 *>(sq + at + e);
-            const float *x = s + c * VEC + e;
-            dot_k += x[0] * kv.x + x[1] * kv.y + x[2] * kv.z + x[3] * kv.w;
-            dot_q += x[0] * qv.x + x[1] * qv.y + x[2] * qv.z + x[3] * qv.w;
+            for (int c = 0; c < CHUNKS; c++)
+                raw[r][c] = *reinterpret_cast<const uint4 *>(src + row * kFastK + c * kLanesPerRow * VEC);
         }
     }
-    dot_k = row_sum<kLanesPerRow>(dot_k);
-    dot_q = row_sum<kLanesPerRow>(dot_q);
-    const float u = hs.beta * (v_j - hs.decay * dot_k);
-    if (lane == 0)
-        store_elem<Act>(p.out, n * p.out_stride + hv * V + row, hs.decay * dot_q + u * hs.kq);
-    if (write < 0)
-        return;
 
-    St *dst = static_cast<St *>(p.state_pool) + gdn_tile_offset(&p, write, hv) + row * kFastK +
-              lane * VEC;
+    /* 3. q/k norms: one block reduction while the state loads are in flight. */
+    sq[threadIdx.x] = q_i;
+    sk[threadIdx.x] = k_i;
+    float qq = row_sum<32>(q_i * q_i), kk = row_sum<32>(k_i * k_i), qk = row_sum<32>(q_i * k_i);
+    const int warp = threadIdx.x / 32;
+    if (threadIdx.x % 32 == 0) {
+        sums[3 * warp] = qq;
+        sums[3 * warp + 1] = kk;
+        sums[3 * warp + 2] = qk;
+    }
+    __syncthreads();
+    qq = kk = qk = 0.0f;
 #pragma unroll
-    for (int c = 0; c < CHUNKS; c++) {
-        const int at = c * kLanesPerRow * VEC + lane * VEC;
-        float next[VEC];
+    for (int w = 0; w < kWarps; w++) {
+        qq += sums[3 * w];
+        kk += sums[3 * w + 1];
+        qk += sums[3 * w + 2];
+    }
+    const float inv_k = p.qk_l2norm ? 1.0f / sqrtf(kk + GDN_L2NORM_EPS) : 1.0f;
+    const float q_factor = (p.qk_l2norm ? 1.0f / sqrtf(qq + GDN_L2NORM_EPS) : 1.0f) * p.scale;
+    const float kq = qk * q_factor * inv_k;
+    const float decay = expf(gdn_gate_log(A_log, a, dt_bias));
+    const float beta = gdn_sigmoid(b);
+    St *dst = static_cast<St *>(p.state_pool) + (write < 0 ? 0 : gdn_tile_offset(&p, write, hv)) + lane * VEC;
+
+    /* 4. Per row: the two sums, the delta, the output, the new row. */
 #pragma unroll
-        for (int e = 0; e < VEC; e++)
-            next[e] = hs.decay * s[c * VEC + e] + u * sk[at + e];
-        *reinterpret_cast<uint4 *>(dst + c * kLanesPerRow * VEC) = state_vec<St>::pack(next);
+    for (int r = 0; r < ROWS; r++) {
+        const int64_t row = row0 + r * kFastRows;
+        if (row >= V)
+            break;
+        float s[CHUNKS * VEC];
+        float dot_k = 0.0f, dot_q = 0.0f;
+#pragma unroll
+        for (int c = 0; c < CHUNKS; c++) {
+            state_vec<St>::unpack(raw[r][c], s + c * VEC);
+            const int at = c * kLanesPerRow * VEC + lane * VEC;
+#pragma unroll
+            for (int e = 0; e < VEC; e += 4) {
+                const float4 kv = *reinterpret_cast<const float4 *>(sk + at + e);
+                const float4 qv = *reinterpret_cast<const float4 *>(sq + at + e);
+                const float *x = s + c * VEC + e;
+                dot_k += x[0] * kv.x + x[1] * kv.y + x[2] * kv.z + x[3] * kv.w;
+                dot_q += x[0] * qv.x + x[1] * qv.y + x[2] * qv.z + x[3] * qv.w;
+            }
+        }
+        dot_k = row_sum<kLanesPerRow>(dot_k) * inv_k;
+        dot_q = row_sum<kLanesPerRow>(dot_q) * q_factor;
+        const float u = beta * (v_row[r] - decay * dot_k);
+        if (lane == 0)
+            store_elem<Act>(p.out, out_at + row, decay * dot_q + u * kq);
+        if (write < 0)
+            continue;
+        const float u_k = u * inv_k; /* S' = decay S + u k_hat, k_hat = inv_k k */
+#pragma unroll
+        for (int c = 0; c < CHUNKS; c++) {
+            const int at = c * kLanesPerRow * VEC + lane * VEC;
+            float next[VEC];
+#pragma unroll
+            for (int e = 0; e < VEC; e++)
+                next[e] = decay * s[c * VEC + e] + u_k * sk[at + e];
+            *reinterpret_cast<uint4 *>(dst + row * kFastK + c * kLanesPerRow * VEC) = state_vec<St>::pack(next);
+        }
     }
 }
 
@@ -351,13 +414,47 @@ __global__ void __launch_bounds__(kThreads) decode_kv_generic(const __grid_const
 
 /* ---- launch -------------------------------------------------------------------------------- */
 
+/* Multiprocessors of the current device, read once per device. */
+int sm_count(void)
+{
+    static int cached[64];
+    int device = 0;
+    cudaGetDevice(&device);
+    if (device < 0 || device >= 64)
+        return 132;
+    if (cached[device] == 0) { /* benign race: every thread stores the same value */
+        int count = 0;
+        cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device);
+        cached[device] = count > 0 ? count : 132;
+    }
+    return cached[device];
+}
+
+#ifndef GDN_FAST_MAX_ROWS
+#define GDN_FAST_MAX_ROWS 4
+#endif
+
+template <typename Act, typename St, int ROWS>
+void launch_fast(const gdn_problem &p, unsigned heads, cudaStream_t stream)
+{
+    const int64_t block_rows = (int64_t)kFastRows * ROWS;
+    dim3 grid(heads, (unsigned)((p.head_dim_v + block_rows - 1) / block_rows));
+    decode_vk_k128<Act, St, ROWS><<<grid, kThreads, 0, stream>>>(p);
+}
+
 template <typename Act, typename St> cudaError_t launch(const gdn_problem &p, cudaStream_t stream)
 {
     const unsigned heads = (unsigned)(p.num_seqs * p.num_v_heads);
     const int64_t V = p.head_dim_v, K = p.head_dim_k;
     if (p.state_layout == GDN_LAYOUT_VK && K == kFastK) {
-        dim3 grid(heads, (unsigned)((V + kFastRows - 1) / kFastRows));
-        decode_vk_k128<Act, St><<<grid, kThreads, 0, stream>>>(p);
+        /* The most rows per thread that still leaves 8 blocks per multiprocessor. */
+        const int64_t rows = (int64_t)heads * V, enough = 8LL * sm_count() * kFastRows;
+        if (GDN_FAST_MAX_ROWS >= 4 && rows >= 4 * enough)
+            launch_fast<Act, St, 4>(p, heads, stream);
+        else if (GDN_FAST_MAX_ROWS >= 2 && rows >= 2 * enough)
+            launch_fast<Act, St, 2>(p, heads, stream);
+        else
+            launch_fast<Act, St, 1>(p, heads, stream);
     } else if (p.state_layout == GDN_LAYOUT_VK) {
         dim3 grid(heads, (unsigned)((V + kGenericVkRows - 1) / kGenericVkRows));
         size_t smem = (size_t)(2 * K + 3 * kWarps) * sizeof(float);
