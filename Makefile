@@ -17,7 +17,7 @@ WARN = -Wall -Wextra -Werror
 CFLAGS ?= -O3
 CFLAGS += -std=gnu11 -fPIC -fvisibility=hidden $(WARN) -Iinclude -pthread
 NVCCFLAGS ?= -O3
-NVCCFLAGS += -std=c++17 $(CUDA_ARCHS) -Werror all-warnings -Xcompiler -fPIC,-fvisibility=hidden,-Wall,-Wextra,-Werror -Iinclude
+NVCCFLAGS += $(NVCC_EXTRA) -std=c++17 $(CUDA_ARCHS) -Werror all-warnings -Xcompiler -fPIC,-fvisibility=hidden,-Wall,-Wextra,-Werror -Iinclude
 
 LIB_SRC = $(wildcard src/core/*.c src/cpu/*.c)
 CUDA_SRC = $(wildcard src/cuda/*.cu)
@@ -53,6 +53,7 @@ help:
 	@echo "make format     clang-format the tree"
 	@echo "make clean      remove $(BUILD)/"
 	@echo "GDN_CUDA=0|1    leave out / require the CUDA backend (now: $(GDN_CUDA), nvcc: $(or $(NVCC),none))"
+	@echo "NVCC_EXTRA=...  extra nvcc flags, e.g. -DGDN_FAST_MAX_ROWS=1 (see bench/variants.sh)"
 
 lib: $(BUILD)/libgdn.so $(BUILD)/libgdn.a
 
@@ -79,11 +80,11 @@ $(BUILD)/test_gdn: $(TEST_OBJ) $(KIT_OBJ) $(BUILD)/libgdn.a
 
 run: all
 	$(BUILD)/gdn info
-	$(BUILD)/gdn check
+	vectors=$$(tests/vectors/ensure.sh) && GDN_VECTORS=$$vectors $(BUILD)/gdn check
 	$(BUILD)/gdn bench
 
 test: all
-	$(BUILD)/test_gdn
+	vectors=$$(tests/vectors/ensure.sh) && GDN_VECTORS=$$vectors $(BUILD)/test_gdn
 
 test-gpu: all
 	tests/gpu/run.sh

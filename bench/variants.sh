@@ -12,7 +12,7 @@ while [ $# -gt 0 ] && [ "$1" != "--" ]; do variants+=("$1"); shift; done
 mkdir -p "$out"
 for v in "${variants[@]}"; do
     name=${v%%:*} defines=${v#*:}
-    make -j"$(nproc)" BUILD="build/variant-$name" NVCCFLAGS="-O3 $defines" "build/variant-$name/gdn" \
+    make -j"$(nproc)" BUILD="build/variant-$name" NVCC_EXTRA="$defines" "build/variant-$name/gdn" \
         >"$out/build-$name.log" 2>&1 || { echo "variant $name failed to build"; tail "$out/build-$name.log"; continue; }
     for state in f32 bf16; do
         "build/variant-$name/gdn" bench --backend cuda --state "$state" --csv "$@" | tail -n +2 |

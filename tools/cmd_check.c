@@ -129,12 +129,21 @@ static int run_matrix(const check_opts *o, int *cases)
                         print_row(o, &c, &r);
                     }
         }
-    /* A realistic batch on each layout: many rows, padding and permuted slots. */
-    for (int lay = 0; lay < 2 && !o->only_shape; lay++, i++) {
+    /* Realistic batches: many rows, padding and permuted slots. On the cuda backend these reach
+     * the launch configurations that only large batches get (more rows per thread). */
+    const struct {
+        const char *name;
+        int64_t n, h, hv;
+    } batches[] = {{"batch64-contest", 64, 4, 8}, {"batch24-qwen3-next", 24, 16, 32}, {"batch40-qwen3.5-397b", 40, 16, 64}};
+    for (int j = 0; j < 12 && !o->only_shape; j++, i++) {
+        int bt = j / 4, st = j % 2, lay = (j / 2) % 2;
+        if (o->quick && lay)
+            continue;
         decode_case c = {0};
-        c.name = "batch64";
-        c.num_seqs = 64, c.num_q_heads = 4, c.num_v_heads = 8, c.head_dim_k = 128, c.head_dim_v = 128;
-        c.act_dtype = GDN_DTYPE_BF16, c.state_dtype = lay ? GDN_DTYPE_BF16 : GDN_DTYPE_F32;
+        c.name = batches[bt].name;
+        c.num_seqs = batches[bt].n, c.num_q_heads = batches[bt].h, c.num_v_heads = batches[bt].hv;
+        c.head_dim_k = 128, c.head_dim_v = 128;
+        c.act_dtype = GDN_DTYPE_BF16, c.state_dtype = st ? GDN_DTYPE_BF16 : GDN_DTYPE_F32;
         c.layout = lay ? GDN_LAYOUT_KV : GDN_LAYOUT_VK;
         set_options(&c, i);
         c.seed = o->seed + i;
