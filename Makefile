@@ -27,7 +27,7 @@ TEST_SRC = $(wildcard tests/*.c)
 ifeq ($(GDN_CUDA),1)
 LIB_SRC := $(filter-out src/core/cuda_absent.c,$(LIB_SRC))
 LIB_OBJ = $(LIB_SRC:%.c=$(BUILD)/obj/%.o) $(CUDA_SRC:%.cu=$(BUILD)/obj/%.o)
-CUDA_LIBS = -L$(CUDA_HOME)/lib64 -lcudart_static -ldl -lrt
+CUDA_LIBS = -L$(CUDA_HOME)/lib64 -lcudart_static -ldl -lrt -lstdc++
 TOOL_CFLAGS = -DGDN_TOOLS_CUDA -I$(CUDA_HOME)/include
 LINK = $(CXX)
 else

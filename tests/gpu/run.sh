@@ -9,7 +9,7 @@
 # non-zero when any test or check failed. Everything printed also lands in OUTDIR.
 set -u -o pipefail
 cd "$(dirname "$0")/../.."
-out=${1:-bench/results/gpu-$(date -u +%Y%m%d)}
+out=${1:-bench/results/gpu-$(date -u +%Y%m%d)-${GDN_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null)}}
 mkdir -p "$out"
 commit=${GDN_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
 device=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -1)
@@ -39,6 +39,6 @@ for shape in qwen3-next qwen3.5-397b qwen3.5-27b contest; do
     done
 done
 sed -i '2i shape,H,HV,K,V,state_dtype,N,impl,median_us,gbps,pct_of_copy' "$out/bench.csv"
-column -s, -t <"$out/bench.csv" | tail -n +2
+grep -v "^#" "$out/bench.csv" | tr , "\t"
 echo "results in $out (status $status)"
 exit $status
