@@ -27,7 +27,6 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
-#include <limits.h>
 
 #include "../core/backends.h"
 
@@ -71,6 +70,31 @@ template <int width> __device__ __forceinline__ float row_sum(float x)
     return x;
 }
 
+/*
+ * The (sequence, value head) of this block: grid y = value head, grid z = sequence, so no
+ * 64-bit division sits in front of the first load (a division is a ~100-instruction call, and
+ * at small N every instruction before the first load is latency). The query/key head uses
+ * 32-bit arithmetic: HV and N per launch are < 2^16.
+ */
+struct block_coords {
+    int64_t n, hv, h;
+};
+
+__device__ __forceinline__ block_coords block_coords_of(const gdn_problem &p)
+{
+    block_coords c;
+    const unsigned hv = blockIdx.y, H = (unsigned)p.num_q_heads, HV = (unsigned)p.num_v_heads;
+    c.n = blockIdx.z;
+    c.hv = hv;
+    c.h = p.head_map == GDN_HEAD_MAP_TILED ? hv % H : hv / (HV / H);
+    return c;
+}
+
+/* 1/sqrt(x) and sigmoid without the IEEE division and square-root subroutines (calls that sit
+ * on the latency chain at small N); both are within 2 ulp. */
+__device__ __forceinline__ float inv_sqrt(float x) { return rsqrtf(x); }
+__device__ __forceinline__ float sigmoid_fast(float x) { return __fdividef(1.0f, 1.0f + expf(-x)); }
+
 struct head_scalars {
     float decay, beta, kq; /* exp(g), sigmoid(b), k.q after normalisation and scale */
 };
@@ -81,10 +105,10 @@ struct head_scalars {
  * `sums` is shared scratch of 3 * kWarps floats.
  */
 template <typename Act>
-__device__ head_scalars load_head(const gdn_problem &p, int64_t n, int64_t hv, float *sq, float *sk,
+__device__ head_scalars load_head(const gdn_problem &p, int64_t n, int64_t hv, int64_t h, float *sq, float *sk,
                                   float *sums)
 {
-    const int64_t K = p.head_dim_k, h = gdn_qk_head(&p, hv);
+    const int64_t K = p.head_dim_k;
     const int64_t q_at = n * p.q_stride + h * K, k_at = n * p.k_stride + h * K;
     float qq = 0.0f, kk = 0.0f, qk = 0.0f;
     for (int64_t i = threadIdx.x; i < K; i += blockDim.x) {
@@ -111,8 +135,8 @@ __device__ head_scalars load_head(const gdn_problem &p, int64_t n, int64_t hv, f
         kk += sums[3 * w + 1];
         qk += sums[3 * w + 2];
     }
-    const float inv_q = p.qk_l2norm ? 1.0f / sqrtf(qq + GDN_L2NORM_EPS) : 1.0f;
-    const float inv_k = p.qk_l2norm ? 1.0f / sqrtf(kk + GDN_L2NORM_EPS) : 1.0f;
+    const float inv_q = p.qk_l2norm ? inv_sqrt(qq + GDN_L2NORM_EPS) : 1.0f;
+    const float inv_k = p.qk_l2norm ? inv_sqrt(kk + GDN_L2NORM_EPS) : 1.0f;
     const float q_factor = inv_q * p.scale;
     for (int64_t i = threadIdx.x; i < K; i += blockDim.x) { /* each thread rescales its own i */
         sq[i] *= q_factor;
@@ -122,7 +146,7 @@ __device__ head_scalars load_head(const gdn_problem &p, int64_t n, int64_t hv, f
     const float b = load_elem<Act>(p.b, n * p.b_stride + hv);
     head_scalars s;
     s.decay = expf(gdn_gate_log(p.A_log[hv], a, p.dt_bias[hv]));
-    s.beta = gdn_sigmoid(b);
+    s.beta = sigmoid_fast(b);
     s.kq = qk * q_factor * inv_k;
     __syncthreads();
     return s;
@@ -250,9 +274,10 @@ __global__ void __launch_bounds__(kThreads) decode_vk_k128(const __grid_constant
     __shared__ __align__(16) float sk[kFastK];
     __shared__ float sums[3 * kWarps];
 
-    const int64_t HV = p.num_v_heads, V = p.head_dim_v;
-    const int64_t n = blockIdx.x / HV, hv = blockIdx.x % HV, h = gdn_qk_head(&p, hv);
-    const int64_t row0 = (int64_t)blockIdx.y * BLOCK_ROWS + threadIdx.x / kLanesPerRow;
+    const int64_t V = p.head_dim_v;
+    const block_coords bc = block_coords_of(p);
+    const int64_t n = bc.n, hv = bc.hv, h = bc.h;
+    const int64_t row0 = (int64_t)blockIdx.x * BLOCK_ROWS + threadIdx.x / kLanesPerRow;
     const int lane = threadIdx.x % kLanesPerRow;
 
     /* 1. Every load that does not depend on the slot. */
@@ -314,11 +339,11 @@ __global__ void __launch_bounds__(kThreads) decode_vk_k128(const __grid_constant
         kk += sums[3 * w + 1];
         qk += sums[3 * w + 2];
     }
-    const float inv_k = p.qk_l2norm ? 1.0f / sqrtf(kk + GDN_L2NORM_EPS) : 1.0f;
-    const float q_factor = (p.qk_l2norm ? 1.0f / sqrtf(qq + GDN_L2NORM_EPS) : 1.0f) * p.scale;
+    const float inv_k = p.qk_l2norm ? inv_sqrt(kk + GDN_L2NORM_EPS) : 1.0f;
+    const float q_factor = (p.qk_l2norm ? inv_sqrt(qq + GDN_L2NORM_EPS) : 1.0f) * p.scale;
     const float kq = qk * q_factor * inv_k;
     const float decay = expf(gdn_gate_log(A_log, a, dt_bias));
-    const float beta = gdn_sigmoid(b);
+    const float beta = sigmoid_fast(b);
     St *dst = static_cast<St *>(p.state_pool) + (write < 0 ? 0 : gdn_tile_offset(&p, write, hv)) + lane * VEC;
 
     /* 4. Per row: the two sums, the delta, the output, the new row. */
@@ -372,14 +397,15 @@ template <typename Act, typename St>
 __global__ void __launch_bounds__(kThreads) decode_vk_generic(const __grid_constant__ gdn_problem p)
 {
     extern __shared__ float smem[];
-    const int64_t K = p.head_dim_k, V = p.head_dim_v, HV = p.num_v_heads;
+    const int64_t K = p.head_dim_k, V = p.head_dim_v;
     float *sq = smem, *sk = smem + K, *sums = smem + 2 * K;
-    const int64_t n = blockIdx.x / HV, hv = blockIdx.x % HV;
-    const int64_t row0 = (int64_t)blockIdx.y * kGenericVkRows;
+    const block_coords bc = block_coords_of(p);
+    const int64_t n = bc.n, hv = bc.hv;
+    const int64_t row0 = (int64_t)blockIdx.x * kGenericVkRows;
     int64_t read, write;
     if (!resolve_slots<Act>(p, n, hv, row0, kGenericVkRows, &read, &write))
         return;
-    const head_scalars hs = load_head<Act>(p, n, hv, sq, sk, sums);
+    const head_scalars hs = load_head<Act>(p, n, hv, bc.h, sq, sk, sums);
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const St *src = static_cast<const St *>(p.state_pool) + gdn_tile_offset(&p, read, hv);
     St *dst = static_cast<St *>(p.state_pool) + (write < 0 ? 0 : gdn_tile_offset(&p, write, hv));
@@ -408,15 +434,16 @@ template <typename Act, typename St>
 __global__ void __launch_bounds__(kThreads) decode_kv_generic(const __grid_constant__ gdn_problem p)
 {
     extern __shared__ float smem[];
-    const int64_t K = p.head_dim_k, V = p.head_dim_v, HV = p.num_v_heads;
+    const int64_t K = p.head_dim_k, V = p.head_dim_v;
     float *sq = smem, *sk = smem + K, *sums = smem + 2 * K;
     float *partial = sums + 3 * kWarps; /* [kWarps][2][32] */
-    const int64_t n = blockIdx.x / HV, hv = blockIdx.x % HV;
-    const int64_t col0 = (int64_t)blockIdx.y * kGenericKvCols;
+    const block_coords bc = block_coords_of(p);
+    const int64_t n = bc.n, hv = bc.hv;
+    const int64_t col0 = (int64_t)blockIdx.x * kGenericKvCols;
     int64_t read, write;
     if (!resolve_slots<Act>(p, n, hv, col0, kGenericKvCols, &read, &write))
         return;
-    const head_scalars hs = load_head<Act>(p, n, hv, sq, sk, sums);
+    const head_scalars hs = load_head<Act>(p, n, hv, bc.h, sq, sk, sums);
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int64_t col = col0 + lane;
     const bool has_col = col < V;
@@ -471,11 +498,11 @@ int sm_count(void)
 #define GDN_FAST_MAX_ROWS 4
 #endif
 
-template <typename Act, typename St, int ROWS>
-void launch_fast(const gdn_problem &p, unsigned heads, cudaStream_t stream)
+template <typename Act, typename St, int ROWS> void launch_fast(const gdn_problem &p, cudaStream_t stream)
 {
     const int64_t block_rows = (int64_t)kFastRows * ROWS;
-    dim3 grid(heads, (unsigned)((p.head_dim_v + block_rows - 1) / block_rows));
+    dim3 grid((unsigned)((p.head_dim_v + block_rows - 1) / block_rows), (unsigned)p.num_v_heads,
+              (unsigned)p.num_seqs);
 #if GDN_USE_PDL
     cudaLaunchConfig_t config = {};
     cudaLaunchAttribute attr[1];
@@ -494,23 +521,22 @@ void launch_fast(const gdn_problem &p, unsigned heads, cudaStream_t stream)
 
 template <typename Act, typename St> cudaError_t launch(const gdn_problem &p, cudaStream_t stream)
 {
-    const unsigned heads = (unsigned)(p.num_seqs * p.num_v_heads);
-    const int64_t V = p.head_dim_v, K = p.head_dim_k;
+    const int64_t V = p.head_dim_v, K = p.head_dim_k, HV = p.num_v_heads, N = p.num_seqs;
     if (p.state_layout == GDN_LAYOUT_VK && K == kFastK) {
         /* The most rows per thread that still leaves 8 blocks per multiprocessor. */
-        const int64_t rows = (int64_t)heads * V, enough = 8LL * sm_count() * kFastRows;
+        const int64_t rows = N * HV * V, enough = 8LL * sm_count() * kFastRows;
         if (GDN_FAST_MAX_ROWS >= 4 && rows >= 4 * enough)
-            launch_fast<Act, St, 4>(p, heads, stream);
+            launch_fast<Act, St, 4>(p, stream);
         else if (GDN_FAST_MAX_ROWS >= 2 && rows >= 2 * enough)
-            launch_fast<Act, St, 2>(p, heads, stream);
+            launch_fast<Act, St, 2>(p, stream);
         else
-            launch_fast<Act, St, 1>(p, heads, stream);
+            launch_fast<Act, St, 1>(p, stream);
     } else if (p.state_layout == GDN_LAYOUT_VK) {
-        dim3 grid(heads, (unsigned)((V + kGenericVkRows - 1) / kGenericVkRows));
+        dim3 grid((unsigned)((V + kGenericVkRows - 1) / kGenericVkRows), (unsigned)HV, (unsigned)N);
         size_t smem = (size_t)(2 * K + 3 * kWarps) * sizeof(float);
         decode_vk_generic<Act, St><<<grid, kThreads, smem, stream>>>(p);
     } else {
-        dim3 grid(heads, (unsigned)((V + kGenericKvCols - 1) / kGenericKvCols));
+        dim3 grid((unsigned)((V + kGenericKvCols - 1) / kGenericKvCols), (unsigned)HV, (unsigned)N);
         size_t smem = (size_t)(2 * K + 3 * kWarps + 2 * kWarps * 32) * sizeof(float);
         decode_kv_generic<Act, St><<<grid, kThreads, smem, stream>>>(p);
     }
@@ -523,14 +549,44 @@ template <typename Act> cudaError_t launch_act(const gdn_problem &p, cudaStream_
                                            : launch<Act, float>(p, stream);
 }
 
+
+/* Grid y and z (value heads, sequences) are limited to 65535 per launch. */
+constexpr int64_t kMaxGridYZ = 65535;
+
+/* The rows [first, first + count) of p as a problem of their own. */
+gdn_problem rows_of(const gdn_problem &p, int64_t first, int64_t count)
+{
+    gdn_problem c = p;
+    const size_t act = p.act_dtype == GDN_DTYPE_F32 ? 4 : 2, idx = p.index_dtype == GDN_DTYPE_I32 ? 4 : 8;
+    c.num_seqs = count;
+    c.q = static_cast<const char *>(p.q) + first * p.q_stride * act;
+    c.k = static_cast<const char *>(p.k) + first * p.k_stride * act;
+    c.v = static_cast<const char *>(p.v) + first * p.v_stride * act;
+    c.a = static_cast<const char *>(p.a) + first * p.a_stride * act;
+    c.b = static_cast<const char *>(p.b) + first * p.b_stride * act;
+    c.out = static_cast<char *>(p.out) + first * p.out_stride * act;
+    c.read_slots = static_cast<const char *>(p.read_slots) + first * idx;
+    if (p.write_slots)
+        c.write_slots = static_cast<const char *>(p.write_slots) + first * idx;
+    return c;
+}
+
+cudaError_t launch_rows(const gdn_problem &p, cudaStream_t stream)
+{
+    switch (p.act_dtype) {
+    case GDN_DTYPE_F16: return launch_act<__half>(p, stream);
+    case GDN_DTYPE_BF16: return launch_act<__nv_bfloat16>(p, stream);
+    default: return launch_act<float>(p, stream);
+    }
+}
+
 } // namespace
 
 extern "C" gdn_status gdn_cuda_decode(const gdn_problem *p)
 {
-    if (p->num_seqs * p->num_v_heads > INT_MAX)
-        return gdn_fail(GDN_ERR_INVALID_SHAPE,
-                        "num_seqs * num_v_heads = %lld exceeds the cuda backend's grid limit %d",
-                        (long long)(p->num_seqs * p->num_v_heads), INT_MAX);
+    if (p->num_v_heads > kMaxGridYZ)
+        return gdn_fail(GDN_ERR_INVALID_SHAPE, "num_v_heads = %lld exceeds the cuda backend's limit of %lld",
+                        (long long)p->num_v_heads, (long long)kMaxGridYZ);
     /* Launch on the device that holds the pool, whatever device the calling thread has current. */
     int pool_device = -1, current = -1;
     gdn_cuda_memory_kind(p->state_pool, &pool_device);
@@ -539,11 +595,10 @@ extern "C" gdn_status gdn_cuda_decode(const gdn_problem *p)
     if (switch_device)
         cudaSetDevice(pool_device);
     cudaStream_t stream = static_cast<cudaStream_t>(p->stream);
-    cudaError_t err;
-    switch (p->act_dtype) {
-    case GDN_DTYPE_F16: err = launch_act<__half>(*p, stream); break;
-    case GDN_DTYPE_BF16: err = launch_act<__nv_bfloat16>(*p, stream); break;
-    default: err = launch_act<float>(*p, stream); break;
+    cudaError_t err = cudaSuccess;
+    for (int64_t first = 0; first < p->num_seqs && err == cudaSuccess; first += kMaxGridYZ) {
+        const int64_t count = p->num_seqs - first < kMaxGridYZ ? p->num_seqs - first : kMaxGridYZ;
+        err = launch_rows(rows_of(*p, first, count), stream);
     }
     if (switch_device)
         cudaSetDevice(current);
