@@ -46,7 +46,7 @@ extern "C" {
  * ------------------------------------------------------------------------------------- */
 
 #define GDN_VERSION_MAJOR 0
-#define GDN_VERSION_MINOR 1
+#define GDN_VERSION_MINOR 2
 #define GDN_VERSION_PATCH 0
 #define GDN_VERSION_NUMBER (GDN_VERSION_MAJOR * 10000 + GDN_VERSION_MINOR * 100 + GDN_VERSION_PATCH)
 
@@ -70,7 +70,7 @@ typedef enum gdn_status {
     GDN_ERR_INVALID_STRIDE = 4,      /* a token stride shorter than one token's row */
     GDN_ERR_UNSUPPORTED_DTYPE = 5,   /* dtype not served by this tensor or backend */
     GDN_ERR_UNSUPPORTED_LAYOUT = 6,  /* state layout not vk or kv */
-    GDN_ERR_UNSUPPORTED_HEAD_SIZE = 7, /* K or V outside what the backend serves */
+    GDN_ERR_UNSUPPORTED_HEAD_SIZE = 7, /* K or V above GDN_MAX_HEAD_DIM */
     GDN_ERR_SLOT_OUT_OF_RANGE = 8,   /* a slot index >= num_slots (host-visible indices) */
     GDN_ERR_MISALIGNED = 9,          /* a pointer not aligned for its dtype or vector path */
     GDN_ERR_BACKEND_UNAVAILABLE = 10, /* the backend asked for is not built or has no device */
@@ -165,7 +165,28 @@ GDN_API gdn_status gdn_cuda_device_info(int device, char *name, size_t name_size
  *
  * The cuda backend enqueues one kernel on `stream` and returns: no allocation, no
  * synchronisation, no host copy, so the call can be captured in a CUDA graph.
+ *
+ * Multi-token decode (speculative verify, MTP; SPEC operation 2). With num_tokens = T > 1 each
+ * sequence applies T tokens in order and the activation tensors have one row per token:
+ * token t of sequence n is row n*T + t, or row cu_seqlens[n] + t with variable lengths
+ * (cu_seqlens[n+1] - cu_seqlens[n] tokens, at most num_tokens; the strides above are between
+ * token rows). out gets one row per token. The state stays on chip between tokens:
+ *   - without token_slots, the state after the last token goes to the write slot as above;
+ *   - with token_slots, the state after token t goes to token_slots[n][t] (skipped where that
+ *     is negative, or 0 with null_slot_zero) and nowhere else; write_slot_indices must then be
+ *     NULL. With num_accepted as well, sequence n starts from the state saved after token
+ *     num_accepted[n] - 1 of the previous step, token_slots[n][num_accepted[n] - 1] (1..T;
+ *     1 = column 0, usually the sequence's own slot), and slot_indices may be NULL.
+ * A snapshot is the float32 running state rounded to the state dtype; the running state is not
+ * re-read from it. A padding row has zero outputs for all its tokens; a sequence with zero
+ * tokens writes nothing. Host backends refuse cu_seqlens that decrease or exceed num_tokens
+ * and num_accepted outside 1..token_slots_stride; the cuda kernel skips such rows.
  * ------------------------------------------------------------------------------------- */
+
+/* Most tokens per sequence in one multi-token call. */
+#define GDN_MAX_TOKENS 16
+/* Largest K and V any backend takes (every released model has 128). */
+#define GDN_MAX_HEAD_DIM 256
 
 typedef struct gdn_decode_params {
     size_t struct_size; /* sizeof(gdn_decode_params); set by gdn_decode_params_init */
@@ -217,12 +238,24 @@ typedef struct gdn_decode_params {
     gdn_backend backend; /* default GDN_BACKEND_AUTO */
     void *stream;        /* cudaStream_t for cuda (NULL = legacy default stream) */
     int num_threads;     /* cpu: worker threads; 0 = GDN_NUM_THREADS env var, else all cores */
+
+    /* multi-token decode (SPEC operation 2); all zero/NULL = one token per sequence */
+    int64_t num_tokens;         /* T tokens per sequence, 1..GDN_MAX_TOKENS (0 = 1); with
+                                   cu_seqlens: the most tokens any sequence has */
+    const void *cu_seqlens;     /* optional [N+1], index dtype: sequence n owns token rows
+                                   cu_seqlens[n] .. cu_seqlens[n+1]-1 (varlen) */
+    const void *token_slots;    /* optional [N, token_slots_stride], index dtype: the slot that
+                                   receives the state after token t (negative: not saved) */
+    int64_t token_slots_stride; /* elements between sequences in token_slots; 0 = num_tokens */
+    const void *num_accepted;   /* optional [N], index dtype, with token_slots: the state is read
+                                   from token_slots[n][num_accepted[n] - 1] */
 } gdn_decode_params;
 
 /* Fills *params with the defaults above (everything else zero/NULL) and sets struct_size. */
 GDN_API void gdn_decode_params_init(gdn_decode_params *params);
 
-/* Runs one decode step. Validates every argument before touching memory. */
+/* Runs one decode step (T tokens per sequence with num_tokens). Validates every argument before
+ * touching memory. */
 GDN_API gdn_status gdn_decode(const gdn_decode_params *params);
 
 /* The backend gdn_decode would run these params on (resolving AUTO), without running it.

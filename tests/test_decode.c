@@ -4,6 +4,7 @@
  * padding, the null slot, separate write slots, strided activations, odd sizes, and a
  * multi-step run. Fresh seeds every run; a failure prints the seed.
  */
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -99,6 +100,88 @@ static void multi_step(gdn_backend backend)
         }
 }
 
+/* Multi-token decode: T tokens, snapshots per token, rollback via num_accepted, varlen. */
+static void multi_token(gdn_backend backend)
+{
+    const int64_t tokens[] = {2, 3, 4, 8, 16};
+    for (int i = 0; i < 5; i++)
+        for (int l = 0; l < 2; l++)
+            for (int st = 0; st < 2; st++) {
+                decode_case c = base(5, 2, 4, l && i % 2 ? 64 : 128, 128);
+                c.num_tokens = tokens[i];
+                c.layout = l ? GDN_LAYOUT_KV : GDN_LAYOUT_VK;
+                c.state_dtype = st ? GDN_DTYPE_BF16 : GDN_DTYPE_F32;
+                c.act_dtype = st ? GDN_DTYPE_BF16 : GDN_DTYPE_F32;
+                c.index_dtype = i % 2 ? GDN_DTYPE_I32 : GDN_DTYPE_I64;
+                c.padding = 1;
+                c.varlen = i % 2;
+                c.token_slots = i != 1;
+                c.accepted = i >= 2 && st == 0;
+                c.null_slot_zero = i == 4;
+                c.write_slots = i == 1;
+                c.strided = l;
+                expect_pass(c, backend, 3); /* three steps: each starts from an accepted snapshot */
+            }
+}
+
+static void cpu_multi_token(void) { multi_token(GDN_BACKEND_CPU); }
+
+/* The defining property of snapshots: the state saved after token t of a T-token call equals
+ * the state after t+1 one-token calls, and so do the outputs. */
+static void snapshots_match_single_steps(void)
+{
+    enum { N = 2, H = 1, HV = 2, K = 32, V = 16, T = 4, SLOTS = N * (T + 1) };
+    static float q[N * T * H * K], k[N * T * H * K], v[N * T * HV * V], a[N * T * HV], b[N * T * HV];
+    static float A_log[HV], dt_bias[HV], pool[SLOTS * HV * V * K], out_multi[N * T * HV * V];
+    static float pool_single[SLOTS * HV * V * K], out_single[N * HV * V];
+    rng g = {seed++};
+    float *all[] = {q, k, v, a, b};
+    size_t sizes[] = {N * T * H * K, N * T * H * K, N * T * HV * V, N * T * HV, N * T * HV};
+    for (int x = 0; x < 5; x++)
+        for (size_t i = 0; i < sizes[x]; i++)
+            all[x][i] = (float)rng_normal(&g);
+    for (int i = 0; i < HV; i++)
+        A_log[i] = (float)(0.5 * rng_uniform(&g)), dt_bias[i] = (float)(-2.0 * rng_uniform(&g));
+    for (size_t i = 0; i < sizeof pool / sizeof pool[0]; i++)
+        pool[i] = (float)(0.05 * rng_normal(&g));
+    memcpy(pool_single, pool, sizeof pool);
+    int64_t slot[N] = {0, 1}, token_slots[N * T];
+    for (int i = 0; i < N * T; i++)
+        token_slots[i] = N + i;
+
+    gdn_decode_params p;
+    gdn_decode_params_init(&p);
+    p.num_seqs = N, p.num_q_heads = H, p.num_v_heads = HV, p.head_dim_k = K, p.head_dim_v = V;
+    p.act_dtype = GDN_DTYPE_F32, p.q = q, p.k = k, p.v = v, p.a = a, p.b = b, p.out = out_multi;
+    p.A_log = A_log, p.dt_bias = dt_bias, p.state_pool = pool, p.num_slots = SLOTS;
+    p.slot_indices = slot, p.backend = GDN_BACKEND_CPU;
+    p.num_tokens = T, p.token_slots = token_slots;
+    CHECK(gdn_decode(&p) == GDN_OK);
+
+    for (int t = 0; t < T; t++) { /* the same tokens one call at a time: rows n*T + t */
+        gdn_decode_params s = p;
+        s.num_tokens = 0, s.token_slots = NULL;
+        s.q = q + t * H * K, s.k = k + t * H * K, s.v = v + t * HV * V, s.a = a + t * HV, s.b = b + t * HV;
+        s.q_stride = s.k_stride = T * H * K, s.v_stride = T * HV * V, s.a_stride = s.b_stride = T * HV;
+        s.out = out_single, s.state_pool = pool_single;
+        CHECK(gdn_decode(&s) == GDN_OK);
+        double worst = 0;
+        for (int n = 0; n < N; n++) {
+            for (int i = 0; i < HV * V * K; i++) {
+                double d = fabs(pool[token_slots[n * T + t] * HV * V * K + i] - pool_single[slot[n] * HV * V * K + i]);
+                worst = d > worst ? d : worst;
+            }
+            for (int i = 0; i < HV * V; i++) {
+                double d = fabs(out_multi[(n * T + t) * HV * V + i] - out_single[n * HV * V + i]);
+                worst = d > worst ? d : worst;
+            }
+        }
+        CHECK_MSG(worst < 1e-6, "token %d: snapshot/output differs from one-token calls by %g", t, worst);
+    }
+    /* The sequences' own slots are untouched: states went to the token slots only. */
+    CHECK(memcmp(pool, pool_single, (size_t)N * HV * V * K * sizeof(float)) != 0);
+}
+
 static void cpu_every_combination(void) { every_combination(GDN_BACKEND_CPU); }
 static void cpu_odd_sizes(void) { odd_sizes(GDN_BACKEND_CPU); }
 static void cpu_model_shapes(void) { model_shapes_batch(GDN_BACKEND_CPU); }
@@ -120,6 +203,7 @@ static void cuda_all(void)
     odd_sizes(GDN_BACKEND_CUDA);
     model_shapes_batch(GDN_BACKEND_CUDA);
     multi_step(GDN_BACKEND_CUDA);
+    multi_token(GDN_BACKEND_CUDA);
 }
 
 /* The cpu backend with several threads must give bit-identical results to one thread. */
@@ -140,5 +224,7 @@ void register_decode_tests(void)
     test_add("decode/cpu_model_shapes", cpu_model_shapes);
     test_add("decode/cpu_multi_step", cpu_multi_step);
     test_add("decode/cpu_threads", cpu_threads_agree);
+    test_add("decode/cpu_multi_token", cpu_multi_token);
+    test_add("decode/snapshots_match_single_steps", snapshots_match_single_steps);
     test_add("decode/cuda_all", cuda_all);
 }

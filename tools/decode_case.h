@@ -25,6 +25,10 @@ typedef struct decode_case {
     int null_slot_zero; /* slot 0 is the null slot */
     int write_slots;    /* separate write slots (read one slot, write another) */
     int strided;        /* q, k, v slices of one packed projection row; out rows padded */
+    int64_t num_tokens; /* tokens per sequence (0 = 1); with varlen, the most */
+    int varlen;         /* cu_seqlens with 0..num_tokens tokens per sequence */
+    int token_slots;    /* a snapshot slot per token (some not saved) */
+    int accepted;       /* with token_slots: start from token_slots[n][num_accepted[n]-1] */
     uint64_t seed;
 } decode_case;
 

@@ -40,6 +40,10 @@ typedef struct gdn_problem {
     int null_slot_zero;
     void *stream;
     int num_threads;
+    /* multi-token decode: T >= 1 (the maximum with cu_seqlens), optional arrays */
+    int64_t num_tokens;
+    const void *cu_seqlens, *token_slots, *num_accepted;
+    int64_t token_slots_stride;
 } gdn_problem;
 
 /* Epsilon added to the sum of squares before the square root of the l2 norm (SPEC 1). */
@@ -75,19 +79,55 @@ GDN_HD int gdn_slot_is_null(const gdn_problem *p, int64_t slot)
     return slot < 0 || (p->null_slot_zero && slot == 0);
 }
 
-/* Slot whose state row n reads, or -1 for a padding row. */
+/* A slot that no pool has: rows that resolve to it are skipped (bad device-side indices). */
+#define GDN_BAD_SLOT INT64_MAX
+
+/* Slot of token t's snapshot for sequence n, or -1 when that state is not saved. */
+GDN_HD int64_t gdn_token_slot(const gdn_problem *p, int64_t n, int64_t t)
+{
+    int64_t slot = gdn_index_at(p->token_slots, p->index_dtype, n * p->token_slots_stride + t);
+    return gdn_slot_is_null(p, slot) ? -1 : slot;
+}
+
+/* Slot whose state sequence n starts from, -1 for a padding row, GDN_BAD_SLOT when
+ * num_accepted[n] is outside 1..token_slots_stride. */
 GDN_HD int64_t gdn_read_slot(const gdn_problem *p, int64_t n)
 {
+    if (p->num_accepted) {
+        int64_t accepted = gdn_index_at(p->num_accepted, p->index_dtype, n);
+        if (accepted < 1 || accepted > p->token_slots_stride)
+            return GDN_BAD_SLOT;
+        return gdn_token_slot(p, n, accepted - 1);
+    }
     int64_t slot = gdn_index_at(p->read_slots, p->index_dtype, n);
     return gdn_slot_is_null(p, slot) ? -1 : slot;
 }
 
-/* Slot row n writes its new state to, or -1 when the state is not saved. */
+/* Slot sequence n writes its final state to, or -1 when it is not saved there (with
+ * token_slots, states go to the token slots only). */
 GDN_HD int64_t gdn_write_slot(const gdn_problem *p, int64_t n)
 {
+    if (p->token_slots)
+        return -1;
     int64_t slot = p->write_slots ? gdn_index_at(p->write_slots, p->index_dtype, n)
                                   : gdn_index_at(p->read_slots, p->index_dtype, n);
     return gdn_slot_is_null(p, slot) ? -1 : slot;
+}
+
+/* Token row of sequence n's first token. */
+GDN_HD int64_t gdn_first_token_row(const gdn_problem *p, int64_t n)
+{
+    return p->cu_seqlens ? gdn_index_at(p->cu_seqlens, p->index_dtype, n) : n * p->num_tokens;
+}
+
+/* Tokens of sequence n; -1 when cu_seqlens gives a count outside 0..num_tokens. */
+GDN_HD int64_t gdn_seq_tokens(const gdn_problem *p, int64_t n)
+{
+    if (!p->cu_seqlens)
+        return p->num_tokens;
+    int64_t count = gdn_index_at(p->cu_seqlens, p->index_dtype, n + 1) -
+                    gdn_index_at(p->cu_seqlens, p->index_dtype, n);
+    return count < 0 || count > p->num_tokens ? -1 : count;
 }
 
 /* Element offset of the state tile (slot, hv) in the pool; 64-bit throughout. */

@@ -23,11 +23,6 @@ gdn_status gdn_cpu_decode(const gdn_problem *p);
 /* reference backend: float64, one thread (src/cpu/decode_reference.c). */
 gdn_status gdn_reference_decode(const gdn_problem *p);
 
-/* Largest K and V the host backends take: their per-head scratch lives on the stack. */
-#define GDN_HOST_MAX_HEAD_DIM 1024
-/* Largest K the CUDA kernels take: q and k of one head live in shared memory. */
-#define GDN_CUDA_MAX_HEAD_DIM 1024
-
 /* Where a pointer lives, as far as the CUDA runtime knows. */
 typedef enum gdn_memory_kind {
     GDN_MEMORY_HOST = 0,    /* ordinary host memory (or no CUDA backend built) */

@@ -35,8 +35,6 @@ static int64_t checked_mul(int64_t a, int64_t b)
     return a * b;
 }
 
-static int is_host_backend(gdn_backend backend) { return backend != GDN_BACKEND_CUDA; }
-
 static gdn_status check_shape(const gdn_decode_params *p)
 {
     if (p->num_seqs < 0)
@@ -102,15 +100,40 @@ static gdn_status check_dtypes(const gdn_decode_params *p, gdn_backend backend)
     return GDN_OK;
 }
 
-static gdn_status check_head_size(const gdn_decode_params *p, gdn_backend backend)
+static gdn_status check_head_size(const gdn_decode_params *p)
 {
-    int64_t limit = is_host_backend(backend) ? GDN_HOST_MAX_HEAD_DIM : GDN_CUDA_MAX_HEAD_DIM;
-    if (p->head_dim_k > limit || p->head_dim_v > limit)
+    if (p->head_dim_k > GDN_MAX_HEAD_DIM || p->head_dim_v > GDN_MAX_HEAD_DIM)
         return gdn_fail(GDN_ERR_UNSUPPORTED_HEAD_SIZE,
-                        "head_dim_k = %lld, head_dim_v = %lld: the %s backend serves head sizes up "
-                        "to %lld",
-                        (long long)p->head_dim_k, (long long)p->head_dim_v, gdn_backend_name(backend),
-                        (long long)limit);
+                        "head_dim_k = %lld, head_dim_v = %lld: head sizes up to %d are served",
+                        (long long)p->head_dim_k, (long long)p->head_dim_v, GDN_MAX_HEAD_DIM);
+    return GDN_OK;
+}
+
+/* Token rows the activations must hold: N*T (with cu_seqlens, the most there can be). */
+static int64_t token_rows(const gdn_decode_params *p)
+{
+    return p->num_seqs * (p->num_tokens > 0 ? p->num_tokens : 1);
+}
+
+static gdn_status check_tokens(const gdn_decode_params *p)
+{
+    if (p->num_tokens < 0 || p->num_tokens > GDN_MAX_TOKENS)
+        return gdn_fail(GDN_ERR_INVALID_SHAPE, "num_tokens = %lld is outside 0..%d", (long long)p->num_tokens,
+                        GDN_MAX_TOKENS);
+    if (p->cu_seqlens && p->num_tokens < 1)
+        return gdn_fail(GDN_ERR_INVALID_ARGUMENT,
+                        "cu_seqlens is set but num_tokens = %lld: give the largest tokens per sequence",
+                        (long long)p->num_tokens);
+    int64_t tokens = p->num_tokens > 0 ? p->num_tokens : 1;
+    if (p->token_slots_stride < 0 || (p->token_slots_stride > 0 && p->token_slots_stride < tokens))
+        return gdn_fail(GDN_ERR_INVALID_STRIDE, "token_slots_stride = %lld is shorter than num_tokens = %lld",
+                        (long long)p->token_slots_stride, (long long)tokens);
+    if (p->num_accepted && !p->token_slots)
+        return gdn_fail(GDN_ERR_INVALID_ARGUMENT, "num_accepted needs token_slots (the slots it selects from)");
+    if (p->token_slots && p->write_slot_indices)
+        return gdn_fail(GDN_ERR_INVALID_ARGUMENT,
+                        "token_slots and write_slot_indices are both set: with token_slots the states go "
+                        "to the token slots only");
     return GDN_OK;
 }
 
@@ -137,16 +160,23 @@ static int tensor_args(const gdn_decode_params *p, tensor_arg *t)
     t[n++] = (tensor_arg){"out", p->out, act, p->out_stride, hvv, 1};
     t[n++] = (tensor_arg){"A_log", p->A_log, 4, 0, p->num_v_heads, 0};
     t[n++] = (tensor_arg){"dt_bias", p->dt_bias, 4, 0, p->num_v_heads, 0};
-    t[n++] = (tensor_arg){"slot_indices", p->slot_indices, idx, 0, 1, 0};
     t[n++] = (tensor_arg){"state_pool", p->state_pool, gdn_dtype_size(p->state_dtype), 0, 0, 0};
+    if (p->slot_indices || !p->num_accepted) /* num_accepted picks the read slot instead */
+        t[n++] = (tensor_arg){"slot_indices", p->slot_indices, idx, 0, 1, 0};
     if (p->write_slot_indices)
         t[n++] = (tensor_arg){"write_slot_indices", p->write_slot_indices, idx, 0, 1, 0};
+    if (p->cu_seqlens)
+        t[n++] = (tensor_arg){"cu_seqlens", p->cu_seqlens, idx, 0, 1, 0};
+    if (p->token_slots)
+        t[n++] = (tensor_arg){"token_slots", p->token_slots, idx, 0, 1, 0};
+    if (p->num_accepted)
+        t[n++] = (tensor_arg){"num_accepted", p->num_accepted, idx, 0, 1, 0};
     return n;
 }
 
 static gdn_status check_tensors(const gdn_decode_params *p, gdn_backend backend)
 {
-    tensor_arg t[11];
+    tensor_arg t[14];
     int count = tensor_args(p, t);
     int pool_device = -1;
     gdn_memory_kind pool_kind = GDN_MEMORY_HOST;
@@ -162,7 +192,7 @@ static gdn_status check_tensors(const gdn_decode_params *p, gdn_backend backend)
             return gdn_fail(GDN_ERR_INVALID_STRIDE,
                             "%s_stride = %lld is shorter than one token's row of %lld elements",
                             t[i].name, (long long)t[i].stride, (long long)t[i].row_width);
-        if (t[i].has_stride && checked_mul(p->num_seqs, t[i].stride ? t[i].stride : t[i].row_width) < 0)
+        if (t[i].has_stride && checked_mul(token_rows(p), t[i].stride ? t[i].stride : t[i].row_width) < 0)
             return gdn_fail(GDN_ERR_INVALID_STRIDE, "%s_stride = %lld overflows 64-bit offsets",
                             t[i].name, (long long)t[i].stride);
         if (!gdn_cuda_usable())
@@ -192,13 +222,17 @@ static gdn_status check_tensors(const gdn_decode_params *p, gdn_backend backend)
     return GDN_OK;
 }
 
-static gdn_status check_overlap(const gdn_decode_params *p)
+/* out's first `rows` token rows against the pool. With cu_seqlens the rows are known only where
+ * the host can read cu_seqlens (host backends); on the cuda backend that case is not checked,
+ * because a bound of N*T rows would refuse valid, adjacent allocations. */
+static gdn_status check_overlap(const gdn_decode_params *p, int64_t rows)
 {
+    if (rows <= 0)
+        return GDN_OK;
     size_t act = gdn_dtype_size(p->act_dtype);
     int64_t out_stride = p->out_stride ? p->out_stride : p->num_v_heads * p->head_dim_v;
     uintptr_t out_lo = (uintptr_t)p->out;
-    uintptr_t out_hi = out_lo + (uintptr_t)((p->num_seqs - 1) * out_stride +
-                                            p->num_v_heads * p->head_dim_v) * act;
+    uintptr_t out_hi = out_lo + (uintptr_t)((rows - 1) * out_stride + p->num_v_heads * p->head_dim_v) * act;
     uintptr_t pool_lo = (uintptr_t)p->state_pool;
     uintptr_t pool_hi = pool_lo + (uintptr_t)(p->num_slots * p->num_v_heads * p->head_dim_v *
                                               p->head_dim_k) *
@@ -209,22 +243,49 @@ static gdn_status check_overlap(const gdn_decode_params *p)
     return GDN_OK;
 }
 
-/* Host backends can read the indices, so an index past the pool is refused before any write. */
-static gdn_status check_host_slots(const gdn_problem *pr)
+/* Host backends can read the indices, so bad ones are refused before any write. */
+static gdn_status check_slot(const gdn_problem *pr, const char *name, int64_t at, int64_t slot)
 {
-    const void *arrays[2] = {pr->read_slots, pr->write_slots};
-    const char *names[2] = {"slot_indices", "write_slot_indices"};
-    for (int a = 0; a < 2; a++) {
-        if (!arrays[a])
-            continue;
-        for (int64_t n = 0; n < pr->num_seqs; n++) {
-            int64_t slot = gdn_index_at(arrays[a], pr->index_dtype, n);
-            if (slot >= pr->num_slots)
-                return gdn_fail(GDN_ERR_SLOT_OUT_OF_RANGE, "%s[%lld] = %lld but num_slots = %lld",
-                                names[a], (long long)n, (long long)slot, (long long)pr->num_slots);
+    if (slot >= pr->num_slots)
+        return gdn_fail(GDN_ERR_SLOT_OUT_OF_RANGE, "%s[%lld] = %lld but num_slots = %lld", name, (long long)at,
+                        (long long)slot, (long long)pr->num_slots);
+    return GDN_OK;
+}
+
+static gdn_status check_host_indices(const gdn_problem *pr)
+{
+    gdn_status s;
+    for (int64_t n = 0; n < pr->num_seqs; n++) {
+        if (pr->read_slots && (s = check_slot(pr, "slot_indices", n, gdn_index_at(pr->read_slots, pr->index_dtype, n))))
+            return s;
+        if (pr->write_slots &&
+            (s = check_slot(pr, "write_slot_indices", n, gdn_index_at(pr->write_slots, pr->index_dtype, n))))
+            return s;
+        for (int64_t t = 0; pr->token_slots && t < pr->token_slots_stride; t++) {
+            int64_t at = n * pr->token_slots_stride + t;
+            if ((s = check_slot(pr, "token_slots", at, gdn_index_at(pr->token_slots, pr->index_dtype, at))))
+                return s;
         }
+        if (pr->num_accepted && gdn_read_slot(pr, n) == GDN_BAD_SLOT)
+            return gdn_fail(GDN_ERR_SLOT_OUT_OF_RANGE, "num_accepted[%lld] = %lld is outside 1..%lld", (long long)n,
+                            (long long)gdn_index_at(pr->num_accepted, pr->index_dtype, n),
+                            (long long)pr->token_slots_stride);
+        if (pr->cu_seqlens && (gdn_seq_tokens(pr, n) < 0 || gdn_first_token_row(pr, n) < 0))
+            return gdn_fail(GDN_ERR_INVALID_SHAPE,
+                            "cu_seqlens[%lld] = %lld, cu_seqlens[%lld] = %lld: a sequence needs 0..%lld tokens",
+                            (long long)n, (long long)gdn_index_at(pr->cu_seqlens, pr->index_dtype, n),
+                            (long long)(n + 1), (long long)gdn_index_at(pr->cu_seqlens, pr->index_dtype, n + 1),
+                            (long long)pr->num_tokens);
     }
     return GDN_OK;
+}
+
+/* Host backends with cu_seqlens: the overlap check over the rows the call really writes. */
+static gdn_status check_varlen_overlap(const gdn_decode_params *p, const gdn_problem *pr)
+{
+    if (!pr->cu_seqlens)
+        return GDN_OK;
+    return check_overlap(p, gdn_index_at(pr->cu_seqlens, pr->index_dtype, pr->num_seqs));
 }
 
 static gdn_problem make_problem(const gdn_decode_params *p)
@@ -265,6 +326,11 @@ static gdn_problem make_problem(const gdn_decode_params *p)
     pr.null_slot_zero = p->null_slot_zero != 0;
     pr.stream = p->stream;
     pr.num_threads = p->num_threads;
+    pr.num_tokens = p->num_tokens > 0 ? p->num_tokens : 1;
+    pr.cu_seqlens = p->cu_seqlens;
+    pr.token_slots = p->token_slots;
+    pr.token_slots_stride = p->token_slots_stride > 0 ? p->token_slots_stride : pr.num_tokens;
+    pr.num_accepted = p->num_accepted;
     return pr;
 }
 
@@ -284,11 +350,11 @@ static gdn_status validate(const gdn_decode_params *p, gdn_backend *backend)
         return gdn_fail(GDN_ERR_NULL_POINTER, "state_pool is NULL");
     if ((s = gdn_choose_backend(p->backend, p->state_pool, backend)))
         return s;
-    if ((s = check_dtypes(p, *backend)) || (s = check_head_size(p, *backend)))
+    if ((s = check_dtypes(p, *backend)) || (s = check_head_size(p)) || (s = check_tokens(p)))
         return s;
     if (p->num_seqs == 0)
         return GDN_OK;
-    if ((s = check_tensors(p, *backend)) || (s = check_overlap(p)))
+    if ((s = check_tensors(p, *backend)) || (!p->cu_seqlens && (s = check_overlap(p, token_rows(p)))))
         return s;
     return GDN_OK;
 }
@@ -312,11 +378,11 @@ gdn_status gdn_decode(const gdn_decode_params *params)
     switch (backend) {
     case GDN_BACKEND_CUDA: return gdn_cuda_decode(&pr);
     case GDN_BACKEND_REFERENCE:
-        if ((s = check_host_slots(&pr)))
+        if ((s = check_host_indices(&pr)) || (s = check_varlen_overlap(params, &pr)))
             return s;
         return gdn_reference_decode(&pr);
     default:
-        if ((s = check_host_slots(&pr)))
+        if ((s = check_host_indices(&pr)) || (s = check_varlen_overlap(params, &pr)))
             return s;
         return gdn_cpu_decode(&pr);
     }

@@ -4,11 +4,12 @@
  * Work item = one (sequence, value head) pair: its state tile (V x K) is independent of every
  * other, so items are split into contiguous ranges, one per thread, with no synchronisation
  * but the final join. Threads are started per call (no pool, hence no global state); calls
- * too small to repay a thread start run on the caller's thread.
+ * too small to repay a thread start run on the caller's thread. The one allocation per call is
+ * the threads' scratch, taken before any output is written.
  *
- * Per item, the old state is read once and the new one written once: both dot products a row
- * needs (S k and S q) come from the old row, since o = S' q = exp(g) (S q) + u (k . q). The
- * inner loops are plain unit-stride float loops that the compiler vectorises.
+ * Per item, each state row is read once, carried through the sequence's tokens, and written
+ * once (plus once per saved snapshot). The inner loops are unit-stride float loops that the
+ * compiler vectorises.
  */
 #include <pthread.h>
 #include <stdlib.h>
@@ -22,15 +23,24 @@
 #define MIN_ELEMENTS_PER_THREAD (1 << 18)
 #define MAX_THREADS 256
 
+/* The inputs of one (sequence, value head) for each of its tokens, prepared once. */
 typedef struct head_inputs {
-    float q[GDN_HOST_MAX_HEAD_DIM], k[GDN_HOST_MAX_HEAD_DIM], v[GDN_HOST_MAX_HEAD_DIM];
-    float decay, beta, kq; /* exp(g), sigmoid(b), k . q */
+    float q[GDN_MAX_TOKENS][GDN_MAX_HEAD_DIM], k[GDN_MAX_TOKENS][GDN_MAX_HEAD_DIM];
+    float v[GDN_MAX_TOKENS][GDN_MAX_HEAD_DIM], out[GDN_MAX_TOKENS][GDN_MAX_HEAD_DIM];
+    float decay[GDN_MAX_TOKENS], beta[GDN_MAX_TOKENS], kq[GDN_MAX_TOKENS]; /* exp(g), sigmoid(b), k.q */
+    int64_t snapshot[GDN_MAX_TOKENS]; /* tile offset that receives the state after token t, or -1 */
 } head_inputs;
 
+/* Eight partial sums so the compiler vectorises without reassociating (no -ffast-math). */
 static float dot(const float *restrict x, const float *restrict y, int64_t n)
 {
-    float s = 0.0f;
-    for (int64_t i = 0; i < n; i++)
+    float part[8] = {0};
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int l = 0; l < 8; l++)
+            part[l] += x[i + l] * y[i + l];
+    float s = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+    for (; i < n; i++)
         s += x[i] * y[i];
     return s;
 }
@@ -42,107 +52,111 @@ static void l2_normalise(float *x, int64_t n)
         x[i] *= inv;
 }
 
-static void load_head_inputs(const gdn_problem *p, int64_t n, int64_t hv, head_inputs *in)
+static void load_token_inputs(const gdn_problem *p, int64_t row, int64_t hv, int t, head_inputs *in)
 {
     int64_t K = p->head_dim_k, V = p->head_dim_v, h = gdn_qk_head(p, hv);
-    gdn_load_row_f32(p->q, p->act_dtype, n * p->q_stride + h * K, K, in->q);
-    gdn_load_row_f32(p->k, p->act_dtype, n * p->k_stride + h * K, K, in->k);
-    gdn_load_row_f32(p->v, p->act_dtype, n * p->v_stride + hv * V, V, in->v);
+    gdn_load_row_f32(p->q, p->act_dtype, row * p->q_stride + h * K, K, in->q[t]);
+    gdn_load_row_f32(p->k, p->act_dtype, row * p->k_stride + h * K, K, in->k[t]);
+    gdn_load_row_f32(p->v, p->act_dtype, row * p->v_stride + hv * V, V, in->v[t]);
     if (p->qk_l2norm) {
-        l2_normalise(in->q, K);
-        l2_normalise(in->k, K);
+        l2_normalise(in->q[t], K);
+        l2_normalise(in->k[t], K);
     }
     for (int64_t i = 0; i < K; i++)
-        in->q[i] *= p->scale;
-    float a = (float)gdn_load_f64(p->a, p->act_dtype, n * p->a_stride + hv);
-    float b = (float)gdn_load_f64(p->b, p->act_dtype, n * p->b_stride + hv);
-    in->decay = expf(gdn_gate_log(p->A_log[hv], a, p->dt_bias[hv]));
-    in->beta = gdn_sigmoid(b);
-    in->kq = dot(in->k, in->q, K);
+        in->q[t][i] *= p->scale;
+    float a = (float)gdn_load_f64(p->a, p->act_dtype, row * p->a_stride + hv);
+    float b = (float)gdn_load_f64(p->b, p->act_dtype, row * p->b_stride + hv);
+    in->decay[t] = expf(gdn_gate_log(p->A_log[hv], a, p->dt_bias[hv]));
+    in->beta[t] = gdn_sigmoid(b);
+    in->kq[t] = dot(in->k[t], in->q[t], K);
 }
 
-/* vk tile: row j is value channel j, K contiguous floats. */
-static void update_tile_vk(const gdn_problem *p, const head_inputs *in, int64_t src, int64_t dst,
-                           float *out)
+/*
+ * Row j of the V x K state as a contiguous float vector: in the vk layout it is contiguous in
+ * the pool; in the kv layout it is column j, read with stride V (the tile is 64 KiB at
+ * K = V = 128, so it stays in cache across the column reads).
+ */
+static void gather_row(const gdn_problem *p, int64_t tile, int64_t j, float *row)
 {
     int64_t K = p->head_dim_k, V = p->head_dim_v;
-    float row[GDN_HOST_MAX_HEAD_DIM], next[GDN_HOST_MAX_HEAD_DIM];
-    for (int64_t j = 0; j < V; j++) {
-        gdn_load_row_f32(p->state_pool, p->state_dtype, src + j * K, K, row);
-        float sk = dot(row, in->k, K), sq = dot(row, in->q, K);
-        float u = in->beta * (in->v[j] - in->decay * sk);
-        out[j] = in->decay * sq + u * in->kq;
-        if (dst < 0)
-            continue;
-        for (int64_t i = 0; i < K; i++)
-            next[i] = in->decay * row[i] + u * in->k[i];
-        gdn_store_row_f32(p->state_pool, p->state_dtype, dst + j * K, K, next);
-    }
-}
-
-/* kv tile: row i is key channel i, V contiguous floats; two passes, both unit stride. */
-static void update_tile_kv(const gdn_problem *p, const head_inputs *in, int64_t src, int64_t dst,
-                           float *out)
-{
-    int64_t K = p->head_dim_k, V = p->head_dim_v;
-    float row[GDN_HOST_MAX_HEAD_DIM], sk[GDN_HOST_MAX_HEAD_DIM], sq[GDN_HOST_MAX_HEAD_DIM];
-    float u[GDN_HOST_MAX_HEAD_DIM];
-    memset(sk, 0, (size_t)V * sizeof(float));
-    memset(sq, 0, (size_t)V * sizeof(float));
-    for (int64_t i = 0; i < K; i++) {
-        gdn_load_row_f32(p->state_pool, p->state_dtype, src + i * V, V, row);
-        float ki = in->k[i], qi = in->q[i];
-        for (int64_t j = 0; j < V; j++) {
-            sk[j] += row[j] * ki;
-            sq[j] += row[j] * qi;
-        }
-    }
-    for (int64_t j = 0; j < V; j++) {
-        u[j] = in->beta * (in->v[j] - in->decay * sk[j]);
-        out[j] = in->decay * sq[j] + u[j] * in->kq;
-    }
-    if (dst < 0)
+    if (p->state_layout == GDN_LAYOUT_VK) {
+        gdn_load_row_f32(p->state_pool, p->state_dtype, tile + j * K, K, row);
         return;
-    for (int64_t i = 0; i < K; i++) {
-        gdn_load_row_f32(p->state_pool, p->state_dtype, src + i * V, V, row);
-        float ki = in->k[i];
-        for (int64_t j = 0; j < V; j++)
-            row[j] = in->decay * row[j] + ki * u[j];
-        gdn_store_row_f32(p->state_pool, p->state_dtype, dst + i * V, V, row);
+    }
+    for (int64_t i = 0; i < K; i++)
+        row[i] = (float)gdn_load_f64(p->state_pool, p->state_dtype, tile + i * V + j);
+}
+
+static void scatter_row(const gdn_problem *p, int64_t tile, int64_t j, const float *row)
+{
+    int64_t K = p->head_dim_k, V = p->head_dim_v;
+    if (p->state_layout == GDN_LAYOUT_VK) {
+        gdn_store_row_f32(p->state_pool, p->state_dtype, tile + j * K, K, row);
+        return;
+    }
+    for (int64_t i = 0; i < K; i++)
+        gdn_store_f64(p->state_pool, p->state_dtype, tile + i * V + j, row[i]);
+}
+
+/*
+ * Rows of a tile are independent given the per-token inputs, so each row is read once, taken
+ * through every token in registers/L1, and written once (plus once per saved snapshot). Both
+ * dot products a token needs come from the row before that token's update:
+ * o = S' q = exp(g) (S q) + u (k . q).
+ */
+static void update_rows(const gdn_problem *p, int64_t tokens, int64_t src, int64_t dst, head_inputs *in)
+{
+    int64_t K = p->head_dim_k;
+    float row[GDN_MAX_HEAD_DIM];
+    for (int64_t j = 0; j < p->head_dim_v; j++) {
+        gather_row(p, src, j, row);
+        for (int64_t t = 0; t < tokens; t++) {
+            float sk = dot(row, in->k[t], K), sq = dot(row, in->q[t], K);
+            float u = in->beta[t] * (in->v[t][j] - in->decay[t] * sk);
+            in->out[t][j] = in->decay[t] * sq + u * in->kq[t];
+            for (int64_t i = 0; i < K; i++)
+                row[i] = in->decay[t] * row[i] + u * in->k[t][i];
+            if (in->snapshot[t] >= 0)
+                scatter_row(p, in->snapshot[t], j, row);
+        }
+        if (dst >= 0)
+            scatter_row(p, dst, j, row);
     }
 }
 
 static void decode_item(const gdn_problem *p, int64_t item, head_inputs *in)
 {
     int64_t n = item / p->num_v_heads, hv = item % p->num_v_heads, V = p->head_dim_v;
-    int64_t out_at = n * p->out_stride + hv * V;
-    float out[GDN_HOST_MAX_HEAD_DIM];
+    int64_t first = gdn_first_token_row(p, n), tokens = gdn_seq_tokens(p, n);
     int64_t read = gdn_read_slot(p, n);
+    if (tokens <= 0) /* a sequence without tokens this step: nothing to compute or move */
+        return;
     if (read < 0) {
-        memset(out, 0, (size_t)V * sizeof(float));
+        memset(in->out, 0, sizeof in->out);
     } else {
         int64_t write = gdn_write_slot(p, n);
-        int64_t src = gdn_tile_offset(p, read, hv), dst = write < 0 ? -1 : gdn_tile_offset(p, write, hv);
-        load_head_inputs(p, n, hv, in);
-        if (p->state_layout == GDN_LAYOUT_VK)
-            update_tile_vk(p, in, src, dst, out);
-        else
-            update_tile_kv(p, in, src, dst, out);
+        for (int64_t t = 0; t < tokens; t++) {
+            load_token_inputs(p, first + t, hv, (int)t, in);
+            int64_t snap = p->token_slots ? gdn_token_slot(p, n, t) : -1;
+            in->snapshot[t] = snap < 0 ? -1 : gdn_tile_offset(p, snap, hv);
+        }
+        update_rows(p, tokens, gdn_tile_offset(p, read, hv), write < 0 ? -1 : gdn_tile_offset(p, write, hv), in);
     }
-    gdn_store_row_f32(p->out, p->act_dtype, out_at, V, out);
+    for (int64_t t = 0; t < tokens; t++)
+        gdn_store_row_f32(p->out, p->act_dtype, (first + t) * p->out_stride + hv * V, V, in->out[t]);
 }
 
 typedef struct item_range {
     const gdn_problem *p;
     int64_t begin, end;
+    head_inputs *scratch;
 } item_range;
 
 static void *decode_range(void *arg)
 {
     const item_range *r = arg;
-    head_inputs in;
     for (int64_t item = r->begin; item < r->end; item++)
-        decode_item(r->p, item, &in);
+        decode_item(r->p, item, r->scratch);
     return NULL;
 }
 
@@ -158,7 +172,7 @@ static int default_threads(void)
 gdn_status gdn_cpu_decode(const gdn_problem *p)
 {
     int64_t items = p->num_seqs * p->num_v_heads;
-    int64_t elements = items * p->head_dim_v * p->head_dim_k;
+    int64_t elements = items * p->head_dim_v * p->head_dim_k * p->num_tokens;
     int64_t threads = p->num_threads > 0 ? p->num_threads : default_threads();
     if (threads > MAX_THREADS)
         threads = MAX_THREADS;
@@ -166,16 +180,19 @@ gdn_status gdn_cpu_decode(const gdn_problem *p)
         threads = elements / MIN_ELEMENTS_PER_THREAD;
     if (threads > items)
         threads = items;
-    if (threads <= 1) {
-        item_range all = {p, 0, items};
-        decode_range(&all);
-        return GDN_OK;
-    }
+    if (threads < 1)
+        threads = 1;
+    /* Per-thread scratch (~200 KiB each, too much for a caller's stack), taken before any work
+     * so that running out of memory leaves every output untouched. */
+    head_inputs *scratch = malloc((size_t)threads * sizeof *scratch);
+    if (!scratch)
+        return gdn_fail(GDN_ERR_INVALID_ARGUMENT, "cpu backend: out of host memory for %lld threads' scratch",
+                        (long long)threads);
     pthread_t tid[MAX_THREADS];
     int started[MAX_THREADS] = {0};
     item_range ranges[MAX_THREADS];
     for (int64_t t = 0; t < threads; t++) {
-        ranges[t] = (item_range){p, items * t / threads, items * (t + 1) / threads};
+        ranges[t] = (item_range){p, items * t / threads, items * (t + 1) / threads, &scratch[t]};
         if (t > 0)
             started[t] = pthread_create(&tid[t], NULL, decode_range, &ranges[t]) == 0;
     }
@@ -186,5 +203,6 @@ gdn_status gdn_cpu_decode(const gdn_problem *p)
     for (int64_t t = 1; t < threads; t++)
         if (started[t])
             pthread_join(tid[t], NULL);
+    free(scratch);
     return GDN_OK;
 }

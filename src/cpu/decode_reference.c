@@ -21,20 +21,15 @@ static int64_t state_index(const gdn_problem *p, int64_t j, int64_t i)
     return p->state_layout == GDN_LAYOUT_VK ? j * p->head_dim_k + i : i * p->head_dim_v + j;
 }
 
-static void reference_head(const gdn_problem *p, int64_t n, int64_t hv, double *q, double *k,
-                           double *S, double *o)
+/* Applies one token (row `row` of the activations) to the V x K state S, in place, and
+ * stores its output. */
+static void reference_token(const gdn_problem *p, int64_t row, int64_t hv, double *q, double *k, double *S,
+                            double *o)
 {
     int64_t K = p->head_dim_k, V = p->head_dim_v, h = gdn_qk_head(p, hv);
-    int64_t read = gdn_read_slot(p, n), write = gdn_write_slot(p, n);
-    int64_t out_at = n * p->out_stride + hv * V;
-    if (read < 0) {
-        for (int64_t j = 0; j < V; j++)
-            gdn_store_f64(p->out, p->act_dtype, out_at + j, 0.0);
-        return;
-    }
     for (int64_t i = 0; i < K; i++) {
-        q[i] = gdn_load_f64(p->q, p->act_dtype, n * p->q_stride + h * K + i);
-        k[i] = gdn_load_f64(p->k, p->act_dtype, n * p->k_stride + h * K + i);
+        q[i] = gdn_load_f64(p->q, p->act_dtype, row * p->q_stride + h * K + i);
+        k[i] = gdn_load_f64(p->k, p->act_dtype, row * p->k_stride + h * K + i);
     }
     if (p->qk_l2norm) {
         double qq = 0.0, kk = 0.0;
@@ -50,15 +45,10 @@ static void reference_head(const gdn_problem *p, int64_t n, int64_t hv, double *
     for (int64_t i = 0; i < K; i++)
         q[i] *= (double)p->scale;
 
-    double a = gdn_load_f64(p->a, p->act_dtype, n * p->a_stride + hv);
-    double b = gdn_load_f64(p->b, p->act_dtype, n * p->b_stride + hv);
+    double a = gdn_load_f64(p->a, p->act_dtype, row * p->a_stride + hv);
+    double b = gdn_load_f64(p->b, p->act_dtype, row * p->b_stride + hv);
     double g = -exp((double)p->A_log[hv]) * softplus(a + (double)p->dt_bias[hv]);
     double beta = 1.0 / (1.0 + exp(-b));
-
-    int64_t tile = gdn_tile_offset(p, read, hv);
-    for (int64_t j = 0; j < V; j++)
-        for (int64_t i = 0; i < K; i++)
-            S[j * K + i] = gdn_load_f64(p->state_pool, p->state_dtype, tile + state_index(p, j, i));
 
     for (int64_t x = 0; x < V * K; x++) /* S = exp(g) S */
         S[x] *= exp(g);
@@ -66,7 +56,7 @@ static void reference_head(const gdn_problem *p, int64_t n, int64_t hv, double *
         double sk = 0.0;
         for (int64_t i = 0; i < K; i++)
             sk += S[j * K + i] * k[i];
-        double u = beta * (gdn_load_f64(p->v, p->act_dtype, n * p->v_stride + hv * V + j) - sk);
+        double u = beta * (gdn_load_f64(p->v, p->act_dtype, row * p->v_stride + hv * V + j) - sk);
         for (int64_t i = 0; i < K; i++)
             S[j * K + i] += u * k[i];
     }
@@ -74,14 +64,49 @@ static void reference_head(const gdn_problem *p, int64_t n, int64_t hv, double *
         o[j] = 0.0;
         for (int64_t i = 0; i < K; i++)
             o[j] += S[j * K + i] * q[i];
-        gdn_store_f64(p->out, p->act_dtype, out_at + j, o[j]);
+        gdn_store_f64(p->out, p->act_dtype, row * p->out_stride + hv * V + j, o[j]);
     }
-    if (write < 0)
+}
+
+static void load_tile(const gdn_problem *p, int64_t slot, int64_t hv, double *S)
+{
+    int64_t tile = gdn_tile_offset(p, slot, hv);
+    for (int64_t j = 0; j < p->head_dim_v; j++)
+        for (int64_t i = 0; i < p->head_dim_k; i++)
+            S[j * p->head_dim_k + i] = gdn_load_f64(p->state_pool, p->state_dtype, tile + state_index(p, j, i));
+}
+
+static void store_tile(const gdn_problem *p, int64_t slot, int64_t hv, const double *S)
+{
+    int64_t tile = gdn_tile_offset(p, slot, hv);
+    for (int64_t j = 0; j < p->head_dim_v; j++)
+        for (int64_t i = 0; i < p->head_dim_k; i++)
+            gdn_store_f64(p->state_pool, p->state_dtype, tile + state_index(p, j, i), S[j * p->head_dim_k + i]);
+}
+
+/* One sequence, one value head: its tokens in order, snapshots and the final state. */
+static void reference_head(const gdn_problem *p, int64_t n, int64_t hv, double *q, double *k, double *S,
+                           double *o)
+{
+    int64_t first = gdn_first_token_row(p, n), tokens = gdn_seq_tokens(p, n), V = p->head_dim_v;
+    int64_t read = gdn_read_slot(p, n), write = gdn_write_slot(p, n);
+    if (tokens <= 0) /* a sequence without tokens this step: nothing to compute or move */
         return;
-    tile = gdn_tile_offset(p, write, hv);
-    for (int64_t j = 0; j < V; j++)
-        for (int64_t i = 0; i < K; i++)
-            gdn_store_f64(p->state_pool, p->state_dtype, tile + state_index(p, j, i), S[j * K + i]);
+    if (read < 0) { /* padding row: zero outputs, no state touched */
+        for (int64_t t = 0; t < tokens; t++)
+            for (int64_t j = 0; j < V; j++)
+                gdn_store_f64(p->out, p->act_dtype, (first + t) * p->out_stride + hv * V + j, 0.0);
+        return;
+    }
+    load_tile(p, read, hv, S);
+    for (int64_t t = 0; t < tokens; t++) {
+        reference_token(p, first + t, hv, q, k, S, o);
+        int64_t snapshot = p->token_slots ? gdn_token_slot(p, n, t) : -1;
+        if (snapshot >= 0)
+            store_tile(p, snapshot, hv, S);
+    }
+    if (write >= 0)
+        store_tile(p, write, hv, S);
 }
 
 gdn_status gdn_reference_decode(const gdn_problem *p)

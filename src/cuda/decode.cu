@@ -95,74 +95,85 @@ __device__ __forceinline__ block_coords block_coords_of(const gdn_problem &p)
 __device__ __forceinline__ float inv_sqrt(float x) { return rsqrtf(x); }
 __device__ __forceinline__ float sigmoid_fast(float x) { return __fdividef(1.0f, 1.0f + expf(-x)); }
 
-struct head_scalars {
-    float decay, beta, kq; /* exp(g), sigmoid(b), k.q after normalisation and scale */
+/*
+ * Per-token inputs of one (sequence, value head), staged in shared memory by
+ * prepare_tokens: raw q and k (the norms are folded into the scalars, so the rows need no
+ * rescaled copy), and per token the factors that turn raw dot products into normalised ones.
+ */
+template <int MAXT, int KMAX> struct token_stage {
+    float q[MAXT][KMAX], k[MAXT][KMAX];
+    float q_factor[MAXT]; /* scale / ||q||   (scale when l2norm is off) */
+    float k_factor[MAXT]; /* 1 / ||k|| */
+    float kq[MAXT];       /* k_hat . q_hat * scale */
+    float decay[MAXT];    /* exp(g) */
+    float beta[MAXT];     /* sigmoid(b) */
+    int64_t snapshot[MAXT]; /* tile offset receiving the state after token t, or -1 */
 };
 
 /*
- * Block-wide: loads q and k of row n's head into shared memory (l2-normalised if asked, q
- * scaled) and computes the head's scalars. Every thread of the block must call it.
- * `sums` is shared scratch of 3 * kWarps floats.
+ * Block-wide: stages the inputs of tokens 0..T-1 of sequence n (activation rows first..).
+ * Warp w takes tokens w, w+4, ...: it loads the token's q and k, reduces the three sums with
+ * shuffles, and its lane 0 computes the token's scalars, so no cross-warp reduction is needed.
+ * Every thread of the block must call it (it ends with the block's one barrier).
  */
-template <typename Act>
-__device__ head_scalars load_head(const gdn_problem &p, int64_t n, int64_t hv, int64_t h, float *sq, float *sk,
-                                  float *sums)
+template <typename Act, int MAXT, int KMAX>
+__device__ void prepare_tokens(const gdn_problem &p, const block_coords &bc, int64_t first, int64_t T,
+                               token_stage<MAXT, KMAX> &st)
 {
     const int64_t K = p.head_dim_k;
-    const int64_t q_at = n * p.q_stride + h * K, k_at = n * p.k_stride + h * K;
-    float qq = 0.0f, kk = 0.0f, qk = 0.0f;
-    for (int64_t i = threadIdx.x; i < K; i += blockDim.x) {
-        float qi = load_elem<Act>(p.q, q_at + i), ki = load_elem<Act>(p.k, k_at + i);
-        sq[i] = qi;
-        sk[i] = ki;
-        qq += qi * qi;
-        kk += ki * ki;
-        qk += qi * ki;
-    }
-    qq = row_sum<32>(qq);
-    kk = row_sum<32>(kk);
-    qk = row_sum<32>(qk);
-    const int warp = threadIdx.x / 32;
-    if (threadIdx.x % 32 == 0) {
-        sums[3 * warp] = qq;
-        sums[3 * warp + 1] = kk;
-        sums[3 * warp + 2] = qk;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    for (int t = warp; t < T; t += kWarps) {
+        const int64_t row = first + t;
+        const int64_t q_at = row * p.q_stride + bc.h * K, k_at = row * p.k_stride + bc.h * K;
+        float qq = 0.0f, kk = 0.0f, qk = 0.0f;
+        for (int64_t i = lane; i < K; i += 32) {
+            const float qi = load_elem<Act>(p.q, q_at + i), ki = load_elem<Act>(p.k, k_at + i);
+            st.q[t][i] = qi;
+            st.k[t][i] = ki;
+            qq += qi * qi;
+            kk += ki * ki;
+            qk += qi * ki;
+        }
+        qq = row_sum<32>(qq);
+        kk = row_sum<32>(kk);
+        qk = row_sum<32>(qk);
+        if (lane == 0) {
+            const float q_factor = (p.qk_l2norm ? inv_sqrt(qq + GDN_L2NORM_EPS) : 1.0f) * p.scale;
+            const float k_factor = p.qk_l2norm ? inv_sqrt(kk + GDN_L2NORM_EPS) : 1.0f;
+            const float a = load_elem<Act>(p.a, row * p.a_stride + bc.hv);
+            const float b = load_elem<Act>(p.b, row * p.b_stride + bc.hv);
+            st.q_factor[t] = q_factor;
+            st.k_factor[t] = k_factor;
+            st.kq[t] = qk * q_factor * k_factor;
+            st.decay[t] = expf(gdn_gate_log(p.A_log[bc.hv], a, p.dt_bias[bc.hv]));
+            st.beta[t] = sigmoid_fast(b);
+            const int64_t slot = p.token_slots ? gdn_token_slot(&p, bc.n, t) : -1;
+            st.snapshot[t] = slot < 0 ? -1 : gdn_tile_offset(&p, slot, bc.hv);
+        }
     }
     __syncthreads();
-    qq = kk = qk = 0.0f;
-    for (int w = 0; w < kWarps; w++) {
-        qq += sums[3 * w];
-        kk += sums[3 * w + 1];
-        qk += sums[3 * w + 2];
-    }
-    const float inv_q = p.qk_l2norm ? inv_sqrt(qq + GDN_L2NORM_EPS) : 1.0f;
-    const float inv_k = p.qk_l2norm ? inv_sqrt(kk + GDN_L2NORM_EPS) : 1.0f;
-    const float q_factor = inv_q * p.scale;
-    for (int64_t i = threadIdx.x; i < K; i += blockDim.x) { /* each thread rescales its own i */
-        sq[i] *= q_factor;
-        sk[i] *= inv_k;
-    }
-    const float a = load_elem<Act>(p.a, n * p.a_stride + hv);
-    const float b = load_elem<Act>(p.b, n * p.b_stride + hv);
-    head_scalars s;
-    s.decay = expf(gdn_gate_log(p.A_log[hv], a, p.dt_bias[hv]));
-    s.beta = sigmoid_fast(b);
-    s.kq = qk * q_factor * inv_k;
-    __syncthreads();
-    return s;
 }
 
-/* Resolves row n's slots; false when the block has nothing to compute (padding or bad slot). */
+/*
+ * The slots and tokens of this block's sequence. Returns false when the block has nothing to
+ * compute: a padding row (its outputs in [row0, row0 + rows) are zeroed here), a sequence with
+ * no tokens, or indices that point outside the pool (skipped: nothing written).
+ */
 template <typename Act>
-__device__ bool resolve_slots(const gdn_problem &p, int64_t n, int64_t hv, int64_t row0,
-                              int64_t rows, int64_t *read, int64_t *write)
+__device__ bool resolve_sequence(const gdn_problem &p, const block_coords &bc, int64_t row0, int64_t rows,
+                                 int64_t *read, int64_t *write, int64_t *first, int64_t *T)
 {
-    *read = gdn_read_slot(&p, n);
-    *write = gdn_write_slot(&p, n);
-    if (*read < 0) { /* padding row: zeros out, state untouched */
-        const int64_t out_at = n * p.out_stride + hv * p.head_dim_v;
-        for (int64_t j = row0 + threadIdx.x; j < row0 + rows && j < p.head_dim_v; j += blockDim.x)
-            store_elem<Act>(p.out, out_at + j, 0.0f);
+    *read = gdn_read_slot(&p, bc.n);
+    *write = gdn_write_slot(&p, bc.n);
+    *first = gdn_first_token_row(&p, bc.n);
+    *T = gdn_seq_tokens(&p, bc.n);
+    if (*T <= 0)
+        return false;
+    if (*read < 0) {
+        const int64_t V = p.head_dim_v, hi = row0 + rows < V ? row0 + rows : V;
+        for (int64_t t = 0; t < *T; t++)
+            for (int64_t j = row0 + threadIdx.x; j < hi; j += blockDim.x)
+                store_elem<Act>(p.out, (*first + t) * p.out_stride + bc.hv * V + j, 0.0f);
         return false;
     }
     return *read < p.num_slots && *write < p.num_slots;
@@ -264,53 +275,38 @@ __device__ __forceinline__ void wait_for_previous_kernel(void)
 #endif
 }
 
-template <typename Act, typename St, int ROWS>
+/*
+ * One block: 128 threads = 16 row groups of 8 lanes; each thread owns ROWS rows (row group g
+ * owns rows g, g + 16, ...), so a block covers 16 * ROWS rows of one (sequence, head) tile.
+ * ROWS trades parallelism at small N (ROWS = 1: most blocks) against per-block overhead and
+ * bytes in flight at large N (ROWS = 4: 4 * 64 B of f32 state per thread). MAXT is the most
+ * tokens per sequence (1 for plain decode); the rows stay in registers across tokens.
+ *
+ * Latency chain, which sets the time at small N: the slot and token-count loads first, then
+ * the state loads (they need the slot) together with the token inputs, then the block's one
+ * barrier, then arithmetic and stores.
+ */
+template <typename Act, typename St, int ROWS, int MAXT>
 __global__ void __launch_bounds__(kThreads) decode_vk_k128(const __grid_constant__ gdn_problem p)
 {
     constexpr int VEC = state_vec<St>::n;
     constexpr int CHUNKS = kFastK / (kLanesPerRow * VEC);
     constexpr int BLOCK_ROWS = kFastRows * ROWS;
-    __shared__ __align__(16) float sq[kFastK];
-    __shared__ __align__(16) float sk[kFastK];
-    __shared__ float sums[3 * kWarps];
+    __shared__ __align__(16) token_stage<MAXT, kFastK> st;
 
     const int64_t V = p.head_dim_v;
     const block_coords bc = block_coords_of(p);
-    const int64_t n = bc.n, hv = bc.hv, h = bc.h;
     const int64_t row0 = (int64_t)blockIdx.x * BLOCK_ROWS + threadIdx.x / kLanesPerRow;
     const int lane = threadIdx.x % kLanesPerRow;
 
-    /* 1. Every load that does not depend on the slot. */
     wait_for_previous_kernel();
-    const int64_t read = gdn_read_slot(&p, n), write = gdn_write_slot(&p, n);
-    const float q_i = load_elem<Act>(p.q, n * p.q_stride + h * kFastK + threadIdx.x);
-    const float k_i = load_elem<Act>(p.k, n * p.k_stride + h * kFastK + threadIdx.x);
-    float v_row[ROWS];
-#pragma unroll
-    for (int r = 0; r < ROWS; r++) {
-        const int64_t row = row0 + r * kFastRows;
-        v_row[r] = row < V ? load_elem<Act>(p.v, n * p.v_stride + hv * V + row) : 0.0f;
-    }
-    const float a = load_elem<Act>(p.a, n * p.a_stride + hv);
-    const float b = load_elem<Act>(p.b, n * p.b_stride + hv);
-    const float A_log = p.A_log[hv], dt_bias = p.dt_bias[hv];
-
-    const int64_t out_at = n * p.out_stride + hv * V;
-    if (read < 0) { /* padding row: zeros out, state untouched */
-#pragma unroll
-        for (int r = 0; r < ROWS; r++) {
-            const int64_t row = row0 + r * kFastRows;
-            if (row < V && lane == 0)
-                store_elem<Act>(p.out, out_at + row, 0.0f);
-        }
-        return;
-    }
-    if (read >= p.num_slots || write >= p.num_slots)
+    int64_t read, write, first, T;
+    if (!resolve_sequence<Act>(p, bc, (int64_t)blockIdx.x * BLOCK_ROWS, BLOCK_ROWS, &read, &write, &first, &T))
         return;
 
-    /* 2. The state rows. */
+    /* The state rows, then the values of the rows for every token. */
     uint4 raw[ROWS][CHUNKS];
-    const St *src = static_cast<const St *>(p.state_pool) + gdn_tile_offset(&p, read, hv) + lane * VEC;
+    const St *src = static_cast<const St *>(p.state_pool) + gdn_tile_offset(&p, read, bc.hv) + lane * VEC;
 #pragma unroll
     for (int r = 0; r < ROWS; r++) {
         const int64_t row = row0 + r * kFastRows;
@@ -320,160 +316,198 @@ __global__ void __launch_bounds__(kThreads) decode_vk_k128(const __grid_constant
                 raw[r][c] = load_state_vec(src + row * kFastK + c * kLanesPerRow * VEC);
         }
     }
-
-    /* 3. q/k norms: one block reduction while the state loads are in flight. */
-    sq[threadIdx.x] = q_i;
-    sk[threadIdx.x] = k_i;
-    float qq = row_sum<32>(q_i * q_i), kk = row_sum<32>(k_i * k_i), qk = row_sum<32>(q_i * k_i);
-    const int warp = threadIdx.x / 32;
-    if (threadIdx.x % 32 == 0) {
-        sums[3 * warp] = qq;
-        sums[3 * warp + 1] = kk;
-        sums[3 * warp + 2] = qk;
-    }
-    __syncthreads();
-    qq = kk = qk = 0.0f;
+    float v_row[MAXT][ROWS];
 #pragma unroll
-    for (int w = 0; w < kWarps; w++) {
-        qq += sums[3 * w];
-        kk += sums[3 * w + 1];
-        qk += sums[3 * w + 2];
-    }
-    const float inv_k = p.qk_l2norm ? inv_sqrt(kk + GDN_L2NORM_EPS) : 1.0f;
-    const float q_factor = (p.qk_l2norm ? inv_sqrt(qq + GDN_L2NORM_EPS) : 1.0f) * p.scale;
-    const float kq = qk * q_factor * inv_k;
-    const float decay = expf(gdn_gate_log(A_log, a, dt_bias));
-    const float beta = sigmoid_fast(b);
-    St *dst = static_cast<St *>(p.state_pool) + (write < 0 ? 0 : gdn_tile_offset(&p, write, hv)) + lane * VEC;
+    for (int t = 0; t < MAXT; t++)
+#pragma unroll
+        for (int r = 0; r < ROWS; r++) {
+            const int64_t row = row0 + r * kFastRows;
+            v_row[t][r] = t < T && row < V ? load_elem<Act>(p.v, (first + t) * p.v_stride + bc.hv * V + row) : 0.0f;
+        }
+    prepare_tokens<Act>(p, bc, first, T, st);
 
-    /* 4. Per row: the two sums, the delta, the output, the new row. */
+    St *pool = static_cast<St *>(p.state_pool);
+    const int64_t dst = write < 0 ? -1 : gdn_tile_offset(&p, write, bc.hv);
 #pragma unroll
     for (int r = 0; r < ROWS; r++) {
         const int64_t row = row0 + r * kFastRows;
         if (row >= V)
             break;
         float s[CHUNKS * VEC];
-        float dot_k = 0.0f, dot_q = 0.0f;
 #pragma unroll
-        for (int c = 0; c < CHUNKS; c++) {
+        for (int c = 0; c < CHUNKS; c++)
             state_vec<St>::unpack(raw[r][c], s + c * VEC);
-            const int at = c * kLanesPerRow * VEC + lane * VEC;
 #pragma unroll
-            for (int e = 0; e < VEC; e += 4) {
-                const float4 kv = *reinterpret_cast<const float4 *>(sk + at + e);
-                const float4 qv = *reinterpret_cast<const float4 *>(sq + at + e);
-                const float *x = s + c * VEC + e;
-                dot_k += x[0] * kv.x + x[1] * kv.y + x[2] * kv.z + x[3] * kv.w;
-                dot_q += x[0] * qv.x + x[1] * qv.y + x[2] * qv.z + x[3] * qv.w;
+        for (int t = 0; t < MAXT; t++) {
+            if (t >= T)
+                break;
+            float dot_k = 0.0f, dot_q = 0.0f;
+#pragma unroll
+            for (int c = 0; c < CHUNKS; c++) {
+                const int at = c * kLanesPerRow * VEC + lane * VEC;
+#pragma unroll
+                for (int e = 0; e < VEC; e += 4) {
+                    const float4 kv = *reinterpret_cast<const float4 *>(&st.k[t][at + e]);
+                    const float4 qv = *reinterpret_cast<const float4 *>(&st.q[t][at + e]);
+                    const float *x = s + c * VEC + e;
+                    dot_k += x[0] * kv.x + x[1] * kv.y + x[2] * kv.z + x[3] * kv.w;
+                    dot_q += x[0] * qv.x + x[1] * qv.y + x[2] * qv.z + x[3] * qv.w;
+                }
+            }
+            const float k_factor = st.k_factor[t], decay = st.decay[t];
+            dot_k = row_sum<kLanesPerRow>(dot_k) * k_factor;
+            dot_q = row_sum<kLanesPerRow>(dot_q) * st.q_factor[t];
+            const float u = st.beta[t] * (v_row[t][r] - decay * dot_k);
+            if (lane == 0)
+                store_elem<Act>(p.out, (first + t) * p.out_stride + bc.hv * V + row, decay * dot_q + u * st.kq[t]);
+            const float u_k = u * k_factor; /* S' = decay S + u k_hat, k_hat = k_factor k */
+#pragma unroll
+            for (int c = 0; c < CHUNKS; c++) {
+                const int at = c * kLanesPerRow * VEC + lane * VEC;
+#pragma unroll
+                for (int e = 0; e < VEC; e++)
+                    s[c * VEC + e] = decay * s[c * VEC + e] + u_k * st.k[t][at + e];
+            }
+            if (MAXT > 1 && st.snapshot[t] >= 0) {
+#pragma unroll
+                for (int c = 0; c < CHUNKS; c++)
+                    store_state_vec(pool + st.snapshot[t] + row * kFastK + lane * VEC + c * kLanesPerRow * VEC,
+                                    state_vec<St>::pack(s + c * VEC));
             }
         }
-        dot_k = row_sum<kLanesPerRow>(dot_k) * inv_k;
-        dot_q = row_sum<kLanesPerRow>(dot_q) * q_factor;
-        const float u = beta * (v_row[r] - decay * dot_k);
-        if (lane == 0)
-            store_elem<Act>(p.out, out_at + row, decay * dot_q + u * kq);
-        if (write < 0)
+        if (dst < 0)
             continue;
-        const float u_k = u * inv_k; /* S' = decay S + u k_hat, k_hat = inv_k k */
 #pragma unroll
-        for (int c = 0; c < CHUNKS; c++) {
-            const int at = c * kLanesPerRow * VEC + lane * VEC;
-            float next[VEC];
-#pragma unroll
-            for (int e = 0; e < VEC; e++)
-                next[e] = decay * s[c * VEC + e] + u_k * sk[at + e];
-            store_state_vec(dst + row * kFastK + c * kLanesPerRow * VEC, state_vec<St>::pack(next));
-        }
+        for (int c = 0; c < CHUNKS; c++)
+            store_state_vec(pool + dst + row * kFastK + lane * VEC + c * kLanesPerRow * VEC,
+                            state_vec<St>::pack(s + c * VEC));
     }
 }
 
-/* ---- generic paths ------------------------------------------------------------------------- */
+/* ---- generic paths: any K, V up to GDN_MAX_HEAD_DIM, vk and kv ------------------------------ */
 
-constexpr int kGenericVkRows = 16; /* rows per block: 4 per warp */
-constexpr int kGenericKvCols = 32; /* value columns per block: one per lane */
+constexpr int kGenericVkRows = 16;                      /* rows per block: 4 per warp */
+constexpr int kGenericKvCols = 32;                      /* value columns per block: one per lane */
+constexpr int kPerLaneVk = GDN_MAX_HEAD_DIM / 32;       /* row elements per lane (vk) */
+constexpr int kPerThreadKv = GDN_MAX_HEAD_DIM / kWarps; /* column elements per thread (kv) */
 
-/* vk, any K: a warp per row, lanes along K. */
-template <typename Act, typename St>
+/* vk: a warp per row, lanes along K; the row's elements stay in registers across tokens. */
+template <typename Act, typename St, int MAXT>
 __global__ void __launch_bounds__(kThreads) decode_vk_generic(const __grid_constant__ gdn_problem p)
 {
-    extern __shared__ float smem[];
+    __shared__ token_stage<MAXT, GDN_MAX_HEAD_DIM> st;
     const int64_t K = p.head_dim_k, V = p.head_dim_v;
-    float *sq = smem, *sk = smem + K, *sums = smem + 2 * K;
     const block_coords bc = block_coords_of(p);
-    const int64_t n = bc.n, hv = bc.hv;
     const int64_t row0 = (int64_t)blockIdx.x * kGenericVkRows;
-    int64_t read, write;
-    if (!resolve_slots<Act>(p, n, hv, row0, kGenericVkRows, &read, &write))
+    int64_t read, write, first, T;
+    if (!resolve_sequence<Act>(p, bc, row0, kGenericVkRows, &read, &write, &first, &T))
         return;
-    const head_scalars hs = load_head<Act>(p, n, hv, bc.h, sq, sk, sums);
+    prepare_tokens<Act>(p, bc, first, T, st);
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const St *src = static_cast<const St *>(p.state_pool) + gdn_tile_offset(&p, read, hv);
-    St *dst = static_cast<St *>(p.state_pool) + (write < 0 ? 0 : gdn_tile_offset(&p, write, hv));
+    St *pool = static_cast<St *>(p.state_pool);
+    const int64_t src = gdn_tile_offset(&p, read, bc.hv), dst = write < 0 ? -1 : gdn_tile_offset(&p, write, bc.hv);
     for (int64_t row = row0 + warp; row < row0 + kGenericVkRows && row < V; row += kWarps) {
-        float dot_k = 0.0f, dot_q = 0.0f;
-        for (int64_t i = lane; i < K; i += 32) {
-            const float x = load_elem<St>(src, row * K + i);
-            dot_k += x * sk[i];
-            dot_q += x * sq[i];
+        float s[kPerLaneVk];
+#pragma unroll
+        for (int m = 0; m < kPerLaneVk; m++)
+            s[m] = lane + 32 * m < K ? load_elem<St>(pool, src + row * K + lane + 32 * m) : 0.0f;
+        for (int t = 0; t < T; t++) {
+            float dot_k = 0.0f, dot_q = 0.0f;
+#pragma unroll
+            for (int m = 0; m < kPerLaneVk; m++)
+                if (lane + 32 * m < K) {
+                    dot_k += s[m] * st.k[t][lane + 32 * m];
+                    dot_q += s[m] * st.q[t][lane + 32 * m];
+                }
+            dot_k = row_sum<32>(dot_k) * st.k_factor[t];
+            dot_q = row_sum<32>(dot_q) * st.q_factor[t];
+            const float decay = st.decay[t];
+            const float u = st.beta[t] * (load_elem<Act>(p.v, (first + t) * p.v_stride + bc.hv * V + row) - decay * dot_k);
+            if (lane == 0)
+                store_elem<Act>(p.out, (first + t) * p.out_stride + bc.hv * V + row, decay * dot_q + u * st.kq[t]);
+            const float u_k = u * st.k_factor[t];
+#pragma unroll
+            for (int m = 0; m < kPerLaneVk; m++)
+                if (lane + 32 * m < K) {
+                    s[m] = decay * s[m] + u_k * st.k[t][lane + 32 * m];
+                    if (st.snapshot[t] >= 0)
+                        store_elem<St>(pool, st.snapshot[t] + row * K + lane + 32 * m, s[m]);
+                }
         }
-        dot_k = row_sum<32>(dot_k);
-        dot_q = row_sum<32>(dot_q);
-        const float u = hs.beta * (load_elem<Act>(p.v, n * p.v_stride + hv * V + row) - hs.decay * dot_k);
-        if (lane == 0)
-            store_elem<Act>(p.out, n * p.out_stride + hv * V + row, hs.decay * dot_q + u * hs.kq);
-        if (write < 0)
-            continue;
-        /* All lanes finished reading this row before any writes it (the shuffles above). */
-        for (int64_t i = lane; i < K; i += 32)
-            store_elem<St>(dst, row * K + i, hs.decay * load_elem<St>(src, row * K + i) + u * sk[i]);
+#pragma unroll
+        for (int m = 0; m < kPerLaneVk; m++)
+            if (dst >= 0 && lane + 32 * m < K)
+                store_elem<St>(pool, dst + row * K + lane + 32 * m, s[m]);
     }
 }
 
-/* kv, any K and V: lanes along V (one column each), warps split K, reduced in shared memory. */
-template <typename Act, typename St>
+/* kv: lanes along V (one column each, coalesced), warps split K; the column's elements stay in
+ * registers across tokens and the per-token sums meet in shared memory (one barrier a token). */
+template <typename Act, typename St, int MAXT>
 __global__ void __launch_bounds__(kThreads) decode_kv_generic(const __grid_constant__ gdn_problem p)
 {
-    extern __shared__ float smem[];
+    __shared__ token_stage<MAXT, GDN_MAX_HEAD_DIM> st;
+    __shared__ float partial[2][kWarps][2][32]; /* double-buffered by token parity */
     const int64_t K = p.head_dim_k, V = p.head_dim_v;
-    float *sq = smem, *sk = smem + K, *sums = smem + 2 * K;
-    float *partial = sums + 3 * kWarps; /* [kWarps][2][32] */
     const block_coords bc = block_coords_of(p);
-    const int64_t n = bc.n, hv = bc.hv;
     const int64_t col0 = (int64_t)blockIdx.x * kGenericKvCols;
-    int64_t read, write;
-    if (!resolve_slots<Act>(p, n, hv, col0, kGenericKvCols, &read, &write))
+    int64_t read, write, first, T;
+    if (!resolve_sequence<Act>(p, bc, col0, kGenericKvCols, &read, &write, &first, &T))
         return;
-    const head_scalars hs = load_head<Act>(p, n, hv, bc.h, sq, sk, sums);
+    prepare_tokens<Act>(p, bc, first, T, st);
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int64_t col = col0 + lane;
     const bool has_col = col < V;
-    const St *src = static_cast<const St *>(p.state_pool) + gdn_tile_offset(&p, read, hv);
-    St *dst = static_cast<St *>(p.state_pool) + (write < 0 ? 0 : gdn_tile_offset(&p, write, hv));
-    float dot_k = 0.0f, dot_q = 0.0f;
-    if (has_col) {
-        for (int64_t i = warp; i < K; i += kWarps) {
-            const float x = load_elem<St>(src, i * V + col);
-            dot_k += x * sk[i];
-            dot_q += x * sq[i];
+    St *pool = static_cast<St *>(p.state_pool);
+    const int64_t src = gdn_tile_offset(&p, read, bc.hv), dst = write < 0 ? -1 : gdn_tile_offset(&p, write, bc.hv);
+    float s[kPerThreadKv];
+#pragma unroll
+    for (int m = 0; m < kPerThreadKv; m++) {
+        const int64_t i = warp + kWarps * m;
+        s[m] = has_col && i < K ? load_elem<St>(pool, src + i * V + col) : 0.0f;
+    }
+    for (int t = 0; t < T; t++) {
+        float dot_k = 0.0f, dot_q = 0.0f;
+#pragma unroll
+        for (int m = 0; m < kPerThreadKv; m++) {
+            const int64_t i = warp + kWarps * m;
+            if (i < K) {
+                dot_k += s[m] * st.k[t][i];
+                dot_q += s[m] * st.q[t][i];
+            }
+        }
+        partial[t & 1][warp][0][lane] = dot_k;
+        partial[t & 1][warp][1][lane] = dot_q;
+        __syncthreads();
+        dot_k = dot_q = 0.0f;
+        for (int w = 0; w < kWarps; w++) {
+            dot_k += partial[t & 1][w][0][lane];
+            dot_q += partial[t & 1][w][1][lane];
+        }
+        dot_k *= st.k_factor[t];
+        dot_q *= st.q_factor[t];
+        const float decay = st.decay[t];
+        const float v_j = has_col ? load_elem<Act>(p.v, (first + t) * p.v_stride + bc.hv * V + col) : 0.0f;
+        const float u = st.beta[t] * (v_j - decay * dot_k);
+        if (has_col && warp == 0)
+            store_elem<Act>(p.out, (first + t) * p.out_stride + bc.hv * V + col, decay * dot_q + u * st.kq[t]);
+        const float u_k = u * st.k_factor[t];
+#pragma unroll
+        for (int m = 0; m < kPerThreadKv; m++) {
+            const int64_t i = warp + kWarps * m;
+            if (i < K) {
+                s[m] = decay * s[m] + u_k * st.k[t][i];
+                if (has_col && st.snapshot[t] >= 0)
+                    store_elem<St>(pool, st.snapshot[t] + i * V + col, s[m]);
+            }
         }
     }
-    partial[(warp * 2) * 32 + lane] = dot_k;
-    partial[(warp * 2 + 1) * 32 + lane] = dot_q;
-    __syncthreads(); /* every partial sum is in, and every read of the old state is done */
-    dot_k = dot_q = 0.0f;
-    for (int w = 0; w < kWarps; w++) {
-        dot_k += partial[(w * 2) * 32 + lane];
-        dot_q += partial[(w * 2 + 1) * 32 + lane];
+#pragma unroll
+    for (int m = 0; m < kPerThreadKv; m++) {
+        const int64_t i = warp + kWarps * m;
+        if (dst >= 0 && has_col && i < K)
+            store_elem<St>(pool, dst + i * V + col, s[m]);
     }
-    if (!has_col)
-        return;
-    const float u = hs.beta * (load_elem<Act>(p.v, n * p.v_stride + hv * V + col) - hs.decay * dot_k);
-    if (warp == 0)
-        store_elem<Act>(p.out, n * p.out_stride + hv * V + col, hs.decay * dot_q + u * hs.kq);
-    if (write < 0)
-        return;
-    for (int64_t i = warp; i < K; i += kWarps)
-        store_elem<St>(dst, i * V + col, hs.decay * load_elem<St>(src, i * V + col) + u * sk[i]);
 }
 
 /* ---- launch -------------------------------------------------------------------------------- */
@@ -498,7 +532,7 @@ int sm_count(void)
 #define GDN_FAST_MAX_ROWS 4
 #endif
 
-template <typename Act, typename St, int ROWS> void launch_fast(const gdn_problem &p, cudaStream_t stream)
+template <typename Act, typename St, int ROWS, int MAXT> void launch_fast(const gdn_problem &p, cudaStream_t stream)
 {
     const int64_t block_rows = (int64_t)kFastRows * ROWS;
     dim3 grid((unsigned)((p.head_dim_v + block_rows - 1) / block_rows), (unsigned)p.num_v_heads,
@@ -513,32 +547,44 @@ template <typename Act, typename St, int ROWS> void launch_fast(const gdn_proble
     config.stream = stream;
     config.attrs = attr;
     config.numAttrs = 1;
-    cudaLaunchKernelEx(&config, decode_vk_k128<Act, St, ROWS>, p);
+    cudaLaunchKernelEx(&config, decode_vk_k128<Act, St, ROWS, MAXT>, p);
 #else
-    decode_vk_k128<Act, St, ROWS><<<grid, kThreads, 0, stream>>>(p);
+    decode_vk_k128<Act, St, ROWS, MAXT><<<grid, kThreads, 0, stream>>>(p);
 #endif
+}
+
+template <typename Act, typename St, int MAXT> void launch_generic(const gdn_problem &p, cudaStream_t stream)
+{
+    const int64_t V = p.head_dim_v;
+    if (p.state_layout == GDN_LAYOUT_VK) {
+        dim3 grid((unsigned)((V + kGenericVkRows - 1) / kGenericVkRows), (unsigned)p.num_v_heads, (unsigned)p.num_seqs);
+        decode_vk_generic<Act, St, MAXT><<<grid, kThreads, 0, stream>>>(p);
+    } else {
+        dim3 grid((unsigned)((V + kGenericKvCols - 1) / kGenericKvCols), (unsigned)p.num_v_heads, (unsigned)p.num_seqs);
+        decode_kv_generic<Act, St, MAXT><<<grid, kThreads, 0, stream>>>(p);
+    }
 }
 
 template <typename Act, typename St> cudaError_t launch(const gdn_problem &p, cudaStream_t stream)
 {
     const int64_t V = p.head_dim_v, K = p.head_dim_k, HV = p.num_v_heads, N = p.num_seqs;
+    const bool single = p.num_tokens == 1;
     if (p.state_layout == GDN_LAYOUT_VK && K == kFastK) {
-        /* The most rows per thread that still leaves 8 blocks per multiprocessor. */
+        /* The most rows per thread that still leaves 8 blocks per multiprocessor. Several tokens
+         * keep one row per thread: their values already take MAXT registers a row. */
         const int64_t rows = N * HV * V, enough = 8LL * sm_count() * kFastRows;
-        if (GDN_FAST_MAX_ROWS >= 4 && rows >= 4 * enough)
-            launch_fast<Act, St, 4>(p, stream);
+        if (!single)
+            launch_fast<Act, St, 1, GDN_MAX_TOKENS>(p, stream);
+        else if (GDN_FAST_MAX_ROWS >= 4 && rows >= 4 * enough)
+            launch_fast<Act, St, 4, 1>(p, stream);
         else if (GDN_FAST_MAX_ROWS >= 2 && rows >= 2 * enough)
-            launch_fast<Act, St, 2>(p, stream);
+            launch_fast<Act, St, 2, 1>(p, stream);
         else
-            launch_fast<Act, St, 1>(p, stream);
-    } else if (p.state_layout == GDN_LAYOUT_VK) {
-        dim3 grid((unsigned)((V + kGenericVkRows - 1) / kGenericVkRows), (unsigned)HV, (unsigned)N);
-        size_t smem = (size_t)(2 * K + 3 * kWarps) * sizeof(float);
-        decode_vk_generic<Act, St><<<grid, kThreads, smem, stream>>>(p);
+            launch_fast<Act, St, 1, 1>(p, stream);
+    } else if (single) {
+        launch_generic<Act, St, 1>(p, stream);
     } else {
-        dim3 grid((unsigned)((V + kGenericKvCols - 1) / kGenericKvCols), (unsigned)HV, (unsigned)N);
-        size_t smem = (size_t)(2 * K + 3 * kWarps + 2 * kWarps * 32) * sizeof(float);
-        decode_kv_generic<Act, St><<<grid, kThreads, smem, stream>>>(p);
+        launch_generic<Act, St, GDN_MAX_TOKENS>(p, stream);
     }
     return cudaGetLastError();
 }
@@ -557,17 +603,27 @@ constexpr int64_t kMaxGridYZ = 65535;
 gdn_problem rows_of(const gdn_problem &p, int64_t first, int64_t count)
 {
     gdn_problem c = p;
-    const size_t act = p.act_dtype == GDN_DTYPE_F32 ? 4 : 2, idx = p.index_dtype == GDN_DTYPE_I32 ? 4 : 8;
+    const size_t idx = p.index_dtype == GDN_DTYPE_I32 ? 4 : 8;
     c.num_seqs = count;
-    c.q = static_cast<const char *>(p.q) + first * p.q_stride * act;
-    c.k = static_cast<const char *>(p.k) + first * p.k_stride * act;
-    c.v = static_cast<const char *>(p.v) + first * p.v_stride * act;
-    c.a = static_cast<const char *>(p.a) + first * p.a_stride * act;
-    c.b = static_cast<const char *>(p.b) + first * p.b_stride * act;
-    c.out = static_cast<char *>(p.out) + first * p.out_stride * act;
-    c.read_slots = static_cast<const char *>(p.read_slots) + first * idx;
+    c.read_slots = p.read_slots ? static_cast<const char *>(p.read_slots) + first * idx : NULL;
     if (p.write_slots)
         c.write_slots = static_cast<const char *>(p.write_slots) + first * idx;
+    if (p.num_accepted)
+        c.num_accepted = static_cast<const char *>(p.num_accepted) + first * idx;
+    if (p.token_slots)
+        c.token_slots = static_cast<const char *>(p.token_slots) + first * p.token_slots_stride * idx;
+    if (p.cu_seqlens) { /* cu_seqlens keeps absolute token rows: the activations stay as they are */
+        c.cu_seqlens = static_cast<const char *>(p.cu_seqlens) + first * idx;
+        return c;
+    }
+    const size_t act = p.act_dtype == GDN_DTYPE_F32 ? 4 : 2;
+    const int64_t row = first * p.num_tokens;
+    c.q = static_cast<const char *>(p.q) + row * p.q_stride * act;
+    c.k = static_cast<const char *>(p.k) + row * p.k_stride * act;
+    c.v = static_cast<const char *>(p.v) + row * p.v_stride * act;
+    c.a = static_cast<const char *>(p.a) + row * p.a_stride * act;
+    c.b = static_cast<const char *>(p.b) + row * p.b_stride * act;
+    c.out = static_cast<char *>(p.out) + row * p.out_stride * act;
     return c;
 }
 
