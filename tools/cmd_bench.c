@@ -29,10 +29,11 @@ typedef struct bench_opts {
     gdn_state_layout layout;
     long long ns[16];
     int n_count, csv, reps;
+    int tokens, token_slots; /* multi-token decode: T tokens per sequence, a snapshot per token */
 } bench_opts;
 
 typedef struct bench_set {
-    void *q, *k, *v, *a, *b, *out, *pool, *slots;
+    void *q, *k, *v, *a, *b, *out, *pool, *slots, *token_slots;
 } bench_set;
 
 typedef struct bench_ctx {
@@ -40,14 +41,18 @@ typedef struct bench_ctx {
     bench_set sets[MAX_SETS];
     int count;
     mem_where where;
-    size_t pool_bytes;
-    void *copy_scratch; /* destination of the copy baseline when there is one set only */
+    size_t pool_bytes;    /* one set's pool: N slots, plus N*T snapshot slots with token slots */
+    size_t traffic_bytes; /* state bytes one call reads plus writes */
+    void *copy_scratch;   /* destination of the copy baseline when there is one set only */
 } bench_ctx;
 
 static void usage(void)
 {
     printf("usage: gdn bench [--backend cpu|cuda] [--shape NAME] [--state f32|bf16] [--act f32|f16|bf16]\n"
            "                 [--layout vk|kv] [--n 1,4,16,64,256,1024] [--reps R] [--csv]\n"
+           "                 [--tokens T [--token-slots]]\n"
+           "  --tokens T: multi-token decode, T tokens per sequence; --token-slots: the state after\n"
+           "  every token saved to its own slot (bytes counted: N tiles read, N*T tiles written)\n"
            "  shapes:");
     for (const shape *s = model_shapes; s->name; s++)
         printf(" %s", s->name);
@@ -60,6 +65,7 @@ static int parse(int argc, char **argv, bench_opts *o)
     memset(o, 0, sizeof *o);
     o->shp = shape_find("qwen3-next");
     o->act = GDN_DTYPE_BF16, o->state = GDN_DTYPE_F32, o->layout = GDN_LAYOUT_VK;
+    o->tokens = 1;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *next = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--backend") && next)
@@ -80,6 +86,10 @@ static int parse(int argc, char **argv, bench_opts *o)
             ns = argv[++i];
         else if (!strcmp(a, "--reps") && next)
             o->reps = atoi(argv[++i]);
+        else if (!strcmp(a, "--tokens") && next)
+            o->tokens = atoi(argv[++i]);
+        else if (!strcmp(a, "--token-slots"))
+            o->token_slots = 1;
         else if (!strcmp(a, "--csv"))
             o->csv = 1;
         else if (!strcmp(a, "--help") || !strcmp(a, "-h"))
@@ -87,6 +97,8 @@ static int parse(int argc, char **argv, bench_opts *o)
         else
             return fprintf(stderr, "gdn bench: unknown option %s\n", a), usage(), -1;
     }
+    if (o->tokens < 1 || o->tokens > GDN_MAX_TOKENS)
+        return fprintf(stderr, "gdn bench: --tokens must be 1..%d\n", GDN_MAX_TOKENS), -1;
     for (const char *p = ns; *p && o->n_count < 16;) {
         char *end;
         long long n = strtoll(p, &end, 10);
@@ -124,8 +136,8 @@ static void *random_buffer(mem_where where, gdn_dtype dtype, size_t count, doubl
 static void free_sets(bench_ctx *b)
 {
     for (int s = 0; s < b->count; s++) {
-        void *bufs[] = {b->sets[s].q, b->sets[s].k, b->sets[s].v, b->sets[s].a, b->sets[s].b,
-                        b->sets[s].out, b->sets[s].pool, b->sets[s].slots};
+        void *bufs[] = {b->sets[s].q,   b->sets[s].k,    b->sets[s].v,     b->sets[s].a,          b->sets[s].b,
+                        b->sets[s].out, b->sets[s].pool, b->sets[s].slots, b->sets[s].token_slots};
         for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
             mem_free(b->where, bufs[i]);
     }
@@ -142,7 +154,10 @@ static int make_sets(const bench_opts *o, long long n, bench_ctx *b)
     rng g = {rng_fresh_seed()};
     memset(b, 0, sizeof *b);
     b->where = o->backend == GDN_BACKEND_CUDA ? MEM_DEVICE : MEM_HOST;
-    b->pool_bytes = (size_t)n * (size_t)(s->hv * s->v * s->k) * gdn_dtype_size(o->state);
+    const long long T = o->tokens, slots = o->token_slots ? n * (T + 1) : n, rows = n * T;
+    const size_t tile = (size_t)(s->hv * s->v * s->k) * gdn_dtype_size(o->state);
+    b->pool_bytes = (size_t)slots * tile;
+    b->traffic_bytes = (size_t)n * tile * (o->token_slots ? 1 + T : 2);
     size_t rotation = b->where == MEM_DEVICE ? DEVICE_ROTATION_BYTES : HOST_ROTATION_BYTES;
     int want = (int)((rotation + b->pool_bytes - 1) / b->pool_bytes);
     want = want < 1 ? 1 : want > MAX_SETS ? MAX_SETS : want;
@@ -150,7 +165,9 @@ static int make_sets(const bench_opts *o, long long n, bench_ctx *b)
     gdn_decode_params_init(p);
     p->num_seqs = n, p->num_q_heads = s->h, p->num_v_heads = s->hv, p->head_dim_k = s->k, p->head_dim_v = s->v;
     p->act_dtype = o->act, p->state_dtype = o->state, p->state_layout = o->layout;
-    p->num_slots = n, p->backend = o->backend;
+    p->num_slots = slots, p->backend = o->backend;
+    if (T > 1 || o->token_slots)
+        p->num_tokens = T;
     float *A_log = malloc((size_t)s->hv * 4), *dt_bias = malloc((size_t)s->hv * 4);
     for (int64_t h = 0; h < s->hv; h++)
         A_log[h] = (float)log(1.0 + 15.0 * rng_uniform(&g)), dt_bias[h] = (float)(-3.0 + rng_uniform(&g));
@@ -158,26 +175,34 @@ static int make_sets(const bench_opts *o, long long n, bench_ctx *b)
     int ok = p->A_log && p->dt_bias && !mem_upload(b->where, (void *)p->A_log, A_log, (size_t)s->hv * 4) &&
              !mem_upload(b->where, (void *)p->dt_bias, dt_bias, (size_t)s->hv * 4);
     free(A_log), free(dt_bias);
-    int64_t *slots = malloc((size_t)n * sizeof(int64_t));
+    int64_t *slot_of = malloc((size_t)n * sizeof(int64_t)), *token_slots = malloc((size_t)(n * T) * sizeof(int64_t));
+    for (long long i = 0; i < n * T; i++) /* snapshot of token t of sequence i: slot n + i*T + t */
+        token_slots[i] = n + i;
     for (long long i = 0; i < n; i++)
-        slots[i] = i;
+        slot_of[i] = i;
     for (long long i = n - 1; i > 0; i--) { /* engines hand permuted slots */
         long long j = (long long)(rng_next(&g) % (uint64_t)(i + 1));
-        int64_t t = slots[i];
-        slots[i] = slots[j], slots[j] = t;
+        int64_t t = slot_of[i];
+        slot_of[i] = slot_of[j], slot_of[j] = t;
     }
     for (int set = 0; ok && set < want; set++) {
         bench_set *bs = &b->sets[set];
-        bs->q = random_buffer(b->where, o->act, (size_t)(n * s->h * s->k), 1.0, &g);
-        bs->k = random_buffer(b->where, o->act, (size_t)(n * s->h * s->k), 1.0, &g);
-        bs->v = random_buffer(b->where, o->act, (size_t)(n * s->hv * s->v), 1.0, &g);
-        bs->a = random_buffer(b->where, o->act, (size_t)(n * s->hv), 1.0, &g);
-        bs->b = random_buffer(b->where, o->act, (size_t)(n * s->hv), 1.0, &g);
-        bs->out = mem_alloc(b->where, (size_t)(n * s->hv * s->v) * gdn_dtype_size(o->act));
+        bs->q = random_buffer(b->where, o->act, (size_t)(rows * s->h * s->k), 1.0, &g);
+        bs->k = random_buffer(b->where, o->act, (size_t)(rows * s->h * s->k), 1.0, &g);
+        bs->v = random_buffer(b->where, o->act, (size_t)(rows * s->hv * s->v), 1.0, &g);
+        bs->a = random_buffer(b->where, o->act, (size_t)(rows * s->hv), 1.0, &g);
+        bs->b = random_buffer(b->where, o->act, (size_t)(rows * s->hv), 1.0, &g);
+        bs->out = mem_alloc(b->where, (size_t)(rows * s->hv * s->v) * gdn_dtype_size(o->act));
+        if (o->token_slots) {
+            bs->token_slots = mem_alloc(b->where, (size_t)(n * T) * sizeof(int64_t));
+            if (bs->token_slots && mem_upload(b->where, bs->token_slots, token_slots, (size_t)(n * T) * 8) != 0)
+                bs->token_slots = NULL;
+        }
         bs->pool = random_buffer(b->where, o->state, b->pool_bytes / gdn_dtype_size(o->state), 0.05, &g);
         bs->slots = mem_alloc(b->where, (size_t)n * sizeof(int64_t));
         if (!bs->q || !bs->k || !bs->v || !bs->a || !bs->b || !bs->out || !bs->pool || !bs->slots ||
-            mem_upload(b->where, bs->slots, slots, (size_t)n * sizeof(int64_t)) != 0) {
+            (o->token_slots && !bs->token_slots) ||
+            mem_upload(b->where, bs->slots, slot_of, (size_t)n * sizeof(int64_t)) != 0) {
             if (set == 0)
                 ok = 0;
             b->count = set + 1;
@@ -187,7 +212,7 @@ static int make_sets(const bench_opts *o, long long n, bench_ctx *b)
         }
         b->count = set + 1;
     }
-    free(slots);
+    free(slot_of), free(token_slots);
     if (ok && b->count == 1 && !(b->copy_scratch = mem_alloc(b->where, b->pool_bytes)))
         ok = 0;
     return ok && b->count > 0 ? 0 : -1;
@@ -199,7 +224,7 @@ static int decode_call(void *ctx, long call, void *stream)
     const bench_set *s = &b->sets[call % b->count];
     gdn_decode_params p = b->params;
     p.q = s->q, p.k = s->k, p.v = s->v, p.a = s->a, p.b = s->b, p.out = s->out;
-    p.state_pool = s->pool, p.slot_indices = s->slots, p.stream = stream;
+    p.state_pool = s->pool, p.slot_indices = s->slots, p.token_slots = s->token_slots, p.stream = stream;
     gdn_status st = gdn_decode(&p);
     if (st != GDN_OK)
         fprintf(stderr, "gdn bench: %s: %s\n", gdn_status_string(st), gdn_last_error());
@@ -213,7 +238,7 @@ static int copy_call(void *ctx, long call, void *stream)
     bench_ctx *b = ctx;
     const void *src = b->sets[call % b->count].pool;
     void *dst = b->count > 1 ? b->sets[(call + b->count / 2) % b->count].pool : b->copy_scratch;
-    return mem_copy_async(b->where, dst, src, b->pool_bytes, stream);
+    return mem_copy_async(b->where, dst, src, b->traffic_bytes / 2, stream);
 }
 
 int cmd_bench(int argc, char **argv)
@@ -225,14 +250,18 @@ int cmd_bench(int argc, char **argv)
     const shape *s = o.shp;
     mem_where where = o.backend == GDN_BACKEND_CUDA ? MEM_DEVICE : MEM_HOST;
     int reps = o.reps > 0 ? o.reps : where == MEM_DEVICE ? 30 : 5;
+    const int multi = o.tokens > 1 || o.token_slots;
+    char tcol[64] = "";
+    if (multi)
+        snprintf(tcol, sizeof tcol, ",%d,%s", o.tokens, o.token_slots ? "yes" : "no");
     if (o.csv)
-        printf("shape,H,HV,K,V,state_dtype,N,impl,median_us,gbps,pct_of_copy\n");
+        printf("shape,H,HV,K,V,state_dtype,N,%simpl,median_us,gbps,pct_of_copy\n", multi ? "T,token_slots," : "");
     else
         printf("gdn bench: backend %s, shape %s (H=%lld HV=%lld K=%lld V=%lld), act %s, state %s %s, "
-               "median of %d\n%6s %12s %10s %12s %10s %8s\n",
+               "T=%d%s, median of %d\n%6s %12s %10s %12s %10s %8s\n",
                gdn_backend_name(o.backend), s->name, (long long)s->h, (long long)s->hv, (long long)s->k,
                (long long)s->v, gdn_dtype_name(o.act), gdn_dtype_name(o.state),
-               o.layout == GDN_LAYOUT_VK ? "vk" : "kv", reps, "N", "gdn us", "gdn GB/s", "copy us", "copy GB/s",
+               o.layout == GDN_LAYOUT_VK ? "vk" : "kv", o.tokens, o.token_slots ? " with token slots" : "", reps, "N", "gdn us", "gdn GB/s", "copy us", "copy GB/s",
                "% copy");
     int failed = 0;
     for (int i = 0; i < o.n_count; i++) {
@@ -255,14 +284,14 @@ int cmd_bench(int argc, char **argv)
             free_sets(&b);
             continue;
         }
-        double bytes = 2.0 * (double)b.pool_bytes;
+        double bytes = (double)b.traffic_bytes;
         double gbps = bytes / (td.median_us * 1e3), copy_gbps = bytes / (tc.median_us * 1e3);
         if (o.csv) {
-            printf("%s,%lld,%lld,%lld,%lld,%s,%lld,gdn,%.3f,%.1f,%.1f\n", s->name, (long long)s->h, (long long)s->hv,
-                   (long long)s->k, (long long)s->v, gdn_dtype_name(o.state), o.ns[i], td.median_us, gbps,
-                   100.0 * gbps / copy_gbps);
-            printf("%s,%lld,%lld,%lld,%lld,%s,%lld,copy,%.3f,%.1f,100.0\n", s->name, (long long)s->h,
-                   (long long)s->hv, (long long)s->k, (long long)s->v, gdn_dtype_name(o.state), o.ns[i],
+            printf("%s,%lld,%lld,%lld,%lld,%s,%lld%s,gdn,%.3f,%.1f,%.1f\n", s->name, (long long)s->h,
+                   (long long)s->hv, (long long)s->k, (long long)s->v, gdn_dtype_name(o.state), o.ns[i], tcol,
+                   td.median_us, gbps, 100.0 * gbps / copy_gbps);
+            printf("%s,%lld,%lld,%lld,%lld,%s,%lld%s,copy,%.3f,%.1f,100.0\n", s->name, (long long)s->h,
+                   (long long)s->hv, (long long)s->k, (long long)s->v, gdn_dtype_name(o.state), o.ns[i], tcol,
                    tc.median_us, copy_gbps);
         } else {
             printf("%6lld %12.2f %10.1f %12.2f %10.1f %7.1f%%\n", o.ns[i], td.median_us, gbps, tc.median_us,

@@ -21,15 +21,17 @@ typedef struct check_opts {
     const char *only_shape;
     uint64_t seed;
     gdn_dtype act;
+    int tokens; /* --tokens T: every matrix case decodes T tokens per sequence */
 } check_opts;
 
 static void usage(void)
 {
     printf("usage: gdn check [--backend cpu|cuda|reference] [--seed N] [--shape NAME] [--quick]\n"
-           "                 [--no-vectors] [--csv] [--steps S [--act f32|f16|bf16]]\n"
+           "                 [--no-vectors] [--csv] [--steps S [--act f32|f16|bf16]] [--tokens T]\n"
            "  default: the matrix of shapes x dtypes x layouts x options, then ../shared/vectors\n"
            "  (or $GDN_VECTORS); --steps S: S consecutive decode steps of one sequence per state\n"
-           "  dtype, state error over time against the float64 reference.\n");
+           "  dtype, state error over time against the float64 reference. --tokens T: multi-token\n"
+           "  decode (T per sequence, with token slots, num_accepted and varlen) in every case.\n");
 }
 
 static int parse(int argc, char **argv, check_opts *o)
@@ -52,7 +54,9 @@ static int parse(int argc, char **argv, check_opts *o)
         else if (!strcmp(a, "--act") && next) {
             if (parse_dtype(argv[++i], &o->act) != 0)
                 return fprintf(stderr, "gdn check: unknown dtype %s\n", argv[i]), -1;
-        } else if (!strcmp(a, "--quick"))
+        } else if (!strcmp(a, "--tokens") && next)
+            o->tokens = atoi(argv[++i]);
+        else if (!strcmp(a, "--quick"))
             o->quick = 1;
         else if (!strcmp(a, "--csv"))
             o->csv = 1;
@@ -63,6 +67,8 @@ static int parse(int argc, char **argv, check_opts *o)
         else
             return fprintf(stderr, "gdn check: unknown option %s\n", a), usage(), -1;
     }
+    if (o->tokens < 0 || o->tokens > GDN_MAX_TOKENS)
+        return fprintf(stderr, "gdn check: --tokens must be 1..%d\n", GDN_MAX_TOKENS), -1;
     if (o->only_shape && !shape_find(o->only_shape))
         return fprintf(stderr, "gdn check: unknown shape %s\n", o->only_shape), -1;
     return resolve_tool_backend(backend, &o->backend);
@@ -70,7 +76,7 @@ static int parse(int argc, char **argv, check_opts *o)
 
 static void print_row(const check_opts *o, const decode_case *c, const decode_case_result *r)
 {
-    char what[256];
+    char what[300];
     decode_case_describe(c, what, sizeof what);
     if (o->csv)
         printf("\"%s\",%s,%.3e,%.3e,%.3e,%.3e,%s\n", what, gdn_backend_name(o->backend), r->out_rel,
@@ -83,9 +89,15 @@ static void print_row(const check_opts *o, const decode_case *c, const decode_ca
 
 /* Options of case number i: every option is on in some cases and off in others for each
  * dtype/layout combination, without the full cartesian product. */
-static void set_options(decode_case *c, unsigned i)
+static void set_options(decode_case *c, unsigned i, int tokens)
 {
     unsigned bits = i * 2654435761u >> 7;
+    if (tokens > 1) { /* multi-token options: snapshots, rollback, varlen, each on and off */
+        c->num_tokens = tokens;
+        c->token_slots = (bits & 128) != 0;
+        c->accepted = c->token_slots && (bits & 256) != 0;
+        c->varlen = (bits & 512) != 0;
+    }
     c->index_dtype = bits & 1 ? GDN_DTYPE_I32 : GDN_DTYPE_I64;
     c->head_map = bits & 2 ? GDN_HEAD_MAP_TILED : GDN_HEAD_MAP_GROUPED;
     c->qk_l2norm = (bits & 12) != 12;
@@ -121,7 +133,7 @@ static int run_matrix(const check_opts *o, int *cases)
                         c.num_q_heads = s->h, c.num_v_heads = s->hv, c.head_dim_k = s->k, c.head_dim_v = s->v;
                         c.act_dtype = acts[a], c.state_dtype = states[st];
                         c.layout = lay ? GDN_LAYOUT_KV : GDN_LAYOUT_VK;
-                        set_options(&c, i);
+                        set_options(&c, i, o->tokens);
                         c.seed = o->seed + i;
                         decode_case_result r;
                         failed += !decode_case_run(&c, o->backend, 1, NULL, NULL, &r);
@@ -145,10 +157,26 @@ static int run_matrix(const check_opts *o, int *cases)
         c.head_dim_k = 128, c.head_dim_v = 128;
         c.act_dtype = GDN_DTYPE_BF16, c.state_dtype = st ? GDN_DTYPE_BF16 : GDN_DTYPE_F32;
         c.layout = lay ? GDN_LAYOUT_KV : GDN_LAYOUT_VK;
-        set_options(&c, i);
+        set_options(&c, i, o->tokens);
         c.seed = o->seed + i;
         decode_case_result r;
         failed += !decode_case_run(&c, o->backend, 1, NULL, NULL, &r);
+        (*cases)++;
+        print_row(o, &c, &r);
+    }
+    /* Multi-token decode in the default matrix too: T = 2, 4 and 16 on both layouts and states. */
+    const int64_t tokens[] = {2, 4, 16};
+    for (int j = 0; j < 12 && !o->only_shape && o->tokens <= 1; j++, i++) {
+        decode_case c = {0};
+        c.name = "mtp-contest";
+        c.num_seqs = 6, c.num_q_heads = 4, c.num_v_heads = 8, c.head_dim_k = 128, c.head_dim_v = 128;
+        c.act_dtype = GDN_DTYPE_BF16, c.state_dtype = j % 2 ? GDN_DTYPE_BF16 : GDN_DTYPE_F32;
+        c.layout = (j / 2) % 2 ? GDN_LAYOUT_KV : GDN_LAYOUT_VK;
+        set_options(&c, i, (int)tokens[j / 4]);
+        c.token_slots = j % 3 != 0, c.accepted = c.token_slots && j % 2 == 0;
+        c.seed = o->seed + i;
+        decode_case_result r;
+        failed += !decode_case_run(&c, o->backend, 2, NULL, NULL, &r);
         (*cases)++;
         print_row(o, &c, &r);
     }
@@ -169,7 +197,7 @@ static int run_vectors(const check_opts *o, int *cases)
         char path[1024];
         snprintf(path, sizeof path, "%s/%s.gdnv", dir, vector_case_names[i]);
         vector_result r;
-        failed += !vectors_run_file(path, o->backend, &r);
+        failed += !vectors_run_file(path, o->backend, 1, &r);
         (*cases)++;
         printf("%-26s N=%lld T=%-4lld H=%-2lld HV=%-2lld K=%-3lld V=%-3lld out_rel %9.2e state_rel %9.2e "
                "token_state_rel %9.2e  %s%s\n",

@@ -496,9 +496,14 @@ static void advance_slots(const decode_case *c, arrays *A, rng *g)
             }
 }
 
-int decode_case_run(const decode_case *c, gdn_backend backend, int steps, decode_step_fn on_step, void *ctx,
+int decode_case_run(const decode_case *spec, gdn_backend backend, int steps, decode_step_fn on_step, void *ctx,
                     decode_case_result *r)
 {
+    decode_case normalised = *spec, *c = &normalised;
+    if (c->token_slots) /* states go to the token slots only: no separate write slots */
+        c->write_slots = 0;
+    if (!c->token_slots)
+        c->accepted = 0;
     memset(r, 0, sizeof *r);
     r->pass = 1;
     arrays A;

@@ -20,8 +20,10 @@ typedef struct vector_result {
  * NULL. */
 const char *vectors_dir(void);
 
-/* Runs the case in `path` on `backend` (cpu, cuda or reference). Tolerance 1e-5 relative. */
-int vectors_run_file(const char *path, gdn_backend backend, vector_result *r);
+/* Runs the case in `path` on `backend` (cpu, cuda or reference), one decode call per token;
+ * with multi_token, cases of 2..GDN_MAX_TOKENS tokens then run again as one multi-token call
+ * with a snapshot slot per token (the reported errors are that run's). Tolerance 1e-5. */
+int vectors_run_file(const char *path, gdn_backend backend, int multi_token, vector_result *r);
 
 /* The six case names of the vectors README, NULL-terminated. */
 extern const char *const vector_case_names[];

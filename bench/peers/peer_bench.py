@@ -683,7 +683,8 @@ def cold_start(impls, lib_path, timeout_s, deadline, log):
             try:
                 p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=limit)
                 lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
-                got = json.loads(lines[-1]) if lines else {"error": f"exit {p.returncode}: {p.stderr.strip()[-400:]}"}
+                tail = " | ".join([ln.strip() for ln in p.stderr.splitlines() if ln.strip()][-2:])[-400:]
+                got = json.loads(lines[-1]) if lines else {"error": f"exit {p.returncode}: {tail}"}
                 row.update(got)
             except subprocess.TimeoutExpired:
                 row["error"] = f"no result within {limit:.0f} s"

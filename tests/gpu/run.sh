@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU test and benchmark run, for the GPU machine: builds gdn, runs the C test suite with the
 # cuda backend, `gdn check --backend cuda` over the full matrix and the reference vectors, a
-# 4096-step run, and `gdn bench` on every SPEC shape with f32 and bf16 state.
+# 4096-step run, `gdn bench` on every SPEC shape with f32 and bf16 state, and multi-token
+# decode timings (mtp.csv).
 #
 #   tests/gpu/run.sh [OUTDIR]      (default: bench/results/gpu-<date>)
 #
@@ -39,6 +40,18 @@ for shape in qwen3-next qwen3.5-397b qwen3.5-27b contest; do
     done
 done
 sed -i '2i shape,H,HV,K,V,state_dtype,N,impl,median_us,gbps,pct_of_copy' "$out/bench.csv"
+# Multi-token decode (SPEC op 2): T tokens per sequence, with and without a snapshot per token.
+{ echo "$header"; echo "shape,H,HV,K,V,state_dtype,N,T,token_slots,impl,median_us,gbps,pct_of_copy"; } >"$out/mtp.csv"
+for state in f32 bf16; do
+    for t in 1 2 3 4 8; do
+        for slots in "" --token-slots; do
+            [ "$t" = 1 ] && [ -n "$slots" ] && continue
+            build/gdn bench --backend cuda --shape qwen3-next --state "$state" --tokens "$t" $slots --n 1,16,64,256 \
+                --reps 20 --csv | tail -n +2 | awk -F, -v t="$t" 'NF == 11 { $8 = t ",no," $8 } 1' OFS=, \
+                >>"$out/mtp.csv" || status=1
+        done
+    done
+done
 grep -v "^#" "$out/bench.csv" | tr , "\t"
 echo "results in $out (status $status)"
 exit $status
