@@ -47,7 +47,8 @@ all: lib $(BUILD)/gdn $(BUILD)/test_gdn
 help:
 	@echo "make            build libgdn (shared + static), the gdn command and the tests"
 	@echo "make run        the main job: gdn info, gdn check, gdn bench (cuda if a GPU is there, else cpu)"
-	@echo "make test       the C test suite (CPU backend; the CUDA backend too when a GPU is there)"
+	@echo "make test       the C test suite (CPU backend; the CUDA backend too when a GPU is there), then"
+	@echo "                the Python binding's CPU tests (tests/python/run.sh; installs NumPy if missing)"
 	@echo "make test-gpu   tests/gpu/run.sh: full cuda check matrix + 4096-step run (on a GPU machine)"
 	@echo "make install    PREFIX=$(PREFIX): header, libraries, gdn, pkg-config file"
 	@echo "make format     clang-format the tree"
@@ -85,6 +86,7 @@ run: all
 
 test: all
 	vectors=$$(tests/vectors/ensure.sh) && GDN_VECTORS=$$vectors $(BUILD)/test_gdn
+	tests/python/run.sh
 
 test-gpu: all
 	tests/gpu/run.sh

@@ -189,7 +189,9 @@ GDN_API gdn_status gdn_cuda_device_info(int device, char *name, size_t name_size
 #define GDN_MAX_HEAD_DIM 256
 
 typedef struct gdn_decode_params {
-    size_t struct_size; /* sizeof(gdn_decode_params); set by gdn_decode_params_init */
+    size_t struct_size; /* sizeof(gdn_decode_params); set by gdn_decode_params_init. The library
+                           also takes the shorter struct of older headers (0.1: up to
+                           num_threads); the fields such a caller lacks read as zero. */
 
     /* shape */
     int64_t num_seqs;     /* N: sequences in the batch (rows), >= 0; 0 is a no-op */

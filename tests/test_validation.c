@@ -245,6 +245,16 @@ static void test_struct_size(void)
     }
 }
 
+/* A caller built against the 0.1 header passes the shorter struct: accepted, and the fields it
+ * does not have (the multi-token ones) are not read, whatever lies beyond its end. */
+static void test_struct_size_of_older_header(void)
+{
+    gdn_decode_params *p = fresh();
+    p->struct_size = offsetof(gdn_decode_params, num_tokens);
+    p->num_tokens = 99, p->token_slots = (const void *)p; /* junk an older caller never set */
+    CHECK_MSG(gdn_decode(p) == GDN_OK, "0.1-sized params refused: %s", gdn_last_error());
+}
+
 /* ---------------------------------------------------------------------------------------
  * shape
  * ------------------------------------------------------------------------------------- */
@@ -683,6 +693,7 @@ void register_validation_tests(void)
 {
     test_add("validation/params_null", test_params_null);
     test_add("validation/struct_size", test_struct_size);
+    test_add("validation/struct_size_of_older_header", test_struct_size_of_older_header);
     test_add("validation/num_seqs_negative", test_num_seqs_negative);
     test_add("validation/num_q_heads_zero", test_num_q_heads_zero);
     test_add("validation/head_dim_k_zero", test_head_dim_k_zero);

@@ -212,8 +212,9 @@ class _Library:
     def _check_version(self):
         if self.package_version == self.version:
             return
-        message = (f"gdn: the Python package is version {self.package_version} but {self.path} is version {self.version}; "
-                   "rebuild the library (`make lib`) or reinstall the package (`pip install ./python`)")
+        message = (f"gdn: the Python package is version {self.package_version} but {self.path} is version "
+                   f"{self.version}; rebuild the library (`make lib`) or reinstall the package "
+                   "(`pip install ./python`)")
         if os.environ.get("GDN_ALLOW_VERSION_MISMATCH") == "1":
             warnings.warn(message, RuntimeWarning, stacklevel=3)
         else:
@@ -239,11 +240,6 @@ class _Library:
         buffer = (ctypes.c_byte * max(self.params_size, ctypes.sizeof(DecodeParams)))()
         self.cdll.gdn_decode_params_init(buffer)
         return DecodeParams.from_buffer(buffer)
-
-    def has_field(self, name):
-        """Whether the loaded library's gdn_decode_params contains field `name`."""
-        field = getattr(DecodeParams, name)
-        return field.offset + field.size <= self.params_size
 
     def last_error(self):
         return self.cdll.gdn_last_error().decode(errors="replace")

@@ -45,6 +45,8 @@ def _one_token_per_sequence(who, q, cu_seqlens):
 
     Device-resident cu_seqlens are not read (that would synchronise with the GPU and break CUDA
     graph capture): a varlen batch with as many tokens as sequences is taken to be arange(N+1)."""
+    if q.dim() != 4:
+        raise ValueError(f"{who}: q has shape {tuple(q.shape)}, expected [B, T, H, K]")
     if cu_seqlens is None:
         batch, tokens = q.shape[0], q.shape[1]
         if tokens != 1:
@@ -95,11 +97,14 @@ def _slot_column(indices):
     return indices.contiguous()
 
 
-def _fla_state_layout(state_v_first, transpose_state_layout):
-    """'vk' for FLA's state_v_first=True (or its older name transpose_state_layout), else 'kv'."""
+def _state_layout(state_v_first, transpose_state_layout, vllm_pool):
+    """'vk' for state_v_first=True (FLA; transpose_state_layout is its older name), 'kv' for
+    False; unset, FLA's default 'kv', or vLLM's [slots, HV, V, K] ('vk') for a vLLM pool call."""
     if state_v_first is not None and transpose_state_layout is not None:
         raise ValueError("pass state_v_first or its deprecated name transpose_state_layout, not both")
     flag = state_v_first if state_v_first is not None else transpose_state_layout
+    if flag is None:
+        return "vk" if vllm_pool else "kv"
     return "vk" if flag else "kv"
 
 
@@ -134,22 +139,24 @@ def fused_recurrent_gated_delta_rule(q, k, v, g=None, beta=None, scale=None, ini
                                      num_accepted_tokens=None, use_gate_in_kernel=False, A_log=None,
                                      dt_bias=None, use_beta_sigmoid_in_kernel=False, allow_neg_eigval=False,
                                      state_v_first=None, transpose_state_layout=None, gk=None, gv=None,
-                                     a=None, b=None, head_first=False):
+                                     a=None, b=None, head_first=False, null_slot_zero=False):
     """FLA's fused_recurrent_gated_delta_rule (and vLLM's copy of it) for one token per sequence.
 
     q, k [B, 1, H, K], v [B, 1, HV, V] (or varlen [1, N, ...] with cu_seqlens = arange(N+1)).
     The gate must be the in-kernel form: g = raw gate input with use_gate_in_kernel=True,
     A_log [HV], dt_bias [HV] (optional), and beta = beta logit with use_beta_sigmoid_in_kernel
-    =True (or gdn's names a= and b=). State layout [N, HV, K, V], or [N, HV, V, K] with
-    state_v_first=True (older FLA: transpose_state_layout=True).
+    =True (or gdn's names a= and b=).
 
-    State, as FLA does it (no ssm_state_indices): initial_state [N, ...] (None = zeros) is left
+    State, as FLA does it (no ssm_state_indices): initial_state [N, HV, K, V] (None = zeros),
+    or [N, HV, V, K] with state_v_first=True (older FLA: transpose_state_layout=True), is left
     unchanged; output_final_state=True returns the new state as a new float32 tensor, else None.
-    With inplace_final_state=True (vLLM) the new state overwrites initial_state instead.
+    With inplace_final_state=True the new state overwrites initial_state instead.
     As vLLM does it (ssm_state_indices [N], or [N, T] whose first column is used): initial_state
-    is the pool, updated in place at those slots; negative slots are padding rows (zero output).
+    is the pool [slots, HV, V, K] (vLLM's layout; state_v_first=False for a [slots, HV, K, V]
+    pool), updated in place at those slots; negative slots are padding rows (zero output), and
+    slot 0 too with null_slot_zero=True (vLLM's NULL_BLOCK_ID = 0, where the vLLM version has it).
     Returns (o [like v], final_state). Positional order is vLLM's (q, k, v, g, beta, scale,
-    initial_state); FLA's other arguments are keyword-only here.
+    initial_state); the other arguments are keyword-only here (FLA's 5th positional is gk).
     """
     import torch
 
@@ -161,7 +168,8 @@ def fused_recurrent_gated_delta_rule(q, k, v, g=None, beta=None, scale=None, ini
             "decode, which the Python binding does not serve yet")
     a, b = _fla_gate_inputs(who, g, beta, a, b, use_gate_in_kernel, use_beta_sigmoid_in_kernel, allow_neg_eigval,
                             gk, gv)
-    layout = _fla_state_layout(state_v_first, transpose_state_layout)
+    vllm_pool = ssm_state_indices is not None or bool(inplace_final_state)
+    layout = _state_layout(state_v_first, transpose_state_layout, vllm_pool)
     num_seqs = _one_token_per_sequence(who, q, cu_seqlens)
     varlen = cu_seqlens is not None
     num_v_heads, head_v = v.shape[2], v.shape[3]
@@ -174,16 +182,19 @@ def fused_recurrent_gated_delta_rule(q, k, v, g=None, beta=None, scale=None, ini
     def finish(out):
         return out.unsqueeze(0) if varlen else out.unsqueeze(1)
 
-    if ssm_state_indices is not None or inplace_final_state:
+    if vllm_pool:
         # vLLM: initial_state is updated in place, at the given slots or at sequence n's row.
         _refuse(inplace_final_state is False, who, "inplace_final_state=False with ssm_state_indices writes "
                 "per-token states (multi-token decode), which the Python binding does not serve yet")
         pool = _torch_tensor(_required(initial_state, who, "initial_state"), "initial_state")
         slots = (_slot_column(_torch_tensor(ssm_state_indices, "ssm_state_indices"))
                  if ssm_state_indices is not None else torch.arange(num_seqs, device=q.device))
-        return finish(decode(state_pool=pool, slot_indices=slots, **rows, **options)), pool
+        return finish(decode(state_pool=pool, slot_indices=slots, null_slot_zero=null_slot_zero, **rows,
+                             **options)), pool
 
     # FLA: the initial state is an input; the final state, if asked for, is a new float32 tensor.
+    if initial_state is not None and _torch_tensor(initial_state, "initial_state").shape[0] != num_seqs:
+        raise ValueError(f"{who}: initial_state has {initial_state.shape[0]} states for {num_seqs} sequences")
     if initial_state is None:
         head_k = q.shape[3]
         row = (head_v, head_k) if layout == "vk" else (head_k, head_v)
@@ -208,10 +219,12 @@ def _split_packed(mixed_qkv, num_q_heads, head_k, num_v_heads, head_v):
 
 
 def fused_recurrent_gated_delta_rule_packed_decode(mixed_qkv, a, b, A_log, dt_bias, scale, initial_state, out,
-                                                   ssm_state_indices, use_qk_l2norm_in_kernel=False):
+                                                   ssm_state_indices, use_qk_l2norm_in_kernel=False, *,
+                                                   null_slot_zero=False):
     """vLLM's packed decode: mixed_qkv [N, 2*H*K + HV*V] (rows may be strided), a, b [N, HV],
     initial_state the pool [slots, HV, V, K] updated in place at ssm_state_indices [N] (negative:
-    padding row, zero output), out [N, 1, HV, V]. Returns (out, initial_state)."""
+    padding row, zero output; slot 0 too with null_slot_zero=True, as vLLM versions with
+    NULL_BLOCK_ID = 0 do), out [N, 1, HV, V]. Returns (out, initial_state)."""
     who = "fused_recurrent_gated_delta_rule_packed_decode"
     for name, x in (("mixed_qkv", mixed_qkv), ("initial_state", initial_state), ("out", out)):
         _torch_tensor(x, name)
@@ -227,7 +240,7 @@ def fused_recurrent_gated_delta_rule_packed_decode(mixed_qkv, a, b, A_log, dt_bi
     decode(q, k, v, a, b, _gate_param(A_log, "A_log", num_v_heads, mixed_qkv),
            _gate_param(dt_bias, "dt_bias", num_v_heads, mixed_qkv), initial_state,
            _slot_column(_torch_tensor(ssm_state_indices, "ssm_state_indices")), out=out, scale=scale,
-           qk_l2norm=use_qk_l2norm_in_kernel, layout="vk")
+           qk_l2norm=use_qk_l2norm_in_kernel, layout="vk", null_slot_zero=null_slot_zero)
     return out, initial_state
 
 

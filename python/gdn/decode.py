@@ -7,6 +7,7 @@ the library checks the rest (dtypes per backend, strides, slot ranges, alignment
 overlap) and refuses a bad call before it writes anything.
 """
 import ctypes
+import sys
 
 from ._lib import LIB, Backend, DType, HeadMap, Layout
 from ._tensors import cuda_stream_handle, describe, empty_like_shape
@@ -44,7 +45,10 @@ def _expect_shape(t, expected, what):
 
 
 def _contiguous_from(t, first_dim):
-    """Whether dimensions first_dim.. are packed row-major (strides of size-1 dims do not matter)."""
+    """Whether dimensions first_dim.. are packed row-major (strides of size-1 dims do not matter,
+    nor any stride of an empty tensor)."""
+    if 0 in t.shape:
+        return True
     expected = 1
     for size, stride in zip(reversed(t.shape[first_dim:]), reversed(t.strides[first_dim:])):
         if size != 1 and stride != expected:
@@ -267,9 +271,36 @@ def decode(q, k, v, a, b, A_log, dt_bias, state_pool, slot_indices, *, out=None,
     refused here, gdn.GdnError (GdnArgumentError is also a ValueError) with the library's
     message for those the library refuses; in every case nothing was written.
     """
+    if _torch_compiling():
+        return _decode_in_torch_graph(q, k, v, a, b, A_log, dt_bias, state_pool, slot_indices, out,
+                                      write_slot_indices, scale, qk_l2norm, head_map, layout, null_slot_zero, backend,
+                                      num_threads)
     params, out = _prepare(q, k, v, a, b, A_log, dt_bias, state_pool, slot_indices, out, write_slot_indices,
                            scale, qk_l2norm, head_map, layout, null_slot_zero, backend, num_threads)
     check(LIB.cdll.gdn_decode(ctypes.byref(params)), "gdn_decode")
+    return out
+
+
+def _torch_compiling():
+    """Whether torch.compile (dynamo) or torch.export is tracing this call."""
+    compiler = getattr(sys.modules.get("torch"), "compiler", None)
+    return compiler is not None and compiler.is_compiling()
+
+
+def _decode_in_torch_graph(q, k, v, a, b, A_log, dt_bias, state_pool, slot_indices, out, write_slot_indices, scale,
+                           qk_l2norm, head_map, layout, null_slot_zero, backend, num_threads):
+    """decode() as torch.compile sees it: one call of the custom operator torch.ops.gdn.decode_,
+    instead of a trace of the checks above that would end at the ctypes call in a graph break.
+    The operator runs decode() itself, checks included, when the compiled code runs."""
+    import torch
+
+    from . import torch_ops  # noqa: F401  registers torch.ops.gdn.decode_
+
+    if out is None:
+        out = torch.empty(v.shape, dtype=v.dtype, device=v.device)
+    torch.ops.gdn.decode_(q, k, v, a, b, A_log, dt_bias, state_pool, slot_indices, out, write_slot_indices,
+                          _scale_value(scale), bool(qk_l2norm), head_map, layout, bool(null_slot_zero), backend,
+                          num_threads)
     return out
 
 

@@ -6,6 +6,7 @@
  * "no byte of the pool or output is written on error" hold for every backend at once.
  */
 #include <math.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -334,15 +335,25 @@ static gdn_problem make_problem(const gdn_decode_params *p)
     return pr;
 }
 
+/* The params as this library knows them: a caller built against an older header (0.1, before
+ * the multi-token fields) passes a shorter struct; the fields it does not have read as zero. */
+static gdn_status read_params(const gdn_decode_params *given, gdn_decode_params *p)
+{
+    const size_t oldest = offsetof(gdn_decode_params, num_tokens);
+    if (!given)
+        return gdn_fail(GDN_ERR_INVALID_ARGUMENT, "params is NULL");
+    if (given->struct_size != oldest && given->struct_size != sizeof *p)
+        return gdn_fail(GDN_ERR_INVALID_ARGUMENT,
+                        "params->struct_size = %zu but this library takes %zu (0.2 headers) or %zu (0.1) "
+                        "bytes (call gdn_decode_params_init)",
+                        given->struct_size, sizeof *p, oldest);
+    memset(p, 0, sizeof *p);
+    memcpy(p, given, given->struct_size);
+    return GDN_OK;
+}
+
 static gdn_status validate(const gdn_decode_params *p, gdn_backend *backend)
 {
-    if (!p)
-        return gdn_fail(GDN_ERR_INVALID_ARGUMENT, "params is NULL");
-    if (p->struct_size != sizeof(gdn_decode_params))
-        return gdn_fail(GDN_ERR_INVALID_ARGUMENT,
-                        "params->struct_size = %zu but this library's gdn_decode_params has %zu "
-                        "bytes (call gdn_decode_params_init)",
-                        p->struct_size, sizeof(gdn_decode_params));
     gdn_status s;
     if ((s = check_shape(p)) || (s = check_options(p)))
         return s;
@@ -359,19 +370,25 @@ static gdn_status validate(const gdn_decode_params *p, gdn_backend *backend)
     return GDN_OK;
 }
 
-gdn_status gdn_decode_backend_for(const gdn_decode_params *params, gdn_backend *backend)
+gdn_status gdn_decode_backend_for(const gdn_decode_params *given, gdn_backend *backend)
 {
+    gdn_decode_params params;
     gdn_backend chosen;
-    gdn_status s = validate(params, &chosen);
+    gdn_status s = read_params(given, &params);
+    if (s == GDN_OK)
+        s = validate(&params, &chosen);
     if (s == GDN_OK && backend)
         *backend = chosen;
     return s;
 }
 
-gdn_status gdn_decode(const gdn_decode_params *params)
+gdn_status gdn_decode(const gdn_decode_params *given)
 {
+    gdn_decode_params copy, *params = &copy;
     gdn_backend backend;
-    gdn_status s = validate(params, &backend);
+    gdn_status s = read_params(given, params);
+    if (s == GDN_OK)
+        s = validate(params, &backend);
     if (s != GDN_OK || params->num_seqs == 0)
         return s;
     gdn_problem pr = make_problem(params);

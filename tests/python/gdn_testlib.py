@@ -68,7 +68,8 @@ def reference_decode(q, k, v, a, b, A_log, dt_bias, pool, slots, write_slots=Non
                      qk_l2norm=True, head_map="grouped", layout="vk", null_slot_zero=False):
     """(out [N, HV, V], pool after the step), both float64; the inputs are not modified.
 
-    Every row reads the pool as it was before the call (rows are independent, gdn.h)."""
+    Every row reads the pool as it was before the call (rows are independent, gdn.h). The
+    scale is rounded to float32 as gdn_decode_params.scale is a float (1/sqrtf(K) by default)."""
     q, k, v, a, b = (np.asarray(x, dtype=np.float64) for x in (q, k, v, a, b))
     A_log, dt_bias = np.asarray(A_log, np.float64), np.asarray(dt_bias, np.float64)
     before = np.asarray(pool, dtype=np.float64)
@@ -77,7 +78,7 @@ def reference_decode(q, k, v, a, b, A_log, dt_bias, pool, slots, write_slots=Non
     num_v_heads, head_v = v.shape[1:]
     hv = np.arange(num_v_heads)
     h = hv % num_q_heads if head_map == "tiled" else hv // (num_v_heads // num_q_heads)
-    scale = scale if scale else head_k ** -0.5
+    scale = float(np.float32(scale) if scale else np.float32(1) / np.sqrt(np.float32(head_k)))
     out = np.zeros((num_seqs, num_v_heads, head_v))
     for n in range(num_seqs):
         read = int(slots[n])

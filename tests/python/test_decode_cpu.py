@@ -6,8 +6,13 @@ gdn.decode on the cpu backend is compared with the float64 reference backend of 
 library and with an independent NumPy float64 implementation of SPEC section 1, on fresh random
 inputs; then padding, strides, layouts, index dtypes, errors and the shared reference vectors.
 """
+import ctypes
 import os
+import re
+import shutil
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -90,12 +95,46 @@ def check_against_both_references(problem, slots, write_slots=None, **options):
 def test_library_and_package_versions():
     assert gdn.library_version() == gdn.__version__, (gdn.library_version(), gdn.__version__)
     header = (Path(__file__).resolve().parents[2] / "include" / "gdn.h").read_text()
-    parts = [line.split()[2] for line in header.splitlines()
-             if line.startswith("#define GDN_VERSION_") and line.split()[1][12:] in ("MAJOR", "MINOR", "PATCH")]
+    parts = [re.search(rf"#define GDN_VERSION_{part} (\d+)", header).group(1) for part in ("MAJOR", "MINOR", "PATCH")]
     assert gdn.__version__ == ".".join(parts), (gdn.__version__, parts)
     assert gdn.backend_built("cpu") and gdn.backend_built("reference")
     print(f"    gdn {gdn.__version__} from {gdn.library_path()}, cuda built: {gdn.backend_built('cuda')}, "
           f"cuda devices: {gdn.cuda_device_count()}")
+
+
+def test_ctypes_mirror_matches_the_header():
+    """Every field offset and size of gdn_decode_params and every enum value, as the C compiler
+    sees gdn.h, against the ctypes mirror (skipped without a C compiler)."""
+    from gdn._lib import Backend, DecodeParams, DType, HeadMap, Layout, Status
+
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if not compiler:
+        skip("no C compiler to read the header's layout with")
+    fields = [name for name, _ in DecodeParams._fields_]
+    enums = {"GDN_": Status, "GDN_DTYPE_": DType, "GDN_LAYOUT_": Layout, "GDN_HEAD_MAP_": HeadMap,
+             "GDN_BACKEND_": Backend}
+    constants = [prefix + member.name for prefix, enum in enums.items() for member in enum]
+    lines = [f'printf("{f} %zu %zu\\n", offsetof(gdn_decode_params, {f}), sizeof(((gdn_decode_params *)0)->{f}));'
+             for f in fields]
+    lines += [f'printf("{c} %d\\n", (int){c});' for c in constants]
+    lines.append('printf("sizeof %zu\\n", sizeof(gdn_decode_params));')
+    source = "#include <stddef.h>\n#include <stdio.h>\n#include <gdn.h>\nint main(void) {\n" + "\n".join(lines) + \
+        "\nreturn 0;\n}\n"
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp, "layout.c").write_text(source)
+        include = Path(__file__).resolve().parents[2] / "include"
+        subprocess.run([compiler, "-I", str(include), "-o", str(Path(tmp, "layout")), str(Path(tmp, "layout.c"))],
+                       check=True)
+        seen = dict(line.split(" ", 1) for line in subprocess.run([str(Path(tmp, "layout"))], check=True,
+                                                                   capture_output=True, text=True).stdout.splitlines())
+    for name in fields:
+        field = getattr(DecodeParams, name)
+        mirrored = f"{field.offset} {field.size}"
+        assert seen[name] == mirrored, f"{name}: offset and size {seen[name]} in C, {mirrored} in ctypes"
+    for prefix, enum in enums.items():
+        for member in enum:
+            assert int(seen[prefix + member.name]) == member.value, f"{prefix}{member.name}"
+    assert int(seen["sizeof"]) == ctypes.sizeof(DecodeParams)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -412,10 +451,10 @@ def test_reference_vectors():
 # ----------------------------------------------------------------------------------------------
 
 def torch_problem(torch, problem, act_dtype, state_dtype):
-    """The problem's arrays as CPU torch tensors of the given dtypes."""
+    """The problem's arrays as CPU torch tensors of the given dtypes (the pool a copy)."""
     acts = [torch.from_numpy(x).to(act_dtype) for x in (problem.q, problem.k, problem.v, problem.a, problem.b)]
     params = [torch.from_numpy(problem.A_log), torch.from_numpy(problem.dt_bias)]
-    return acts, params, torch.from_numpy(problem.pool).to(state_dtype)
+    return acts, params, torch.from_numpy(problem.pool).to(state_dtype, copy=True)
 
 
 def test_torch_float32_matches_numpy():
@@ -515,25 +554,32 @@ def test_compat_vllm_pool_in_place():
 
     rng = new_rng()
     problem, (q, k, v, a, b), (A_log, dt_bias), pool = compat_problem(torch, rng)
-    pool_kv = pool.transpose(-1, -2).contiguous()
     indices = torch.tensor([5, -1, 0, 3], dtype=torch.int32)
-    expected_pool = pool_kv.clone()
-    expected = gdn.decode(q, k, v, a, b, A_log, dt_bias, expected_pool, indices, layout="kv")
+    gate = dict(use_gate_in_kernel=True, use_beta_sigmoid_in_kernel=True, A_log=A_log, dt_bias=dt_bias,
+                use_qk_l2norm_in_kernel=True)
+    expected_pool = pool.clone()  # vLLM's pool layout is [slots, HV, V, K]
+    expected = gdn.decode(q, k, v, a, b, A_log, dt_bias, expected_pool, indices)
+    pool_vllm = pool.clone()
     o, state = compat.fused_recurrent_gated_delta_rule(q[None], k[None], v[None], a[None], b[None],
-                                                       initial_state=pool_kv, inplace_final_state=True,
-                                                       cu_seqlens=torch.arange(5), ssm_state_indices=indices,
-                                                       use_gate_in_kernel=True, use_beta_sigmoid_in_kernel=True,
-                                                       A_log=A_log, dt_bias=dt_bias, use_qk_l2norm_in_kernel=True)
-    assert state is pool_kv and torch.equal(pool_kv, expected_pool) and torch.equal(o[0], expected)
+                                                       initial_state=pool_vllm, inplace_final_state=True,
+                                                       cu_seqlens=torch.arange(5), ssm_state_indices=indices, **gate)
+    assert state is pool_vllm and torch.equal(pool_vllm, expected_pool) and torch.equal(o[0], expected)
     assert torch.all(o[0, 1] == 0), "padding row"
     # a [N, T] index table: its first column is the slot
     table = torch.stack([indices, indices + 10], dim=1)
-    pool_again = pool.transpose(-1, -2).contiguous()
+    pool_again = pool.clone()
     compat.fused_recurrent_gated_delta_rule(q[:, None], k[:, None], v[:, None], a[:, None], b[:, None],
-                                            initial_state=pool_again, ssm_state_indices=table,
-                                            use_gate_in_kernel=True, use_beta_sigmoid_in_kernel=True, A_log=A_log,
-                                            dt_bias=dt_bias, use_qk_l2norm_in_kernel=True)
+                                            initial_state=pool_again, ssm_state_indices=table, **gate)
     assert torch.equal(pool_again, expected_pool)
+    # an older vLLM's [slots, HV, K, V] pool, and NULL_BLOCK_ID = 0
+    pool_kv = pool.transpose(-1, -2).contiguous()
+    expected_kv = pool_kv.clone()
+    expected_null = gdn.decode(q, k, v, a, b, A_log, dt_bias, expected_kv, indices, layout="kv", null_slot_zero=True)
+    o_kv, _ = compat.fused_recurrent_gated_delta_rule(q[:, None], k[:, None], v[:, None], a[:, None], b[:, None],
+                                                      initial_state=pool_kv, ssm_state_indices=indices,
+                                                      state_v_first=False, null_slot_zero=True, **gate)
+    assert torch.equal(pool_kv, expected_kv) and torch.equal(o_kv[:, 0], expected_null)
+    assert torch.all(o_kv[2] == 0), "slot 0 is the null block"
 
 
 def test_compat_fla_refuses_what_gdn_cannot_do():
@@ -649,11 +695,16 @@ def test_torch_custom_op_and_compile():
         torch.ops.gdn.decode_(q, k, v, a, b, A_log, dt_bias, pool, slots, out)
         return out * 1.0  # something after the op, so that the graph is not just the op
 
-    eager_pool = pool.clone()
-    assert torch.equal(step(q, k, v, a, b, eager_pool, slots), expected) and torch.equal(eager_pool, expected_pool)
-    compiled = torch.compile(step, backend="aot_eager", fullgraph=True)
-    out = compiled(q, k, v, a, b, pool, slots)
-    assert torch.equal(out, expected) and torch.equal(pool, expected_pool)
+    def plain_step(q, k, v, a, b, pool, slots):
+        return gdn.decode(q, k, v, a, b, A_log, dt_bias, pool, slots) * 1.0  # becomes the operator when traced
+
+    for function in (step, plain_step):
+        eager_pool, compiled_pool = pool.clone(), pool.clone()
+        assert torch.equal(function(q, k, v, a, b, eager_pool, slots), expected)
+        assert torch.equal(eager_pool, expected_pool)
+        compiled = torch.compile(function, backend="aot_eager", fullgraph=True)
+        assert torch.equal(compiled(q, k, v, a, b, compiled_pool, slots), expected)
+        assert torch.equal(compiled_pool, expected_pool)
 
 
 if __name__ == "__main__":
