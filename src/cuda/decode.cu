@@ -116,19 +116,15 @@ template <int MAXT, int KMAX> struct token_stage {
  * shuffles, and its lane 0 computes the token's scalars, so no cross-warp reduction is needed.
  * Every thread of the block must call it (it ends with the block's one barrier).
  */
-template <typename Act, int KFIXED, int MAXT, int KMAX>
+template <typename Act, int MAXT, int KMAX>
 __device__ void prepare_tokens(const gdn_problem &p, const block_coords &bc, int64_t first, int64_t T,
                                token_stage<MAXT, KMAX> &st)
 {
-    const int64_t K = KFIXED ? KFIXED : p.head_dim_k; /* KFIXED: K known at compile time (fast path) */
+    const int64_t K = p.head_dim_k;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     for (int t = warp; t < T; t += kWarps) {
         const int64_t row = first + t;
         const int64_t q_at = row * p.q_stride + bc.h * K, k_at = row * p.k_stride + bc.h * K;
-        /* The gate inputs first, so their loads fly with q and k instead of after the sums. */
-        const float a = load_elem<Act>(p.a, row * p.a_stride + bc.hv);
-        const float b = load_elem<Act>(p.b, row * p.b_stride + bc.hv);
-        const float A_log = p.A_log[bc.hv], dt_bias = p.dt_bias[bc.hv];
         float qq = 0.0f, kk = 0.0f, qk = 0.0f;
         for (int64_t i = lane; i < K; i += 32) {
             const float qi = load_elem<Act>(p.q, q_at + i), ki = load_elem<Act>(p.k, k_at + i);
@@ -144,10 +140,12 @@ __device__ void prepare_tokens(const gdn_problem &p, const block_coords &bc, int
         if (lane == 0) {
             const float q_factor = (p.qk_l2norm ? inv_sqrt(qq + GDN_L2NORM_EPS) : 1.0f) * p.scale;
             const float k_factor = p.qk_l2norm ? inv_sqrt(kk + GDN_L2NORM_EPS) : 1.0f;
+            const float a = load_elem<Act>(p.a, row * p.a_stride + bc.hv);
+            const float b = load_elem<Act>(p.b, row * p.b_stride + bc.hv);
             st.q_factor[t] = q_factor;
             st.k_factor[t] = k_factor;
             st.kq[t] = qk * q_factor * k_factor;
-            st.decay[t] = expf(gdn_gate_log(A_log, a, dt_bias));
+            st.decay[t] = expf(gdn_gate_log(p.A_log[bc.hv], a, p.dt_bias[bc.hv]));
             st.beta[t] = sigmoid_fast(b);
             const int64_t slot = p.token_slots ? gdn_token_slot(&p, bc.n, t) : -1;
             st.snapshot[t] = slot < 0 ? -1 : gdn_tile_offset(&p, slot, bc.hv);
@@ -326,7 +324,7 @@ __global__ void __launch_bounds__(kThreads) decode_vk_k128(const __grid_constant
             const int64_t row = row0 + r * kFastRows;
             v_row[t][r] = t < T && row < V ? load_elem<Act>(p.v, (first + t) * p.v_stride + bc.hv * V + row) : 0.0f;
         }
-    prepare_tokens<Act, kFastK>(p, bc, first, T, st);
+    prepare_tokens<Act>(p, bc, first, T, st);
 
     St *pool = static_cast<St *>(p.state_pool);
     const int64_t dst = write < 0 ? -1 : gdn_tile_offset(&p, write, bc.hv);
@@ -404,7 +402,7 @@ __global__ void __launch_bounds__(kThreads) decode_vk_generic(const __grid_const
     int64_t read, write, first, T;
     if (!resolve_sequence<Act>(p, bc, row0, kGenericVkRows, &read, &write, &first, &T))
         return;
-    prepare_tokens<Act, 0>(p, bc, first, T, st);
+    prepare_tokens<Act>(p, bc, first, T, st);
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     St *pool = static_cast<St *>(p.state_pool);
     const int64_t src = gdn_tile_offset(&p, read, bc.hv), dst = write < 0 ? -1 : gdn_tile_offset(&p, write, bc.hv);
@@ -456,7 +454,7 @@ __global__ void __launch_bounds__(kThreads) decode_kv_generic(const __grid_const
     int64_t read, write, first, T;
     if (!resolve_sequence<Act>(p, bc, col0, kGenericKvCols, &read, &write, &first, &T))
         return;
-    prepare_tokens<Act, 0>(p, bc, first, T, st);
+    prepare_tokens<Act>(p, bc, first, T, st);
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int64_t col = col0 + lane;
     const bool has_col = col < V;
