@@ -41,7 +41,7 @@ TOOL_OBJ = $(TOOL_SRC:%.c=$(BUILD)/obj/%.o)
 KIT_OBJ = $(filter-out $(BUILD)/obj/tools/gdn.o $(BUILD)/obj/tools/cmd_%.o,$(TOOL_OBJ))
 TEST_OBJ = $(TEST_SRC:%.c=$(BUILD)/obj/%.o)
 
-.PHONY: all lib run test test-gpu bench install clean format help
+.PHONY: all lib run test test-gpu bench install clean format help test-sanitize fuzz fuzz-build
 all: lib $(BUILD)/gdn $(BUILD)/test_gdn
 
 help:
@@ -50,6 +50,8 @@ help:
 	@echo "make test       the C test suite (CPU backend; the CUDA backend too when a GPU is there), then"
 	@echo "                the Python binding's CPU tests (tests/python/run.sh; installs NumPy if missing)"
 	@echo "make test-gpu   tests/gpu/run.sh: full cuda check matrix + 4096-step run (on a GPU machine)"
+	@echo "make test-sanitize  the C test suite again under ASan+UBSan ($(BUILD)/sanitize/, no CUDA)"
+	@echo "make fuzz       libFuzzer over gdn_decode on the cpu backend (FUZZ_SECONDS=$(FUZZ_SECONDS); $(BUILD)/fuzz/)"
 	@echo "make install    PREFIX=$(PREFIX): header, libraries, gdn, pkg-config file"
 	@echo "make format     clang-format the tree"
 	@echo "make clean      remove $(BUILD)/"
@@ -90,6 +92,37 @@ test: all
 
 test-gpu: all
 	tests/gpu/run.sh
+
+# The C suite again with AddressSanitizer and UBSan: the library, the kit and the tests rebuilt
+# into $(BUILD)/sanitize/ (CUDA backend off: nvcc objects do not mix with ASan). Any sanitizer
+# report aborts the run and fails the target.
+SAN_CC ?= $(CC)
+SAN_FLAGS = -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+SAN_ENV = ASAN_OPTIONS=halt_on_error=1:abort_on_error=1:detect_leaks=1:strict_string_checks=1:detect_stack_use_after_return=1 \
+          UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
+test-sanitize:
+	CFLAGS="-g -O1" $(MAKE) --no-print-directory BUILD=$(BUILD)/sanitize GDN_CUDA=0 \
+	    CC="$(SAN_CC) $(SAN_FLAGS)" $(BUILD)/sanitize/test_gdn
+	vectors=$$(tests/vectors/ensure.sh) && GDN_VECTORS=$$vectors $(SAN_ENV) $(BUILD)/sanitize/test_gdn
+
+# libFuzzer over gdn_decode (cpu backend against the float64 reference), library sources
+# compiled into the fuzzer with clang, ASan and UBSan (tests/fuzz/README.md).
+FUZZ_CC ?= clang
+FUZZ_SECONDS ?= 60
+FUZZ_FLAGS = -g -O1 -std=gnu11 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
+             -fno-omit-frame-pointer $(WARN) -Iinclude -pthread
+FUZZ_LIB_SRC = $(wildcard src/core/*.c src/cpu/*.c)
+FUZZ_ARGS ?=
+fuzz-build: $(BUILD)/fuzz/fuzz_decode
+
+$(BUILD)/fuzz/fuzz_decode: tests/fuzz/fuzz_decode.c $(FUZZ_LIB_SRC) $(wildcard include/*.h src/*/*.h)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ tests/fuzz/fuzz_decode.c $(FUZZ_LIB_SRC) -lm
+
+fuzz: $(BUILD)/fuzz/fuzz_decode
+	@mkdir -p $(BUILD)/fuzz/corpus
+	$(SAN_ENV) $(BUILD)/fuzz/fuzz_decode -max_total_time=$(FUZZ_SECONDS) -max_len=512 -timeout=60 \
+	    -print_final_stats=1 -artifact_prefix=$(BUILD)/fuzz/ $(FUZZ_ARGS) $(BUILD)/fuzz/corpus tests/fuzz/seeds
 
 install: lib $(BUILD)/gdn
 	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/bin
