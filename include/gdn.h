@@ -64,19 +64,19 @@ GDN_API const char *gdn_version_string(void);
 
 typedef enum gdn_status {
     GDN_OK = 0,
-    GDN_ERR_INVALID_ARGUMENT = 1,    /* null params, unknown struct_size, bad enum value, bad scale */
-    GDN_ERR_NULL_POINTER = 2,        /* a required tensor pointer is NULL */
-    GDN_ERR_INVALID_SHAPE = 3,       /* a size <= 0, HV not a multiple of H, too few slots */
-    GDN_ERR_INVALID_STRIDE = 4,      /* a token stride shorter than one token's row */
-    GDN_ERR_UNSUPPORTED_DTYPE = 5,   /* dtype not served by this tensor or backend */
-    GDN_ERR_UNSUPPORTED_LAYOUT = 6,  /* state layout not vk or kv */
+    GDN_ERR_INVALID_ARGUMENT = 1,      /* null params, unknown struct_size, bad enum value, bad scale */
+    GDN_ERR_NULL_POINTER = 2,          /* a required tensor pointer is NULL */
+    GDN_ERR_INVALID_SHAPE = 3,         /* a size <= 0, HV not a multiple of H, too few slots */
+    GDN_ERR_INVALID_STRIDE = 4,        /* a token stride shorter than one token's row */
+    GDN_ERR_UNSUPPORTED_DTYPE = 5,     /* dtype not served by this tensor or backend */
+    GDN_ERR_UNSUPPORTED_LAYOUT = 6,    /* state layout not vk or kv */
     GDN_ERR_UNSUPPORTED_HEAD_SIZE = 7, /* K or V above GDN_MAX_HEAD_DIM */
-    GDN_ERR_SLOT_OUT_OF_RANGE = 8,   /* a slot index >= num_slots (host-visible indices) */
-    GDN_ERR_MISALIGNED = 9,          /* a pointer not aligned for its dtype or vector path */
-    GDN_ERR_BACKEND_UNAVAILABLE = 10, /* the backend asked for is not built or has no device */
-    GDN_ERR_WRONG_MEMORY = 11,       /* a pointer lives where the backend cannot read it */
-    GDN_ERR_OVERLAP = 12,            /* the output overlaps the state pool */
-    GDN_ERR_DEVICE = 13              /* the GPU runtime reported an error (launch failure) */
+    GDN_ERR_SLOT_OUT_OF_RANGE = 8,     /* a slot index >= num_slots (host-visible indices) */
+    GDN_ERR_MISALIGNED = 9,            /* a pointer not aligned for its dtype or vector path */
+    GDN_ERR_BACKEND_UNAVAILABLE = 10,  /* the backend asked for is not built or has no device */
+    GDN_ERR_WRONG_MEMORY = 11,         /* a pointer lives where the backend cannot read it */
+    GDN_ERR_OVERLAP = 12,              /* the output overlaps the state pool */
+    GDN_ERR_DEVICE = 13                /* the GPU runtime reported an error (launch failure) */
 } gdn_status;
 
 /* A constant sentence naming the status ("slot index out of range"). Never NULL. */
@@ -115,10 +115,10 @@ typedef enum gdn_head_map {
 } gdn_head_map;
 
 typedef enum gdn_backend {
-    GDN_BACKEND_AUTO = 0,      /* GDN_BACKEND env var if set, else cuda for device pointers, else cpu */
-    GDN_BACKEND_CPU = 1,       /* float32 on host threads; host pointers */
-    GDN_BACKEND_CUDA = 2,      /* CUDA kernels; device (or managed) pointers; asynchronous */
-    GDN_BACKEND_REFERENCE = 3  /* float64, single thread, host pointers: the oracle for tests */
+    GDN_BACKEND_AUTO = 0,     /* GDN_BACKEND env var if set, else cuda for device pointers, else cpu */
+    GDN_BACKEND_CPU = 1,      /* float32 on host threads; host pointers */
+    GDN_BACKEND_CUDA = 2,     /* CUDA kernels; device (or managed) pointers; asynchronous */
+    GDN_BACKEND_REFERENCE = 3 /* float64, single thread, host pointers: the oracle for tests */
 } gdn_backend;
 
 /* "auto", "cpu", "cuda", "reference", or "?" */
@@ -194,11 +194,11 @@ typedef struct gdn_decode_params {
                            num_threads); the fields such a caller lacks read as zero. */
 
     /* shape */
-    int64_t num_seqs;     /* N: sequences in the batch (rows), >= 0; 0 is a no-op */
-    int64_t num_q_heads;  /* H: query/key heads */
-    int64_t num_v_heads;  /* HV: value heads, a multiple of H */
-    int64_t head_dim_k;   /* K */
-    int64_t head_dim_v;   /* V */
+    int64_t num_seqs;    /* N: sequences in the batch (rows), >= 0; 0 is a no-op */
+    int64_t num_q_heads; /* H: query/key heads */
+    int64_t num_v_heads; /* HV: value heads, a multiple of H */
+    int64_t head_dim_k;  /* K */
+    int64_t head_dim_v;  /* V */
 
     /* activations */
     gdn_dtype act_dtype; /* f32, f16 or bf16 (f64 on the reference backend): q, k, v, a, b, out */
@@ -220,9 +220,9 @@ typedef struct gdn_decode_params {
     const float *dt_bias;
 
     /* options */
-    float scale;            /* q scale; 0 = 1/sqrt(K) */
-    int qk_l2norm;          /* 1 = l2-normalise q and k in the kernel (default), 0 = as given */
-    gdn_head_map head_map;  /* default GDN_HEAD_MAP_GROUPED */
+    float scale;           /* q scale; 0 = 1/sqrt(K) */
+    int qk_l2norm;         /* 1 = l2-normalise q and k in the kernel (default), 0 = as given */
+    gdn_head_map head_map; /* default GDN_HEAD_MAP_GROUPED */
 
     /* state pool */
     void *state_pool;
@@ -231,10 +231,10 @@ typedef struct gdn_decode_params {
     gdn_dtype state_dtype;         /* f32 or bf16 (f64 on the reference backend) */
 
     /* slots */
-    const void *slot_indices;        /* [N]: slot read (and written) by each sequence */
-    const void *write_slot_indices;  /* optional [N]: slot written, same dtype; NULL = read slot */
-    gdn_dtype index_dtype;           /* GDN_DTYPE_I64 (default) or GDN_DTYPE_I32 */
-    int null_slot_zero;              /* 1 = slot 0 is padding too (vLLM NULL_BLOCK_ID) */
+    const void *slot_indices;       /* [N]: slot read (and written) by each sequence */
+    const void *write_slot_indices; /* optional [N]: slot written, same dtype; NULL = read slot */
+    gdn_dtype index_dtype;          /* GDN_DTYPE_I64 (default) or GDN_DTYPE_I32 */
+    int null_slot_zero;             /* 1 = slot 0 is padding too (vLLM NULL_BLOCK_ID) */
 
     /* execution */
     gdn_backend backend; /* default GDN_BACKEND_AUTO */

@@ -99,7 +99,10 @@ static int copy(mem_where where, void *dst, const void *src, size_t bytes, int t
 #endif
 }
 
-int mem_upload(mem_where where, void *dst, const void *src, size_t bytes) { return copy(where, dst, src, bytes, 1); }
+int mem_upload(mem_where where, void *dst, const void *src, size_t bytes)
+{
+    return copy(where, dst, src, bytes, 1);
+}
 
 int mem_download(mem_where where, void *dst, const void *src, size_t bytes)
 {

@@ -136,8 +136,9 @@ static void *random_buffer(mem_where where, gdn_dtype dtype, size_t count, doubl
 static void free_sets(bench_ctx *b)
 {
     for (int s = 0; s < b->count; s++) {
-        void *bufs[] = {b->sets[s].q,   b->sets[s].k,    b->sets[s].v,     b->sets[s].a,          b->sets[s].b,
-                        b->sets[s].out, b->sets[s].pool, b->sets[s].slots, b->sets[s].token_slots};
+        void *bufs[] = {b->sets[s].q,    b->sets[s].k,     b->sets[s].v,
+                        b->sets[s].a,    b->sets[s].b,     b->sets[s].out,
+                        b->sets[s].pool, b->sets[s].slots, b->sets[s].token_slots};
         for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
             mem_free(b->where, bufs[i]);
     }
@@ -163,7 +164,8 @@ static int make_sets(const bench_opts *o, long long n, bench_ctx *b)
     want = want < 1 ? 1 : want > MAX_SETS ? MAX_SETS : want;
     gdn_decode_params *p = &b->params;
     gdn_decode_params_init(p);
-    p->num_seqs = n, p->num_q_heads = s->h, p->num_v_heads = s->hv, p->head_dim_k = s->k, p->head_dim_v = s->v;
+    p->num_seqs = n, p->num_q_heads = s->h, p->num_v_heads = s->hv, p->head_dim_k = s->k,
+    p->head_dim_v = s->v;
     p->act_dtype = o->act, p->state_dtype = o->state, p->state_layout = o->layout;
     p->num_slots = slots, p->backend = o->backend;
     if (T > 1 || o->token_slots)
@@ -175,7 +177,8 @@ static int make_sets(const bench_opts *o, long long n, bench_ctx *b)
     int ok = p->A_log && p->dt_bias && !mem_upload(b->where, (void *)p->A_log, A_log, (size_t)s->hv * 4) &&
              !mem_upload(b->where, (void *)p->dt_bias, dt_bias, (size_t)s->hv * 4);
     free(A_log), free(dt_bias);
-    int64_t *slot_of = malloc((size_t)n * sizeof(int64_t)), *token_slots = malloc((size_t)(n * T) * sizeof(int64_t));
+    int64_t *slot_of = malloc((size_t)n * sizeof(int64_t)),
+            *token_slots = malloc((size_t)(n * T) * sizeof(int64_t));
     for (long long i = 0; i < n * T; i++) /* snapshot of token t of sequence i: slot n + i*T + t */
         token_slots[i] = n + i;
     for (long long i = 0; i < n; i++)
@@ -195,7 +198,8 @@ static int make_sets(const bench_opts *o, long long n, bench_ctx *b)
         bs->out = mem_alloc(b->where, (size_t)(rows * s->hv * s->v) * gdn_dtype_size(o->act));
         if (o->token_slots) {
             bs->token_slots = mem_alloc(b->where, (size_t)(n * T) * sizeof(int64_t));
-            if (bs->token_slots && mem_upload(b->where, bs->token_slots, token_slots, (size_t)(n * T) * 8) != 0)
+            if (bs->token_slots &&
+                mem_upload(b->where, bs->token_slots, token_slots, (size_t)(n * T) * 8) != 0)
                 bs->token_slots = NULL;
         }
         bs->pool = random_buffer(b->where, o->state, b->pool_bytes / gdn_dtype_size(o->state), 0.05, &g);
@@ -255,14 +259,15 @@ int cmd_bench(int argc, char **argv)
     if (multi)
         snprintf(tcol, sizeof tcol, ",%d,%s", o.tokens, o.token_slots ? "yes" : "no");
     if (o.csv)
-        printf("shape,H,HV,K,V,state_dtype,N,%simpl,median_us,gbps,pct_of_copy\n", multi ? "T,token_slots," : "");
+        printf("shape,H,HV,K,V,state_dtype,N,%simpl,median_us,gbps,pct_of_copy\n",
+               multi ? "T,token_slots," : "");
     else
         printf("gdn bench: backend %s, shape %s (H=%lld HV=%lld K=%lld V=%lld), act %s, state %s %s, "
                "T=%d%s, median of %d\n%6s %12s %10s %12s %10s %8s\n",
                gdn_backend_name(o.backend), s->name, (long long)s->h, (long long)s->hv, (long long)s->k,
                (long long)s->v, gdn_dtype_name(o.act), gdn_dtype_name(o.state),
-               o.layout == GDN_LAYOUT_VK ? "vk" : "kv", o.tokens, o.token_slots ? " with token slots" : "", reps, "N", "gdn us", "gdn GB/s", "copy us", "copy GB/s",
-               "% copy");
+               o.layout == GDN_LAYOUT_VK ? "vk" : "kv", o.tokens, o.token_slots ? " with token slots" : "",
+               reps, "N", "gdn us", "gdn GB/s", "copy us", "copy GB/s", "% copy");
     int failed = 0;
     for (int i = 0; i < o.n_count; i++) {
         bench_ctx b;

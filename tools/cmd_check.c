@@ -146,7 +146,9 @@ static int run_matrix(const check_opts *o, int *cases)
     const struct {
         const char *name;
         int64_t n, h, hv;
-    } batches[] = {{"batch64-contest", 64, 4, 8}, {"batch24-qwen3-next", 24, 16, 32}, {"batch40-qwen3.5-397b", 40, 16, 64}};
+    } batches[] = {{"batch64-contest", 64, 4, 8},
+                   {"batch24-qwen3-next", 24, 16, 32},
+                   {"batch40-qwen3.5-397b", 40, 16, 64}};
     for (int j = 0; j < 12 && !o->only_shape; j++, i++) {
         int bt = j / 4, st = j % 2, lay = (j / 2) % 2;
         if (o->quick && lay)
@@ -191,7 +193,8 @@ static int run_vectors(const check_opts *o, int *cases)
                "!!! The external oracle was not checked in this run.\n");
         return 0;
     }
-    printf("\nreference vectors in %s (%s backend, tolerance 1e-5 relative)\n", dir, gdn_backend_name(o->backend));
+    printf("\nreference vectors in %s (%s backend, tolerance 1e-5 relative)\n", dir,
+           gdn_backend_name(o->backend));
     int failed = 0;
     for (int i = 0; vector_case_names[i]; i++) {
         char path[1024];
@@ -220,8 +223,9 @@ static void report_step(int step, const decode_case_result *r, void *ctx)
     if (ratio > cc->worst_ratio)
         cc->worst_ratio = ratio;
     if (n == cc->next_report || n == cc->steps || !r->pass) {
-        printf("  step %6d  state_rel %9.3e  reference_rounded_rel %9.3e  ratio %5.2f  out_rel %9.3e%s%s\n", n,
-               r->state_rel, r->rounded_rel, ratio, r->out_rel, r->pass ? "" : "  FAIL: ", r->pass ? "" : r->message);
+        printf("  step %6d  state_rel %9.3e  reference_rounded_rel %9.3e  ratio %5.2f  out_rel %9.3e%s%s\n",
+               n, r->state_rel, r->rounded_rel, ratio, r->out_rel,
+               r->pass ? "" : "  FAIL: ", r->pass ? "" : r->message);
         fflush(stdout);
         while (cc->next_report <= n)
             cc->next_report *= 2;
@@ -250,8 +254,8 @@ static int run_steps(const check_opts *o, int *cases)
         int ok = decode_case_run(&c, o->backend, o->steps, report_step, &cc, &r);
         failed += !ok;
         (*cases)++;
-        printf("  %s after %d steps (worst backend/rounded-reference ratio %.2f)\n\n", ok ? "ok" : "FAIL", o->steps,
-               cc.worst_ratio);
+        printf("  %s after %d steps (worst backend/rounded-reference ratio %.2f)\n\n", ok ? "ok" : "FAIL",
+               o->steps, cc.worst_ratio);
     }
     return failed;
 }

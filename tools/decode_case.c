@@ -31,7 +31,7 @@ typedef struct index_array {
 
 /* Host and backend copies of every tensor of one case. */
 typedef struct arrays {
-    int64_t n, t, h, hv, kd, vd, slots, rows; /* rows: token rows of the activations */
+    int64_t n, t, h, hv, kd, vd, slots, rows;  /* rows: token rows of the activations */
     int64_t qkv_stride, ab_stride, out_stride; /* elements between token rows */
     size_t act_size, state_size, idx_size;
     size_t proj_bytes, ab_bytes, out_bytes, pool_bytes;
@@ -160,8 +160,9 @@ static int alloc_arrays(const decode_case *c, gdn_backend backend, arrays *A, de
     A->state_size = gdn_dtype_size(c->state_dtype);
     A->idx_size = gdn_dtype_size(c->index_dtype);
     A->where = backend == GDN_BACKEND_CUDA ? MEM_DEVICE : MEM_HOST;
-    if (!alloc_index(&A->cu, A->n + 1, A) || !alloc_index(&A->read, A->n, A) || !alloc_index(&A->write, A->n, A) ||
-        !alloc_index(&A->tokens, A->n * A->t, A) || !alloc_index(&A->accepted, A->n, A))
+    if (!alloc_index(&A->cu, A->n + 1, A) || !alloc_index(&A->read, A->n, A) ||
+        !alloc_index(&A->write, A->n, A) || !alloc_index(&A->tokens, A->n * A->t, A) ||
+        !alloc_index(&A->accepted, A->n, A))
         return fail(r, "index allocation failed: %s", mem_error());
     assign_tokens(c, A, g);
     int64_t qk = A->h * A->kd, hvv = A->hv * A->vd, rows = A->rows > 0 ? A->rows : 1;
@@ -179,12 +180,13 @@ static int alloc_arrays(const decode_case *c, gdn_backend backend, arrays *A, de
     A->proj = malloc(A->proj_bytes), A->ab = malloc(A->ab_bytes), A->out = malloc(A->out_bytes);
     A->pool = malloc(A->pool_bytes), A->pool_before = malloc(A->pool_bytes);
     A->A_log = malloc((size_t)A->hv * sizeof(float)), A->dt_bias = malloc((size_t)A->hv * sizeof(float));
-    A->proj64 = malloc((size_t)proj_elems * sizeof(double)), A->ab64 = malloc((size_t)ab_elems * sizeof(double));
+    A->proj64 = malloc((size_t)proj_elems * sizeof(double)),
+    A->ab64 = malloc((size_t)ab_elems * sizeof(double));
     A->out64 = malloc((size_t)out_elems * sizeof(double));
     A->ref_pool = malloc((size_t)pool_elems * sizeof(double));
     A->rounded_pool = malloc((size_t)pool_elems * sizeof(double));
-    if (!A->proj || !A->ab || !A->out || !A->pool || !A->pool_before || !A->A_log || !A->dt_bias || !A->proj64 ||
-        !A->ab64 || !A->out64 || !A->ref_pool || !A->rounded_pool)
+    if (!A->proj || !A->ab || !A->out || !A->pool || !A->pool_before || !A->A_log || !A->dt_bias ||
+        !A->proj64 || !A->ab64 || !A->out64 || !A->ref_pool || !A->rounded_pool)
         return fail(r, "host allocation failed (pool of %lld elements)", (long long)pool_elems);
     if (A->where == MEM_HOST) {
         A->d_proj = A->proj, A->d_ab = A->ab, A->d_out = A->out, A->d_pool = A->pool;
@@ -193,7 +195,8 @@ static int alloc_arrays(const decode_case *c, gdn_backend backend, arrays *A, de
     }
     A->d_proj = mem_alloc(MEM_DEVICE, A->proj_bytes), A->d_ab = mem_alloc(MEM_DEVICE, A->ab_bytes);
     A->d_out = mem_alloc(MEM_DEVICE, A->out_bytes), A->d_pool = mem_alloc(MEM_DEVICE, A->pool_bytes);
-    A->d_A_log = mem_alloc(MEM_DEVICE, (size_t)A->hv * 4), A->d_dt_bias = mem_alloc(MEM_DEVICE, (size_t)A->hv * 4);
+    A->d_A_log = mem_alloc(MEM_DEVICE, (size_t)A->hv * 4),
+    A->d_dt_bias = mem_alloc(MEM_DEVICE, (size_t)A->hv * 4);
     if (!A->d_proj || !A->d_ab || !A->d_out || !A->d_pool || !A->d_A_log || !A->d_dt_bias)
         return fail(r, "device allocation failed: %s", mem_error());
     return 1;
@@ -202,7 +205,8 @@ static int alloc_arrays(const decode_case *c, gdn_backend backend, arrays *A, de
 /* Fresh activations for one step (and the gate parameters and pool on step 0). */
 static void fill_inputs(const decode_case *c, arrays *A, rng *g, int first)
 {
-    int64_t proj_elems = (int64_t)(A->proj_bytes / A->act_size), ab_elems = (int64_t)(A->ab_bytes / A->act_size);
+    int64_t proj_elems = (int64_t)(A->proj_bytes / A->act_size),
+            ab_elems = (int64_t)(A->ab_bytes / A->act_size);
     for (int64_t i = 0; i < proj_elems; i++)
         draw(g, 1.0, A->proj, c->act_dtype, A->proj64, i);
     for (int64_t i = 0; i < ab_elems; i++)
@@ -221,7 +225,10 @@ static void fill_inputs(const decode_case *c, arrays *A, rng *g, int first)
     }
 }
 
-static int64_t null_slot(const decode_case *c, int64_t n) { return (c->null_slot_zero && n % 2 == 0) ? 0 : -1; }
+static int64_t null_slot(const decode_case *c, int64_t n)
+{
+    return (c->null_slot_zero && n % 2 == 0) ? 0 : -1;
+}
 
 /* Slots: a random permutation of the usable slots; every third row is padding; every third
  * token's snapshot is not saved (except the one num_accepted starts from). */
@@ -262,7 +269,8 @@ static int64_t seq_tokens(const decode_case *c, const arrays *A, int64_t n)
 static int64_t read_slot_of(const decode_case *c, const arrays *A, int64_t n)
 {
     if (c->accepted)
-        return get_index(&A->tokens, c->index_dtype, n * A->t + get_index(&A->accepted, c->index_dtype, n) - 1);
+        return get_index(&A->tokens, c->index_dtype,
+                         n * A->t + get_index(&A->accepted, c->index_dtype, n) - 1);
     return get_index(&A->read, c->index_dtype, n);
 }
 
@@ -289,15 +297,16 @@ static int64_t written_slots(const decode_case *c, const arrays *A, int64_t *out
     return count;
 }
 
-static gdn_decode_params make_params(const decode_case *c, const arrays *A, void *proj, void *ab, void *out, void *pool,
-                                     int device_side, const float *A_log, const float *dt_bias, gdn_dtype act,
-                                     gdn_dtype state, gdn_backend backend)
+static gdn_decode_params make_params(const decode_case *c, const arrays *A, void *proj, void *ab, void *out,
+                                     void *pool, int device_side, const float *A_log, const float *dt_bias,
+                                     gdn_dtype act, gdn_dtype state, gdn_backend backend)
 {
     gdn_decode_params p;
     gdn_decode_params_init(&p);
     size_t es = gdn_dtype_size(act);
     int64_t qk = A->h * A->kd, rows = A->rows;
-    p.num_seqs = A->n, p.num_q_heads = A->h, p.num_v_heads = A->hv, p.head_dim_k = A->kd, p.head_dim_v = A->vd;
+    p.num_seqs = A->n, p.num_q_heads = A->h, p.num_v_heads = A->hv, p.head_dim_k = A->kd,
+    p.head_dim_v = A->vd;
     p.act_dtype = act;
     unsigned char *pb = proj, *abb = ab;
     if (c->strided) { /* one projection row per token: q | k | v | pad, and a | b | pad */
@@ -377,7 +386,8 @@ static void check_outputs(const decode_case *c, arrays *A, decode_case_result *r
 }
 
 /* States: written tiles against the reference; every other byte unchanged. */
-static void check_states(const decode_case *c, arrays *A, const int64_t *list, int64_t count, decode_case_result *r)
+static void check_states(const decode_case *c, arrays *A, const int64_t *list, int64_t count,
+                         decode_case_result *r)
 {
     int64_t tile = A->hv * A->vd * A->kd;
     unsigned char *written = calloc((size_t)A->slots, 1);
@@ -444,8 +454,8 @@ static int run_step(const decode_case *c, gdn_backend backend, arrays *A, decode
     memset(A->out, 0xff, A->out_bytes); /* NaN in every float dtype: unwritten outputs show */
     if (!upload_step(A))
         return fail(r, "upload failed: %s", mem_error());
-    gdn_decode_params p = make_params(c, A, A->d_proj, A->d_ab, A->d_out, A->d_pool, 1, A->d_A_log, A->d_dt_bias,
-                                      c->act_dtype, c->state_dtype, backend);
+    gdn_decode_params p = make_params(c, A, A->d_proj, A->d_ab, A->d_out, A->d_pool, 1, A->d_A_log,
+                                      A->d_dt_bias, c->act_dtype, c->state_dtype, backend);
     r->status = gdn_decode(&p);
     if (r->status != GDN_OK)
         return fail(r, "%s backend: %s: %s", gdn_backend_name(backend), gdn_status_string(r->status),
@@ -455,8 +465,8 @@ static int run_step(const decode_case *c, gdn_backend backend, arrays *A, decode
          mem_download(MEM_DEVICE, A->pool, A->d_pool, A->pool_bytes)))
         return fail(r, "device run or download failed: %s", mem_error());
 
-    gdn_decode_params ref = make_params(c, A, A->proj64, A->ab64, A->out64, A->ref_pool, 0, A->A_log, A->dt_bias,
-                                        GDN_DTYPE_F64, GDN_DTYPE_F64, GDN_BACKEND_REFERENCE);
+    gdn_decode_params ref = make_params(c, A, A->proj64, A->ab64, A->out64, A->ref_pool, 0, A->A_log,
+                                        A->dt_bias, GDN_DTYPE_F64, GDN_DTYPE_F64, GDN_BACKEND_REFERENCE);
     if (gdn_decode(&ref) != GDN_OK)
         return fail(r, "reference backend: %s", gdn_last_error());
     ref.state_pool = A->rounded_pool;
@@ -496,8 +506,8 @@ static void advance_slots(const decode_case *c, arrays *A, rng *g)
             }
 }
 
-int decode_case_run(const decode_case *spec, gdn_backend backend, int steps, decode_step_fn on_step, void *ctx,
-                    decode_case_result *r)
+int decode_case_run(const decode_case *spec, gdn_backend backend, int steps, decode_step_fn on_step,
+                    void *ctx, decode_case_result *r)
 {
     decode_case normalised = *spec, *c = &normalised;
     if (c->token_slots) /* states go to the token slots only: no separate write slots */
@@ -511,10 +521,9 @@ int decode_case_run(const decode_case *spec, gdn_backend backend, int steps, dec
     if (alloc_arrays(c, backend, &A, r, &g)) {
         fill_inputs(c, &A, &g, 1);
         assign_slots(c, &A, &g);
-        if (A.where == MEM_DEVICE &&
-            (mem_upload(MEM_DEVICE, A.d_pool, A.pool, A.pool_bytes) ||
-             mem_upload(MEM_DEVICE, A.d_A_log, A.A_log, (size_t)A.hv * 4) ||
-             mem_upload(MEM_DEVICE, A.d_dt_bias, A.dt_bias, (size_t)A.hv * 4)))
+        if (A.where == MEM_DEVICE && (mem_upload(MEM_DEVICE, A.d_pool, A.pool, A.pool_bytes) ||
+                                      mem_upload(MEM_DEVICE, A.d_A_log, A.A_log, (size_t)A.hv * 4) ||
+                                      mem_upload(MEM_DEVICE, A.d_dt_bias, A.dt_bias, (size_t)A.hv * 4)))
             fail(r, "upload failed: %s", mem_error());
         for (int step = 0; r->pass && step < steps; step++) {
             if (step > 0) {

@@ -51,8 +51,8 @@ typedef void (*decode_step_fn)(int step, const decode_case_result *r, void *ctx)
 
 /* Runs `steps` consecutive decode steps of c on backend (cpu, cuda or reference) and checks
  * each. Returns r->pass. */
-int decode_case_run(const decode_case *c, gdn_backend backend, int steps, decode_step_fn on_step,
-                    void *ctx, decode_case_result *r);
+int decode_case_run(const decode_case *c, gdn_backend backend, int steps, decode_step_fn on_step, void *ctx,
+                    decode_case_result *r);
 
 /* "qwen3-next N=16 bf16/f32 vk i64 ..." for tables. */
 void decode_case_describe(const decode_case *c, char *buf, size_t size);

@@ -34,7 +34,7 @@ int resolve_tool_backend(const char *name, gdn_backend *backend)
         return 0;
     }
     *backend = gdn_cuda_device_count() > 0 && gdn_backend_built(GDN_BACKEND_CUDA) ? GDN_BACKEND_CUDA
-                                                                                 : GDN_BACKEND_CPU;
+                                                                                  : GDN_BACKEND_CPU;
     return 0;
 }
 

@@ -21,7 +21,8 @@ static void summarise(double *per_call_us, int reps, timing *t)
     t->reps = reps;
     t->min_us = per_call_us[0];
     t->max_us = per_call_us[reps - 1];
-    t->median_us = reps % 2 ? per_call_us[reps / 2] : 0.5 * (per_call_us[reps / 2 - 1] + per_call_us[reps / 2]);
+    t->median_us =
+        reps % 2 ? per_call_us[reps / 2] : 0.5 * (per_call_us[reps / 2 - 1] + per_call_us[reps / 2]);
 }
 
 static double now_us(void)
@@ -52,13 +53,13 @@ static int time_host(timed_fn fn, void *ctx, int calls, int reps, timing *t)
 }
 
 #ifdef GDN_TOOLS_CUDA
-#define CUDA_TRY(expr)                                                                                             \
-    do {                                                                                                           \
-        cudaError_t err_ = (expr);                                                                                 \
-        if (err_ != cudaSuccess) {                                                                                 \
-            snprintf(t->error, sizeof t->error, "%s: %s", #expr, cudaGetErrorString(err_));                        \
-            goto done;                                                                                             \
-        }                                                                                                          \
+#define CUDA_TRY(expr)                                                                                       \
+    do {                                                                                                     \
+        cudaError_t err_ = (expr);                                                                           \
+        if (err_ != cudaSuccess) {                                                                           \
+            snprintf(t->error, sizeof t->error, "%s: %s", #expr, cudaGetErrorString(err_));                  \
+            goto done;                                                                                       \
+        }                                                                                                    \
     } while (0)
 
 static int time_device(timed_fn fn, void *ctx, int calls, int reps, timing *t)

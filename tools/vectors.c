@@ -10,8 +10,13 @@
 
 #include "buffers.h"
 
-const char *const vector_case_names[] = {"decode_qwen3next", "decode_qwen35_27b_tiled", "mtp_tp4",
-                                         "odd_small", "no_l2norm_small", "long_horizon", NULL};
+const char *const vector_case_names[] = {"decode_qwen3next",
+                                         "decode_qwen35_27b_tiled",
+                                         "mtp_tp4",
+                                         "odd_small",
+                                         "no_l2norm_small",
+                                         "long_horizon",
+                                         NULL};
 
 #define VECTOR_TOLERANCE 1e-5
 #define MAX_ARRAYS 16
@@ -65,12 +70,13 @@ static int load_file(const char *path, vector_file *f, vector_result *r)
         return fail(r, "cannot open %s", path);
     char magic[8];
     uint32_t count = 0;
-    int ok = fread(magic, 1, 8, fp) == 8 && memcmp(magic, "GDNVEC01", 8) == 0 && fread(&count, 4, 1, fp) == 1 &&
-             count <= MAX_ARRAYS;
+    int ok = fread(magic, 1, 8, fp) == 8 && memcmp(magic, "GDNVEC01", 8) == 0 &&
+             fread(&count, 4, 1, fp) == 1 && count <= MAX_ARRAYS;
     for (uint32_t i = 0; ok && i < count; i++) {
         array *a = &f->arrays[f->count];
-        ok = fread(a->name, 1, 32, fp) == 32 && fread(&a->dtype, 4, 1, fp) == 1 && fread(&a->ndim, 4, 1, fp) == 1 &&
-             a->ndim <= 8 && a->dtype <= 2 && fread(a->dims, 8, a->ndim, fp) == a->ndim;
+        ok = fread(a->name, 1, 32, fp) == 32 && fread(&a->dtype, 4, 1, fp) == 1 &&
+             fread(&a->ndim, 4, 1, fp) == 1 && a->ndim <= 8 && a->dtype <= 2 &&
+             fread(a->dims, 8, a->ndim, fp) == a->ndim;
         if (!ok)
             break;
         a->count = 1;
@@ -128,7 +134,8 @@ static double rel_error(const float *got, const float *ref, int64_t count)
  */
 static int run_multi_token(const vector_file *f, gdn_backend backend, vector_result *r)
 {
-    const array *q = find(f, "q"), *v = find(f, "v"), *pool_in = find(f, "pool_in"), *flags = find(f, "flags");
+    const array *q = find(f, "q"), *v = find(f, "v"), *pool_in = find(f, "pool_in"),
+                *flags = find(f, "flags");
     const array *tok = find(f, "token_states");
     int64_t N = q->dims[0], T = q->dims[1], H = q->dims[2], K = q->dims[3], HV = v->dims[2], V = v->dims[3];
     int64_t slots = pool_in->dims[0], tile = HV * V * K, all_slots = slots + N * T;
@@ -142,13 +149,15 @@ static int run_multi_token(const vector_file *f, gdn_backend backend, vector_res
     memset(out, 0xff, out_bytes);
     for (int64_t i = 0; i < N * T; i++)
         token_slots[i] = slot_of[i / T] < 0 ? -1 : slots + i;
-    void *d_q = place(where, q->data, (size_t)q->count * 4), *d_k = place(where, find(f, "k")->data, (size_t)q->count * 4);
+    void *d_q = place(where, q->data, (size_t)q->count * 4),
+         *d_k = place(where, find(f, "k")->data, (size_t)q->count * 4);
     void *d_v = place(where, v->data, (size_t)v->count * 4);
     void *d_a = place(where, find(f, "a")->data, (size_t)(N * T * HV) * 4);
     void *d_b = place(where, find(f, "b")->data, (size_t)(N * T * HV) * 4);
     void *d_A = place(where, find(f, "A_log")->data, (size_t)HV * 4);
     void *d_dt = place(where, find(f, "dt_bias")->data, (size_t)HV * 4);
-    void *d_slots = place(where, slot_of, (size_t)N * 8), *d_tokens = place(where, token_slots, (size_t)(N * T) * 8);
+    void *d_slots = place(where, slot_of, (size_t)N * 8),
+         *d_tokens = place(where, token_slots, (size_t)(N * T) * 8);
     void *d_pool = place(where, pool, pool_bytes), *d_out = place(where, out, out_bytes);
     if (!(d_q && d_k && d_v && d_a && d_b && d_A && d_dt && d_slots && d_tokens && d_pool && d_out)) {
         fail(r, "device allocation or upload failed: %s", mem_error());
@@ -161,13 +170,15 @@ static int run_multi_token(const vector_file *f, gdn_backend backend, vector_res
         p.scale = (float)((const double *)find(f, "scale")->data)[0];
         p.qk_l2norm = (int)((const int64_t *)flags->data)[0];
         p.head_map = ((const int64_t *)flags->data)[1] ? GDN_HEAD_MAP_TILED : GDN_HEAD_MAP_GROUPED;
-        p.state_pool = d_pool, p.num_slots = all_slots, p.slot_indices = d_slots, p.index_dtype = GDN_DTYPE_I64;
+        p.state_pool = d_pool, p.num_slots = all_slots, p.slot_indices = d_slots,
+        p.index_dtype = GDN_DTYPE_I64;
         p.num_tokens = T, p.token_slots = d_tokens, p.backend = backend;
         gdn_status s = gdn_decode(&p);
         if (s != GDN_OK)
             fail(r, "%s: %s", gdn_status_string(s), gdn_last_error());
-        else if (where == MEM_DEVICE && (mem_sync(MEM_DEVICE) || mem_download(MEM_DEVICE, out, d_out, out_bytes) ||
-                                         mem_download(MEM_DEVICE, pool, d_pool, pool_bytes)))
+        else if (where == MEM_DEVICE &&
+                 (mem_sync(MEM_DEVICE) || mem_download(MEM_DEVICE, out, d_out, out_bytes) ||
+                  mem_download(MEM_DEVICE, pool, d_pool, pool_bytes)))
             fail(r, "device run failed: %s", mem_error());
     }
     if (r->pass) {
@@ -180,7 +191,8 @@ static int run_multi_token(const vector_file *f, gdn_backend backend, vector_res
             double e = rel_error(final, (const float *)find(f, "pool_out")->data + slot_of[n] * tile, tile);
             r->state_rel = e > r->state_rel ? e : r->state_rel;
             for (int64_t t = 0; tok && t < T; t++) {
-                e = rel_error(pool + token_slots[n * T + t] * tile, (const float *)tok->data + (n * T + t) * tile, tile);
+                e = rel_error(pool + token_slots[n * T + t] * tile,
+                              (const float *)tok->data + (n * T + t) * tile, tile);
                 r->token_state_rel = e > r->token_state_rel ? e : r->token_state_rel;
             }
         }
@@ -203,12 +215,14 @@ static int run_multi_token(const vector_file *f, gdn_backend backend, vector_res
 
 static int run_loaded(const vector_file *f, gdn_backend backend, vector_result *r)
 {
-    const char *required[] = {"q", "k", "v", "a", "b", "A_log", "dt_bias", "slot_indices", "flags", "scale",
-                              "pool_in", "out", "pool_out"};
+    const char *required[] = {
+        "q",     "k",     "v",       "a",   "b",       "A_log", "dt_bias", "slot_indices",
+        "flags", "scale", "pool_in", "out", "pool_out"};
     for (size_t i = 0; i < sizeof required / sizeof required[0]; i++)
         if (!find(f, required[i]))
             return fail(r, "array %s missing", required[i]);
-    const array *q = find(f, "q"), *v = find(f, "v"), *pool_in = find(f, "pool_in"), *flags = find(f, "flags");
+    const array *q = find(f, "q"), *v = find(f, "v"), *pool_in = find(f, "pool_in"),
+                *flags = find(f, "flags");
     const array *tok = find(f, "token_states");
     int64_t N = q->dims[0], T = q->dims[1], H = q->dims[2], K = q->dims[3], HV = v->dims[2], V = v->dims[3];
     int64_t slots = pool_in->dims[0], tile = HV * V * K;
@@ -276,7 +290,8 @@ static int run_loaded(const vector_file *f, gdn_backend backend, vector_result *
                 d2 += (got - ref) * (got - ref), r2 += ref * ref;
             }
             if (tok && slot_of[n] >= 0) {
-                double e = rel_error(pool + slot_of[n] * tile, (const float *)tok->data + (n * T + t) * tile, tile);
+                double e =
+                    rel_error(pool + slot_of[n] * tile, (const float *)tok->data + (n * T + t) * tile, tile);
                 if (e > r->token_state_rel)
                     r->token_state_rel = e;
             }

@@ -10,9 +10,9 @@
 typedef struct vector_result {
     char message[256]; /* why it failed, or "" */
     long long n, t, h, hv, k, v;
-    double out_rel;          /* ||out - ref|| / ||ref|| over all tokens and rows */
-    double state_rel;        /* final pool against pool_out */
-    double token_state_rel;  /* worst per-token state against token_states, if the file has them */
+    double out_rel;         /* ||out - ref|| / ||ref|| over all tokens and rows */
+    double state_rel;       /* final pool against pool_out */
+    double token_state_rel; /* worst per-token state against token_states, if the file has them */
     int pass;
 } vector_result;
 

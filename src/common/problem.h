@@ -62,8 +62,7 @@ GDN_HD float gdn_gate_log(float A_log, float a, float dt_bias)
 /* The query/key head that value head hv reads. */
 GDN_HD int64_t gdn_qk_head(const gdn_problem *p, int64_t hv)
 {
-    return p->head_map == GDN_HEAD_MAP_TILED ? hv % p->num_q_heads
-                                             : hv / (p->num_v_heads / p->num_q_heads);
+    return p->head_map == GDN_HEAD_MAP_TILED ? hv % p->num_q_heads : hv / (p->num_v_heads / p->num_q_heads);
 }
 
 /* Raw index n of an index array of either index dtype. */
@@ -125,8 +124,8 @@ GDN_HD int64_t gdn_seq_tokens(const gdn_problem *p, int64_t n)
 {
     if (!p->cu_seqlens)
         return p->num_tokens;
-    int64_t count = gdn_index_at(p->cu_seqlens, p->index_dtype, n + 1) -
-                    gdn_index_at(p->cu_seqlens, p->index_dtype, n);
+    int64_t count =
+        gdn_index_at(p->cu_seqlens, p->index_dtype, n + 1) - gdn_index_at(p->cu_seqlens, p->index_dtype, n);
     return count < 0 || count > p->num_tokens ? -1 : count;
 }
 

@@ -21,8 +21,8 @@ gdn_status gdn_choose_backend(gdn_backend requested, const void *state_pool, gdn
         gdn_memory_kind kind = GDN_MEMORY_HOST;
         if (gdn_cuda_usable())
             kind = gdn_cuda_memory_kind(state_pool, NULL);
-        backend = (kind == GDN_MEMORY_DEVICE || kind == GDN_MEMORY_MANAGED) ? GDN_BACKEND_CUDA
-                                                                            : GDN_BACKEND_CPU;
+        backend =
+            (kind == GDN_MEMORY_DEVICE || kind == GDN_MEMORY_MANAGED) ? GDN_BACKEND_CUDA : GDN_BACKEND_CPU;
     }
     if (backend == GDN_BACKEND_CUDA) {
         if (!gdn_cuda_built())

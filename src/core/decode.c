@@ -53,13 +53,13 @@ static gdn_status check_shape(const gdn_decode_params *p)
             return gdn_fail(GDN_ERR_INVALID_SHAPE, "%s = %lld must be positive", dims[i].name,
                             (long long)dims[i].value);
     if (p->num_v_heads % p->num_q_heads != 0)
-        return gdn_fail(GDN_ERR_INVALID_SHAPE,
-                        "num_v_heads = %lld is not a multiple of num_q_heads = %lld",
+        return gdn_fail(GDN_ERR_INVALID_SHAPE, "num_v_heads = %lld is not a multiple of num_q_heads = %lld",
                         (long long)p->num_v_heads, (long long)p->num_q_heads);
     int64_t tile = checked_mul(p->head_dim_v, p->head_dim_k);
     int64_t pool = checked_mul(checked_mul(p->num_slots, p->num_v_heads), tile);
     if (tile < 0 || pool < 0 || checked_mul(pool, 8) < 0)
-        return gdn_fail(GDN_ERR_INVALID_SHAPE, "num_slots = %lld: the state pool does not fit in 64-bit offsets",
+        return gdn_fail(GDN_ERR_INVALID_SHAPE,
+                        "num_slots = %lld: the state pool does not fit in 64-bit offsets",
                         (long long)p->num_slots);
     return GDN_OK;
 }
@@ -88,8 +88,7 @@ static gdn_status check_dtypes(const gdn_decode_params *p, gdn_backend backend)
           (reference && act == GDN_DTYPE_F64)))
         return gdn_fail(GDN_ERR_UNSUPPORTED_DTYPE,
                         "act_dtype = %s (%d) is not served by the %s backend (f32, f16 or bf16%s)",
-                        gdn_dtype_name(act), (int)act, gdn_backend_name(backend),
-                        reference ? " or f64" : "");
+                        gdn_dtype_name(act), (int)act, gdn_backend_name(backend), reference ? " or f64" : "");
     if (!(state == GDN_DTYPE_F32 || state == GDN_DTYPE_BF16 || (reference && state == GDN_DTYPE_F64)))
         return gdn_fail(GDN_ERR_UNSUPPORTED_DTYPE,
                         "state_dtype = %s (%d) is not served by the %s backend (f32 or bf16%s)",
@@ -130,7 +129,8 @@ static gdn_status check_tokens(const gdn_decode_params *p)
         return gdn_fail(GDN_ERR_INVALID_STRIDE, "token_slots_stride = %lld is shorter than num_tokens = %lld",
                         (long long)p->token_slots_stride, (long long)tokens);
     if (p->num_accepted && !p->token_slots)
-        return gdn_fail(GDN_ERR_INVALID_ARGUMENT, "num_accepted needs token_slots (the slots it selects from)");
+        return gdn_fail(GDN_ERR_INVALID_ARGUMENT,
+                        "num_accepted needs token_slots (the slots it selects from)");
     if (p->token_slots && p->write_slot_indices)
         return gdn_fail(GDN_ERR_INVALID_ARGUMENT,
                         "token_slots and write_slot_indices are both set: with token_slots the states go "
@@ -187,20 +187,20 @@ static gdn_status check_tensors(const gdn_decode_params *p, gdn_backend backend)
         if (!t[i].ptr)
             return gdn_fail(GDN_ERR_NULL_POINTER, "%s is NULL", t[i].name);
         if ((uintptr_t)t[i].ptr % t[i].elem_size != 0)
-            return gdn_fail(GDN_ERR_MISALIGNED, "%s = %p is not aligned to its %zu-byte elements",
-                            t[i].name, t[i].ptr, t[i].elem_size);
+            return gdn_fail(GDN_ERR_MISALIGNED, "%s = %p is not aligned to its %zu-byte elements", t[i].name,
+                            t[i].ptr, t[i].elem_size);
         if (t[i].has_stride && (t[i].stride < 0 || (t[i].stride > 0 && t[i].stride < t[i].row_width)))
             return gdn_fail(GDN_ERR_INVALID_STRIDE,
-                            "%s_stride = %lld is shorter than one token's row of %lld elements",
-                            t[i].name, (long long)t[i].stride, (long long)t[i].row_width);
+                            "%s_stride = %lld is shorter than one token's row of %lld elements", t[i].name,
+                            (long long)t[i].stride, (long long)t[i].row_width);
         if (t[i].has_stride && checked_mul(token_rows(p), t[i].stride ? t[i].stride : t[i].row_width) < 0)
-            return gdn_fail(GDN_ERR_INVALID_STRIDE, "%s_stride = %lld overflows 64-bit offsets",
-                            t[i].name, (long long)t[i].stride);
+            return gdn_fail(GDN_ERR_INVALID_STRIDE, "%s_stride = %lld overflows 64-bit offsets", t[i].name,
+                            (long long)t[i].stride);
         if (!gdn_cuda_usable())
             continue;
         int device = pool_device;
-        gdn_memory_kind kind = t[i].ptr == p->state_pool ? pool_kind
-                                                         : gdn_cuda_memory_kind(t[i].ptr, &device);
+        gdn_memory_kind kind =
+            t[i].ptr == p->state_pool ? pool_kind : gdn_cuda_memory_kind(t[i].ptr, &device);
         if (backend == GDN_BACKEND_CUDA && kind != GDN_MEMORY_DEVICE && kind != GDN_MEMORY_MANAGED)
             return gdn_fail(GDN_ERR_WRONG_MEMORY,
                             "%s = %p is host memory but the cuda backend needs device or managed "
@@ -212,8 +212,8 @@ static gdn_status check_tensors(const gdn_decode_params *p, gdn_backend backend)
                             t[i].name, device, pool_device);
         if (backend != GDN_BACKEND_CUDA && kind == GDN_MEMORY_DEVICE)
             return gdn_fail(GDN_ERR_WRONG_MEMORY,
-                            "%s = %p is CUDA device memory but the %s backend needs host memory",
-                            t[i].name, t[i].ptr, gdn_backend_name(backend));
+                            "%s = %p is CUDA device memory but the %s backend needs host memory", t[i].name,
+                            t[i].ptr, gdn_backend_name(backend));
     }
     if (backend == GDN_BACKEND_CUDA && (uintptr_t)p->state_pool % 16 != 0)
         return gdn_fail(GDN_ERR_MISALIGNED,
@@ -235,8 +235,7 @@ static gdn_status check_overlap(const gdn_decode_params *p, int64_t rows)
     uintptr_t out_lo = (uintptr_t)p->out;
     uintptr_t out_hi = out_lo + (uintptr_t)((rows - 1) * out_stride + p->num_v_heads * p->head_dim_v) * act;
     uintptr_t pool_lo = (uintptr_t)p->state_pool;
-    uintptr_t pool_hi = pool_lo + (uintptr_t)(p->num_slots * p->num_v_heads * p->head_dim_v *
-                                              p->head_dim_k) *
+    uintptr_t pool_hi = pool_lo + (uintptr_t)(p->num_slots * p->num_v_heads * p->head_dim_v * p->head_dim_k) *
                                       gdn_dtype_size(p->state_dtype);
     if (out_lo < pool_hi && pool_lo < out_hi)
         return gdn_fail(GDN_ERR_OVERLAP, "out [%p, %p) overlaps state_pool [%p, %p)", (void *)out_lo,
@@ -248,8 +247,8 @@ static gdn_status check_overlap(const gdn_decode_params *p, int64_t rows)
 static gdn_status check_slot(const gdn_problem *pr, const char *name, int64_t at, int64_t slot)
 {
     if (slot >= pr->num_slots)
-        return gdn_fail(GDN_ERR_SLOT_OUT_OF_RANGE, "%s[%lld] = %lld but num_slots = %lld", name, (long long)at,
-                        (long long)slot, (long long)pr->num_slots);
+        return gdn_fail(GDN_ERR_SLOT_OUT_OF_RANGE, "%s[%lld] = %lld but num_slots = %lld", name,
+                        (long long)at, (long long)slot, (long long)pr->num_slots);
     return GDN_OK;
 }
 
@@ -257,7 +256,8 @@ static gdn_status check_host_indices(const gdn_problem *pr)
 {
     gdn_status s;
     for (int64_t n = 0; n < pr->num_seqs; n++) {
-        if (pr->read_slots && (s = check_slot(pr, "slot_indices", n, gdn_index_at(pr->read_slots, pr->index_dtype, n))))
+        if (pr->read_slots &&
+            (s = check_slot(pr, "slot_indices", n, gdn_index_at(pr->read_slots, pr->index_dtype, n))))
             return s;
         if (pr->write_slots &&
             (s = check_slot(pr, "write_slot_indices", n, gdn_index_at(pr->write_slots, pr->index_dtype, n))))
@@ -268,15 +268,15 @@ static gdn_status check_host_indices(const gdn_problem *pr)
                 return s;
         }
         if (pr->num_accepted && gdn_read_slot(pr, n) == GDN_BAD_SLOT)
-            return gdn_fail(GDN_ERR_SLOT_OUT_OF_RANGE, "num_accepted[%lld] = %lld is outside 1..%lld", (long long)n,
-                            (long long)gdn_index_at(pr->num_accepted, pr->index_dtype, n),
+            return gdn_fail(GDN_ERR_SLOT_OUT_OF_RANGE, "num_accepted[%lld] = %lld is outside 1..%lld",
+                            (long long)n, (long long)gdn_index_at(pr->num_accepted, pr->index_dtype, n),
                             (long long)pr->token_slots_stride);
         if (pr->cu_seqlens && (gdn_seq_tokens(pr, n) < 0 || gdn_first_token_row(pr, n) < 0))
-            return gdn_fail(GDN_ERR_INVALID_SHAPE,
-                            "cu_seqlens[%lld] = %lld, cu_seqlens[%lld] = %lld: a sequence needs 0..%lld tokens",
-                            (long long)n, (long long)gdn_index_at(pr->cu_seqlens, pr->index_dtype, n),
-                            (long long)(n + 1), (long long)gdn_index_at(pr->cu_seqlens, pr->index_dtype, n + 1),
-                            (long long)pr->num_tokens);
+            return gdn_fail(
+                GDN_ERR_INVALID_SHAPE,
+                "cu_seqlens[%lld] = %lld, cu_seqlens[%lld] = %lld: a sequence needs 0..%lld tokens",
+                (long long)n, (long long)gdn_index_at(pr->cu_seqlens, pr->index_dtype, n), (long long)(n + 1),
+                (long long)gdn_index_at(pr->cu_seqlens, pr->index_dtype, n + 1), (long long)pr->num_tokens);
     }
     return GDN_OK;
 }

@@ -140,7 +140,8 @@ static void decode_item(const gdn_problem *p, int64_t item, head_inputs *in)
             int64_t snap = p->token_slots ? gdn_token_slot(p, n, t) : -1;
             in->snapshot[t] = snap < 0 ? -1 : gdn_tile_offset(p, snap, hv);
         }
-        update_rows(p, tokens, gdn_tile_offset(p, read, hv), write < 0 ? -1 : gdn_tile_offset(p, write, hv), in);
+        update_rows(p, tokens, gdn_tile_offset(p, read, hv), write < 0 ? -1 : gdn_tile_offset(p, write, hv),
+                    in);
     }
     for (int64_t t = 0; t < tokens; t++)
         gdn_store_row_f32(p->out, p->act_dtype, (first + t) * p->out_stride + hv * V, V, in->out[t]);

@@ -73,7 +73,8 @@ static void load_tile(const gdn_problem *p, int64_t slot, int64_t hv, double *S)
     int64_t tile = gdn_tile_offset(p, slot, hv);
     for (int64_t j = 0; j < p->head_dim_v; j++)
         for (int64_t i = 0; i < p->head_dim_k; i++)
-            S[j * p->head_dim_k + i] = gdn_load_f64(p->state_pool, p->state_dtype, tile + state_index(p, j, i));
+            S[j * p->head_dim_k + i] =
+                gdn_load_f64(p->state_pool, p->state_dtype, tile + state_index(p, j, i));
 }
 
 static void store_tile(const gdn_problem *p, int64_t slot, int64_t hv, const double *S)
@@ -81,7 +82,8 @@ static void store_tile(const gdn_problem *p, int64_t slot, int64_t hv, const dou
     int64_t tile = gdn_tile_offset(p, slot, hv);
     for (int64_t j = 0; j < p->head_dim_v; j++)
         for (int64_t i = 0; i < p->head_dim_k; i++)
-            gdn_store_f64(p->state_pool, p->state_dtype, tile + state_index(p, j, i), S[j * p->head_dim_k + i]);
+            gdn_store_f64(p->state_pool, p->state_dtype, tile + state_index(p, j, i),
+                          S[j * p->head_dim_k + i]);
 }
 
 /* One sequence, one value head: its tokens in order, snapshots and the final state. */
