@@ -107,6 +107,17 @@ static void set_options(decode_case *c, unsigned i, int tokens)
     c->padding = 1;
 }
 
+/* Runs one case for `steps` steps, prints its row; 1 when it failed. */
+static int run_one(const check_opts *o, decode_case *c, unsigned i, int steps, int *cases)
+{
+    c->seed = o->seed + i;
+    decode_case_result r;
+    int failed = !decode_case_run(c, o->backend, steps, NULL, NULL, &r);
+    (*cases)++;
+    print_row(o, c, &r);
+    return failed;
+}
+
 static int run_matrix(const check_opts *o, int *cases)
 {
     const gdn_dtype acts[] = {GDN_DTYPE_F32, GDN_DTYPE_F16, GDN_DTYPE_BF16};
@@ -134,11 +145,7 @@ static int run_matrix(const check_opts *o, int *cases)
                         c.act_dtype = acts[a], c.state_dtype = states[st];
                         c.layout = lay ? GDN_LAYOUT_KV : GDN_LAYOUT_VK;
                         set_options(&c, i, o->tokens);
-                        c.seed = o->seed + i;
-                        decode_case_result r;
-                        failed += !decode_case_run(&c, o->backend, 1, NULL, NULL, &r);
-                        (*cases)++;
-                        print_row(o, &c, &r);
+                        failed += run_one(o, &c, i, 1, cases);
                     }
         }
     /* Realistic batches: many rows, padding and permuted slots. On the cuda backend these reach
@@ -160,11 +167,7 @@ static int run_matrix(const check_opts *o, int *cases)
         c.act_dtype = GDN_DTYPE_BF16, c.state_dtype = st ? GDN_DTYPE_BF16 : GDN_DTYPE_F32;
         c.layout = lay ? GDN_LAYOUT_KV : GDN_LAYOUT_VK;
         set_options(&c, i, o->tokens);
-        c.seed = o->seed + i;
-        decode_case_result r;
-        failed += !decode_case_run(&c, o->backend, 1, NULL, NULL, &r);
-        (*cases)++;
-        print_row(o, &c, &r);
+        failed += run_one(o, &c, i, 1, cases);
     }
     /* Multi-token decode in the default matrix too: T = 2, 4 and 16 on both layouts and states. */
     const int64_t tokens[] = {2, 4, 16};
@@ -176,11 +179,7 @@ static int run_matrix(const check_opts *o, int *cases)
         c.layout = (j / 2) % 2 ? GDN_LAYOUT_KV : GDN_LAYOUT_VK;
         set_options(&c, i, (int)tokens[j / 4]);
         c.token_slots = j % 3 != 0, c.accepted = c.token_slots && j % 2 == 0;
-        c.seed = o->seed + i;
-        decode_case_result r;
-        failed += !decode_case_run(&c, o->backend, 2, NULL, NULL, &r);
-        (*cases)++;
-        print_row(o, &c, &r);
+        failed += run_one(o, &c, i, 2, cases);
     }
     return failed;
 }
