@@ -2,16 +2,18 @@
 
     import gdn
     out = gdn.decode(q, k, v, a, b, A_log, dt_bias, state_pool, slot_indices)
+    out = gdn.decode_tokens(q, k, v, a, b, A_log, dt_bias, state_pool, slot_indices=slots)  # [N, T, ...]
 
-gdn.decode is the library's own contract (see its docstring and include/gdn.h); gdn.compat has
+gdn.decode (one token per sequence) and gdn.decode_tokens (several: speculative verify, MTP) are
+the library's own contract (see their docstrings and include/gdn.h); gdn.compat has
 drop-in wrappers with the signatures of FLA, vLLM, SGLang and FlashInfer. The package loads
 libgdn with ctypes at import: $GDN_LIBRARY, else a libgdn.so next to the package, else the
 repository's build/libgdn.so, else the system's (ctypes.util.find_library).
 """
 import ctypes
 
-from ._lib import LIB, Backend, DType, HeadMap, Layout, Status
-from .decode import _BACKENDS, _option, decode, decode_backend_for
+from ._lib import LIB, MAX_HEAD_DIM, MAX_TOKENS, Backend, DType, HeadMap, Layout, Status
+from .decode import _BACKENDS, _option, decode, decode_backend_for, decode_tokens
 from .errors import GdnArgumentError, GdnBackendUnavailableError, GdnDeviceError, GdnError, check
 from . import compat
 
@@ -50,7 +52,7 @@ def cuda_device_info(device=0):
 
 
 __all__ = [
-    "decode", "decode_backend_for", "compat",
+    "decode", "decode_tokens", "decode_backend_for", "compat", "MAX_TOKENS", "MAX_HEAD_DIM",
     "GdnError", "GdnArgumentError", "GdnBackendUnavailableError", "GdnDeviceError",
     "Status", "DType", "Layout", "HeadMap", "Backend",
     "library_version", "library_path", "backend_built", "cuda_device_count", "cuda_device_info",

@@ -73,6 +73,11 @@ class Backend(enum.IntEnum):
 
 _c_enum = ctypes.c_int  # every gdn enum has values 0..13: the C compiler stores it as an int
 
+MAX_TOKENS = 16
+"""GDN_MAX_TOKENS: the most tokens per sequence in one multi-token call."""
+MAX_HEAD_DIM = 256
+"""GDN_MAX_HEAD_DIM: the largest K and V any backend takes."""
+
 
 class DecodeParams(ctypes.Structure):
     """gdn_decode_params, in the order of gdn.h. Fields after num_threads are the multi-token
@@ -125,6 +130,9 @@ class DecodeParams(ctypes.Structure):
 # The one-token decode sets no field past num_threads, so a library whose struct ends there
 # (gdn 0.1) serves it; a shorter struct would lack fields this package writes.
 _ONE_TOKEN_FIELDS_END = DecodeParams.num_threads.offset + ctypes.sizeof(ctypes.c_int)
+# Multi-token decode (decode_tokens) writes every field up to num_accepted: a library with a
+# shorter struct would ignore them and compute something else, so it is refused for that call.
+MULTI_TOKEN_FIELDS_END = DecodeParams.num_accepted.offset + ctypes.sizeof(ctypes.c_void_p)
 
 
 def _declare(lib):

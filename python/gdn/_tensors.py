@@ -33,12 +33,29 @@ class Tensor:
     device: str
     writable: bool
 
-    def without_dim(self, dim):
-        """The same memory seen without dimension `dim` (which must have size 1)."""
-        assert self.shape[dim] == 1
-        shape = self.shape[:dim] + self.shape[dim + 1:]
-        strides = self.strides[:dim] + self.strides[dim + 1:]
-        return replace(self, shape=shape, strides=strides)
+    def merged_leading(self, stride):
+        """The same memory seen with its two leading dimensions as one, `stride` elements apart
+        (the caller has checked that the rows are evenly spaced)."""
+        shape = (self.shape[0] * self.shape[1],) + self.shape[2:]
+        return replace(self, shape=shape, strides=(stride,) + self.strides[2:])
+
+    def buffer_end(self):
+        """The address just past the memory that owns this view (the root NumPy array's bytes, the
+        torch storage), or None when that cannot be told."""
+        if self.kind == "torch":
+            try:
+                storage = self.obj.untyped_storage()
+                return storage.data_ptr() + storage.nbytes()
+            except (AttributeError, RuntimeError):  # torch < 2.0, or a tensor without storage
+                return None
+        import numpy
+
+        root = self.obj
+        while isinstance(root.base, numpy.ndarray):
+            root = root.base
+        byte_bounds = getattr(getattr(numpy.lib, "array_utils", None), "byte_bounds", None) or \
+            getattr(numpy, "byte_bounds", None)
+        return None if byte_bounds is None else byte_bounds(root)[1]
 
 
 def _is_numpy(obj):

@@ -1,19 +1,23 @@
-"""Drop-in wrappers with the call signatures engines use today, running gdn.decode underneath.
+"""Drop-in wrappers with the call signatures engines use today, running gdn.decode_tokens underneath.
 
     fused_recurrent_gated_delta_rule            FLA (fla.ops.gated_delta_rule) and vLLM's copy
     fused_recurrent_gated_delta_rule_packed_decode   vLLM (packed q|k|v projection)
     fused_sigmoid_gating_delta_rule_update      SGLang (gate and beta sigmoid in the kernel)
     gated_delta_rule_decode_pretranspose        FlashInfer (flashinfer.gdn_decode)
 
-They take torch tensors, as the originals do, and serve what gdn computes: one token per
-sequence, the gate g = -exp(A_log) * softplus(a + dt_bias) and beta = sigmoid(b) computed in the
-kernel from raw a and b. Anything else (T > 1, precomputed g or beta, per-channel gates...)
-raises NotImplementedError saying why, never a silently different result. Where behaviour
-differs from the original (padding rows above all) python/README.md says so.
+They take torch tensors, as the originals do, and serve what gdn computes: 1..16 tokens per
+sequence (decode, speculative verify, MTP; fixed T or varlen cu_seqlens), per-token state
+snapshots where the original writes them into the pool (vLLM's 2-D ssm_state_indices with
+num_accepted_tokens), and the gate g = -exp(A_log) * softplus(a + dt_bias) and beta = sigmoid(b)
+computed in the kernel from raw a and b. Anything else (more than 16 tokens, precomputed g or
+beta, per-channel gates, tree verify, per-token states in a buffer apart from the pool...) raises
+NotImplementedError saying why, never a silently different result. Where behaviour differs from
+the original (padding rows above all) python/README.md says so.
 """
 import sys
 
-from .decode import decode
+from ._lib import MAX_TOKENS
+from .decode import decode, decode_tokens
 
 _GATE_NOTE = ("gdn computes the gate g = -exp(A_log) * softplus(a + dt_bias) and beta = sigmoid(b) inside the "
               "kernel from the raw projections a and b")
@@ -39,43 +43,68 @@ def _gate_param(x, name, num_v_heads, like):
     return x.reshape(-1).to(torch.float32).contiguous()
 
 
-def _one_token_per_sequence(who, q, cu_seqlens):
-    """The number of sequences of a [B, T, ...] or varlen [1, total, ...] batch that has one
-    token per sequence; NotImplementedError otherwise.
+def _check_max_tokens(who, tokens):
+    if tokens > MAX_TOKENS:
+        raise NotImplementedError(f"{who}: {tokens} tokens per sequence; gdn applies at most {MAX_TOKENS} per call "
+                                  "(GDN_MAX_TOKENS): decode and speculative verify, not prefill")
 
-    Device-resident cu_seqlens are not read (that would synchronise with the GPU and break CUDA
-    graph capture): a varlen batch with as many tokens as sequences is taken to be arange(N+1)."""
+
+def _tokens_per_sequence(who, q, cu_seqlens, table_width=None):
+    """(N, T) of a [B, T, ...] batch, or of a varlen [1, R, ...] one with cu_seqlens [N + 1]; for
+    varlen, T is a bound on the tokens of any sequence (what gdn's num_tokens takes).
+
+    cu_seqlens on the CPU is read (T exact). On a GPU it is not read where that can be avoided
+    (reading synchronises and breaks CUDA graph capture): T is then the width of a 2-D
+    ssm_state_indices table (one column per token), else 1 when there are as many rows as
+    sequences (a decode batch: cu_seqlens taken to be arange(N + 1); the kernel skips a sequence
+    with more tokens), else the row count when that is at most 16, else read from the device."""
     if q.dim() != 4:
         raise ValueError(f"{who}: q has shape {tuple(q.shape)}, expected [B, T, H, K]")
     if cu_seqlens is None:
         batch, tokens = q.shape[0], q.shape[1]
-        if tokens != 1:
-            raise NotImplementedError(f"{who}: {tokens} tokens per sequence; gdn serves one token per sequence "
-                                      "(decode) until multi-token decode lands in the Python binding")
-        return batch
+        _check_max_tokens(who, tokens)
+        return batch, tokens
     _torch_tensor(cu_seqlens, "cu_seqlens")
     if q.shape[0] != 1:
         raise ValueError(f"{who}: with cu_seqlens the batch dimension must be 1 (flattened tokens), got {q.shape[0]}")
-    sequences, total = cu_seqlens.numel() - 1, q.shape[1]
-    if total != sequences:
-        raise NotImplementedError(f"{who}: {total} tokens for {sequences} sequences; gdn serves one token per "
-                                  "sequence (decode) until multi-token decode lands in the Python binding")
-    if cu_seqlens.device.type == "cpu":
-        import torch
+    if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 1:
+        raise ValueError(f"{who}: cu_seqlens has shape {tuple(cu_seqlens.shape)}, expected [N + 1]")
+    sequences, rows = cu_seqlens.numel() - 1, q.shape[1]
+    if cu_seqlens.device.type == "cpu" or (table_width is None and rows != sequences and rows > MAX_TOKENS):
+        counts = cu_seqlens[1:] - cu_seqlens[:-1]
+        tokens = int(counts.max()) if sequences else 1
+    elif table_width is not None:
+        tokens = table_width
+    elif rows == sequences:
+        tokens = 1
+    else:
+        tokens = rows
+    tokens = max(tokens, 1)
+    _check_max_tokens(who, tokens)
+    return sequences, tokens
 
-        if not torch.equal(cu_seqlens.to(torch.int64), torch.arange(sequences + 1, dtype=torch.int64)):
-            raise NotImplementedError(f"{who}: cu_seqlens = {cu_seqlens.tolist()} is not one token per sequence")
-    return sequences
+
+def _token_rows(x, varlen):
+    """An activation as decode_tokens takes it: [B, T, ...] as it is, varlen [1, R, ...] as rows [R, ...]."""
+    return x[0] if varlen else x
 
 
-def _rows(x, varlen):
-    """The per-sequence rows of a [N, 1, ...] batch or of a varlen [1, N, ...] one, as [N, ...]."""
-    return x[0] if varlen else x[:, 0]
+def _gate_tokens(x, varlen):
+    """A gate input (a, b, g, beta): [B, T, HV] like q, or already token rows [tokens, HV]."""
+    return x if x.dim() == 2 else _token_rows(x, varlen)
 
 
-def _gate_rows(x, varlen):
-    """Rows of a gate input (a, b, g, beta): [B, T, HV] like q, or already [tokens, HV]."""
-    return x if x.dim() == 2 else _rows(x, varlen)
+def _index_as(x, dtype, name):
+    """An index tensor in the dtype the call's other index arrays have (gdn takes one index dtype
+    per call), contiguous; other dtypes are left for decode_tokens to refuse."""
+    if x is None:
+        return None
+    import torch
+
+    _torch_tensor(x, name)
+    if x.dtype in (torch.int32, torch.int64) and x.dtype != dtype:
+        x = x.to(dtype)
+    return x.contiguous()
 
 
 def _refuse(condition, who, what):
@@ -136,25 +165,29 @@ def _fla_gate_inputs(who, g, beta, a, b, use_gate_in_kernel, use_beta_sigmoid_in
 def fused_recurrent_gated_delta_rule(q, k, v, g=None, beta=None, scale=None, initial_state=None, *,
                                      output_final_state=False, inplace_final_state=None,
                                      use_qk_l2norm_in_kernel=False, cu_seqlens=None, ssm_state_indices=None,
-                                     num_accepted_tokens=None, use_gate_in_kernel=False, A_log=None,
-                                     dt_bias=None, use_beta_sigmoid_in_kernel=False, allow_neg_eigval=False,
-                                     state_v_first=None, transpose_state_layout=None, gk=None, gv=None,
-                                     a=None, b=None, head_first=False, null_slot_zero=False):
-    """FLA's fused_recurrent_gated_delta_rule (and vLLM's copy of it) for one token per sequence.
+                                     num_accepted_tokens=None, retrieve_parent_token=None, use_gate_in_kernel=False,
+                                     A_log=None, dt_bias=None, use_beta_sigmoid_in_kernel=False,
+                                     allow_neg_eigval=False, state_v_first=None, transpose_state_layout=None, gk=None,
+                                     gv=None, a=None, b=None, head_first=False, null_slot_zero=False):
+    """FLA's fused_recurrent_gated_delta_rule (and vLLM's copy of it), 1..16 tokens per sequence.
 
-    q, k [B, 1, H, K], v [B, 1, HV, V] (or varlen [1, N, ...] with cu_seqlens = arange(N+1)).
+    q, k [B, T, H, K], v [B, T, HV, V], or varlen [1, R, ...] with cu_seqlens [N + 1].
     The gate must be the in-kernel form: g = raw gate input with use_gate_in_kernel=True,
     A_log [HV], dt_bias [HV] (optional), and beta = beta logit with use_beta_sigmoid_in_kernel
-    =True (or gdn's names a= and b=).
+    =True (or gdn's names a= and b=), [B, T, HV] like q (or token rows [tokens, HV]).
 
     State, as FLA does it (no ssm_state_indices): initial_state [N, HV, K, V] (None = zeros),
     or [N, HV, V, K] with state_v_first=True (older FLA: transpose_state_layout=True), is left
-    unchanged; output_final_state=True returns the new state as a new float32 tensor, else None.
-    With inplace_final_state=True the new state overwrites initial_state instead.
-    As vLLM does it (ssm_state_indices [N], or [N, T] whose first column is used): initial_state
-    is the pool [slots, HV, V, K] (vLLM's layout; state_v_first=False for a [slots, HV, K, V]
-    pool), updated in place at those slots; negative slots are padding rows (zero output), and
-    slot 0 too with null_slot_zero=True (vLLM's NULL_BLOCK_ID = 0, where the vLLM version has it).
+    unchanged; output_final_state=True returns the state after each sequence's last token as a
+    new float32 tensor, else None. With inplace_final_state=True that state overwrites
+    initial_state instead.
+    As vLLM does it: initial_state is the pool [slots, HV, V, K] (vLLM's layout; state_v_first=
+    False for a [slots, HV, K, V] pool), updated in place. ssm_state_indices [N] gives each
+    sequence's slot (one token per sequence); a 2-D [N, W] table gives one slot per token: the
+    sequence starts from column 0, or from column num_accepted_tokens[n] - 1 (speculative
+    decoding), and the state after token t goes to column t. Negative slots are padding rows
+    (zero output) or unsaved states, and slot 0 too with null_slot_zero=True (vLLM's
+    NULL_BLOCK_ID = 0, where the vLLM version has it).
     Returns (o [like v], final_state). Positional order is vLLM's (q, k, v, g, beta, scale,
     initial_state); the other arguments are keyword-only here (FLA's 5th positional is gk).
     """
@@ -164,33 +197,60 @@ def fused_recurrent_gated_delta_rule(q, k, v, g=None, beta=None, scale=None, ini
     for name, x in (("q", q), ("k", k), ("v", v)):
         _torch_tensor(x, name)
     _refuse(head_first, who, "head_first=True (removed from FLA) is not supported")
-    _refuse(num_accepted_tokens is not None, who, "num_accepted_tokens (speculative decoding) needs multi-token "
-            "decode, which the Python binding does not serve yet")
+    _refuse(retrieve_parent_token is not None, who, "retrieve_parent_token (EAGLE tree verify: a token starts from "
+            "its parent's state) is not served: gdn applies a sequence's tokens as one chain")
     a, b = _fla_gate_inputs(who, g, beta, a, b, use_gate_in_kernel, use_beta_sigmoid_in_kernel, allow_neg_eigval,
                             gk, gv)
     vllm_pool = ssm_state_indices is not None or bool(inplace_final_state)
     layout = _state_layout(state_v_first, transpose_state_layout, vllm_pool)
-    num_seqs = _one_token_per_sequence(who, q, cu_seqlens)
+    table = ssm_state_indices if ssm_state_indices is not None and ssm_state_indices.dim() == 2 else None
+    _refuse(num_accepted_tokens is not None and table is None, who, "num_accepted_tokens selects the start state "
+            "from a 2-D ssm_state_indices [N, T] table (vLLM's speculative decoding); pass one")
+    num_seqs, tokens = _tokens_per_sequence(who, q, cu_seqlens, None if table is None else table.shape[1])
     varlen = cu_seqlens is not None
     num_v_heads, head_v = v.shape[2], v.shape[3]
     A_log = _gate_param(_required(A_log, who, "A_log"), "A_log", num_v_heads, q)
     dt_bias = _gate_param(dt_bias, "dt_bias", num_v_heads, q)
-    rows = dict(q=_rows(q, varlen), k=_rows(k, varlen), v=_rows(v, varlen), a=_gate_rows(_torch_tensor(a, "a"), varlen),
-                b=_gate_rows(_torch_tensor(b, "b"), varlen))
-    options = dict(A_log=A_log, dt_bias=dt_bias, scale=scale, qk_l2norm=use_qk_l2norm_in_kernel, layout=layout)
+    acts = dict(q=_token_rows(q, varlen), k=_token_rows(k, varlen), v=_token_rows(v, varlen),
+                a=_gate_tokens(_torch_tensor(a, "a"), varlen), b=_gate_tokens(_torch_tensor(b, "b"), varlen))
+    options = dict(A_log=A_log, dt_bias=dt_bias, scale=scale, qk_l2norm=use_qk_l2norm_in_kernel, layout=layout,
+                   num_tokens=tokens)
+    if ssm_state_indices is not None:
+        index_dtype = _torch_tensor(ssm_state_indices, "ssm_state_indices").dtype
+    else:
+        index_dtype = cu_seqlens.dtype if varlen else torch.int64
+    if varlen:
+        options["cu_seqlens"] = _index_as(cu_seqlens, index_dtype, "cu_seqlens")
 
     def finish(out):
-        return out.unsqueeze(0) if varlen else out.unsqueeze(1)
+        return out.unsqueeze(0) if varlen else out
+
+    def sequence_rows():
+        return torch.arange(num_seqs, device=q.device, dtype=index_dtype)
 
     if vllm_pool:
         # vLLM: initial_state is updated in place, at the given slots or at sequence n's row.
-        _refuse(inplace_final_state is False, who, "inplace_final_state=False with ssm_state_indices writes "
-                "per-token states (multi-token decode), which the Python binding does not serve yet")
+        _refuse(inplace_final_state is False, who, "inplace_final_state=False with ssm_state_indices returns every "
+                "token's state in a new [tokens, HV, K, V] tensor apart from the pool, which gdn does not produce")
         pool = _torch_tensor(_required(initial_state, who, "initial_state"), "initial_state")
-        slots = (_slot_column(_torch_tensor(ssm_state_indices, "ssm_state_indices"))
-                 if ssm_state_indices is not None else torch.arange(num_seqs, device=q.device))
-        return finish(decode(state_pool=pool, slot_indices=slots, null_slot_zero=null_slot_zero, **rows,
-                             **options)), pool
+        pool_options = dict(state_pool=pool, null_slot_zero=null_slot_zero, **acts, **options)
+        if ssm_state_indices is None:
+            return finish(decode_tokens(slot_indices=sequence_rows(), **pool_options)), pool
+        if table is None:
+            if ssm_state_indices.dim() != 1:
+                raise ValueError(f"{who}: ssm_state_indices has shape {tuple(ssm_state_indices.shape)}, expected "
+                                 "[N] or [N, T]")
+            _refuse(tokens > 1, who, f"{tokens} tokens per sequence with a 1-D ssm_state_indices: vLLM would store "
+                    "the state after token t at ssm_state_indices[n + t] (another sequence's slot); pass a 2-D "
+                    "[N, T] table, one slot per token")
+            return finish(decode_tokens(slot_indices=ssm_state_indices.contiguous(), **pool_options)), pool
+        if num_accepted_tokens is None and tokens == 1:
+            # One token per sequence: vLLM reads and writes column 0 only (other columns unused).
+            return finish(decode_tokens(slot_indices=_slot_column(table), **pool_options)), pool
+        accepted = _index_as(num_accepted_tokens, index_dtype, "num_accepted_tokens")
+        read = _slot_column(table) if accepted is None else None
+        return finish(decode_tokens(slot_indices=read, token_slots=table, num_accepted=accepted,
+                                    **pool_options)), pool
 
     # FLA: the initial state is an input; the final state, if asked for, is a new float32 tensor.
     if initial_state is not None and _torch_tensor(initial_state, "initial_state").shape[0] != num_seqs:
@@ -199,13 +259,13 @@ def fused_recurrent_gated_delta_rule(q, k, v, g=None, beta=None, scale=None, ini
         head_k = q.shape[3]
         row = (head_v, head_k) if layout == "vk" else (head_k, head_v)
         initial_state = torch.zeros((num_seqs, num_v_heads) + row, dtype=torch.float32, device=q.device)
-    slots = torch.arange(num_seqs, device=q.device)
+    slots = sequence_rows()
     if output_final_state:
         final_state = initial_state.to(torch.float32, copy=True, memory_format=torch.contiguous_format)
-        return finish(decode(state_pool=final_state, slot_indices=slots, **rows, **options)), final_state
+        return finish(decode_tokens(state_pool=final_state, slot_indices=slots, **acts, **options)), final_state
     nowhere = torch.full_like(slots, -1)  # compute the outputs, save no state
-    out = decode(state_pool=initial_state.contiguous(), slot_indices=slots, write_slot_indices=nowhere, **rows,
-                 **options)
+    out = decode_tokens(state_pool=initial_state.contiguous(), slot_indices=slots, write_slot_indices=nowhere, **acts,
+                        **options)
     return finish(out), None
 
 
@@ -250,12 +310,17 @@ def fused_sigmoid_gating_delta_rule_update(A_log, a, dt_bias, softplus_beta, sof
                                            disable_state_update=False, intermediate_states_buffer=None,
                                            intermediate_state_indices=None, cache_steps=None,
                                            retrieve_parent_token=None):
-    """SGLang's decode kernel: q, k [B, 1, H, K] / v [B, 1, HV, V] (or varlen [1, N, ...] with
-    cu_seqlens = arange(N+1)); a, b [B, 1, HV] or [N, HV]; pool initial_state_source
-    [slots, HV, V, K] updated in place at initial_state_indices [N]. Returns o (shape of v).
+    """SGLang's decode kernel: q, k [B, T, H, K] / v [B, T, HV, V] (or varlen [1, R, ...] with
+    cu_seqlens [N + 1]), 1..16 tokens per sequence; a, b [B, T, HV] or token rows [tokens, HV];
+    pool initial_state_source [slots, HV, V, K]: sequence n starts from slot
+    initial_state_indices[n] and its state after its last token is written back there, unless
+    disable_state_update=True (target verify without the write-back). Returns o (shape of v).
 
-    Differs from SGLang on padding: a negative index gives a zero output row here, where
-    SGLang computes that row from a zero state."""
+    Differs from SGLang on padding: a negative index gives zero output rows here, where SGLang
+    computes them from a zero state. intermediate_states_buffer (per-token states in a buffer
+    apart from the pool) and retrieve_parent_token (tree verify) raise NotImplementedError."""
+    import torch
+
     who = "fused_sigmoid_gating_delta_rule_update"
     for name, x in (("q", q), ("k", k), ("v", v), ("a", a), ("b", b)):
         _torch_tensor(x, name)
@@ -263,41 +328,57 @@ def fused_sigmoid_gating_delta_rule_update(A_log, a, dt_bias, softplus_beta, sof
             f"softplus_beta = {softplus_beta}, softplus_threshold = {softplus_threshold}: gdn's softplus has "
             "beta 1 and threshold 20")
     _refuse(is_kda, who, "is_kda=True (per-channel KDA gate) is not GDN")
-    _refuse(disable_state_update or intermediate_states_buffer is not None or retrieve_parent_token is not None,
-            who, "target verify (disable_state_update, intermediate states, tree attention) needs multi-token "
-            "decode, which the Python binding does not serve yet")
-    _one_token_per_sequence(who, q, cu_seqlens)
+    _refuse(intermediate_states_buffer is not None, who, "intermediate_states_buffer: SGLang caches each token's "
+            "state in a buffer apart from the pool; gdn writes per-token states into the pool itself "
+            "(gdn.decode_tokens with token_slots)")
+    _refuse(retrieve_parent_token is not None, who, "retrieve_parent_token (tree verify: a token starts from its "
+            "parent's state) is not served: gdn applies a sequence's tokens as one chain")
+    _, tokens = _tokens_per_sequence(who, q, cu_seqlens)
     varlen = cu_seqlens is not None
     num_v_heads = v.shape[2]
-    out = decode(_rows(q, varlen), _rows(k, varlen), _rows(v, varlen), _gate_rows(a, varlen), _gate_rows(b, varlen),
-                 _gate_param(A_log, "A_log", num_v_heads, q), _gate_param(dt_bias, "dt_bias", num_v_heads, q),
-                 initial_state_source, _slot_column(initial_state_indices), scale=scale,
-                 qk_l2norm=use_qk_l2norm_in_kernel, layout="vk")
-    return out.unsqueeze(0) if varlen else out.unsqueeze(1)
+    slots = _slot_column(_torch_tensor(initial_state_indices, "initial_state_indices"))
+    write = torch.full_like(slots, -1) if disable_state_update else None
+    out = decode_tokens(_token_rows(q, varlen), _token_rows(k, varlen), _token_rows(v, varlen), _gate_tokens(a, varlen),
+                        _gate_tokens(b, varlen), _gate_param(A_log, "A_log", num_v_heads, q),
+                        _gate_param(dt_bias, "dt_bias", num_v_heads, q), initial_state_source, slot_indices=slots,
+                        write_slot_indices=write, num_tokens=tokens,
+                        cu_seqlens=_index_as(cu_seqlens, slots.dtype, "cu_seqlens"), scale=scale,
+                        qk_l2norm=use_qk_l2norm_in_kernel, layout="vk")
+    return out.unsqueeze(0) if varlen else out
 
 
 def gated_delta_rule_decode_pretranspose(q, k, v, state, A_log, a, dt_bias, b, scale=None, output=None,
                                          use_qk_l2norm=True, initial_state=None, initial_state_indices=None,
                                          output_state_indices=None, *, intermediate_states_buffer=None,
                                          disable_state_update=False):
-    """FlashInfer's gated_delta_rule_decode_pretranspose for T = 1: q, k [B, 1, H, K],
-    v [B, 1, HV, V], a, b [B, 1, HV], A_log [HV] float32, dt_bias [HV] (float32 or bf16).
+    """FlashInfer's gated_delta_rule_decode_pretranspose, T = 1..16 tokens per sequence (MTP for
+    T > 1): q, k [B, T, H, K], v [B, T, HV, V], a, b [B, T, HV], A_log [HV] float32, dt_bias [HV]
+    (float32 or bf16).
 
-    State in the v-major layout [.., HV, V, K], updated in place, either per batch entry
-    (state [B, HV, V, K]) or in a pool (initial_state [slots, HV, V, K] with
-    initial_state_indices [B] and optional output_state_indices [B]). Returns (output, state or
-    initial_state); output [B, 1, HV, V] in q's dtype, or written into `output`.
-    Differs from FlashInfer on padding: index -1 gives a zero output row and leaves the pool
-    untouched on every dtype (FlashInfer's bf16 path redirects it to slot 0)."""
+    State in the v-major layout [.., HV, V, K], updated in place with the state after the last
+    token, either per batch entry (state [B, HV, V, K]) or in a pool (initial_state
+    [slots, HV, V, K] with initial_state_indices [B] and optional output_state_indices [B]).
+    disable_state_update=True (T > 1, as FlashInfer's MTP kernel) computes the outputs and saves
+    no state. Returns (output, state or initial_state); output [B, T, HV, V] in q's dtype, or
+    written into `output`.
+    Differs from FlashInfer on padding: index -1 gives zero output rows and leaves the pool
+    untouched on every dtype (FlashInfer's bf16 path redirects it to slot 0). Looser: T > 1 with a
+    float32 per-batch state (FlashInfer asks for a pool there). intermediate_states_buffer (per-
+    token states in a buffer apart from the pool) raises NotImplementedError."""
     import torch
 
     who = "gated_delta_rule_decode_pretranspose"
     for name, x in (("q", q), ("k", k), ("v", v), ("a", a), ("b", b)):
         _torch_tensor(x, name)
+    if q.dim() != 4:
+        raise ValueError(f"{who}: q has shape {tuple(q.shape)}, expected [B, T, H, K]")
     batch, tokens = q.shape[0], q.shape[1]
-    _refuse(tokens != 1, who, f"T = {tokens}: multi-token decode (MTP) is not served by the Python binding yet")
-    if intermediate_states_buffer is not None or disable_state_update:
+    if tokens == 1 and (intermediate_states_buffer is not None or disable_state_update):
         raise ValueError(f"{who}: intermediate_states_buffer and disable_state_update are for T > 1 only")
+    _check_max_tokens(who, tokens)
+    _refuse(intermediate_states_buffer is not None, who, "intermediate_states_buffer: FlashInfer caches each "
+            "token's state in a buffer [B, T, HV, V, K] apart from the pool; gdn writes per-token states into the "
+            "pool itself (gdn.decode_tokens with token_slots)")
     if (initial_state is None) != (initial_state_indices is None):
         raise ValueError(f"{who}: initial_state and initial_state_indices must be given together")
     if output_state_indices is not None and initial_state is None:
@@ -310,11 +391,13 @@ def gated_delta_rule_decode_pretranspose(q, k, v, state, A_log, a, dt_bias, b, s
         pool = state.contiguous()  # a strided state is updated through a copy, as FlashInfer does
         slots = torch.arange(batch, device=q.device)
     write_slots = None if output_state_indices is None else output_state_indices.to(slots.dtype).contiguous()
+    if disable_state_update:
+        write_slots = torch.full_like(slots, -1)
     direct = output if output is not None and output.dtype == q.dtype else None
-    out = decode(q, k, v, a, b, _gate_param(A_log, "A_log", num_v_heads, q),
-                 _gate_param(dt_bias, "dt_bias", num_v_heads, q), pool, slots, out=direct,
-                 write_slot_indices=write_slots, scale=scale, qk_l2norm=use_qk_l2norm, layout="vk")
-    if pool is not returned:
+    out = decode_tokens(q, k, v, a, b, _gate_param(A_log, "A_log", num_v_heads, q),
+                        _gate_param(dt_bias, "dt_bias", num_v_heads, q), pool, slot_indices=slots, out=direct,
+                        write_slot_indices=write_slots, scale=scale, qk_l2norm=use_qk_l2norm, layout="vk")
+    if pool is not returned and not disable_state_update:
         returned.copy_(pool)
     if output is not None and direct is None:
         output.copy_(out)  # FlashInfer casts into an output of another dtype

@@ -1,15 +1,21 @@
-"""gdn.decode: one decode step of a Gated DeltaNet layer over a batch of sequences whose states
-live in a pool (SPEC operation 1), on NumPy arrays or torch tensors (CPU or CUDA).
+"""gdn.decode and gdn.decode_tokens: the decode step of a Gated DeltaNet layer over a batch of
+sequences whose states live in a pool, one token per sequence (SPEC operation 1) or several
+(SPEC operation 2: speculative verify, MTP), on NumPy arrays or torch tensors (CPU or CUDA).
 
 Python checks what the C library cannot see from pointers and sizes alone (that the tensors'
-shapes agree with each other, one dtype and one device for all, contiguous inner dimensions);
-the library checks the rest (dtypes per backend, strides, slot ranges, alignment, memory kind,
-overlap) and refuses a bad call before it writes anything.
+shapes agree with each other, one dtype and one device for all, contiguous inner dimensions,
+token rows that lie evenly spaced, and on the host that cu_seqlens stays inside the activations);
+the library checks the rest (dtypes per backend, strides, slot ranges, token counts, alignment,
+memory kind, overlap) and refuses a bad call before it writes anything.
+
+Both functions go through one _Call: every activation is seen as "token rows" [R, ...] (R = N
+for decode, N*T or the total of cu_seqlens for decode_tokens) with one stride between rows, which
+is what gdn_decode_params describes.
 """
 import ctypes
 import sys
 
-from ._lib import LIB, Backend, DType, HeadMap, Layout
+from ._lib import LIB, MAX_TOKENS, MULTI_TOKEN_FIELDS_END, Backend, DType, HeadMap, Layout
 from ._tensors import cuda_stream_handle, describe, empty_like_shape
 from .errors import check
 
@@ -30,13 +36,26 @@ def _option(name, value, choices):
         raise ValueError(f"{name} = {value!r}: expected one of {', '.join(map(repr, choices))}") from None
 
 
-def _token_rows(t, row_ndim, row_names):
-    """t seen as [N, *row] rows: a leading [N, 1, *row] token dimension (T = 1) is dropped."""
-    if len(t.shape) == row_ndim + 2 and t.shape[1] == 1:
-        return t.without_dim(1)
-    if len(t.shape) != row_ndim + 1:
-        raise ValueError(f"{t.name} has shape {t.shape}: expected [N, {row_names}] or [N, 1, {row_names}]")
-    return t
+def _is_int(x):
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _merge_leading(t):
+    """t [A, B, *row] seen as A*B token rows [A*B, *row]. Row r = a*B + b lies at a*stride(A) +
+    b*stride(B), which is one stride per row only when stride(A) = B * stride(B) (or A or B is 1)."""
+    count, tokens = t.shape[:2]
+    seq_stride, token_stride = t.strides[:2]
+    if tokens == 1 or count * tokens == 0:
+        stride = seq_stride
+    elif count == 1:
+        stride = token_stride
+    elif seq_stride == tokens * token_stride:
+        stride = token_stride
+    else:
+        raise ValueError(f"{t.name} (shape {tuple(t.obj.shape)}, strides {t.strides}): its token rows are not evenly "
+                         f"spaced: the stride of dimension 0 ({seq_stride}) must be {tokens} x the stride of dimension "
+                         f"1 ({token_stride}); gdn takes one stride between token rows (.contiguous() makes it so)")
+    return t.merged_leading(stride)
 
 
 def _expect_shape(t, expected, what):
@@ -106,55 +125,84 @@ def _check_writable(t):
 
 
 class _Call:
-    """One validated decode call: the tensors seen as gdn rows, and the output (allocated if
-    the caller gave none)."""
+    """One validated call: the activations and out seen as token rows [R, ...], the gate
+    parameters, the pool, the index arrays, and the output (allocated when the caller gave none).
 
-    def __init__(self, q, k, v, a, b, A_log, dt_bias, state_pool, slot_indices, out, write_slot_indices, layout):
-        self.q = _token_rows(describe("q", q), 2, "H, K")
-        self.k = _token_rows(describe("k", k), 2, "H, K")
-        self.v = _token_rows(describe("v", v), 2, "HV, V")
-        self.a = _token_rows(describe("a", a), 1, "HV")
-        self.b = _token_rows(describe("b", b), 1, "HV")
+    Subclasses say how a tensor becomes rows (_form, _lead), which index arrays there are and
+    what shapes they must have (_check_indices), and add their fields to the params."""
+
+    row_letter = "N"
+
+    def __init__(self, q, k, v, a, b, A_log, dt_bias, state_pool, out, layout, indices):
+        self.layout = layout
+        q = describe("q", q)
+        self._form(q)
+        self.q = self._rows(q, 2, "H, K")
+        self.k = self._rows(describe("k", k), 2, "H, K")
+        self.v = self._rows(describe("v", v), 2, "HV, V")
+        self.a = self._rows(describe("a", a), 1, "HV")
+        self.b = self._rows(describe("b", b), 1, "HV")
         self.A_log = describe("A_log", A_log)
         self.dt_bias = describe("dt_bias", dt_bias)
         self.pool = describe("state_pool", state_pool)
-        self.slots = describe("slot_indices", slot_indices)
-        self.write_slots = None if write_slot_indices is None else describe("write_slot_indices", write_slot_indices)
-        self.layout = layout
+        # the index arrays given, in a fixed order (slot_indices first)
+        self.index = {name: describe(name, x) for name, x in indices.items() if x is not None}
         self._check_shapes()
+        self._check_indices()
         self._check_dtypes()
         # out comes last: it is allocated only once the inputs are known to be good.
         self.out_obj = out if out is not None else empty_like_shape(self.v, tuple(self.v.obj.shape))
-        self.out = _token_rows(describe("out", self.out_obj), 2, "HV, V")
-        _expect_shape(self.out, (self.num_seqs, self.num_v_heads, self.head_dim_v), "[N, HV, V]")
+        self.out = self._rows(describe("out", self.out_obj), 2, "HV, V")
+        r = self.row_letter
+        _expect_shape(self.out, (self.num_rows, self.num_v_heads, self.head_dim_v), f"[{r}, HV, V]")
         _check_same_dtype([self.q, self.out], _ACTIVATIONS)
         self._check_layout_and_memory()
 
+    # -- how tensors become token rows (decode: [N, ...] or [N, 1, ...]) --
+
+    def _form(self, q):
+        self.lead = (None, 1)
+        self.forms = "[N, {row}] or [N, 1, {row}]"
+
+    def _rows(self, t, row_ndim, row_names):
+        """t as token rows [R, *row]: as given, or with its two leading dimensions (which must
+        be self.lead, None matching any size) merged into one."""
+        if len(t.shape) == row_ndim + 2 and all(want is None or got == want
+                                                for got, want in zip(t.shape[:2], self.lead)):
+            return _merge_leading(t)
+        if len(t.shape) != row_ndim + 1:
+            raise ValueError(f"{t.name} has shape {tuple(t.obj.shape)}: expected "
+                             f"{self.forms.format(row=row_names)}")
+        return t
+
     @property
     def indices(self):
-        return [self.slots] + ([self.write_slots] if self.write_slots else [])
+        return list(self.index.values())
 
     @property
     def activations(self):
         return [self.q, self.k, self.v, self.a, self.b]
 
     def _check_shapes(self):
-        self.num_seqs, self.num_q_heads, self.head_dim_k = self.q.shape
+        self.num_rows, self.num_q_heads, self.head_dim_k = self.q.shape
         _, self.num_v_heads, self.head_dim_v = self.v.shape
-        n, hv = self.num_seqs, self.num_v_heads
-        _expect_shape(self.k, self.q.shape, "the shape of q [N, H, K]")
-        _expect_shape(self.v, (n, hv, self.head_dim_v), "[N, HV, V] with N from q")
-        _expect_shape(self.a, (n, hv), "[N, HV]")
-        _expect_shape(self.b, (n, hv), "[N, HV]")
+        rows, hv, r = self.num_rows, self.num_v_heads, self.row_letter
+        _expect_shape(self.k, self.q.shape, f"the shape of q [{r}, H, K]")
+        _expect_shape(self.v, (rows, hv, self.head_dim_v), f"[{r}, HV, V] with {r} from q")
+        _expect_shape(self.a, (rows, hv), f"[{r}, HV]")
+        _expect_shape(self.b, (rows, hv), f"[{r}, HV]")
         _expect_shape(self.A_log, (hv,), "[HV]")
         _expect_shape(self.dt_bias, (hv,), "[HV]")
-        for t in self.indices:
-            _expect_shape(t, (n,), "[N]")
         row = (self.head_dim_v, self.head_dim_k) if self.layout == Layout.VK else (self.head_dim_k, self.head_dim_v)
         if len(self.pool.shape) != 4 or self.pool.shape[1:] != (hv,) + row:
             names = "[slots, HV, V, K]" if self.layout == Layout.VK else "[slots, HV, K, V]"
             raise ValueError(f"state_pool has shape {self.pool.shape}, expected {names} = "
                              f"[slots, {hv}, {row[0]}, {row[1]}] for layout {self.layout.name.lower()}")
+
+    def _check_indices(self):
+        self.num_seqs = self.num_rows
+        for t in self.indices:
+            _expect_shape(t, (self.num_seqs,), "[N]")
 
     def _check_dtypes(self):
         _check_dtype(self.q, _ACT_DTYPES, "an activation")
@@ -162,15 +210,17 @@ class _Call:
         for t in (self.A_log, self.dt_bias):
             _check_dtype(t, (DType.F32,), "a gate parameter")
         _check_dtype(self.pool, _STATE_DTYPES, "the state pool")
-        _check_dtype(self.slots, _INDEX_DTYPES, "a slot index array")
-        _check_same_dtype(self.indices, "slot_indices and write_slot_indices")
+        if self.indices:
+            _check_dtype(self.indices[0], _INDEX_DTYPES, "an index array")
+            _check_same_dtype(self.indices, " and ".join(self.index) if len(self.index) <= 2 else
+                              "the index arrays " + ", ".join(self.index))
 
     def _check_layout_and_memory(self):
         everything = self.activations + [self.out, self.A_log, self.dt_bias, self.pool] + self.indices
         _check_one_device(everything)
         for t in self.activations + [self.out]:
             _check_rows_contiguous(t)
-        for t in [self.A_log, self.dt_bias, self.pool] + self.indices:
+        for t in [self.A_log, self.dt_bias, self.pool] + [t for t in self.indices if t.name != "token_slots"]:
             _check_contiguous(t)
         _check_writable(self.out)
         _check_writable(self.pool)
@@ -178,6 +228,10 @@ class _Call:
     @property
     def device(self):
         return self.pool.device
+
+    def _ptr(self, name):
+        t = self.index.get(name)
+        return t.ptr if t is not None else None
 
     def params(self, *, scale, qk_l2norm, head_map, null_slot_zero, backend, num_threads):
         """The gdn_decode_params of this call."""
@@ -195,15 +249,128 @@ class _Call:
         p.head_map = head_map
         p.state_pool, p.num_slots = self.pool.ptr, self.pool.shape[0]
         p.state_layout, p.state_dtype = self.layout, self.pool.dtype
-        p.slot_indices = self.slots.ptr
-        p.write_slot_indices = self.write_slots.ptr if self.write_slots else None
-        p.index_dtype = self.slots.dtype
+        p.slot_indices = self._ptr("slot_indices")
+        p.write_slot_indices = self._ptr("write_slot_indices")
+        if self.indices:
+            p.index_dtype = self.indices[0].dtype
         p.null_slot_zero = int(bool(null_slot_zero))
         p.backend = backend
         # The stream matters only to the cuda backend; it must be the one torch is using on the
         # pool's device, so that the kernel is ordered after the producers of q, k, v, a, b.
         p.stream = cuda_stream_handle(self.device) if self.device.startswith("cuda") else None
         p.num_threads = num_threads
+        return p
+
+
+class _TokensCall(_Call):
+    """A decode_tokens call: T tokens per sequence, fixed ([N, T, ...] or [N*T, ...] rows) or
+    variable (token rows [R, ...] with cu_seqlens [N+1] and num_tokens >= the longest sequence)."""
+
+    row_letter = "R"
+
+    def __init__(self, q, k, v, a, b, A_log, dt_bias, state_pool, out, layout, indices, num_tokens):
+        if num_tokens is not None and not _is_int(num_tokens):
+            raise TypeError(f"num_tokens = {num_tokens!r} is not an int")
+        if num_tokens is not None and num_tokens < 1:
+            raise ValueError(f"num_tokens = {num_tokens} must be at least 1 (1..{MAX_TOKENS})")
+        self.num_tokens_given = num_tokens
+        self.varlen = indices.get("cu_seqlens") is not None
+        super().__init__(q, k, v, a, b, A_log, dt_bias, state_pool, out, layout, indices)
+
+    def _form(self, q):
+        given = self.num_tokens_given
+        if self.varlen:
+            if given is None:
+                raise ValueError("num_tokens is required with cu_seqlens: the most tokens any sequence has (an upper "
+                                 "bound is enough; the library cannot read cu_seqlens on the GPU before the launch)")
+            self.num_tokens, self.lead = given, (1, None)
+            self.forms = "token rows [R, {row}] (or [1, R, {row}]) with cu_seqlens"
+            return
+        if len(q.shape) == 4:
+            num_seqs, tokens = q.shape[:2]
+            if given is not None and given != tokens:
+                raise ValueError(f"num_tokens = {given} but q has shape {tuple(q.obj.shape)}: {tokens} tokens per "
+                                 "sequence")
+            self.num_tokens, self.lead = tokens, (num_seqs, tokens)
+            self.forms = f"[N, T, {{row}}] = [{num_seqs}, {tokens}, {{row}}] or token rows [N*T, {{row}}]"
+            return
+        tokens = 1 if given is None else given
+        if len(q.shape) == 3 and q.shape[0] % tokens:
+            raise ValueError(f"q has shape {tuple(q.obj.shape)}: {q.shape[0]} token rows are not N sequences of "
+                             f"num_tokens = {tokens} (pass cu_seqlens for sequences of different lengths)")
+        rows = q.shape[0] if q.shape else 0
+        self.num_tokens, self.lead = tokens, (rows // tokens, tokens)
+        self.forms = f"token rows [N*T, {{row}}] with T = num_tokens = {tokens}, or [N, T, {{row}}]"
+
+    def _check_indices(self):
+        index, tokens = self.index, self.num_tokens
+        if self.varlen:
+            cu = index["cu_seqlens"]
+            if len(cu.shape) != 1 or cu.shape[0] < 1:
+                raise ValueError(f"cu_seqlens has shape {tuple(cu.obj.shape)}, expected [N + 1]")
+            self.num_seqs = cu.shape[0] - 1
+        else:
+            self.num_seqs = self.lead[0]  # [N, T, ...], or N*T rows of num_tokens each
+        n = self.num_seqs
+        for name in ("slot_indices", "write_slot_indices", "num_accepted"):
+            if name in index:
+                _expect_shape(index[name], (n,), "[N]")
+        slots = index.get("token_slots")
+        if slots is not None and (len(slots.shape) != 2 or slots.shape[0] != n or slots.shape[1] < tokens):
+            raise ValueError(f"token_slots has shape {tuple(slots.obj.shape)}, expected [N, W] with N = {n} and "
+                             f"W >= num_tokens = {tokens}: column t is the slot of the state after token t")
+
+    def _token_slots_stride(self):
+        """token_slots_stride: the row stride of token_slots. The library reads whole rows of that
+        many entries (it checks them all, and num_accepted may select any of them), so a row stride
+        longer than the view's width must still lie inside the array's memory."""
+        slots = self.index["token_slots"]
+        count, width = slots.shape
+        if width > 1 and slots.strides[1] != 1:
+            raise ValueError(f"token_slots (shape {tuple(slots.obj.shape)}, strides {slots.strides}): its rows must "
+                             "be contiguous")
+        if count <= 1 or width == 0:
+            return width
+        stride = slots.strides[0]
+        if stride < width:
+            raise ValueError(f"token_slots (shape {tuple(slots.obj.shape)}, strides {slots.strides}): rows {stride} "
+                             f"elements apart overlap rows of {width}")
+        if stride > width:
+            itemsize = 4 if slots.dtype == DType.I32 else 8
+            end, buffer_end = slots.ptr + count * stride * itemsize, slots.buffer_end()
+            if buffer_end is None or end > buffer_end:
+                raise ValueError(f"token_slots has {width} columns but rows {stride} apart: the library reads all "
+                                 f"{stride} entries of each row, and the last row's would lie past the array's "
+                                 "memory; pass a contiguous [N, W] table")
+        return stride
+
+    def _check_host_rows(self):
+        """On the host, cu_seqlens can be read: its last entry must not pass the token rows given
+        (the library knows the rows only through cu_seqlens)."""
+        cu = self.index.get("cu_seqlens")
+        if cu is None or cu.device != "cpu" or self.num_seqs == 0:
+            return
+        last = int(cu.obj[-1])
+        if last > self.num_rows:
+            raise ValueError(f"cu_seqlens[{self.num_seqs}] = {last} but the activations have {self.num_rows} token "
+                             "rows")
+
+    def params(self, **options):
+        if LIB.params_size < MULTI_TOKEN_FIELDS_END:
+            raise RuntimeError(f"gdn: {LIB.path} (version {LIB.version}) has no multi-token decode: its "
+                               f"gdn_decode_params ends at byte {LIB.params_size}")
+        self._check_host_rows()
+        p = super().params(**options)
+        p.num_tokens = self.num_tokens
+        p.cu_seqlens = self._ptr("cu_seqlens")
+        p.num_accepted = self._ptr("num_accepted")
+        if "token_slots" in self.index:
+            p.token_slots = self.index["token_slots"].ptr
+            p.token_slots_stride = self._token_slots_stride()
+        if self.num_rows == 0:
+            # No token row: nothing to read or write, and a torch tensor without elements may have
+            # a NULL data pointer. The library still checks the options (num_seqs = 0 is a no-op).
+            p.num_seqs = 0
         return p
 
 
@@ -217,18 +384,39 @@ def _scale_value(scale):
         raise TypeError(f"scale = {scale!r} is not a number") from None
 
 
+def _options(scale, head_map, layout, backend, num_threads):
+    """(layout, the params options) after checking the options every call takes."""
+    options = dict(head_map=_option("head_map", head_map, _HEAD_MAPS), backend=_option("backend", backend, _BACKENDS),
+                   scale=_scale_value(scale))
+    if not _is_int(num_threads):
+        raise TypeError(f"num_threads = {num_threads!r} is not an int")
+    options["num_threads"] = num_threads
+    return _option("layout", layout, _LAYOUTS), options
+
+
 def _prepare(q, k, v, a, b, A_log, dt_bias, state_pool, slot_indices, out, write_slot_indices, scale, qk_l2norm,
              head_map, layout, null_slot_zero, backend, num_threads):
     """(params, out) of a decode call, every Python-side check done."""
-    head_map = _option("head_map", head_map, _HEAD_MAPS)
-    layout = _option("layout", layout, _LAYOUTS)
-    backend = _option("backend", backend, _BACKENDS)
-    scale = _scale_value(scale)
-    if not isinstance(num_threads, int) or isinstance(num_threads, bool):
-        raise TypeError(f"num_threads = {num_threads!r} is not an int")
-    call = _Call(q, k, v, a, b, A_log, dt_bias, state_pool, slot_indices, out, write_slot_indices, layout)
-    params = call.params(scale=scale, qk_l2norm=qk_l2norm, head_map=head_map, null_slot_zero=null_slot_zero,
-                         backend=backend, num_threads=num_threads)
+    layout, options = _options(scale, head_map, layout, backend, num_threads)
+    if slot_indices is None:
+        raise TypeError("slot_indices: expected a torch.Tensor or a numpy.ndarray, got None")
+    call = _Call(q, k, v, a, b, A_log, dt_bias, state_pool, out, layout,
+                 dict(slot_indices=slot_indices, write_slot_indices=write_slot_indices))
+    params = call.params(qk_l2norm=qk_l2norm, null_slot_zero=null_slot_zero, **options)
+    return params, call.out_obj
+
+
+def _prepare_tokens(q, k, v, a, b, A_log, dt_bias, state_pool, slot_indices, num_tokens, cu_seqlens, token_slots,
+                    num_accepted, out, write_slot_indices, scale, qk_l2norm, head_map, layout, null_slot_zero, backend,
+                    num_threads):
+    """(params, out) of a decode_tokens call, every Python-side check done."""
+    layout, options = _options(scale, head_map, layout, backend, num_threads)
+    if slot_indices is None and num_accepted is None:
+        raise ValueError("slot_indices is required (only token_slots with num_accepted can stand in for it)")
+    indices = dict(slot_indices=slot_indices, write_slot_indices=write_slot_indices, cu_seqlens=cu_seqlens,
+                   token_slots=token_slots, num_accepted=num_accepted)
+    call = _TokensCall(q, k, v, a, b, A_log, dt_bias, state_pool, out, layout, indices, num_tokens)
+    params = call.params(qk_l2norm=qk_l2norm, null_slot_zero=null_slot_zero, **options)
     return params, call.out_obj
 
 
@@ -314,3 +502,71 @@ def decode_backend_for(q, k, v, a, b, A_log, dt_bias, state_pool, slot_indices, 
     chosen = ctypes.c_int()
     check(LIB.cdll.gdn_decode_backend_for(ctypes.byref(params), ctypes.byref(chosen)), "gdn_decode_backend_for")
     return Backend(chosen.value).name.lower()
+
+
+def decode_tokens(q, k, v, a, b, A_log, dt_bias, state_pool, *, slot_indices=None, num_tokens=None, cu_seqlens=None,
+                  token_slots=None, num_accepted=None, out=None, write_slot_indices=None, scale=0.0, qk_l2norm=True,
+                  head_map="grouped", layout="vk", null_slot_zero=False, backend="auto", num_threads=0):
+    """Multi-token decode (speculative verify, MTP; SPEC operation 2): each of N sequences applies
+    its tokens in order, its state staying on chip between tokens; returns `out`.
+
+    Activations (NumPy arrays or torch tensors, one dtype and one device for all, as gdn.decode):
+      fixed T:    q, k [N, T, H, K], v [N, T, HV, V], a, b [N, T, HV]; or the same as token rows
+                  [N*T, H, K], [N*T, HV, V], [N*T, HV] with num_tokens=T (row n*T + t is token t
+                  of sequence n; without num_tokens token rows mean T = 1)
+      varlen:     token rows q, k [R, H, K], v [R, HV, V], a, b [R, HV] (or [1, R, ...]) with
+                  cu_seqlens [N+1]: sequence n owns rows cu_seqlens[n] .. cu_seqlens[n+1]-1
+                  (0..num_tokens of them; num_tokens is then required: the most tokens any
+                  sequence has, or more; the library cannot read device-side cu_seqlens)
+      out         like v (allocated with v's shape when not given); row n*T+t / cu_seqlens[n]+t
+    T is 1..16 (gdn.MAX_TOKENS). Each activation may have its own stride between token rows; in
+    the [N, T, ...] form the rows must lie evenly spaced (stride(0) = T * stride(1)).
+    A_log, dt_bias [HV] float32 and state_pool [slots, HV, V, K] ("vk") or [slots, HV, K, V]
+    ("kv"), as gdn.decode.
+
+    Index arrays (one dtype for all of them, int32 or int64; all on the activations' device):
+      slot_indices [N]        the slot each sequence starts from (negative, or 0 with
+                              null_slot_zero: a padding row, zero outputs for all its tokens)
+      write_slot_indices [N]  optional: where the state after the last token goes (default the
+                              read slot; negative: not saved). Not with token_slots.
+      token_slots [N, W]      optional, W >= num_tokens: the state after token t goes to
+                              token_slots[n, t] (negative: not saved) and nowhere else. The
+                              library takes the row stride as token_slots_stride and reads whole
+                              rows of that many entries.
+      num_accepted [N]        optional, with token_slots: sequence n starts from the state saved
+                              after token num_accepted[n]-1 of the previous step, token_slots[n,
+                              num_accepted[n]-1] (1..W, or up to the row stride of a
+                              wider table); slot_indices may then be None.
+    A sequence with zero tokens (varlen) writes nothing. Slots written in one call must be
+    distinct and not read by another sequence of the call. A snapshot is the running float32
+    state rounded to the state dtype; the running state is not re-read from it.
+
+    Options, devices, streams, CUDA graphs and errors as gdn.decode. On the host, cu_seqlens[N]
+    is checked against the rows given; on CUDA it cannot be (the indices stay on the device), and
+    the kernel skips sequences whose cu_seqlens or num_accepted are out of range.
+    """
+    if _torch_compiling():
+        return _decode_tokens_in_torch_graph(q, k, v, a, b, A_log, dt_bias, state_pool, slot_indices, num_tokens,
+                                             cu_seqlens, token_slots, num_accepted, out, write_slot_indices, scale,
+                                             qk_l2norm, head_map, layout, null_slot_zero, backend, num_threads)
+    params, out = _prepare_tokens(q, k, v, a, b, A_log, dt_bias, state_pool, slot_indices, num_tokens, cu_seqlens,
+                                  token_slots, num_accepted, out, write_slot_indices, scale, qk_l2norm, head_map,
+                                  layout, null_slot_zero, backend, num_threads)
+    check(LIB.cdll.gdn_decode(ctypes.byref(params)), "gdn_decode")
+    return out
+
+
+def _decode_tokens_in_torch_graph(q, k, v, a, b, A_log, dt_bias, state_pool, slot_indices, num_tokens, cu_seqlens,
+                                  token_slots, num_accepted, out, write_slot_indices, scale, qk_l2norm, head_map,
+                                  layout, null_slot_zero, backend, num_threads):
+    """decode_tokens() as torch.compile sees it: one call of torch.ops.gdn.decode_tokens_."""
+    import torch
+
+    from . import torch_ops  # noqa: F401  registers torch.ops.gdn.decode_tokens_
+
+    if out is None:
+        out = torch.empty(v.shape, dtype=v.dtype, device=v.device)
+    torch.ops.gdn.decode_tokens_(q, k, v, a, b, A_log, dt_bias, state_pool, out, slot_indices, num_tokens,
+                                 cu_seqlens, token_slots, num_accepted, write_slot_indices, _scale_value(scale),
+                                 bool(qk_l2norm), head_map, layout, bool(null_slot_zero), backend, num_threads)
+    return out

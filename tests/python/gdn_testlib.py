@@ -64,41 +64,90 @@ def _is_padding(slot, null_slot_zero):
     return slot < 0 or (null_slot_zero and slot == 0)
 
 
+def _heads(num_q_heads, num_v_heads, head_map):
+    hv = np.arange(num_v_heads)
+    return hv % num_q_heads if head_map == "tiled" else hv // (num_v_heads // num_q_heads)
+
+
+def _scale_of(scale, head_k):
+    """The scale as gdn uses it: a float32 (gdn_decode_params.scale), 1/sqrtf(K) by default."""
+    return float(np.float32(scale) if scale else np.float32(1) / np.sqrt(np.float32(head_k)))
+
+
+def spec_token(S, q, k, v, a, b, A_log, dt_bias, h, scale, qk_l2norm):
+    """One token of SPEC section 1 for one sequence, every value head at once, in float64.
+    S [HV, V, K] (row = value channel), q, k [H, K], v [HV, V], a, b [HV]; h[hv] is the query/key
+    head of value head hv. Returns (S after the token, o [HV, V])."""
+    qq, kk = q[h], k[h]  # [HV, K]
+    if qk_l2norm:
+        qq = qq / np.sqrt(np.sum(qq * qq, axis=-1, keepdims=True) + 1e-6)
+        kk = kk / np.sqrt(np.sum(kk * kk, axis=-1, keepdims=True) + 1e-6)
+    qq = qq * scale
+    g = -np.exp(A_log) * _softplus(a + dt_bias)
+    beta = 1.0 / (1.0 + np.exp(-b))
+    S = S * np.exp(g)[:, None, None]
+    u = beta[:, None] * (v - np.einsum("hvk,hk->hv", S, kk))
+    S = S + u[:, :, None] * kk[:, None, :]
+    return S, np.einsum("hvk,hk->hv", S, qq)
+
+
 def reference_decode(q, k, v, a, b, A_log, dt_bias, pool, slots, write_slots=None, *, scale=None,
                      qk_l2norm=True, head_map="grouped", layout="vk", null_slot_zero=False):
     """(out [N, HV, V], pool after the step), both float64; the inputs are not modified.
 
     Every row reads the pool as it was before the call (rows are independent, gdn.h). The
     scale is rounded to float32 as gdn_decode_params.scale is a float (1/sqrtf(K) by default)."""
+    return reference_decode_tokens(q, k, v, a, b, A_log, dt_bias, pool, slots, write_slots=write_slots, scale=scale,
+                                   qk_l2norm=qk_l2norm, head_map=head_map, layout=layout,
+                                   null_slot_zero=null_slot_zero)
+
+
+def reference_decode_tokens(q, k, v, a, b, A_log, dt_bias, pool, slots=None, *, num_tokens=1, cu_seqlens=None,
+                            token_slots=None, num_accepted=None, write_slots=None, scale=None, qk_l2norm=True,
+                            head_map="grouped", layout="vk", null_slot_zero=False):
+    """SPEC operation 2 (multi-token decode) in NumPy float64, token by token: (out, pool after).
+
+    Activations are token rows: q, k [R, H, K], v [R, HV, V], a, b [R, HV]. Sequence n owns rows
+    n*num_tokens .. +num_tokens, or cu_seqlens[n] .. cu_seqlens[n+1] with cu_seqlens. It starts
+    from slot slots[n], or token_slots[n][num_accepted[n] - 1] with num_accepted (a null slot:
+    padding, zero outputs, no state touched); the state after token t goes to token_slots[n][t]
+    when token_slots is given (a null slot: not saved), else the state after the last token to
+    write_slots[n] (default slots[n]). Rows of no sequence are returned as NaN. Every sequence
+    reads the pool as it was before the call."""
     q, k, v, a, b = (np.asarray(x, dtype=np.float64) for x in (q, k, v, a, b))
     A_log, dt_bias = np.asarray(A_log, np.float64), np.asarray(dt_bias, np.float64)
     before = np.asarray(pool, dtype=np.float64)
     after = before.copy()
-    num_seqs, num_q_heads, head_k = q.shape
+    num_rows, num_q_heads, head_k = q.shape
     num_v_heads, head_v = v.shape[1:]
-    hv = np.arange(num_v_heads)
-    h = hv % num_q_heads if head_map == "tiled" else hv // (num_v_heads // num_q_heads)
-    scale = float(np.float32(scale) if scale else np.float32(1) / np.sqrt(np.float32(head_k)))
-    out = np.zeros((num_seqs, num_v_heads, head_v))
-    for n in range(num_seqs):
-        read = int(slots[n])
-        write = read if write_slots is None else int(write_slots[n])
-        if _is_padding(read, null_slot_zero):
+    h = _heads(num_q_heads, num_v_heads, head_map)
+    scale = _scale_of(scale, head_k)
+    if cu_seqlens is not None:
+        bounds = [(int(cu_seqlens[n]), int(cu_seqlens[n + 1])) for n in range(len(cu_seqlens) - 1)]
+    else:
+        bounds = [(n * num_tokens, (n + 1) * num_tokens) for n in range(num_rows // num_tokens)]
+    out = np.full((num_rows, num_v_heads, head_v), np.nan)
+
+    def null(slot):
+        return _is_padding(int(slot), null_slot_zero)
+
+    for n, (first, end) in enumerate(bounds):
+        if end == first:
+            continue  # a sequence without tokens: nothing written
+        read = int(token_slots[n][int(num_accepted[n]) - 1]) if num_accepted is not None else int(slots[n])
+        if null(read):
+            out[first:end] = 0.0
             continue
         S = before[read] if layout == "vk" else before[read].swapaxes(-1, -2)  # [HV, V, K]
-        qq, kk = q[n, h], k[n, h]  # [HV, K]
-        if qk_l2norm:
-            qq = qq / np.sqrt(np.sum(qq * qq, axis=-1, keepdims=True) + 1e-6)
-            kk = kk / np.sqrt(np.sum(kk * kk, axis=-1, keepdims=True) + 1e-6)
-        qq = qq * scale
-        g = -np.exp(A_log) * _softplus(a[n] + dt_bias)
-        beta = 1.0 / (1.0 + np.exp(-b[n]))
-        S = S * np.exp(g)[:, None, None]
-        u = beta[:, None] * (v[n] - np.einsum("hvk,hk->hv", S, kk))
-        S = S + u[:, :, None] * kk[:, None, :]
-        out[n] = np.einsum("hvk,hk->hv", S, qq)
-        if not _is_padding(write, null_slot_zero):
-            after[write] = S if layout == "vk" else S.swapaxes(-1, -2)
+        for t, row in enumerate(range(first, end)):
+            S, out[row] = spec_token(S, q[row], k[row], v[row], a[row], b[row], A_log, dt_bias, h, scale,
+                                     qk_l2norm)
+            if token_slots is not None and not null(token_slots[n][t]):
+                after[int(token_slots[n][t])] = S if layout == "vk" else S.swapaxes(-1, -2)
+        if token_slots is None:
+            write = read if write_slots is None else int(write_slots[n])
+            if not null(write):
+                after[write] = S if layout == "vk" else S.swapaxes(-1, -2)
     return out, after
 
 

@@ -5,6 +5,10 @@
 gdn.decode on the cpu backend is compared with the float64 reference backend of the same
 library and with an independent NumPy float64 implementation of SPEC section 1, on fresh random
 inputs; then padding, strides, layouts, index dtypes, errors and the shared reference vectors.
+gdn.decode_tokens (multi-token decode, SPEC operation 2) likewise, the NumPy implementation
+applied token by token: fixed T, varlen with an empty sequence, token_slots snapshots,
+num_accepted rollback over two calls, padding rows, errors; then the compat wrappers' multi-token
+paths and the torch custom operators (torch tests skip without torch).
 """
 import ctypes
 import os
@@ -16,8 +20,8 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gdn_testlib import (Problem, bf16_round, import_gdn, new_rng, read_gdnv, reference_decode, rel_err,  # noqa: E402
-                         require_torch, run, skip, vectors_dir)
+from gdn_testlib import (Problem, bf16_round, import_gdn, new_rng, read_gdnv, reference_decode,  # noqa: E402
+                         reference_decode_tokens, rel_err, require_torch, run, skip, vectors_dir)
 
 import numpy as np  # noqa: E402
 
@@ -103,8 +107,8 @@ def test_library_and_package_versions():
 
 
 def test_ctypes_mirror_matches_the_header():
-    """Every field offset and size of gdn_decode_params and every enum value, as the C compiler
-    sees gdn.h, against the ctypes mirror (skipped without a C compiler)."""
+    """Every field offset and size of gdn_decode_params, every enum value and the limits, as the C
+    compiler sees gdn.h, against the ctypes mirror (skipped without a C compiler)."""
     from gdn._lib import Backend, DecodeParams, DType, HeadMap, Layout, Status
 
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
@@ -118,6 +122,7 @@ def test_ctypes_mirror_matches_the_header():
              for f in fields]
     lines += [f'printf("{c} %d\\n", (int){c});' for c in constants]
     lines.append('printf("sizeof %zu\\n", sizeof(gdn_decode_params));')
+    lines.append('printf("GDN_MAX_TOKENS %d\\nGDN_MAX_HEAD_DIM %d\\n", GDN_MAX_TOKENS, GDN_MAX_HEAD_DIM);')
     source = "#include <stddef.h>\n#include <stdio.h>\n#include <gdn.h>\nint main(void) {\n" + "\n".join(lines) + \
         "\nreturn 0;\n}\n"
     with tempfile.TemporaryDirectory() as tmp:
@@ -135,6 +140,7 @@ def test_ctypes_mirror_matches_the_header():
         for member in enum:
             assert int(seen[prefix + member.name]) == member.value, f"{prefix}{member.name}"
     assert int(seen["sizeof"]) == ctypes.sizeof(DecodeParams)
+    assert (int(seen["GDN_MAX_TOKENS"]), int(seen["GDN_MAX_HEAD_DIM"])) == (gdn.MAX_TOKENS, gdn.MAX_HEAD_DIM)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -447,6 +453,370 @@ def test_reference_vectors():
 
 
 # ----------------------------------------------------------------------------------------------
+# Multi-token decode (gdn.decode_tokens): cpu vs the reference backend vs NumPy, token by token
+# ----------------------------------------------------------------------------------------------
+
+def token_acts(problem, shape=None):
+    """q, k, v, a, b of a Problem whose rows are token rows, as [N, T, ...] when shape = (N, T)."""
+    acts = [problem.q, problem.k, problem.v, problem.a, problem.b]
+    return [x.reshape(tuple(shape) + x.shape[1:]) for x in acts] if shape else acts
+
+
+def tokens_cpu(problem, shape=None, **options):
+    """decode_tokens on the cpu backend into a poisoned out and a copy of the pool: (out as token
+    rows, pool after)."""
+    acts = token_acts(problem, shape)
+    pool = problem.pool.copy()
+    out = np.full(acts[2].shape, np.nan, dtype=acts[2].dtype)
+    result = gdn.decode_tokens(*acts, problem.A_log, problem.dt_bias, pool, out=out, backend="cpu",
+                               layout=problem.layout, **options)
+    assert result is out
+    return out.reshape(problem.v.shape), pool
+
+
+def tokens_reference_backend(problem, shape=None, **options):
+    """decode_tokens on the float64 reference backend, on float64 copies: (out rows, pool after)."""
+    acts = [x.astype(np.float64) for x in token_acts(problem, shape)]
+    pool = problem.pool.astype(np.float64)
+    out = np.full(acts[2].shape, np.nan)
+    gdn.decode_tokens(*acts, problem.A_log, problem.dt_bias, pool, out=out, backend="reference", layout=problem.layout,
+                      **options)
+    return out.reshape(problem.v.shape), pool
+
+
+def tokens_numpy(problem, shape=None, **options):
+    """The independent NumPy implementation with decode_tokens' keyword names."""
+    options = dict(options)
+    slots, write_slots = options.pop("slot_indices", None), options.pop("write_slot_indices", None)
+    num_tokens = shape[1] if shape else options.pop("num_tokens", None) or 1
+    options.pop("num_tokens", None)
+    options.pop("num_threads", None)
+    return reference_decode_tokens(problem.q, problem.k, problem.v, problem.a, problem.b, problem.A_log,
+                                   problem.dt_bias, problem.pool, slots, num_tokens=num_tokens, write_slots=write_slots,
+                                   layout=problem.layout, **options)
+
+
+def check_tokens_against_both_references(problem, shape=None, **options):
+    """cpu vs the reference backend (SPEC tolerance) and the reference backend vs NumPy; out rows
+    are compared where the spec writes them, and must stay unwritten (NaN) everywhere else."""
+    out, pool = tokens_cpu(problem, shape, **options)
+    ref_out, ref_pool = tokens_reference_backend(problem, shape, **options)
+    np_out, np_pool = tokens_numpy(problem, shape, **options)
+    written = ~np.isnan(np_out)
+    assert np.array_equal(~np.isnan(out), written), "cpu: output rows written other than the spec's"
+    assert np.array_equal(~np.isnan(ref_out), written), "reference: output rows written other than the spec's"
+    assert_close("reference backend out vs NumPy", ref_out[written], np_out[written], EXACT_TOL)
+    assert_close("reference backend pool vs NumPy", ref_pool, np_pool, EXACT_TOL)
+    return (assert_close("cpu out", out[written], ref_out[written], F32_TOL),
+            assert_close("cpu pool", pool, ref_pool, F32_TOL))
+
+
+def test_tokens_fixed_T_matches_references():
+    rng = new_rng()
+    for tokens in (2, 4):
+        for num_seqs, h, hv, k, v, num_slots in SHAPES:
+            problem = Problem(rng, num_seqs * tokens, h, hv, k, v, num_slots)
+            slots = slots_for(rng, num_seqs, num_slots, padding=1 if num_seqs > 2 else 0)
+            errors = check_tokens_against_both_references(problem, (num_seqs, tokens), slot_indices=slots)
+            # the same call on packed token rows [N*T, ...] with num_tokens
+            rows_out, rows_pool = tokens_cpu(problem, slot_indices=slots, num_tokens=tokens)
+            out, pool = tokens_cpu(problem, (num_seqs, tokens), slot_indices=slots)
+            assert np.array_equal(rows_out, out) and np.array_equal(rows_pool, pool)
+            print(f"    T={tokens} N={num_seqs} H={h} HV={hv} K={k} V={v}: out {errors[0]:.1e} pool {errors[1]:.1e}")
+
+
+def test_tokens_options_layouts_and_write_slots():
+    rng = new_rng()
+    n, tokens = 4, 3
+    problem = Problem(rng, n * tokens, 2, 6, 32, 24, 9, layout="kv")
+    slots = np.array([0, 3, -1, 5])
+    check_tokens_against_both_references(problem, (n, tokens), slot_indices=slots, head_map="tiled", qk_l2norm=False,
+                                         scale=0.07)
+    check_tokens_against_both_references(problem, (n, tokens), slot_indices=slots,
+                                         write_slot_indices=np.array([6, -1, 7, 8]))
+    problem.layout, problem.pool = "vk", np.ascontiguousarray(problem.pool.swapaxes(-1, -2))
+    check_tokens_against_both_references(problem, (n, tokens), slot_indices=slots, num_threads=3)
+
+
+def test_tokens_one_token_is_decode():
+    rng = new_rng()
+    problem = Problem(rng, 5, 2, 4, 32, 16, 6)
+    slots = slots_for(rng, 5, 6, padding=1)
+    out, pool = tokens_cpu(problem, slot_indices=slots)
+    decode_out, decode_pool = cpu_backend(problem, slots)
+    assert np.array_equal(out, decode_out) and np.array_equal(pool, decode_pool)
+    with_t, _ = tokens_cpu(problem, (5, 1), slot_indices=slots)
+    assert np.array_equal(with_t, decode_out)
+
+
+def test_tokens_varlen_with_an_empty_sequence():
+    """cu_seqlens with a zero-token sequence: it writes nothing (not even its slot); rows past
+    cu_seqlens[N] are left alone; num_tokens may be any bound >= the longest sequence."""
+    rng = new_rng()
+    cu = np.array([0, 3, 3, 4, 8])
+    rows = 8 + 2  # two rows belong to no sequence
+    problem = Problem(rng, rows, 2, 4, 32, 16, 6)
+    slots = np.array([4, 1, 0, -1])  # the last sequence is padding: zeros for its 4 tokens
+    for bound in (4, 6, 16):
+        errors = check_tokens_against_both_references(problem, slot_indices=slots, cu_seqlens=cu, num_tokens=bound)
+    out, pool = tokens_cpu(problem, slot_indices=slots, cu_seqlens=cu, num_tokens=4)
+    assert np.all(out[4:8] == 0), "padding sequence"
+    assert np.all(np.isnan(out[8:])), "rows past cu_seqlens[N] were written"
+    assert np.array_equal(pool[1], problem.pool[1]), "a sequence with no tokens changed its slot"
+    assert not np.array_equal(pool[4], problem.pool[4]) and not np.array_equal(pool[0], problem.pool[0])
+    # the [1, R, ...] form FLA uses, and int32 indices
+    acts = [x[None] for x in token_acts(problem)]
+    pool32 = problem.pool.copy()
+    out32 = gdn.decode_tokens(*acts, problem.A_log, problem.dt_bias, pool32, slot_indices=slots.astype(np.int32),
+                              cu_seqlens=cu.astype(np.int32), num_tokens=4, backend="cpu")
+    assert out32.shape == (1, rows, 4, 16)
+    assert np.array_equal(out32[0, :8], out[:8]) and np.array_equal(pool32, pool)
+    print(f"    out {errors[0]:.1e} pool {errors[1]:.1e}")
+
+
+def test_tokens_token_slots_snapshots():
+    """With token_slots the state after token t goes to token_slots[n, t] (not where it is -1) and
+    nowhere else: each snapshot equals the state after the first t+1 tokens, computed by calls
+    without token_slots on the first t+1 tokens alone."""
+    rng = new_rng()
+    n, tokens, h, hv, k, v = 3, 4, 2, 4, 32, 32
+    problem = Problem(rng, n * tokens, h, hv, k, v, 16)
+    slots = np.array([0, 1, 2])
+    table = np.array([[3, 4, -1, 5], [-1, -1, 6, 7], [8, 9, 10, -1]])
+    check_tokens_against_both_references(problem, (n, tokens), slot_indices=slots, token_slots=table)
+    out, pool = tokens_cpu(problem, (n, tokens), slot_indices=slots, token_slots=table)
+    written = set(table[table >= 0].tolist())
+    for slot in range(16):
+        if slot not in written:
+            assert np.array_equal(pool[slot], problem.pool[slot]), f"slot {slot} is no token's and changed"
+    acts = token_acts(problem, (n, tokens))
+    for t in range(tokens):
+        prefix = [x[:, :t + 1].reshape((n * (t + 1),) + x.shape[2:]) for x in acts]
+        _, prefix_pool = reference_decode_tokens(*prefix, problem.A_log, problem.dt_bias, problem.pool, slots,
+                                                 num_tokens=t + 1)
+        for seq in range(n):
+            if table[seq, t] >= 0:
+                assert_close(f"snapshot of sequence {seq} after token {t}", pool[table[seq, t]],
+                             prefix_pool[slots[seq]], F32_TOL)
+
+
+def test_tokens_num_accepted_rolls_back_over_two_calls():
+    """Step 1 saves every token's state; step 2 starts each sequence from the state after its
+    num_accepted-th token of step 1. Step 2's outputs and states must be those of one call over
+    the accepted tokens of step 1 followed by the tokens of step 2."""
+    rng = new_rng()
+    n, tokens, h, hv, k, v = 4, 3, 2, 4, 32, 16
+    step1 = Problem(rng, n * tokens, h, hv, k, v, 12)
+    step2 = Problem(rng, n * tokens, h, hv, k, v, 12)
+    step2.A_log, step2.dt_bias, step2.pool = step1.A_log, step1.dt_bias, None
+    own = np.array([0, 1, 2, 3])
+    table = np.column_stack([own, 4 + 2 * np.arange(n), 5 + 2 * np.arange(n)])  # column 0 = the sequence's slot
+    accepted = np.array([1, 3, 2, 3])
+    # cpu: two calls; reference backend: the same two calls in float64
+    out1, pool = tokens_cpu(step1, (n, tokens), slot_indices=own, token_slots=table)
+    ref_out1, ref_pool = tokens_reference_backend(step1, (n, tokens), slot_indices=own, token_slots=table)
+    step2.pool = pool
+    out2, pool2 = tokens_cpu(step2, (n, tokens), token_slots=table, num_accepted=accepted)
+    step2.pool = ref_pool.astype(np.float32)  # (float32 only to satisfy Problem; the reference reads f64 below)
+    acts64 = [x.astype(np.float64) for x in token_acts(step2, (n, tokens))]
+    ref_pool2 = ref_pool.copy()
+    ref_out2 = gdn.decode_tokens(*acts64, step1.A_log, step1.dt_bias, ref_pool2, token_slots=table,
+                                 num_accepted=accepted, backend="reference")
+    assert_close("step 1 out", out1, ref_out1, F32_TOL)
+    assert_close("step 2 out", out2, ref_out2.reshape(out2.shape), F32_TOL)
+    assert_close("pool after step 2", pool2, ref_pool2, F32_TOL)
+    # NumPy: per sequence, the accepted tokens of step 1 then step 2's, from the original state
+    rows1, rows2 = token_acts(step1), token_acts(step2)
+    pick = [np.concatenate([np.arange(s * tokens, s * tokens + accepted[s]), n * tokens + np.arange(s * tokens,
+                                                                                                   (s + 1) * tokens)])
+            for s in range(n)]
+    joined = [np.concatenate([x1, x2])[np.concatenate(pick)] for x1, x2 in zip(rows1, rows2)]
+    cu = np.concatenate([[0], np.cumsum([len(p) for p in pick])])
+    np_out, np_pool = reference_decode_tokens(*joined, step1.A_log, step1.dt_bias, step1.pool, own, cu_seqlens=cu)
+    for s in range(n):
+        tail = np_out[cu[s + 1] - tokens:cu[s + 1]]
+        assert_close(f"sequence {s} (accepted {accepted[s]}) step 2 out", out2[s * tokens:(s + 1) * tokens], tail,
+                     F32_TOL)
+        assert_close(f"sequence {s} state after step 2", pool2[table[s, -1]], np_pool[own[s]], F32_TOL)
+
+
+def test_tokens_padding_rows():
+    """A padding row (slot -1, slot 0 with null_slot_zero, or a -1 picked by num_accepted) has
+    zero outputs for all its tokens and touches no state; token slots 0 are not saved either."""
+    rng = new_rng()
+    n, tokens = 4, 3
+    problem = Problem(rng, n * tokens, 2, 4, 16, 16, 10)
+    slots = np.array([2, -1, 0, 5])
+    table = np.array([[2, 6, 7], [-1, 8, 9], [0, 1, 3], [5, 0, 4]])
+    for null_slot_zero in (False, True):
+        check_tokens_against_both_references(problem, (n, tokens), slot_indices=slots, token_slots=table,
+                                             null_slot_zero=null_slot_zero)
+    out, pool = tokens_cpu(problem, (n, tokens), slot_indices=slots, token_slots=table, null_slot_zero=True)
+    out = out.reshape(n, tokens, 4, 16)
+    assert np.all(out[1] == 0) and np.all(out[2] == 0) and not np.any(out[3] == 0)
+    for slot in (0, 1, 3, 8, 9):  # slot 0 is null, 1 and 3 belong to a padding row, 8 and 9 too
+        assert np.array_equal(pool[slot], problem.pool[slot]), f"slot {slot} changed"
+    # num_accepted picking a -1 (or, with null_slot_zero, a 0) makes the row padding
+    accepted = np.array([2, 1, 1, 3])
+    check_tokens_against_both_references(problem, (n, tokens), token_slots=table, num_accepted=accepted,
+                                         null_slot_zero=True)
+    out, _ = tokens_cpu(problem, (n, tokens), token_slots=table, num_accepted=accepted, null_slot_zero=True)
+    out = out.reshape(n, tokens, 4, 16)
+    assert np.all(out[1] == 0) and np.all(out[2] == 0) and not np.any(out[0] == 0)
+
+
+def test_tokens_strided_inputs_and_token_slot_rows():
+    """Token rows sliced out of one packed projection; token_slots the first columns of a wider
+    table (the library reads whole rows of token_slots_stride entries)."""
+    rng = new_rng()
+    n, tokens, h, hv, k, v = 3, 2, 2, 4, 16, 16
+    problem = Problem(rng, n * tokens, h, hv, k, v, 12)
+    rows = n * tokens
+    qkv = np.concatenate([problem.q.reshape(rows, -1), problem.k.reshape(rows, -1), problem.v.reshape(rows, -1),
+                          np.zeros((rows, 8), np.float32)], axis=1).reshape(n, tokens, -1)
+    q = qkv[:, :, :h * k].reshape(n, tokens, h, k)
+    kk = qkv[:, :, h * k:2 * h * k].reshape(n, tokens, h, k)
+    vv = qkv[:, :, 2 * h * k:2 * h * k + hv * v].reshape(n, tokens, hv, v)
+    assert not q.flags.c_contiguous and np.shares_memory(q, qkv)
+    wide = np.full((n, tokens + 2), -1, dtype=np.int64)
+    wide[:, :tokens] = [[3, 4], [5, 6], [7, 8]]
+    slots = np.array([0, 1, 2])
+    pool = problem.pool.copy()
+    out = gdn.decode_tokens(q, kk, vv, *token_acts(problem, (n, tokens))[3:], problem.A_log, problem.dt_bias, pool,
+                            slot_indices=slots, token_slots=wide[:, :tokens], backend="cpu")
+    dense_out, dense_pool = tokens_cpu(problem, (n, tokens), slot_indices=slots, token_slots=wide[:, :tokens].copy())
+    assert np.array_equal(out.reshape(dense_out.shape), dense_out) and np.array_equal(pool, dense_pool)
+    # the last columns of the wide table: the library's reads of whole rows would pass its end
+    expect_error(ValueError, lambda: gdn.decode_tokens(q, kk, vv, *token_acts(problem, (n, tokens))[3:],
+                                                       problem.A_log, problem.dt_bias, problem.pool.copy(),
+                                                       slot_indices=slots, token_slots=wide[:, 2:], backend="cpu"),
+                 "token_slots", "past")
+    # [N, T] rows that are not evenly spaced cannot be one stride apart
+    padded = np.zeros((n, tokens + 1, h, k), np.float32)
+    padded[:, :tokens] = q
+    expect_error(ValueError, lambda: gdn.decode_tokens(padded[:, :tokens], kk, vv,
+                                                       *token_acts(problem, (n, tokens))[3:], problem.A_log,
+                                                       problem.dt_bias, problem.pool.copy(), slot_indices=slots),
+                 "q", "evenly spaced")
+
+
+def test_tokens_errors():
+    rng = new_rng()
+    n, tokens = 2, 3
+    p = Problem(rng, n * tokens, 2, 4, 16, 16, 8)
+    q, k, v, a, b = token_acts(p, (n, tokens))
+    slots = np.array([0, 1])
+    pool = p.pool.copy()
+    out = np.full(v.shape, np.nan, np.float32)
+
+    def call(**changes):
+        args = dict(q=q, k=k, v=v, a=a, b=b, A_log=p.A_log, dt_bias=p.dt_bias, state_pool=pool, slot_indices=slots,
+                    out=out, backend="cpu")
+        args.update(changes)
+        return lambda: gdn.decode_tokens(**args)
+
+    # refused by the library, with its message
+    table = np.array([[2, 3, 4], [5, 6, 7]])
+    error = expect_error(gdn.GdnArgumentError, call(token_slots=table, write_slot_indices=np.array([2, 5])),
+                         "token_slots and write_slot_indices are both set")
+    assert error.status == gdn.Status.ERR_INVALID_ARGUMENT
+    expect_error(gdn.GdnArgumentError, call(token_slots=np.array([[2, 3, 4], [5, 6, 8]])),
+                 "token_slots[5] = 8 but num_slots = 8")
+    expect_error(gdn.GdnArgumentError, call(token_slots=table, num_accepted=np.array([1, 4])),
+                 "num_accepted[1] = 4 is outside 1..3")
+    expect_error(gdn.GdnArgumentError, call(num_accepted=np.array([1, 1])), "num_accepted needs token_slots")
+    rows = [x.reshape((n * tokens,) + x.shape[2:]) for x in (q, k, v, a, b)]
+    flat = dict(zip("qkvab", rows), out=out.reshape(n * tokens, 4, 16))
+    expect_error(gdn.GdnArgumentError, call(**flat, cu_seqlens=np.array([0, 4, 6]), num_tokens=3),
+                 "cu_seqlens[0] = 0, cu_seqlens[1] = 4")
+    expect_error(gdn.GdnArgumentError, call(**flat, cu_seqlens=np.array([0, 4, 2]), num_tokens=4), "cu_seqlens")
+    many = Problem(rng, 17, 2, 4, 16, 16, 8)
+    expect_error(gdn.GdnArgumentError, lambda: gdn.decode_tokens(*token_acts(many, (1, 17)), many.A_log,
+                                                                 many.dt_bias, pool, slot_indices=slots[:1]),
+                 "num_tokens = 17 is outside")
+    # refused in Python
+    expect_error(ValueError, call(v=v[:, :2]), "v", "shape")
+    expect_error(ValueError, call(a=rows[3][:5]), "a", "shape")
+    expect_error(ValueError, call(slot_indices=np.array([0, 1, 2])), "slot_indices", "shape")
+    expect_error(ValueError, call(token_slots=table[:, :2]), "token_slots", "num_tokens = 3")
+    expect_error(ValueError, call(num_tokens=2), "num_tokens = 2", "3 tokens")
+    expect_error(ValueError, call(**flat, num_tokens=4), "num_tokens = 4")
+    expect_error(ValueError, call(**flat, cu_seqlens=np.array([0, 3, 6])), "num_tokens is required")
+    expect_error(ValueError, call(**flat, cu_seqlens=np.array([0, 3, 7]), num_tokens=4), "cu_seqlens[2] = 7")
+    expect_error(ValueError, call(**flat, cu_seqlens=np.array([[0, 3, 6]]), num_tokens=3), "cu_seqlens", "[N + 1]")
+    expect_error(ValueError, call(k=k.reshape(3, 2, 2, 16)), "k has shape (3, 2, 2, 16)", "[N, T, H, K] = [2, 3, H, K]")
+    expect_error(ValueError, call(slot_indices=None), "slot_indices is required")
+    expect_error(ValueError, call(num_tokens=0), "num_tokens = 0")
+    expect_error(TypeError, call(num_tokens=2.0), "num_tokens")
+    expect_error(TypeError, call(token_slots=table.astype(np.int32)), "token_slots", "int32", "int64")
+    expect_error(TypeError, call(q=q.astype(np.float16)), "float16")
+    assert np.array_equal(pool, p.pool), "a refused call changed the state pool"
+    assert np.all(np.isnan(out)), "a refused call wrote the output"
+
+
+def test_tokens_zero_rows():
+    rng = new_rng()
+    p = Problem(rng, 0, 2, 4, 16, 16, 3)
+    pool = p.pool.copy()
+    out = gdn.decode_tokens(*token_acts(p, (2, 0)), p.A_log, p.dt_bias, pool, slot_indices=np.array([0, 1]))
+    assert out.shape == (2, 0, 4, 16) and np.array_equal(pool, p.pool)
+    out = gdn.decode_tokens(*token_acts(p), p.A_log, p.dt_bias, pool, slot_indices=np.array([0, 1]),
+                            cu_seqlens=np.array([0, 0, 0]), num_tokens=2)
+    assert out.shape == (0, 4, 16) and np.array_equal(pool, p.pool)
+
+
+def test_tokens_refused_by_a_library_without_multi_token_fields():
+    from gdn import _lib
+
+    rng = new_rng()
+    p = Problem(rng, 2, 1, 2, 16, 16, 2)
+    saved = _lib.LIB.params_size
+    _lib.LIB.params_size = _lib.MULTI_TOKEN_FIELDS_END - 8
+    try:
+        expect_error(RuntimeError, lambda: gdn.decode_tokens(*token_acts(p), p.A_log, p.dt_bias, p.pool.copy(),
+                                                             slot_indices=np.array([0, 1])), "multi-token")
+    finally:
+        _lib.LIB.params_size = saved
+
+
+def test_tokens_reference_vectors_as_one_call():
+    """The shared vectors with T <= 16 as one multi-token call; their token_states through
+    token_slots (snapshots in extra slots of the pool)."""
+    directory = vectors_dir()
+    if directory is None:
+        skip("REFERENCE VECTORS NOT FOUND (see test_reference_vectors)")
+    ran = 0
+    for path in sorted(directory.glob("*.gdnv")):
+        arrays = read_gdnv(path)
+        q = arrays["q"]
+        n, tokens = q.shape[:2]
+        if tokens > gdn.MAX_TOKENS:
+            continue
+        slots = arrays["slot_indices"]
+        l2norm, tiled = (bool(x) for x in arrays["flags"])
+        pool_in = arrays["pool_in"]
+        options = dict(scale=float(arrays["scale"][0]), qk_l2norm=l2norm, head_map="tiled" if tiled else "grouped",
+                       backend="cpu")
+        acts = [arrays[name] for name in ("q", "k", "v", "a", "b")]
+        pool = pool_in.copy()
+        out = gdn.decode_tokens(*acts, arrays["A_log"], arrays["dt_bias"], pool, slot_indices=slots, **options)
+        errors = [rel_err(out, arrays["out"]), rel_err(pool, arrays["pool_out"])]
+        if "token_states" in arrays:
+            live = np.flatnonzero(slots >= 0)
+            extra = len(pool_in) + np.arange(n * tokens).reshape(n, tokens)
+            table = np.where((slots >= 0)[:, None], extra, -1)
+            snap_pool = np.concatenate([pool_in, np.zeros((n * tokens,) + pool_in.shape[1:], np.float32)])
+            gdn.decode_tokens(*acts, arrays["A_log"], arrays["dt_bias"], snap_pool, slot_indices=slots,
+                              token_slots=table, **options)
+            errors.append(rel_err(snap_pool[table[live]], arrays["token_states"][live]))
+        print(f"    {path.stem:26s} T={tokens:2d} out {errors[0]:.2e} pool {errors[1]:.2e}"
+              + (f" token states {errors[2]:.2e}" if len(errors) > 2 else ""))
+        assert max(errors) <= F32_TOL, f"{path.name}: errors {errors} above {F32_TOL}"
+        ran += 1
+    assert ran, "no vector file with T <= 16"
+
+
+# ----------------------------------------------------------------------------------------------
 # torch (skipped without it): bf16, the same results as NumPy, the drop-in wrappers, a custom op
 # ----------------------------------------------------------------------------------------------
 
@@ -596,12 +966,23 @@ def test_compat_fla_refuses_what_gdn_cannot_do():
     expect_error(NotImplementedError, lambda: fla(q1, k1, v1, g=-a1.exp(), beta=b1, A_log=A_log,
                                                   use_beta_sigmoid_in_kernel=True), "precomputed g")
     expect_error(NotImplementedError, lambda: fla(q1, k1, v1, beta=b1, use_beta_sigmoid_in_kernel=True), "no gate")
-    two = [torch.cat([x, x], dim=1) for x in (q1, k1, v1, a1, b1)]
-    expect_error(NotImplementedError, lambda: fla(*two[:3], g=two[3], beta=two[4], **gate), "2 tokens")
-    expect_error(NotImplementedError, lambda: fla(q[None], k[None], v[None], g=a[None], beta=b[None],
-                                                  cu_seqlens=torch.tensor([0, 2, 2, 3, 4]), **gate), "cu_seqlens")
+    many = [torch.cat([x] * 17, dim=1) for x in (q1, k1, v1, a1, b1)]
+    expect_error(NotImplementedError, lambda: fla(*many[:3], g=many[3], beta=many[4], **gate), "17 tokens", "16")
+    flat = [x.flatten(0, 1)[None] for x in many]
+    expect_error(NotImplementedError, lambda: fla(*flat[:3], g=flat[3], beta=flat[4],
+                                                  cu_seqlens=torch.tensor([0, 17, 34, 51, 68]), **gate), "17 tokens")
     expect_error(NotImplementedError, lambda: fla(q1, k1, v1, g=a1, beta=b1, num_accepted_tokens=torch.ones(4),
-                                                  **gate), "num_accepted_tokens")
+                                                  **gate), "num_accepted_tokens", "2-D")
+    two = [torch.cat([x, x], dim=1) for x in (q1, k1, v1, a1, b1)]
+    slots = torch.tensor([0, 1, 2, 3])
+    for kwargs, fragments in ((dict(ssm_state_indices=slots), ("1-D ssm_state_indices", "[N, T]")),
+                              (dict(ssm_state_indices=slots, num_accepted_tokens=slots), ("2-D",)),
+                              (dict(ssm_state_indices=slots[:, None].repeat(1, 2), inplace_final_state=False),
+                               ("inplace_final_state=False",)),
+                              (dict(ssm_state_indices=slots[:, None].repeat(1, 2), retrieve_parent_token=slots),
+                               ("retrieve_parent_token",))):
+        expect_error(NotImplementedError, lambda: fla(*two[:3], g=two[3], beta=two[4], initial_state=pool.clone(),
+                                                      **kwargs, **gate), *fragments)
     expect_error(NotImplementedError, lambda: fla(q1, k1, v1, g=a1, beta=b1, allow_neg_eigval=True, **gate),
                  "allow_neg_eigval")
     expect_error(NotImplementedError, lambda: fla(q1, k1, v1, gk=a1, beta=b1, **gate), "gk")
@@ -673,9 +1054,8 @@ def test_compat_flashinfer_pretranspose():
     o2, state2 = compat.gated_delta_rule_decode_pretranspose(q1, k1, v1, batch_state, A_log, a1, dt_bias, b1)
     assert state2 is batch_state and torch.equal(batch_state, direct_expected) and torch.equal(o2[:, 0], expected2)
     assert o2.dtype == torch.bfloat16 and o2.shape == (n, 1, 4, 32)
-    two = [torch.cat([x, x], dim=1) for x in (q1, k1, v1, a1, b1)]
-    expect_error(NotImplementedError, lambda: compat.gated_delta_rule_decode_pretranspose(
-        *two[:3], pool[:n], A_log, two[3], dt_bias, two[4]), "T = 2")
+    expect_error(ValueError, lambda: compat.gated_delta_rule_decode_pretranspose(
+        q1, k1, v1, pool[:n].clone(), A_log, a1, dt_bias, b1, disable_state_update=True), "T > 1 only")
 
 
 def test_torch_custom_op_and_compile():
@@ -706,6 +1086,250 @@ def test_torch_custom_op_and_compile():
         assert torch.equal(compiled(q, k, v, a, b, compiled_pool, slots), expected)
         assert torch.equal(compiled_pool, expected_pool)
 
+
+# ----------------------------------------------------------------------------------------------
+# torch: multi-token decode, and the wrappers' multi-token paths
+# ----------------------------------------------------------------------------------------------
+
+def test_torch_decode_tokens_bfloat16_and_varlen():
+    torch = require_torch()
+    rng = new_rng()
+    n, tokens, h, hv, k, v = 3, 4, 2, 4, 64, 64
+    for state_dtype in (torch.float32, torch.bfloat16):
+        problem = Problem(rng, n * tokens, h, hv, k, v, 12)
+        acts, params, pool = torch_problem(torch, problem, torch.bfloat16, state_dtype)
+        inputs64 = [x.double().numpy() for x in acts]
+        pool64 = pool.double().numpy()
+        slots = torch.tensor([0, -1, 2], dtype=torch.int32)
+        table = torch.tensor([[3, 4, -1, 5], [6, 7, 8, 9], [-1, 10, 11, 2]], dtype=torch.int32)
+        four_d = [x.unflatten(0, (n, tokens)) for x in acts]
+        out = gdn.decode_tokens(*four_d, *params, pool, slot_indices=slots, token_slots=table, backend="cpu")
+        assert out.dtype == torch.bfloat16 and out.shape == (n, tokens, hv, v)
+        ref_out, ref_pool = reference_decode_tokens(*inputs64, problem.A_log, problem.dt_bias, pool64, slots.numpy(),
+                                                    num_tokens=tokens, token_slots=table.numpy())
+        assert_close("bf16 out", out.flatten(0, 1).double().numpy(), ref_out, BF16_OUT_TOL)
+        if state_dtype == torch.float32:
+            assert_close("f32 snapshots", pool.numpy(), ref_pool, F32_TOL)
+        else:  # each snapshot is the float32 running state rounded once to bf16
+            drift = rel_err(bf16_round(ref_pool), ref_pool)
+            assert_close("bf16 snapshots", pool.double().numpy(), ref_pool, 2 * drift + 1e-6)
+    # varlen on torch: int64 cu_seqlens, a zero-token sequence; the same numbers as NumPy
+    problem = Problem(rng, 7, h, hv, k, v, 6)
+    acts, params, pool = torch_problem(torch, problem, torch.float32, torch.float32)
+    cu, slots = np.array([0, 2, 2, 7]), np.array([5, 0, 3])
+    out = gdn.decode_tokens(*acts, *params, pool, slot_indices=torch.from_numpy(slots),
+                            cu_seqlens=torch.from_numpy(cu), num_tokens=5, backend="cpu")
+    np_out, np_pool = tokens_cpu(problem, slot_indices=slots, cu_seqlens=cu, num_tokens=5)
+    assert np.array_equal(out.numpy(), np_out) and np.array_equal(pool.numpy(), np_pool)
+
+
+def test_compat_fla_multi_token():
+    torch = require_torch()
+    from gdn import compat
+
+    rng = new_rng()
+    n, tokens = 3, 3
+    problem, acts, (A_log, dt_bias), pool_vk = compat_problem(torch, rng, num_seqs=n * tokens, num_slots=n)
+    q, k, v, a, b = (x.unflatten(0, (n, tokens)) for x in acts)
+    state_kv = pool_vk.transpose(-1, -2).contiguous()
+    before = state_kv.clone()
+    gate = dict(use_gate_in_kernel=True, A_log=A_log, dt_bias=dt_bias, use_beta_sigmoid_in_kernel=True,
+                use_qk_l2norm_in_kernel=True)
+    o, final = compat.fused_recurrent_gated_delta_rule(q, k, v, g=a, beta=b, initial_state=state_kv,
+                                                      output_final_state=True, **gate)
+    expected_pool = state_kv.clone()
+    expected = gdn.decode_tokens(q, k, v, a, b, A_log, dt_bias, expected_pool, slot_indices=torch.arange(n),
+                                 layout="kv")
+    assert o.shape == (n, tokens, 4, 32) and torch.equal(o, expected) and torch.equal(final, expected_pool)
+    assert torch.equal(state_kv, before), "FLA's initial_state is an input"
+    np_out, np_pool = reference_decode_tokens(*(x.numpy() for x in acts), problem.A_log, problem.dt_bias,
+                                              before.numpy(), np.arange(n), num_tokens=tokens, layout="kv")
+    assert_close("FLA T=3 out", o.flatten(0, 1).numpy(), np_out, F32_TOL)
+    assert_close("FLA T=3 final state", final.numpy(), np_pool, F32_TOL)
+    o2, none = compat.fused_recurrent_gated_delta_rule(q, k, v, g=a, beta=b, initial_state=state_kv, **gate)
+    assert none is None and torch.equal(o2, o) and torch.equal(state_kv, before)
+    # varlen [1, R, ...], a sequence without tokens keeps its initial state
+    cu = torch.tensor([0, 4, 4, 9])
+    o3, final3 = compat.fused_recurrent_gated_delta_rule(*(x[None] for x in acts[:3]), g=acts[3][None],
+                                                         beta=acts[4][None], initial_state=state_kv,
+                                                         output_final_state=True, cu_seqlens=cu, **gate)
+    np_out, np_pool = reference_decode_tokens(*(x.numpy() for x in acts), problem.A_log, problem.dt_bias,
+                                              before.numpy(), np.arange(n), cu_seqlens=cu.numpy(), layout="kv")
+    assert o3.shape == (1, 9, 4, 32)
+    assert_close("FLA varlen out", o3[0].numpy(), np_out, F32_TOL)
+    assert_close("FLA varlen final state", final3.numpy(), np_pool, F32_TOL)
+    assert torch.equal(final3[1], before[1])
+
+
+def test_compat_vllm_speculative_decoding():
+    """vLLM's spec decode: varlen [1, N*T] batches, a 2-D ssm_state_indices [N, T] table (one slot
+    per token) and num_accepted_tokens on the next step, all int32; the pool updated in place."""
+    torch = require_torch()
+    from gdn import compat
+
+    rng = new_rng()
+    n, tokens, num_slots = 3, 3, 12
+    gate = None
+    steps = []
+    for _ in range(2):
+        problem, acts, (A_log, dt_bias), pool = compat_problem(torch, rng, num_seqs=n * tokens, num_slots=num_slots)
+        steps.append(acts)
+        gate = gate or dict(use_gate_in_kernel=True, use_beta_sigmoid_in_kernel=True, A_log=A_log, dt_bias=dt_bias,
+                            use_qk_l2norm_in_kernel=True)
+    start = pool.clone()
+    table = torch.tensor([[0, 3, 4], [1, 5, 6], [2, 7, 8]], dtype=torch.int32)
+    cu = torch.arange(0, n * tokens + 1, tokens, dtype=torch.int32)
+    accepted = torch.tensor([2, 1, 3], dtype=torch.int32)
+    vllm_pool, gdn_pool = start.clone(), start.clone()
+    for step, acts in enumerate(steps):
+        q, k, v, a, b = (x[None] for x in acts)
+        num_accepted = accepted if step else None
+        o, state = compat.fused_recurrent_gated_delta_rule(q, k, v, a, b, initial_state=vllm_pool,
+                                                           inplace_final_state=True, cu_seqlens=cu,
+                                                           ssm_state_indices=table, num_accepted_tokens=num_accepted,
+                                                           **gate)
+        expected = gdn.decode_tokens(*acts, gate["A_log"], gate["dt_bias"], gdn_pool, token_slots=table,
+                                     slot_indices=None if step else table[:, 0].contiguous(),
+                                     num_accepted=num_accepted, cu_seqlens=cu, num_tokens=tokens)
+        assert state is vllm_pool and o.shape == (1, n * tokens, 4, 32)
+        assert torch.equal(o[0], expected) and torch.equal(vllm_pool, gdn_pool)
+    # step 2 against NumPy: the accepted tokens of step 1, then step 2's, from the start state
+    rows = [torch.cat([x1, x2]).numpy() for x1, x2 in zip(*steps)]
+    pick = np.concatenate([np.concatenate([np.arange(s * tokens, s * tokens + int(accepted[s])),
+                                           n * tokens + np.arange(s * tokens, (s + 1) * tokens)]) for s in range(n)])
+    cu_joined = np.cumsum([0] + [int(accepted[s]) + tokens for s in range(n)])
+    np_out, np_pool = reference_decode_tokens(*(x[pick] for x in rows), gate["A_log"].numpy(),
+                                              gate["dt_bias"].numpy(), start.numpy(), np.arange(n),
+                                              cu_seqlens=cu_joined)
+    for s in range(n):
+        assert_close(f"sequence {s} step 2", o[0, s * tokens:(s + 1) * tokens].numpy(),
+                     np_out[cu_joined[s + 1] - tokens:cu_joined[s + 1]], F32_TOL)
+        assert_close(f"sequence {s} state", vllm_pool[table[s, -1]].numpy(), np_pool[s], F32_TOL)
+    # one token per sequence with num_accepted: read column accepted-1, write column 0
+    one = [x[:n] for x in steps[0]]
+    pool1, pool2 = start.clone(), start.clone()
+    o1, _ = compat.fused_recurrent_gated_delta_rule(*(x[:, None] for x in one), initial_state=pool1,
+                                                    ssm_state_indices=table, num_accepted_tokens=accepted, **gate)
+    reads = table[torch.arange(n), accepted.long() - 1]
+    expected = gdn.decode(*one, gate["A_log"], gate["dt_bias"], pool2, reads,
+                          write_slot_indices=table[:, 0].contiguous())
+    assert torch.equal(o1[:, 0], expected) and torch.equal(pool1, pool2)
+
+
+def test_compat_sglang_multi_token():
+    torch = require_torch()
+    from gdn import compat
+
+    rng = new_rng()
+    n, tokens = 3, 2
+    problem, acts, (A_log, dt_bias), pool = compat_problem(torch, rng, num_seqs=n * tokens)
+    q, k, v, a, b = (x.unflatten(0, (n, tokens)) for x in acts)
+    indices = torch.tensor([4, -1, 1])
+    expected_pool = pool.clone()
+    expected = gdn.decode_tokens(q, k, v, a, b, A_log, dt_bias, expected_pool, slot_indices=indices, scale=0.2)
+    sglang_pool = pool.clone()
+    o = compat.fused_sigmoid_gating_delta_rule_update(A_log, a, dt_bias, 1.0, 20.0, q, k, v, b, sglang_pool, indices,
+                                                      scale=0.2, use_qk_l2norm_in_kernel=True)
+    assert o.shape == (n, tokens, 4, 32) and torch.equal(o, expected) and torch.equal(sglang_pool, expected_pool)
+    # varlen with token-row gates [tokens, HV], and target verify without the state write-back
+    verify_pool = pool.clone()
+    o2 = compat.fused_sigmoid_gating_delta_rule_update(A_log, acts[3], dt_bias, 1.0, 20.0, *(x[None] for x in acts[:3]),
+                                                       acts[4], verify_pool, indices, scale=0.2,
+                                                       use_qk_l2norm_in_kernel=True,
+                                                       cu_seqlens=torch.tensor([0, 2, 4, 6]),
+                                                       disable_state_update=True)
+    assert o2.shape == (1, n * tokens, 4, 32) and torch.equal(o2[0], expected.flatten(0, 1))
+    assert torch.equal(verify_pool, pool), "disable_state_update wrote the pool"
+    for kwargs, fragment in ((dict(intermediate_states_buffer=torch.zeros(1)), "intermediate_states_buffer"),
+                             (dict(retrieve_parent_token=torch.zeros(1)), "tree")):
+        expect_error(NotImplementedError, lambda: compat.fused_sigmoid_gating_delta_rule_update(
+            A_log, a, dt_bias, 1.0, 20.0, q, k, v, b, pool.clone(), indices, **kwargs), fragment)
+
+
+def test_compat_flashinfer_mtp():
+    torch = require_torch()
+    from gdn import compat
+
+    rng = new_rng()
+    n, tokens = 4, 3
+    problem, acts, (A_log, dt_bias), pool = compat_problem(torch, rng, num_seqs=n * tokens, act_dtype=torch.bfloat16)
+    q, k, v, a, b = (x.unflatten(0, (n, tokens)) for x in acts)
+    read, write = torch.tensor([0, 1, -1, 2]), torch.tensor([3, 4, -1, 5], dtype=torch.int32)
+    expected_pool = pool.clone()
+    expected = gdn.decode_tokens(q, k, v, a, b, A_log, dt_bias, expected_pool, slot_indices=read,
+                                 write_slot_indices=write.long())
+    fi_pool = pool.clone()
+    o, state = compat.gated_delta_rule_decode_pretranspose(q, k, v, None, A_log, a, dt_bias, b, initial_state=fi_pool,
+                                                          initial_state_indices=read, output_state_indices=write)
+    assert state is fi_pool and o.shape == (n, tokens, 4, 32) and o.dtype == torch.bfloat16
+    assert torch.equal(o, expected) and torch.equal(fi_pool, expected_pool) and torch.all(o[2] == 0)
+    # per-batch state, and disable_state_update (outputs only)
+    batch_state = pool[:n].clone()
+    expected_state = batch_state.clone()
+    expected2 = gdn.decode_tokens(q, k, v, a, b, A_log, dt_bias, expected_state, slot_indices=torch.arange(n))
+    o2, state2 = compat.gated_delta_rule_decode_pretranspose(q, k, v, batch_state, A_log, a, dt_bias, b)
+    assert state2 is batch_state and torch.equal(o2, expected2) and torch.equal(batch_state, expected_state)
+    frozen = pool.clone()
+    o3, _ = compat.gated_delta_rule_decode_pretranspose(q, k, v, None, A_log, a, dt_bias, b, initial_state=frozen,
+                                                       initial_state_indices=read, disable_state_update=True)
+    assert torch.equal(frozen, pool) and torch.equal(o3, expected)
+    expect_error(NotImplementedError, lambda: compat.gated_delta_rule_decode_pretranspose(
+        q, k, v, None, A_log, a, dt_bias, b, initial_state=pool.clone(), initial_state_indices=read,
+        intermediate_states_buffer=torch.zeros(n, tokens, 4, 32, 32)), "intermediate_states_buffer")
+    many = [torch.cat([x] * 6, dim=1) for x in (q, k, v, a, b)]  # 18 tokens
+    expect_error(NotImplementedError, lambda: compat.gated_delta_rule_decode_pretranspose(
+        *many[:3], pool[:n].clone(), A_log, many[3], dt_bias, many[4]), "18 tokens", "16")
+
+
+def test_compat_varlen_bound_without_reading_device_indices():
+    """On a GPU the wrappers do not read cu_seqlens where they can avoid it (graph capture): the
+    bound on tokens per sequence is the width of a 2-D slot table, else 1 for a decode batch (as
+    many rows as sequences), else the row count up to 16. torch's meta device stands in for a
+    GPU here: reading it would fail."""
+    torch = require_torch()
+    from gdn import compat
+
+    who = "test"
+    cu = torch.empty(5, dtype=torch.int64, device="meta")
+    assert compat._tokens_per_sequence(who, torch.empty(1, 12, 2, 8, device="meta"), cu, 4) == (4, 4)
+    assert compat._tokens_per_sequence(who, torch.empty(1, 4, 2, 8, device="meta"), cu) == (4, 1)
+    assert compat._tokens_per_sequence(who, torch.empty(1, 9, 2, 8, device="meta"), cu) == (4, 9)
+    expect_error(NotImplementedError, lambda: compat._tokens_per_sequence(
+        who, torch.empty(1, 12, 2, 8, device="meta"), cu, 20), "20 tokens")
+    # on the CPU cu_seqlens is read: the exact longest sequence
+    expect_error(NotImplementedError, lambda: compat._tokens_per_sequence(
+        who, torch.empty(1, 40, 2, 8), torch.tensor([0, 3, 3, 26, 40])), "23 tokens")
+    assert compat._tokens_per_sequence(who, torch.empty(1, 40, 2, 8), torch.tensor([0, 13, 13, 26, 40])) == (4, 14)
+
+def test_torch_custom_op_decode_tokens_and_compile():
+    torch = require_torch()
+    if not hasattr(torch, "library") or not hasattr(torch.library, "custom_op"):
+        skip(f"torch {torch.__version__} has no torch.library.custom_op")
+    import gdn.torch_ops  # noqa: F401  registers torch.ops.gdn.decode_tokens_
+
+    rng = new_rng()
+    n, tokens = 3, 2
+    problem, acts, (A_log, dt_bias), pool = compat_problem(torch, rng, num_seqs=n * tokens, num_slots=9)
+    q, k, v, a, b = (x.unflatten(0, (n, tokens)) for x in acts)
+    slots = torch.tensor([2, -1, 0])
+    table = torch.tensor([[2, 3], [4, 5], [6, 7]])
+    expected_pool = pool.clone()
+    expected = gdn.decode_tokens(q, k, v, a, b, A_log, dt_bias, expected_pool, slot_indices=slots, token_slots=table)
+
+    def step(q, k, v, a, b, pool):
+        out = torch.empty_like(v)
+        torch.ops.gdn.decode_tokens_(q, k, v, a, b, A_log, dt_bias, pool, out, slots, None, None, table)
+        return out * 1.0
+
+    def plain_step(q, k, v, a, b, pool):
+        return gdn.decode_tokens(q, k, v, a, b, A_log, dt_bias, pool, slot_indices=slots, token_slots=table) * 1.0
+
+    for function in (step, plain_step):
+        eager_pool, compiled_pool = pool.clone(), pool.clone()
+        assert torch.equal(function(q, k, v, a, b, eager_pool), expected) and torch.equal(eager_pool, expected_pool)
+        compiled = torch.compile(function, backend="aot_eager", fullgraph=True)
+        assert torch.equal(compiled(q, k, v, a, b, compiled_pool), expected)
+        assert torch.equal(compiled_pool, expected_pool)
 
 if __name__ == "__main__":
     run(globals())

@@ -3,11 +3,14 @@
     python3 -m pytest -rs tests/python/test_gpu.py      or      python3 tests/python/test_gpu.py
 
 - parity of the cuda backend with the float64 reference backend (every activation and state
-  dtype, both layouts, padding rows, out-of-range slots, strided inputs, write slots);
+  dtype, both layouts, padding rows, out-of-range slots, strided inputs, write slots), for
+  gdn.decode and for multi-token gdn.decode_tokens (token_slots, num_accepted, varlen);
+- gdn.decode_tokens with token_slots and num_accepted in a CUDA graph, replayed after a rollback;
 - one CUDA graph holding 3 GDN layers x 64 decode steps of a padded batch, replayed and
   compared with the same calls run eagerly (and with the reference);
 - if FLA is installed: gdn against fla.ops.gated_delta_rule.fused_recurrent_gated_delta_rule
-  on the same inputs, and gdn.compat's wrapper against FLA with the same keyword arguments;
+  on the same inputs, and gdn.compat's wrapper against FLA with the same keyword arguments
+  (one token, T = 4, varlen);
   if FlashInfer is installed: gdn.compat's wrapper against FlashInfer's;
 - torch.compile (inductor, fullgraph): a caller of gdn.decode, and one of the custom operator
   torch.ops.gdn.decode_ (gdn.torch_ops).
@@ -208,6 +211,119 @@ def test_cuda_graph_three_layers_64_steps():
     check_state("layer 0 after 64 steps", eager_pools[0], ref_pool, "float32")
 
 
+def reference_tokens(acts, params, pool, **indices):
+    """(out, pool after) of decode_tokens on the float64 reference backend, on host copies of the
+    GPU tensors' values (indices and options as keywords); out rows no sequence owns are NaN."""
+    pool64 = host64(pool)
+    acts64 = [host64(x) for x in acts]
+    out = np.full(acts64[2].shape, np.nan)
+    host = {name: x.cpu() if hasattr(x, "cpu") else x for name, x in indices.items()}
+    gdn.decode_tokens(*acts64, *(p.cpu() for p in params), pool64, out=out, backend="reference", **host)
+    return out, pool64
+
+
+def check_tokens_step(torch, name, acts, params, pool, act, state, **indices):
+    """decode_tokens on cuda into a NaN-poisoned out against the reference backend: the same rows
+    written, the outputs and the whole pool within tolerance. Updates pool; returns the errors."""
+    ref_out, ref_pool = reference_tokens(acts, params, pool, **indices)
+    out = torch.full_like(acts[2], float("nan"))
+    gdn.decode_tokens(*acts, *params, pool, out=out, backend="cuda", **indices)
+    torch.cuda.synchronize()
+    written = ~np.isnan(ref_out)
+    got = host64(out)
+    assert np.array_equal(~np.isnan(got), written), f"{name}: output rows written other than the reference's"
+    out_err = rel_err(got[written], ref_out[written])
+    assert out_err <= OUT_TOL[act], f"{name}: out error {out_err:.2e}"
+    return out_err, check_state(name, pool, ref_pool, state)
+
+
+def test_cuda_decode_tokens_matches_reference():
+    """Multi-token decode on cuda against the reference backend: fixed T with token_slots (some
+    -1) and a padding row, then num_accepted rollback from those snapshots, then varlen with a
+    zero-token sequence; every activation and state dtype, both layouts, the fast path (vk,
+    K = 128) and the generic kernels."""
+    torch = cuda_torch()
+    rng = new_rng()
+    shapes = [(3, 4, 8, 128, 128), (5, 2, 6, 48, 80), (2, 16, 32, 128, 128)]
+    tokens = 4
+    for act in ("float32", "bfloat16"):
+        for state in ("float32", "bfloat16"):
+            for layout in ("vk", "kv"):
+                for n, h, hv, k, v in shapes:
+                    num_slots = n * (tokens + 1) + 2
+                    problem = Problem(rng, n * tokens, h, hv, k, v, num_slots, layout=layout)
+                    acts, params, pool = on_gpu(torch, problem, getattr(torch, act), getattr(torch, state))
+                    fixed = [x.unflatten(0, (n, tokens)) for x in acts]
+                    own = torch.arange(n, device="cuda")
+                    own[-1] = -1  # a padding row
+                    table = (n + torch.arange(n * tokens, device="cuda")).view(n, tokens)
+                    table[0, 1] = -1
+                    table[:, 0] = own  # column 0: the sequence's own slot, as engines lay it out
+                    name = f"{act}/{state}/{layout} N={n} K={k} V={v}"
+                    before = pool.clone()
+                    errors = [check_tokens_step(torch, name + " step 1", fixed, params, pool, act, state,
+                                                slot_indices=own, token_slots=table, layout=layout)]
+                    unused = list(range(n * (tokens + 1), num_slots))
+                    assert torch.equal(pool[unused], before[unused]), "slots of no token changed"
+                    # the next step starts from the state after num_accepted tokens of this one
+                    # (row 0 picks a padding row where it accepts 2 tokens: its column 1 is -1)
+                    accepted = torch.from_numpy(rng.integers(1, tokens + 1, n)).cuda()
+                    step2 = Problem(rng, n * tokens, h, hv, k, v, 1)
+                    acts2 = [torch.from_numpy(x).to("cuda", getattr(torch, act)).unflatten(0, (n, tokens))
+                             for x in (step2.q, step2.k, step2.v, step2.a, step2.b)]
+                    errors.append(check_tokens_step(torch, name + " step 2", acts2, params, pool, act, state,
+                                                    token_slots=table, num_accepted=accepted, layout=layout))
+                    # varlen: token rows with cu_seqlens, a sequence without tokens, int32 indices
+                    lengths = rng.integers(1, tokens + 1, n)
+                    lengths[n // 2] = 0
+                    cu = torch.from_numpy(np.concatenate([[0], np.cumsum(lengths)])).to("cuda", torch.int32)
+                    rows = int(lengths.sum())
+                    errors.append(check_tokens_step(torch, name + " varlen", [x[:rows] for x in acts], params, pool,
+                                                    act, state, slot_indices=own.to(torch.int32), cu_seqlens=cu,
+                                                    num_tokens=tokens, layout=layout))
+                out_err, state_err = max(e[0] for e in errors), max(e[1] for e in errors)
+                print(f"    act {act:8s} state {state:8s} {layout}: max out {out_err:.1e} state {state_err:.1e}")
+
+
+def test_cuda_graph_decode_tokens():
+    """decode_tokens with token_slots and num_accepted captured in a CUDA graph: replays give the
+    eager results (the indices are read by the kernel, so a replay sees their new values)."""
+    torch = cuda_torch()
+    rng = new_rng()
+    n, tokens, h, hv, k, v = 4, 3, 4, 8, 128, 128
+    problem = Problem(rng, n * tokens, h, hv, k, v, n * tokens + 1)
+    acts, params, initial = on_gpu(torch, problem, torch.bfloat16, torch.float32)
+    acts = [x.unflatten(0, (n, tokens)) for x in acts]
+    table = torch.arange(n * tokens, device="cuda").view(n, tokens)
+    accepted = torch.ones(n, dtype=torch.int64, device="cuda")
+
+    def step(pool, out):
+        gdn.decode_tokens(*acts, *params, pool, out=out, token_slots=table, num_accepted=accepted)
+
+    eager_pool, eager_out = initial.clone(), torch.empty_like(acts[2])
+    step(eager_pool, eager_out)
+    graph_pool, graph_out = initial.clone(), torch.full_like(acts[2], float("nan"))
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        step(graph_pool, graph_out)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step(graph_pool, graph_out)
+    graph_pool.copy_(initial)
+    graph_out.fill_(float("nan"))
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(graph_out, eager_out) and torch.equal(graph_pool, eager_pool)
+    # roll back: the next replay starts from the state after token 2 of sequence n (column 1)
+    accepted.fill_(2)
+    eager_pool2 = graph_pool.clone()
+    graph.replay()
+    gdn.decode_tokens(*acts, *params, eager_pool2, out=eager_out, token_slots=table, num_accepted=accepted)
+    torch.cuda.synchronize()
+    assert torch.equal(graph_out, eager_out) and torch.equal(graph_pool, eager_pool2)
+
 def fla_function():
     try:
         from fla.ops.gated_delta_rule import fused_recurrent_gated_delta_rule
@@ -241,7 +357,8 @@ def test_parity_with_fla():
 
 def test_compat_wrapper_against_fla_itself():
     """gdn.compat.fused_recurrent_gated_delta_rule and FLA, called with the same keyword arguments
-    (FLA's in-kernel gate and beta sigmoid, state_v_first), when this FLA has them."""
+    (FLA's in-kernel gate and beta sigmoid, state_v_first), when this FLA has them: one token,
+    T = 4 tokens per sequence, and varlen (cu_seqlens) with sequences of 1..6 tokens."""
     torch = cuda_torch()
     fla = fla_function()
     needed = {"use_gate_in_kernel", "use_beta_sigmoid_in_kernel", "A_log", "dt_bias", "state_v_first"}
@@ -250,18 +367,27 @@ def test_compat_wrapper_against_fla_itself():
         skip(f"this FLA's fused_recurrent_gated_delta_rule has no {sorted(missing)} (FLA >= 0.5.1 has them)")
     rng = new_rng()
     n, h, hv, k, v = 8, 2, 6, 128, 128
-    problem = Problem(rng, n, h, hv, k, v, n)
-    (q, kk, vv, a, b), (A_log, dt_bias), pool = on_gpu(torch, problem, torch.bfloat16, torch.float32)
-    kwargs = dict(g=a[:, None], beta=b[:, None], A_log=A_log, dt_bias=dt_bias, use_gate_in_kernel=True,
-                  use_beta_sigmoid_in_kernel=True, state_v_first=True, initial_state=pool,
-                  output_final_state=True, use_qk_l2norm_in_kernel=True)
-    o_fla, state_fla = fla(q[:, None], kk[:, None], vv[:, None], **kwargs)
-    o_gdn, state_gdn = gdn.compat.fused_recurrent_gated_delta_rule(q[:, None], kk[:, None], vv[:, None], **kwargs)
-    torch.cuda.synchronize()
-    out_err, state_err = max_rel(o_gdn, o_fla), max_rel(state_gdn, state_fla)
-    print(f"    compat vs FLA (same kwargs): out {out_err:.2e} state {state_err:.2e}")
-    assert o_gdn.shape == o_fla.shape and state_gdn.shape == state_fla.shape
-    assert out_err <= PEER_TOL and state_err <= PEER_TOL
+    lengths = rng.integers(1, 7, n)
+    cases = [("T=1", 1, None), ("T=4", 4, None),
+             ("varlen", None, torch.from_numpy(np.concatenate([[0], np.cumsum(lengths)])).cuda())]
+    for name, tokens, cu in cases:
+        rows = n * tokens if cu is None else int(lengths.sum())
+        problem = Problem(rng, rows, h, hv, k, v, n)
+        (q, kk, vv, a, b), (A_log, dt_bias), pool = on_gpu(torch, problem, torch.bfloat16, torch.float32)
+        if cu is None:
+            shaped = [x.unflatten(0, (n, tokens)) for x in (q, kk, vv, a, b)]
+        else:
+            shaped = [x[None] for x in (q, kk, vv, a, b)]
+        kwargs = dict(g=shaped[3], beta=shaped[4], A_log=A_log, dt_bias=dt_bias, use_gate_in_kernel=True,
+                      use_beta_sigmoid_in_kernel=True, state_v_first=True, initial_state=pool,
+                      output_final_state=True, use_qk_l2norm_in_kernel=True, cu_seqlens=cu)
+        o_fla, state_fla = fla(*shaped[:3], **kwargs)
+        o_gdn, state_gdn = gdn.compat.fused_recurrent_gated_delta_rule(*shaped[:3], **kwargs)
+        torch.cuda.synchronize()
+        out_err, state_err = max_rel(o_gdn, o_fla), max_rel(state_gdn, state_fla)
+        print(f"    compat vs FLA (same kwargs), {name}: out {out_err:.2e} state {state_err:.2e}")
+        assert o_gdn.shape == o_fla.shape and state_gdn.shape == state_fla.shape
+        assert out_err <= PEER_TOL and state_err <= PEER_TOL
 
 
 def test_compat_wrapper_against_flashinfer():
