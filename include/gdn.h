@@ -180,7 +180,8 @@ GDN_API gdn_status gdn_cuda_device_info(int device, char *name, size_t name_size
  * A snapshot is the float32 running state rounded to the state dtype; the running state is not
  * re-read from it. A padding row has zero outputs for all its tokens; a sequence with zero
  * tokens writes nothing. Host backends refuse cu_seqlens that decrease or exceed num_tokens
- * and num_accepted outside 1..token_slots_stride; the cuda kernel skips such rows.
+ * and num_accepted outside 1..token_slots_stride; the cuda kernel skips such rows, and rows
+ * whose token slots (the columns it reads) are >= num_slots or whose cu_seqlens[n] < 0.
  * ------------------------------------------------------------------------------------- */
 
 /* Most tokens per sequence in one multi-token call. */

@@ -262,7 +262,9 @@ static gdn_status check_host_indices(const gdn_problem *pr)
         if (pr->write_slots &&
             (s = check_slot(pr, "write_slot_indices", n, gdn_index_at(pr->write_slots, pr->index_dtype, n))))
             return s;
-        for (int64_t t = 0; pr->token_slots && t < pr->token_slots_stride; t++) {
+        /* The columns the call can read: all of them with num_accepted, else the first T. */
+        int64_t columns = pr->num_accepted ? pr->token_slots_stride : pr->num_tokens;
+        for (int64_t t = 0; pr->token_slots && t < columns; t++) {
             int64_t at = n * pr->token_slots_stride + t;
             if ((s = check_slot(pr, "token_slots", at, gdn_index_at(pr->token_slots, pr->index_dtype, at))))
                 return s;

@@ -21,8 +21,9 @@
  * contiguous dimension, rows re-read for the update (an L1/L2 hit). Correct for every size the
  * API accepts; not tuned.
  *
- * Slot indices stay in device memory: a row whose read or write slot is >= num_slots is
- * skipped entirely (nothing written), so a bad index can never write outside the pool.
+ * Slot indices stay in device memory: a row whose read, write or snapshot slot is >= num_slots,
+ * or whose cu_seqlens entry is negative, is skipped entirely (nothing written), so a bad index
+ * can never write outside the pool.
  */
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -167,7 +168,7 @@ __device__ bool resolve_sequence(const gdn_problem &p, const block_coords &bc, i
     *write = gdn_write_slot(&p, bc.n);
     *first = gdn_first_token_row(&p, bc.n);
     *T = gdn_seq_tokens(&p, bc.n);
-    if (*T <= 0)
+    if (*T <= 0 || *first < 0) /* no tokens, or cu_seqlens pointing before the first row */
         return false;
     if (*read < 0) {
         const int64_t V = p.head_dim_v, hi = row0 + rows < V ? row0 + rows : V;
@@ -176,7 +177,12 @@ __device__ bool resolve_sequence(const gdn_problem &p, const block_coords &bc, i
                 store_elem<Act>(p.out, (*first + t) * p.out_stride + bc.hv * V + j, 0.0f);
         return false;
     }
-    return *read < p.num_slots && *write < p.num_slots;
+    if (*read >= p.num_slots || *write >= p.num_slots)
+        return false;
+    for (int64_t t = 0; p.token_slots && t < *T; t++) /* every snapshot slot inside the pool */
+        if (gdn_token_slot(&p, bc.n, t) >= p.num_slots)
+            return false;
+    return true;
 }
 
 /* ---- fast path: vk layout, K = 128 -------------------------------------------------------- */
