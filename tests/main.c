@@ -47,6 +47,7 @@ int main(int argc, char **argv)
     register_validation_tests();
     register_decode_tests();
     register_vector_tests();
+    register_reliability_tests();
     const char *only = argc > 1 ? argv[1] : NULL; /* substring filter on test names */
     int passed = 0, failed = 0;
     printf("gdn %s tests (cuda backend %s, %d CUDA device(s))\n", gdn_version_string(),

@@ -36,5 +36,6 @@ void register_validation_tests(void);
 void register_decode_tests(void);
 void register_vector_tests(void);
 void register_numeric_tests(void);
+void register_reliability_tests(void);
 
 #endif
