@@ -119,14 +119,17 @@ GDN_HD int64_t gdn_first_token_row(const gdn_problem *p, int64_t n)
     return p->cu_seqlens ? gdn_index_at(p->cu_seqlens, p->index_dtype, n) : n * p->num_tokens;
 }
 
-/* Tokens of sequence n; -1 when cu_seqlens gives a count outside 0..num_tokens. */
+/* Tokens of sequence n; -1 when cu_seqlens gives a count outside 0..num_tokens or rows beyond
+ * the N * num_tokens the call may touch (checked before subtracting: no overflow). */
 GDN_HD int64_t gdn_seq_tokens(const gdn_problem *p, int64_t n)
 {
     if (!p->cu_seqlens)
         return p->num_tokens;
-    int64_t count =
-        gdn_index_at(p->cu_seqlens, p->index_dtype, n + 1) - gdn_index_at(p->cu_seqlens, p->index_dtype, n);
-    return count < 0 || count > p->num_tokens ? -1 : count;
+    int64_t lo = gdn_index_at(p->cu_seqlens, p->index_dtype, n);
+    int64_t hi = gdn_index_at(p->cu_seqlens, p->index_dtype, n + 1);
+    if (lo < 0 || hi < lo || hi > p->num_seqs * p->num_tokens)
+        return -1;
+    return hi - lo > p->num_tokens ? -1 : hi - lo;
 }
 
 /* Element offset of the state tile (slot, hv) in the pool; 64-bit throughout. */

@@ -125,9 +125,15 @@ static gdn_status check_tokens(const gdn_decode_params *p)
                         "cu_seqlens is set but num_tokens = %lld: give the largest tokens per sequence",
                         (long long)p->num_tokens);
     int64_t tokens = p->num_tokens > 0 ? p->num_tokens : 1;
+    if (checked_mul(p->num_seqs, tokens) < 0)
+        return gdn_fail(GDN_ERR_INVALID_SHAPE, "num_seqs = %lld times num_tokens = %lld overflows 64 bits",
+                        (long long)p->num_seqs, (long long)tokens);
     if (p->token_slots_stride < 0 || (p->token_slots_stride > 0 && p->token_slots_stride < tokens))
         return gdn_fail(GDN_ERR_INVALID_STRIDE, "token_slots_stride = %lld is shorter than num_tokens = %lld",
                         (long long)p->token_slots_stride, (long long)tokens);
+    if (p->token_slots && checked_mul(p->num_seqs, p->token_slots_stride ? p->token_slots_stride : tokens) < 0)
+        return gdn_fail(GDN_ERR_INVALID_STRIDE, "token_slots_stride = %lld overflows 64-bit offsets",
+                        (long long)p->token_slots_stride);
     if (p->num_accepted && !p->token_slots)
         return gdn_fail(GDN_ERR_INVALID_ARGUMENT,
                         "num_accepted needs token_slots (the slots it selects from)");
@@ -193,7 +199,9 @@ static gdn_status check_tensors(const gdn_decode_params *p, gdn_backend backend)
             return gdn_fail(GDN_ERR_INVALID_STRIDE,
                             "%s_stride = %lld is shorter than one token's row of %lld elements", t[i].name,
                             (long long)t[i].stride, (long long)t[i].row_width);
-        if (t[i].has_stride && checked_mul(token_rows(p), t[i].stride ? t[i].stride : t[i].row_width) < 0)
+        if (t[i].has_stride &&
+            checked_mul(checked_mul(token_rows(p), t[i].stride ? t[i].stride : t[i].row_width),
+                        (int64_t)t[i].elem_size) < 0) /* byte offsets, not only element offsets */
             return gdn_fail(GDN_ERR_INVALID_STRIDE, "%s_stride = %lld overflows 64-bit offsets", t[i].name,
                             (long long)t[i].stride);
         if (!gdn_cuda_usable())
@@ -273,13 +281,19 @@ static gdn_status check_host_indices(const gdn_problem *pr)
             return gdn_fail(GDN_ERR_SLOT_OUT_OF_RANGE, "num_accepted[%lld] = %lld is outside 1..%lld",
                             (long long)n, (long long)gdn_index_at(pr->num_accepted, pr->index_dtype, n),
                             (long long)pr->token_slots_stride);
-        if (pr->cu_seqlens && (gdn_seq_tokens(pr, n) < 0 || gdn_first_token_row(pr, n) < 0))
+        if (pr->cu_seqlens && (gdn_first_token_row(pr, n) < 0 || gdn_seq_tokens(pr, n) < 0))
             return gdn_fail(
                 GDN_ERR_INVALID_SHAPE,
                 "cu_seqlens[%lld] = %lld, cu_seqlens[%lld] = %lld: a sequence needs 0..%lld tokens",
                 (long long)n, (long long)gdn_index_at(pr->cu_seqlens, pr->index_dtype, n), (long long)(n + 1),
                 (long long)gdn_index_at(pr->cu_seqlens, pr->index_dtype, n + 1), (long long)pr->num_tokens);
     }
+    /* The rows cu_seqlens reaches stay within the N * num_tokens rows every offset was checked for. */
+    if (pr->cu_seqlens && gdn_index_at(pr->cu_seqlens, pr->index_dtype, pr->num_seqs) > pr->num_seqs * pr->num_tokens)
+        return gdn_fail(GDN_ERR_INVALID_SHAPE, "cu_seqlens[%lld] = %lld exceeds num_seqs * num_tokens = %lld token rows",
+                        (long long)pr->num_seqs,
+                        (long long)gdn_index_at(pr->cu_seqlens, pr->index_dtype, pr->num_seqs),
+                        (long long)(pr->num_seqs * pr->num_tokens));
     return GDN_OK;
 }
 

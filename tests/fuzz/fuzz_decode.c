@@ -1327,8 +1327,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     (void)argc, (void)argv;
     const char *env = getenv("GDN_FUZZ_DESCRIBE");
     describe_inputs = env && env[0] == '1';
-    env = getenv("GDN_FUZZ_KNOWN_BUGS");
-    known_bugs_enabled = env && env[0] == '1';
+    env = getenv("GDN_FUZZ_KNOWN_BUGS"); /* the bugs are fixed: their inputs run unless =0 */
+    known_bugs_enabled = !(env && env[0] == '0');
     env = getenv("GDN_FUZZ_STATS");
     if (env && env[0] == '1')
         atexit(print_stats);
