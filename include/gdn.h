@@ -263,7 +263,9 @@ GDN_API gdn_status gdn_decode(const gdn_decode_params *params);
 
 /* The backend gdn_decode would run these params on (resolving AUTO), without running it.
  * Returns GDN_OK and sets *backend, or the error gdn_decode would return. It checks everything
- * except the values of the slot indices (which gdn_decode checks on host backends). */
+ * except what needs the values of the index arrays (slot indices, token slots, num_accepted,
+ * cu_seqlens, and the output overlap check with cu_seqlens), which gdn_decode checks on host
+ * backends. */
 GDN_API gdn_status gdn_decode_backend_for(const gdn_decode_params *params, gdn_backend *backend);
 
 #ifdef __cplusplus
