@@ -122,7 +122,7 @@ $(BUILD)/fuzz/fuzz_decode: tests/fuzz/fuzz_decode.c $(FUZZ_LIB_SRC) $(wildcard i
 fuzz: $(BUILD)/fuzz/fuzz_decode
 	@mkdir -p $(BUILD)/fuzz/corpus
 	$(SAN_ENV) $(BUILD)/fuzz/fuzz_decode -max_total_time=$(FUZZ_SECONDS) -max_len=512 -timeout=60 \
-	    -print_final_stats=1 -artifact_prefix=$(BUILD)/fuzz/ $(FUZZ_ARGS) $(BUILD)/fuzz/corpus tests/fuzz/seeds
+	    -print_final_stats=1 -artifact_prefix=$(BUILD)/fuzz/ $(FUZZ_ARGS) $(BUILD)/fuzz/corpus tests/fuzz/seeds tests/fuzz/regressions
 
 install: lib $(BUILD)/gdn
 	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/bin

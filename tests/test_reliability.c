@@ -7,8 +7,7 @@
  *     single-threaded results, and each thread's gdn_last_error() names its own error;
  *   - validation of the multi-token arguments (num_tokens, cu_seqlens, token_slots,
  *     num_accepted), with the same "nothing written" check as tests/test_validation.c;
- *   - reproducers of the known library bugs found by tests/fuzz (skipped unless
- *     GDN_TEST_KNOWN_BUGS=1, since they fail or trip the sanitizers until src/ is fixed).
+ *   - regression tests for the library bugs tests/fuzz found (all fixed).
  */
 #include <math.h>
 #include <pthread.h>
@@ -1083,21 +1082,9 @@ static void multi_token_validation_reference(void)
 }
 
 /* ---------------------------------------------------------------------------------------
- * Known bugs found by tests/fuzz (docs/errors.md, "Known bugs"). Each is a minimal call that
- * should be refused with nothing written. They fail (or trip the sanitizers) until src/ is
- * fixed, so they run only with GDN_TEST_KNOWN_BUGS=1; drop the gate once fixed.
+ * Bugs found by tests/fuzz, fixed (docs/errors.md, "Bugs the fuzzer found"). Each is a minimal
+ * call that must be refused with nothing written; the comments say what went wrong before.
  * ------------------------------------------------------------------------------------- */
-
-/* The five bugs are fixed (src/core/decode.c, src/common/problem.h); these are now regression
- * tests and always run. GDN_TEST_KNOWN_BUGS=0 skips them (kept for bisecting). */
-static int known_bugs_wanted(const char *name)
-{
-    const char *env = getenv("GDN_TEST_KNOWN_BUGS");
-    if (!env || env[0] != '0')
-        return 1;
-    test_note("regression test for \"%s\" skipped (GDN_TEST_KNOWN_BUGS=0)", name);
-    return 0;
-}
 
 /* One sequence, one token, one head of size 1: the smallest call. */
 static problem tiny(void)
@@ -1125,10 +1112,8 @@ static problem tiny(void)
 /* src/core/decode.c token_rows(): num_seqs * num_tokens is formed unchecked. With num_seqs =
  * INT64_MAX / 2 and num_tokens = 4 that is a signed overflow (UB; UBSan aborts); without the
  * sanitizer it wraps and the call happens to be refused by the stride check. */
-static void known_bug_token_rows_overflow(void)
+static void fuzz_bug_token_rows_overflow(void)
 {
-    if (!known_bugs_wanted("num_seqs * num_tokens overflows in token_rows()"))
-        return;
     problem pr = tiny();
     gdn_decode_params p = pr.p;
     p.num_seqs = INT64_MAX / 2, p.num_tokens = 4;
@@ -1139,10 +1124,8 @@ static void known_bug_token_rows_overflow(void)
 
 /* src/common/problem.h gdn_seq_tokens(): cu_seqlens[n+1] - cu_seqlens[n] is formed unchecked,
  * before the check that cu_seqlens[n] >= 0: cu_seqlens = {INT64_MIN, 0} is a signed overflow. */
-static void known_bug_cu_difference_overflow(void)
+static void fuzz_bug_cu_difference_overflow(void)
 {
-    if (!known_bugs_wanted("cu_seqlens[n+1] - cu_seqlens[n] overflows in gdn_seq_tokens()"))
-        return;
     problem pr = tiny();
     static const int64_t cu[2] = {INT64_MIN, 0};
     gdn_decode_params p = pr.p;
@@ -1157,10 +1140,8 @@ static void known_bug_cu_difference_overflow(void)
  * writes out at row 2^62, 2^64 bytes away: back at row 0 here (with {2^61, 2^61 + 1} the
  * address is wild and the call crashes). Should be refused: cu_seqlens[N] <= N * num_tokens
  * (the bound token_rows() already assumes), or at least rows whose offsets fit in 64 bits. */
-static void known_bug_cu_rows_overflow(void)
+static void fuzz_bug_cu_rows_overflow(void)
 {
-    if (!known_bugs_wanted("cu_seqlens rows beyond 64-bit offsets are accepted"))
-        return;
     problem pr = tiny();
     static const int64_t cu[2] = {(int64_t)1 << 62, ((int64_t)1 << 62) + 1};
     gdn_decode_params p = pr.p;
@@ -1176,15 +1157,32 @@ static void known_bug_cu_rows_overflow(void)
     problem_free(&pr);
 }
 
+/* A sequence of valid length whose rows lie past the N * num_tokens rows the activations were
+ * checked for (cu_seqlens = {1, 2} with N = 1, T = 1): refused, nothing written. The fuzz harness
+ * once missed this rule (tests/fuzz/regressions/cu_rows_beyond_n_t.bin). */
+static void fuzz_bug_cu_rows_beyond_n_t(void)
+{
+    problem pr = tiny();
+    static const int64_t cu[2] = {1, 2};
+    gdn_decode_params p = pr.p;
+    p.cu_seqlens = cu;
+    unsigned char out[4], pool[8];
+    memcpy(out, pr.out, 4);
+    memcpy(pool, pr.pool, 8);
+    gdn_status s = gdn_decode(&p);
+    CHECK_MSG(s == GDN_ERR_INVALID_SHAPE, "cu_seqlens = {1, 2}, N = T = 1: status %s", gdn_status_string(s));
+    CHECK(strstr(gdn_last_error(), "cu_seqlens") != NULL);
+    CHECK(memcmp(out, pr.out, 4) == 0 && memcmp(pool, pr.pool, 8) == 0);
+    problem_free(&pr);
+}
+
 /* src/core/decode.c check_host_indices() (and gdn_token_slot() in the backends) form
  * n * token_slots_stride + t unchecked: token_slots_stride = 2^62 with N = 3 passes validation
  * (it only has to be >= num_tokens), n = 2 overflows (UB), and without the sanitizer the reads
  * wrap back to token_slots[0] and the call succeeds. Should be refused like an overflowing
  * activation stride (GDN_ERR_INVALID_STRIDE, "overflows 64-bit offsets"). */
-static void known_bug_token_slots_stride_overflow(void)
+static void fuzz_bug_token_slots_stride_overflow(void)
 {
-    if (!known_bugs_wanted("n * token_slots_stride overflows in check_host_indices()"))
-        return;
     static const int64_t read[3] = {0, 1, 2};
     problem_cfg c = {.N = 3,
                      .H = 1,
@@ -1221,10 +1219,8 @@ static void known_bug_token_slots_stride_overflow(void)
  * write of 4 bytes before the buffer. Should be refused (GDN_ERR_INVALID_STRIDE) once
  * N * T * stride * element size does not fit. Here out sits inside an arena, so the stray write
  * lands in it. */
-static void known_bug_stride_bytes_overflow(void)
+static void fuzz_bug_stride_bytes_overflow(void)
 {
-    if (!known_bugs_wanted("stride check in elements, byte offsets wrap"))
-        return;
     static const int64_t read[2] = {0, 1};
     problem_cfg c = {.N = 2,
                      .H = 1,
@@ -1268,9 +1264,10 @@ void register_reliability_tests(void)
     test_add("reliability/validation_multi_token_cpu", multi_token_validation_cpu);
     test_add("reliability/validation_multi_token_reference", multi_token_validation_reference);
     test_add("reliability/num_seqs_zero_no_pointers", num_seqs_zero_no_pointers);
-    test_add("reliability/known_bug_token_rows_overflow", known_bug_token_rows_overflow);
-    test_add("reliability/known_bug_cu_difference_overflow", known_bug_cu_difference_overflow);
-    test_add("reliability/known_bug_cu_rows_overflow", known_bug_cu_rows_overflow);
-    test_add("reliability/known_bug_token_slots_stride_overflow", known_bug_token_slots_stride_overflow);
-    test_add("reliability/known_bug_stride_bytes_overflow", known_bug_stride_bytes_overflow);
+    test_add("reliability/fuzz_bug_token_rows_overflow", fuzz_bug_token_rows_overflow);
+    test_add("reliability/fuzz_bug_cu_difference_overflow", fuzz_bug_cu_difference_overflow);
+    test_add("reliability/fuzz_bug_cu_rows_overflow", fuzz_bug_cu_rows_overflow);
+    test_add("reliability/fuzz_bug_cu_rows_beyond_n_t", fuzz_bug_cu_rows_beyond_n_t);
+    test_add("reliability/fuzz_bug_token_slots_stride_overflow", fuzz_bug_token_slots_stride_overflow);
+    test_add("reliability/fuzz_bug_stride_bytes_overflow", fuzz_bug_stride_bytes_overflow);
 }

@@ -284,9 +284,11 @@ static gdn_status check_host_indices(const gdn_problem *pr)
         if (pr->cu_seqlens && (gdn_first_token_row(pr, n) < 0 || gdn_seq_tokens(pr, n) < 0))
             return gdn_fail(
                 GDN_ERR_INVALID_SHAPE,
-                "cu_seqlens[%lld] = %lld, cu_seqlens[%lld] = %lld: a sequence needs 0..%lld tokens",
+                "cu_seqlens[%lld] = %lld, cu_seqlens[%lld] = %lld: a sequence needs 0..%lld tokens, "
+                "within token rows 0..%lld (num_seqs * num_tokens)",
                 (long long)n, (long long)gdn_index_at(pr->cu_seqlens, pr->index_dtype, n), (long long)(n + 1),
-                (long long)gdn_index_at(pr->cu_seqlens, pr->index_dtype, n + 1), (long long)pr->num_tokens);
+                (long long)gdn_index_at(pr->cu_seqlens, pr->index_dtype, n + 1), (long long)pr->num_tokens,
+                (long long)(pr->num_seqs * pr->num_tokens));
     }
     /* The rows cu_seqlens reaches stay within the N * num_tokens rows every offset was checked for. */
     if (pr->cu_seqlens && gdn_index_at(pr->cu_seqlens, pr->index_dtype, pr->num_seqs) > pr->num_seqs * pr->num_tokens)

@@ -29,8 +29,7 @@
  * finite one must agree) or "wild" (any finite bit pattern: only memory safety, statuses and the
  * untouched bytes are checked, since float32 and float64 overflow differently).
  *
- * Inputs that reach a known library bug (known_bug(), docs/errors.md) are skipped unless
- * GDN_FUZZ_KNOWN_BUGS=1; GDN_FUZZ_STATS=1 and GDN_FUZZ_DESCRIBE=1 print what the inputs were.
+ * GDN_FUZZ_STATS=1 and GDN_FUZZ_DESCRIBE=1 print what the inputs were.
  */
 #include <math.h>
 #include <stdint.h>
@@ -600,7 +599,8 @@ static int contract_ok(const spec *s, const world *w, const char **why)
             NO("num_accepted");
         if (s->has_cu) {
             __int128 count = (__int128)s->cu[n + 1] - s->cu[n];
-            if (s->cu[n] < 0 || count < 0 || count > teff(s))
+            /* and every row inside the N * T rows the offsets were checked for */
+            if (s->cu[n] < 0 || count < 0 || count > teff(s) || (__int128)s->cu[n + 1] > smul(s->N, teff(s)))
                 NO("cu_seqlens");
         }
     }
@@ -1274,61 +1274,13 @@ static void run(const spec *s, world *w)
         free(inputs[i].base);
 }
 
-/* ---------------------------------------------------------------------------------------
- * Known library bugs (docs/errors.md, "Known bugs"): inputs that reach them are skipped unless
- * GDN_FUZZ_KNOWN_BUGS=1, so that a fuzz run looks for new bugs. Remove an entry once fixed.
- * ------------------------------------------------------------------------------------- */
-
-static int known_bugs_enabled, describe_inputs;
-
-static const char *known_bug(const spec *s)
-{
-    /* src/core/decode.c token_rows(): num_seqs * num_tokens overflows int64 (UB) */
-    if (s->N > 0 && s->T >= 0 && s->T <= GDN_MAX_TOKENS && s->N > INT64_MAX / teff(s))
-        return "token_rows overflow";
-    /* src/core/decode.c check_tensors(): the stride check counts elements, not bytes: N*T*stride
-     * fits in int64 but times the element size it does not; check_overlap() then wraps and the
-     * cpu backend writes at a wrapped address (e.g. out + (2^62 - 1) * 4 bytes = out - 4) */
-    if (s->N > 0 && s->T >= 0 && s->T <= GDN_MAX_TOKENS && act_ok(s->act))
-        for (int t = 0; t < T_ACT; t++) {
-            __int128 width = row_width(s, t);
-            int64_t e = s->stride[t] > 0                  ? s->stride[t]
-                        : width > 0 && width <= INT64_MAX ? (int64_t)width
-                                                          : 0;
-            if (e > 0 && fits(smul(smul(s->N, teff(s)), e)) &&
-                !fits(smul(smul(smul(s->N, teff(s)), e), (__int128)act_size(s->act))))
-                return "stride byte offsets overflow";
-        }
-    /* src/core/decode.c check_host_indices(): n * token_slots_stride is formed unchecked (UB), and
-     * the call is not refused although its token_slots offsets overflow 64 bits */
-    if (s->has_ts && s->N > 1 && !fits((__int128)s->N * s->ts_real))
-        return "token_slots_stride overflow";
-    if (s->has_cu && s->N > 0 && s->N <= MAX_N) {
-        for (int64_t n = 0; n < s->N; n++) {
-            /* src/common/problem.h gdn_seq_tokens(): cu_seqlens[n+1] - cu_seqlens[n] overflows (UB) */
-            if (!fits((__int128)s->cu[n + 1] - s->cu[n]))
-                return "cu_seqlens difference overflow";
-        }
-        /* src/core/decode.c check_overlap() (via check_varlen_overlap) and the backends: the rows
-         * cu_seqlens names are not bounded, so (rows - 1) * stride overflows (UB) or the byte offset
-         * wraps and the cpu backend reads and writes at a wrapped address */
-        int64_t top = 0;
-        for (int64_t n = 0; n <= s->N; n++)
-            top = s->cu[n] > top ? s->cu[n] : top;
-        for (int t = 0; t < T_ACT; t++)
-            if (row_width(s, t) > 0 && !fits(smul(smul(top, eff_stride(s, t) > 0 ? eff_stride(s, t) : 1), 8)))
-                return "cu_seqlens rows overflow";
-    }
-    return NULL;
-}
+static int describe_inputs;
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     (void)argc, (void)argv;
     const char *env = getenv("GDN_FUZZ_DESCRIBE");
     describe_inputs = env && env[0] == '1';
-    env = getenv("GDN_FUZZ_KNOWN_BUGS"); /* the bugs are fixed: their inputs run unless =0 */
-    known_bugs_enabled = !(env && env[0] == '0');
     env = getenv("GDN_FUZZ_STATS");
     if (env && env[0] == '1')
         atexit(print_stats);
@@ -1344,12 +1296,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     stats.inputs++;
     if (describe_inputs) /* GDN_FUZZ_DESCRIBE=1: print each problem (to replay a crash file) */
         describe(stderr);
-    if (!known_bugs_enabled && known_bug(&S)) {
-        stats.skipped++;
-        free(S.ts);
-        S.ts = NULL;
-        return 0;
-    }
     world w;
     if (build(&S, &w))
         run(&S, &w);

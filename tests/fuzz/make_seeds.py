@@ -85,7 +85,7 @@ def main():
     seed("out_after_pool", N=2, H=1, HV=1, K=8, V=8, arena=(0, 1), read=[0, 1])
     seed("out_overlaps_pool", N=2, H=1, HV=1, K=8, V=8, arena=(0, 2), read=[0, 1])
     seed("threads", N=6, H=1, HV=2, K=128, V=128, T=4, threads=2, read=[0, 1, 2, 3, 4, 5])
-    # Inputs that reach the known library bugs (docs/errors.md); replay with GDN_FUZZ_KNOWN_BUGS=1.
+    # Inputs that found library bugs, since fixed (docs/errors.md); `make fuzz` replays them.
     # cu_seqlens = {INT64_MIN, 1}: corruption byte 219 (entry `at` = 0 gets extreme[2] = INT64_MIN)
     seed("cu_difference_overflow.bin", N=1, H=1, HV=1, K=1, V=1, T=1, slots=2, cu=[1], read=[0],
          cu_tail=(219, 0, 2), folder="regressions")
