@@ -46,7 +46,7 @@ extern "C" {
  * ------------------------------------------------------------------------------------- */
 
 #define GDN_VERSION_MAJOR 0
-#define GDN_VERSION_MINOR 2
+#define GDN_VERSION_MINOR 3
 #define GDN_VERSION_PATCH 0
 #define GDN_VERSION_NUMBER (GDN_VERSION_MAJOR * 10000 + GDN_VERSION_MINOR * 100 + GDN_VERSION_PATCH)
 
@@ -182,6 +182,18 @@ GDN_API gdn_status gdn_cuda_device_info(int device, char *name, size_t name_size
  * tokens writes nothing. Host backends refuse cu_seqlens that decrease or exceed num_tokens
  * and num_accepted outside 1..token_slots_stride; the cuda kernel skips such rows, and rows
  * whose token slots (the columns it reads) are >= num_slots or whose cu_seqlens[n] < 0.
+ *
+ * Checked mode (opt-in). Engines keep slot indices in device memory, where the cuda backend
+ * cannot check them before the launch; it always skips a sequence whose indices are invalid
+ * (read, write or token slot >= num_slots, num_accepted outside 1..token_slots_stride,
+ * cu_seqlens negative, decreasing, longer than num_tokens or beyond N * num_tokens rows):
+ * none of its outputs and no state is written. With bad_index_rows set, it also adds the
+ * number of sequences it skipped to *bad_index_rows (one atomic add per skipped sequence), so
+ * that the caller can tell: zero the counter once, run any number of calls (a whole CUDA graph),
+ * read it after synchronising. The counter is one uint32 in device or managed memory for cuda,
+ * 4-byte aligned, outside every other buffer of the call. Host backends read the indices before
+ * computing and refuse a call with a bad index (GDN_ERR_SLOT_OUT_OF_RANGE or
+ * GDN_ERR_INVALID_SHAPE, nothing written), so they never add to the counter.
  * ------------------------------------------------------------------------------------- */
 
 /* Most tokens per sequence in one multi-token call. */
@@ -191,8 +203,9 @@ GDN_API gdn_status gdn_cuda_device_info(int device, char *name, size_t name_size
 
 typedef struct gdn_decode_params {
     size_t struct_size; /* sizeof(gdn_decode_params); set by gdn_decode_params_init. The library
-                           also takes the shorter struct of older headers (0.1: up to
-                           num_threads); the fields such a caller lacks read as zero. */
+                           also takes the shorter structs of older headers (0.1: up to
+                           num_threads; 0.2: up to num_accepted); the fields such a caller
+                           lacks read as zero. */
 
     /* shape */
     int64_t num_seqs;    /* N: sequences in the batch (rows), >= 0; 0 is a no-op */
@@ -252,6 +265,9 @@ typedef struct gdn_decode_params {
     int64_t token_slots_stride; /* elements between sequences in token_slots; 0 = num_tokens */
     const void *num_accepted;   /* optional [N], index dtype, with token_slots: the state is read
                                    from token_slots[n][num_accepted[n] - 1] */
+
+    /* checked mode (0.3); NULL = off. See "Checked mode" above. */
+    uint32_t *bad_index_rows; /* a counter the backend adds the rows it skipped to */
 } gdn_decode_params;
 
 /* Fills *params with the defaults above (everything else zero/NULL) and sets struct_size. */

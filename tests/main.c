@@ -2,6 +2,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "gdn.h"
 #include "test.h"
@@ -41,6 +42,23 @@ void test_note(const char *fmt, ...)
     va_end(args);
 }
 
+/* Arguments filter test names by substring: a test runs when it contains any plain argument
+ * (or there is none) and none of the arguments written -name ("test_gdn cuda -huge"). */
+static int selected(const char *name, int argc, char **argv)
+{
+    int wanted = 1;
+    for (int i = 1; i < argc; i++)
+        if (argv[i][0] != '-')
+            wanted = 0;
+    for (int i = 1; i < argc; i++) {
+        if (argv[i][0] == '-' && argv[i][1] && strstr(name, argv[i] + 1))
+            return 0;
+        if (argv[i][0] != '-' && strstr(name, argv[i]))
+            wanted = 1;
+    }
+    return wanted;
+}
+
 int main(int argc, char **argv)
 {
     register_numeric_tests();
@@ -48,17 +66,23 @@ int main(int argc, char **argv)
     register_decode_tests();
     register_vector_tests();
     register_reliability_tests();
-    const char *only = argc > 1 ? argv[1] : NULL; /* substring filter on test names */
+    register_cuda_tests();
     int passed = 0, failed = 0;
     printf("gdn %s tests (cuda backend %s, %d CUDA device(s))\n", gdn_version_string(),
            gdn_backend_built(GDN_BACKEND_CUDA) ? "built" : "not built", gdn_cuda_device_count());
     for (int i = 0; i < test_count; i++) {
-        if (only && !strstr(tests[i].name, only))
+        if (!selected(tests[i].name, argc, argv))
             continue;
         current_failures = 0;
         printf("  %s\n", tests[i].name);
         fflush(stdout);
+        struct timespec t0, t1;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
         tests[i].fn();
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        double seconds = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
+        if (seconds >= 0.5)
+            printf("    (%.1f s)\n", seconds);
         if (current_failures) {
             failed++;
             printf("  -> FAIL %s\n", tests[i].name);

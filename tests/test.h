@@ -37,5 +37,6 @@ void register_decode_tests(void);
 void register_vector_tests(void);
 void register_numeric_tests(void);
 void register_reliability_tests(void);
+void register_cuda_tests(void);
 
 #endif

@@ -33,6 +33,7 @@ typedef struct writable {
     _Alignas(64) float arena[ARENA_ELEMS];
     _Alignas(64) double out64[OUT_ELEMS];
     _Alignas(64) double pool64[POOL_ELEMS];
+    _Alignas(64) uint32_t counter[2]; /* checked mode's bad_index_rows */
 } writable;
 
 typedef struct fixture {
@@ -253,6 +254,56 @@ static void test_struct_size_of_older_header(void)
     p->struct_size = offsetof(gdn_decode_params, num_tokens);
     p->num_tokens = 99, p->token_slots = (const void *)p; /* junk an older caller never set */
     CHECK_MSG(gdn_decode(p) == GDN_OK, "0.1-sized params refused: %s", gdn_last_error());
+}
+
+/* A caller built against the 0.2 header (before checked mode): its struct ends at num_accepted,
+ * and whatever lies where bad_index_rows would be is not read (here: a pointer into the pool,
+ * which would be refused as an overlap if it were). */
+static void test_struct_size_of_02_header(void)
+{
+    gdn_decode_params *p = fresh();
+    p->struct_size = offsetof(gdn_decode_params, bad_index_rows);
+    p->bad_index_rows = (uint32_t *)pool();
+    CHECK_MSG(gdn_decode(p) == GDN_OK, "0.2-sized params refused: %s", gdn_last_error());
+}
+
+/* ---------------------------------------------------------------------------------------
+ * checked mode (bad_index_rows)
+ * ------------------------------------------------------------------------------------- */
+
+static void test_counter_misaligned(void)
+{
+    gdn_decode_params *p = fresh();
+    p->bad_index_rows = (uint32_t *)((char *)fx.w.counter + 2);
+    expect_failure(p, GDN_ERR_MISALIGNED, "bad_index_rows", NULL);
+}
+
+static void test_counter_overlaps(void)
+{
+    gdn_decode_params *p = fresh();
+    p->bad_index_rows = (uint32_t *)(pool() + POOL_ELEMS - 1); /* the pool's last element */
+    expect_failure(p, GDN_ERR_OVERLAP, "bad_index_rows", "state_pool");
+    p = fresh();
+    p->bad_index_rows = (uint32_t *)fx.w.out + OUT_ELEMS / 2;
+    expect_failure(p, GDN_ERR_OVERLAP, "bad_index_rows", "out");
+}
+
+/* Host backends read the indices first: a bad one refuses the whole call, and the counter,
+ * like every other byte, is left as it was. A valid call does not touch it either. */
+static void test_counter_host_backends(void)
+{
+    gdn_decode_params *p = fresh();
+    fx.w.counter[0] = 7;
+    snapshot();
+    p->bad_index_rows = fx.w.counter;
+    fx.slots64[1] = SLOTS;
+    expect_failure(p, GDN_ERR_SLOT_OUT_OF_RANGE, "slot_indices[1]", NULL);
+
+    p = fresh();
+    fx.w.counter[0] = 7;
+    p->bad_index_rows = fx.w.counter;
+    CHECK_MSG(gdn_decode(p) == GDN_OK, "valid call with a counter refused: %s", gdn_last_error());
+    CHECK(fx.w.counter[0] == 7);
 }
 
 /* ---------------------------------------------------------------------------------------
@@ -694,6 +745,10 @@ void register_validation_tests(void)
     test_add("validation/params_null", test_params_null);
     test_add("validation/struct_size", test_struct_size);
     test_add("validation/struct_size_of_older_header", test_struct_size_of_older_header);
+    test_add("validation/struct_size_of_02_header", test_struct_size_of_02_header);
+    test_add("validation/counter_misaligned", test_counter_misaligned);
+    test_add("validation/counter_overlaps", test_counter_overlaps);
+    test_add("validation/counter_host_backends", test_counter_host_backends);
     test_add("validation/num_seqs_negative", test_num_seqs_negative);
     test_add("validation/num_q_heads_zero", test_num_q_heads_zero);
     test_add("validation/head_dim_k_zero", test_head_dim_k_zero);

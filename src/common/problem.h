@@ -44,6 +44,7 @@ typedef struct gdn_problem {
     int64_t num_tokens;
     const void *cu_seqlens, *token_slots, *num_accepted;
     int64_t token_slots_stride;
+    uint32_t *bad_index_rows; /* checked mode: rows skipped for a bad device-side index */
 } gdn_problem;
 
 /* Epsilon added to the sum of squares before the square root of the l2 norm (SPEC 1). */

@@ -178,12 +178,14 @@ static int tensor_args(const gdn_decode_params *p, tensor_arg *t)
         t[n++] = (tensor_arg){"token_slots", p->token_slots, idx, 0, 1, 0};
     if (p->num_accepted)
         t[n++] = (tensor_arg){"num_accepted", p->num_accepted, idx, 0, 1, 0};
+    if (p->bad_index_rows)
+        t[n++] = (tensor_arg){"bad_index_rows", p->bad_index_rows, 4, 0, 1, 0};
     return n;
 }
 
 static gdn_status check_tensors(const gdn_decode_params *p, gdn_backend backend)
 {
-    tensor_arg t[14];
+    tensor_arg t[15];
     int count = tensor_args(p, t);
     int pool_device = -1;
     gdn_memory_kind pool_kind = GDN_MEMORY_HOST;
@@ -248,6 +250,31 @@ static gdn_status check_overlap(const gdn_decode_params *p, int64_t rows)
     if (out_lo < pool_hi && pool_lo < out_hi)
         return gdn_fail(GDN_ERR_OVERLAP, "out [%p, %p) overlaps state_pool [%p, %p)", (void *)out_lo,
                         (void *)out_hi, (void *)pool_lo, (void *)pool_hi);
+    return GDN_OK;
+}
+
+/* The checked-mode counter lies outside the pool and (where its rows are known before the call:
+ * without cu_seqlens) outside out, so that counting never corrupts a state or an output. */
+static gdn_status check_counter(const gdn_decode_params *p)
+{
+    if (!p->bad_index_rows)
+        return GDN_OK;
+    uintptr_t at = (uintptr_t)p->bad_index_rows, end = at + sizeof *p->bad_index_rows;
+    uintptr_t pool_lo = (uintptr_t)p->state_pool;
+    uintptr_t pool_hi = pool_lo + (uintptr_t)(p->num_slots * p->num_v_heads * p->head_dim_v * p->head_dim_k) *
+                                      gdn_dtype_size(p->state_dtype);
+    if (at < pool_hi && pool_lo < end)
+        return gdn_fail(GDN_ERR_OVERLAP, "bad_index_rows = %p lies inside state_pool [%p, %p)", (void *)at,
+                        (void *)pool_lo, (void *)pool_hi);
+    if (p->cu_seqlens)
+        return GDN_OK;
+    int64_t rows = token_rows(p), width = p->num_v_heads * p->head_dim_v;
+    uintptr_t out_lo = (uintptr_t)p->out;
+    uintptr_t out_hi = out_lo + (uintptr_t)((rows - 1) * (p->out_stride ? p->out_stride : width) + width) *
+                                    gdn_dtype_size(p->act_dtype);
+    if (at < out_hi && out_lo < end)
+        return gdn_fail(GDN_ERR_OVERLAP, "bad_index_rows = %p lies inside out [%p, %p)", (void *)at,
+                        (void *)out_lo, (void *)out_hi);
     return GDN_OK;
 }
 
@@ -350,6 +377,7 @@ static gdn_problem make_problem(const gdn_decode_params *p)
     pr.token_slots = p->token_slots;
     pr.token_slots_stride = p->token_slots_stride > 0 ? p->token_slots_stride : pr.num_tokens;
     pr.num_accepted = p->num_accepted;
+    pr.bad_index_rows = p->bad_index_rows;
     return pr;
 }
 
@@ -357,14 +385,14 @@ static gdn_problem make_problem(const gdn_decode_params *p)
  * the multi-token fields) passes a shorter struct; the fields it does not have read as zero. */
 static gdn_status read_params(const gdn_decode_params *given, gdn_decode_params *p)
 {
-    const size_t oldest = offsetof(gdn_decode_params, num_tokens);
+    const size_t v01 = offsetof(gdn_decode_params, num_tokens), v02 = offsetof(gdn_decode_params, bad_index_rows);
     if (!given)
         return gdn_fail(GDN_ERR_INVALID_ARGUMENT, "params is NULL");
-    if (given->struct_size != oldest && given->struct_size != sizeof *p)
+    if (given->struct_size != v01 && given->struct_size != v02 && given->struct_size != sizeof *p)
         return gdn_fail(GDN_ERR_INVALID_ARGUMENT,
-                        "params->struct_size = %zu but this library takes %zu (0.2 headers) or %zu (0.1) "
-                        "bytes (call gdn_decode_params_init)",
-                        given->struct_size, sizeof *p, oldest);
+                        "params->struct_size = %zu but this library takes %zu (0.3 headers), %zu (0.2) or "
+                        "%zu (0.1) bytes (call gdn_decode_params_init)",
+                        given->struct_size, sizeof *p, v02, v01);
     memset(p, 0, sizeof *p);
     memcpy(p, given, given->struct_size);
     return GDN_OK;
@@ -383,7 +411,8 @@ static gdn_status validate(const gdn_decode_params *p, gdn_backend *backend)
         return s;
     if (p->num_seqs == 0)
         return GDN_OK;
-    if ((s = check_tensors(p, *backend)) || (!p->cu_seqlens && (s = check_overlap(p, token_rows(p)))))
+    if ((s = check_tensors(p, *backend)) || (!p->cu_seqlens && (s = check_overlap(p, token_rows(p)))) ||
+        (s = check_counter(p)))
         return s;
     return GDN_OK;
 }

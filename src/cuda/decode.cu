@@ -22,8 +22,9 @@
  * API accepts; not tuned.
  *
  * Slot indices stay in device memory: a row whose read, write or snapshot slot is >= num_slots,
- * or whose cu_seqlens entry is negative, is skipped entirely (nothing written), so a bad index
- * can never write outside the pool.
+ * whose num_accepted is out of range or whose cu_seqlens entries are out of order or range, is
+ * skipped entirely (nothing written), so a bad index can never write outside the pool; in
+ * checked mode (bad_index_rows) such rows are also counted.
  */
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -155,10 +156,18 @@ __device__ void prepare_tokens(const gdn_problem &p, const block_coords &bc, int
     __syncthreads();
 }
 
+/* Checked mode: one block of the sequence (the first row block of its first head) counts it. */
+__device__ __forceinline__ bool skip_bad_row(const gdn_problem &p)
+{
+    if (p.bad_index_rows && blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x == 0)
+        atomicAdd(p.bad_index_rows, 1u);
+    return false;
+}
+
 /*
  * The slots and tokens of this block's sequence. Returns false when the block has nothing to
  * compute: a padding row (its outputs in [row0, row0 + rows) are zeroed here), a sequence with
- * no tokens, or indices that point outside the pool (skipped: nothing written).
+ * no tokens, or invalid indices (skipped: nothing written; counted in checked mode).
  */
 template <typename Act>
 __device__ bool resolve_sequence(const gdn_problem &p, const block_coords &bc, int64_t row0, int64_t rows,
@@ -168,7 +177,9 @@ __device__ bool resolve_sequence(const gdn_problem &p, const block_coords &bc, i
     *write = gdn_write_slot(&p, bc.n);
     *first = gdn_first_token_row(&p, bc.n);
     *T = gdn_seq_tokens(&p, bc.n);
-    if (*T <= 0 || *first < 0) /* no tokens, or cu_seqlens pointing before the first row */
+    if (*T < 0 || *first < 0) /* cu_seqlens out of order or range */
+        return skip_bad_row(p);
+    if (*T == 0)
         return false;
     if (*read < 0) {
         const int64_t V = p.head_dim_v, hi = row0 + rows < V ? row0 + rows : V;
@@ -177,11 +188,11 @@ __device__ bool resolve_sequence(const gdn_problem &p, const block_coords &bc, i
                 store_elem<Act>(p.out, (*first + t) * p.out_stride + bc.hv * V + j, 0.0f);
         return false;
     }
-    if (*read >= p.num_slots || *write >= p.num_slots)
-        return false;
+    if (*read >= p.num_slots || *write >= p.num_slots) /* GDN_BAD_SLOT: num_accepted out of range */
+        return skip_bad_row(p);
     for (int64_t t = 0; p.token_slots && t < *T; t++) /* every snapshot slot inside the pool */
         if (gdn_token_slot(&p, bc.n, t) >= p.num_slots)
-            return false;
+            return skip_bad_row(p);
     return true;
 }
 

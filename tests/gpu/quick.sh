@@ -1,8 +1,15 @@
 #!/usr/bin/env bash
-# A short GPU run for when device time is scarce: the cuda tests of the C suite, a quick cuda
-# check, a few benchmark points, and the Python binding's GPU tests (FLA parity if .whl/fla was
-# carried). Everything lands in OUTDIR with device, date and commit.
+# A short GPU run for when device time is scarce, most valuable step first (each step's log is
+# written to OUTDIR as it runs, so a run cut short keeps what it finished):
+#   1. the cuda tests of the C suite (decode/cuda_all, vectors/cuda, tests/test_cuda.c) but the
+#      huge pool; 2. the >2^31-element pool test; 3. compute-sanitizer memcheck, racecheck and
+#      initcheck over tests/test_cuda.c (every kernel: fast vk f32/bf16, generic vk and kv,
+#      multi-token, varlen, bad indices, checked mode, graphs, four streams); 4. the Python
+#      binding's GPU tests (FLA parity if .whl/fla was carried); 5. memcheck over the rest of
+#      the cuda tests; 6. a quick `gdn check` and a few benchmark points.
 #   tests/gpu/quick.sh OUTDIR
+# GDN_PREBUILT=1 uses build/ as carried (built with the same nvcc from the same commit; give
+# GDN_COMMIT) instead of running make.
 set -u -o pipefail
 cd "$(dirname "$0")/../.."
 out=$1
@@ -11,26 +18,43 @@ commit=${GDN_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
 device=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -1)
 header="# device: ${device:-unknown}; date: $(date -u +%Y-%m-%dT%H:%MZ); commit: $commit"
 status=0
-make -j"$(nproc)" all >"$out/build.log" 2>&1 || { tail -20 "$out/build.log"; exit 1; }
+if [ "${GDN_PREBUILT:-0}" != 1 ]; then
+    make -j"$(nproc)" all >"$out/build.log" 2>&1 || { tail -20 "$out/build.log"; exit 1; }
+fi
 export GDN_VECTORS=${GDN_VECTORS:-$(tests/vectors/ensure.sh 2>/dev/null)}
-log() { { echo "$header"; echo "# command: $*"; } >"$out/$1.log"; shift; }
-log tests-cuda build/test_gdn cuda
-timeout 150 build/test_gdn cuda >>"$out/tests-cuda.log" 2>&1 || status=1
-log check-quick build/gdn check --backend cuda --quick
-timeout 120 build/gdn check --backend cuda --quick >>"$out/check-quick.log" 2>&1 || status=1
-{ echo "$header"; echo "shape,H,HV,K,V,state_dtype,N,impl,median_us,gbps,pct_of_copy"; } >"$out/bench.csv"
-for shape in qwen3-next contest; do
-    for state in f32 bf16; do
-        build/gdn bench --backend cuda --shape "$shape" --state "$state" --n 1,16,64,1024 --reps 20 --csv |
-            tail -n +2 >>"$out/bench.csv" || status=1
-    done
-done
-log python-gpu python3 tests/python/test_gpu.py
+sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+
+step() { # name, seconds, command...: runs it with a time limit, its output in $out/name.log
+    local name=$1 limit=$2 start=$SECONDS
+    shift 2
+    { echo "$header"; echo "# command: $*"; } >"$out/$name.log"
+    timeout "$limit" "$@" >>"$out/$name.log" 2>&1
+    local rc=$?
+    echo "# exit status: $rc after $((SECONDS - start)) s" >>"$out/$name.log"
+    echo "== $name: exit $rc, $((SECONDS - start)) s: $(grep -v '^#' "$out/$name.log" | tail -1)"
+    [ "$rc" -eq 0 ] || status=1
+}
+
+step info 20 build/gdn info
+step tests-cuda 150 build/test_gdn cuda -huge
+step huge-pool 120 build/test_gdn huge
+step memcheck 150 "$sanitizer" --tool memcheck --error-exitcode 1 build/test_gdn cuda/ -huge
+step racecheck 150 "$sanitizer" --tool racecheck --error-exitcode 1 build/test_gdn cuda/bad cuda/checked
+step initcheck 150 "$sanitizer" --tool initcheck --error-exitcode 1 build/test_gdn cuda/ -huge
 if [ -d .whl/fla ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site-fla \
         .whl/fla/*.whl >/dev/null 2>&1 && export PYTHONPATH=/tmp/site-fla${PYTHONPATH:+:$PYTHONPATH}
 fi
-timeout 150 python3 tests/python/test_gpu.py >>"$out/python-gpu.log" 2>&1 || status=1
-for f in tests-cuda check-quick python-gpu; do echo "== $f: $(tail -1 "$out/$f.log")"; done
+export PYTHONUNBUFFERED=1
+step python-gpu 240 python3 tests/python/test_gpu.py
+step memcheck-rest 300 "$sanitizer" --tool memcheck --error-exitcode 1 build/test_gdn decode/cuda_all vectors/cuda
+step check-quick 120 build/gdn check --backend cuda --quick
+{ echo "$header"; echo "shape,H,HV,K,V,state_dtype,N,impl,median_us,gbps,pct_of_copy"; } >"$out/bench.csv"
+for shape in qwen3-next contest; do
+    for state in f32 bf16; do
+        timeout 60 build/gdn bench --backend cuda --shape "$shape" --state "$state" --n 1,16,64,1024 --reps 20 --csv |
+            tail -n +2 >>"$out/bench.csv" || status=1
+    done
+done
 grep ",gdn," "$out/bench.csv" | cut -d, -f1,6,7,9,10,11
 exit $status
