@@ -14,10 +14,12 @@ CUDA_ARCHS ?= -gencode=arch=compute_80,code=sm_80 -gencode=arch=compute_90a,code
               -gencode=arch=compute_80,code=compute_80
 
 WARN = -Wall -Wextra -Werror
+# CFLAGS and NVCCFLAGS are the user's (optimisation, debug info; `make CFLAGS=-O1` works); the
+# flags the build needs are added separately, so that overriding them cannot drop -Iinclude.
 CFLAGS ?= -O3
-CFLAGS += -std=gnu11 -fPIC -fvisibility=hidden $(WARN) -Iinclude -pthread
 NVCCFLAGS ?= -O3
-NVCCFLAGS += $(NVCC_EXTRA) -std=c++17 $(CUDA_ARCHS) -Werror all-warnings -Xcompiler -fPIC,-fvisibility=hidden,-Wall,-Wextra,-Werror -Iinclude
+BUILD_CFLAGS = $(CFLAGS) -std=gnu11 -fPIC -fvisibility=hidden $(WARN) -Iinclude -pthread
+BUILD_NVCCFLAGS = $(NVCCFLAGS) $(NVCC_EXTRA) -std=c++17 $(CUDA_ARCHS) -Werror all-warnings -Xcompiler -fPIC,-fvisibility=hidden,-Wall,-Wextra,-Werror -Iinclude
 
 LIB_SRC = $(wildcard src/core/*.c src/cpu/*.c)
 CUDA_SRC = $(wildcard src/cuda/*.cu)
@@ -62,11 +64,11 @@ lib: $(BUILD)/libgdn.so $(BUILD)/libgdn.a
 
 $(BUILD)/obj/%.o: %.c $(wildcard include/*.h src/*/*.h tools/*.h)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(if $(filter tools/% tests/%,$<),$(TOOL_CFLAGS) -Itools) -c $< -o $@
+	$(CC) $(BUILD_CFLAGS) $(if $(filter tools/% tests/%,$<),$(TOOL_CFLAGS) -Itools) -c $< -o $@
 
 $(BUILD)/obj/%.o: %.cu $(wildcard include/*.h src/*/*.h)
 	@mkdir -p $(dir $@)
-	$(NVCC) $(NVCCFLAGS) -c $< -o $@
+	$(NVCC) $(BUILD_NVCCFLAGS) -c $< -o $@
 
 $(BUILD)/libgdn.so: $(LIB_OBJ)
 	$(LINK) -shared -o $@ $^ -Wl,--exclude-libs,ALL -Wl,-soname,libgdn.so.0 $(LIBS)

@@ -6,7 +6,8 @@
  *     says how many rows were skipped, also across CUDA graph replays;
  *   - a state pool of more than 2^31 elements (4200 f32 slots of HV = 32, 8.8 GB; and bf16 kv),
  *     where the last slots are read and written correctly and nothing else changes;
- *   - four host threads decoding on four CUDA streams at once give the results of one stream.
+ *   - four host threads decoding on four CUDA streams at once give the results of one stream;
+ *   - a call of 70000 sequences (more than one launch takes) with cu_seqlens.
  * The expected values come from the float64 reference backend, run on the host one good
  * sequence at a time (sequences are independent when their slots are distinct).
  */
@@ -435,6 +436,81 @@ static void cuda_pool_over_2g_elements(void)
     }
 }
 
+/* More sequences than one launch takes (65535): the call is split (gdn_problem_rows), with
+ * cu_seqlens keeping absolute rows. 70000 sequences of 0..2 tokens, K = V = 16 (generic vk),
+ * against the cpu backend on the host (float32 both, different summation order: 1e-5). */
+static void cuda_more_sequences_than_one_launch(void)
+{
+    const int64_t N = 70000, T = 2, HV = 2, K = 16, V = 16, tile = HV * V * K, slots = N;
+    rng r = {rng_fresh_seed()};
+    int64_t *cu = malloc((size_t)(N + 1) * 8), *slot = malloc((size_t)N * 8);
+    cu[0] = 0;
+    for (int64_t n = 0; n < N; n++) {
+        cu[n + 1] = cu[n] + (int64_t)(rng_next(&r) % 3);
+        slot[n] = n % 97 == 5 ? -1 : N - 1 - n; /* some padding; the last sequences use slot 0.. */
+    }
+    const int64_t rows = N * T;
+    float *q = random_f32(&r, rows * K, -1, 1), *k = random_f32(&r, rows * K, -1, 1);
+    float *v = random_f32(&r, rows * HV * V, -1, 1), *a = random_f32(&r, rows * HV, -2, 2);
+    float *b = random_f32(&r, rows * HV, -2, 2), *A_log = random_f32(&r, HV, -1, 0.5);
+    float *dt_bias = random_f32(&r, HV, -1, 1), *pool = random_f32(&r, slots * tile, -0.5, 0.5);
+    float *out = malloc((size_t)(rows * HV * V) * 4), *got_out = malloc((size_t)(rows * HV * V) * 4);
+    float *got_pool = malloc((size_t)(slots * tile) * 4);
+    memset(out, POISON, (size_t)(rows * HV * V) * 4);
+    float *d_q = upload_f32(q, rows * K), *d_k = upload_f32(k, rows * K), *d_v = upload_f32(v, rows * HV * V);
+    float *d_a = upload_f32(a, rows * HV), *d_b = upload_f32(b, rows * HV), *d_A = upload_f32(A_log, HV);
+    float *d_dt = upload_f32(dt_bias, HV), *d_pool = upload_f32(pool, slots * tile);
+    float *d_out = upload_f32(out, rows * HV * V);
+    int64_t *d_cu = NULL, *d_slot = NULL;
+    cuda_check(cudaMalloc((void **)&d_cu, (size_t)(N + 1) * 8), "cudaMalloc cu");
+    cuda_check(cudaMalloc((void **)&d_slot, (size_t)N * 8), "cudaMalloc slots");
+    cuda_check(cudaMemcpy(d_cu, cu, (size_t)(N + 1) * 8, cudaMemcpyHostToDevice), "upload cu");
+    cuda_check(cudaMemcpy(d_slot, slot, (size_t)N * 8, cudaMemcpyHostToDevice), "upload slots");
+
+    gdn_decode_params p;
+    gdn_decode_params_init(&p);
+    p.num_seqs = N, p.num_q_heads = 1, p.num_v_heads = HV, p.head_dim_k = K, p.head_dim_v = V;
+    p.act_dtype = GDN_DTYPE_F32, p.state_dtype = GDN_DTYPE_F32, p.num_slots = slots, p.num_tokens = T;
+    p.q = d_q, p.k = d_k, p.v = d_v, p.a = d_a, p.b = d_b, p.out = d_out, p.A_log = d_A, p.dt_bias = d_dt;
+    p.state_pool = d_pool, p.slot_indices = d_slot, p.cu_seqlens = d_cu, p.backend = GDN_BACKEND_CUDA;
+    uint32_t *d_counter = NULL, counter = 1;
+    cuda_check(cudaMalloc((void **)&d_counter, 4), "cudaMalloc counter");
+    cuda_check(cudaMemset(d_counter, 0, 4), "cudaMemset counter");
+    p.bad_index_rows = d_counter;
+    CHECK_MSG(gdn_decode(&p) == GDN_OK, "cuda: %s", gdn_last_error());
+    cuda_check(cudaDeviceSynchronize(), "kernel");
+    cuda_check(cudaMemcpy(got_out, d_out, (size_t)(rows * HV * V) * 4, cudaMemcpyDeviceToHost), "download out");
+    cuda_check(cudaMemcpy(got_pool, d_pool, (size_t)(slots * tile) * 4, cudaMemcpyDeviceToHost), "download pool");
+    cuda_check(cudaMemcpy(&counter, d_counter, 4, cudaMemcpyDeviceToHost), "download counter");
+
+    p.q = q, p.k = k, p.v = v, p.a = a, p.b = b, p.out = out, p.A_log = A_log, p.dt_bias = dt_bias;
+    p.state_pool = pool, p.slot_indices = slot, p.cu_seqlens = cu, p.backend = GDN_BACKEND_CPU;
+    p.bad_index_rows = NULL;
+    CHECK_MSG(gdn_decode(&p) == GDN_OK, "cpu: %s", gdn_last_error());
+    double out_err = 0, state_err = 0;
+    int64_t poison_mismatch = 0;
+    for (int64_t i = 0; i < rows * HV * V; i++) {
+        if (i >= cu[N] * HV * V) /* rows no sequence owns keep their poison */
+            poison_mismatch += memcmp(&got_out[i], &out[i], 4) != 0;
+        else
+            out_err = fmax(out_err, fabs((double)got_out[i] - out[i]));
+    }
+    for (int64_t i = 0; i < slots * tile; i++)
+        state_err = fmax(state_err, fabs((double)got_pool[i] - pool[i]));
+    CHECK_MSG(out_err <= 1e-5 && state_err <= 1e-5, "70000 sequences: out err %g, state err %g", out_err,
+              state_err);
+    CHECK_MSG(poison_mismatch == 0, "%lld output elements past cu_seqlens[N] written", (long long)poison_mismatch);
+    CHECK_MSG(counter == 0, "bad_index_rows = %u for valid indices", counter);
+    test_note("70000 sequences (%lld token rows): out err %.2g, state err %.2g", (long long)cu[N], out_err,
+              state_err);
+    void *dev[] = {d_q, d_k, d_v, d_a, d_b, d_A, d_dt, d_pool, d_out, d_cu, d_slot, d_counter};
+    for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++)
+        cudaFree(dev[i]);
+    void *host[] = {cu, slot, q, k, v, a, b, A_log, dt_bias, pool, out, got_out, got_pool};
+    for (size_t i = 0; i < sizeof host / sizeof host[0]; i++)
+        free(host[i]);
+}
+
 /* ---- four streams ----------------------------------------------------------------------- */
 
 enum { STREAM_THREADS = 4, STREAM_STEPS = 16 };
@@ -526,6 +602,7 @@ void register_cuda_tests(void)
     test_add("cuda/bad_multi_token_indices_skipped", cuda_bad_multi_token_indices_skipped);
     test_add("cuda/checked_mode_in_graph", cuda_checked_mode_in_graph);
     test_add("cuda/four_streams", cuda_four_streams);
+    test_add("cuda/more_sequences_than_one_launch", cuda_more_sequences_than_one_launch);
     test_add("cuda/huge_pool_over_2g_elements", cuda_pool_over_2g_elements);
 }
 

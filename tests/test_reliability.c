@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../src/core/backends.h"
 #include "gdn.h"
 #include "test.h"
 
@@ -1081,6 +1082,45 @@ static void multi_token_validation_reference(void)
     accepted_without_slot_indices(GDN_BACKEND_REFERENCE);
 }
 
+/* The cuda backend launches at most 65535 sequences at a time, each launch a problem of its own
+ * made by gdn_problem_rows (src/common/problem.h). That split is host code, so it is checked here
+ * with the cpu backend: the whole call against the same call made three sequences at a time,
+ * bit for bit, with cu_seqlens (whose entries stay absolute rows), with token slots and
+ * num_accepted, and plain. */
+static void row_pieces_match_whole_call(void)
+{
+    static const int64_t read[7] = {0, 1, 2, 3, 4, 5, 6}, write[7] = {7, 8, -1, 9, 10, 11, 12};
+    static const int64_t cu[8] = {0, 3, 4, 4, 7, 9, 12, 13}; /* 3, 1, 0, 3, 2, 3, 1 tokens */
+    static const int64_t accepted[7] = {1, 2, 3, 1, 2, 3, 1};
+    static int64_t token_slots[21];
+    for (int i = 0; i < 21; i++)
+        token_slots[i] = i == 4 ? -1 : 14 + i;
+    const problem_cfg base = {.N = 7, .H = 2, .HV = 4, .K = 16, .V = 8, .T = 3, .slots = 40,
+                              .act = GDN_DTYPE_BF16, .state = GDN_DTYPE_F32, .idx = GDN_DTYPE_I32,
+                              .threads = 1, .backend = GDN_BACKEND_CPU, .seed = 11u};
+    problem_cfg cfg[3] = {base, base, base};
+    cfg[0].read = read, cfg[0].write = write, cfg[0].cu = cu;
+    cfg[1].token_slots = token_slots, cfg[1].accepted = accepted, cfg[1].state = GDN_DTYPE_BF16;
+    cfg[1].idx = GDN_DTYPE_I64, cfg[1].act = GDN_DTYPE_F32;
+    cfg[2].read = read, cfg[2].T = 1, cfg[2].layout = GDN_LAYOUT_KV, cfg[2].act = GDN_DTYPE_F16;
+    for (int i = 0; i < 3; i++) {
+        problem whole, pieces;
+        problem_make(&whole, &cfg[i]);
+        problem_copy(&pieces, &whole);
+        gdn_status s = gdn_decode(&whole.p);
+        CHECK_MSG(s == GDN_OK, "config %d, whole call: %s", i, gdn_last_error());
+        const gdn_problem pr = gdn_problem_from_params(&pieces.p);
+        for (int64_t first = 0; first < pr.num_seqs && s == GDN_OK; first += 3) {
+            const gdn_problem piece = gdn_problem_rows(&pr, first, pr.num_seqs - first < 3 ? pr.num_seqs - first : 3);
+            s = gdn_cpu_decode(&piece);
+            CHECK_MSG(s == GDN_OK, "config %d, sequences from %lld: %s", i, (long long)first, gdn_last_error());
+        }
+        CHECK_MSG(memcmp(whole.out, pieces.out, whole.out_bytes) == 0, "config %d: out differs", i);
+        CHECK_MSG(memcmp(whole.pool, pieces.pool, whole.pool_bytes) == 0, "config %d: the pool differs", i);
+        problem_free(&whole), problem_free(&pieces);
+    }
+}
+
 /* ---------------------------------------------------------------------------------------
  * Bugs found by tests/fuzz, fixed (docs/errors.md, "Bugs the fuzzer found"). Each is a minimal
  * call that must be refused with nothing written; the comments say what went wrong before.
@@ -1134,6 +1174,23 @@ static void fuzz_bug_cu_difference_overflow(void)
     problem_free(&pr);
 }
 
+/* The tiny call with cu_seqlens = cu: refused as an invalid shape, nothing written. */
+static void expect_cu_refused(const int64_t cu[2], const char *what)
+{
+    problem pr = tiny();
+    gdn_decode_params p = pr.p;
+    p.cu_seqlens = cu;
+    unsigned char out[4], pool[8];
+    memcpy(out, pr.out, 4);
+    memcpy(pool, pr.pool, 8);
+    gdn_status s = gdn_decode(&p);
+    CHECK_MSG(s == GDN_ERR_INVALID_SHAPE, "%s: status %s (%s)", what, gdn_status_string(s), gdn_last_error());
+    CHECK_MSG(strstr(gdn_last_error(), "cu_seqlens") != NULL, "%s: message %s", what, gdn_last_error());
+    CHECK_MSG(memcmp(out, pr.out, 4) == 0 && memcmp(pool, pr.pool, 8) == 0,
+              "%s: the call wrote out row 0 or the state of slot 0", what);
+    problem_free(&pr);
+}
+
 /* src/core/decode.c check_host_indices() accepts any cu_seqlens that increase by 0..num_tokens,
  * however far the rows are: cu_seqlens = {2^62, 2^62 + 1} passes, check_overlap() computes
  * (rows - 1) * out_stride * 4 bytes, which wraps, and the cpu backend reads q, k, v, a, b and
@@ -1142,38 +1199,17 @@ static void fuzz_bug_cu_difference_overflow(void)
  * (the bound token_rows() already assumes), or at least rows whose offsets fit in 64 bits. */
 static void fuzz_bug_cu_rows_overflow(void)
 {
-    problem pr = tiny();
     static const int64_t cu[2] = {(int64_t)1 << 62, ((int64_t)1 << 62) + 1};
-    gdn_decode_params p = pr.p;
-    p.cu_seqlens = cu;
-    unsigned char out[4], pool[8];
-    memcpy(out, pr.out, 4);
-    memcpy(pool, pr.pool, 8);
-    gdn_status s = gdn_decode(&p);
-    CHECK_MSG(s == GDN_ERR_INVALID_SHAPE, "cu_seqlens = {2^62, 2^62 + 1}: status %s (%s)",
-              gdn_status_string(s), gdn_last_error());
-    CHECK_MSG(memcmp(out, pr.out, 4) == 0 && memcmp(pool, pr.pool, 8) == 0,
-              "the call wrote out row 0 and the state of slot 0 for a sequence at row 2^62");
-    problem_free(&pr);
+    expect_cu_refused(cu, "cu_seqlens = {2^62, 2^62 + 1}");
 }
 
 /* A sequence of valid length whose rows lie past the N * num_tokens rows the activations were
- * checked for (cu_seqlens = {1, 2} with N = 1, T = 1): refused, nothing written. The fuzz harness
- * once missed this rule (tests/fuzz/regressions/cu_rows_beyond_n_t.bin). */
+ * checked for (cu_seqlens = {1, 2} with N = 1, T = 1). The fuzz harness once missed this rule
+ * (tests/fuzz/regressions/cu_rows_beyond_n_t.bin). */
 static void fuzz_bug_cu_rows_beyond_n_t(void)
 {
-    problem pr = tiny();
     static const int64_t cu[2] = {1, 2};
-    gdn_decode_params p = pr.p;
-    p.cu_seqlens = cu;
-    unsigned char out[4], pool[8];
-    memcpy(out, pr.out, 4);
-    memcpy(pool, pr.pool, 8);
-    gdn_status s = gdn_decode(&p);
-    CHECK_MSG(s == GDN_ERR_INVALID_SHAPE, "cu_seqlens = {1, 2}, N = T = 1: status %s", gdn_status_string(s));
-    CHECK(strstr(gdn_last_error(), "cu_seqlens") != NULL);
-    CHECK(memcmp(out, pr.out, 4) == 0 && memcmp(pool, pr.pool, 8) == 0);
-    problem_free(&pr);
+    expect_cu_refused(cu, "cu_seqlens = {1, 2}, N = T = 1");
 }
 
 /* src/core/decode.c check_host_indices() (and gdn_token_slot() in the backends) form
@@ -1260,6 +1296,7 @@ void register_reliability_tests(void)
     test_add("reliability/nan_in_state_slot", nan_in_state_slot);
     test_add("reliability/nan_in_gate_params", nan_in_gate_params);
     test_add("reliability/threads_decode", threads_decode);
+    test_add("reliability/row_pieces_match_whole_call", row_pieces_match_whole_call);
     test_add("reliability/threads_last_error", threads_last_error);
     test_add("reliability/validation_multi_token_cpu", multi_token_validation_cpu);
     test_add("reliability/validation_multi_token_reference", multi_token_validation_reference);

@@ -44,6 +44,9 @@ typedef struct gdn_problem {
     int64_t num_tokens;
     const void *cu_seqlens, *token_slots, *num_accepted;
     int64_t token_slots_stride;
+    /* token rows the activations hold: num_seqs * num_tokens of the whole call (cu_seqlens may
+     * not reach past them); kept by gdn_problem_rows, as cu_seqlens keeps absolute rows */
+    int64_t token_rows;
     uint32_t *bad_index_rows; /* checked mode: rows skipped for a bad device-side index */
 } gdn_problem;
 
@@ -121,16 +124,47 @@ GDN_HD int64_t gdn_first_token_row(const gdn_problem *p, int64_t n)
 }
 
 /* Tokens of sequence n; -1 when cu_seqlens gives a count outside 0..num_tokens or rows beyond
- * the N * num_tokens the call may touch (checked before subtracting: no overflow). */
+ * the token rows the call may touch (checked before subtracting: no overflow). */
 GDN_HD int64_t gdn_seq_tokens(const gdn_problem *p, int64_t n)
 {
     if (!p->cu_seqlens)
         return p->num_tokens;
     int64_t lo = gdn_index_at(p->cu_seqlens, p->index_dtype, n);
     int64_t hi = gdn_index_at(p->cu_seqlens, p->index_dtype, n + 1);
-    if (lo < 0 || hi < lo || hi > p->num_seqs * p->num_tokens)
+    if (lo < 0 || hi < lo || hi > p->token_rows)
         return -1;
     return hi - lo > p->num_tokens ? -1 : hi - lo;
+}
+
+/* Sequences [first, first + count) of p as a problem of their own (the cuda backend launches at
+ * most 65535 sequences at a time). Index arrays move to the first sequence; activations too,
+ * except with cu_seqlens, whose entries stay absolute token rows. */
+GDN_HD gdn_problem gdn_problem_rows(const gdn_problem *p, int64_t first, int64_t count)
+{
+    gdn_problem c = *p;
+    const int64_t idx = p->index_dtype == GDN_DTYPE_I32 ? 4 : 8;
+    c.num_seqs = count;
+    if (p->read_slots)
+        c.read_slots = (const char *)p->read_slots + first * idx;
+    if (p->write_slots)
+        c.write_slots = (const char *)p->write_slots + first * idx;
+    if (p->num_accepted)
+        c.num_accepted = (const char *)p->num_accepted + first * idx;
+    if (p->token_slots)
+        c.token_slots = (const char *)p->token_slots + first * p->token_slots_stride * idx;
+    if (p->cu_seqlens) {
+        c.cu_seqlens = (const char *)p->cu_seqlens + first * idx;
+        return c;
+    }
+    const int64_t act = p->act_dtype == GDN_DTYPE_F32 ? 4 : 2, row = first * p->num_tokens;
+    c.q = (const char *)p->q + row * p->q_stride * act;
+    c.k = (const char *)p->k + row * p->k_stride * act;
+    c.v = (const char *)p->v + row * p->v_stride * act;
+    c.a = (const char *)p->a + row * p->a_stride * act;
+    c.b = (const char *)p->b + row * p->b_stride * act;
+    c.out = (char *)p->out + row * p->out_stride * act;
+    c.token_rows = count * p->num_tokens;
+    return c;
 }
 
 /* Element offset of the state tile (slot, hv) in the pool; 64-bit throughout. */

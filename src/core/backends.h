@@ -18,6 +18,9 @@ gdn_status gdn_fail(gdn_status status, const char *format, ...)
 #endif
     ;
 
+/* The problem of validated params: defaults resolved, strides in elements (src/core/decode.c). */
+gdn_problem gdn_problem_from_params(const gdn_decode_params *p);
+
 /* cpu backend: float32, host threads (src/cpu/decode.c). */
 gdn_status gdn_cpu_decode(const gdn_problem *p);
 /* reference backend: float64, one thread (src/cpu/decode_reference.c). */

@@ -315,14 +315,14 @@ static gdn_status check_host_indices(const gdn_problem *pr)
                 "within token rows 0..%lld (num_seqs * num_tokens)",
                 (long long)n, (long long)gdn_index_at(pr->cu_seqlens, pr->index_dtype, n), (long long)(n + 1),
                 (long long)gdn_index_at(pr->cu_seqlens, pr->index_dtype, n + 1), (long long)pr->num_tokens,
-                (long long)(pr->num_seqs * pr->num_tokens));
+                (long long)pr->token_rows);
     }
     /* The rows cu_seqlens reaches stay within the N * num_tokens rows every offset was checked for. */
-    if (pr->cu_seqlens && gdn_index_at(pr->cu_seqlens, pr->index_dtype, pr->num_seqs) > pr->num_seqs * pr->num_tokens)
+    if (pr->cu_seqlens && gdn_index_at(pr->cu_seqlens, pr->index_dtype, pr->num_seqs) > pr->token_rows)
         return gdn_fail(GDN_ERR_INVALID_SHAPE, "cu_seqlens[%lld] = %lld exceeds num_seqs * num_tokens = %lld token rows",
                         (long long)pr->num_seqs,
                         (long long)gdn_index_at(pr->cu_seqlens, pr->index_dtype, pr->num_seqs),
-                        (long long)(pr->num_seqs * pr->num_tokens));
+                        (long long)pr->token_rows);
     return GDN_OK;
 }
 
@@ -334,7 +334,7 @@ static gdn_status check_varlen_overlap(const gdn_decode_params *p, const gdn_pro
     return check_overlap(p, gdn_index_at(pr->cu_seqlens, pr->index_dtype, pr->num_seqs));
 }
 
-static gdn_problem make_problem(const gdn_decode_params *p)
+gdn_problem gdn_problem_from_params(const gdn_decode_params *p)
 {
     gdn_problem pr;
     memset(&pr, 0, sizeof pr);
@@ -377,6 +377,7 @@ static gdn_problem make_problem(const gdn_decode_params *p)
     pr.token_slots = p->token_slots;
     pr.token_slots_stride = p->token_slots_stride > 0 ? p->token_slots_stride : pr.num_tokens;
     pr.num_accepted = p->num_accepted;
+    pr.token_rows = token_rows(p);
     pr.bad_index_rows = p->bad_index_rows;
     return pr;
 }
@@ -438,7 +439,7 @@ gdn_status gdn_decode(const gdn_decode_params *given)
         s = validate(params, &backend);
     if (s != GDN_OK || params->num_seqs == 0)
         return s;
-    gdn_problem pr = make_problem(params);
+    gdn_problem pr = gdn_problem_from_params(params);
     switch (backend) {
     case GDN_BACKEND_CUDA: return gdn_cuda_decode(&pr);
     case GDN_BACKEND_REFERENCE:

@@ -616,34 +616,6 @@ template <typename Act> cudaError_t launch_act(const gdn_problem &p, cudaStream_
 /* Grid y and z (value heads, sequences) are limited to 65535 per launch. */
 constexpr int64_t kMaxGridYZ = 65535;
 
-/* The rows [first, first + count) of p as a problem of their own. */
-gdn_problem rows_of(const gdn_problem &p, int64_t first, int64_t count)
-{
-    gdn_problem c = p;
-    const size_t idx = p.index_dtype == GDN_DTYPE_I32 ? 4 : 8;
-    c.num_seqs = count;
-    c.read_slots = p.read_slots ? static_cast<const char *>(p.read_slots) + first * idx : NULL;
-    if (p.write_slots)
-        c.write_slots = static_cast<const char *>(p.write_slots) + first * idx;
-    if (p.num_accepted)
-        c.num_accepted = static_cast<const char *>(p.num_accepted) + first * idx;
-    if (p.token_slots)
-        c.token_slots = static_cast<const char *>(p.token_slots) + first * p.token_slots_stride * idx;
-    if (p.cu_seqlens) { /* cu_seqlens keeps absolute token rows: the activations stay as they are */
-        c.cu_seqlens = static_cast<const char *>(p.cu_seqlens) + first * idx;
-        return c;
-    }
-    const size_t act = p.act_dtype == GDN_DTYPE_F32 ? 4 : 2;
-    const int64_t row = first * p.num_tokens;
-    c.q = static_cast<const char *>(p.q) + row * p.q_stride * act;
-    c.k = static_cast<const char *>(p.k) + row * p.k_stride * act;
-    c.v = static_cast<const char *>(p.v) + row * p.v_stride * act;
-    c.a = static_cast<const char *>(p.a) + row * p.a_stride * act;
-    c.b = static_cast<const char *>(p.b) + row * p.b_stride * act;
-    c.out = static_cast<char *>(p.out) + row * p.out_stride * act;
-    return c;
-}
-
 cudaError_t launch_rows(const gdn_problem &p, cudaStream_t stream)
 {
     switch (p.act_dtype) {
@@ -671,7 +643,7 @@ extern "C" gdn_status gdn_cuda_decode(const gdn_problem *p)
     cudaError_t err = cudaSuccess;
     for (int64_t first = 0; first < p->num_seqs && err == cudaSuccess; first += kMaxGridYZ) {
         const int64_t count = p->num_seqs - first < kMaxGridYZ ? p->num_seqs - first : kMaxGridYZ;
-        err = launch_rows(rows_of(*p, first, count), stream);
+        err = launch_rows(gdn_problem_rows(p, first, count), stream);
     }
     if (switch_device)
         cudaSetDevice(current);

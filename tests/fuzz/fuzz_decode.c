@@ -130,6 +130,8 @@ static const char *const ptr_names[P_COUNT] = {"q",
                                                "num_accepted"};
 
 enum { VALUES_TAME = 0, VALUES_POISON = 1, VALUES_WILD = 2 };
+/* where bad_index_rows points: nowhere, a buffer of its own, misaligned, into the pool, into out */
+enum { COUNTER_NONE, COUNTER_OWN, COUNTER_MISALIGNED, COUNTER_IN_POOL, COUNTER_IN_OUT };
 
 typedef struct spec {
     int64_t N, H, HV, K, V, T, slots;
@@ -147,6 +149,8 @@ typedef struct spec {
     int64_t arena_shift;                 /* out offset from the pool start, in bytes */
     int bad_struct;                      /* struct_size neither this header's nor an older one's */
     int old_struct; /* struct_size of a 0.1 header (up to num_threads): no multi-token fields */
+    int struct02;   /* struct_size of a 0.2 header (up to num_accepted): no checked mode */
+    int counter;    /* checked mode's bad_index_rows: one of COUNTER_* */
     int values;
     uint64_t seed;
     int poison_count;
@@ -408,6 +412,14 @@ static void decode_spec(reader *r, spec *s)
     s->has_cu &= s->null_ptr != P_CU;
     s->has_ts &= s->null_ptr != P_TS;
     s->has_acc &= s->null_ptr != P_ACC;
+    /* read last, so that inputs made before these fields existed decode as they did */
+    c = u8(r);
+    s->counter = c >= 200 ? COUNTER_OWN + (int)(c % 4) : COUNTER_NONE;
+    if (s->counter == COUNTER_IN_OUT && s->has_cu) /* out's rows are unknown before the call */
+        s->counter = COUNTER_OWN;
+    s->struct02 = u8(r) >= 240 && !s->bad_struct && !s->old_struct;
+    if (s->struct02 || s->old_struct || s->bad_struct)
+        s->counter = COUNTER_NONE; /* older callers have no counter (junk is placed there) */
     if (s->old_struct) { /* an older caller has none of the multi-token fields: they read as zero */
         s->T = 0, s->ts_stride = 0, s->ts_real = 1;
         s->has_cu = s->has_ts = s->has_acc = 0;
@@ -485,6 +497,8 @@ typedef struct world {
     int64_t alloc_slots;               /* pool slots allocated */
     size_t out_bytes, pool_bytes;      /* bytes of the out and pool regions */
     int clamped;                       /* some buffer is smaller than the call may touch */
+    _Alignas(16) unsigned char counter_box[16]; /* COUNTER_OWN and COUNTER_MISALIGNED point here */
+    uint32_t *counter;                          /* what bad_index_rows gets */
 } world;
 
 static size_t elem_size(const spec *s, int which)
@@ -610,6 +624,19 @@ static int contract_ok(const spec *s, const world *w, const char **why)
                 NO("cu_seqlens rows overflow");
     if (overlaps(s, w))
         NO("overlap");
+    if (w->counter) { /* a uint32, 4-aligned, outside the pool and (without cu_seqlens) out's rows */
+        __int128 at = (__int128)(uintptr_t)w->counter, pool_lo = (__int128)(uintptr_t)w->ptr[P_POOL];
+        __int128 pool_hi = pool_lo + (__int128)s->slots * s->HV * s->V * s->K * (__int128)state_size(s->state);
+        if ((uintptr_t)w->counter % 4)
+            NO("bad_index_rows misaligned");
+        if (at < pool_hi && pool_lo < at + 4)
+            NO("bad_index_rows inside the pool");
+        __int128 out_lo = (__int128)(uintptr_t)w->ptr[P_OUT], rows = rows_needed(s);
+        __int128 out_hi =
+            out_lo + ((rows - 1) * eff_stride(s, T_OUT) + row_width(s, T_OUT)) * (__int128)act_size(s->act);
+        if (!s->has_cu && rows > 0 && at < out_hi && out_lo < at + 4)
+            NO("bad_index_rows inside out");
+    }
     /* a huge pool is allocated as its first few slots: skip calls that use a slot beyond them */
     for (int64_t n = 0; n < s->N; n++) {
         if ((s->has_slot && s->slot[n] >= w->alloc_slots) || (s->has_write && s->write[n] >= w->alloc_slots))
@@ -901,6 +928,14 @@ static int build(const spec *s, world *w)
     for (int i = 0; i < P_COUNT; i++)
         if (!present[i] || s->null_ptr == i)
             w->ptr[i] = NULL;
+    memset(w->counter_box, 0xA5, sizeof w->counter_box);
+    switch (s->counter) {
+    case COUNTER_OWN: w->counter = (uint32_t *)w->counter_box; break;
+    case COUNTER_MISALIGNED: w->counter = (uint32_t *)(void *)(w->counter_box + 2); break;
+    case COUNTER_IN_POOL: w->counter = (uint32_t *)(void *)w->ptr[P_POOL]; break;
+    case COUNTER_IN_OUT: w->counter = (uint32_t *)(void *)w->ptr[P_OUT]; break;
+    default: w->counter = NULL; break;
+    }
     return 1;
 }
 
@@ -916,13 +951,14 @@ static void describe(FILE *f)
         "  problem: N=%lld H=%lld HV=%lld K=%lld V=%lld T=%lld slots=%lld act=%d state=%d idx=%d layout=%d "
         "head_map=%d l2norm=%d null_zero=%d backend=%d threads=%d scale=%g\n"
         "  strides q=%lld k=%lld v=%lld a=%lld b=%lld out=%lld; write=%d cu=%d token_slots=%d (stride %lld) "
-        "accepted=%d slot_indices=%d; null=%d misalign=%d(+%d) arena=%d values=%d\n",
+        "accepted=%d slot_indices=%d; null=%d misalign=%d(+%d) arena=%d values=%d counter=%d struct=%s\n",
         (long long)s->N, (long long)s->H, (long long)s->HV, (long long)s->K, (long long)s->V, (long long)s->T,
         (long long)s->slots, s->act, s->state, s->idx, s->layout, s->head_map, s->l2norm, s->null_zero,
         s->backend, s->threads, (double)s->scale, (long long)s->stride[0], (long long)s->stride[1],
         (long long)s->stride[2], (long long)s->stride[3], (long long)s->stride[4], (long long)s->stride[5],
         s->has_write, s->has_cu, s->has_ts, (long long)s->ts_stride, s->has_acc, s->has_slot, s->null_ptr,
-        s->misalign, s->misalign_by, s->arena, s->values);
+        s->misalign, s->misalign_by, s->arena, s->values, s->counter,
+        s->bad_struct ? "bad" : s->old_struct ? "0.1" : s->struct02 ? "0.2" : "0.3");
     int64_t n = clamp64(s->N, 0, MAX_N);
     for (int64_t i = 0; i < n; i++) {
         fprintf(f, "  seq %lld: slot %lld write %lld accepted %lld cu %lld..%lld token_slots", (long long)i,
@@ -939,9 +975,13 @@ static gdn_decode_params params_for(const spec *s, const world *w)
     gdn_decode_params p;
     gdn_decode_params_init(&p);
     if (s->bad_struct)
-        p.struct_size = sizeof p - 8;
+        p.struct_size = sizeof p - 4;
     if (s->old_struct) /* junk where an older caller's struct ends: the library must not read it */
         p.struct_size = offsetof(gdn_decode_params, num_tokens);
+    if (s->struct02)
+        p.struct_size = offsetof(gdn_decode_params, bad_index_rows);
+    /* an older caller's junk in bad_index_rows would be refused (misaligned) if it were read */
+    p.bad_index_rows = s->struct02 || s->old_struct ? (uint32_t *)(void *)(w->counter_box + 1) : w->counter;
     p.num_seqs = s->N, p.num_q_heads = s->H, p.num_v_heads = s->HV, p.head_dim_k = s->K, p.head_dim_v = s->V;
     p.act_dtype = (gdn_dtype)s->act;
     p.q = w->ptr[P_Q], p.k = w->ptr[P_K], p.v = w->ptr[P_V], p.a = w->ptr[P_A], p.b = w->ptr[P_B];
@@ -1160,7 +1200,7 @@ static gdn_status call(const spec *s, const gdn_decode_params *p, gdn_backend *b
 {
     const gdn_decode_params *given = p;
     void *copy = NULL;
-    if (s->old_struct) {
+    if (s->old_struct || s->struct02) {
         copy = malloc(p->struct_size);
         memcpy(copy, p, p->struct_size);
         given = copy;
@@ -1209,6 +1249,8 @@ static void run(const spec *s, world *w)
         REQUIRE(memcmp(wr[i].base, before[i].base, wr[i].size) == 0, "gdn_decode_backend_for wrote memory");
     gdn_status st = call(s, &p, NULL);
     const char *msg = gdn_last_error();
+    for (size_t i = 0; i < sizeof w->counter_box; i++) /* host backends never write the counter */
+        REQUIRE(w->counter_box[i] == 0xA5, "bad_index_rows written (byte %zu)", i);
     for (int i = 0; i < P_COUNT; i++)
         if (inputs[i].base)
             REQUIRE(memcmp(inputs[i].base, w->a[i].base, w->a[i].size) == 0, "input %s changed",

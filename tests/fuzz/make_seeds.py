@@ -20,7 +20,8 @@ IDX = {"i64": 0, "i32": 1}
 def seed(name, N=3, H=1, HV=2, K=16, V=8, T=1, slots=8, act="f32", state="f32", idx="i64", layout=0,
          head_map=0, l2norm=1, null_zero=0, threads=0, scale=0, strides=(0,) * 6, arena=None, values="tame",
          poison=(), write=False, token_slots=False, accepted=False, cu=None, read=None, writes=None,
-         acc=None, ts=None, rng=12345, ts_stride_byte=0, cu_tail=(0,), folder="seeds"):
+         acc=None, ts=None, rng=12345, ts_stride_byte=0, cu_tail=(0,), counter=None, struct02=False,
+         folder="seeds"):
     b = bytearray()
     b.append(N)
     b.append(H - 1)
@@ -56,6 +57,9 @@ def seed(name, N=3, H=1, HV=2, K=16, V=8, T=1, slots=8, act="f32", state="f32", 
     for n in range(N):
         b.append(cu[n] if cu else 0)
     b += bytes(cu_tail)  # (0,): cu_seqlens unbroken
+    if counter or struct02:  # bad_index_rows (checked mode), then the 0.2 struct: read last
+        b.append({None: 0, "own": 200, "misaligned": 201, "pool": 202, "out": 203}[counter])
+        b.append(240 if struct02 else 0)
     with open(os.path.join(HERE, folder, name), "wb") as f:
         f.write(bytes(b))
 
@@ -84,6 +88,11 @@ def main():
     seed("out_before_pool", N=2, H=1, HV=1, K=8, V=8, arena=(0, 0), read=[0, 1])
     seed("out_after_pool", N=2, H=1, HV=1, K=8, V=8, arena=(0, 1), read=[0, 1])
     seed("out_overlaps_pool", N=2, H=1, HV=1, K=8, V=8, arena=(0, 2), read=[0, 1])
+    seed("counter_own", N=3, H=1, HV=2, K=8, V=8, T=2, read=[0, 1, 2], counter="own")
+    seed("counter_misaligned", N=2, H=1, HV=2, K=8, V=8, read=[0, 1], counter="misaligned")
+    seed("counter_in_pool", N=2, H=1, HV=2, K=8, V=8, read=[0, 1], counter="pool")
+    seed("counter_in_out", N=2, H=1, HV=2, K=8, V=8, read=[0, 1], counter="out")
+    seed("struct_02", N=2, H=1, HV=2, K=8, V=8, T=2, read=[0, 1], struct02=True)
     seed("threads", N=6, H=1, HV=2, K=128, V=128, T=4, threads=2, read=[0, 1, 2, 3, 4, 5])
     # Inputs that found library bugs, since fixed (docs/errors.md); `make fuzz` replays them.
     # cu_seqlens = {INT64_MIN, 1}: corruption byte 219 (entry `at` = 0 gets extreme[2] = INT64_MIN)
