@@ -124,7 +124,7 @@ class DecodeParams(ctypes.Structure):
         ("token_slots", ctypes.c_void_p),
         ("token_slots_stride", ctypes.c_int64),
         ("num_accepted", ctypes.c_void_p),
-        ("bad_index_rows", ctypes.c_void_p),  # checked mode (0.3); this package leaves it NULL
+        ("bad_index_rows", ctypes.c_void_p),  # checked mode (0.3)
     ]
 
 
@@ -134,6 +134,8 @@ _ONE_TOKEN_FIELDS_END = DecodeParams.num_threads.offset + ctypes.sizeof(ctypes.c
 # Multi-token decode (decode_tokens) writes every field up to num_accepted: a library with a
 # shorter struct would ignore them and compute something else, so it is refused for that call.
 MULTI_TOKEN_FIELDS_END = DecodeParams.num_accepted.offset + ctypes.sizeof(ctypes.c_void_p)
+# Checked mode (bad_index_rows, gdn 0.3): only a library whose struct holds the field can take it.
+COUNTER_FIELD_END = DecodeParams.bad_index_rows.offset + ctypes.sizeof(ctypes.c_void_p)
 
 
 def _declare(lib):

@@ -15,7 +15,7 @@ is what gdn_decode_params describes.
 import ctypes
 import sys
 
-from ._lib import LIB, MAX_TOKENS, MULTI_TOKEN_FIELDS_END, Backend, DType, HeadMap, Layout
+from ._lib import COUNTER_FIELD_END, LIB, MAX_TOKENS, MULTI_TOKEN_FIELDS_END, Backend, DType, HeadMap, Layout
 from ._tensors import cuda_stream_handle, describe, empty_like_shape
 from .errors import check
 
@@ -233,6 +233,21 @@ class _Call:
         t = self.index.get(name)
         return t.ptr if t is not None else None
 
+    def counter(self, bad_index_rows):
+        """The pointer for checked mode's bad_index_rows: a one-element int32 tensor (read as
+        uint32 by the library) on the pool's device, or None (checked mode off)."""
+        if bad_index_rows is None:
+            return None
+        if LIB.params_size < COUNTER_FIELD_END:
+            raise RuntimeError(f"gdn: {LIB.path} (version {LIB.version}) has no checked mode (bad_index_rows)")
+        t = describe("bad_index_rows", bad_index_rows)
+        _check_dtype(t, (DType.I32,), "the checked-mode counter")
+        if t.shape not in ((1,), ()):
+            raise ValueError(f"bad_index_rows has shape {tuple(t.obj.shape)}, expected [1] (one counter)")
+        _check_one_device([self.pool, t])
+        _check_writable(t)
+        return t.ptr
+
     def params(self, *, scale, qk_l2norm, head_map, null_slot_zero, backend, num_threads):
         """The gdn_decode_params of this call."""
         p = LIB.new_params()
@@ -395,7 +410,7 @@ def _options(scale, head_map, layout, backend, num_threads):
 
 
 def _prepare(q, k, v, a, b, A_log, dt_bias, state_pool, slot_indices, out, write_slot_indices, scale, qk_l2norm,
-             head_map, layout, null_slot_zero, backend, num_threads):
+             head_map, layout, null_slot_zero, backend, num_threads, bad_index_rows=None):
     """(params, out) of a decode call, every Python-side check done."""
     layout, options = _options(scale, head_map, layout, backend, num_threads)
     if slot_indices is None:
@@ -403,12 +418,13 @@ def _prepare(q, k, v, a, b, A_log, dt_bias, state_pool, slot_indices, out, write
     call = _Call(q, k, v, a, b, A_log, dt_bias, state_pool, out, layout,
                  dict(slot_indices=slot_indices, write_slot_indices=write_slot_indices))
     params = call.params(qk_l2norm=qk_l2norm, null_slot_zero=null_slot_zero, **options)
+    params.bad_index_rows = call.counter(bad_index_rows)
     return params, call.out_obj
 
 
 def _prepare_tokens(q, k, v, a, b, A_log, dt_bias, state_pool, slot_indices, num_tokens, cu_seqlens, token_slots,
                     num_accepted, out, write_slot_indices, scale, qk_l2norm, head_map, layout, null_slot_zero, backend,
-                    num_threads):
+                    num_threads, bad_index_rows=None):
     """(params, out) of a decode_tokens call, every Python-side check done."""
     layout, options = _options(scale, head_map, layout, backend, num_threads)
     if slot_indices is None and num_accepted is None:
@@ -417,12 +433,13 @@ def _prepare_tokens(q, k, v, a, b, A_log, dt_bias, state_pool, slot_indices, num
                    token_slots=token_slots, num_accepted=num_accepted)
     call = _TokensCall(q, k, v, a, b, A_log, dt_bias, state_pool, out, layout, indices, num_tokens)
     params = call.params(qk_l2norm=qk_l2norm, null_slot_zero=null_slot_zero, **options)
+    params.bad_index_rows = call.counter(bad_index_rows)
     return params, call.out_obj
 
 
 def decode(q, k, v, a, b, A_log, dt_bias, state_pool, slot_indices, *, out=None, write_slot_indices=None,
            scale=0.0, qk_l2norm=True, head_map="grouped", layout="vk", null_slot_zero=False, backend="auto",
-           num_threads=0):
+           num_threads=0, bad_index_rows=None):
     """One decode step (one token per sequence) of a Gated DeltaNet layer; returns `out`.
 
     Tensors (all NumPy arrays or torch tensors, all on one device; N sequences, H query/key
@@ -458,13 +475,19 @@ def decode(q, k, v, a, b, A_log, dt_bias, state_pool, slot_indices, *, out=None,
     host, so it can be captured in a CUDA graph. Errors: TypeError/ValueError for arguments
     refused here, gdn.GdnError (GdnArgumentError is also a ValueError) with the library's
     message for those the library refuses; in every case nothing was written.
+
+    bad_index_rows: checked mode (include/gdn.h, docs/errors.md). A one-element int32 tensor on
+    the pool's device: the cuda kernel adds 1 for every sequence it skips because an index it
+    read on the device is invalid (slot >= num_slots, ...). Zero it, run any number of calls
+    (a whole CUDA graph), read it. Host backends refuse bad indices with an error instead and
+    never touch it.
     """
     if _torch_compiling():
         return _decode_in_torch_graph(q, k, v, a, b, A_log, dt_bias, state_pool, slot_indices, out,
                                       write_slot_indices, scale, qk_l2norm, head_map, layout, null_slot_zero, backend,
-                                      num_threads)
+                                      num_threads, bad_index_rows)
     params, out = _prepare(q, k, v, a, b, A_log, dt_bias, state_pool, slot_indices, out, write_slot_indices,
-                           scale, qk_l2norm, head_map, layout, null_slot_zero, backend, num_threads)
+                           scale, qk_l2norm, head_map, layout, null_slot_zero, backend, num_threads, bad_index_rows)
     check(LIB.cdll.gdn_decode(ctypes.byref(params)), "gdn_decode")
     return out
 
@@ -475,8 +498,17 @@ def _torch_compiling():
     return compiler is not None and compiler.is_compiling()
 
 
+def _refuse_counter_in_torch_graph(bad_index_rows):
+    """The custom operators do not take checked mode's counter: torch (2.11) cannot declare an
+    optional argument as mutated when a caller leaves it out, and an undeclared write could be
+    reordered by the compiler. Say so instead of dropping it silently."""
+    if bad_index_rows is not None:
+        raise NotImplementedError("gdn: bad_index_rows (checked mode) is not supported inside torch.compile; call "
+                                  "gdn.decode eagerly (or in a CUDA graph) to use it")
+
+
 def _decode_in_torch_graph(q, k, v, a, b, A_log, dt_bias, state_pool, slot_indices, out, write_slot_indices, scale,
-                           qk_l2norm, head_map, layout, null_slot_zero, backend, num_threads):
+                           qk_l2norm, head_map, layout, null_slot_zero, backend, num_threads, bad_index_rows):
     """decode() as torch.compile sees it: one call of the custom operator torch.ops.gdn.decode_,
     instead of a trace of the checks above that would end at the ctypes call in a graph break.
     The operator runs decode() itself, checks included, when the compiled code runs."""
@@ -486,6 +518,7 @@ def _decode_in_torch_graph(q, k, v, a, b, A_log, dt_bias, state_pool, slot_indic
 
     if out is None:
         out = torch.empty(v.shape, dtype=v.dtype, device=v.device)
+    _refuse_counter_in_torch_graph(bad_index_rows)
     torch.ops.gdn.decode_(q, k, v, a, b, A_log, dt_bias, state_pool, slot_indices, out, write_slot_indices,
                           _scale_value(scale), bool(qk_l2norm), head_map, layout, bool(null_slot_zero), backend,
                           num_threads)
@@ -506,7 +539,8 @@ def decode_backend_for(q, k, v, a, b, A_log, dt_bias, state_pool, slot_indices, 
 
 def decode_tokens(q, k, v, a, b, A_log, dt_bias, state_pool, *, slot_indices=None, num_tokens=None, cu_seqlens=None,
                   token_slots=None, num_accepted=None, out=None, write_slot_indices=None, scale=0.0, qk_l2norm=True,
-                  head_map="grouped", layout="vk", null_slot_zero=False, backend="auto", num_threads=0):
+                  head_map="grouped", layout="vk", null_slot_zero=False, backend="auto", num_threads=0,
+                  bad_index_rows=None):
     """Multi-token decode (speculative verify, MTP; SPEC operation 2): each of N sequences applies
     its tokens in order, its state staying on chip between tokens; returns `out`.
 
@@ -541,27 +575,30 @@ def decode_tokens(q, k, v, a, b, A_log, dt_bias, state_pool, *, slot_indices=Non
     distinct and not read by another sequence of the call. A snapshot is the running float32
     state rounded to the state dtype; the running state is not re-read from it.
 
-    Options, devices, streams, CUDA graphs and errors as gdn.decode. On the host, cu_seqlens[N]
-    is checked against the rows given; on CUDA it cannot be (the indices stay on the device), and
-    the kernel skips sequences whose cu_seqlens or num_accepted are out of range.
+    Options, devices, streams, CUDA graphs, errors and bad_index_rows (checked mode) as
+    gdn.decode. On the host, cu_seqlens[N] is checked against the rows given; on CUDA it cannot be
+    (the indices stay on the device), and the kernel skips (and in checked mode counts) sequences
+    whose cu_seqlens, num_accepted or token slots are out of range.
     """
     if _torch_compiling():
         return _decode_tokens_in_torch_graph(q, k, v, a, b, A_log, dt_bias, state_pool, slot_indices, num_tokens,
                                              cu_seqlens, token_slots, num_accepted, out, write_slot_indices, scale,
-                                             qk_l2norm, head_map, layout, null_slot_zero, backend, num_threads)
+                                             qk_l2norm, head_map, layout, null_slot_zero, backend, num_threads,
+                                             bad_index_rows)
     params, out = _prepare_tokens(q, k, v, a, b, A_log, dt_bias, state_pool, slot_indices, num_tokens, cu_seqlens,
                                   token_slots, num_accepted, out, write_slot_indices, scale, qk_l2norm, head_map,
-                                  layout, null_slot_zero, backend, num_threads)
+                                  layout, null_slot_zero, backend, num_threads, bad_index_rows)
     check(LIB.cdll.gdn_decode(ctypes.byref(params)), "gdn_decode")
     return out
 
 
 def _decode_tokens_in_torch_graph(q, k, v, a, b, A_log, dt_bias, state_pool, slot_indices, num_tokens, cu_seqlens,
                                   token_slots, num_accepted, out, write_slot_indices, scale, qk_l2norm, head_map,
-                                  layout, null_slot_zero, backend, num_threads):
+                                  layout, null_slot_zero, backend, num_threads, bad_index_rows):
     """decode_tokens() as torch.compile sees it: one call of torch.ops.gdn.decode_tokens_."""
     import torch
 
+    _refuse_counter_in_torch_graph(bad_index_rows)
     from . import torch_ops  # noqa: F401  registers torch.ops.gdn.decode_tokens_
 
     if out is None:

@@ -1331,5 +1331,49 @@ def test_torch_custom_op_decode_tokens_and_compile():
         assert torch.equal(compiled(q, k, v, a, b, compiled_pool), expected)
         assert torch.equal(compiled_pool, expected_pool)
 
+def test_checked_mode_counter_on_the_host():
+    """bad_index_rows (checked mode): accepted as a one-element int32 tensor or array on the
+    pool's device; host backends refuse bad indices with an error and never touch the counter
+    (the cuda kernel's counting is tested on the GPU: tests/test_cuda.c)."""
+    torch = require_torch()
+    rng = new_rng()
+    problem, acts, params, pool = compat_problem(torch, rng)
+    slots = torch.tensor([2, -1, 0, 5])
+    expected_pool = pool.clone()
+    expected = gdn.decode(*acts, *params, expected_pool, slots)
+    for counter in (torch.full((1,), 7, dtype=torch.int32), np.full(1, 7, dtype=np.int32)):
+        checked_pool = pool.clone()
+        out = gdn.decode(*acts, *params, checked_pool, slots, bad_index_rows=counter)
+        assert torch.equal(out, expected) and torch.equal(checked_pool, expected_pool)
+        assert int(counter[0]) == 7, "a host backend wrote the counter"
+    counter = torch.full((1,), 7, dtype=torch.int32)
+    bad_pool = pool.clone()
+    expect_error(gdn.GdnError, lambda: gdn.decode(*acts, *params, bad_pool, torch.tensor([2, 6, 0, 5]),
+                                                  bad_index_rows=counter), "slot_indices[1] = 6")
+    assert int(counter[0]) == 7 and torch.equal(bad_pool, pool)
+    expect_error(TypeError, lambda: gdn.decode(*acts, *params, pool.clone(), slots,
+                                               bad_index_rows=torch.zeros(1, dtype=torch.int64)), "takes i32")
+    expect_error(ValueError, lambda: gdn.decode(*acts, *params, pool.clone(), slots,
+                                                bad_index_rows=torch.zeros(2, dtype=torch.int32)), "[1]")
+    frozen = np.zeros(1, dtype=np.int32)
+    frozen.flags.writeable = False
+    expect_error(ValueError, lambda: gdn.decode(*acts, *params, pool.clone(), slots, bad_index_rows=frozen),
+                 "read-only")
+    # decode_tokens takes it too; under torch.compile it is refused, not dropped
+    tokens_pool = pool.clone()
+    gdn.decode_tokens(*acts, *params, tokens_pool, slot_indices=slots, bad_index_rows=counter)
+    assert torch.equal(tokens_pool, expected_pool) and int(counter[0]) == 7
+
+    def compiled_step(pool):
+        return gdn.decode(*acts, *params, pool, slots, bad_index_rows=counter) * 1.0
+
+    try:
+        torch.compile(compiled_step, backend="aot_eager", fullgraph=True)(pool.clone())
+    except Exception as error:  # dynamo may wrap the NotImplementedError
+        assert "bad_index_rows" in str(error), error
+    else:
+        raise AssertionError("bad_index_rows under torch.compile was accepted")
+
+
 if __name__ == "__main__":
     run(globals())

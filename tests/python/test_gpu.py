@@ -107,7 +107,8 @@ def test_cuda_matches_reference():
 
 
 def test_cuda_out_of_range_slots_are_skipped():
-    """On cuda the indices stay on the device: a row whose slot is >= num_slots writes nothing."""
+    """On cuda the indices stay on the device: a row whose slot is >= num_slots writes nothing,
+    and checked mode (bad_index_rows) counts it."""
     torch = cuda_torch()
     rng = new_rng()
     problem = Problem(rng, 4, 2, 4, 128, 128, 4)
@@ -115,8 +116,10 @@ def test_cuda_out_of_range_slots_are_skipped():
     slots = torch.tensor([1, 7, 0, 4], device="cuda")
     out = torch.full_like(acts[2], float("nan"))
     before = pool.clone()
-    gdn.decode(*acts, *params, pool, slots, out=out)
+    counter = torch.zeros(1, dtype=torch.int32, device="cuda")  # checked mode: counts the skipped rows
+    gdn.decode(*acts, *params, pool, slots, out=out, bad_index_rows=counter)
     torch.cuda.synchronize()
+    assert int(counter.item()) == 2, f"bad_index_rows = {int(counter.item())}, want 2"
     assert torch.isnan(out[1]).all() and torch.isnan(out[3]).all(), "rows with slots >= num_slots were written"
     assert torch.isfinite(out[0]).all() and torch.isfinite(out[2]).all()
     assert torch.equal(pool[2:], before[2:])
