@@ -104,74 +104,13 @@ def pool_bytes(shape, n, state):
 
 
 # ------------------------------------------------------------------------------------------
-# libgdn through ctypes: a mirror of gdn_decode_params in include/gdn.h, field for field
+# libgdn through the repository's Python package (python/gdn): its ctypes mirror of
+# gdn_decode_params is the one the package's tests keep in step with include/gdn.h
 # ------------------------------------------------------------------------------------------
 
 GDN_DTYPE = {"f32": 0, "f16": 1, "bf16": 2, "f64": 3, "i32": 4, "i64": 5}
 GDN_BACKEND = {"auto": 0, "cpu": 1, "cuda": 2, "reference": 3}
-
-
-# C enums are int-sized on the platforms the library builds for.
-_PARAMS_0_1 = [
-        ("struct_size", ctypes.c_size_t),
-        ("num_seqs", ctypes.c_int64),
-        ("num_q_heads", ctypes.c_int64),
-        ("num_v_heads", ctypes.c_int64),
-        ("head_dim_k", ctypes.c_int64),
-        ("head_dim_v", ctypes.c_int64),
-        ("act_dtype", ctypes.c_int),
-        ("q", ctypes.c_void_p),
-        ("q_stride", ctypes.c_int64),
-        ("k", ctypes.c_void_p),
-        ("k_stride", ctypes.c_int64),
-        ("v", ctypes.c_void_p),
-        ("v_stride", ctypes.c_int64),
-        ("a", ctypes.c_void_p),
-        ("a_stride", ctypes.c_int64),
-        ("b", ctypes.c_void_p),
-        ("b_stride", ctypes.c_int64),
-        ("out", ctypes.c_void_p),
-        ("out_stride", ctypes.c_int64),
-        ("A_log", ctypes.c_void_p),
-        ("dt_bias", ctypes.c_void_p),
-        ("scale", ctypes.c_float),
-        ("qk_l2norm", ctypes.c_int),
-        ("head_map", ctypes.c_int),
-        ("state_pool", ctypes.c_void_p),
-        ("num_slots", ctypes.c_int64),
-        ("state_layout", ctypes.c_int),
-        ("state_dtype", ctypes.c_int),
-        ("slot_indices", ctypes.c_void_p),
-        ("write_slot_indices", ctypes.c_void_p),
-        ("index_dtype", ctypes.c_int),
-        ("null_slot_zero", ctypes.c_int),
-        ("backend", ctypes.c_int),
-        ("stream", ctypes.c_void_p),
-        ("num_threads", ctypes.c_int),
-]
-# Appended by 0.2 (multi-token decode); left zero here: one token per sequence.
-_PARAMS_0_2 = _PARAMS_0_1 + [
-    ("num_tokens", ctypes.c_int64),
-    ("cu_seqlens", ctypes.c_void_p),
-    ("token_slots", ctypes.c_void_p),
-    ("token_slots_stride", ctypes.c_int64),
-    ("num_accepted", ctypes.c_void_p),
-]
-
-
-class GdnDecodeParams(ctypes.Structure):
-    """The newest gdn_decode_params this binding knows. gdn_decode wants struct_size equal to
-    the library's own sizeof, and fields are only ever appended, so a library built from an
-    older header is driven through the same prefix with its own struct_size."""
-
-    _fields_ = _PARAMS_0_2
-
-
-class _GdnDecodeParams01(ctypes.Structure):
-    _fields_ = _PARAMS_0_1
-
-
-KNOWN_PARAMS_SIZES = {ctypes.sizeof(_GdnDecodeParams01): "0.1", ctypes.sizeof(GdnDecodeParams): "0.2"}
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 class GdnError(RuntimeError):
@@ -179,49 +118,22 @@ class GdnError(RuntimeError):
 
 
 class GdnLib:
-    def __init__(self, path):
-        self.path = os.path.abspath(path)
-        lib = ctypes.CDLL(self.path)
-        lib.gdn_decode_params_init.argtypes = [ctypes.c_void_p]
-        lib.gdn_decode_params_init.restype = None
-        lib.gdn_decode.argtypes = [ctypes.POINTER(GdnDecodeParams)]
-        lib.gdn_decode.restype = ctypes.c_int
-        lib.gdn_last_error.restype = ctypes.c_char_p
-        lib.gdn_status_string.argtypes = [ctypes.c_int]
-        lib.gdn_status_string.restype = ctypes.c_char_p
-        lib.gdn_version_string.restype = ctypes.c_char_p
-        lib.gdn_backend_built.argtypes = [ctypes.c_int]
-        lib.gdn_backend_built.restype = ctypes.c_int
-        lib.gdn_cuda_device_count.restype = ctypes.c_int
-        self.lib = lib
-        self.version = lib.gdn_version_string().decode()
-        self._check_layout()
+    """libgdn at `path`, loaded by gdn._lib (GDN_LIBRARY); raw params, raw gdn_decode."""
 
-    def _check_layout(self):
-        """The library's init fills a roomy buffer: its struct_size must be our sizeof, and
-        the non-zero defaults must land on our fields, or every call would be garbage."""
-        raw = (ctypes.c_char * 4096)()
-        self.lib.gdn_decode_params_init(raw)
-        size = ctypes.c_size_t.from_buffer(raw).value
-        if size not in KNOWN_PARAMS_SIZES:
-            raise GdnError(
-                f"gdn_decode_params is {size} bytes in {self.path}; this binding knows "
-                f"{sorted(KNOWN_PARAMS_SIZES)}: include/gdn.h changed, update GdnDecodeParams"
-            )
-        self.params_size, self.params_revision = size, KNOWN_PARAMS_SIZES[size]
-        p = GdnDecodeParams.from_buffer_copy(raw)
-        want = {"act_dtype": 2, "qk_l2norm": 1, "head_map": 0, "state_layout": 0, "state_dtype": 0,
-                "index_dtype": 5, "backend": 0, "num_seqs": 0, "stream": None}
-        got = {name: getattr(p, name) for name in want}
-        if got != want:
-            raise GdnError(f"gdn_decode_params defaults read back as {got}, expected {want}: field layout differs")
+    def __init__(self, path):
+        os.environ["GDN_LIBRARY"] = os.path.abspath(path)
+        sys.path.insert(0, os.path.join(REPO_ROOT, "python"))
+        from gdn import _lib
+
+        self._lib = _lib.LIB
+        self.path, self.lib, self.version = self._lib.path, self._lib.cdll, self._lib.version
+        self.params_size = self._lib.params_size
 
     def cuda_ready(self):
         return bool(self.lib.gdn_backend_built(GDN_BACKEND["cuda"])) and self.lib.gdn_cuda_device_count() > 0
 
     def params(self, **fields):
-        p = GdnDecodeParams()  # zeroed; init fills the library's sizeof of it, <= ours
-        self.lib.gdn_decode_params_init(ctypes.byref(p))
+        p = self._lib.new_params()  # filled by gdn_decode_params_init, the library's struct_size
         for name, value in fields.items():
             setattr(p, name, value)
         return p
@@ -881,8 +793,7 @@ def merge(dirs):
 def cpu_selftest(lib_path):
     load_torch()
     lib = GdnLib(lib_path)
-    print(f"libgdn {lib.version} at {lib.path}: gdn_decode_params is {lib.params_size} bytes (header "
-          f"revision {lib.params_revision}), defaults land on this binding's fields")
+    print(f"libgdn {lib.version} at {lib.path}: gdn_decode_params is {lib.params_size} bytes")
     failures = 0
     shape = (2, 6, 32, 16)  # groups of 3, K != V: catches a swapped head map or layout
     for backend in ("cpu", "reference"):

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The CPU tests of the Python binding, as `make test` runs them (after `make all`): installs NumPy
-# if it is missing (pip; --user --break-system-packages where the system Python is externally
-# managed), finds or regenerates the reference vectors, then runs the tests without pytest.
+# The CPU tests of the Python binding, as `make test` runs them (after `make all`), then the peer
+# harness's CPU self-test: installs NumPy if it is missing (pip; --user --break-system-packages
+# where the system Python is externally managed), finds or regenerates the reference vectors, then
+# runs the tests without pytest.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 if ! python3 -c 'import numpy' 2>/dev/null; then
@@ -9,4 +10,11 @@ if ! python3 -c 'import numpy' 2>/dev/null; then
         python3 -m pip install --quiet --user --break-system-packages numpy
 fi
 vectors=$(tests/vectors/ensure.sh)
-GDN_VECTORS=$vectors exec python3 tests/python/test_decode_cpu.py
+GDN_VECTORS=$vectors python3 tests/python/test_decode_cpu.py
+# The GPU peer harness drives libgdn through the same package: its CPU self-test keeps it in step
+# with the header (it needs torch, as the harness does).
+if python3 -c 'import torch' 2>/dev/null; then
+    python3 bench/peers/peer_bench.py --cpu-selftest
+else
+    echo "bench/peers/peer_bench.py --cpu-selftest not run: torch is not installed"
+fi
