@@ -152,18 +152,20 @@ def torch_gdn_dtype(dtype):
                       torch.float64: "f64", torch.int32: "i32", torch.int64: "i64"}[dtype]]
 
 
-def gdn_params(lib, shape, t, pool, slots, out, backend):
-    """Params for one call on the tensors of t (q, k [N,1,H,K]; v, out [N,1,HV,V]; a, b
-    [N,1,HV]; all packed, so strides stay 0) and a vk pool."""
+def gdn_params(lib, shape, t, pool, slots, out, backend, **extra):
+    """Params for one call on the tensors of t (q, k [N,T,H,K]; v, out [N,T,HV,V]; a, b
+    [N,T,HV]; all packed, so strides stay 0; T = 1 for decode) and a vk pool; extra fields
+    (token_slots...) as given."""
     H, HV, K, V = shape
     return lib.params(
-        num_seqs=t["q"].shape[0], num_q_heads=H, num_v_heads=HV, head_dim_k=K, head_dim_v=V,
+        num_seqs=t["q"].shape[0], num_tokens=t["q"].shape[1], num_q_heads=H, num_v_heads=HV, head_dim_k=K,
+        head_dim_v=V,
         act_dtype=torch_gdn_dtype(t["q"].dtype),
         q=t["q"].data_ptr(), k=t["k"].data_ptr(), v=t["v"].data_ptr(), a=t["a"].data_ptr(),
         b=t["b"].data_ptr(), out=out.data_ptr(), A_log=t["A_log"].data_ptr(), dt_bias=t["dt_bias"].data_ptr(),
         state_pool=pool.data_ptr(), num_slots=pool.shape[0], state_dtype=torch_gdn_dtype(pool.dtype),
         slot_indices=slots.data_ptr(), index_dtype=torch_gdn_dtype(slots.dtype),
-        backend=GDN_BACKEND[backend],
+        backend=GDN_BACKEND[backend], **extra,
     )
 
 
@@ -172,9 +174,9 @@ def gdn_params(lib, shape, t, pool, slots, out, backend):
 # ------------------------------------------------------------------------------------------
 
 
-def random_activations(shape, n, device, gen, act=None):
-    """q, k, v, a, b in the [N, 1, heads, dim] form all three APIs take, plus the per-head
-    gate parameters (drawn as gdn's own bench draws them)."""
+def random_activations(shape, n, device, gen, act=None, tokens=1):
+    """q, k, v, a, b in the [N, T, heads, dim] form all three APIs take (T = 1 for decode), plus
+    the per-head gate parameters (drawn as gdn's own bench draws them)."""
     H, HV, K, V = shape
     act = act or torch.bfloat16
 
@@ -182,8 +184,8 @@ def random_activations(shape, n, device, gen, act=None):
         return torch.randn(*size, generator=gen, device=device, dtype=torch.float32).to(act)
 
     return {
-        "q": normal(n, 1, H, K), "k": normal(n, 1, H, K), "v": normal(n, 1, HV, V),
-        "a": normal(n, 1, HV), "b": normal(n, 1, HV),
+        "q": normal(n, tokens, H, K), "k": normal(n, tokens, H, K), "v": normal(n, tokens, HV, V),
+        "a": normal(n, tokens, HV), "b": normal(n, tokens, HV),
         "A_log": torch.log1p(15 * torch.rand(HV, generator=gen, device=device)),
         "dt_bias": -3 + torch.rand(HV, generator=gen, device=device),
     }

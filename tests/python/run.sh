@@ -15,6 +15,7 @@ GDN_VECTORS=$vectors python3 tests/python/test_decode_cpu.py
 # with the header (it needs torch, as the harness does).
 if python3 -c 'import torch' 2>/dev/null; then
     python3 bench/peers/peer_bench.py --cpu-selftest
+    python3 bench/peers/mtp_bench.py --cpu-selftest
 else
     echo "bench/peers/peer_bench.py --cpu-selftest not run: torch is not installed"
 fi
