@@ -16,20 +16,20 @@ void test_fail(const char *file, int line, const char *what);
 /* Prints a note under the current test: a measured number, or why a part could not run. */
 void test_note(const char *fmt, ...);
 
-#define CHECK(cond)                                                                                    \
-    do {                                                                                               \
-        if (!(cond))                                                                                   \
-            test_fail(__FILE__, __LINE__, #cond);                                                      \
+#define CHECK(cond)                                                                                          \
+    do {                                                                                                     \
+        if (!(cond))                                                                                         \
+            test_fail(__FILE__, __LINE__, #cond);                                                            \
     } while (0)
 
-#define CHECK_MSG(cond, ...)                                                                           \
-    do {                                                                                               \
-        if (!(cond)) {                                                                                 \
-            test_fail(__FILE__, __LINE__, #cond);                                                      \
-            fprintf(stderr, "      ");                                                                 \
-            fprintf(stderr, __VA_ARGS__);                                                              \
-            fprintf(stderr, "\n");                                                                     \
-        }                                                                                              \
+#define CHECK_MSG(cond, ...)                                                                                 \
+    do {                                                                                                     \
+        if (!(cond)) {                                                                                       \
+            test_fail(__FILE__, __LINE__, #cond);                                                            \
+            fprintf(stderr, "      ");                                                                       \
+            fprintf(stderr, __VA_ARGS__);                                                                    \
+            fprintf(stderr, "\n");                                                                           \
+        }                                                                                                    \
     } while (0)
 
 void register_validation_tests(void);

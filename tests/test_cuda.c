@@ -176,8 +176,8 @@ static void gdata_free(gdata *d)
 {
     free(d->q), free(d->k), free(d->v), free(d->a), free(d->b), free(d->A_log), free(d->dt_bias);
     free(d->out_init), free(d->pool_init);
-    void *dev[] = {d->d_q, d->d_k, d->d_v, d->d_a, d->d_b, d->d_A_log, d->d_dt_bias, d->d_out, d->d_pool,
-                   d->d_slot, d->d_write, d->d_acc, d->d_cu, d->d_ts, d->d_counter};
+    void *dev[] = {d->d_q,    d->d_k,    d->d_v,     d->d_a,   d->d_b,  d->d_A_log, d->d_dt_bias, d->d_out,
+                   d->d_pool, d->d_slot, d->d_write, d->d_acc, d->d_cu, d->d_ts,    d->d_counter};
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++)
         cudaFree(dev[i]);
 }
@@ -257,8 +257,9 @@ static void run_gcase(const char *what, const gcase *c, int checked)
     unsigned char *want_pool = malloc((size_t)tracked_elems * d.state_size);
     cuda_check(cudaMemcpy(got_out, d.d_out, (size_t)out_elems * 4, cudaMemcpyDeviceToHost), "download out");
     for (int64_t i = 0; i < d.tracked_count; i++)
-        cuda_check(cudaMemcpy(got_pool + (size_t)i * tile_bytes, (char *)d.d_pool + (size_t)d.tracked[i] * tile_bytes,
-                              tile_bytes, cudaMemcpyDeviceToHost),
+        cuda_check(cudaMemcpy(got_pool + (size_t)i * tile_bytes,
+                              (char *)d.d_pool + (size_t)d.tracked[i] * tile_bytes, tile_bytes,
+                              cudaMemcpyDeviceToHost),
                    "download tile");
     uint32_t counter = 0;
     cuda_check(cudaMemcpy(&counter, d.d_counter, 4, cudaMemcpyDeviceToHost), "download counter");
@@ -271,9 +272,8 @@ static void run_gcase(const char *what, const gcase *c, int checked)
         bad_rows += c->bad[n];
         if (seq_count(c, n) <= 0 || seq_first(c, n) < 0)
             continue;
-        for (int64_t i = seq_first(c, n) * c->HV * c->V; i < (seq_first(c, n) + seq_count(c, n)) * c->HV * c->V &&
-                                                          i < out_elems;
-             i++) {
+        for (int64_t i = seq_first(c, n) * c->HV * c->V;
+             i < (seq_first(c, n) + seq_count(c, n)) * c->HV * c->V && i < out_elems; i++) {
             if (c->bad[n]) {
                 bad_row_bytes_changed += memcmp(&got_out[i], &d.out_init[i], 4) != 0;
                 continue;
@@ -282,8 +282,8 @@ static void run_gcase(const char *what, const gcase *c, int checked)
             out_err = fmax(out_err, fabs((double)got_out[i] - want_out[i]));
         }
     }
-    CHECK_MSG(out_err <= 2e-3 * out_max + 1e-6, "%s: out differs from the reference by %g (max |ref| %g)", what,
-              out_err, out_max);
+    CHECK_MSG(out_err <= 2e-3 * out_max + 1e-6, "%s: out differs from the reference by %g (max |ref| %g)",
+              what, out_err, out_max);
     CHECK_MSG(bad_row_bytes_changed == 0, "%s: %lld output elements of skipped rows were written", what,
               (long long)bad_row_bytes_changed);
     /* state: tiles the reference changed near it, every other tracked tile byte-identical */
@@ -291,7 +291,8 @@ static void run_gcase(const char *what, const gcase *c, int checked)
     double state_err = 0;
     for (int64_t i = 0; i < d.tracked_count; i++) {
         const unsigned char *init = d.pool_init + (size_t)i * tile_bytes;
-        const unsigned char *want = want_pool + (size_t)i * tile_bytes, *got = got_pool + (size_t)i * tile_bytes;
+        const unsigned char *want = want_pool + (size_t)i * tile_bytes,
+                            *got = got_pool + (size_t)i * tile_bytes;
         if (memcmp(want, init, tile_bytes) == 0) {
             if (memcmp(got, init, tile_bytes) != 0)
                 stray_tiles++, stray_slot = d.tracked[i];
@@ -308,8 +309,8 @@ static void run_gcase(const char *what, const gcase *c, int checked)
               (long long)stray_tiles, (long long)stray_slot);
     uint32_t want_counter = checked ? (uint32_t)bad_rows : 0;
     CHECK_MSG(counter == want_counter, "%s: bad_index_rows = %u, want %u", what, counter, want_counter);
-    test_note("%s: out err %.2g (max %.2g), state err %.2f tol, %lld tracked tiles, counter %u", what, out_err,
-              out_max, state_err, (long long)d.tracked_count, counter);
+    test_note("%s: out err %.2g (max %.2g), state err %.2f tol, %lld tracked tiles, counter %u", what,
+              out_err, out_max, state_err, (long long)d.tracked_count, counter);
     free(got_out), free(want_out), free(got_pool), free(want_pool);
     gdata_free(&d);
 }
@@ -317,8 +318,18 @@ static void run_gcase(const char *what, const gcase *c, int checked)
 /* A batch with good rows, padding and bad indices of every kind one-token decode has. */
 static gcase bad_slots_case(int64_t K, int64_t V, gdn_state_layout layout, gdn_dtype state, gdn_dtype index)
 {
-    gcase c = {.N = 8, .H = 2, .HV = 4, .K = K, .V = V, .T = 1, .num_slots = 12, .layout = layout,
-               .state_dtype = state, .index_dtype = index, .write_slots = 1, .seed = rng_fresh_seed()};
+    gcase c = {.N = 8,
+               .H = 2,
+               .HV = 4,
+               .K = K,
+               .V = V,
+               .T = 1,
+               .num_slots = 12,
+               .layout = layout,
+               .state_dtype = state,
+               .index_dtype = index,
+               .write_slots = 1,
+               .seed = rng_fresh_seed()};
     const int64_t slot[8] = {3, 12, -1, 5, 7, 9, 1000000, 0};
     const int64_t write[8] = {3, 2, 4, INT64_MAX, 8, -1, 6, 11};
     const int bad[8] = {0, 1, 0, 1, 0, 0, 1, 0};
@@ -355,9 +366,19 @@ static void cuda_bad_slots_skipped(void)
 static void cuda_bad_multi_token_indices_skipped(void)
 {
     for (int layout = 0; layout < 2; layout++) {
-        gcase c = {.N = 6, .H = 1, .HV = 2, .K = 128, .V = 64, .T = 3, .num_slots = 40,
-                   .layout = layout ? GDN_LAYOUT_KV : GDN_LAYOUT_VK, .state_dtype = GDN_DTYPE_F32,
-                   .index_dtype = GDN_DTYPE_I64, .token_slots = 1, .accepted = 1, .seed = rng_fresh_seed()};
+        gcase c = {.N = 6,
+                   .H = 1,
+                   .HV = 2,
+                   .K = 128,
+                   .V = 64,
+                   .T = 3,
+                   .num_slots = 40,
+                   .layout = layout ? GDN_LAYOUT_KV : GDN_LAYOUT_VK,
+                   .state_dtype = GDN_DTYPE_F32,
+                   .index_dtype = GDN_DTYPE_I64,
+                   .token_slots = 1,
+                   .accepted = 1,
+                   .seed = rng_fresh_seed()};
         const int64_t acc[6] = {1, 0, 3, 5, 2, 1}; /* 0 and 5: outside 1..token_slots_stride (4) */
         const int bad[6] = {0, 1, 0, 1, 1, 0};
         for (int n = 0; n < 6; n++) {
@@ -369,8 +390,17 @@ static void cuda_bad_multi_token_indices_skipped(void)
         c.ts[5][1] = -1; /* not saved: fine */
         run_gcase(layout ? "mtp kv, checked" : "mtp vk, checked", &c, 1);
 
-        gcase v = {.N = 4, .H = 1, .HV = 2, .K = 128, .V = 64, .T = 3, .num_slots = 8,
-                   .layout = c.layout, .state_dtype = GDN_DTYPE_BF16, .index_dtype = GDN_DTYPE_I32, .varlen = 1,
+        gcase v = {.N = 4,
+                   .H = 1,
+                   .HV = 2,
+                   .K = 128,
+                   .V = 64,
+                   .T = 3,
+                   .num_slots = 8,
+                   .layout = c.layout,
+                   .state_dtype = GDN_DTYPE_BF16,
+                   .index_dtype = GDN_DTYPE_I32,
+                   .varlen = 1,
                    .seed = rng_fresh_seed()};
         const int64_t cu[5] = {0, 3, 5, 9, 13}; /* row 2 has 4 > T tokens; row 3 ends past N*T = 12 */
         const int vbad[4] = {0, 0, 1, 1};
@@ -425,9 +455,18 @@ static void cuda_pool_over_2g_elements(void)
     } v[] = {{GDN_LAYOUT_VK, GDN_DTYPE_F32, "4200 f32 vk slots (8.8 GB)"},
              {GDN_LAYOUT_KV, GDN_DTYPE_BF16, "4200 bf16 kv slots (4.4 GB)"}};
     for (int i = 0; i < 2; i++) {
-        gcase c = {.N = 5, .H = 16, .HV = 32, .K = 128, .V = 128, .T = 1, .num_slots = 4200,
-                   .layout = v[i].layout, .state_dtype = v[i].state, .index_dtype = GDN_DTYPE_I64,
-                   .write_slots = 1, .seed = rng_fresh_seed()};
+        gcase c = {.N = 5,
+                   .H = 16,
+                   .HV = 32,
+                   .K = 128,
+                   .V = 128,
+                   .T = 1,
+                   .num_slots = 4200,
+                   .layout = v[i].layout,
+                   .state_dtype = v[i].state,
+                   .index_dtype = GDN_DTYPE_I64,
+                   .write_slots = 1,
+                   .seed = rng_fresh_seed()};
         /* slot 4096 starts at element 4096 * 524288 = 2^31 */
         const int64_t slot[5] = {4199, 4100, 4096, 3, -1}, write[5] = {4199, 4150, 4097, 4198, -1};
         for (int n = 0; n < 5; n++)
@@ -479,8 +518,10 @@ static void cuda_more_sequences_than_one_launch(void)
     p.bad_index_rows = d_counter;
     CHECK_MSG(gdn_decode(&p) == GDN_OK, "cuda: %s", gdn_last_error());
     cuda_check(cudaDeviceSynchronize(), "kernel");
-    cuda_check(cudaMemcpy(got_out, d_out, (size_t)(rows * HV * V) * 4, cudaMemcpyDeviceToHost), "download out");
-    cuda_check(cudaMemcpy(got_pool, d_pool, (size_t)(slots * tile) * 4, cudaMemcpyDeviceToHost), "download pool");
+    cuda_check(cudaMemcpy(got_out, d_out, (size_t)(rows * HV * V) * 4, cudaMemcpyDeviceToHost),
+               "download out");
+    cuda_check(cudaMemcpy(got_pool, d_pool, (size_t)(slots * tile) * 4, cudaMemcpyDeviceToHost),
+               "download pool");
     cuda_check(cudaMemcpy(&counter, d_counter, 4, cudaMemcpyDeviceToHost), "download counter");
 
     p.q = q, p.k = k, p.v = v, p.a = a, p.b = b, p.out = out, p.A_log = A_log, p.dt_bias = dt_bias;
@@ -499,7 +540,8 @@ static void cuda_more_sequences_than_one_launch(void)
         state_err = fmax(state_err, fabs((double)got_pool[i] - pool[i]));
     CHECK_MSG(out_err <= 1e-5 && state_err <= 1e-5, "70000 sequences: out err %g, state err %g", out_err,
               state_err);
-    CHECK_MSG(poison_mismatch == 0, "%lld output elements past cu_seqlens[N] written", (long long)poison_mismatch);
+    CHECK_MSG(poison_mismatch == 0, "%lld output elements past cu_seqlens[N] written",
+              (long long)poison_mismatch);
     CHECK_MSG(counter == 0, "bad_index_rows = %u for valid indices", counter);
     test_note("70000 sequences (%lld token rows): out err %.2g, state err %.2g", (long long)cu[N], out_err,
               state_err);
@@ -547,9 +589,17 @@ static void *stream_worker(void *arg)
 
 static gcase stream_case(int i, uint64_t seed)
 {
-    gcase c = {.N = 16, .H = 4, .HV = 8, .K = 128, .V = 128, .T = 1, .num_slots = 20,
-               .layout = GDN_LAYOUT_VK, .state_dtype = i % 2 ? GDN_DTYPE_BF16 : GDN_DTYPE_F32,
-               .index_dtype = GDN_DTYPE_I64, .seed = seed + (uint64_t)i};
+    gcase c = {.N = 16,
+               .H = 4,
+               .HV = 8,
+               .K = 128,
+               .V = 128,
+               .T = 1,
+               .num_slots = 20,
+               .layout = GDN_LAYOUT_VK,
+               .state_dtype = i % 2 ? GDN_DTYPE_BF16 : GDN_DTYPE_F32,
+               .index_dtype = GDN_DTYPE_I64,
+               .seed = seed + (uint64_t)i};
     for (int n = 0; n < 16; n++)
         c.slot[n] = n % 5 == 4 ? -1 : (n * 7 + i) % 20, c.write[n] = -2;
     return c;

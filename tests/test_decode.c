@@ -59,7 +59,7 @@ static void every_combination(gdn_backend backend)
 
 static void odd_sizes(gdn_backend backend)
 {
-    const int64_t shapes[][5] = {{3, 1, 3, 128, 128}, {3, 1, 3, 32, 16}, {1, 2, 6, 64, 48},
+    const int64_t shapes[][5] = {{3, 1, 3, 128, 128}, {3, 1, 3, 32, 16},  {1, 2, 6, 64, 48},
                                  {7, 3, 9, 100, 72},  {2, 2, 4, 128, 40}, {5, 1, 1, 1, 1},
                                  {4, 1, 2, 7, 130}};
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
@@ -168,7 +168,8 @@ static void snapshots_match_single_steps(void)
         double worst = 0;
         for (int n = 0; n < N; n++) {
             for (int i = 0; i < HV * V * K; i++) {
-                double d = fabs(pool[token_slots[n * T + t] * HV * V * K + i] - pool_single[slot[n] * HV * V * K + i]);
+                double d = fabs(pool[token_slots[n * T + t] * HV * V * K + i] -
+                                pool_single[slot[n] * HV * V * K + i]);
                 worst = d > worst ? d : worst;
             }
             for (int i = 0; i < HV * V; i++) {

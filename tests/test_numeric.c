@@ -38,8 +38,8 @@ static void rounding_is_to_nearest_even(void)
     CHECK(gdn_f32_to_f16(1.0f + 3 * 0x1p-11f) == 0x3c02);
     CHECK(gdn_f32_to_f16(65520.0f) == 0x7c00); /* overflows to inf */
     CHECK(gdn_f32_to_f16(65504.0f) == 0x7bff);
-    CHECK(gdn_f32_to_f16(0x1p-24f) == 0x0001);  /* smallest subnormal */
-    CHECK(gdn_f32_to_f16(0x1p-25f) == 0x0000);  /* tie to even: zero */
+    CHECK(gdn_f32_to_f16(0x1p-24f) == 0x0001);   /* smallest subnormal */
+    CHECK(gdn_f32_to_f16(0x1p-25f) == 0x0000);   /* tie to even: zero */
     CHECK(gdn_f32_to_f16(0x1.8p-24f) == 0x0002); /* tie, odd below: up */
     CHECK(isnan(gdn_bf16_to_f32(gdn_f32_to_bf16(NAN))));
     CHECK(isnan(gdn_f16_to_f32(gdn_f32_to_f16(NAN))));

@@ -1095,9 +1095,19 @@ static void row_pieces_match_whole_call(void)
     static int64_t token_slots[21];
     for (int i = 0; i < 21; i++)
         token_slots[i] = i == 4 ? -1 : 14 + i;
-    const problem_cfg base = {.N = 7, .H = 2, .HV = 4, .K = 16, .V = 8, .T = 3, .slots = 40,
-                              .act = GDN_DTYPE_BF16, .state = GDN_DTYPE_F32, .idx = GDN_DTYPE_I32,
-                              .threads = 1, .backend = GDN_BACKEND_CPU, .seed = 11u};
+    const problem_cfg base = {.N = 7,
+                              .H = 2,
+                              .HV = 4,
+                              .K = 16,
+                              .V = 8,
+                              .T = 3,
+                              .slots = 40,
+                              .act = GDN_DTYPE_BF16,
+                              .state = GDN_DTYPE_F32,
+                              .idx = GDN_DTYPE_I32,
+                              .threads = 1,
+                              .backend = GDN_BACKEND_CPU,
+                              .seed = 11u};
     problem_cfg cfg[3] = {base, base, base};
     cfg[0].read = read, cfg[0].write = write, cfg[0].cu = cu;
     cfg[1].token_slots = token_slots, cfg[1].accepted = accepted, cfg[1].state = GDN_DTYPE_BF16;
@@ -1111,9 +1121,11 @@ static void row_pieces_match_whole_call(void)
         CHECK_MSG(s == GDN_OK, "config %d, whole call: %s", i, gdn_last_error());
         const gdn_problem pr = gdn_problem_from_params(&pieces.p);
         for (int64_t first = 0; first < pr.num_seqs && s == GDN_OK; first += 3) {
-            const gdn_problem piece = gdn_problem_rows(&pr, first, pr.num_seqs - first < 3 ? pr.num_seqs - first : 3);
+            const gdn_problem piece =
+                gdn_problem_rows(&pr, first, pr.num_seqs - first < 3 ? pr.num_seqs - first : 3);
             s = gdn_cpu_decode(&piece);
-            CHECK_MSG(s == GDN_OK, "config %d, sequences from %lld: %s", i, (long long)first, gdn_last_error());
+            CHECK_MSG(s == GDN_OK, "config %d, sequences from %lld: %s", i, (long long)first,
+                      gdn_last_error());
         }
         CHECK_MSG(memcmp(whole.out, pieces.out, whole.out_bytes) == 0, "config %d: out differs", i);
         CHECK_MSG(memcmp(whole.pool, pieces.pool, whole.pool_bytes) == 0, "config %d: the pool differs", i);

@@ -10,7 +10,8 @@
 static void run_all(gdn_backend backend)
 {
     const char *dir = vectors_dir();
-    CHECK_MSG(dir != NULL, "reference vectors not found: set GDN_VECTORS or keep ../shared/vectors beside the checkout");
+    CHECK_MSG(dir != NULL,
+              "reference vectors not found: set GDN_VECTORS or keep ../shared/vectors beside the checkout");
     if (!dir)
         return;
     for (int i = 0; vector_case_names[i]; i++) {
@@ -18,8 +19,8 @@ static void run_all(gdn_backend backend)
         snprintf(path, sizeof path, "%s/%s.gdnv", dir, vector_case_names[i]);
         vector_result r;
         int ok = vectors_run_file(path, backend, 1, &r);
-        printf("    %-26s out_rel %.2e state_rel %.2e token_state_rel %.2e\n", vector_case_names[i], r.out_rel,
-               r.state_rel, r.token_state_rel);
+        printf("    %-26s out_rel %.2e state_rel %.2e token_state_rel %.2e\n", vector_case_names[i],
+               r.out_rel, r.state_rel, r.token_state_rel);
         CHECK_MSG(ok, "%s on %s: %s", vector_case_names[i], gdn_backend_name(backend), r.message);
     }
 }

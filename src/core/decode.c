@@ -131,7 +131,8 @@ static gdn_status check_tokens(const gdn_decode_params *p)
     if (p->token_slots_stride < 0 || (p->token_slots_stride > 0 && p->token_slots_stride < tokens))
         return gdn_fail(GDN_ERR_INVALID_STRIDE, "token_slots_stride = %lld is shorter than num_tokens = %lld",
                         (long long)p->token_slots_stride, (long long)tokens);
-    if (p->token_slots && checked_mul(p->num_seqs, p->token_slots_stride ? p->token_slots_stride : tokens) < 0)
+    if (p->token_slots &&
+        checked_mul(p->num_seqs, p->token_slots_stride ? p->token_slots_stride : tokens) < 0)
         return gdn_fail(GDN_ERR_INVALID_STRIDE, "token_slots_stride = %lld overflows 64-bit offsets",
                         (long long)p->token_slots_stride);
     if (p->num_accepted && !p->token_slots)
@@ -319,10 +320,10 @@ static gdn_status check_host_indices(const gdn_problem *pr)
     }
     /* The rows cu_seqlens reaches stay within the N * num_tokens rows every offset was checked for. */
     if (pr->cu_seqlens && gdn_index_at(pr->cu_seqlens, pr->index_dtype, pr->num_seqs) > pr->token_rows)
-        return gdn_fail(GDN_ERR_INVALID_SHAPE, "cu_seqlens[%lld] = %lld exceeds num_seqs * num_tokens = %lld token rows",
-                        (long long)pr->num_seqs,
-                        (long long)gdn_index_at(pr->cu_seqlens, pr->index_dtype, pr->num_seqs),
-                        (long long)pr->token_rows);
+        return gdn_fail(
+            GDN_ERR_INVALID_SHAPE, "cu_seqlens[%lld] = %lld exceeds num_seqs * num_tokens = %lld token rows",
+            (long long)pr->num_seqs, (long long)gdn_index_at(pr->cu_seqlens, pr->index_dtype, pr->num_seqs),
+            (long long)pr->token_rows);
     return GDN_OK;
 }
 
@@ -386,7 +387,8 @@ gdn_problem gdn_problem_from_params(const gdn_decode_params *p)
  * the multi-token fields) passes a shorter struct; the fields it does not have read as zero. */
 static gdn_status read_params(const gdn_decode_params *given, gdn_decode_params *p)
 {
-    const size_t v01 = offsetof(gdn_decode_params, num_tokens), v02 = offsetof(gdn_decode_params, bad_index_rows);
+    const size_t v01 = offsetof(gdn_decode_params, num_tokens),
+                 v02 = offsetof(gdn_decode_params, bad_index_rows);
     if (!given)
         return gdn_fail(GDN_ERR_INVALID_ARGUMENT, "params is NULL");
     if (given->struct_size != v01 && given->struct_size != v02 && given->struct_size != sizeof *p)

@@ -32,7 +32,8 @@
 
 #include "../core/backends.h"
 
-namespace {
+namespace
+{
 
 constexpr int kThreads = 128;
 constexpr int kWarps = kThreads / 32;
@@ -104,11 +105,11 @@ __device__ __forceinline__ float sigmoid_fast(float x) { return __fdividef(1.0f,
  */
 template <int MAXT, int KMAX> struct token_stage {
     float q[MAXT][KMAX], k[MAXT][KMAX];
-    float q_factor[MAXT]; /* scale / ||q||   (scale when l2norm is off) */
-    float k_factor[MAXT]; /* 1 / ||k|| */
-    float kq[MAXT];       /* k_hat . q_hat * scale */
-    float decay[MAXT];    /* exp(g) */
-    float beta[MAXT];     /* sigmoid(b) */
+    float q_factor[MAXT];   /* scale / ||q||   (scale when l2norm is off) */
+    float k_factor[MAXT];   /* 1 / ||k|| */
+    float kq[MAXT];         /* k_hat . q_hat * scale */
+    float decay[MAXT];      /* exp(g) */
+    float beta[MAXT];       /* sigmoid(b) */
     int64_t snapshot[MAXT]; /* tile offset receiving the state after token t, or -1 */
 };
 
@@ -341,7 +342,8 @@ __global__ void __launch_bounds__(kThreads) decode_vk_k128(const __grid_constant
 
     wait_for_previous_kernel();
     int64_t read, write, first, T;
-    if (!resolve_sequence<Act>(p, bc, (int64_t)blockIdx.x * BLOCK_ROWS, BLOCK_ROWS, &read, &write, &first, &T))
+    if (!resolve_sequence<Act>(p, bc, (int64_t)blockIdx.x * BLOCK_ROWS, BLOCK_ROWS, &read, &write, &first,
+                               &T))
         return;
 
     /* The state rows, then the values of the rows for every token. */
@@ -362,7 +364,8 @@ __global__ void __launch_bounds__(kThreads) decode_vk_k128(const __grid_constant
 #pragma unroll
         for (int r = 0; r < ROWS; r++) {
             const int64_t row = row0 + r * kFastRows;
-            v_row[t][r] = t < T && row < V ? load_elem<Act>(p.v, (first + t) * p.v_stride + bc.hv * V + row) : 0.0f;
+            v_row[t][r] =
+                t < T && row < V ? load_elem<Act>(p.v, (first + t) * p.v_stride + bc.hv * V + row) : 0.0f;
         }
     prepare_tokens<Act, MAXT, kFastK, kFastK>(p, bc, first, T, st);
 
@@ -399,7 +402,8 @@ __global__ void __launch_bounds__(kThreads) decode_vk_k128(const __grid_constant
             dot_q = row_sum<kLanesPerRow>(dot_q) * st.q_factor[t];
             const float u = st.beta[t] * (v_row[t][r] - decay * dot_k);
             if (lane == 0)
-                store_elem<Act>(p.out, (first + t) * p.out_stride + bc.hv * V + row, decay * dot_q + u * st.kq[t]);
+                store_elem<Act>(p.out, (first + t) * p.out_stride + bc.hv * V + row,
+                                decay * dot_q + u * st.kq[t]);
             const float u_k = u * k_factor; /* S' = decay S + u k_hat, k_hat = k_factor k */
 #pragma unroll
             for (int c = 0; c < CHUNKS; c++) {
@@ -411,7 +415,8 @@ __global__ void __launch_bounds__(kThreads) decode_vk_k128(const __grid_constant
             if (MAXT > 1 && st.snapshot[t] >= 0) {
 #pragma unroll
                 for (int c = 0; c < CHUNKS; c++)
-                    store_state_vec(pool + st.snapshot[t] + row * kFastK + lane * VEC + c * kLanesPerRow * VEC,
+                    store_state_vec(pool + st.snapshot[t] + row * kFastK + lane * VEC +
+                                        c * kLanesPerRow * VEC,
                                     state_vec<St>::pack(s + c * VEC));
             }
         }
@@ -445,7 +450,8 @@ __global__ void __launch_bounds__(kThreads) decode_vk_generic(const __grid_const
     prepare_tokens<Act>(p, bc, first, T, st);
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     St *pool = static_cast<St *>(p.state_pool);
-    const int64_t src = gdn_tile_offset(&p, read, bc.hv), dst = write < 0 ? -1 : gdn_tile_offset(&p, write, bc.hv);
+    const int64_t src = gdn_tile_offset(&p, read, bc.hv),
+                  dst = write < 0 ? -1 : gdn_tile_offset(&p, write, bc.hv);
     for (int64_t row = row0 + warp; row < row0 + kGenericVkRows && row < V; row += kWarps) {
         float s[kPerLaneVk];
 #pragma unroll
@@ -462,9 +468,11 @@ __global__ void __launch_bounds__(kThreads) decode_vk_generic(const __grid_const
             dot_k = row_sum<32>(dot_k) * st.k_factor[t];
             dot_q = row_sum<32>(dot_q) * st.q_factor[t];
             const float decay = st.decay[t];
-            const float u = st.beta[t] * (load_elem<Act>(p.v, (first + t) * p.v_stride + bc.hv * V + row) - decay * dot_k);
+            const float u = st.beta[t] *
+                            (load_elem<Act>(p.v, (first + t) * p.v_stride + bc.hv * V + row) - decay * dot_k);
             if (lane == 0)
-                store_elem<Act>(p.out, (first + t) * p.out_stride + bc.hv * V + row, decay * dot_q + u * st.kq[t]);
+                store_elem<Act>(p.out, (first + t) * p.out_stride + bc.hv * V + row,
+                                decay * dot_q + u * st.kq[t]);
             const float u_k = u * st.k_factor[t];
 #pragma unroll
             for (int m = 0; m < kPerLaneVk; m++)
@@ -499,7 +507,8 @@ __global__ void __launch_bounds__(kThreads) decode_kv_generic(const __grid_const
     const int64_t col = col0 + lane;
     const bool has_col = col < V;
     St *pool = static_cast<St *>(p.state_pool);
-    const int64_t src = gdn_tile_offset(&p, read, bc.hv), dst = write < 0 ? -1 : gdn_tile_offset(&p, write, bc.hv);
+    const int64_t src = gdn_tile_offset(&p, read, bc.hv),
+                  dst = write < 0 ? -1 : gdn_tile_offset(&p, write, bc.hv);
     float s[kPerThreadKv];
 #pragma unroll
     for (int m = 0; m < kPerThreadKv; m++) {
@@ -530,7 +539,8 @@ __global__ void __launch_bounds__(kThreads) decode_kv_generic(const __grid_const
         const float v_j = has_col ? load_elem<Act>(p.v, (first + t) * p.v_stride + bc.hv * V + col) : 0.0f;
         const float u = st.beta[t] * (v_j - decay * dot_k);
         if (has_col && warp == 0)
-            store_elem<Act>(p.out, (first + t) * p.out_stride + bc.hv * V + col, decay * dot_q + u * st.kq[t]);
+            store_elem<Act>(p.out, (first + t) * p.out_stride + bc.hv * V + col,
+                            decay * dot_q + u * st.kq[t]);
         const float u_k = u * st.k_factor[t];
 #pragma unroll
         for (int m = 0; m < kPerThreadKv; m++) {
@@ -572,7 +582,8 @@ int sm_count(void)
 #define GDN_FAST_MAX_ROWS 4
 #endif
 
-template <typename Act, typename St, int ROWS, int MAXT> void launch_fast(const gdn_problem &p, cudaStream_t stream)
+template <typename Act, typename St, int ROWS, int MAXT>
+void launch_fast(const gdn_problem &p, cudaStream_t stream)
 {
     const int64_t block_rows = (int64_t)kFastRows * ROWS;
     dim3 grid((unsigned)((p.head_dim_v + block_rows - 1) / block_rows), (unsigned)p.num_v_heads,
@@ -597,10 +608,12 @@ template <typename Act, typename St, int MAXT> void launch_generic(const gdn_pro
 {
     const int64_t V = p.head_dim_v;
     if (p.state_layout == GDN_LAYOUT_VK) {
-        dim3 grid((unsigned)((V + kGenericVkRows - 1) / kGenericVkRows), (unsigned)p.num_v_heads, (unsigned)p.num_seqs);
+        dim3 grid((unsigned)((V + kGenericVkRows - 1) / kGenericVkRows), (unsigned)p.num_v_heads,
+                  (unsigned)p.num_seqs);
         decode_vk_generic<Act, St, MAXT><<<grid, kThreads, 0, stream>>>(p);
     } else {
-        dim3 grid((unsigned)((V + kGenericKvCols - 1) / kGenericKvCols), (unsigned)p.num_v_heads, (unsigned)p.num_seqs);
+        dim3 grid((unsigned)((V + kGenericKvCols - 1) / kGenericKvCols), (unsigned)p.num_v_heads,
+                  (unsigned)p.num_seqs);
         decode_kv_generic<Act, St, MAXT><<<grid, kThreads, 0, stream>>>(p);
     }
 }
@@ -634,7 +647,6 @@ template <typename Act> cudaError_t launch_act(const gdn_problem &p, cudaStream_
     return p.state_dtype == GDN_DTYPE_BF16 ? launch<Act, __nv_bfloat16>(p, stream)
                                            : launch<Act, float>(p, stream);
 }
-
 
 /* Grid y and z (value heads, sequences) are limited to 65535 per launch. */
 constexpr int64_t kMaxGridYZ = 65535;

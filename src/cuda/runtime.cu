@@ -49,8 +49,7 @@ extern "C" gdn_status gdn_cuda_device_info(int device, char *name, size_t name_s
     cudaDeviceProp prop;
     cudaError_t err = cudaGetDeviceProperties(&prop, device);
     if (err != cudaSuccess)
-        return gdn_fail(GDN_ERR_DEVICE, "cudaGetDeviceProperties(%d): %s", device,
-                        cudaGetErrorString(err));
+        return gdn_fail(GDN_ERR_DEVICE, "cudaGetDeviceProperties(%d): %s", device, cudaGetErrorString(err));
     if (name && name_size)
         snprintf(name, name_size, "%s", prop.name);
     if (cc_major)

@@ -420,7 +420,7 @@ static void decode_spec(reader *r, spec *s)
     s->struct02 = u8(r) >= 240 && !s->bad_struct && !s->old_struct;
     if (s->struct02 || s->old_struct || s->bad_struct)
         s->counter = COUNTER_NONE; /* older callers have no counter (junk is placed there) */
-    if (s->old_struct) { /* an older caller has none of the multi-token fields: they read as zero */
+    if (s->old_struct) {           /* an older caller has none of the multi-token fields: they read as zero */
         s->T = 0, s->ts_stride = 0, s->ts_real = 1;
         s->has_cu = s->has_ts = s->has_acc = 0;
     }
@@ -490,13 +490,13 @@ typedef struct alloc {
 } alloc;
 
 typedef struct world {
-    alloc a[P_COUNT];                  /* one allocation per tensor; out and pool may share one */
-    const unsigned char *ptr[P_COUNT]; /* what the call gets (NULL, misaligned, inside the arena) */
-    alloc arena;                       /* out and pool together (s->arena) */
-    int64_t rows;                      /* token rows allocated for the activations and out */
-    int64_t alloc_slots;               /* pool slots allocated */
-    size_t out_bytes, pool_bytes;      /* bytes of the out and pool regions */
-    int clamped;                       /* some buffer is smaller than the call may touch */
+    alloc a[P_COUNT];                           /* one allocation per tensor; out and pool may share one */
+    const unsigned char *ptr[P_COUNT];          /* what the call gets (NULL, misaligned, inside the arena) */
+    alloc arena;                                /* out and pool together (s->arena) */
+    int64_t rows;                               /* token rows allocated for the activations and out */
+    int64_t alloc_slots;                        /* pool slots allocated */
+    size_t out_bytes, pool_bytes;               /* bytes of the out and pool regions */
+    int clamped;                                /* some buffer is smaller than the call may touch */
     _Alignas(16) unsigned char counter_box[16]; /* COUNTER_OWN and COUNTER_MISALIGNED point here */
     uint32_t *counter;                          /* what bad_index_rows gets */
 } world;
@@ -626,7 +626,8 @@ static int contract_ok(const spec *s, const world *w, const char **why)
         NO("overlap");
     if (w->counter) { /* a uint32, 4-aligned, outside the pool and (without cu_seqlens) out's rows */
         __int128 at = (__int128)(uintptr_t)w->counter, pool_lo = (__int128)(uintptr_t)w->ptr[P_POOL];
-        __int128 pool_hi = pool_lo + (__int128)s->slots * s->HV * s->V * s->K * (__int128)state_size(s->state);
+        __int128 pool_hi =
+            pool_lo + (__int128)s->slots * s->HV * s->V * s->K * (__int128)state_size(s->state);
         if ((uintptr_t)w->counter % 4)
             NO("bad_index_rows misaligned");
         if (at < pool_hi && pool_lo < at + 4)
@@ -958,7 +959,10 @@ static void describe(FILE *f)
         (long long)s->stride[2], (long long)s->stride[3], (long long)s->stride[4], (long long)s->stride[5],
         s->has_write, s->has_cu, s->has_ts, (long long)s->ts_stride, s->has_acc, s->has_slot, s->null_ptr,
         s->misalign, s->misalign_by, s->arena, s->values, s->counter,
-        s->bad_struct ? "bad" : s->old_struct ? "0.1" : s->struct02 ? "0.2" : "0.3");
+        s->bad_struct   ? "bad"
+        : s->old_struct ? "0.1"
+        : s->struct02   ? "0.2"
+                        : "0.3");
     int64_t n = clamp64(s->N, 0, MAX_N);
     for (int64_t i = 0; i < n; i++) {
         fprintf(f, "  seq %lld: slot %lld write %lld accepted %lld cu %lld..%lld token_slots", (long long)i,
