@@ -117,7 +117,7 @@ def main():
         args.array = "torch"
     if args.graph and args.device != "cuda":
         sys.exit("--graph needs --device cuda")
-    arrays = Arrays(args.array, args.device, args.dtype or ("bf16" if args.device == "cuda" else "f32"))
+    arrays = Arrays(args.array, args.device, arrays_dtype(args))
     h, hv, k, v = SHAPES[args.shape]
     rng = np.random.default_rng(args.seed)
     batch, num_slots = 8, 12
@@ -126,7 +126,7 @@ def main():
     slots_of_position = np.array([3, -1, 0, 7, -1, 5, 11, -1])
     layers = [Layer(arrays, rng, num_slots, hv, k, v) for _ in range(args.layers)]
     print(f"gdn {gdn.__version__} ({gdn.library_path()}): {args.array} on {args.device}, activations "
-          f"{args.dtype or ('bf16' if args.device == 'cuda' else 'f32')}, H={h} HV={hv} K={k} V={v}, "
+          f"{arrays_dtype(args)}, H={h} HV={hv} K={k} V={v}, "
           f"{args.layers} layers, batch {batch} with {int((slots_of_position < 0).sum())} padding rows")
 
     # Static buffers: what a CUDA graph replays on. Eager steps use them the same way.
@@ -169,6 +169,14 @@ def main():
     state_diff = max(np.abs(arrays.host64(layer.pool) - layer.reference_pool).max() for layer in layers)
     print(f"after {args.steps} steps: largest output difference {worst:.2e} (relative), "
           f"largest state difference {state_diff:.2e} (absolute)")
+    # float32 activations agree to float32 rounding; 16-bit ones to theirs (SPEC 6)
+    limit = 1e-4 if arrays_dtype(args) == "f32" else 1e-2
+    if not worst <= limit:
+        sys.exit(f"FAILED: output difference {worst:.2e} above {limit:g}")
+
+
+def arrays_dtype(args):
+    return args.dtype or ("bf16" if args.device == "cuda" else "f32")
 
 
 def reference_step(arrays, layer, qkv, ba, slots_of_position, h, hv, k, v):

@@ -11,6 +11,15 @@ if ! python3 -c 'import numpy' 2>/dev/null; then
 fi
 vectors=$(tests/vectors/ensure.sh)
 GDN_VECTORS=$vectors python3 tests/python/test_decode_cpu.py
+# The example runs as a serving loop would, and checks itself against the reference backend.
+python3 examples/decode_loop.py >/dev/null
+# pip install ./python works and bundles this build's library under the header's version.
+site=$(mktemp -d)
+trap 'rm -rf "$site"' EXIT
+python3 -m pip install --quiet --no-deps --no-build-isolation --target "$site" ./python 2>/dev/null ||
+    python3 -m pip install --quiet --no-deps --target "$site" ./python
+(cd "$site" && GDN_LIBRARY= python3 -c 'import gdn, sys; print("pip-installed gdn", gdn.__version__, "from", gdn.library_path())
+sys.exit(0 if gdn.library_path().startswith(sys.argv[1]) else "the installed package did not load its own libgdn.so")' "$site")
 # The GPU peer harness drives libgdn through the same package: its CPU self-test keeps it in step
 # with the header (it needs torch, as the harness does).
 if python3 -c 'import torch' 2>/dev/null; then
