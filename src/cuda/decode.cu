@@ -562,7 +562,8 @@ __global__ void __launch_bounds__(kThreads) decode_kv_generic(const __grid_const
 
 /* ---- launch -------------------------------------------------------------------------------- */
 
-/* Multiprocessors of the current device, read once per device. */
+/* Multiprocessors of the current device, read once per device: the library's one cache, shared
+ * by all threads. Relaxed atomics: threads that race all store the same value. */
 int sm_count(void)
 {
     static int cached[64];
@@ -570,12 +571,13 @@ int sm_count(void)
     cudaGetDevice(&device);
     if (device < 0 || device >= 64)
         return 132;
-    if (cached[device] == 0) { /* benign race: every thread stores the same value */
-        int count = 0;
+    int count = __atomic_load_n(&cached[device], __ATOMIC_RELAXED);
+    if (count == 0) {
         cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device);
-        cached[device] = count > 0 ? count : 132;
+        count = count > 0 ? count : 132;
+        __atomic_store_n(&cached[device], count, __ATOMIC_RELAXED);
     }
-    return cached[device];
+    return count;
 }
 
 #ifndef GDN_FAST_MAX_ROWS
