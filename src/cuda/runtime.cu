@@ -14,18 +14,28 @@
 static pthread_once_t probe_once = PTHREAD_ONCE_INIT;
 static int usable_devices; /* written once under probe_once, read-only afterwards */
 
+/* The first gdn call initialises this library's own (static) CUDA runtime. If that call comes
+ * while the thread captures a CUDA graph, initialisation is a "potentially unsafe" call that
+ * would invalidate the capture, so the probe runs with the thread in relaxed capture mode (a
+ * no-op when nothing is being captured) and restores the caller's mode afterwards. */
 static void probe_devices(void)
 {
+    cudaStreamCaptureMode mode = cudaStreamCaptureModeRelaxed;
+    const bool exchanged = cudaThreadExchangeStreamCaptureMode(&mode) == cudaSuccess;
     int count = 0;
     if (cudaGetDeviceCount(&count) != cudaSuccess) {
         cudaGetLastError(); /* clear the sticky "no driver" error for later callers */
-        return;
+        count = 0;
     }
     for (int d = 0; d < count; d++) {
         cudaDeviceProp prop;
         if (cudaGetDeviceProperties(&prop, d) == cudaSuccess && prop.major >= 8)
             usable_devices++;
     }
+    if (exchanged)
+        cudaThreadExchangeStreamCaptureMode(&mode);
+    else
+        cudaGetLastError();
 }
 
 extern "C" int gdn_cuda_built(void) { return 1; }

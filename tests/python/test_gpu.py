@@ -214,6 +214,44 @@ def test_cuda_graph_three_layers_64_steps():
     check_state("layer 0 after 64 steps", eager_pools[0], ref_pool, "float32")
 
 
+FIRST_CALL_IN_CAPTURE = r"""
+import sys, torch
+sys.path.insert(0, sys.argv[1])
+import gdn  # loading the library makes no CUDA call; the first gdn_decode probes the devices
+n, h, hv, k, v = 4, 2, 4, 128, 128
+gen = torch.Generator(device="cuda").manual_seed(7)
+def r(*s): return torch.randn(*s, generator=gen, device="cuda").to(torch.bfloat16)
+q, kk, vv, a, b = r(n, h, k), r(n, h, k), r(n, hv, v), r(n, hv), r(n, hv)
+A_log, dt_bias = torch.zeros(hv, device="cuda"), torch.zeros(hv, device="cuda")
+pool = torch.randn(6, hv, v, k, generator=gen, device="cuda") * 0.05
+start, slots, out = pool.clone(), torch.tensor([1, 3, -1, 0], device="cuda"), torch.empty_like(vv)
+graph = torch.cuda.CUDAGraph()
+with torch.cuda.graph(graph):  # capture_error_mode="global", torch's default, as engines use
+    gdn.decode(q, kk, vv, a, b, A_log, dt_bias, pool, slots, out=out)
+pool.copy_(start)
+graph.replay()
+eager_pool, eager_out = start.clone(), torch.empty_like(vv)
+gdn.decode(q, kk, vv, a, b, A_log, dt_bias, eager_pool, slots, out=eager_out)
+torch.cuda.synchronize()
+assert torch.equal(out, eager_out) and torch.equal(pool, eager_pool), "replay differs from the eager call"
+print("first gdn call inside a graph capture: replay equals the eager call")
+"""
+
+
+def test_first_call_inside_graph_capture():
+    """A fresh process whose very first gdn call is inside torch.cuda.graph (global capture
+    mode): libgdn's static CUDA runtime initialises under relaxed capture mode, so the capture
+    survives and the replay equals an eager call."""
+    cuda_torch()
+    import subprocess
+
+    package = str(Path(__file__).resolve().parents[2] / "python")
+    done = subprocess.run([sys.executable, "-c", FIRST_CALL_IN_CAPTURE, package], capture_output=True, text=True,
+                          timeout=120)
+    print("    " + (done.stdout.strip() or done.stderr.strip()[-2000:]))
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def reference_tokens(acts, params, pool, **indices):
     """(out, pool after) of decode_tokens on the float64 reference backend, on host copies of the
     GPU tensors' values (indices and options as keywords); out rows no sequence owns are NaN."""
