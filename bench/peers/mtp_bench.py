@@ -123,6 +123,7 @@ class TokensCase:
     (N + N*T with token slots) and permuted slot indices."""
 
     def __init__(self, shape, state, n, T, count, device, gen, with_slots):
+        self.shape = shape
         perm = torch.randperm(n, generator=gen, device=device)
         self.sets = []
         for _ in range(count):
@@ -133,42 +134,6 @@ class TokensCase:
             s["table"] = token_table(n, T, device) if with_slots else None
             self.sets.append(s)
         self.scratch = torch.empty_like(self.sets[0]["pool"][:n]) if count == 1 else None
-
-
-def timed_call(impl, peer, case, shape, gdn_backend="cuda"):
-    sets, count = case.sets, len(case.sets)
-    keep = pb.collections.deque(maxlen=count + 1)
-    if impl.startswith("gdn"):
-        params = []
-        for s in sets:
-            extra = {"token_slots": s["table"].data_ptr()} if impl == "gdn+slots" else {}
-            params.append(pb.gdn_params(peer, shape, s, s["pool"], s["slots64"], s["out"], gdn_backend, **extra))
-
-        def call(i):
-            p = params[i % count]
-            p.stream = torch.cuda.current_stream().cuda_stream
-            peer.decode(p)
-
-    elif impl == "fla":
-
-        def call(i):
-            s = sets[i % count]
-            keep.append(pb.fla_call(peer, s, s["pool"]))
-
-    elif impl == "flashinfer":
-
-        def call(i):
-            s = sets[i % count]
-            flashinfer_tokens(peer, s, s["pool"], s["slots32"], s["out"])
-
-    else:  # copy of the N tiles a call reads and writes
-
-        def call(i):
-            n = sets[0]["slots64"].shape[0]
-            dst = sets[(i + count // 2) % count]["pool"][:n] if count > 1 else case.scratch
-            dst.copy_(sets[i % count]["pool"][:n])
-
-    return call, keep
 
 
 def bench(shape_name, state, n, T, loaded, reps, log):
@@ -196,7 +161,9 @@ def bench(shape_name, state, n, T, loaded, reps, log):
         case = None
         try:
             case = TokensCase(shape, state, n, T, count, "cuda", gen, with_slots)
-            call, keep = timed_call(impl, loaded[base], case, shape)
+            call, keep = pb.make_timed_call(impl, loaded[base], case,
+                                            gdn_extra=lambda s: {"token_slots": s["table"].data_ptr()}
+                                            if with_slots else {}, flashinfer=flashinfer_tokens)
             us, calls = pb.time_calls(call, count, reps, keep)
             moved = 2 * n * tile + (n * T * tile if with_slots else 0)
             rows.append({"shape": shape_name, "H": shape[0], "HV": shape[1], "K": shape[2], "V": shape[3],

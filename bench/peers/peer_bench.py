@@ -425,12 +425,16 @@ def plan_sets(shape, n, state, free_bytes):
     return max(0, min(want, fit))
 
 
-def make_timed_call(impl, peer, case, gdn_backend="cuda"):
-    """call(i) enqueues call number i on the current stream; keep holds what must outlive it."""
+def make_timed_call(impl, peer, case, gdn_backend="cuda", gdn_extra=None, flashinfer=None):
+    """call(i) enqueues call number i on the current stream; keep holds what must outlive it.
+    impl "gdn..." takes extra params per set from gdn_extra(set) (token slots: mtp_bench.py);
+    flashinfer(peer, set, pool, slots32, out) replaces flashinfer_call; the copy moves the
+    first N slots of the pool (all of it for decode)."""
     sets, count = case.sets, len(case.sets)
     keep = collections.deque(maxlen=count + 1)
-    if impl == "gdn":
-        params = [gdn_params(peer, case.shape, s, s["pool"], s["slots64"], s["out"], gdn_backend) for s in sets]
+    if impl.startswith("gdn"):
+        params = [gdn_params(peer, case.shape, s, s["pool"], s["slots64"], s["out"], gdn_backend,
+                             **(gdn_extra(s) if gdn_extra else {})) for s in sets]
 
         def call(i):
             p = params[i % count]
@@ -445,16 +449,18 @@ def make_timed_call(impl, peer, case, gdn_backend="cuda"):
             keep.append(fla_call(peer, s, s["pool"]))
 
     elif impl == "flashinfer":
+        run = flashinfer or flashinfer_call
 
         def call(i):
             s = sets[i % count]
-            flashinfer_call(peer, s, s["pool"], s["slots32"], s["out"])
+            run(peer, s, s["pool"], s["slots32"], s["out"])
 
     else:  # copy
+        n = sets[0]["slots64"].shape[0]
 
         def call(i):
-            dst = sets[(i + count // 2) % count]["pool"] if count > 1 else case.scratch
-            dst.copy_(sets[i % count]["pool"])
+            dst = sets[(i + count // 2) % count]["pool"][:n] if count > 1 else case.scratch
+            dst.copy_(sets[i % count]["pool"][:n])
 
     return call, keep
 
