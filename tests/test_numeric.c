@@ -46,9 +46,47 @@ static void rounding_is_to_nearest_even(void)
     CHECK(gdn_f16_to_f32(0x8000) == 0.0f && signbit(gdn_f16_to_f32(0x8000)));
 }
 
+/* The row conversions (vectorisable, used on every state row) give the bits of the element-wise
+ * ones, for every bf16 pattern widened and for floats around every rounding case narrowed. */
+static void bf16_rows_match_elementwise(void)
+{
+    enum { ROW = 4096 };
+    static uint16_t narrow[ROW], expect16[ROW];
+    static float wide[ROW], expect32[ROW];
+    int64_t mismatches = 0;
+    for (uint32_t start = 0; start < 65536; start += ROW) {
+        for (int j = 0; j < ROW; j++)
+            narrow[j] = (uint16_t)(start + (uint32_t)j);
+        gdn_load_row_f32(narrow, GDN_DTYPE_BF16, 0, ROW, wide);
+        for (int j = 0; j < ROW; j++) {
+            expect32[j] = gdn_bf16_to_f32(narrow[j]);
+            mismatches += memcmp(&wide[j], &expect32[j], 4) != 0;
+        }
+    }
+    uint32_t state = 1u;
+    const uint32_t tails[] = {0x0000u, 0x7fffu, 0x8000u, 0x8001u, 0xffffu, 0x0001u};
+    for (int round = 0; round < 64; round++) {
+        for (int j = 0; j < ROW; j++) {
+            state = state * 1664525u + 1013904223u;
+            /* random high halves (every exponent: zeros, subnormals, inf, NaN) with the tails
+             * that decide rounding: exact, just below and at a tie, just above, all ones */
+            uint32_t u = (state & 0xffff0000u) | tails[(state >> 3) % 6];
+            memcpy(&wide[j], &u, 4);
+        }
+        gdn_store_row_f32(narrow, GDN_DTYPE_BF16, 0, ROW, wide);
+        for (int j = 0; j < ROW; j++) {
+            expect16[j] = gdn_f32_to_bf16(wide[j]);
+            mismatches += narrow[j] != expect16[j];
+        }
+    }
+    CHECK_MSG(mismatches == 0, "%lld bf16 row conversions differ from the element-wise ones",
+              (long long)mismatches);
+}
+
 void register_numeric_tests(void)
 {
     test_add("numeric/bf16_round_trip", bf16_round_trip_is_exact);
     test_add("numeric/f16_round_trip", f16_round_trip_is_exact);
     test_add("numeric/round_to_nearest_even", rounding_is_to_nearest_even);
+    test_add("numeric/bf16_rows_match_elementwise", bf16_rows_match_elementwise);
 }

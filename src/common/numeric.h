@@ -100,6 +100,14 @@ static inline void gdn_load_row_f32(const void *base, gdn_dtype dtype, int64_t i
         memcpy(dst, (const float *)base + i, (size_t)n * sizeof(float));
         return;
     }
+    if (dtype == GDN_DTYPE_BF16) { /* a shift per element: the compiler vectorises it */
+        const uint16_t *src = (const uint16_t *)base + i;
+        for (int64_t j = 0; j < n; j++) {
+            uint32_t u = (uint32_t)src[j] << 16;
+            memcpy(&dst[j], &u, sizeof u);
+        }
+        return;
+    }
     for (int64_t j = 0; j < n; j++)
         dst[j] = (float)gdn_load_f64(base, dtype, i + j);
 }
@@ -109,6 +117,16 @@ static inline void gdn_store_row_f32(void *base, gdn_dtype dtype, int64_t i, int
 {
     if (dtype == GDN_DTYPE_F32) {
         memcpy((float *)base + i, src, (size_t)n * sizeof(float));
+        return;
+    }
+    if (dtype == GDN_DTYPE_BF16) { /* gdn_f32_to_bf16 without branches, so that it vectorises */
+        uint16_t *out = (uint16_t *)base + i;
+        for (int64_t j = 0; j < n; j++) {
+            uint32_t u;
+            memcpy(&u, &src[j], sizeof u);
+            uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16, quiet = (u >> 16) | 0x0040u;
+            out[j] = (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? quiet : rounded);
+        }
         return;
     }
     for (int64_t j = 0; j < n; j++)
