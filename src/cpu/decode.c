@@ -7,9 +7,9 @@
  * too small to repay a thread start run on the caller's thread. The one allocation per call is
  * the threads' scratch, taken before any output is written.
  *
- * Per item, each state row is read once, carried through the sequence's tokens, and written
- * once (plus once per saved snapshot). The inner loops are unit-stride float loops that the
- * compiler vectorises.
+ * Per item, the state is read once, carried through the sequence's tokens, and written once
+ * (plus once per saved snapshot): row by row in the vk layout, as a whole tile in the kv layout.
+ * The inner loops are unit-stride float loops that the compiler vectorises.
  */
 #include <pthread.h>
 #include <stdlib.h>
@@ -29,6 +29,7 @@ typedef struct head_inputs {
     float v[GDN_MAX_TOKENS][GDN_MAX_HEAD_DIM], out[GDN_MAX_TOKENS][GDN_MAX_HEAD_DIM];
     float decay[GDN_MAX_TOKENS], beta[GDN_MAX_TOKENS], kq[GDN_MAX_TOKENS]; /* exp(g), sigmoid(b), k.q */
     int64_t snapshot[GDN_MAX_TOKENS]; /* tile offset that receives the state after token t, or -1 */
+    float tile[GDN_MAX_HEAD_DIM * GDN_MAX_HEAD_DIM]; /* kv layout: the K x V tile, widened */
 } head_inputs;
 
 /* Eight partial sums so the compiler vectorises without reassociating (no -ffast-math). */
@@ -72,44 +73,22 @@ static void load_token_inputs(const gdn_problem *p, int64_t row, int64_t hv, int
 }
 
 /*
- * Row j of the V x K state as a contiguous float vector: in the vk layout it is contiguous in
- * the pool; in the kv layout it is column j, read with stride V (the tile is 64 KiB at
- * K = V = 128, so it stays in cache across the column reads).
+ * vk layout: row j of the V x K tile is contiguous. Rows are independent given the per-token
+ * inputs, so each row is read once, taken through every token in registers/L1, and written once
+ * (plus once per saved snapshot). Both dot products a token needs come from the row before that
+ * token's update: o = S' q = exp(g) (S q) + u (k . q).
  */
-static void gather_row(const gdn_problem *p, int64_t tile, int64_t j, float *row)
+static void store_row_vk(const gdn_problem *p, int64_t tile, int64_t j, const float *row)
 {
-    int64_t K = p->head_dim_k, V = p->head_dim_v;
-    if (p->state_layout == GDN_LAYOUT_VK) {
-        gdn_load_row_f32(p->state_pool, p->state_dtype, tile + j * K, K, row);
-        return;
-    }
-    for (int64_t i = 0; i < K; i++)
-        row[i] = (float)gdn_load_f64(p->state_pool, p->state_dtype, tile + i * V + j);
+    gdn_store_row_f32(p->state_pool, p->state_dtype, tile + j * p->head_dim_k, p->head_dim_k, row);
 }
 
-static void scatter_row(const gdn_problem *p, int64_t tile, int64_t j, const float *row)
-{
-    int64_t K = p->head_dim_k, V = p->head_dim_v;
-    if (p->state_layout == GDN_LAYOUT_VK) {
-        gdn_store_row_f32(p->state_pool, p->state_dtype, tile + j * K, K, row);
-        return;
-    }
-    for (int64_t i = 0; i < K; i++)
-        gdn_store_f64(p->state_pool, p->state_dtype, tile + i * V + j, row[i]);
-}
-
-/*
- * Rows of a tile are independent given the per-token inputs, so each row is read once, taken
- * through every token in registers/L1, and written once (plus once per saved snapshot). Both
- * dot products a token needs come from the row before that token's update:
- * o = S' q = exp(g) (S q) + u (k . q).
- */
-static void update_rows(const gdn_problem *p, int64_t tokens, int64_t src, int64_t dst, head_inputs *in)
+static void update_rows_vk(const gdn_problem *p, int64_t tokens, int64_t src, int64_t dst, head_inputs *in)
 {
     int64_t K = p->head_dim_k;
     float row[GDN_MAX_HEAD_DIM];
     for (int64_t j = 0; j < p->head_dim_v; j++) {
-        gather_row(p, src, j, row);
+        gdn_load_row_f32(p->state_pool, p->state_dtype, src + j * K, K, row);
         for (int64_t t = 0; t < tokens; t++) {
             float sk = dot(row, in->k[t], K), sq = dot(row, in->q[t], K);
             float u = in->beta[t] * (in->v[t][j] - in->decay[t] * sk);
@@ -117,11 +96,59 @@ static void update_rows(const gdn_problem *p, int64_t tokens, int64_t src, int64
             for (int64_t i = 0; i < K; i++)
                 row[i] = in->decay[t] * row[i] + u * in->k[t][i];
             if (in->snapshot[t] >= 0)
-                scatter_row(p, in->snapshot[t], j, row);
+                store_row_vk(p, in->snapshot[t], j, row);
         }
         if (dst >= 0)
-            scatter_row(p, dst, j, row);
+            store_row_vk(p, dst, j, row);
     }
+}
+
+/*
+ * kv layout: the tile is K rows of V contiguous values. Working in that order keeps every inner
+ * loop unit-stride (a row-major walk of a [K][V] tile for the vk algorithm would gather columns):
+ * per token, S^T k and S^T q accumulate row by row, then every row is updated with the same
+ * u vector. The widened tile (at most 256 KiB) stays in cache across the token's two passes; the
+ * pool is read once and written once (plus once per saved snapshot), as in the vk path.
+ */
+static void store_tile_kv(const gdn_problem *p, int64_t tile_at, const float *tile)
+{
+    int64_t K = p->head_dim_k, V = p->head_dim_v;
+    for (int64_t i = 0; i < K; i++)
+        gdn_store_row_f32(p->state_pool, p->state_dtype, tile_at + i * V, V, tile + i * V);
+}
+
+static void update_tile_kv(const gdn_problem *p, int64_t tokens, int64_t src, int64_t dst, head_inputs *in)
+{
+    int64_t K = p->head_dim_k, V = p->head_dim_v;
+    float *tile = in->tile, sk[GDN_MAX_HEAD_DIM], sq[GDN_MAX_HEAD_DIM], u[GDN_MAX_HEAD_DIM];
+    for (int64_t i = 0; i < K; i++)
+        gdn_load_row_f32(p->state_pool, p->state_dtype, src + i * V, V, tile + i * V);
+    for (int64_t t = 0; t < tokens; t++) {
+        const float decay = in->decay[t], beta = in->beta[t], kq = in->kq[t];
+        for (int64_t j = 0; j < V; j++)
+            sk[j] = sq[j] = 0.0f;
+        for (int64_t i = 0; i < K; i++) {
+            const float ki = in->k[t][i], qi = in->q[t][i], *row = tile + i * V;
+            for (int64_t j = 0; j < V; j++) {
+                sk[j] += ki * row[j];
+                sq[j] += qi * row[j];
+            }
+        }
+        for (int64_t j = 0; j < V; j++) {
+            u[j] = beta * (in->v[t][j] - decay * sk[j]);
+            in->out[t][j] = decay * sq[j] + u[j] * kq;
+        }
+        for (int64_t i = 0; i < K; i++) {
+            const float ki = in->k[t][i];
+            float *row = tile + i * V;
+            for (int64_t j = 0; j < V; j++)
+                row[j] = decay * row[j] + ki * u[j];
+        }
+        if (in->snapshot[t] >= 0)
+            store_tile_kv(p, in->snapshot[t], tile);
+    }
+    if (dst >= 0)
+        store_tile_kv(p, dst, tile);
 }
 
 static void decode_item(const gdn_problem *p, int64_t item, head_inputs *in)
@@ -140,8 +167,11 @@ static void decode_item(const gdn_problem *p, int64_t item, head_inputs *in)
             int64_t snap = p->token_slots ? gdn_token_slot(p, n, t) : -1;
             in->snapshot[t] = snap < 0 ? -1 : gdn_tile_offset(p, snap, hv);
         }
-        update_rows(p, tokens, gdn_tile_offset(p, read, hv), write < 0 ? -1 : gdn_tile_offset(p, write, hv),
-                    in);
+        int64_t src = gdn_tile_offset(p, read, hv), dst = write < 0 ? -1 : gdn_tile_offset(p, write, hv);
+        if (p->state_layout == GDN_LAYOUT_KV)
+            update_tile_kv(p, tokens, src, dst, in);
+        else
+            update_rows_vk(p, tokens, src, dst, in);
     }
     for (int64_t t = 0; t < tokens; t++)
         gdn_store_row_f32(p->out, p->act_dtype, (first + t) * p->out_stride + hv * V, V, in->out[t]);
@@ -183,7 +213,7 @@ gdn_status gdn_cpu_decode(const gdn_problem *p)
         threads = items;
     if (threads < 1)
         threads = 1;
-    /* Per-thread scratch (~200 KiB each, too much for a caller's stack), taken before any work
+    /* Per-thread scratch (~460 KiB each, too much for a caller's stack), taken before any work
      * so that running out of memory leaves every output untouched. */
     head_inputs *scratch = malloc((size_t)threads * sizeof *scratch);
     if (!scratch)
