@@ -122,79 +122,46 @@ template <int MAXT, int KMAX> struct token_stage {
  * GDN_EARLY_GATES (a variant, off by default until measured; bench/NOTES.md, v5): lane 0 issues
  * the gate loads (a, b, A_log, dt_bias) before the q/k loads instead of after the sums, and with
  * KFIXED (the fast path's K = 128) the q/k loop unrolls without remainder paths, so all of a
- * token's loads are in flight together: one memory round trip per block instead of two. The
- * default keeps the measured function unchanged.
+ * token's loads are in flight together: one memory round trip per block instead of two. With the
+ * flag off the code is the measured kernel's, instruction for instruction (bench/NOTES.md).
  */
 #ifndef GDN_EARLY_GATES
 #define GDN_EARLY_GATES 0
 #endif
 
-#if !GDN_EARLY_GATES
-template <typename Act, int MAXT, int KMAX>
-__device__ void prepare_tokens(const gdn_problem &p, const block_coords &bc, int64_t first, int64_t T,
-                               token_stage<MAXT, KMAX> &st)
-{
-    const int64_t K = p.head_dim_k;
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    for (int t = warp; t < T; t += kWarps) {
-        const int64_t row = first + t;
-        const int64_t q_at = row * p.q_stride + bc.h * K, k_at = row * p.k_stride + bc.h * K;
-        float qq = 0.0f, kk = 0.0f, qk = 0.0f;
-        for (int64_t i = lane; i < K; i += 32) {
-            const float qi = load_elem<Act>(p.q, q_at + i), ki = load_elem<Act>(p.k, k_at + i);
-            st.q[t][i] = qi;
-            st.k[t][i] = ki;
-            qq += qi * qi;
-            kk += ki * ki;
-            qk += qi * ki;
-        }
-        qq = row_sum<32>(qq);
-        kk = row_sum<32>(kk);
-        qk = row_sum<32>(qk);
-        if (lane == 0) {
-            const float q_factor = (p.qk_l2norm ? inv_sqrt(qq + GDN_L2NORM_EPS) : 1.0f) * p.scale;
-            const float k_factor = p.qk_l2norm ? inv_sqrt(kk + GDN_L2NORM_EPS) : 1.0f;
-            const float a = load_elem<Act>(p.a, row * p.a_stride + bc.hv);
-            const float b = load_elem<Act>(p.b, row * p.b_stride + bc.hv);
-            st.q_factor[t] = q_factor;
-            st.k_factor[t] = k_factor;
-            st.kq[t] = qk * q_factor * k_factor;
-            st.decay[t] = expf(gdn_gate_log(p.A_log[bc.hv], a, p.dt_bias[bc.hv]));
-            st.beta[t] = sigmoid_fast(b);
-            const int64_t slot = p.token_slots ? gdn_token_slot(&p, bc.n, t) : -1;
-            st.snapshot[t] = slot < 0 ? -1 : gdn_tile_offset(&p, slot, bc.hv);
-        }
-    }
-    __syncthreads();
-}
-
-#else
-/* The variant: K = KMAX when KFIXED (the loop unrolls), gate loads issued before q and k. */
 template <typename Act, int MAXT, int KMAX, int KFIXED = 0>
 __device__ void prepare_tokens(const gdn_problem &p, const block_coords &bc, int64_t first, int64_t T,
                                token_stage<MAXT, KMAX> &st)
 {
-    const int64_t K = KFIXED > 0 ? KFIXED : p.head_dim_k;
+    constexpr bool early = GDN_EARLY_GATES;
+    const int64_t K = early && KFIXED > 0 ? KFIXED : p.head_dim_k;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     for (int t = warp; t < T; t += kWarps) {
         const int64_t row = first + t;
         const int64_t q_at = row * p.q_stride + bc.h * K, k_at = row * p.k_stride + bc.h * K;
-        float a = 0.0f, b = 0.0f, A_log = 0.0f, dt_bias = 0.0f;
-        if (lane == 0) {
-            a = load_elem<Act>(p.a, row * p.a_stride + bc.hv);
-            b = load_elem<Act>(p.b, row * p.b_stride + bc.hv);
-            A_log = p.A_log[bc.hv];
-            dt_bias = p.dt_bias[bc.hv];
+        float early_a = 0.0f, early_b = 0.0f, early_A_log = 0.0f, early_dt_bias = 0.0f;
+        if (early && lane == 0) {
+            early_a = load_elem<Act>(p.a, row * p.a_stride + bc.hv);
+            early_b = load_elem<Act>(p.b, row * p.b_stride + bc.hv);
+            early_A_log = p.A_log[bc.hv];
+            early_dt_bias = p.dt_bias[bc.hv];
         }
         float qq = 0.0f, kk = 0.0f, qk = 0.0f;
-#pragma unroll
-        for (int64_t i = lane; i < K; i += 32) {
+        const auto stage = [&](int64_t i) {
             const float qi = load_elem<Act>(p.q, q_at + i), ki = load_elem<Act>(p.k, k_at + i);
             st.q[t][i] = qi;
             st.k[t][i] = ki;
             qq += qi * qi;
             kk += ki * ki;
             qk += qi * ki;
+        };
+        if (early) {
+#pragma unroll
+            for (int64_t i = lane; i < K; i += 32)
+                stage(i);
+        } else {
+            for (int64_t i = lane; i < K; i += 32)
+                stage(i);
         }
         qq = row_sum<32>(qq);
         kk = row_sum<32>(kk);
@@ -202,10 +169,13 @@ __device__ void prepare_tokens(const gdn_problem &p, const block_coords &bc, int
         if (lane == 0) {
             const float q_factor = (p.qk_l2norm ? inv_sqrt(qq + GDN_L2NORM_EPS) : 1.0f) * p.scale;
             const float k_factor = p.qk_l2norm ? inv_sqrt(kk + GDN_L2NORM_EPS) : 1.0f;
+            const float a = early ? early_a : load_elem<Act>(p.a, row * p.a_stride + bc.hv);
+            const float b = early ? early_b : load_elem<Act>(p.b, row * p.b_stride + bc.hv);
             st.q_factor[t] = q_factor;
             st.k_factor[t] = k_factor;
             st.kq[t] = qk * q_factor * k_factor;
-            st.decay[t] = expf(gdn_gate_log(A_log, a, dt_bias));
+            st.decay[t] = expf(gdn_gate_log(early ? early_A_log : p.A_log[bc.hv], a,
+                                            early ? early_dt_bias : p.dt_bias[bc.hv]));
             st.beta[t] = sigmoid_fast(b);
             const int64_t slot = p.token_slots ? gdn_token_slot(&p, bc.n, t) : -1;
             st.snapshot[t] = slot < 0 ? -1 : gdn_tile_offset(&p, slot, bc.hv);
@@ -213,7 +183,6 @@ __device__ void prepare_tokens(const gdn_problem &p, const block_coords &bc, int
     }
     __syncthreads();
 }
-#endif
 
 /* Checked mode: one block of the sequence (the first row block of its first head) counts it. */
 __device__ __forceinline__ bool skip_bad_row(const gdn_problem &p)
@@ -402,11 +371,7 @@ __global__ void __launch_bounds__(kThreads) decode_vk_k128(const __grid_constant
             v_row[t][r] =
                 t < T && row < V ? load_elem<Act>(p.v, (first + t) * p.v_stride + bc.hv * V + row) : 0.0f;
         }
-#if GDN_EARLY_GATES
     prepare_tokens<Act, MAXT, kFastK, kFastK>(p, bc, first, T, st);
-#else
-    prepare_tokens<Act>(p, bc, first, T, st);
-#endif
 
     St *pool = static_cast<St *>(p.state_pool);
     const int64_t dst = write < 0 ? -1 : gdn_tile_offset(&p, write, bc.hv);
