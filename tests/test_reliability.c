@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../src/common/numeric.h"
 #include "../src/core/backends.h"
 #include "gdn.h"
 #include "test.h"
@@ -47,79 +48,16 @@ typedef struct problem {
     gdn_decode_params p;
 } problem;
 
-static uint16_t to_bf16(float x)
-{
-    uint32_t u;
-    memcpy(&u, &x, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u)
-        return (uint16_t)((u >> 16) | 0x40u);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
-
-static uint16_t to_f16(float x)
-{
-    uint32_t u;
-    memcpy(&u, &x, 4);
-    uint16_t sign = (uint16_t)((u >> 16) & 0x8000u);
-    uint32_t abs = u & 0x7fffffffu;
-    if (abs > 0x7f800000u)
-        return sign | 0x7e00u;
-    if (abs >= 0x477ff000u)
-        return sign | 0x7c00u;
-    if (abs < 0x38800000u)
-        return sign; /* the tests use no f16 subnormals */
-    return (uint16_t)(sign | ((abs - 0x38000000u + 0xfffu + ((abs >> 13) & 1u)) >> 13));
-}
-
-static void put(unsigned char *base, gdn_dtype dtype, size_t i, double x)
-{
-    if (dtype == GDN_DTYPE_F64) {
-        memcpy(base + 8 * i, &x, 8);
-    } else if (dtype == GDN_DTYPE_F32) {
-        float f = (float)x;
-        memcpy(base + 4 * i, &f, 4);
-    } else {
-        uint16_t h = dtype == GDN_DTYPE_BF16 ? to_bf16((float)x) : to_f16((float)x);
-        memcpy(base + 2 * i, &h, 2);
-    }
-}
-
+/* Elements of any floating dtype are read and written with src/common/numeric.h. */
 static int is_finite_at(const unsigned char *base, gdn_dtype dtype, size_t i)
 {
-    if (dtype == GDN_DTYPE_F64) {
-        double d;
-        memcpy(&d, base + 8 * i, 8);
-        return isfinite(d);
-    }
-    if (dtype == GDN_DTYPE_F32) {
-        float f;
-        memcpy(&f, base + 4 * i, 4);
-        return isfinite(f);
-    }
-    uint16_t h;
-    memcpy(&h, base + 2 * i, 2);
-    return dtype == GDN_DTYPE_BF16 ? (h & 0x7f80u) != 0x7f80u : (h & 0x7c00u) != 0x7c00u;
+    return isfinite(gdn_load_f64(base, dtype, (int64_t)i));
 }
 
 static int is_nan_at(const unsigned char *base, gdn_dtype dtype, size_t i)
 {
-    if (dtype == GDN_DTYPE_F64) {
-        double d;
-        memcpy(&d, base + 8 * i, 8);
-        return isnan(d);
-    }
-    if (dtype == GDN_DTYPE_F32) {
-        float f;
-        memcpy(&f, base + 4 * i, 4);
-        return isnan(f);
-    }
-    uint16_t h;
-    memcpy(&h, base + 2 * i, 2);
-    return dtype == GDN_DTYPE_BF16 ? (h & 0x7fffu) > 0x7f80u : (h & 0x7fffu) > 0x7c00u;
+    return isnan(gdn_load_f64(base, dtype, (int64_t)i));
 }
-
-static size_t dsize(gdn_dtype d) { return gdn_dtype_size(d); }
 
 static double uniform(uint32_t *s, double lo, double hi)
 {
@@ -168,7 +106,7 @@ static void problem_make(problem *pr, const problem_cfg *c)
     pr->c = *c;
     pr->T = c->T > 0 ? c->T : 1;
     pr->rows = c->cu ? c->cu[c->N] : c->N * pr->T;
-    pr->aes = dsize(c->act), pr->ses = dsize(c->state), pr->ies = dsize(c->idx);
+    pr->aes = gdn_dtype_size(c->act), pr->ses = gdn_dtype_size(c->state), pr->ies = gdn_dtype_size(c->idx);
     pr->qk_bytes = (size_t)(pr->rows * c->H * c->K) * pr->aes;
     pr->v_bytes = pr->out_bytes = (size_t)(pr->rows * c->HV * c->V) * pr->aes;
     pr->ab_bytes = (size_t)(pr->rows * c->HV) * pr->aes;
@@ -180,19 +118,19 @@ static void problem_make(problem *pr, const problem_cfg *c)
     uint32_t s = c->seed ? c->seed : 1u;
     double qk = c->no_l2norm ? 1.0 / sqrt((double)c->K) : 1.0;
     for (size_t i = 0; i < pr->qk_bytes / pr->aes; i++) {
-        put(pr->q, c->act, i, uniform(&s, -qk, qk));
-        put(pr->k, c->act, i, uniform(&s, -qk, qk));
+        gdn_store_f64(pr->q, c->act, i, uniform(&s, -qk, qk));
+        gdn_store_f64(pr->k, c->act, i, uniform(&s, -qk, qk));
     }
     for (size_t i = 0; i < pr->v_bytes / pr->aes; i++)
-        put(pr->v, c->act, i, uniform(&s, -1, 1));
+        gdn_store_f64(pr->v, c->act, i, uniform(&s, -1, 1));
     for (size_t i = 0; i < pr->ab_bytes / pr->aes; i++) {
-        put(pr->a, c->act, i, uniform(&s, -2, 2));
-        put(pr->b, c->act, i, uniform(&s, -2, 2));
+        gdn_store_f64(pr->a, c->act, i, uniform(&s, -2, 2));
+        gdn_store_f64(pr->b, c->act, i, uniform(&s, -2, 2));
     }
     for (size_t i = 0; i < pr->out_bytes; i++)
         pr->out[i] = 0xA5;
     for (size_t i = 0; i < pr->pool_bytes / pr->ses; i++)
-        put(pr->pool, c->state, i, uniform(&s, -0.5, 0.5));
+        gdn_store_f64(pr->pool, c->state, i, uniform(&s, -0.5, 0.5));
     for (int64_t i = 0; i < c->HV; i++) {
         pr->A_log[i] = (float)uniform(&s, -1, 0.5);
         pr->dt_bias[i] = (float)uniform(&s, -1, 1);
@@ -344,12 +282,12 @@ static int nan_case(gdn_backend backend, gdn_dtype act, gdn_dtype state, gdn_sta
     case POISON_A: buf = bad.a, where = (size_t)(row * HV + phead); break;
     default: buf = bad.b, where = (size_t)(row * HV + phead); break;
     }
-    put(buf, act, where, poison_values[kind]);
+    gdn_store_f64(buf, act, where, poison_values[kind]);
     /* the padding row's inputs are never read: poison all of them too */
     for (int64_t t = 0; t < Tn; t++)
         for (int64_t i = 0; i < H * K; i++) {
-            put(bad.q, act, (size_t)((3 * Tn + t) * H * K + i), NAN);
-            put(bad.k, act, (size_t)((3 * Tn + t) * H * K + i), INFINITY);
+            gdn_store_f64(bad.q, act, (size_t)((3 * Tn + t) * H * K + i), NAN);
+            gdn_store_f64(bad.k, act, (size_t)((3 * Tn + t) * H * K + i), INFINITY);
         }
 
     gdn_status s1 = gdn_decode(&clean.p), s2 = gdn_decode(&bad.p);
@@ -523,7 +461,8 @@ static void nan_in_state_slot(void)
         problem clean, bad;
         problem_make(&clean, &c);
         problem_copy(&bad, &clean);
-        put(bad.pool, GDN_DTYPE_F32, state_elem(&bad, 1, 0, 2, 7), NAN); /* slot 1, head 0, state (2, 7) */
+        gdn_store_f64(bad.pool, GDN_DTYPE_F32, state_elem(&bad, 1, 0, 2, 7),
+                      NAN); /* slot 1, head 0, state (2, 7) */
         CHECK(gdn_decode(&clean.p) == GDN_OK && gdn_decode(&bad.p) == GDN_OK);
         size_t row = (size_t)(2 * 8) * 4, head = 8 * 4;
         CHECK(memcmp(bad.out, clean.out, row) == 0);                            /* sequence 0 */

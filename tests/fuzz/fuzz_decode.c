@@ -37,6 +37,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../../src/common/numeric.h"
 #include "gdn.h"
 
 #define CAP_BYTES ((int64_t)8 << 20) /* a valid problem needing a bigger buffer is skipped */
@@ -753,43 +754,10 @@ static void store(unsigned char *base, int dtype, size_t i, double x)
     }
 }
 
+/* Element i of a buffer of any floating dtype, widened (src/common/numeric.h). */
 static double load(const unsigned char *base, int dtype, size_t i)
 {
-    switch (dtype) {
-    case GDN_DTYPE_F16: {
-        uint16_t h;
-        memcpy(&h, base + 2 * i, 2);
-        uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu, u;
-        if (e == 0x1f)
-            u = sign | 0x7f800000u | (m << 13);
-        else if (e == 0) {
-            float mag = (float)m * (1.0f / 16777216.0f);
-            return sign ? -mag : mag;
-        } else
-            u = sign | ((e + 112u) << 23) | (m << 13);
-        float f;
-        memcpy(&f, &u, 4);
-        return f;
-    }
-    case GDN_DTYPE_BF16: {
-        uint16_t h;
-        memcpy(&h, base + 2 * i, 2);
-        uint32_t u = (uint32_t)h << 16;
-        float f;
-        memcpy(&f, &u, 4);
-        return f;
-    }
-    case GDN_DTYPE_F64: {
-        double d;
-        memcpy(&d, base + 8 * i, 8);
-        return d;
-    }
-    default: {
-        float f;
-        memcpy(&f, base + 4 * i, 4);
-        return f;
-    }
-    }
+    return gdn_load_f64(base, (gdn_dtype)dtype, (int64_t)i);
 }
 
 /* A finite value: bounded ("tame") or any finite bit pattern of the dtype ("wild"). */
