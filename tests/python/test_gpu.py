@@ -464,6 +464,15 @@ def compile_problem(torch, rng):
     return acts, params, pool, slots
 
 
+def expect_compiled_equals_eager(torch, layer, acts, pool):
+    """layer(*acts, pool) under torch.compile(fullgraph=True) gives the eager output and pool."""
+    eager_pool, compiled_pool = pool.clone(), pool.clone()
+    expected = layer(*acts, eager_pool)
+    result = torch.compile(layer, fullgraph=True)(*acts, compiled_pool)
+    torch.cuda.synchronize()
+    assert torch.equal(result, expected) and torch.equal(compiled_pool, eager_pool)
+
+
 def test_torch_compile_plain_caller():
     """torch.compile(fullgraph=True) of a function that calls gdn.decode: traced, gdn.decode
     becomes the custom operator torch.ops.gdn.decode_ (no graph break)."""
@@ -474,11 +483,7 @@ def test_torch_compile_plain_caller():
         out = gdn.decode(q * 1.0, k, v, a, b, *params, pool, slots)
         return out.float() * 2.0
 
-    eager_pool, compiled_pool = pool.clone(), pool.clone()
-    expected = layer(*acts, eager_pool)
-    result = torch.compile(layer, fullgraph=True)(*acts, compiled_pool)
-    torch.cuda.synchronize()
-    assert torch.equal(result, expected) and torch.equal(compiled_pool, eager_pool)
+    expect_compiled_equals_eager(torch, layer, acts, pool)
 
 
 def test_torch_compile_custom_op():
@@ -495,11 +500,7 @@ def test_torch_compile_custom_op():
         torch.ops.gdn.decode_(q * 1.0, k, v, a, b, *params, pool, slots, out)
         return out.float() * 2.0
 
-    eager_pool, compiled_pool = pool.clone(), pool.clone()
-    expected = layer(*acts, eager_pool)
-    result = torch.compile(layer, fullgraph=True)(*acts, compiled_pool)
-    torch.cuda.synchronize()
-    assert torch.equal(result, expected) and torch.equal(compiled_pool, eager_pool)
+    expect_compiled_equals_eager(torch, layer, acts, pool)
 
 
 if __name__ == "__main__":
