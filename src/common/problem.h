@@ -48,6 +48,7 @@ typedef struct gdn_problem {
      * not reach past them); kept by gdn_problem_rows, as cu_seqlens keeps absolute rows */
     int64_t token_rows;
     uint32_t *bad_index_rows; /* checked mode: rows skipped for a bad device-side index */
+    int device;               /* the CUDA device holding the pool (-1: not device memory) */
 } gdn_problem;
 
 /* Epsilon added to the sum of squares before the square root of the l2 norm (SPEC 1). */

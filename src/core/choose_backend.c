@@ -8,7 +8,7 @@
 
 #include "choose_backend.h"
 
-gdn_status gdn_choose_backend(gdn_backend requested, const void *state_pool, gdn_backend *chosen)
+gdn_status gdn_choose_backend(gdn_backend requested, gdn_memory_kind pool_kind, gdn_backend *chosen)
 {
     gdn_backend backend = requested;
     if (backend == GDN_BACKEND_AUTO) {
@@ -17,13 +17,9 @@ gdn_status gdn_choose_backend(gdn_backend requested, const void *state_pool, gdn
             return gdn_fail(GDN_ERR_INVALID_ARGUMENT,
                             "GDN_BACKEND=\"%s\" is not a backend (auto, cpu, cuda, reference)", env);
     }
-    if (backend == GDN_BACKEND_AUTO) {
-        gdn_memory_kind kind = GDN_MEMORY_HOST;
-        if (gdn_cuda_usable())
-            kind = gdn_cuda_memory_kind(state_pool, NULL);
-        backend =
-            (kind == GDN_MEMORY_DEVICE || kind == GDN_MEMORY_MANAGED) ? GDN_BACKEND_CUDA : GDN_BACKEND_CPU;
-    }
+    if (backend == GDN_BACKEND_AUTO)
+        backend = (pool_kind == GDN_MEMORY_DEVICE || pool_kind == GDN_MEMORY_MANAGED) ? GDN_BACKEND_CUDA
+                                                                                      : GDN_BACKEND_CPU;
     if (backend == GDN_BACKEND_CUDA) {
         if (!gdn_cuda_built())
             return gdn_fail(GDN_ERR_BACKEND_UNAVAILABLE,

@@ -184,14 +184,19 @@ static int tensor_args(const gdn_decode_params *p, tensor_arg *t)
     return n;
 }
 
-static gdn_status check_tensors(const gdn_decode_params *p, gdn_backend backend)
+/* Where the state pool lives, asked of the CUDA runtime once per call (backend choice, the
+ * tensor checks and the cuda backend's device all use it). */
+typedef struct pool_memory {
+    gdn_memory_kind kind;
+    int device; /* -1 when not CUDA device memory */
+} pool_memory;
+
+static gdn_status check_tensors(const gdn_decode_params *p, gdn_backend backend, pool_memory pool)
 {
     tensor_arg t[15];
     int count = tensor_args(p, t);
-    int pool_device = -1;
-    gdn_memory_kind pool_kind = GDN_MEMORY_HOST;
-    if (gdn_cuda_usable())
-        pool_kind = gdn_cuda_memory_kind(p->state_pool, &pool_device);
+    const int pool_device = pool.device;
+    const gdn_memory_kind pool_kind = pool.kind;
     for (int i = 0; i < count; i++) {
         if (!t[i].ptr)
             return gdn_fail(GDN_ERR_NULL_POINTER, "%s is NULL", t[i].name);
@@ -380,6 +385,7 @@ gdn_problem gdn_problem_from_params(const gdn_decode_params *p)
     pr.num_accepted = p->num_accepted;
     pr.token_rows = token_rows(p);
     pr.bad_index_rows = p->bad_index_rows;
+    pr.device = -1; /* gdn_decode sets it from the pool's memory */
     return pr;
 }
 
@@ -401,21 +407,24 @@ static gdn_status read_params(const gdn_decode_params *given, gdn_decode_params 
     return GDN_OK;
 }
 
-static gdn_status validate(const gdn_decode_params *p, gdn_backend *backend)
+static gdn_status validate(const gdn_decode_params *p, gdn_backend *backend, pool_memory *pool)
 {
     gdn_status s;
     if ((s = check_shape(p)) || (s = check_options(p)))
         return s;
     if (p->num_seqs > 0 && !p->state_pool)
         return gdn_fail(GDN_ERR_NULL_POINTER, "state_pool is NULL");
-    if ((s = gdn_choose_backend(p->backend, p->state_pool, backend)))
+    pool->kind = GDN_MEMORY_HOST, pool->device = -1;
+    if (gdn_cuda_usable())
+        pool->kind = gdn_cuda_memory_kind(p->state_pool, &pool->device);
+    if ((s = gdn_choose_backend(p->backend, pool->kind, backend)))
         return s;
     if ((s = check_dtypes(p, *backend)) || (s = check_head_size(p)) || (s = check_tokens(p)))
         return s;
     if (p->num_seqs == 0)
         return GDN_OK;
-    if ((s = check_tensors(p, *backend)) || (!p->cu_seqlens && (s = check_overlap(p, token_rows(p)))) ||
-        (s = check_counter(p)))
+    if ((s = check_tensors(p, *backend, *pool)) ||
+        (!p->cu_seqlens && (s = check_overlap(p, token_rows(p)))) || (s = check_counter(p)))
         return s;
     return GDN_OK;
 }
@@ -424,9 +433,10 @@ gdn_status gdn_decode_backend_for(const gdn_decode_params *given, gdn_backend *b
 {
     gdn_decode_params params;
     gdn_backend chosen;
+    pool_memory pool;
     gdn_status s = read_params(given, &params);
     if (s == GDN_OK)
-        s = validate(&params, &chosen);
+        s = validate(&params, &chosen, &pool);
     if (s == GDN_OK && backend)
         *backend = chosen;
     return s;
@@ -436,12 +446,14 @@ gdn_status gdn_decode(const gdn_decode_params *given)
 {
     gdn_decode_params copy, *params = &copy;
     gdn_backend backend;
+    pool_memory pool;
     gdn_status s = read_params(given, params);
     if (s == GDN_OK)
-        s = validate(params, &backend);
+        s = validate(params, &backend, &pool);
     if (s != GDN_OK || params->num_seqs == 0)
         return s;
     gdn_problem pr = gdn_problem_from_params(params);
+    pr.device = pool.device;
     switch (backend) {
     case GDN_BACKEND_CUDA: return gdn_cuda_decode(&pr);
     case GDN_BACKEND_REFERENCE:

@@ -696,9 +696,10 @@ extern "C" gdn_status gdn_cuda_decode(const gdn_problem *p)
     if (p->num_v_heads > kMaxGridYZ)
         return gdn_fail(GDN_ERR_INVALID_SHAPE, "num_v_heads = %lld exceeds the cuda backend's limit of %lld",
                         (long long)p->num_v_heads, (long long)kMaxGridYZ);
-    /* Launch on the device that holds the pool, whatever device the calling thread has current. */
-    int pool_device = -1, current = -1;
-    gdn_cuda_memory_kind(p->state_pool, &pool_device);
+    /* Launch on the device that holds the pool (found during validation), whatever device the
+     * calling thread has current. */
+    const int pool_device = p->device;
+    int current = -1;
     cudaGetDevice(&current);
     const bool switch_device = pool_device >= 0 && pool_device != current;
     if (switch_device)
