@@ -44,7 +44,7 @@ KIT_OBJ = $(filter-out $(BUILD)/obj/tools/gdn.o $(BUILD)/obj/tools/cmd_%.o,$(TOO
 TEST_OBJ = $(TEST_SRC:%.c=$(BUILD)/obj/%.o)
 
 .PHONY: all lib run test test-gpu bench install clean format help test-sanitize fuzz fuzz-build
-all: lib $(BUILD)/gdn $(BUILD)/test_gdn
+all: lib $(BUILD)/gdn $(BUILD)/test_gdn $(if $(filter 1,$(GDN_CUDA)),$(BUILD)/pdl_layers)
 
 help:
 	@echo "make            build libgdn (shared + static), the gdn command and the tests"
@@ -66,7 +66,7 @@ $(BUILD)/obj/%.o: %.c $(wildcard include/*.h src/*/*.h tools/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(BUILD_CFLAGS) $(if $(filter tools/% tests/%,$<),$(TOOL_CFLAGS) -Itools) -c $< -o $@
 
-$(BUILD)/obj/%.o: %.cu $(wildcard include/*.h src/*/*.h)
+$(BUILD)/obj/%.o: %.cu $(wildcard include/*.h src/*/*.h src/*/*.cuh)
 	@mkdir -p $(dir $@)
 	$(NVCC) $(BUILD_NVCCFLAGS) -c $< -o $@
 
@@ -82,6 +82,10 @@ $(BUILD)/gdn: $(TOOL_OBJ) $(BUILD)/libgdn.a
 
 $(BUILD)/test_gdn: $(TEST_OBJ) $(KIT_OBJ) $(BUILD)/libgdn.a
 	$(LINK) -o $@ $^ $(LIBS)
+
+# The layer-pattern benchmark of programmatic dependent launch (CUDA only; bench/pdl_layers.cu).
+$(BUILD)/pdl_layers: bench/pdl_layers.cu include/gdn.h $(BUILD)/libgdn.a
+	$(NVCC) $(BUILD_NVCCFLAGS) -o $@ $< $(BUILD)/libgdn.a -ldl -lrt -lpthread
 
 run: all
 	$(BUILD)/gdn info

@@ -46,7 +46,7 @@ extern "C" {
  * ------------------------------------------------------------------------------------- */
 
 #define GDN_VERSION_MAJOR 0
-#define GDN_VERSION_MINOR 3
+#define GDN_VERSION_MINOR 4
 #define GDN_VERSION_PATCH 0
 #define GDN_VERSION_NUMBER (GDN_VERSION_MAJOR * 10000 + GDN_VERSION_MINOR * 100 + GDN_VERSION_PATCH)
 
@@ -204,8 +204,8 @@ GDN_API gdn_status gdn_cuda_device_info(int device, char *name, size_t name_size
 typedef struct gdn_decode_params {
     size_t struct_size; /* sizeof(gdn_decode_params); set by gdn_decode_params_init. The library
                            also takes the shorter structs of older headers (0.1: up to
-                           num_threads; 0.2: up to num_accepted); the fields such a caller
-                           lacks read as zero. */
+                           num_threads; 0.2: up to num_accepted; 0.3: up to bad_index_rows);
+                           the fields such a caller lacks read as zero. */
 
     /* shape */
     int64_t num_seqs;    /* N: sequences in the batch (rows), >= 0; 0 is a no-op */
@@ -268,6 +268,18 @@ typedef struct gdn_decode_params {
 
     /* checked mode (0.3); NULL = off. See "Checked mode" above. */
     uint32_t *bad_index_rows; /* a counter the backend adds the rows it skipped to */
+
+    /* Programmatic dependent launch (0.4; cuda on sm_90+, one token per sequence, vk, K = 128;
+     * ignored elsewhere). 1 = the kernel is launched so that it may start while the kernel
+     * before it on the stream is still running: it reads the slot indices and the state tiles
+     * at once, and waits for that kernel (griddepcontrol.wait) only before it reads q, k, v, a,
+     * b or writes anything. In a model the state read then overlaps the tail of the kernel that
+     * produces q, k, v, a, b. Set it only when the kernel launched just before this call on the
+     * stream writes neither the state pool, nor the index arrays, nor A_log and dt_bias (e.g. a
+     * projection or conv kernel, not another gdn_decode over the same pool). The kernel lets the
+     * next kernel begin launching once its own wait is over, so a next kernel launched with PDL
+     * must wait (griddepcontrol.wait) before it reads this call's out. 0 = an ordinary launch. */
+    int pdl;
 } gdn_decode_params;
 
 /* Fills *params with the defaults above (everything else zero/NULL) and sets struct_size. */

@@ -8,21 +8,25 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "../src/core/backends.h"
 #include "decode_case.h"
 #include "rng.h"
 #include "test.h"
 
 static uint64_t seed;
+static char config_note[64]; /* the forced kernel configuration, for failure messages */
+static int pdl_all;          /* gdn_decode_params.pdl of every case */
 
 static void expect_pass(decode_case c, gdn_backend backend, int steps)
 {
     decode_case_result r;
     c.seed = seed++;
+    c.pdl = pdl_all;
     int ok = decode_case_run(&c, backend, steps, NULL, NULL, &r);
     char what[256];
     decode_case_describe(&c, what, sizeof what);
-    CHECK_MSG(ok, "%s on %s (seed %llu): %s", what, gdn_backend_name(backend), (unsigned long long)c.seed,
-              r.message);
+    CHECK_MSG(ok, "%s on %s%s%s (seed %llu): %s", what, gdn_backend_name(backend), config_note[0] ? " " : "",
+              config_note, (unsigned long long)c.seed, r.message);
 }
 
 static decode_case base(int64_t n, int64_t h, int64_t hv, int64_t k, int64_t v)
@@ -207,6 +211,34 @@ static void cuda_all(void)
     multi_token(GDN_BACKEND_CUDA);
 }
 
+/* Every configuration of the cuda one-token kernel (the library picks one by batch size, so
+ * the default run above meets only some of them), each also launched with pdl = 1. */
+static void one_token_cases(gdn_backend backend)
+{
+    every_combination(backend);
+    odd_sizes(backend);
+    model_shapes_batch(backend);
+    multi_step(backend);
+}
+
+static void cuda_one_token_configs(void)
+{
+    if (!cuda_present())
+        return;
+    for (int config = 0; config < gdn_cuda_one_token_config_count(); config++)
+        for (int pdl = 0; pdl < 2; pdl++) {
+            gdn_cuda_force_one_token_config(config);
+            pdl_all = pdl;
+            char name[32];
+            gdn_cuda_one_token_config_name(config, name, sizeof name);
+            snprintf(config_note, sizeof config_note, "config %s%s", name, pdl ? " pdl" : "");
+            one_token_cases(GDN_BACKEND_CUDA);
+        }
+    gdn_cuda_force_one_token_config(-1);
+    pdl_all = 0;
+    config_note[0] = '\0';
+}
+
 /* The cpu backend with several threads must give bit-identical results to one thread. */
 static void cpu_threads_agree(void)
 {
@@ -228,4 +260,5 @@ void register_decode_tests(void)
     test_add("decode/cpu_multi_token", cpu_multi_token);
     test_add("decode/snapshots_match_single_steps", snapshots_match_single_steps);
     test_add("decode/cuda_all", cuda_all);
+    test_add("decode/cuda_one_token_configs", cuda_one_token_configs);
 }

@@ -267,6 +267,16 @@ static void test_struct_size_of_02_header(void)
     CHECK_MSG(gdn_decode(p) == GDN_OK, "0.2-sized params refused: %s", gdn_last_error());
 }
 
+/* A caller built against the 0.3 header (before pdl): its struct ends after bad_index_rows, and
+ * whatever lies where pdl would be is not read. */
+static void test_struct_size_of_03_header(void)
+{
+    gdn_decode_params *p = fresh();
+    p->struct_size = offsetof(gdn_decode_params, bad_index_rows) + sizeof(uint32_t *);
+    p->pdl = 12345;
+    CHECK_MSG(gdn_decode(p) == GDN_OK, "0.3-sized params refused: %s", gdn_last_error());
+}
+
 /* ---------------------------------------------------------------------------------------
  * checked mode (bad_index_rows)
  * ------------------------------------------------------------------------------------- */
@@ -746,6 +756,7 @@ void register_validation_tests(void)
     test_add("validation/struct_size", test_struct_size);
     test_add("validation/struct_size_of_older_header", test_struct_size_of_older_header);
     test_add("validation/struct_size_of_02_header", test_struct_size_of_02_header);
+    test_add("validation/struct_size_of_03_header", test_struct_size_of_03_header);
     test_add("validation/counter_misaligned", test_counter_misaligned);
     test_add("validation/counter_overlaps", test_counter_overlaps);
     test_add("validation/counter_host_backends", test_counter_host_backends);

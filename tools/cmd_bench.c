@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "../src/common/numeric.h"
+#include "../src/core/backends.h"
 #include "buffers.h"
 #include "commands.h"
 #include "rng.h"
@@ -30,6 +31,9 @@ typedef struct bench_opts {
     long long ns[16];
     int n_count, csv, reps;
     int tokens, token_slots; /* multi-token decode: T tokens per sequence, a snapshot per token */
+    int configs[16];         /* one-token kernel configurations to time (-1: the library's choice) */
+    int config_count;
+    int pdl; /* programmatic dependent launch flag of the timed calls */
 } bench_opts;
 
 typedef struct bench_set {
@@ -50,10 +54,14 @@ static void usage(void)
 {
     printf("usage: gdn bench [--backend cpu|cuda] [--shape NAME] [--state f32|bf16] [--act f32|f16|bf16]\n"
            "                 [--layout vk|kv] [--n 1,4,16,64,256,1024] [--reps R] [--csv]\n"
-           "                 [--tokens T [--token-slots]]\n"
+           "                 [--tokens T [--token-slots]] [--configs C,C,...] [--pdl]\n"
+           "  --configs: time these configurations (0..%d, -1 = the library's choice) of the cuda\n"
+           "  one-token kernel on the same buffers, impl gdn-<name> (tuning)\n"
+           "  --pdl: set gdn_decode_params.pdl in the timed calls\n"
            "  --tokens T: multi-token decode, T tokens per sequence; --token-slots: the state after\n"
            "  every token saved to its own slot (bytes counted: N tiles read, N*T tiles written)\n"
-           "  shapes:");
+           "  shapes:",
+           gdn_cuda_one_token_config_count() - 1);
     for (const shape *s = model_shapes; s->name; s++)
         printf(" %s", s->name);
     printf(" (default qwen3-next)\n");
@@ -66,6 +74,8 @@ static int parse(int argc, char **argv, bench_opts *o)
     o->shp = shape_find("qwen3-next");
     o->act = GDN_DTYPE_BF16, o->state = GDN_DTYPE_F32, o->layout = GDN_LAYOUT_VK;
     o->tokens = 1;
+    o->configs[0] = -1;
+    o->config_count = 1;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *next = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--backend") && next)
@@ -88,6 +98,20 @@ static int parse(int argc, char **argv, bench_opts *o)
             o->reps = atoi(argv[++i]);
         else if (!strcmp(a, "--tokens") && next)
             o->tokens = atoi(argv[++i]);
+        else if (!strcmp(a, "--configs") && next) {
+            o->config_count = 0;
+            for (char *p = argv[++i]; *p && o->config_count < 16;) {
+                char *end;
+                long c = strtol(p, &end, 10);
+                if (end == p || c < -1 || c >= gdn_cuda_one_token_config_count())
+                    return fprintf(stderr, "gdn bench: bad --configs list (0..%d or -1)\n",
+                                   gdn_cuda_one_token_config_count() - 1),
+                           -1;
+                o->configs[o->config_count++] = (int)c;
+                p = *end == ',' ? end + 1 : end;
+            }
+        } else if (!strcmp(a, "--pdl"))
+            o->pdl = 1;
         else if (!strcmp(a, "--token-slots"))
             o->token_slots = 1;
         else if (!strcmp(a, "--csv"))
@@ -170,6 +194,7 @@ static int make_sets(const bench_opts *o, long long n, bench_ctx *b)
     p->num_slots = slots, p->backend = o->backend;
     if (T > 1 || o->token_slots)
         p->num_tokens = T;
+    p->pdl = o->pdl;
     float *A_log = malloc((size_t)s->hv * 4), *dt_bias = malloc((size_t)s->hv * 4);
     for (int64_t h = 0; h < s->hv; h++)
         A_log[h] = (float)log(1.0 + 15.0 * rng_uniform(&g)), dt_bias[h] = (float)(-3.0 + rng_uniform(&g));
@@ -236,13 +261,22 @@ static int decode_call(void *ctx, long call, void *stream)
 }
 
 /* The copy baseline: the same bytes and rotation as decode_call. It writes the set half a
- * rotation ahead, so no call reads what a recent call wrote (that would be an L2 hit). */
+ * rotation ahead, so no call reads what a recent call wrote (that would be an L2 hit). The bytes
+ * go in copies of at most COPY_CHUNK: on the H200 a cudaMemcpy of 512 MiB or more takes a path
+ * a third slower than one of 256 MiB (../shared/baselines/h200-2026-12-02/copy-bandwidth.csv),
+ * which would make the limit fall off at large N. */
+#define COPY_CHUNK ((size_t)128 << 20)
 static int copy_call(void *ctx, long call, void *stream)
 {
     bench_ctx *b = ctx;
-    const void *src = b->sets[call % b->count].pool;
-    void *dst = b->count > 1 ? b->sets[(call + b->count / 2) % b->count].pool : b->copy_scratch;
-    return mem_copy_async(b->where, dst, src, b->traffic_bytes / 2, stream);
+    const char *src = b->sets[call % b->count].pool;
+    char *dst = b->count > 1 ? b->sets[(call + b->count / 2) % b->count].pool : b->copy_scratch;
+    const size_t bytes = b->traffic_bytes / 2;
+    for (size_t at = 0; at < bytes; at += COPY_CHUNK)
+        if (mem_copy_async(b->where, dst + at, src + at, bytes - at < COPY_CHUNK ? bytes - at : COPY_CHUNK,
+                           stream) != 0)
+            return -1;
+    return 0;
 }
 
 int cmd_bench(int argc, char **argv)
@@ -280,28 +314,43 @@ int cmd_bench(int argc, char **argv)
         int calls = b.count < 20 ? 20 / b.count * b.count : b.count;
         if (where == MEM_HOST)
             calls = b.count;
-        timing td, tc;
-        int bad = time_calls(where, decode_call, &b, calls, reps, &td) != 0;
-        bad = bad || time_calls(where, copy_call, &b, calls, reps, &tc) != 0;
-        if (bad) {
-            printf("%6lld  FAILED: %s%s\n", o.ns[i], td.error, tc.error);
+        timing tc;
+        if (time_calls(where, copy_call, &b, calls, reps, &tc) != 0) {
+            printf("%6lld  FAILED: copy: %s\n", o.ns[i], tc.error);
             failed = 1;
             free_sets(&b);
             continue;
         }
-        double bytes = (double)b.traffic_bytes;
-        double gbps = bytes / (td.median_us * 1e3), copy_gbps = bytes / (tc.median_us * 1e3);
-        if (o.csv) {
-            printf("%s,%lld,%lld,%lld,%lld,%s,%lld%s,gdn,%.3f,%.1f,%.1f\n", s->name, (long long)s->h,
-                   (long long)s->hv, (long long)s->k, (long long)s->v, gdn_dtype_name(o.state), o.ns[i], tcol,
-                   td.median_us, gbps, 100.0 * gbps / copy_gbps);
+        const double bytes = (double)b.traffic_bytes, copy_gbps = bytes / (tc.median_us * 1e3);
+        for (int c = 0; c < o.config_count; c++) {
+            timing td;
+            char impl[48] = "gdn";
+            if (o.configs[c] >= 0) {
+                char name[32];
+                gdn_cuda_one_token_config_name(o.configs[c], name, sizeof name);
+                snprintf(impl, sizeof impl, "gdn-%s", name);
+            }
+            gdn_cuda_force_one_token_config(o.configs[c]);
+            int bad = time_calls(where, decode_call, &b, calls, reps, &td) != 0;
+            gdn_cuda_force_one_token_config(-1);
+            if (bad) {
+                printf("%6lld  FAILED: %s: %s\n", o.ns[i], impl, td.error);
+                failed = 1;
+                continue;
+            }
+            const double gbps = bytes / (td.median_us * 1e3);
+            if (o.csv)
+                printf("%s,%lld,%lld,%lld,%lld,%s,%lld%s,%s,%.3f,%.1f,%.1f\n", s->name, (long long)s->h,
+                       (long long)s->hv, (long long)s->k, (long long)s->v, gdn_dtype_name(o.state), o.ns[i],
+                       tcol, impl, td.median_us, gbps, 100.0 * gbps / copy_gbps);
+            else
+                printf("%6lld %12.2f %10.1f %12.2f %10.1f %7.1f%%%s%s\n", o.ns[i], td.median_us, gbps,
+                       tc.median_us, copy_gbps, 100.0 * gbps / copy_gbps, c ? "  " : "", c ? impl : "");
+        }
+        if (o.csv)
             printf("%s,%lld,%lld,%lld,%lld,%s,%lld%s,copy,%.3f,%.1f,100.0\n", s->name, (long long)s->h,
                    (long long)s->hv, (long long)s->k, (long long)s->v, gdn_dtype_name(o.state), o.ns[i], tcol,
                    tc.median_us, copy_gbps);
-        } else {
-            printf("%6lld %12.2f %10.1f %12.2f %10.1f %7.1f%%\n", o.ns[i], td.median_us, gbps, tc.median_us,
-                   copy_gbps, 100.0 * gbps / copy_gbps);
-        }
         fflush(stdout);
         free_sets(&b);
     }

@@ -332,6 +332,7 @@ static gdn_decode_params make_params(const decode_case *c, const arrays *A, void
         p.num_accepted = !c->accepted ? NULL : device_side ? A->accepted.dev : A->accepted.host;
     }
     p.backend = backend;
+    p.pdl = c->pdl;
     return p;
 }
 

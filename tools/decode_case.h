@@ -29,6 +29,7 @@ typedef struct decode_case {
     int varlen;         /* cu_seqlens with 0..num_tokens tokens per sequence */
     int token_slots;    /* a snapshot slot per token (some not saved) */
     int accepted;       /* with token_slots: start from token_slots[n][num_accepted[n]-1] */
+    int pdl;            /* gdn_decode_params.pdl (a launch mode: the results must not change) */
     uint64_t seed;
 } decode_case;
 

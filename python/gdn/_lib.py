@@ -125,6 +125,7 @@ class DecodeParams(ctypes.Structure):
         ("token_slots_stride", ctypes.c_int64),
         ("num_accepted", ctypes.c_void_p),
         ("bad_index_rows", ctypes.c_void_p),  # checked mode (0.3)
+        ("pdl", ctypes.c_int),  # programmatic dependent launch (0.4)
     ]
 
 

@@ -49,6 +49,7 @@ typedef struct gdn_problem {
     int64_t token_rows;
     uint32_t *bad_index_rows; /* checked mode: rows skipped for a bad device-side index */
     int device;               /* the CUDA device holding the pool (-1: not device memory) */
+    int pdl;                  /* programmatic dependent launch (cuda, one-token kernel) */
 } gdn_problem;
 
 /* Epsilon added to the sum of squares before the square root of the l2 norm (SPEC 1). */

@@ -40,6 +40,13 @@ int gdn_cuda_usable(void); /* built, a driver and at least one device of a built
 gdn_memory_kind gdn_cuda_memory_kind(const void *ptr, int *device);
 gdn_status gdn_cuda_decode(const gdn_problem *p);
 
+/* Tuning hooks of the one-token kernel (src/cuda/decode_one_token.cu) for `gdn bench` and the
+ * tests; not part of the public API. Configurations 0..count-1 fix the rows a warp covers; a
+ * negative number returns to the built-in choice. Process-wide. */
+int gdn_cuda_one_token_config_count(void);
+void gdn_cuda_force_one_token_config(int config);
+void gdn_cuda_one_token_config_name(int config, char *buf, size_t size);
+
 #ifdef __cplusplus
 }
 #endif

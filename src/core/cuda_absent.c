@@ -21,6 +21,17 @@ gdn_status gdn_cuda_decode(const gdn_problem *p)
 
 int gdn_cuda_device_count(void) { return 0; }
 
+int gdn_cuda_one_token_config_count(void) { return 0; }
+
+void gdn_cuda_force_one_token_config(int config) { (void)config; }
+
+void gdn_cuda_one_token_config_name(int config, char *buf, size_t size)
+{
+    (void)config;
+    if (size)
+        buf[0] = '\0';
+}
+
 gdn_status gdn_cuda_device_info(int device, char *name, size_t name_size, int *cc_major, int *cc_minor)
 {
     (void)device, (void)name, (void)name_size, (void)cc_major, (void)cc_minor;

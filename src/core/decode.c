@@ -386,6 +386,7 @@ gdn_problem gdn_problem_from_params(const gdn_decode_params *p)
     pr.token_rows = token_rows(p);
     pr.bad_index_rows = p->bad_index_rows;
     pr.device = -1; /* gdn_decode sets it from the pool's memory */
+    pr.pdl = p->pdl != 0;
     return pr;
 }
 
@@ -394,14 +395,16 @@ gdn_problem gdn_problem_from_params(const gdn_decode_params *p)
 static gdn_status read_params(const gdn_decode_params *given, gdn_decode_params *p)
 {
     const size_t v01 = offsetof(gdn_decode_params, num_tokens),
-                 v02 = offsetof(gdn_decode_params, bad_index_rows);
+                 v02 = offsetof(gdn_decode_params, bad_index_rows),
+                 v03 = offsetof(gdn_decode_params, bad_index_rows) + sizeof(uint32_t *);
     if (!given)
         return gdn_fail(GDN_ERR_INVALID_ARGUMENT, "params is NULL");
-    if (given->struct_size != v01 && given->struct_size != v02 && given->struct_size != sizeof *p)
+    if (given->struct_size != v01 && given->struct_size != v02 && given->struct_size != v03 &&
+        given->struct_size != sizeof *p)
         return gdn_fail(GDN_ERR_INVALID_ARGUMENT,
-                        "params->struct_size = %zu but this library takes %zu (0.3 headers), %zu (0.2) or "
-                        "%zu (0.1) bytes (call gdn_decode_params_init)",
-                        given->struct_size, sizeof *p, v02, v01);
+                        "params->struct_size = %zu but this library takes %zu (0.4 headers), %zu (0.3), "
+                        "%zu (0.2) or %zu (0.1) bytes (call gdn_decode_params_init)",
+                        given->struct_size, sizeof *p, v03, v02, v01);
     memset(p, 0, sizeof *p);
     memcpy(p, given, given->struct_size);
     return GDN_OK;

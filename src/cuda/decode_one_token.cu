@@ -1,0 +1,402 @@
+/*
+ * cuda backend: decode of one token per sequence, vk layout, K = 128 (every released model).
+ *
+ * Design. The step streams each (sequence, head) tile of the pool once in and once out, so the
+ * kernel is a copy with arithmetic in the middle, and what decides its speed is how many state
+ * bytes each multiprocessor keeps in flight and how short the chain before the first state load
+ * is. Rows of a tile are independent given q, k, g and beta:
+ *     u_j = beta (v_j - e^g S_j.k)      o_j = e^g S_j.q + u_j (k.q)      S'_j = e^g S_j + u_j k
+ * all from the old row S_j, so one pass over a row computes both dot products, then the update.
+ *
+ * Tiling. A lane loads 16 bytes of a row (4 f32 or 8 bf16), so G = 128 / VEC lanes cover one
+ * row (32 lanes for f32, 16 for bf16: a warp instruction moves 512 contiguous bytes, one f32
+ * row or two bf16 rows). Every lane works on the same K columns in every row, so q and k stay
+ * in registers (VEC values each): no shared memory and no barrier anywhere. A warp holds SLOTS
+ * such loads per lane (a batch of WR = SLOTS * 32 / G rows, 32 f32 registers at WR = 8) and
+ * walks BATCHES batches, loading batch b+1 while it computes batch b. A block is 4 independent
+ * warps; grid (row blocks, HV, N).
+ *
+ * Reductions. The 2 * SLOTS partial sums of a lane (S.k and S.q of each row) are reduced over
+ * the G lanes by halving exchanges: at each step a lane keeps half of its values and sends the
+ * other half to its partner, so 2 * SLOTS sums over G lanes cost about 2 * SLOTS shuffles
+ * instead of 2 * SLOTS * log2(G). Lane l ends with the full sum of value (l % G) / (G / 2SLOTS);
+ * S.k and S.q of one row sit in neighbouring values, one exchange apart. Each such lane
+ * computes u and o of its row, and the update takes u from it with one shuffle per row.
+ *
+ * Latency chain (what sets the time at small N). The slot indices and every activation load
+ * (q, k, v, a, b, A_log, dt_bias) are issued together at entry; the state loads follow as soon
+ * as the slot arrives; q/k norms and gates are computed while the state is in flight.
+ * With programmatic dependent launch (gdn_decode_params.pdl) the order changes: the slot and the
+ * state are loaded first, then griddepcontrol.wait, then the activations, so that in a model
+ * the state read overlaps the tail of the kernel that produced q, k, v, a, b.
+ *
+ * Padding rows write zero outputs; rows with a bad device-side slot are skipped (counted in
+ * checked mode), exactly as the other kernels of the backend do.
+ */
+#include <stdio.h>
+
+#include "device_common.cuh"
+#include "kernels.h"
+
+namespace
+{
+
+constexpr unsigned kFullMask = 0xffffffffu;
+constexpr int kRowK = 128;
+constexpr int kWarpsPerBlock = kThreads / 32;
+
+/* Activation vector of VEC elements at `at` (VEC * sizeof(Act) bytes, aligned to that since
+ * the row offset is a multiple of VEC and q/k rows start at multiples of K = 128). */
+template <typename Act, int VEC> __device__ __forceinline__ void load_act_vec(const Act *at, float *x)
+{
+    if constexpr (sizeof(Act) * VEC == 16) {
+        const uint4 raw = *reinterpret_cast<const uint4 *>(at);
+        const Act *e = reinterpret_cast<const Act *>(&raw);
+#pragma unroll
+        for (int i = 0; i < VEC; i++)
+            x[i] = to_float<Act>(e[i]);
+    } else if constexpr (sizeof(Act) * VEC == 8) {
+        const uint2 raw = *reinterpret_cast<const uint2 *>(at);
+        const Act *e = reinterpret_cast<const Act *>(&raw);
+#pragma unroll
+        for (int i = 0; i < VEC; i++)
+            x[i] = to_float<Act>(e[i]);
+    } else { /* 32 bytes: f32 activations with a bf16 state */
+        const uint4 lo = *reinterpret_cast<const uint4 *>(at),
+                    hi = *reinterpret_cast<const uint4 *>(at + VEC / 2);
+        const Act *e0 = reinterpret_cast<const Act *>(&lo), *e1 = reinterpret_cast<const Act *>(&hi);
+#pragma unroll
+        for (int i = 0; i < VEC / 2; i++) {
+            x[i] = to_float<Act>(e0[i]);
+            x[i + VEC / 2] = to_float<Act>(e1[i]);
+        }
+    }
+}
+
+/* Sum over the G lanes of a row group (xor butterflies stay inside aligned groups of G). */
+template <int G> __device__ __forceinline__ float group_sum(float x)
+{
+#pragma unroll
+    for (int offset = G / 2; offset > 0; offset /= 2)
+        x += __shfl_xor_sync(kFullMask, x, offset);
+    return x;
+}
+
+/*
+ * Halving reduction of M values over the G lanes of a group (M a power of two, 2 <= M <= G).
+ * On return x[0] of lane l is the group's sum of value (l % G) / (G / M).
+ */
+template <int G, int M> __device__ __forceinline__ float reduce_scatter(float (&x)[M], int lane)
+{
+#pragma unroll
+    for (int h = M / 2, offset = G / 2; h >= 1; h /= 2, offset /= 2) {
+        const bool upper = (lane & offset) != 0;
+#pragma unroll
+        for (int i = 0; i < h; i++) {
+            const float send = upper ? x[i] : x[i + h];
+            const float keep = upper ? x[i + h] : x[i];
+            x[i] = keep + __shfl_xor_sync(kFullMask, send, offset);
+        }
+    }
+    float s = x[0];
+#pragma unroll
+    for (int offset = G / M / 2; offset > 0; offset /= 2)
+        s += __shfl_xor_sync(kFullMask, s, offset);
+    return s;
+}
+
+/* Programmatic dependent launch: wait until the previous kernel of the stream has finished and
+ * its writes are visible, then let the next kernel begin launching. No-ops without the launch
+ * attribute. */
+__device__ __forceinline__ void wait_for_producer(void)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+/* Per-token scalars of this (sequence, head), every lane holding its own copy. */
+struct token_scalars {
+    float q_factor, k_factor, kq, decay, beta;
+};
+
+template <typename Act, int VEC, int G> struct token_inputs {
+    float q[VEC], k[VEC]; /* raw q and k at this lane's K columns */
+    float a, b, A_log, dt_bias;
+
+    __device__ __forceinline__ void load(const gdn_problem &p, int64_t n, int64_t hv, int64_t h, int col)
+    {
+        load_act_vec<Act, VEC>(static_cast<const Act *>(p.q) + n * p.q_stride + h * kRowK + col, q);
+        load_act_vec<Act, VEC>(static_cast<const Act *>(p.k) + n * p.k_stride + h * kRowK + col, k);
+        a = load_elem<Act>(p.a, n * p.a_stride + hv);
+        b = load_elem<Act>(p.b, n * p.b_stride + hv);
+        A_log = p.A_log[hv];
+        dt_bias = p.dt_bias[hv];
+    }
+
+    __device__ __forceinline__ token_scalars scalars(const gdn_problem &p) const
+    {
+        float qq = 0.0f, kk = 0.0f, qk = 0.0f;
+#pragma unroll
+        for (int i = 0; i < VEC; i++) {
+            qq += q[i] * q[i];
+            kk += k[i] * k[i];
+            qk += q[i] * k[i];
+        }
+        qq = group_sum<G>(qq);
+        kk = group_sum<G>(kk);
+        qk = group_sum<G>(qk);
+        token_scalars s;
+        s.q_factor = (p.qk_l2norm ? inv_sqrt(qq + GDN_L2NORM_EPS) : 1.0f) * p.scale;
+        s.k_factor = p.qk_l2norm ? inv_sqrt(kk + GDN_L2NORM_EPS) : 1.0f;
+        s.kq = qk * s.q_factor * s.k_factor;
+        s.decay = expf(gdn_gate_log(A_log, a, dt_bias));
+        s.beta = sigmoid_fast(b);
+        return s;
+    }
+};
+
+/*
+ * One warp: BATCHES batches of WR consecutive rows of one (sequence, head) tile.
+ * SLOTS = 16-byte loads per lane per batch; rows of load j: lanes of group hw take row
+ * base + j * (32 / G) + hw.
+ */
+template <typename Act, typename St, int SLOTS, int BATCHES, bool PDL>
+__global__ void __launch_bounds__(kThreads) decode_one_token_vk128(const __grid_constant__ gdn_problem p)
+{
+    constexpr int VEC = state_vec<St>::n;
+    constexpr int G = kRowK / VEC; /* lanes per row */
+    constexpr int P = 32 / G;      /* rows per warp load instruction */
+    constexpr int WR = SLOTS * P;  /* rows per batch */
+    constexpr int M = 2 * SLOTS;   /* partial sums per lane per batch */
+    constexpr int SPREAD = G / M;  /* lanes holding each reduced value */
+    static_assert(M <= G, "more partial sums than lanes in a row group");
+
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const int hw = lane / G, col = (lane % G) * VEC;
+    const block_coords bc = block_coords_of(p);
+    const int64_t V = p.head_dim_v;
+    const int64_t warp_row0 = ((int64_t)blockIdx.x * kWarpsPerBlock + warp) * (WR * BATCHES);
+
+    /* This lane's reduced value: row slot `own_slot`, S.k (own_is_q = 0) or S.q. */
+    const int own_value = (lane % G) / SPREAD, own_slot = own_value / 2;
+    const bool own_is_q = own_value & 1, own_stores = !own_is_q && (lane % SPREAD) == 0;
+
+    const int64_t read = gdn_read_slot(&p, bc.n), write = gdn_write_slot(&p, bc.n);
+    token_inputs<Act, VEC, G> in;
+    float v_own[BATCHES];
+    const auto load_activations = [&]() {
+        in.load(p, bc.n, bc.hv, bc.h, col);
+#pragma unroll
+        for (int b = 0; b < BATCHES; b++) {
+            const int64_t row = warp_row0 + b * WR + own_slot * P + hw;
+            v_own[b] = row < V ? load_elem<Act>(p.v, bc.n * p.v_stride + bc.hv * V + row) : 0.0f;
+        }
+    };
+    if (!PDL)
+        load_activations();
+
+    const bool padding = read < 0;
+    const bool bad = !padding && (read >= p.num_slots || write >= p.num_slots);
+    const St *src =
+        static_cast<const St *>(p.state_pool) + (padding || bad ? 0 : gdn_tile_offset(&p, read, bc.hv));
+    uint4 raw[2][SLOTS];
+    const auto load_batch = [&](int b, uint4(&dst)[SLOTS]) {
+#pragma unroll
+        for (int j = 0; j < SLOTS; j++) {
+            const int64_t row = warp_row0 + b * WR + j * P + hw;
+            dst[j] =
+                row < V ? *reinterpret_cast<const uint4 *>(src + row * kRowK + col) : make_uint4(0, 0, 0, 0);
+        }
+    };
+    if (!padding && !bad)
+        load_batch(0, raw[0]);
+
+    if (PDL) {
+        wait_for_producer();
+        load_activations();
+    }
+    if (padding) { /* outputs of padding rows are zeros; no state is read or written */
+#pragma unroll
+        for (int b = 0; b < BATCHES; b++) {
+            const int64_t row = warp_row0 + b * WR + own_slot * P + hw;
+            if (own_stores && row < V)
+                store_elem<Act>(p.out, bc.n * p.out_stride + bc.hv * V + row, 0.0f);
+        }
+        return;
+    }
+    if (bad) {
+        skip_bad_row(p);
+        return;
+    }
+
+    const token_scalars ts = in.scalars(p);
+    St *dst = write < 0 ? nullptr : static_cast<St *>(p.state_pool) + gdn_tile_offset(&p, write, bc.hv);
+
+#pragma unroll
+    for (int b = 0; b < BATCHES; b++) {
+        uint4(&cur)[SLOTS] = raw[b % 2];
+        if (b + 1 < BATCHES)
+            load_batch(b + 1, raw[(b + 1) % 2]);
+        float s[SLOTS][VEC];
+        float sums[M];
+#pragma unroll
+        for (int j = 0; j < SLOTS; j++) {
+            state_vec<St>::unpack(cur[j], s[j]);
+            float dk = 0.0f, dq = 0.0f;
+#pragma unroll
+            for (int i = 0; i < VEC; i++) {
+                dk += s[j][i] * in.k[i];
+                dq += s[j][i] * in.q[i];
+            }
+            sums[2 * j] = dk;
+            sums[2 * j + 1] = dq;
+        }
+        const float mine = reduce_scatter<G, M>(sums, lane);
+        const float other = __shfl_xor_sync(kFullMask, mine, SPREAD);
+        const float dot_k = (own_is_q ? other : mine) * ts.k_factor;
+        const float dot_q = (own_is_q ? mine : other) * ts.q_factor;
+        const float u = ts.beta * (v_own[b] - ts.decay * dot_k);
+        const int64_t own_row = warp_row0 + b * WR + own_slot * P + hw;
+        if (own_stores && own_row < V)
+            store_elem<Act>(p.out, bc.n * p.out_stride + bc.hv * V + own_row, ts.decay * dot_q + u * ts.kq);
+        const float u_k = u * ts.k_factor; /* S' = decay S + u k_hat, k_hat = k_factor k */
+#pragma unroll
+        for (int j = 0; j < SLOTS; j++) {
+            const float uj = __shfl_sync(kFullMask, u_k, hw * G + 2 * j * SPREAD);
+            const int64_t row = warp_row0 + b * WR + j * P + hw;
+#pragma unroll
+            for (int i = 0; i < VEC; i++)
+                s[j][i] = ts.decay * s[j][i] + uj * in.k[i];
+            if (dst && row < V)
+                *reinterpret_cast<uint4 *>(dst + row * kRowK + col) = state_vec<St>::pack(s[j]);
+        }
+    }
+}
+
+/* Rows per batch and batches per warp of each configuration (kernels.h). */
+struct one_token_shape {
+    int rows, batches;
+};
+constexpr one_token_shape kShapes[] = {{2, 1}, {4, 1}, {8, 1}, {4, 2}, {4, 4}, {8, 2}, {8, 4}};
+constexpr int kShapeCount = sizeof kShapes / sizeof kShapes[0];
+
+template <typename Act, typename St, int SLOTS, int BATCHES, bool PDL>
+cudaError_t launch_shape(const gdn_problem &p, cudaStream_t stream)
+{
+    constexpr int P = 32 / (kRowK / state_vec<St>::n);
+    const int64_t block_rows = (int64_t)kWarpsPerBlock * SLOTS * P * BATCHES;
+    const dim3 grid((unsigned)((p.head_dim_v + block_rows - 1) / block_rows), (unsigned)p.num_v_heads,
+                    (unsigned)p.num_seqs);
+    if (!PDL) {
+        decode_one_token_vk128<Act, St, SLOTS, BATCHES, false><<<grid, kThreads, 0, stream>>>(p);
+        return cudaGetLastError();
+    }
+    cudaLaunchConfig_t config = {};
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    config.gridDim = grid;
+    config.blockDim = dim3(kThreads);
+    config.stream = stream;
+    config.attrs = attr;
+    config.numAttrs = 1;
+    return cudaLaunchKernelEx(&config, decode_one_token_vk128<Act, St, SLOTS, BATCHES, true>, p);
+}
+
+template <typename Act, typename St, bool PDL>
+cudaError_t launch_config(const gdn_problem &p, int config, cudaStream_t stream)
+{
+    /* SLOTS = rows per batch for f32 (one row per load), half of it for bf16 (two rows per load) */
+    constexpr int D = state_vec<St>::n == 8 ? 2 : 1;
+    switch (config) {
+    case 0: return launch_shape<Act, St, 2 / D, 1, PDL>(p, stream);
+    case 1: return launch_shape<Act, St, 4 / D, 1, PDL>(p, stream);
+    case 2: return launch_shape<Act, St, 8 / D, 1, PDL>(p, stream);
+    case 3: return launch_shape<Act, St, 4 / D, 2, PDL>(p, stream);
+    case 4: return launch_shape<Act, St, 4 / D, 4, PDL>(p, stream);
+    case 5: return launch_shape<Act, St, 8 / D, 2, PDL>(p, stream);
+    default: return launch_shape<Act, St, 8 / D, 4, PDL>(p, stream);
+    }
+}
+
+/*
+ * The configuration for a batch: enough warps in flight at small N (short warps, many
+ * blocks), fewer and longer warps that prefetch their next batch once the pool is large.
+ * Cut points in warps of work per multiprocessor; bench/NOTES.md has the measurements.
+ */
+int choose_config(const gdn_problem &p)
+{
+    const int64_t rows = p.num_seqs * p.num_v_heads * p.head_dim_v;
+    const int64_t rows_per_sm = rows / sm_count();
+    if (rows_per_sm <= 64)
+        return 0; /* 2 rows a warp */
+    if (rows_per_sm <= 256)
+        return 1; /* 4 rows a warp */
+    if (rows_per_sm <= 2048)
+        return 2; /* 8 rows a warp */
+    return 3;     /* 2 batches of 4 rows, the second prefetched */
+}
+
+/* Forced configuration for benchmarks and tests (gdn_cuda_force_one_token_config); -1 = chosen. */
+int forced_config = -1;
+
+template <typename Act, typename St> cudaError_t launch_state(const gdn_problem &p, cudaStream_t stream)
+{
+    const int forced = __atomic_load_n(&forced_config, __ATOMIC_RELAXED);
+    const int config = forced >= 0 ? forced : choose_config(p);
+    /* programmatic dependent launch exists from sm_90 on; elsewhere pdl is an ordinary launch */
+    return p.pdl && cc_major() >= 9 ? launch_config<Act, St, true>(p, config, stream)
+                                    : launch_config<Act, St, false>(p, config, stream);
+}
+
+template <typename Act> cudaError_t launch_act(const gdn_problem &p, cudaStream_t stream)
+{
+    return p.state_dtype == GDN_DTYPE_BF16 ? launch_state<Act, __nv_bfloat16>(p, stream)
+                                           : launch_state<Act, float>(p, stream);
+}
+
+} // namespace
+
+/* q and k rows are read as vectors of VEC activations (VEC = the state elements in 16 bytes):
+ * an engine may hand rows at any element stride, so the vectors must be checked for alignment
+ * (the other kernels read q and k element by element and take any stride). */
+static bool rows_aligned(const void *base, int64_t stride, int64_t align, int64_t act_size)
+{
+    return (uintptr_t)base % (uintptr_t)align == 0 && (stride * act_size) % align == 0;
+}
+
+int gdn_cuda_one_token_applies(const gdn_problem *p)
+{
+    if (!(p->num_tokens == 1 && !p->cu_seqlens && !p->token_slots && !p->num_accepted &&
+          p->state_layout == GDN_LAYOUT_VK && p->head_dim_k == kRowK))
+        return 0;
+    const int64_t act = p->act_dtype == GDN_DTYPE_F32 ? 4 : 2, vec = p->state_dtype == GDN_DTYPE_BF16 ? 8 : 4;
+    const int64_t align = vec * act < 16 ? vec * act : 16;
+    return rows_aligned(p->q, p->q_stride, align, act) && rows_aligned(p->k, p->k_stride, align, act);
+}
+
+cudaError_t gdn_cuda_launch_one_token(const gdn_problem *p, cudaStream_t stream)
+{
+    switch (p->act_dtype) {
+    case GDN_DTYPE_F16: return launch_act<__half>(*p, stream);
+    case GDN_DTYPE_BF16: return launch_act<__nv_bfloat16>(*p, stream);
+    default: return launch_act<float>(*p, stream);
+    }
+}
+
+int gdn_cuda_one_token_config_count(void) { return kShapeCount; }
+
+void gdn_cuda_force_one_token_config(int config)
+{
+    __atomic_store_n(&forced_config, config >= 0 && config < kShapeCount ? config : -1, __ATOMIC_RELAXED);
+}
+
+void gdn_cuda_one_token_config_name(int config, char *buf, size_t size)
+{
+    if (config < 0 || config >= kShapeCount)
+        snprintf(buf, size, "auto");
+    else
+        snprintf(buf, size, "r%dx%d", kShapes[config].rows, kShapes[config].batches);
+}

@@ -1,0 +1,169 @@
+/*
+ * Device helpers shared by the cuda kernels (one operation per .cu file): dtype conversions,
+ * lane reductions, the block's (sequence, head) coordinates, 16-byte state vectors, the
+ * checked-mode counter and the multiprocessor count. Everything here is internal to a
+ * translation unit (anonymous namespace), so each .cu file gets its own copy.
+ */
+#ifndef GDN_CUDA_DEVICE_COMMON_CUH
+#define GDN_CUDA_DEVICE_COMMON_CUH
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include "../core/backends.h"
+
+namespace
+{
+
+constexpr int kThreads = 128;
+constexpr int kWarps = kThreads / 32;
+
+template <typename T> __device__ __forceinline__ float to_float(T x);
+template <> __device__ __forceinline__ float to_float<float>(float x) { return x; }
+template <> __device__ __forceinline__ float to_float<__half>(__half x) { return __half2float(x); }
+template <> __device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 x)
+{
+    return __bfloat162float(x);
+}
+
+template <typename T> __device__ __forceinline__ T from_float(float x);
+template <> __device__ __forceinline__ float from_float<float>(float x) { return x; }
+template <> __device__ __forceinline__ __half from_float<__half>(float x) { return __float2half_rn(x); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x)
+{
+    return __float2bfloat16_rn(x);
+}
+
+template <typename T> __device__ __forceinline__ float load_elem(const void *base, int64_t i)
+{
+    return to_float<T>(static_cast<const T *>(base)[i]);
+}
+
+template <typename T> __device__ __forceinline__ void store_elem(void *base, int64_t i, float x)
+{
+    static_cast<T *>(base)[i] = from_float<T>(x);
+}
+
+/* Sum over the `width` consecutive lanes that share a row (width a power of two <= 32). */
+template <int width> __device__ __forceinline__ float row_sum(float x)
+{
+#pragma unroll
+    for (int offset = width / 2; offset > 0; offset /= 2)
+        x += __shfl_xor_sync(0xffffffffu, x, offset);
+    return x;
+}
+
+/*
+ * The (sequence, value head) of this block: grid y = value head, grid z = sequence, so no
+ * 64-bit division sits in front of the first load (a division is a ~100-instruction call, and
+ * at small N every instruction before the first load is latency). The query/key head uses
+ * 32-bit arithmetic: HV and N per launch are < 2^16.
+ */
+struct block_coords {
+    int64_t n, hv, h;
+};
+
+__device__ __forceinline__ block_coords block_coords_of(const gdn_problem &p)
+{
+    block_coords c;
+    const unsigned hv = blockIdx.y, H = (unsigned)p.num_q_heads, HV = (unsigned)p.num_v_heads;
+    c.n = blockIdx.z;
+    c.hv = hv;
+    c.h = p.head_map == GDN_HEAD_MAP_TILED ? hv % H : hv / (HV / H);
+    return c;
+}
+
+/* 1/sqrt(x) and sigmoid without the IEEE division and square-root subroutines (calls that sit
+ * on the latency chain at small N); both are within 2 ulp. */
+__device__ __forceinline__ float inv_sqrt(float x) { return rsqrtf(x); }
+__device__ __forceinline__ float sigmoid_fast(float x) { return __fdividef(1.0f, 1.0f + expf(-x)); }
+
+/* Checked mode: one block of the sequence (the first row block of its first head) counts it. */
+__device__ __forceinline__ bool skip_bad_row(const gdn_problem &p)
+{
+    if (p.bad_index_rows && blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x == 0)
+        atomicAdd(p.bad_index_rows, 1u);
+    return false;
+}
+
+template <typename St> struct state_vec;
+template <> struct state_vec<float> {
+    static constexpr int n = 4;
+    static __device__ __forceinline__ void unpack(uint4 raw, float *x)
+    {
+        x[0] = __uint_as_float(raw.x);
+        x[1] = __uint_as_float(raw.y);
+        x[2] = __uint_as_float(raw.z);
+        x[3] = __uint_as_float(raw.w);
+    }
+    static __device__ __forceinline__ uint4 pack(const float *x)
+    {
+        return make_uint4(__float_as_uint(x[0]), __float_as_uint(x[1]), __float_as_uint(x[2]),
+                          __float_as_uint(x[3]));
+    }
+};
+template <> struct state_vec<__nv_bfloat16> {
+    static constexpr int n = 8;
+    static __device__ __forceinline__ float2 pair(unsigned w)
+    {
+        __nv_bfloat162 h;
+        memcpy(&h, &w, sizeof w);
+        return __bfloat1622float2(h);
+    }
+    static __device__ __forceinline__ unsigned word(float lo, float hi)
+    {
+        __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+        unsigned w;
+        memcpy(&w, &h, sizeof w);
+        return w;
+    }
+    static __device__ __forceinline__ void unpack(uint4 raw, float *x)
+    {
+        float2 p0 = pair(raw.x), p1 = pair(raw.y), p2 = pair(raw.z), p3 = pair(raw.w);
+        x[0] = p0.x, x[1] = p0.y, x[2] = p1.x, x[3] = p1.y;
+        x[4] = p2.x, x[5] = p2.y, x[6] = p3.x, x[7] = p3.y;
+    }
+    static __device__ __forceinline__ uint4 pack(const float *x)
+    {
+        return make_uint4(word(x[0], x[1]), word(x[2], x[3]), word(x[4], x[5]), word(x[6], x[7]));
+    }
+};
+
+/* Multiprocessors of the current device, read once per device: the library's one cache, shared
+ * by all threads. Relaxed atomics: threads that race all store the same value. */
+[[maybe_unused]] int sm_count(void)
+{
+    static int cached[64];
+    int device = 0;
+    cudaGetDevice(&device);
+    if (device < 0 || device >= 64)
+        return 132;
+    int count = __atomic_load_n(&cached[device], __ATOMIC_RELAXED);
+    if (count == 0) {
+        cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device);
+        count = count > 0 ? count : 132;
+        __atomic_store_n(&cached[device], count, __ATOMIC_RELAXED);
+    }
+    return count;
+}
+
+/* Compute capability (major) of the current device, read once per device like sm_count. */
+[[maybe_unused]] int cc_major(void)
+{
+    static int cached[64];
+    int device = 0;
+    cudaGetDevice(&device);
+    if (device < 0 || device >= 64)
+        return 0;
+    int major = __atomic_load_n(&cached[device], __ATOMIC_RELAXED);
+    if (major == 0) {
+        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+        __atomic_store_n(&cached[device], major, __ATOMIC_RELAXED);
+    }
+    return major;
+}
+
+} // namespace
+
+#endif
