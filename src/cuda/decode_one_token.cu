@@ -157,12 +157,38 @@ template <typename Act, int VEC, int G> struct token_inputs {
     }
 };
 
+/* One 16-byte store. Written out because the compiler split some of the row stores into four
+ * 4-byte stores (seen in the sm_90a SASS), four times the store instructions. */
+__device__ __forceinline__ void store16(void *at, uint4 x)
+{
+    asm volatile("st.global.v4.u32 [%0], {%1, %2, %3, %4};" ::"l"(at), "r"(x.x), "r"(x.y), "r"(x.z), "r"(x.w));
+}
+
+/* cp.async (sm_80+): 16 bytes global -> shared without passing through registers; `size` 0
+ * zero-fills. The bytes a warp keeps in flight then cost shared memory instead of registers. */
+__device__ __forceinline__ void copy_async16(uint4 *smem, const void *gmem, bool valid)
+{
+    const unsigned at = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(at), "l"(gmem), "r"(valid ? 16 : 0)
+                 : "memory");
+}
+__device__ __forceinline__ void copy_async_commit(void) { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int PENDING> __device__ __forceinline__ void copy_async_wait(void)
+{
+    asm volatile("cp.async.wait_group %0;" ::"n"(PENDING) : "memory");
+}
+
 /*
- * One warp: BATCHES batches of WR consecutive rows of one (sequence, head) tile.
+ * One warp: BATCHES batches of WR consecutive rows of one (sequence, head) tile; a block is
+ * blockDim.x / 32 such warps over consecutive row ranges of the tile.
  * SLOTS = 16-byte loads per lane per batch; rows of load j: lanes of group hw take row
  * base + j * (32 / G) + hw.
+ * STAGES = 0: the next batch is prefetched into registers (a ring of two).
+ * STAGES >= 2: batches stream through a per-warp ring of STAGES batches in shared memory
+ * (cp.async), STAGES - 1 of them in flight while one is computed; each lane reads back only
+ * the 16-byte pieces it copied itself, so no barrier is needed.
  */
-template <typename Act, typename St, int SLOTS, int BATCHES, bool PDL>
+template <typename Act, typename St, int SLOTS, int BATCHES, int STAGES, bool PDL>
 __global__ void __launch_bounds__(kThreads) decode_one_token_vk128(const __grid_constant__ gdn_problem p)
 {
     constexpr int VEC = state_vec<St>::n;
@@ -171,13 +197,15 @@ __global__ void __launch_bounds__(kThreads) decode_one_token_vk128(const __grid_
     constexpr int WR = SLOTS * P;  /* rows per batch */
     constexpr int M = 2 * SLOTS;   /* partial sums per lane per batch */
     constexpr int SPREAD = G / M;  /* lanes holding each reduced value */
+    constexpr int RING = STAGES > 0 ? STAGES : 1;
     static_assert(M <= G, "more partial sums than lanes in a row group");
+    extern __shared__ uint4 ring[]; /* STAGES >= 2: [warp][stage][slot][lane] */
 
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     const int hw = lane / G, col = (lane % G) * VEC;
     const block_coords bc = block_coords_of(p);
     const int64_t V = p.head_dim_v;
-    const int64_t warp_row0 = ((int64_t)blockIdx.x * kWarpsPerBlock + warp) * (WR * BATCHES);
+    const int64_t warp_row0 = ((int64_t)blockIdx.x * (blockDim.x / 32) + warp) * (WR * BATCHES);
 
     /* This lane's reduced value: row slot `own_slot`, S.k (own_is_q = 0) or S.q. */
     const int own_value = (lane % G) / SPREAD, own_slot = own_value / 2;
@@ -199,8 +227,9 @@ __global__ void __launch_bounds__(kThreads) decode_one_token_vk128(const __grid_
 
     const bool padding = read < 0;
     const bool bad = !padding && (read >= p.num_slots || write >= p.num_slots);
-    const St *src =
-        static_cast<const St *>(p.state_pool) + (padding || bad ? 0 : gdn_tile_offset(&p, read, bc.hv));
+    const bool active = !padding && !bad;
+    const St *src = static_cast<const St *>(p.state_pool) + (active ? gdn_tile_offset(&p, read, bc.hv) : 0);
+    uint4 *const my_ring = ring + (int64_t)warp * RING * SLOTS * 32;
     uint4 raw[2][SLOTS];
     const auto load_batch = [&](int b, uint4(&dst)[SLOTS]) {
 #pragma unroll
@@ -210,8 +239,26 @@ __global__ void __launch_bounds__(kThreads) decode_one_token_vk128(const __grid_
                 row < V ? *reinterpret_cast<const uint4 *>(src + row * kRowK + col) : make_uint4(0, 0, 0, 0);
         }
     };
-    if (!padding && !bad)
-        load_batch(0, raw[0]);
+    const auto stage_batch = [&](int b) { /* one commit group per batch, empty past the end */
+        if (b < BATCHES) {
+#pragma unroll
+            for (int j = 0; j < SLOTS; j++) {
+                const int64_t row = warp_row0 + b * WR + j * P + hw;
+                copy_async16(my_ring + ((b % RING) * SLOTS + j) * 32 + lane,
+                             row < V ? src + row * kRowK + col : src, row < V);
+            }
+        }
+        copy_async_commit();
+    };
+    if (active) {
+        if constexpr (STAGES > 0) {
+#pragma unroll
+            for (int b = 0; b < STAGES - 1; b++)
+                stage_batch(b);
+        } else {
+            load_batch(0, raw[0]);
+        }
+    }
 
     if (PDL) {
         wait_for_producer();
@@ -233,12 +280,35 @@ __global__ void __launch_bounds__(kThreads) decode_one_token_vk128(const __grid_
 
     const token_scalars ts = in.scalars(p);
     St *dst = write < 0 ? nullptr : static_cast<St *>(p.state_pool) + gdn_tile_offset(&p, write, bc.hv);
+    if constexpr (STAGES == 0) {
+        /* The compiler places the first batch's unpacking right after its loads, which stalls the
+         * warp there and leaves the norms and gates (a chain of shuffles and special functions)
+         * until the state has arrived. Tying the state to the scalars (an OR with a zero the
+         * compiler cannot see: beta <= 1, decay <= 1 and k_factor <= 1e3 always, NaN compares
+         * false) keeps that chain inside the state load's latency. */
+        const unsigned after_scalars = (ts.beta > 2.0f) | (ts.decay > 2.0f) | (ts.k_factor > 1e30f);
+#pragma unroll
+        for (int j = 0; j < SLOTS; j++)
+            raw[0][j].x |= after_scalars, raw[0][j].y |= after_scalars, raw[0][j].z |= after_scalars,
+                raw[0][j].w |= after_scalars;
+    }
 
 #pragma unroll
     for (int b = 0; b < BATCHES; b++) {
-        uint4(&cur)[SLOTS] = raw[b % 2];
-        if (b + 1 < BATCHES)
-            load_batch(b + 1, raw[(b + 1) % 2]);
+        uint4 cur[SLOTS];
+        if constexpr (STAGES > 0) {
+            stage_batch(b + STAGES - 1);
+            copy_async_wait<STAGES - 1>(); /* batch b has landed */
+#pragma unroll
+            for (int j = 0; j < SLOTS; j++)
+                cur[j] = my_ring[((b % RING) * SLOTS + j) * 32 + lane];
+        } else {
+#pragma unroll
+            for (int j = 0; j < SLOTS; j++)
+                cur[j] = raw[b % 2][j];
+            if (b + 1 < BATCHES)
+                load_batch(b + 1, raw[(b + 1) % 2]);
+        }
         float s[SLOTS][VEC];
         float sums[M];
 #pragma unroll
@@ -270,27 +340,35 @@ __global__ void __launch_bounds__(kThreads) decode_one_token_vk128(const __grid_
             for (int i = 0; i < VEC; i++)
                 s[j][i] = ts.decay * s[j][i] + uj * in.k[i];
             if (dst && row < V)
-                *reinterpret_cast<uint4 *>(dst + row * kRowK + col) = state_vec<St>::pack(s[j]);
+                store16(dst + row * kRowK + col, state_vec<St>::pack(s[j]));
         }
     }
 }
 
-/* Rows per batch and batches per warp of each configuration (kernels.h). */
+/* Each configuration: rows per batch (f32 rows; bf16 takes two rows per load), batches per
+ * warp, and the shared-memory ring depth (0 = registers). */
 struct one_token_shape {
-    int rows, batches;
+    int rows, batches, stages;
 };
-constexpr one_token_shape kShapes[] = {{2, 1}, {4, 1}, {8, 1}, {4, 2}, {4, 4}, {8, 2}, {8, 4}};
+constexpr one_token_shape kShapes[] = {{2, 1, 0}, {4, 1, 0}, {8, 1, 0}, {4, 2, 0}, {4, 4, 0},  {8, 2, 0},
+                                       {8, 4, 0}, {8, 4, 3}, {4, 8, 4}, {8, 8, 3}, {8, 16, 3}, {4, 16, 4}};
 constexpr int kShapeCount = sizeof kShapes / sizeof kShapes[0];
 
-template <typename Act, typename St, int SLOTS, int BATCHES, bool PDL>
+template <typename Act, typename St, int SLOTS, int BATCHES, int STAGES, bool PDL>
 cudaError_t launch_shape(const gdn_problem &p, cudaStream_t stream)
 {
     constexpr int P = 32 / (kRowK / state_vec<St>::n);
-    const int64_t block_rows = (int64_t)kWarpsPerBlock * SLOTS * P * BATCHES;
+    constexpr int64_t warp_rows = (int64_t)SLOTS * P * BATCHES;
+    /* up to 4 warps a block, no more than the tile has rows for */
+    int64_t warps = (p.head_dim_v + warp_rows - 1) / warp_rows;
+    warps = warps < 1 ? 1 : warps > kWarpsPerBlock ? kWarpsPerBlock : warps;
+    const int64_t block_rows = warps * warp_rows;
+    const size_t smem = STAGES > 0 ? (size_t)warps * STAGES * SLOTS * 32 * sizeof(uint4) : 0;
     const dim3 grid((unsigned)((p.head_dim_v + block_rows - 1) / block_rows), (unsigned)p.num_v_heads,
                     (unsigned)p.num_seqs);
+    const dim3 block((unsigned)(32 * warps));
     if (!PDL) {
-        decode_one_token_vk128<Act, St, SLOTS, BATCHES, false><<<grid, kThreads, 0, stream>>>(p);
+        decode_one_token_vk128<Act, St, SLOTS, BATCHES, STAGES, false><<<grid, block, smem, stream>>>(p);
         return cudaGetLastError();
     }
     cudaLaunchConfig_t config = {};
@@ -298,11 +376,12 @@ cudaError_t launch_shape(const gdn_problem &p, cudaStream_t stream)
     attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
     attr[0].val.programmaticStreamSerializationAllowed = 1;
     config.gridDim = grid;
-    config.blockDim = dim3(kThreads);
+    config.blockDim = block;
+    config.dynamicSmemBytes = smem;
     config.stream = stream;
     config.attrs = attr;
     config.numAttrs = 1;
-    return cudaLaunchKernelEx(&config, decode_one_token_vk128<Act, St, SLOTS, BATCHES, true>, p);
+    return cudaLaunchKernelEx(&config, decode_one_token_vk128<Act, St, SLOTS, BATCHES, STAGES, true>, p);
 }
 
 template <typename Act, typename St, bool PDL>
@@ -310,14 +389,19 @@ cudaError_t launch_config(const gdn_problem &p, int config, cudaStream_t stream)
 {
     /* SLOTS = rows per batch for f32 (one row per load), half of it for bf16 (two rows per load) */
     constexpr int D = state_vec<St>::n == 8 ? 2 : 1;
-    switch (config) {
-    case 0: return launch_shape<Act, St, 2 / D, 1, PDL>(p, stream);
-    case 1: return launch_shape<Act, St, 4 / D, 1, PDL>(p, stream);
-    case 2: return launch_shape<Act, St, 8 / D, 1, PDL>(p, stream);
-    case 3: return launch_shape<Act, St, 4 / D, 2, PDL>(p, stream);
-    case 4: return launch_shape<Act, St, 4 / D, 4, PDL>(p, stream);
-    case 5: return launch_shape<Act, St, 8 / D, 2, PDL>(p, stream);
-    default: return launch_shape<Act, St, 8 / D, 4, PDL>(p, stream);
+    switch (config) { /* kShapes, in order */
+    case 0: return launch_shape<Act, St, 2 / D, 1, 0, PDL>(p, stream);
+    case 1: return launch_shape<Act, St, 4 / D, 1, 0, PDL>(p, stream);
+    case 2: return launch_shape<Act, St, 8 / D, 1, 0, PDL>(p, stream);
+    case 3: return launch_shape<Act, St, 4 / D, 2, 0, PDL>(p, stream);
+    case 4: return launch_shape<Act, St, 4 / D, 4, 0, PDL>(p, stream);
+    case 5: return launch_shape<Act, St, 8 / D, 2, 0, PDL>(p, stream);
+    case 6: return launch_shape<Act, St, 8 / D, 4, 0, PDL>(p, stream);
+    case 7: return launch_shape<Act, St, 8 / D, 4, 3, PDL>(p, stream);
+    case 8: return launch_shape<Act, St, 4 / D, 8, 4, PDL>(p, stream);
+    case 9: return launch_shape<Act, St, 8 / D, 8, 3, PDL>(p, stream);
+    case 10: return launch_shape<Act, St, 8 / D, 16, 3, PDL>(p, stream);
+    default: return launch_shape<Act, St, 4 / D, 16, 4, PDL>(p, stream);
     }
 }
 
@@ -398,5 +482,6 @@ void gdn_cuda_one_token_config_name(int config, char *buf, size_t size)
     if (config < 0 || config >= kShapeCount)
         snprintf(buf, size, "auto");
     else
-        snprintf(buf, size, "r%dx%d", kShapes[config].rows, kShapes[config].batches);
+        snprintf(buf, size, kShapes[config].stages ? "r%dx%ds%d" : "r%dx%d", kShapes[config].rows,
+                 kShapes[config].batches, kShapes[config].stages);
 }
