@@ -45,7 +45,9 @@ for shape in qwen3-next contest qwen3.5-397b; do
     done
 done
 { echo "$header"; } >"$out/pdl.csv"
-for run in "qwen3-next f32" "qwen3-next bf16" "contest f32"; do
+pdl_runs=("qwen3-next f32" "qwen3-next bf16" "contest f32")
+[ -n "${SKIP_PDL:-}" ] && pdl_runs=() # SKIP_PDL=1: no layer-pattern runs
+for run in "${pdl_runs[@]}"; do
     set -- $run
     timeout 90 build/pdl_layers --shape "$1" --state "$2" | { [ "$1 $2" = "qwen3-next f32" ] && cat || tail -n +2; } \
         >>"$out/pdl.csv" || status=1
