@@ -15,8 +15,9 @@ allows, replayed after a warm-up; the result is the median over replays of elaps
 In the same run: accuracy against a float64 torch reference of SPEC 1, and cold start (process
 start to the first synchronized result) in fresh subprocesses.
 
-Outputs in DIR: decode-h100.csv, decode-h100.md, decode-h100.png, decode-h100-notes.csv and
-decode-h100.json (everything, for --merge of runs split over several device calls).
+Outputs in DIR: decode-h200.csv, decode-h200.md, decode-h200.png, decode-h200-notes.csv and
+decode-h200.json (everything, for --merge of runs split over several device calls); --stem names
+them for another device (decode-h100 for the earlier runs).
 """
 
 import argparse
@@ -77,13 +78,14 @@ IMPLS = PEERS + ("copy",)
 ROTATION_BYTES = 256 << 20  # > 4x the 50 MB L2 of an H100: each call misses L2
 MAX_SETS = 1024  # 1024 sets of the smallest pool (contest, bf16, N=1: 256 KiB) make 256 MiB
 MIN_CALLS = 20  # calls per graph replay, at least
+COPY_CHUNK = 128 << 20  # bytes per piece of the copy baseline (../shared/baselines/h200-2026-12-02)
 CHECK_TOL = 1e-2  # max|x - ref| / max|ref| with bf16 activations (SPEC 6)
 # Accuracy case: N = 5 rows, row 2 is padding; slot 0 stays unused because FlashInfer's bf16
 # path uses it as its null slot; slots 2, 4, 6 are never named and must stay untouched.
 CHECK_SLOTS = (5, 1, -1, 7, 3)
 CHECK_NUM_SLOTS = 8
 COLD_SHAPE, COLD_N, COLD_STATE = "qwen3-next", 16, "f32"
-FILE_STEM = "decode-h100"
+FILE_STEM = "decode-h200"  # --stem
 
 LAYOUT_NOTE = {
     "gdn": "vk pool [slots,HV,V,K], int64 permuted slot indices, in place",
@@ -455,12 +457,17 @@ def make_timed_call(impl, peer, case, gdn_backend="cuda", gdn_extra=None, flashi
             s = sets[i % count]
             run(peer, s, s["pool"], s["slots32"], s["out"])
 
-    else:  # copy
+    else:  # copy, in pieces of at most COPY_CHUNK bytes (a copy of 512 MiB or more takes a path
+        # a third slower on the H200, which would make the limit fall off at large N)
         n = sets[0]["slots64"].shape[0]
 
         def call(i):
             dst = sets[(i + count // 2) % count]["pool"][:n] if count > 1 else case.scratch
-            dst.copy_(sets[i % count]["pool"][:n])
+            src = sets[i % count]["pool"][:n]
+            flat_dst, flat_src = dst.reshape(-1), src.reshape(-1)
+            step = COPY_CHUNK // flat_src.element_size()
+            for at in range(0, flat_src.numel(), step):
+                flat_dst[at:at + step].copy_(flat_src[at:at + step])
 
     return call, keep
 
@@ -874,7 +881,8 @@ def parse_args(argv):
     ap.add_argument("--skip-check", action="store_true", help="no accuracy check")
     ap.add_argument("--skip-cold", action="store_true", help="no cold-start measurement")
     ap.add_argument("--cpu-selftest", action="store_true", help="check the ctypes binding on the CPU backend")
-    ap.add_argument("--merge", nargs="+", metavar="DIR", help="merge the decode-h100.json of earlier runs into --out")
+    ap.add_argument("--merge", nargs="+", metavar="DIR", help="merge the <stem>.json of earlier runs into --out")
+    ap.add_argument("--stem", default=FILE_STEM, help="output file names (default %(default)s)")
     ap.add_argument("--cold-child", help=argparse.SUPPRESS)
     ap.add_argument("--t0", type=float, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -895,8 +903,10 @@ def parse_args(argv):
 
 
 def main(argv):
+    global FILE_STEM
     start = time.time()
     args = parse_args(argv)
+    FILE_STEM = args.stem
     if args.cold_child:
         return cold_child(args.cold_child, args.lib, args.t0)
     if args.cpu_selftest:

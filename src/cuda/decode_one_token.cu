@@ -280,19 +280,6 @@ __global__ void __launch_bounds__(kThreads) decode_one_token_vk128(const __grid_
 
     const token_scalars ts = in.scalars(p);
     St *dst = write < 0 ? nullptr : static_cast<St *>(p.state_pool) + gdn_tile_offset(&p, write, bc.hv);
-    if constexpr (STAGES == 0) {
-        /* The compiler places the first batch's unpacking right after its loads, which stalls the
-         * warp there and leaves the norms and gates (a chain of shuffles and special functions)
-         * until the state has arrived. Tying the state to the scalars (an OR with a zero the
-         * compiler cannot see: beta <= 1, decay <= 1 and k_factor <= 1e3 always, NaN compares
-         * false) keeps that chain inside the state load's latency. */
-        const unsigned after_scalars = (ts.beta > 2.0f) | (ts.decay > 2.0f) | (ts.k_factor > 1e30f);
-#pragma unroll
-        for (int j = 0; j < SLOTS; j++)
-            raw[0][j].x |= after_scalars, raw[0][j].y |= after_scalars, raw[0][j].z |= after_scalars,
-                raw[0][j].w |= after_scalars;
-    }
-
 #pragma unroll
     for (int b = 0; b < BATCHES; b++) {
         uint4 cur[SLOTS];
@@ -406,21 +393,36 @@ cudaError_t launch_config(const gdn_problem &p, int config, cudaStream_t stream)
 }
 
 /*
- * The configuration for a batch: enough warps in flight at small N (short warps, many
- * blocks), fewer and longer warps that prefetch their next batch once the pool is large.
- * Cut points in warps of work per multiprocessor; bench/NOTES.md has the measurements.
+ * The configuration for a batch, by rows of state per multiprocessor (measured on the H200 over
+ * three head counts, bench/results/one-token-configs-h200-*.csv; bench/NOTES.md): at small
+ * batches short warps (4 rows) and many blocks, so that every multiprocessor has loads in
+ * flight at once; then longer warps that prefetch their next batch; for large bf16 pools a
+ * shared-memory ring (cp.async), which keeps twice the bytes in flight per warp without the
+ * registers.
  */
 int choose_config(const gdn_problem &p)
 {
-    const int64_t rows = p.num_seqs * p.num_v_heads * p.head_dim_v;
-    const int64_t rows_per_sm = rows / sm_count();
-    if (rows_per_sm <= 64)
-        return 0; /* 2 rows a warp */
-    if (rows_per_sm <= 256)
-        return 1; /* 4 rows a warp */
-    if (rows_per_sm <= 2048)
-        return 2; /* 8 rows a warp */
-    return 3;     /* 2 batches of 4 rows, the second prefetched */
+    const int64_t rows_per_sm = p.num_seqs * p.num_v_heads * p.head_dim_v / sm_count();
+    if (p.state_dtype == GDN_DTYPE_BF16) {
+        if (rows_per_sm <= 64)
+            return 1; /* r4x1 */
+        if (rows_per_sm <= 160)
+            return 2; /* r8x1 */
+        if (rows_per_sm <= 320)
+            return 5; /* r8x2 */
+        if (rows_per_sm <= 2500)
+            return 4; /* r4x4 */
+        return 7;     /* r8x4s3 */
+    }
+    if (rows_per_sm <= 160)
+        return 1; /* r4x1 */
+    if (rows_per_sm <= 320)
+        return 3; /* r4x2 */
+    if (rows_per_sm <= 4000)
+        return 5; /* r8x2 */
+    if (rows_per_sm <= 10000)
+        return 4; /* r4x4: r8x2 fell 7% behind at 7944 rows (qwen3-next N=256, contest N=1024) */
+    return 5;     /* r8x2 */
 }
 
 /* Forced configuration for benchmarks and tests (gdn_cuda_force_one_token_config); -1 = chosen. */

@@ -47,7 +47,7 @@ if [ -d .whl/fla ]; then
 fi
 export PYTHONUNBUFFERED=1
 step python-gpu 240 python3 tests/python/test_gpu.py
-step memcheck-rest 300 "$sanitizer" --tool memcheck --error-exitcode 1 build/test_gdn decode/cuda_all vectors/cuda
+step memcheck-rest "${QUICK_MEMCHECK_REST_S:-300}" "$sanitizer" --tool memcheck --error-exitcode 1 build/test_gdn decode/cuda_all vectors/cuda
 step check-quick 120 build/gdn check --backend cuda --quick
 { echo "$header"; echo "shape,H,HV,K,V,state_dtype,N,impl,median_us,gbps,pct_of_copy"; } >"$out/bench.csv"
 for shape in qwen3-next contest; do
