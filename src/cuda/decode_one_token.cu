@@ -23,12 +23,12 @@
  * S.k and S.q of one row sit in neighbouring values, one exchange apart. Each such lane
  * computes u and o of its row, and the update takes u from it with one shuffle per row.
  *
- * Latency chain (what sets the time at small N). The slot indices and every activation load
- * (q, k, v, a, b, A_log, dt_bias) are issued together at entry; the state loads follow as soon
- * as the slot arrives; q/k norms and gates are computed while the state is in flight.
- * With programmatic dependent launch (gdn_decode_params.pdl) the order changes: the slot and the
- * state are loaded first, then griddepcontrol.wait, then the activations, so that in a model
- * the state read overlaps the tail of the kernel that produced q, k, v, a, b.
+ * Latency chain (what sets the time at small N): the slot index is the first load; the state
+ * loads are issued as soon as it arrives; then the activations (q, k, v, a, b, A_log, dt_bias)
+ * are loaded, and the q/k norms and gates computed, while the state is in flight. With
+ * programmatic dependent launch (gdn_decode_params.pdl) griddepcontrol.wait sits between the
+ * state loads and the activation loads, so that in a model the slot and state reads overlap the
+ * tail of the kernel that produced q, k, v, a, b.
  *
  * Padding rows write zero outputs; rows with a bad device-side slot are skipped (counted in
  * checked mode), exactly as the other kernels of the backend do.
@@ -201,6 +201,8 @@ __global__ void __launch_bounds__(kThreads) decode_one_token_vk128(const __grid_
     static_assert(M <= G, "more partial sums than lanes in a row group");
     extern __shared__ uint4 ring[]; /* STAGES >= 2: [warp][stage][slot][lane] */
 
+    /* the slot first: everything else of the state's load chain waits for it */
+    const int64_t read = gdn_read_slot(&p, blockIdx.z), write = gdn_write_slot(&p, blockIdx.z);
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     const int hw = lane / G, col = (lane % G) * VEC;
     const block_coords bc = block_coords_of(p);
@@ -211,7 +213,6 @@ __global__ void __launch_bounds__(kThreads) decode_one_token_vk128(const __grid_
     const int own_value = (lane % G) / SPREAD, own_slot = own_value / 2;
     const bool own_is_q = own_value & 1, own_stores = !own_is_q && (lane % SPREAD) == 0;
 
-    const int64_t read = gdn_read_slot(&p, bc.n), write = gdn_write_slot(&p, bc.n);
     token_inputs<Act, VEC, G> in;
     float v_own[BATCHES];
     const auto load_activations = [&]() {
@@ -222,9 +223,6 @@ __global__ void __launch_bounds__(kThreads) decode_one_token_vk128(const __grid_
             v_own[b] = row < V ? load_elem<Act>(p.v, bc.n * p.v_stride + bc.hv * V + row) : 0.0f;
         }
     };
-    if (!PDL)
-        load_activations();
-
     const bool padding = read < 0;
     const bool bad = !padding && (read >= p.num_slots || write >= p.num_slots);
     const bool active = !padding && !bad;
@@ -260,9 +258,21 @@ __global__ void __launch_bounds__(kThreads) decode_one_token_vk128(const __grid_
         }
     }
 
-    if (PDL) {
+    /* The activations are loaded after the state loads are issued, not with the slot: the
+     * compiler converts q and k as soon as they are loaded, which stalled the warp on them
+     * before it issued the state loads, so the state waited for the slower of the two first
+     * loads (the activations: five more pages) instead of the slot alone. With PDL they must
+     * wait for the producer anyway. */
+    if (PDL)
         wait_for_producer();
-        load_activations();
+    load_activations();
+    if constexpr (STAGES == 0) {
+        /* ... and the compiler also unpacks the state right after its loads, which would stall
+         * the warp there before it issues the activation loads. An empty asm that "changes" the
+         * loaded words and clobbers memory keeps the activation loads above the unpacking. */
+#pragma unroll
+        for (int j = 0; j < SLOTS; j++)
+            asm volatile("" : "+r"(raw[0][j].x), "+r"(raw[0][j].y), "+r"(raw[0][j].z), "+r"(raw[0][j].w)::"memory");
     }
     if (padding) { /* outputs of padding rows are zeros; no state is read or written */
 #pragma unroll
