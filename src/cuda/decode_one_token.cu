@@ -403,12 +403,12 @@ cudaError_t launch_config(const gdn_problem &p, int config, cudaStream_t stream)
 }
 
 /*
- * The configuration for a batch, by rows of state per multiprocessor (measured on the H200 over
- * three head counts, bench/results/one-token-configs-h200-*.csv; bench/NOTES.md): at small
- * batches short warps (4 rows) and many blocks, so that every multiprocessor has loads in
- * flight at once; then longer warps that prefetch their next batch; for large bf16 pools a
- * shared-memory ring (cp.async), which keeps twice the bytes in flight per warp without the
- * registers.
+ * The configuration for a batch, by rows of state per multiprocessor, from the H200
+ * configuration sweeps over three head counts (bench/results/h200-2026-12-02-*/, bench/NOTES.md):
+ * at small batches short warps (4 rows) and many blocks, so that every multiprocessor has its
+ * loads in flight at once; then 8 rows a warp, then warps that prefetch their next batch; for
+ * large pools a shared-memory ring (bf16, cp.async: twice the bytes in flight per warp without
+ * the registers) or 4 batches of 4 rows (f32).
  */
 int choose_config(const gdn_problem &p)
 {
@@ -416,12 +416,10 @@ int choose_config(const gdn_problem &p)
     if (p.state_dtype == GDN_DTYPE_BF16) {
         if (rows_per_sm <= 64)
             return 1; /* r4x1 */
-        if (rows_per_sm <= 160)
-            return 2; /* r8x1 */
         if (rows_per_sm <= 320)
+            return 2; /* r8x1 */
+        if (rows_per_sm <= 4000)
             return 5; /* r8x2 */
-        if (rows_per_sm <= 2500)
-            return 4; /* r4x4 */
         return 7;     /* r8x4s3 */
     }
     if (rows_per_sm <= 160)
@@ -429,7 +427,7 @@ int choose_config(const gdn_problem &p)
     if (rows_per_sm <= 320)
         return 3; /* r4x2 */
     if (rows_per_sm <= 4000)
-        return 5; /* r8x2 */
+        return 2; /* r8x1 */
     if (rows_per_sm <= 10000)
         return 4; /* r4x4: r8x2 fell 7% behind at 7944 rows (qwen3-next N=256, contest N=1024) */
     return 5;     /* r8x2 */
