@@ -404,7 +404,7 @@ cudaError_t launch_config(const gdn_problem &p, int config, cudaStream_t stream)
 
 /*
  * The configuration for a batch, by rows of state per multiprocessor, from the H200
- * configuration sweeps over three head counts (bench/results/h200-2026-12-02-*/, bench/NOTES.md):
+ * configuration sweeps over three head counts (bench/results/h200-2026-12-02-*, bench/NOTES.md):
  * at small batches short warps (4 rows) and many blocks, so that every multiprocessor has its
  * loads in flight at once; then 8 rows a warp, then warps that prefetch their next batch; for
  * large pools a shared-memory ring (bf16, cp.async: twice the bytes in flight per warp without
