@@ -146,7 +146,8 @@ GDN_API gdn_status gdn_cuda_device_info(int device, char *name, size_t name_size
  *   a, b     [N, HV]     activation dtype; element (n, hv) at n*a_stride + hv
  *   out      [N, HV, V]  activation dtype; element (n, hv, j) at n*out_stride + hv*V + j
  *   A_log, dt_bias [HV]  float32
- *   state_pool [num_slots, HV, V, K] (vk) or [num_slots, HV, K, V] (kv), state dtype, contiguous
+ *   state_pool [num_slots, HV, V, K] (vk) or [num_slots, HV, K, V] (kv), state dtype; the inner
+ *                        [HV, V, K] of a slot contiguous, slots state_slot_stride elements apart
  *   slot_indices [N]     int32 or int64
  * A stride of 0 means "packed" (the row width: H*K for q and k, HV*V for v and out, HV for a, b).
  *
@@ -280,6 +281,16 @@ typedef struct gdn_decode_params {
      * next kernel begin launching once its own wait is over, so a next kernel launched with PDL
      * must wait (griddepcontrol.wait) before it reads this call's out. 0 = an ordinary launch. */
     int pdl;
+
+    /* Paged pools (0.4): elements between the starts of consecutive slots of state_pool; 0 =
+     * packed (HV*V*K). It may exceed one slot, for the view [num_slots, HV, V, K] of a larger
+     * page, e.g. vLLM's hybrid cache, which keeps a sequence's GDN state and conv state in one
+     * page: stride (HV+1)*V*K, or storage[:, 1:] / storage[:, :HV] of a [slots, HV+1, V, K]
+     * tensor. It holds for read, write and token slots on every backend; the bytes between slots
+     * are never read or written. A stride shorter than a slot is GDN_ERR_INVALID_STRIDE. On the
+     * cuda backend a stride whose slots are not 16-byte aligned is served by the scalar kernels
+     * (correct, slower). */
+    int64_t state_slot_stride;
 } gdn_decode_params;
 
 /* Fills *params with the defaults above (everything else zero/NULL) and sets struct_size. */

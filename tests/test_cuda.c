@@ -37,6 +37,8 @@ typedef struct gcase {
     int varlen, token_slots, accepted, write_slots;
     int64_t slot[MAX_SEQS], write[MAX_SEQS], acc[MAX_SEQS], cu[MAX_SEQS + 1], ts[MAX_SEQS][MAX_T];
     int bad[MAX_SEQS]; /* rows the kernel must skip */
+    int64_t gap;       /* paged pool: elements between one slot's end and the next's start */
+    int gap_before;    /* the view starts `gap` elements into the storage (storage[:, 1:]) */
     uint64_t seed;
 } gcase;
 
@@ -62,6 +64,12 @@ static int cuda_check(cudaError_t e, const char *what)
 
 static int64_t seq_first(const gcase *c, int64_t n) { return c->varlen ? c->cu[n] : n * c->T; }
 static int64_t seq_count(const gcase *c, int64_t n) { return c->varlen ? c->cu[n + 1] - c->cu[n] : c->T; }
+
+/* Byte offset of slot s in the device storage (the pool view starts at tile_at(0)). */
+static size_t tile_at(const gcase *c, const gdata *d, int64_t s)
+{
+    return (size_t)(s * (d->tile + c->gap) + (c->gap_before ? c->gap : 0)) * d->state_size;
+}
 
 static int slot_tracked(const gdata *d, int64_t slot)
 {
@@ -126,7 +134,7 @@ static int gdata_build(const gcase *c, gdata *d)
     d->out_init = malloc((size_t)vv * 4);
     memset(d->out_init, POISON, (size_t)vv * 4);
     /* tracked slots: every slot a small pool has, else what the call names plus a sample */
-    const int64_t pool_elems = c->num_slots * d->tile;
+    const int64_t pool_elems = c->num_slots * (d->tile + c->gap);
     if (pool_elems <= ((int64_t)1 << 24)) {
         for (int64_t s = 0; s < c->num_slots && s < 256; s++)
             track(d, s, c->num_slots);
@@ -155,7 +163,7 @@ static int gdata_build(const gcase *c, gdata *d)
         return 0;
     const size_t tile_bytes = (size_t)d->tile * d->state_size;
     for (int64_t i = 0; i < d->tracked_count; i++)
-        cuda_check(cudaMemcpy((char *)d->d_pool + (size_t)d->tracked[i] * tile_bytes,
+        cuda_check(cudaMemcpy((char *)d->d_pool + tile_at(c, d, d->tracked[i]),
                               d->pool_init + (size_t)i * tile_bytes, tile_bytes, cudaMemcpyHostToDevice),
                    "upload tile");
     d->d_slot = upload_index(c, c->slot, c->N);
@@ -190,7 +198,9 @@ static gdn_decode_params device_params(const gcase *c, const gdata *d, uint32_t 
     p.act_dtype = GDN_DTYPE_F32;
     p.q = d->d_q, p.k = d->d_k, p.v = d->d_v, p.a = d->d_a, p.b = d->d_b, p.out = d->d_out;
     p.A_log = d->d_A_log, p.dt_bias = d->d_dt_bias;
-    p.state_pool = d->d_pool, p.num_slots = c->num_slots, p.state_layout = c->layout;
+    p.state_pool = (char *)d->d_pool + tile_at(c, d, 0), p.num_slots = c->num_slots,
+    p.state_layout = c->layout;
+    p.state_slot_stride = c->gap ? d->tile + c->gap : 0;
     p.state_dtype = c->state_dtype, p.index_dtype = c->index_dtype;
     p.slot_indices = c->accepted ? NULL : d->d_slot;
     p.write_slot_indices = d->d_write;
@@ -258,9 +268,24 @@ static void run_gcase(const char *what, const gcase *c, int checked)
     cuda_check(cudaMemcpy(got_out, d.d_out, (size_t)out_elems * 4, cudaMemcpyDeviceToHost), "download out");
     for (int64_t i = 0; i < d.tracked_count; i++)
         cuda_check(cudaMemcpy(got_pool + (size_t)i * tile_bytes,
-                              (char *)d.d_pool + (size_t)d.tracked[i] * tile_bytes, tile_bytes,
+                              (char *)d.d_pool + tile_at(c, &d, d.tracked[i]), tile_bytes,
                               cudaMemcpyDeviceToHost),
                    "download tile");
+    /* a paged pool: the gap beside every tracked slot still holds the fill pattern */
+    int64_t gap_bytes_changed = 0;
+    if (c->gap > 0) {
+        const size_t gap_bytes = (size_t)c->gap * d.state_size;
+        unsigned char *gap = malloc(gap_bytes);
+        for (int64_t i = 0; i < d.tracked_count; i++) {
+            const size_t at = c->gap_before ? tile_at(c, &d, d.tracked[i]) - gap_bytes
+                                            : tile_at(c, &d, d.tracked[i]) + tile_bytes;
+            cuda_check(cudaMemcpy(gap, (char *)d.d_pool + at, gap_bytes, cudaMemcpyDeviceToHost),
+                       "download gap");
+            for (size_t b = 0; b < gap_bytes; b++)
+                gap_bytes_changed += gap[b] != PATTERN;
+        }
+        free(gap);
+    }
     uint32_t counter = 0;
     cuda_check(cudaMemcpy(&counter, d.d_counter, 4, cudaMemcpyDeviceToHost), "download counter");
     expected(c, &d, want_out, want_pool);
@@ -307,6 +332,8 @@ static void run_gcase(const char *what, const gcase *c, int checked)
     CHECK_MSG(state_err <= 1.0, "%s: written state off by %g tolerances", what, state_err);
     CHECK_MSG(stray_tiles == 0, "%s: %lld tiles changed that no good row writes (e.g. slot %lld)", what,
               (long long)stray_tiles, (long long)stray_slot);
+    CHECK_MSG(gap_bytes_changed == 0, "%s: %lld bytes between slots of the paged pool were written", what,
+              (long long)gap_bytes_changed);
     uint32_t want_counter = checked ? (uint32_t)bad_rows : 0;
     CHECK_MSG(counter == want_counter, "%s: bad_index_rows = %u, want %u", what, counter, want_counter);
     test_note("%s: out err %.2g (max %.2g), state err %.2f tol, %lld tracked tiles, counter %u", what,
@@ -473,6 +500,63 @@ static void cuda_pool_over_2g_elements(void)
             c.slot[n] = slot[n], c.write[n] = write[n];
         run_gcase(v[i].name, &c, 1);
     }
+}
+
+/* Paged pools (state_slot_stride): the bad-slots batch (good rows, padding, bad indices, checked
+ * mode) with a V*K gap after or before every slot (vLLM's GDN+conv page), and a 3-element gap
+ * whose slots are not 16-byte aligned (the scalar kernels then serve the fast path's shapes);
+ * every kernel: one-token, multi-token (token slots), generic vk and kv. */
+static void cuda_paged_pool(void)
+{
+    const int64_t gaps[][2] = {{128 * 128, 0}, {128 * 128, 1}, {3, 0}};
+    for (int g = 0; g < 3; g++)
+        for (int l = 0; l < 2; l++)
+            for (int st = 0; st < 2; st++) {
+                gcase c = bad_slots_case(l ? 64 : 128, 128, l ? GDN_LAYOUT_KV : GDN_LAYOUT_VK,
+                                         st ? GDN_DTYPE_BF16 : GDN_DTYPE_F32, GDN_DTYPE_I64);
+                c.gap = gaps[g][0], c.gap_before = (int)gaps[g][1];
+                char what[96];
+                snprintf(what, sizeof what, "paged pool, gap %lld%s, %s %s", (long long)c.gap,
+                         c.gap_before ? " before" : " after", l ? "kv" : "vk", st ? "bf16" : "f32");
+                run_gcase(what, &c, 1);
+                /* multi-token with a snapshot per token (slots 16..39); of the bad rows only the one
+                 * whose read slot is outside the 64 slots stays bad (write slots are not used) */
+                c.T = 3, c.token_slots = 1, c.write_slots = 0, c.num_slots = 64;
+                for (int64_t n = 0; n < c.N; n++) {
+                    c.bad[n] = c.slot[n] >= c.num_slots;
+                    for (int64_t t = 0; t < 3; t++)
+                        c.ts[n][t] = c.slot[n] < 0 ? -1 : 16 + 3 * n + t;
+                }
+                strncat(what, ", T=3 token slots", sizeof what - strlen(what) - 1);
+                run_gcase(what, &c, 1);
+            }
+}
+
+/* The padded layout past 2^31 elements: HV = 32 at vLLM's page stride (HV+1)*V*K = 540672
+ * elements; slot 3973 is the first whose offset passes 2^31 (FlashInfer #3230). 4000 slots of f32
+ * (8.6 GB). */
+static void cuda_paged_pool_over_2g_elements(void)
+{
+    size_t free_bytes = 0, total = 0;
+    cudaMemGetInfo(&free_bytes, &total);
+    CHECK_MSG(free_bytes > ((size_t)10 << 30), "needs 10 GB of free device memory, has %zu", free_bytes);
+    gcase c = {.N = 5,
+               .H = 16,
+               .HV = 32,
+               .K = 128,
+               .V = 128,
+               .T = 1,
+               .num_slots = 4000,
+               .layout = GDN_LAYOUT_VK,
+               .state_dtype = GDN_DTYPE_F32,
+               .index_dtype = GDN_DTYPE_I64,
+               .write_slots = 1,
+               .gap = 128 * 128,
+               .seed = rng_fresh_seed()};
+    const int64_t slot[5] = {3973, 3999, 3972, 2, -1}, write[5] = {3973, 3990, 3975, 3998, -1};
+    for (int n = 0; n < 5; n++)
+        c.slot[n] = slot[n], c.write[n] = write[n];
+    run_gcase("paged pool of 4000 f32 slots at stride 540672 (slot 3973 past 2^31)", &c, 1);
 }
 
 /* More sequences than one launch takes (65535): the call is split (gdn_problem_rows), with
@@ -654,6 +738,8 @@ void register_cuda_tests(void)
     test_add("cuda/four_streams", cuda_four_streams);
     test_add("cuda/more_sequences_than_one_launch", cuda_more_sequences_than_one_launch);
     test_add("cuda/huge_pool_over_2g_elements", cuda_pool_over_2g_elements);
+    test_add("cuda/paged_pool", cuda_paged_pool);
+    test_add("cuda/huge_paged_pool_over_2g_elements", cuda_paged_pool_over_2g_elements);
 }
 
 #else

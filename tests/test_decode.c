@@ -7,6 +7,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "../src/core/backends.h"
 #include "decode_case.h"
@@ -187,6 +188,138 @@ static void snapshots_match_single_steps(void)
     CHECK(memcmp(pool, pool_single, (size_t)N * HV * V * K * sizeof(float)) != 0);
 }
 
+/* Paged pools (state_slot_stride): a gap after each slot, before it, and an odd gap, on every
+ * layout and state dtype, one token and multi-token with snapshots and rollback; the harness
+ * checks every gap element is left as it was. */
+static void paged_pool(gdn_backend backend)
+{
+    for (int gap = 1; gap <= 3; gap++)
+        for (int l = 0; l < 2; l++)
+            for (int st = 0; st < 2; st++)
+                for (int multi = 0; multi < 2; multi++) {
+                    decode_case c = base(5, 2, 4, l && gap == 3 ? 64 : 128, gap == 3 ? 48 : 128);
+                    c.slot_gap = gap;
+                    c.layout = l ? GDN_LAYOUT_KV : GDN_LAYOUT_VK;
+                    c.state_dtype = st ? GDN_DTYPE_BF16 : GDN_DTYPE_F32;
+                    c.act_dtype = st ? GDN_DTYPE_BF16 : GDN_DTYPE_F32;
+                    c.padding = 1, c.null_slot_zero = gap == 2;
+                    if (multi)
+                        c.num_tokens = 3, c.token_slots = 1, c.accepted = 1, c.varlen = gap == 1;
+                    else
+                        c.write_slots = 1;
+                    expect_pass(c, backend, 2);
+                }
+}
+
+static void cpu_paged_pool(void) { paged_pool(GDN_BACKEND_CPU); }
+static void reference_paged_pool(void) { paged_pool(GDN_BACKEND_REFERENCE); }
+
+/* The same call on a packed pool and on a paged view of the same states: bit-identical outputs
+ * and states (cpu backend), and the gaps untouched. */
+static void paged_pool_matches_packed(void)
+{
+    enum { N = 3, H = 2, HV = 4, K = 128, V = 32, SLOTS = 6, TILE = HV * V * K, GAP = V * K + 5 };
+    static float q[N * H * K], k[N * H * K], v[N * HV * V], a[N * HV], b[N * HV], A_log[HV], dt_bias[HV];
+    static float packed[SLOTS * TILE], paged[SLOTS * (TILE + GAP)], out_packed[N * HV * V],
+        out_paged[N * HV * V];
+    rng g = {seed++};
+    float *all[] = {q, k, v, a, b};
+    size_t sizes[] = {N * H * K, N * H * K, N * HV * V, N * HV, N * HV};
+    for (int x = 0; x < 5; x++)
+        for (size_t i = 0; i < sizes[x]; i++)
+            all[x][i] = (float)rng_normal(&g);
+    for (int i = 0; i < HV; i++)
+        A_log[i] = (float)(0.5 * rng_uniform(&g)), dt_bias[i] = (float)(-2.0 * rng_uniform(&g));
+    for (size_t i = 0; i < sizeof paged / sizeof paged[0]; i++)
+        paged[i] = (float)(0.05 * rng_normal(&g));
+    for (int s = 0; s < SLOTS; s++) /* the view starts GAP elements in: storage[:, 1:]-like */
+        memcpy(packed + s * TILE, paged + GAP + s * (TILE + GAP), TILE * sizeof(float));
+    static float before[SLOTS * (TILE + GAP)];
+    memcpy(before, paged, sizeof paged);
+    int64_t slot[N] = {4, -1, 1}, write[N] = {0, 3, 5};
+
+    gdn_decode_params p;
+    gdn_decode_params_init(&p);
+    p.num_seqs = N, p.num_q_heads = H, p.num_v_heads = HV, p.head_dim_k = K, p.head_dim_v = V;
+    p.act_dtype = GDN_DTYPE_F32, p.q = q, p.k = k, p.v = v, p.a = a, p.b = b, p.out = out_packed;
+    p.A_log = A_log, p.dt_bias = dt_bias, p.state_pool = packed, p.num_slots = SLOTS;
+    p.slot_indices = slot, p.write_slot_indices = write, p.backend = GDN_BACKEND_CPU;
+    CHECK(gdn_decode(&p) == GDN_OK);
+    p.state_pool = paged + GAP, p.state_slot_stride = TILE + GAP, p.out = out_paged;
+    CHECK_MSG(gdn_decode(&p) == GDN_OK, "%s", gdn_last_error());
+    CHECK(memcmp(out_packed, out_paged, sizeof out_packed) == 0);
+    int64_t tiles_differ = 0, gap_changed = 0;
+    for (int s = 0; s < SLOTS; s++) {
+        tiles_differ += memcmp(packed + s * TILE, paged + GAP + s * (TILE + GAP), TILE * sizeof(float)) != 0;
+        gap_changed += memcmp(paged + s * (TILE + GAP), before + s * (TILE + GAP), GAP * sizeof(float)) != 0;
+    }
+    CHECK_MSG(tiles_differ == 0, "%lld slots differ between the packed and the paged pool",
+              (long long)tiles_differ);
+    CHECK_MSG(gap_changed == 0, "%lld gaps of the paged pool were written", (long long)gap_changed);
+    CHECK(memcmp(packed + 4 * TILE, paged + GAP + 4 * (TILE + GAP), TILE * sizeof(float)) == 0);
+}
+
+/* vLLM's padded layout past 2^31 elements on the cpu backend: HV = 32 at page stride
+ * (HV+1)*V*K = 540672 elements, 4000 f32 slots (8.6 GB of address space, mapped without
+ * reserving it: only the pages the test touches become memory). Slot 3973 is the first whose
+ * element offset passes 2^31. The rows must equal the same call on a small packed pool bit for
+ * bit, and every other touched byte must still be zero. */
+static void cpu_paged_pool_over_2g_elements(void)
+{
+    enum { N = 3, H = 16, HV = 32, K = 128, V = 128, TILE = HV * V * K, STRIDE = (HV + 1) * V * K };
+    const int64_t slots = 4000;
+    const size_t bytes = (size_t)slots * STRIDE * sizeof(float);
+    float *big =
+        mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (big == MAP_FAILED) {
+        test_note("could not map 8.6 GB of address space: the >2^31-element paged pool is checked on the GPU "
+                  "(tests/test_cuda.c) only");
+        return;
+    }
+    static float q[N * H * K], k[N * H * K], v[N * HV * V], a[N * HV], b[N * HV], A_log[HV], dt_bias[HV];
+    static float small[4 * TILE], out_big[N * HV * V], out_small[N * HV * V];
+    rng g = {seed++};
+    float *all[] = {q, k, v, a, b};
+    size_t sizes[] = {N * H * K, N * H * K, N * HV * V, N * HV, N * HV};
+    for (int x = 0; x < 5; x++)
+        for (size_t i = 0; i < sizes[x]; i++)
+            all[x][i] = (float)rng_normal(&g);
+    for (int i = 0; i < HV; i++)
+        A_log[i] = (float)(0.5 * rng_uniform(&g)), dt_bias[i] = (float)(-2.0 * rng_uniform(&g));
+    /* big slots 3973, 2, 3999 (read) and 3998 (a write target) <-> small slots 0, 1, 2, 3 */
+    const int64_t big_slot[4] = {3973, 2, 3999, 3998};
+    for (int s = 0; s < 4; s++)
+        for (int64_t i = 0; i < TILE; i++)
+            small[s * TILE + i] = big[big_slot[s] * (int64_t)STRIDE + i] = (float)(0.05 * rng_normal(&g));
+    int64_t read_big[N] = {3973, 2, 3999}, write_big[N] = {3973, 3998, -1};
+    int64_t read_small[N] = {0, 1, 2}, write_small[N] = {0, 3, -1};
+
+    gdn_decode_params p;
+    gdn_decode_params_init(&p);
+    p.num_seqs = N, p.num_q_heads = H, p.num_v_heads = HV, p.head_dim_k = K, p.head_dim_v = V;
+    p.act_dtype = GDN_DTYPE_F32, p.q = q, p.k = k, p.v = v, p.a = a, p.b = b;
+    p.A_log = A_log, p.dt_bias = dt_bias, p.backend = GDN_BACKEND_CPU;
+    p.out = out_small, p.state_pool = small, p.num_slots = 4;
+    p.slot_indices = read_small, p.write_slot_indices = write_small;
+    CHECK(gdn_decode(&p) == GDN_OK);
+    p.out = out_big, p.state_pool = big, p.num_slots = slots, p.state_slot_stride = STRIDE;
+    p.slot_indices = read_big, p.write_slot_indices = write_big;
+    gdn_status st = gdn_decode(&p);
+    CHECK_MSG(st == GDN_OK, "%s", gdn_last_error());
+    CHECK(memcmp(out_small, out_big, sizeof out_small) == 0);
+    int64_t differ = 0, stray = 0;
+    for (int s = 0; s < 4; s++)
+        differ += memcmp(small + s * TILE, big + big_slot[s] * (int64_t)STRIDE, TILE * sizeof(float)) != 0;
+    for (int s = 0; s < 4; s++) /* the page gap after each touched slot, and the slot before 3973 */
+        for (int64_t i = TILE; i < STRIDE; i++)
+            stray += big[big_slot[s] * (int64_t)STRIDE + i] != 0.0f;
+    for (int64_t i = 0; i < STRIDE; i++)
+        stray += big[3972 * (int64_t)STRIDE + i] != 0.0f;
+    CHECK_MSG(differ == 0, "%lld slots differ from the packed run", (long long)differ);
+    CHECK_MSG(stray == 0, "%lld elements written outside the slots the call names", (long long)stray);
+    munmap(big, bytes);
+}
+
 static void cpu_every_combination(void) { every_combination(GDN_BACKEND_CPU); }
 static void cpu_odd_sizes(void) { odd_sizes(GDN_BACKEND_CPU); }
 static void cpu_model_shapes(void) { model_shapes_batch(GDN_BACKEND_CPU); }
@@ -209,6 +342,7 @@ static void cuda_all(void)
     model_shapes_batch(GDN_BACKEND_CUDA);
     multi_step(GDN_BACKEND_CUDA);
     multi_token(GDN_BACKEND_CUDA);
+    paged_pool(GDN_BACKEND_CUDA);
 }
 
 /* Every configuration of the cuda one-token kernel (the library picks one by batch size, so
@@ -259,6 +393,10 @@ void register_decode_tests(void)
     test_add("decode/cpu_threads", cpu_threads_agree);
     test_add("decode/cpu_multi_token", cpu_multi_token);
     test_add("decode/snapshots_match_single_steps", snapshots_match_single_steps);
+    test_add("decode/cpu_paged_pool", cpu_paged_pool);
+    test_add("decode/reference_paged_pool", reference_paged_pool);
+    test_add("decode/paged_pool_matches_packed", paged_pool_matches_packed);
+    test_add("decode/cpu_paged_pool_over_2g_elements", cpu_paged_pool_over_2g_elements);
     test_add("decode/cuda_all", cuda_all);
     test_add("decode/cuda_one_token_configs", cuda_one_token_configs);
 }

@@ -278,6 +278,42 @@ static void test_struct_size_of_03_header(void)
 }
 
 /* ---------------------------------------------------------------------------------------
+ * paged pools (state_slot_stride)
+ * ------------------------------------------------------------------------------------- */
+
+static void test_slot_stride_shorter_than_a_slot(void)
+{
+    gdn_decode_params *p = fresh();
+    p->state_slot_stride = TILE_ELEMS - 1;
+    expect_failure(p, GDN_ERR_INVALID_STRIDE, "state_slot_stride = 511", "512");
+    p = fresh();
+    p->state_slot_stride = -TILE_ELEMS;
+    expect_failure(p, GDN_ERR_INVALID_STRIDE, "state_slot_stride", NULL);
+}
+
+/* A stride whose last slot would end past 2^63 bytes: refused before any offset is formed. */
+static void test_slot_stride_overflows(void)
+{
+    gdn_decode_params *p = fresh();
+    p->state_slot_stride = INT64_MAX / 4;
+    expect_failure(p, GDN_ERR_INVALID_SHAPE, "state_slot_stride", "64-bit");
+}
+
+/* The pool's extent with a stride reaches past out's start: an overlap, though out lies beyond
+ * the packed pool's end (the extent, gaps included, is what the check uses). */
+static void test_slot_stride_extent_overlaps_out(void)
+{
+    gdn_decode_params *p = fresh();
+    p->num_slots = 2;
+    p->state_slot_stride = TILE_ELEMS * 2;
+    p->out = pool() + 3 * TILE_ELEMS; /* after slot 1's tile, before nothing: no overlap */
+    gdn_decode_params ok = *p;
+    CHECK_MSG(gdn_decode_backend_for(&ok, NULL) == GDN_OK, "%s", gdn_last_error());
+    p->out = pool() + 2 * TILE_ELEMS + 8; /* inside slot 1's tile */
+    expect_failure(p, GDN_ERR_OVERLAP, "out", "state_pool");
+}
+
+/* ---------------------------------------------------------------------------------------
  * checked mode (bad_index_rows)
  * ------------------------------------------------------------------------------------- */
 
@@ -757,6 +793,9 @@ void register_validation_tests(void)
     test_add("validation/struct_size_of_older_header", test_struct_size_of_older_header);
     test_add("validation/struct_size_of_02_header", test_struct_size_of_02_header);
     test_add("validation/struct_size_of_03_header", test_struct_size_of_03_header);
+    test_add("validation/slot_stride_shorter_than_a_slot", test_slot_stride_shorter_than_a_slot);
+    test_add("validation/slot_stride_overflows", test_slot_stride_overflows);
+    test_add("validation/slot_stride_extent_overlaps_out", test_slot_stride_extent_overlaps_out);
     test_add("validation/counter_misaligned", test_counter_misaligned);
     test_add("validation/counter_overlaps", test_counter_overlaps);
     test_add("validation/counter_host_backends", test_counter_host_backends);

@@ -33,7 +33,8 @@ typedef struct bench_opts {
     int tokens, token_slots; /* multi-token decode: T tokens per sequence, a snapshot per token */
     int configs[16];         /* one-token kernel configurations to time (-1: the library's choice) */
     int config_count;
-    int pdl; /* programmatic dependent launch flag of the timed calls */
+    int pdl;   /* programmatic dependent launch flag of the timed calls */
+    int paged; /* pool slots (HV+1)*V*K elements apart, as vLLM's hybrid page lays them out */
 } bench_opts;
 
 typedef struct bench_set {
@@ -54,10 +55,11 @@ static void usage(void)
 {
     printf("usage: gdn bench [--backend cpu|cuda] [--shape NAME] [--state f32|bf16] [--act f32|f16|bf16]\n"
            "                 [--layout vk|kv] [--n 1,4,16,64,256,1024] [--reps R] [--csv]\n"
-           "                 [--tokens T [--token-slots]] [--configs C,C,...] [--pdl]\n"
+           "                 [--tokens T [--token-slots]] [--configs C,C,...] [--pdl] [--paged]\n"
            "  --configs: time these configurations (0..%d, -1 = the library's choice) of the cuda\n"
            "  one-token kernel on the same buffers, impl gdn-<name> (tuning)\n"
            "  --pdl: set gdn_decode_params.pdl in the timed calls\n"
+           "  --paged: a paged pool, slots (HV+1)*V*K elements apart (state_slot_stride; impl gdn-paged)\n"
            "  --tokens T: multi-token decode, T tokens per sequence; --token-slots: the state after\n"
            "  every token saved to its own slot (bytes counted: N tiles read, N*T tiles written)\n"
            "  shapes:",
@@ -112,6 +114,8 @@ static int parse(int argc, char **argv, bench_opts *o)
             }
         } else if (!strcmp(a, "--pdl"))
             o->pdl = 1;
+        else if (!strcmp(a, "--paged"))
+            o->paged = 1;
         else if (!strcmp(a, "--token-slots"))
             o->token_slots = 1;
         else if (!strcmp(a, "--csv"))
@@ -181,7 +185,8 @@ static int make_sets(const bench_opts *o, long long n, bench_ctx *b)
     b->where = o->backend == GDN_BACKEND_CUDA ? MEM_DEVICE : MEM_HOST;
     const long long T = o->tokens, slots = o->token_slots ? n * (T + 1) : n, rows = n * T;
     const size_t tile = (size_t)(s->hv * s->v * s->k) * gdn_dtype_size(o->state);
-    b->pool_bytes = (size_t)slots * tile;
+    const size_t slot_bytes = tile + (o->paged ? (size_t)(s->v * s->k) * gdn_dtype_size(o->state) : 0);
+    b->pool_bytes = (size_t)slots * slot_bytes;
     b->traffic_bytes = (size_t)n * tile * (o->token_slots ? 1 + T : 2);
     size_t rotation = b->where == MEM_DEVICE ? DEVICE_ROTATION_BYTES : HOST_ROTATION_BYTES;
     int want = (int)((rotation + b->pool_bytes - 1) / b->pool_bytes);
@@ -195,6 +200,7 @@ static int make_sets(const bench_opts *o, long long n, bench_ctx *b)
     if (T > 1 || o->token_slots)
         p->num_tokens = T;
     p->pdl = o->pdl;
+    p->state_slot_stride = o->paged ? (s->hv + 1) * s->v * s->k : 0;
     float *A_log = malloc((size_t)s->hv * 4), *dt_bias = malloc((size_t)s->hv * 4);
     for (int64_t h = 0; h < s->hv; h++)
         A_log[h] = (float)log(1.0 + 15.0 * rng_uniform(&g)), dt_bias[h] = (float)(-3.0 + rng_uniform(&g));
@@ -330,6 +336,8 @@ int cmd_bench(int argc, char **argv)
                 gdn_cuda_one_token_config_name(o.configs[c], name, sizeof name);
                 snprintf(impl, sizeof impl, "gdn-%s", name);
             }
+            if (o.paged)
+                strncat(impl, "-paged", sizeof impl - strlen(impl) - 1);
             gdn_cuda_force_one_token_config(o.configs[c]);
             int bad = time_calls(where, decode_call, &b, calls, reps, &td) != 0;
             gdn_cuda_force_one_token_config(-1);

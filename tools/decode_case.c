@@ -32,6 +32,7 @@ typedef struct index_array {
 /* Host and backend copies of every tensor of one case. */
 typedef struct arrays {
     int64_t n, t, h, hv, kd, vd, slots, rows;  /* rows: token rows of the activations */
+    int64_t slot_stride, pool_offset;          /* the pool view: slot s at offset + s * stride */
     int64_t qkv_stride, ab_stride, out_stride; /* elements between token rows */
     size_t act_size, state_size, idx_size;
     size_t proj_bytes, ab_bytes, out_bytes, pool_bytes;
@@ -62,14 +63,19 @@ void decode_case_describe(const decode_case *c, char *buf, size_t size)
     if (c->num_tokens > 1)
         snprintf(tokens, sizeof tokens, " T=%lld%s%s%s", (long long)c->num_tokens, c->varlen ? " varlen" : "",
                  c->token_slots ? " tslots" : "", c->accepted ? " accepted" : "");
-    snprintf(buf, size, "%s N=%lld H=%lld HV=%lld K=%lld V=%lld act=%s state=%s %s %s %s%s%s%s%s%s%s",
+    snprintf(buf, size, "%s N=%lld H=%lld HV=%lld K=%lld V=%lld act=%s state=%s %s %s %s%s%s%s%s%s%s%s",
              c->name ? c->name : "case", (long long)c->num_seqs, (long long)c->num_q_heads,
              (long long)c->num_v_heads, (long long)c->head_dim_k, (long long)c->head_dim_v,
              gdn_dtype_name(c->act_dtype), gdn_dtype_name(c->state_dtype),
              c->layout == GDN_LAYOUT_VK ? "vk" : "kv", gdn_dtype_name(c->index_dtype),
              c->head_map == GDN_HEAD_MAP_TILED ? "tiled" : "grouped", c->qk_l2norm ? "" : " no-l2norm",
              c->padding ? " padding" : "", c->null_slot_zero ? " null0" : "", c->write_slots ? " wslots" : "",
-             c->strided ? " strided" : "", tokens);
+             c->strided ? " strided" : "",
+             c->slot_gap == 1   ? " gap-after"
+             : c->slot_gap == 2 ? " gap-before"
+             : c->slot_gap == 3 ? " gap-odd"
+                                : "",
+             tokens);
 }
 
 static int64_t get_index(const index_array *a, gdn_dtype dtype, int64_t i)
@@ -172,7 +178,10 @@ static int alloc_arrays(const decode_case *c, gdn_backend backend, arrays *A, de
     int64_t proj_elems = c->strided ? rows * A->qkv_stride : rows * (2 * qk + hvv);
     int64_t ab_elems = c->strided ? rows * A->ab_stride : 2 * rows * A->hv;
     int64_t out_elems = rows * A->out_stride;
-    int64_t pool_elems = A->slots * A->hv * A->vd * A->kd;
+    const int64_t tile = A->hv * A->vd * A->kd, gap = c->slot_gap == 3 ? 3 : c->slot_gap ? A->vd * A->kd : 0;
+    A->slot_stride = tile + gap;
+    A->pool_offset = c->slot_gap == 2 ? gap : 0;
+    int64_t pool_elems = A->slots * A->slot_stride; /* the storage, gaps included */
     A->proj_bytes = (size_t)proj_elems * A->act_size;
     A->ab_bytes = (size_t)ab_elems * A->act_size;
     A->out_bytes = (size_t)out_elems * A->act_size;
@@ -321,7 +330,9 @@ static gdn_decode_params make_params(const decode_case *c, const arrays *A, void
     p.out = out, p.out_stride = A->out_stride;
     p.A_log = A_log, p.dt_bias = dt_bias;
     p.qk_l2norm = c->qk_l2norm, p.head_map = c->head_map;
-    p.state_pool = pool, p.num_slots = A->slots, p.state_layout = c->layout, p.state_dtype = state;
+    p.state_pool = (unsigned char *)pool + (size_t)A->pool_offset * gdn_dtype_size(state);
+    p.state_slot_stride = c->slot_gap ? A->slot_stride : 0;
+    p.num_slots = A->slots, p.state_layout = c->layout, p.state_dtype = state;
     p.index_dtype = c->index_dtype, p.null_slot_zero = c->null_slot_zero;
     p.slot_indices = c->accepted ? NULL : device_side ? A->read.dev : A->read.host;
     p.write_slot_indices = !c->write_slots ? NULL : device_side ? A->write.dev : A->write.host;
@@ -336,12 +347,15 @@ static gdn_decode_params make_params(const decode_case *c, const arrays *A, void
     return p;
 }
 
+/* Storage element where slot s's tiles begin. */
+static int64_t tile_start(const arrays *A, int64_t s) { return A->pool_offset + s * A->slot_stride; }
+
 /* Rounds the written tiles of the rounded-reference pool to the state dtype (bf16 drift). */
 static void round_written(const decode_case *c, arrays *A, const int64_t *written, int64_t count)
 {
     int64_t tile = A->hv * A->vd * A->kd;
     for (int64_t w = 0; w < count; w++)
-        for (int64_t i = written[w] * tile; i < (written[w] + 1) * tile; i++) {
+        for (int64_t i = tile_start(A, written[w]); i < tile_start(A, written[w]) + tile; i++) {
             unsigned char tmp[8];
             gdn_store_f64(tmp, c->state_dtype, 0, A->rounded_pool[i]);
             A->rounded_pool[i] = gdn_load_f64(tmp, c->state_dtype, 0);
@@ -386,28 +400,29 @@ static void check_outputs(const decode_case *c, arrays *A, decode_case_result *r
     r->out_rel = ref2 > 0 ? sqrt(diff2 / ref2) : sqrt(diff2);
 }
 
-/* States: written tiles against the reference; every other byte unchanged. */
+/* States: written tiles against the reference; every other byte of the storage (unwritten
+ * slots, and the gaps of a paged pool) unchanged. */
 static void check_states(const decode_case *c, arrays *A, const int64_t *list, int64_t count,
                          decode_case_result *r)
 {
-    int64_t tile = A->hv * A->vd * A->kd;
-    unsigned char *written = calloc((size_t)A->slots, 1);
-    for (int64_t w = 0; w < count; w++)
-        written[list[w]] = 1;
+    int64_t tile = A->hv * A->vd * A->kd, elems = (int64_t)(A->pool_bytes / A->state_size);
+    unsigned char *written = calloc((size_t)elems, 1);
     double sd2 = 0, sr2 = 0, rd2 = 0;
-    for (int64_t s = 0; s < A->slots; s++) {
-        size_t lo = (size_t)(s * tile) * A->state_size, bytes = (size_t)tile * A->state_size;
-        if (!written[s]) {
-            r->stray += memcmp(A->pool + lo, A->pool_before + lo, bytes) != 0;
-            continue;
-        }
-        for (int64_t i = s * tile; i < (s + 1) * tile; i++) {
+    for (int64_t w = 0; w < count; w++) {
+        if (written[tile_start(A, list[w])])
+            continue; /* a slot listed twice */
+        for (int64_t i = tile_start(A, list[w]); i < tile_start(A, list[w]) + tile; i++) {
+            written[i] = 1;
             double got = gdn_load_f64(A->pool, c->state_dtype, i), ref = A->ref_pool[i];
             double rounded = A->rounded_pool[i];
             sd2 += (got - ref) * (got - ref), sr2 += ref * ref;
             rd2 += (rounded - ref) * (rounded - ref);
         }
     }
+    for (int64_t i = 0; i < elems; i++)
+        if (!written[i])
+            r->stray += memcmp(A->pool + (size_t)i * A->state_size,
+                               A->pool_before + (size_t)i * A->state_size, A->state_size) != 0;
     free(written);
     r->state_rel = sr2 > 0 ? sqrt(sd2 / sr2) : sqrt(sd2);
     r->rounded_rel = sr2 > 0 ? sqrt(rd2 / sr2) : sqrt(rd2);
@@ -427,7 +442,7 @@ static int verdict(const decode_case *c, decode_case_result *r)
     if (r->bad_padding)
         return fail(r, "%lld padding-row outputs are not zero", (long long)r->bad_padding);
     if (r->stray)
-        return fail(r, "%lld bytes/tiles changed outside the rows and slots written", (long long)r->stray);
+        return fail(r, "%lld elements changed outside the rows and slots written", (long long)r->stray);
     if (!(r->out_rel <= out_rel_limit))
         return fail(r, "output rel error %.3g > %.3g", r->out_rel, out_rel_limit);
     if (!(r->out_max_abs <= abs_limit))

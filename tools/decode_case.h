@@ -30,6 +30,9 @@ typedef struct decode_case {
     int token_slots;    /* a snapshot slot per token (some not saved) */
     int accepted;       /* with token_slots: start from token_slots[n][num_accepted[n]-1] */
     int pdl;            /* gdn_decode_params.pdl (a launch mode: the results must not change) */
+    int slot_gap;       /* paged pool (state_slot_stride): 0 packed; 1 a V*K gap after each slot
+                           (storage[:, :HV] of [slots, HV+1, V, K]); 2 the gap before each slot
+                           (storage[:, 1:]); 3 a 3-element gap (slots not 16-byte aligned) */
     uint64_t seed;
 } decode_case;
 

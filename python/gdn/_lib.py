@@ -126,6 +126,7 @@ class DecodeParams(ctypes.Structure):
         ("num_accepted", ctypes.c_void_p),
         ("bad_index_rows", ctypes.c_void_p),  # checked mode (0.3)
         ("pdl", ctypes.c_int),  # programmatic dependent launch (0.4)
+        ("state_slot_stride", ctypes.c_int64),  # paged pools (0.4)
     ]
 
 
@@ -137,6 +138,8 @@ _ONE_TOKEN_FIELDS_END = DecodeParams.num_threads.offset + ctypes.sizeof(ctypes.c
 MULTI_TOKEN_FIELDS_END = DecodeParams.num_accepted.offset + ctypes.sizeof(ctypes.c_void_p)
 # Checked mode (bad_index_rows, gdn 0.3): only a library whose struct holds the field can take it.
 COUNTER_FIELD_END = DecodeParams.bad_index_rows.offset + ctypes.sizeof(ctypes.c_void_p)
+# Paged pools (state_slot_stride, gdn 0.4): only a library whose struct holds the field can take them.
+SLOT_STRIDE_FIELD_END = DecodeParams.state_slot_stride.offset + ctypes.sizeof(ctypes.c_int64)
 
 
 def _declare(lib):

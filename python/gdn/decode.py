@@ -15,7 +15,8 @@ is what gdn_decode_params describes.
 import ctypes
 import sys
 
-from ._lib import COUNTER_FIELD_END, LIB, MAX_TOKENS, MULTI_TOKEN_FIELDS_END, Backend, DType, HeadMap, Layout
+from ._lib import (COUNTER_FIELD_END, LIB, MAX_TOKENS, MULTI_TOKEN_FIELDS_END, SLOT_STRIDE_FIELD_END, Backend, DType,
+                   HeadMap, Layout)
 from ._tensors import cuda_stream_handle, describe, empty_like_shape
 from .errors import check
 
@@ -80,6 +81,25 @@ def _check_rows_contiguous(t):
     if not _contiguous_from(t, 1):
         raise ValueError(f"{t.name} (shape {tuple(t.obj.shape)}, strides {t.strides}): the dimensions after the "
                          "token dimension must be contiguous; only the token dimension may be strided")
+
+
+def _check_pool_layout(t):
+    """The pool's three inner dimensions packed; its slots any distance apart but not closer than
+    one slot (a paged pool: e.g. storage[:, :HV] or storage[:, 1:] of [slots, HV+1, V, K], the
+    view vLLM hands over; the library's state_slot_stride, gdn 0.4)."""
+    if not _contiguous_from(t, 1):
+        raise ValueError(f"{t.name} (shape {tuple(t.obj.shape)}, strides {t.strides}): the dimensions after the "
+                         "slot dimension must be contiguous; only the slot dimension may be strided")
+    slot = t.shape[1] * t.shape[2] * t.shape[3]
+    if t.shape[0] > 1 and 0 not in t.shape and t.strides[0] < slot:
+        raise ValueError(f"{t.name} (shape {tuple(t.obj.shape)}, strides {t.strides}): slots {t.strides[0]} "
+                         f"elements apart overlap (one slot is {slot} elements)")
+
+
+def _slot_stride(t):
+    """state_slot_stride for the pool: 0 when packed (or one slot, whose stride means nothing)."""
+    slot = t.shape[1] * t.shape[2] * t.shape[3]
+    return 0 if t.shape[0] <= 1 or t.strides[0] == slot else t.strides[0]
 
 
 def _check_contiguous(t):
@@ -220,8 +240,9 @@ class _Call:
         _check_one_device(everything)
         for t in self.activations + [self.out]:
             _check_rows_contiguous(t)
-        for t in [self.A_log, self.dt_bias, self.pool] + [t for t in self.indices if t.name != "token_slots"]:
+        for t in [self.A_log, self.dt_bias] + [t for t in self.indices if t.name != "token_slots"]:
             _check_contiguous(t)
+        _check_pool_layout(self.pool)
         _check_writable(self.out)
         _check_writable(self.pool)
 
@@ -264,6 +285,12 @@ class _Call:
         p.head_map = head_map
         p.state_pool, p.num_slots = self.pool.ptr, self.pool.shape[0]
         p.state_layout, p.state_dtype = self.layout, self.pool.dtype
+        slot_stride = _slot_stride(self.pool)
+        if slot_stride:
+            if LIB.params_size < SLOT_STRIDE_FIELD_END:
+                raise RuntimeError(f"gdn: {LIB.path} (version {LIB.version}) takes packed pools only; this pool's "
+                                   f"slots are {slot_stride} elements apart (gdn 0.4 takes that)")
+            p.state_slot_stride = slot_stride
         p.slot_indices = self._ptr("slot_indices")
         p.write_slot_indices = self._ptr("write_slot_indices")
         if self.indices:

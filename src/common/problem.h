@@ -33,6 +33,7 @@ typedef struct gdn_problem {
     gdn_head_map head_map;
     void *state_pool;
     int64_t num_slots;
+    int64_t slot_stride; /* elements between consecutive slots (>= HV*V*K) */
     gdn_state_layout state_layout;
     gdn_dtype state_dtype;
     const void *read_slots, *write_slots;
@@ -172,7 +173,7 @@ GDN_HD gdn_problem gdn_problem_rows(const gdn_problem *p, int64_t first, int64_t
 /* Element offset of the state tile (slot, hv) in the pool; 64-bit throughout. */
 GDN_HD int64_t gdn_tile_offset(const gdn_problem *p, int64_t slot, int64_t hv)
 {
-    return (slot * p->num_v_heads + hv) * (p->head_dim_v * p->head_dim_k);
+    return slot * p->slot_stride + hv * (p->head_dim_v * p->head_dim_k);
 }
 
 #endif

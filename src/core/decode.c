@@ -36,6 +36,19 @@ static int64_t checked_mul(int64_t a, int64_t b)
     return a * b;
 }
 
+/* Elements from the pool's start to the end of its last slot ((num_slots - 1) * stride + one
+ * slot), or -1 when that or its size in bytes (up to 8 per element) overflows int64. Sizes are
+ * positive here (check_shape checks them first). */
+static int64_t pool_elements(const gdn_decode_params *p)
+{
+    const int64_t slot = p->num_v_heads * p->head_dim_v * p->head_dim_k;
+    const int64_t stride = p->state_slot_stride ? p->state_slot_stride : slot;
+    const int64_t span = checked_mul(p->num_slots - 1, stride);
+    if (span < 0 || span > INT64_MAX - slot || checked_mul(span + slot, 8) < 0)
+        return -1;
+    return span + slot;
+}
+
 static gdn_status check_shape(const gdn_decode_params *p)
 {
     if (p->num_seqs < 0)
@@ -56,11 +69,19 @@ static gdn_status check_shape(const gdn_decode_params *p)
         return gdn_fail(GDN_ERR_INVALID_SHAPE, "num_v_heads = %lld is not a multiple of num_q_heads = %lld",
                         (long long)p->num_v_heads, (long long)p->num_q_heads);
     int64_t tile = checked_mul(p->head_dim_v, p->head_dim_k);
-    int64_t pool = checked_mul(checked_mul(p->num_slots, p->num_v_heads), tile);
-    if (tile < 0 || pool < 0 || checked_mul(pool, 8) < 0)
+    int64_t slot = checked_mul(p->num_v_heads, tile);
+    if (tile < 0 || slot < 0)
+        return gdn_fail(GDN_ERR_INVALID_SHAPE, "num_v_heads * head_dim_v * head_dim_k overflows 64 bits");
+    if (p->state_slot_stride < 0 || (p->state_slot_stride > 0 && p->state_slot_stride < slot))
+        return gdn_fail(GDN_ERR_INVALID_STRIDE,
+                        "state_slot_stride = %lld is shorter than one slot (num_v_heads * head_dim_v * "
+                        "head_dim_k = %lld elements)",
+                        (long long)p->state_slot_stride, (long long)slot);
+    if (pool_elements(p) < 0)
         return gdn_fail(GDN_ERR_INVALID_SHAPE,
-                        "num_slots = %lld: the state pool does not fit in 64-bit offsets",
-                        (long long)p->num_slots);
+                        "num_slots = %lld, state_slot_stride = %lld: the state pool does not fit in 64-bit "
+                        "offsets",
+                        (long long)p->num_slots, (long long)p->state_slot_stride);
     return GDN_OK;
 }
 
@@ -251,8 +272,7 @@ static gdn_status check_overlap(const gdn_decode_params *p, int64_t rows)
     uintptr_t out_lo = (uintptr_t)p->out;
     uintptr_t out_hi = out_lo + (uintptr_t)((rows - 1) * out_stride + p->num_v_heads * p->head_dim_v) * act;
     uintptr_t pool_lo = (uintptr_t)p->state_pool;
-    uintptr_t pool_hi = pool_lo + (uintptr_t)(p->num_slots * p->num_v_heads * p->head_dim_v * p->head_dim_k) *
-                                      gdn_dtype_size(p->state_dtype);
+    uintptr_t pool_hi = pool_lo + (uintptr_t)pool_elements(p) * gdn_dtype_size(p->state_dtype);
     if (out_lo < pool_hi && pool_lo < out_hi)
         return gdn_fail(GDN_ERR_OVERLAP, "out [%p, %p) overlaps state_pool [%p, %p)", (void *)out_lo,
                         (void *)out_hi, (void *)pool_lo, (void *)pool_hi);
@@ -267,8 +287,7 @@ static gdn_status check_counter(const gdn_decode_params *p)
         return GDN_OK;
     uintptr_t at = (uintptr_t)p->bad_index_rows, end = at + sizeof *p->bad_index_rows;
     uintptr_t pool_lo = (uintptr_t)p->state_pool;
-    uintptr_t pool_hi = pool_lo + (uintptr_t)(p->num_slots * p->num_v_heads * p->head_dim_v * p->head_dim_k) *
-                                      gdn_dtype_size(p->state_dtype);
+    uintptr_t pool_hi = pool_lo + (uintptr_t)pool_elements(p) * gdn_dtype_size(p->state_dtype);
     if (at < pool_hi && pool_lo < end)
         return gdn_fail(GDN_ERR_OVERLAP, "bad_index_rows = %p lies inside state_pool [%p, %p)", (void *)at,
                         (void *)pool_lo, (void *)pool_hi);
@@ -370,6 +389,8 @@ gdn_problem gdn_problem_from_params(const gdn_decode_params *p)
     pr.head_map = p->head_map;
     pr.state_pool = p->state_pool;
     pr.num_slots = p->num_slots;
+    pr.slot_stride =
+        p->state_slot_stride ? p->state_slot_stride : p->num_v_heads * p->head_dim_v * p->head_dim_k;
     pr.state_layout = p->state_layout;
     pr.state_dtype = p->state_dtype;
     pr.read_slots = p->slot_indices;
@@ -395,8 +416,7 @@ gdn_problem gdn_problem_from_params(const gdn_decode_params *p)
 static gdn_status read_params(const gdn_decode_params *given, gdn_decode_params *p)
 {
     const size_t v01 = offsetof(gdn_decode_params, num_tokens),
-                 v02 = offsetof(gdn_decode_params, bad_index_rows),
-                 v03 = offsetof(gdn_decode_params, bad_index_rows) + sizeof(uint32_t *);
+                 v02 = offsetof(gdn_decode_params, bad_index_rows), v03 = offsetof(gdn_decode_params, pdl);
     if (!given)
         return gdn_fail(GDN_ERR_INVALID_ARGUMENT, "params is NULL");
     if (given->struct_size != v01 && given->struct_size != v02 && given->struct_size != v03 &&

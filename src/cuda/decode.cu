@@ -504,7 +504,10 @@ template <typename Act, typename St> cudaError_t launch(const gdn_problem &p, cu
     const bool single = p.num_tokens == 1;
     if (gdn_cuda_one_token_applies(&p))
         return gdn_cuda_launch_one_token(&p, stream);
-    if (p.state_layout == GDN_LAYOUT_VK && K == kFastK) {
+    /* the vector kernels read 16-byte pieces of each tile: every slot must start 16-byte aligned */
+    const int64_t state_size = p.state_dtype == GDN_DTYPE_BF16 ? 2 : 4;
+    const bool slots_aligned = (p.slot_stride * state_size) % 16 == 0;
+    if (p.state_layout == GDN_LAYOUT_VK && K == kFastK && slots_aligned) {
         /* The most rows per thread that still leaves 8 blocks per multiprocessor. Several tokens
          * keep one row per thread: their values already take MAXT registers a row. */
         const int64_t rows = N * HV * V, enough = 8LL * sm_count() * kFastRows;

@@ -161,7 +161,8 @@ template <typename Act, int VEC, int G> struct token_inputs {
  * 4-byte stores (seen in the sm_90a SASS), four times the store instructions. */
 __device__ __forceinline__ void store16(void *at, uint4 x)
 {
-    asm volatile("st.global.v4.u32 [%0], {%1, %2, %3, %4};" ::"l"(at), "r"(x.x), "r"(x.y), "r"(x.z), "r"(x.w));
+    asm volatile("st.global.v4.u32 [%0], {%1, %2, %3, %4};" ::"l"(at), "r"(x.x), "r"(x.y), "r"(x.z),
+                 "r"(x.w));
 }
 
 /* cp.async (sm_80+): 16 bytes global -> shared without passing through registers; `size` 0
@@ -172,7 +173,10 @@ __device__ __forceinline__ void copy_async16(uint4 *smem, const void *gmem, bool
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(at), "l"(gmem), "r"(valid ? 16 : 0)
                  : "memory");
 }
-__device__ __forceinline__ void copy_async_commit(void) { asm volatile("cp.async.commit_group;" ::: "memory"); }
+__device__ __forceinline__ void copy_async_commit(void)
+{
+    asm volatile("cp.async.commit_group;" ::: "memory");
+}
 template <int PENDING> __device__ __forceinline__ void copy_async_wait(void)
 {
     asm volatile("cp.async.wait_group %0;" ::"n"(PENDING) : "memory");
@@ -238,15 +242,16 @@ __global__ void __launch_bounds__(kThreads) decode_one_token_vk128(const __grid_
         }
     };
     const auto stage_batch = [&](int b) { /* one commit group per batch, empty past the end */
-        if (b < BATCHES) {
+                                          if (b < BATCHES) {
 #pragma unroll
-            for (int j = 0; j < SLOTS; j++) {
-                const int64_t row = warp_row0 + b * WR + j * P + hw;
-                copy_async16(my_ring + ((b % RING) * SLOTS + j) * 32 + lane,
-                             row < V ? src + row * kRowK + col : src, row < V);
-            }
-        }
-        copy_async_commit();
+                                              for (int j = 0; j < SLOTS; j++) {
+                                                  const int64_t row = warp_row0 + b * WR + j * P + hw;
+                                                  copy_async16(my_ring + ((b % RING) * SLOTS + j) * 32 + lane,
+                                                               row < V ? src + row * kRowK + col : src,
+                                                               row < V);
+                                              }
+                                          }
+                                          copy_async_commit();
     };
     if (active) {
         if constexpr (STAGES > 0) {
@@ -272,7 +277,9 @@ __global__ void __launch_bounds__(kThreads) decode_one_token_vk128(const __grid_
          * loaded words and clobbers memory keeps the activation loads above the unpacking. */
 #pragma unroll
         for (int j = 0; j < SLOTS; j++)
-            asm volatile("" : "+r"(raw[0][j].x), "+r"(raw[0][j].y), "+r"(raw[0][j].z), "+r"(raw[0][j].w)::"memory");
+            asm volatile(""
+                         : "+r"(raw[0][j].x), "+r"(raw[0][j].y), "+r"(raw[0][j].z),
+                           "+r"(raw[0][j].w)::"memory");
     }
     if (padding) { /* outputs of padding rows are zeros; no state is read or written */
 #pragma unroll
@@ -467,6 +474,8 @@ int gdn_cuda_one_token_applies(const gdn_problem *p)
           p->state_layout == GDN_LAYOUT_VK && p->head_dim_k == kRowK))
         return 0;
     const int64_t act = p->act_dtype == GDN_DTYPE_F32 ? 4 : 2, vec = p->state_dtype == GDN_DTYPE_BF16 ? 8 : 4;
+    if ((p->slot_stride * (16 / vec)) % 16 != 0) /* each slot's tiles 16-byte aligned */
+        return 0;
     const int64_t align = vec * act < 16 ? vec * act : 16;
     return rows_aligned(p->q, p->q_stride, align, act) && rows_aligned(p->k, p->k_stride, align, act);
 }

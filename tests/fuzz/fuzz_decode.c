@@ -149,9 +149,11 @@ typedef struct spec {
     int arena;                           /* out and pool in one allocation */
     int64_t arena_shift;                 /* out offset from the pool start, in bytes */
     int bad_struct;                      /* struct_size neither this header's nor an older one's */
-    int old_struct; /* struct_size of a 0.1 header (up to num_threads): no multi-token fields */
-    int struct02;   /* struct_size of a 0.2 header (up to num_accepted): no checked mode */
-    int counter;    /* checked mode's bad_index_rows: one of COUNTER_* */
+    int old_struct;      /* struct_size of a 0.1 header (up to num_threads): no multi-token fields */
+    int struct02;        /* struct_size of a 0.2 header (up to num_accepted): no checked mode */
+    int struct03;        /* struct_size of a 0.3 header (up to bad_index_rows): no pdl, no slot stride */
+    int64_t slot_stride; /* state_slot_stride as handed over (0 = packed) */
+    int counter;         /* checked mode's bad_index_rows: one of COUNTER_* */
     int values;
     uint64_t seed;
     int poison_count;
@@ -425,6 +427,36 @@ static void decode_spec(reader *r, spec *s)
         s->T = 0, s->ts_stride = 0, s->ts_real = 1;
         s->has_cu = s->has_ts = s->has_acc = 0;
     }
+    /* paged pools (0.4): a slot stride, valid or not; an older caller's struct has none */
+    c = u8(r);
+    const int64_t slot = (int64_t)smul(smul(s->HV, s->V), s->K) > INT64_MAX / 4
+                             ? INT64_MAX / 4
+                             : (int64_t)smul(smul(s->HV, s->V), s->K);
+    s->slot_stride =
+        c < 192 ? 0
+                : (int64_t[]){sadd(slot, -1),
+                              -1,
+                              sadd(slot, 1),
+                              sadd(slot, slot),
+                              sadd(slot, (int64_t)smul(s->V, s->K) > INT64_MAX / 4 ? 0 : s->V * s->K),
+                              INT64_MAX / 3,
+                              sadd(slot, 3),
+                              slot}[c % 8];
+    s->struct03 = u8(r) >= 248 && !s->bad_struct && !s->old_struct && !s->struct02;
+    if (s->struct02 || s->old_struct || s->bad_struct || s->struct03)
+        s->slot_stride = 0; /* junk is placed there instead: the library must not read it */
+}
+
+/* Elements between slots as the library resolves them. */
+static __int128 eff_slot_stride(const spec *s)
+{
+    return s->slot_stride ? (__int128)s->slot_stride : smul(smul(s->HV, s->V), s->K);
+}
+
+/* Elements from the pool's start to the end of slot `slots - 1`. */
+static __int128 pool_extent(const spec *s, int64_t slots)
+{
+    return smul(slots - 1, eff_slot_stride(s)) + smul(smul(s->HV, s->V), s->K);
 }
 
 /* ---------------------------------------------------------------------------------------
@@ -523,7 +555,7 @@ static int overlaps(const spec *s, const world *w)
     __int128 out_hi =
         out_lo + ((rows - 1) * eff_stride(s, T_OUT) + row_width(s, T_OUT)) * (__int128)act_size(s->act);
     __int128 pool_lo = (__int128)(uintptr_t)w->ptr[P_POOL];
-    __int128 pool_hi = pool_lo + (__int128)s->slots * s->HV * s->V * s->K * (__int128)state_size(s->state);
+    __int128 pool_hi = pool_lo + pool_extent(s, s->slots) * (__int128)state_size(s->state);
     return out_lo < pool_hi && pool_lo < out_hi;
 }
 
@@ -547,7 +579,11 @@ static int contract_ok(const spec *s, const world *w, const char **why)
         NO("a dimension <= 0");
     if (s->HV % s->H)
         NO("HV % H");
-    if (!fits(smul(smul(smul(smul(s->slots, s->HV), s->V), s->K), 8)))
+    if (!fits(smul(smul(smul(s->HV, s->V), s->K), 8)))
+        NO("pool bytes overflow");
+    if (s->slot_stride < 0 || (s->slot_stride > 0 && s->slot_stride < smul(smul(s->HV, s->V), s->K)))
+        NO("state_slot_stride shorter than a slot");
+    if (!fits(smul(pool_extent(s, s->slots), 8)))
         NO("pool bytes overflow");
     if (s->head_map != 0 && s->head_map != 1)
         NO("head_map");
@@ -627,8 +663,7 @@ static int contract_ok(const spec *s, const world *w, const char **why)
         NO("overlap");
     if (w->counter) { /* a uint32, 4-aligned, outside the pool and (without cu_seqlens) out's rows */
         __int128 at = (__int128)(uintptr_t)w->counter, pool_lo = (__int128)(uintptr_t)w->ptr[P_POOL];
-        __int128 pool_hi =
-            pool_lo + (__int128)s->slots * s->HV * s->V * s->K * (__int128)state_size(s->state);
+        __int128 pool_hi = pool_lo + pool_extent(s, s->slots) * (__int128)state_size(s->state);
         if ((uintptr_t)w->counter % 4)
             NO("bad_index_rows misaligned");
         if (at < pool_hi && pool_lo < at + 4)
@@ -693,8 +728,7 @@ static int plan(const spec *given, world *w, __int128 bytes[P_COUNT])
         bytes[P_ALOG] = bytes[P_DT] = 64;
     }
     w->alloc_slots = clamp64(s->slots, 1, 8);
-    __int128 tile = smul(smul(s->HV, s->V), s->K);
-    bytes[P_POOL] = smul(smul(w->alloc_slots, tile), (__int128)state_size(s->state));
+    bytes[P_POOL] = smul(pool_extent(s, w->alloc_slots), (__int128)state_size(s->state));
     if (bytes[P_POOL] > CAP_BYTES) {
         big = 1;
         bytes[P_POOL] = 4096;
@@ -930,7 +964,9 @@ static void describe(FILE *f)
         s->bad_struct   ? "bad"
         : s->old_struct ? "0.1"
         : s->struct02   ? "0.2"
-                        : "0.3");
+        : s->struct03   ? "0.3"
+                        : "0.4");
+    fprintf(f, "  state_slot_stride %lld\n", (long long)s->slot_stride);
     int64_t n = clamp64(s->N, 0, MAX_N);
     for (int64_t i = 0; i < n; i++) {
         fprintf(f, "  seq %lld: slot %lld write %lld accepted %lld cu %lld..%lld token_slots", (long long)i,
@@ -952,6 +988,8 @@ static gdn_decode_params params_for(const spec *s, const world *w)
         p.struct_size = offsetof(gdn_decode_params, num_tokens);
     if (s->struct02)
         p.struct_size = offsetof(gdn_decode_params, bad_index_rows);
+    if (s->struct03)
+        p.struct_size = offsetof(gdn_decode_params, pdl);
     /* an older caller's junk in bad_index_rows would be refused (misaligned) if it were read */
     p.bad_index_rows = s->struct02 || s->old_struct ? (uint32_t *)(void *)(w->counter_box + 1) : w->counter;
     p.num_seqs = s->N, p.num_q_heads = s->H, p.num_v_heads = s->HV, p.head_dim_k = s->K, p.head_dim_v = s->V;
@@ -969,6 +1007,8 @@ static gdn_decode_params params_for(const spec *s, const world *w)
     p.backend = (gdn_backend)s->backend, p.num_threads = s->threads;
     p.num_tokens = s->T, p.cu_seqlens = w->ptr[P_CU], p.token_slots = w->ptr[P_TS];
     p.token_slots_stride = s->ts_stride, p.num_accepted = w->ptr[P_ACC];
+    /* an older caller's junk where the slot stride would be: refused (shorter than a slot) if read */
+    p.state_slot_stride = s->struct02 || s->old_struct || s->struct03 ? 1 : s->slot_stride;
     return p;
 }
 
@@ -1081,6 +1121,7 @@ static void check_result(const spec *s, const world *w, const world *ref, const 
     }
     size_t aes = act_size(s->act), ses = state_size(s->state);
     int64_t tile = s->HV * s->V * s->K, width = s->HV * s->V, ostride = eff_stride(s, T_OUT);
+    const int64_t stride = (int64_t)eff_slot_stride(s);
     /* what the call writes */
     for (int64_t n = 0; n < s->N; n++) {
         int64_t tokens = seq_tokens(s, n), rd = read_slot(s, n);
@@ -1093,7 +1134,7 @@ static void check_result(const spec *s, const world *w, const world *ref, const 
             if (slots[i] >= w->alloc_slots)
                 FAIL("harness: slot %lld beyond the allocated %lld", (long long)slots[i],
                      (long long)w->alloc_slots);
-            mark(m, nw, w->ptr[P_POOL] + (size_t)(slots[i] * tile) * ses, (size_t)tile * ses, 1);
+            mark(m, nw, w->ptr[P_POOL] + (size_t)(slots[i] * stride) * ses, (size_t)tile * ses, 1);
         }
     }
     /* bytes that must not change, and zeros of padding rows, on both backends */
@@ -1156,8 +1197,8 @@ static void check_result(const spec *s, const world *w, const world *ref, const 
             if (!written[slot])
                 continue;
             for (int64_t e = 0; e < tile; e++) {
-                double x = load(w->ptr[P_POOL], s->state, (size_t)(slot * tile + e));
-                double r = load(ref->ptr[P_POOL], s->state, (size_t)(slot * tile + e));
+                double x = load(w->ptr[P_POOL], s->state, (size_t)(slot * stride + e));
+                double r = load(ref->ptr[P_POOL], s->state, (size_t)(slot * stride + e));
                 if (pass == 0 && isfinite(r))
                     cs.max_ref = fmax(cs.max_ref, fabs(r));
                 if (pass == 1)
@@ -1172,7 +1213,7 @@ static gdn_status call(const spec *s, const gdn_decode_params *p, gdn_backend *b
 {
     const gdn_decode_params *given = p;
     void *copy = NULL;
-    if (s->old_struct || s->struct02) {
+    if (s->old_struct || s->struct02 || s->struct03) {
         copy = malloc(p->struct_size);
         memcpy(copy, p, p->struct_size);
         given = copy;

@@ -56,5 +56,10 @@ for shape in qwen3-next contest; do
             tail -n +2 >>"$out/bench.csv" || status=1
     done
 done
-grep ",gdn," "$out/bench.csv" | cut -d, -f1,6,7,9,10,11
+# paged pools (issue 11): the same points with vLLM's page stride, to read beside the packed rows
+for state in f32 bf16; do
+    timeout 60 build/gdn bench --backend cuda --shape qwen3-next --state "$state" --n 1,16,64,1024 --reps 20 --csv \
+        --paged | tail -n +2 | grep -v ",copy," >>"$out/bench.csv" || status=1
+done
+grep -E ",gdn(-paged)?," "$out/bench.csv" | cut -d, -f1,6,7,8,9,10,11
 exit $status

@@ -285,6 +285,69 @@ def test_strided_slices_of_packed_projections():
     assert np.all(wide[:, :8] == 7.0) and np.all(wide[:, 8 + hv * v:] == 7.0), "wrote outside out's rows"
 
 
+def test_paged_pool_views():
+    """A pool whose slots are further apart than one slot (vLLM's GDN + conv page): storage[:, :HV]
+    and storage[:, 1:] of a [slots, HV+1, V, K] storage, for decode and decode_tokens; the same
+    outputs and states as the packed pool, bit for bit, and the rest of the storage untouched."""
+    rng = new_rng()
+    n, h, hv, k, v, num_slots = 4, 2, 4, 16, 8, 6
+    problem = Problem(rng, n, h, hv, k, v, num_slots)
+    slots = slots_for(rng, n, num_slots, padding=1)
+    dense_out, dense_pool = cpu_backend(problem, slots)
+    for where in ("after", "before"):
+        storage = rng.standard_normal((num_slots, hv + 1, v, k)).astype(np.float32)
+        view = storage[:, :hv] if where == "after" else storage[:, 1:]
+        view[...] = problem.pool
+        before = storage.copy()
+        out = gdn.decode(problem.q, problem.k, problem.v, problem.a, problem.b, problem.A_log, problem.dt_bias,
+                         view, slots, backend="cpu")
+        assert np.array_equal(out, dense_out) and np.array_equal(view, dense_pool), where
+        gap = storage[:, hv] if where == "after" else storage[:, 0]
+        assert np.array_equal(gap, before[:, hv] if where == "after" else before[:, 0]), f"gap {where} written"
+    # decode_tokens with a snapshot per token into the paged view
+    tokens = 2
+    tp = Problem(rng, n * tokens, h, hv, k, v, 12)
+    snap = np.arange(4, 4 + n * tokens, dtype=np.int64).reshape(n, tokens)
+    start = np.array([0, 1, 2, 3])
+    dense_out, dense_pool = tokens_cpu(tp, (n, tokens), slot_indices=start, token_slots=snap)
+    storage = rng.standard_normal((12, hv + 1, v, k)).astype(np.float32)
+    view = storage[:, 1:]
+    view[...] = tp.pool
+    before = storage[:, 0].copy()
+    out = gdn.decode_tokens(*token_acts(tp, (n, tokens)), tp.A_log, tp.dt_bias, view, slot_indices=start,
+                            token_slots=snap, backend="cpu")
+    assert np.array_equal(out.reshape(dense_out.shape), dense_out) and np.array_equal(view, dense_pool)
+    assert np.array_equal(storage[:, 0], before)
+    # slots closer than one slot apart, or inner dimensions strided: refused before any write
+    overlapping = np.lib.stride_tricks.as_strided(problem.pool.copy(), shape=problem.pool.shape,
+                                                  strides=(problem.pool.strides[1],) + problem.pool.strides[1:])
+    expect_error(ValueError, lambda: gdn.decode(problem.q, problem.k, problem.v, problem.a, problem.b, problem.A_log,
+                                                problem.dt_bias, overlapping, slots, backend="cpu"),
+                 "state_pool", "overlap")
+    strided_rows = np.zeros((num_slots, hv, v, 2 * k), np.float32)[..., ::2]
+    expect_error(ValueError, lambda: gdn.decode(problem.q, problem.k, problem.v, problem.a, problem.b, problem.A_log,
+                                                problem.dt_bias, strided_rows, slots, backend="cpu"),
+                 "state_pool", "contiguous")
+
+
+def test_torch_paged_pool_view():
+    torch = require_torch()
+    rng = new_rng()
+    n, h, hv, k, v, num_slots = 3, 2, 4, 16, 16, 5
+    problem = Problem(rng, n, h, hv, k, v, num_slots)
+    slots = slots_for(rng, n, num_slots, padding=1)
+    dense_out, dense_pool = cpu_backend(problem, slots)
+    storage = torch.randn(num_slots, hv + 1, v, k)
+    view = storage[:, 1:]
+    view.copy_(torch.from_numpy(problem.pool))
+    gap = storage[:, 0].clone()
+    t = [torch.from_numpy(np.ascontiguousarray(x)) for x in (problem.q, problem.k, problem.v, problem.a, problem.b)]
+    out = gdn.decode(*t, torch.from_numpy(problem.A_log), torch.from_numpy(problem.dt_bias), view,
+                     torch.from_numpy(slots), backend="cpu")
+    assert np.array_equal(out.numpy(), dense_out) and np.array_equal(view.numpy(), dense_pool)
+    assert torch.equal(storage[:, 0], gap)
+
+
 def test_token_dimension_of_one():
     rng = new_rng()
     problem = Problem(rng, 3, 2, 4, 16, 16, 3)
@@ -1007,6 +1070,16 @@ def test_compat_vllm_packed_decode():
                                                                    indices, use_qk_l2norm_in_kernel=True)
     assert result[0] is out and result[1] is pool
     assert torch.equal(out[:, 0], expected) and torch.equal(pool, expected_pool)
+    # vLLM's paged view of its hybrid page: [slots, HV+1, V, K] storage, GDN state in the first HV
+    storage = torch.randn(pool.shape[0], pool.shape[1] + 1, *pool.shape[2:])
+    paged = storage[:, :pool.shape[1]]
+    paged.copy_(pool)
+    conv = storage[:, -1].clone()
+    again = expected_pool.clone()
+    expected = gdn.decode(q, k, v, a, b, A_log, dt_bias_bf16.float(), again, indices, qk_l2norm=True)
+    compat.fused_recurrent_gated_delta_rule_packed_decode(mixed, a, b, A_log, dt_bias_bf16, 0.0, paged, out, indices,
+                                                          use_qk_l2norm_in_kernel=True)
+    assert torch.equal(out[:, 0], expected) and torch.equal(paged, again) and torch.equal(storage[:, -1], conv)
 
 
 def test_compat_sglang_fused_sigmoid_gating():
