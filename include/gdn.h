@@ -307,6 +307,21 @@ GDN_API gdn_status gdn_decode(const gdn_decode_params *params);
  * backends. */
 GDN_API gdn_status gdn_decode_backend_for(const gdn_decode_params *params, gdn_backend *backend);
 
+/* ---------------------------------------------------------------------------------------
+ * cpu backend threads
+ *
+ * The cpu backend keeps its worker threads (and their scratch, ~460 KiB each) between calls:
+ * they are started by the first call that wants more than one thread (num_threads, else
+ * GDN_NUM_THREADS, else all cores), grown when a call wants more, and never shrunk. One call at
+ * a time uses them; a call made while another host thread is inside gdn_decode on the cpu
+ * backend starts threads of its own for that call, as it always did. A forked child starts
+ * without them and makes its own. They end when the library is unloaded, or here.
+ * ------------------------------------------------------------------------------------- */
+
+/* Stops and joins the cpu backend's worker threads and frees their scratch (0.4). Call it when
+ * no gdn_decode runs on the cpu backend; the next call that needs threads starts them again. */
+GDN_API void gdn_cpu_release_threads(void);
+
 #ifdef __cplusplus
 }
 #endif

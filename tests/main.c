@@ -67,6 +67,7 @@ int main(int argc, char **argv)
     register_vector_tests();
     register_reliability_tests();
     register_cuda_tests();
+    register_cpu_threads_tests();
     int passed = 0, failed = 0;
     printf("gdn %s tests (cuda backend %s, %d CUDA device(s))\n", gdn_version_string(),
            gdn_backend_built(GDN_BACKEND_CUDA) ? "built" : "not built", gdn_cuda_device_count());

@@ -38,5 +38,6 @@ void register_vector_tests(void);
 void register_numeric_tests(void);
 void register_reliability_tests(void);
 void register_cuda_tests(void);
+void register_cpu_threads_tests(void);
 
 #endif

@@ -3,9 +3,10 @@
  *
  * Work item = one (sequence, value head) pair: its state tile (V x K) is independent of every
  * other, so items are split into contiguous ranges, one per thread, with no synchronisation
- * but the final join. Threads are started per call (no pool, hence no global state); calls
- * too small to repay a thread start run on the caller's thread. The one allocation per call is
- * the threads' scratch, taken before any output is written.
+ * but the final join. The threads and their scratch are the persistent pool of thread_pool.c
+ * (no creation, no allocation per call); a call that finds the pool busy (another host thread
+ * is inside gdn_decode) starts threads of its own and allocates their scratch, before any
+ * output is written. Calls too small to repay a wake-up run on the caller's thread.
  *
  * Per item, the state is read once, carried through the sequence's tokens, and written once
  * (plus once per saved snapshot): row by row in the vk layout, as a whole tile in the kv layout.
@@ -18,9 +19,11 @@
 
 #include "../common/numeric.h"
 #include "../core/backends.h"
+#include "thread_pool.h"
 
-/* Below this many state elements per thread a thread start (~20 us) costs more than it saves. */
-#define MIN_ELEMENTS_PER_THREAD (1 << 18)
+/* Below this many state elements per thread, waking a thread costs more than it saves (a pool
+ * thread wakes in a few microseconds; the 2^18 of the thread-per-call design was for ~20 us). */
+#define MIN_ELEMENTS_PER_THREAD (1 << 16)
 #define MAX_THREADS 256
 
 /* The inputs of one (sequence, value head) for each of its tokens, prepared once. */
@@ -191,6 +194,18 @@ static void *decode_range(void *arg)
     return NULL;
 }
 
+typedef struct pool_job {
+    const gdn_problem *p;
+    int64_t items;
+} pool_job;
+
+static void decode_part(void *ctx, int part, int parts, void *scratch)
+{
+    const pool_job *job = ctx;
+    item_range r = {job->p, job->items * part / parts, job->items * (part + 1) / parts, scratch};
+    decode_range(&r);
+}
+
 static int default_threads(void)
 {
     const char *env = getenv("GDN_NUM_THREADS");
@@ -213,6 +228,9 @@ gdn_status gdn_cpu_decode(const gdn_problem *p)
         threads = items;
     if (threads < 1)
         threads = 1;
+    pool_job job = {p, items};
+    if (gdn_pool_run(decode_part, &job, (int)threads, sizeof(head_inputs)) == 0)
+        return GDN_OK;
     /* Per-thread scratch (~460 KiB each, too much for a caller's stack), taken before any work
      * so that running out of memory leaves every output untouched. */
     head_inputs *scratch = malloc((size_t)threads * sizeof *scratch);
