@@ -373,6 +373,30 @@ static void cuda_one_token_configs(void)
     config_note[0] = '\0';
 }
 
+/* Every instruction-set variant of the cpu backend's inner loops this machine has (GDN_CPU_ISA),
+ * through the whole randomized matrix. */
+static void cpu_every_isa(void)
+{
+    char list[64], chosen[32];
+    snprintf(list, sizeof list, "%s", gdn_cpu_isa_list());
+    snprintf(chosen, sizeof chosen, "%s", gdn_cpu_isa_name());
+    for (char *name = strtok(list, " "); name; name = strtok(NULL, " ")) {
+        if (gdn_cpu_force_isa(name) != 0) {
+            test_note("%s: not on this CPU", name);
+            continue;
+        }
+        snprintf(config_note, sizeof config_note, "isa %s", name);
+        every_combination(GDN_BACKEND_CPU);
+        odd_sizes(GDN_BACKEND_CPU);
+        model_shapes_batch(GDN_BACKEND_CPU);
+        multi_step(GDN_BACKEND_CPU);
+        multi_token(GDN_BACKEND_CPU);
+        paged_pool(GDN_BACKEND_CPU);
+    }
+    config_note[0] = '\0';
+    gdn_cpu_force_isa(chosen);
+}
+
 /* The cpu backend with several threads must give bit-identical results to one thread. */
 static void cpu_threads_agree(void)
 {
@@ -392,6 +416,7 @@ void register_decode_tests(void)
     test_add("decode/cpu_multi_step", cpu_multi_step);
     test_add("decode/cpu_threads", cpu_threads_agree);
     test_add("decode/cpu_multi_token", cpu_multi_token);
+    test_add("decode/cpu_every_isa", cpu_every_isa);
     test_add("decode/snapshots_match_single_steps", snapshots_match_single_steps);
     test_add("decode/cpu_paged_pool", cpu_paged_pool);
     test_add("decode/reference_paged_pool", reference_paged_pool);

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "../src/core/backends.h"
 #include "test.h"
 #include "vectors.h"
 
@@ -28,6 +29,24 @@ static void run_all(gdn_backend backend)
 static void vectors_cpu(void) { run_all(GDN_BACKEND_CPU); }
 static void vectors_reference(void) { run_all(GDN_BACKEND_REFERENCE); }
 
+/* The cpu backend's inner loops exist for several instruction sets (GDN_CPU_ISA): each one this
+ * machine has meets the vectors. */
+static void vectors_cpu_every_isa(void)
+{
+    char list[64], chosen[32];
+    snprintf(list, sizeof list, "%s", gdn_cpu_isa_list());
+    snprintf(chosen, sizeof chosen, "%s", gdn_cpu_isa_name());
+    for (char *name = strtok(list, " "); name; name = strtok(NULL, " ")) {
+        if (gdn_cpu_force_isa(name) != 0) {
+            test_note("%s: not on this CPU", name);
+            continue;
+        }
+        printf("    isa %s\n", name);
+        run_all(GDN_BACKEND_CPU);
+    }
+    gdn_cpu_force_isa(chosen);
+}
+
 static void vectors_cuda(void)
 {
     if (!gdn_backend_built(GDN_BACKEND_CUDA) || gdn_cuda_device_count() == 0) {
@@ -41,5 +60,6 @@ void register_vector_tests(void)
 {
     test_add("vectors/cpu", vectors_cpu);
     test_add("vectors/reference", vectors_reference);
+    test_add("vectors/cpu_every_isa", vectors_cpu_every_isa);
     test_add("vectors/cuda", vectors_cuda);
 }

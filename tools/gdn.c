@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "buffers.h"
+#include "../src/core/backends.h"
 #include "commands.h"
 
 int parse_dtype(const char *name, gdn_dtype *dtype)
@@ -44,6 +45,8 @@ int cmd_info(int argc, char **argv)
     printf("gdn %s (header %d.%d.%d)\n", gdn_version_string(), GDN_VERSION_MAJOR, GDN_VERSION_MINOR,
            GDN_VERSION_PATCH);
     printf("backends built: cpu reference%s\n", gdn_backend_built(GDN_BACKEND_CUDA) ? " cuda" : "");
+    printf("cpu backend instruction set: %s (of: %s; GDN_CPU_ISA chooses)\n", gdn_cpu_isa_name(),
+           gdn_cpu_isa_list());
     int devices = gdn_cuda_device_count();
     if (!gdn_backend_built(GDN_BACKEND_CUDA))
         printf("GPUs: (cuda backend not built)\n");

@@ -23,6 +23,12 @@ gdn_problem gdn_problem_from_params(const gdn_decode_params *p);
 
 /* cpu backend: float32, host threads (src/cpu/decode.c). */
 gdn_status gdn_cpu_decode(const gdn_problem *p);
+/* The instruction set of the cpu backend's inner loops (src/cpu/decode.c): the best the CPU
+ * has, or GDN_CPU_ISA's. gdn_cpu_force_isa switches it process-wide (tests, benchmarks): 0, or
+ * -1 for a name this build or CPU lacks. gdn_cpu_isa_list: the names this build has. */
+const char *gdn_cpu_isa_name(void);
+int gdn_cpu_force_isa(const char *name);
+const char *gdn_cpu_isa_list(void);
 /* reference backend: float64, one thread (src/cpu/decode_reference.c). */
 gdn_status gdn_reference_decode(const gdn_problem *p);
 

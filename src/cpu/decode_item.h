@@ -1,0 +1,32 @@
+/*
+ * The cpu backend's per-item work (one sequence, one value head): its inputs, its math, its
+ * state rows. decode_item_body.h is compiled three times, for the baseline x86-64 (or any
+ * other) target, for AVX2 + FMA and for AVX-512 (decode_item_*.c), and decode.c picks one at
+ * run time from the CPU's features (GDN_CPU_ISA forces one): a distributed library cannot be
+ * built for the machine it will run on.
+ */
+#ifndef GDN_CPU_DECODE_ITEM_H
+#define GDN_CPU_DECODE_ITEM_H
+
+#include <stdint.h>
+
+#include "../common/problem.h"
+
+/* The inputs of one (sequence, value head) for each of its tokens, prepared once. */
+typedef struct head_inputs {
+    float q[GDN_MAX_TOKENS][GDN_MAX_HEAD_DIM], k[GDN_MAX_TOKENS][GDN_MAX_HEAD_DIM];
+    float v[GDN_MAX_TOKENS][GDN_MAX_HEAD_DIM], out[GDN_MAX_TOKENS][GDN_MAX_HEAD_DIM];
+    float decay[GDN_MAX_TOKENS], beta[GDN_MAX_TOKENS], kq[GDN_MAX_TOKENS]; /* exp(g), sigmoid(b), k.q */
+    int64_t snapshot[GDN_MAX_TOKENS]; /* tile offset that receives the state after token t, or -1 */
+    float tile[GDN_MAX_HEAD_DIM * GDN_MAX_HEAD_DIM]; /* kv layout: the K x V tile, widened */
+} head_inputs;
+
+typedef void (*gdn_cpu_item_fn)(const gdn_problem *p, int64_t item, head_inputs *in);
+
+void gdn_cpu_decode_item_baseline(const gdn_problem *p, int64_t item, head_inputs *in);
+#if defined(__x86_64__)
+void gdn_cpu_decode_item_avx2(const gdn_problem *p, int64_t item, head_inputs *in);
+void gdn_cpu_decode_item_avx512(const gdn_problem *p, int64_t item, head_inputs *in);
+#endif
+
+#endif

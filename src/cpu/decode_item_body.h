@@ -1,0 +1,289 @@
+/*
+ * The body of the per-item work (decode_item.h), included by decode_item_*.c, each compiled for
+ * one instruction set; GDN_CPU_ITEM_FN names the function it defines. The inner loops are
+ * unit-stride float loops written for the vectoriser: eight partial sums per dot product (so
+ * that it vectorises without reassociating, no -ffast-math), fused multiply-adds where the
+ * target has them.
+ */
+#include <math.h>
+#include <string.h>
+
+#include "../common/numeric.h"
+#include "decode_item.h"
+
+#if defined(GDN_CPU_AVX512) || defined(GDN_CPU_AVX2)
+#include <immintrin.h>
+#endif
+
+/*
+ * One token, vk rows, written with the target's vectors (the auto-vectorised loops were slower
+ * than the SSE build on AVX2 and AVX-512, measured on an Emerald Rapids VM; bench/NOTES.md):
+ * each row is read once for both dot products (two accumulators per product), reduced, and
+ * written once with s' = decay s + u k. bf16 rows are widened by a shift and narrowed with the
+ * same round-to-nearest-even as gdn_f32_to_bf16 (NaN kept quiet), so every variant stores the
+ * same bits for the same float. Returns 0 when the variant has no such kernel or K does not fit
+ * its vectors; the generic loops then run.
+ */
+#if defined(GDN_CPU_AVX512)
+#define GDN_VEC_W 16
+typedef __m512 vec_f;
+static inline vec_f vload_f32(const float *p) { return _mm512_loadu_ps(p); }
+static inline void vstore_f32(float *p, vec_f x) { _mm512_storeu_ps(p, x); }
+static inline vec_f vload_bf16(const uint16_t *p)
+{
+    return _mm512_castsi512_ps(
+        _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
+}
+static inline void vstore_bf16(uint16_t *p, vec_f x)
+{
+    const __m512i u = _mm512_castps_si512(x);
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    const __m512i rounded =
+        _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)), lsb), 16);
+    const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)),
+                                                  _mm512_set1_epi32(0x7f800000));
+    const __m512i quiet = _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
+    _mm256_storeu_si256((__m256i *)p, _mm512_cvtepi32_epi16(_mm512_mask_blend_epi32(nan, rounded, quiet)));
+}
+static inline vec_f vfma(vec_f a, vec_f b, vec_f c) { return _mm512_fmadd_ps(a, b, c); }
+static inline vec_f vmul(vec_f a, vec_f b) { return _mm512_mul_ps(a, b); }
+static inline vec_f vset1(float x) { return _mm512_set1_ps(x); }
+static inline vec_f vzero(void) { return _mm512_setzero_ps(); }
+static inline float vsum(vec_f x) { return _mm512_reduce_add_ps(x); }
+#elif defined(GDN_CPU_AVX2)
+#define GDN_VEC_W 8
+typedef __m256 vec_f;
+static inline vec_f vload_f32(const float *p) { return _mm256_loadu_ps(p); }
+static inline void vstore_f32(float *p, vec_f x) { _mm256_storeu_ps(p, x); }
+static inline vec_f vload_bf16(const uint16_t *p)
+{
+    return _mm256_castsi256_ps(
+        _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
+}
+static inline void vstore_bf16(uint16_t *p, vec_f x)
+{
+    const __m256i u = _mm256_castps_si256(x);
+    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+    const __m256i rounded =
+        _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)), lsb), 16);
+    /* NaN: |u| > 0x7f800000, as signed compares of non-negative values */
+    const __m256i nan =
+        _mm256_cmpgt_epi32(_mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff)), _mm256_set1_epi32(0x7f800000));
+    const __m256i quiet = _mm256_or_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x40));
+    const __m256i h = _mm256_blendv_epi8(rounded, quiet, nan);
+    /* 8 x 32-bit -> 8 x 16-bit: values are < 2^16, so an unsigned saturating pack is exact */
+    const __m128i packed = _mm_packus_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+    _mm_storeu_si128((__m128i *)p, packed);
+}
+static inline vec_f vfma(vec_f a, vec_f b, vec_f c) { return _mm256_fmadd_ps(a, b, c); }
+static inline vec_f vmul(vec_f a, vec_f b) { return _mm256_mul_ps(a, b); }
+static inline vec_f vset1(float x) { return _mm256_set1_ps(x); }
+static inline vec_f vzero(void) { return _mm256_setzero_ps(); }
+static inline float vsum(vec_f x)
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+#endif
+
+#if defined(GDN_VEC_W)
+/* Rows of one token; ST is float or uint16_t (bf16). */
+#define GDN_ROWS_ONE_TOKEN(NAME, ST, LOAD, STORE)                                                            \
+    static void NAME(const gdn_problem *p, int64_t src, int64_t dst, const float *restrict k,                \
+                     const float *restrict q, const float *restrict v, float decay, float beta, float kq,    \
+                     float *restrict out)                                                                    \
+    {                                                                                                        \
+        const int64_t K = p->head_dim_k;                                                                     \
+        ST *pool = p->state_pool;                                                                            \
+        const vec_f vdecay = vset1(decay);                                                                   \
+        for (int64_t j = 0; j < p->head_dim_v; j++) {                                                        \
+            const ST *from = pool + src + j * K;                                                             \
+            vec_f k0 = vzero(), k1 = vzero(), q0 = vzero(), q1 = vzero();                                    \
+            for (int64_t i = 0; i < K; i += 2 * GDN_VEC_W) {                                                 \
+                const vec_f x0 = LOAD(from + i), x1 = LOAD(from + i + GDN_VEC_W);                            \
+                k0 = vfma(x0, vload_f32(k + i), k0), k1 = vfma(x1, vload_f32(k + i + GDN_VEC_W), k1);        \
+                q0 = vfma(x0, vload_f32(q + i), q0), q1 = vfma(x1, vload_f32(q + i + GDN_VEC_W), q1);        \
+            }                                                                                                \
+            const float sk = vsum(k0) + vsum(k1), sq = vsum(q0) + vsum(q1);                                  \
+            const float u = beta * (v[j] - decay * sk);                                                      \
+            out[j] = decay * sq + u * kq;                                                                    \
+            if (dst < 0)                                                                                     \
+                continue;                                                                                    \
+            ST *to = pool + dst + j * K;                                                                     \
+            const vec_f vu = vset1(u);                                                                       \
+            for (int64_t i = 0; i < K; i += GDN_VEC_W)                                                       \
+                STORE(to + i, vfma(vu, vload_f32(k + i), vmul(vdecay, LOAD(from + i))));                     \
+        }                                                                                                    \
+    }
+GDN_ROWS_ONE_TOKEN(rows_one_token_f32, float, vload_f32, vstore_f32)
+GDN_ROWS_ONE_TOKEN(rows_one_token_bf16, uint16_t, vload_bf16, vstore_bf16)
+#undef GDN_ROWS_ONE_TOKEN
+#endif
+
+static int rows_one_token_vectors(const gdn_problem *p, int64_t src, int64_t dst, head_inputs *in)
+{
+#if defined(GDN_VEC_W)
+    if (p->head_dim_k % (2 * GDN_VEC_W) != 0)
+        return 0;
+    if (p->state_dtype == GDN_DTYPE_F32)
+        rows_one_token_f32(p, src, dst, in->k[0], in->q[0], in->v[0], in->decay[0], in->beta[0], in->kq[0],
+                           in->out[0]);
+    else
+        rows_one_token_bf16(p, src, dst, in->k[0], in->q[0], in->v[0], in->decay[0], in->beta[0], in->kq[0],
+                            in->out[0]);
+    return 1;
+#else
+    (void)p, (void)src, (void)dst, (void)in;
+    return 0;
+#endif
+}
+
+/* Eight partial sums so the compiler vectorises without reassociating (no -ffast-math). */
+static float dot(const float *restrict x, const float *restrict y, int64_t n)
+{
+    float part[8] = {0};
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int l = 0; l < 8; l++)
+            part[l] += x[i + l] * y[i + l];
+    float s = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+    for (; i < n; i++)
+        s += x[i] * y[i];
+    return s;
+}
+
+static void l2_normalise(float *x, int64_t n)
+{
+    float inv = 1.0f / sqrtf(dot(x, x, n) + GDN_L2NORM_EPS);
+    for (int64_t i = 0; i < n; i++)
+        x[i] *= inv;
+}
+
+static void load_token_inputs(const gdn_problem *p, int64_t row, int64_t hv, int t, head_inputs *in)
+{
+    int64_t K = p->head_dim_k, V = p->head_dim_v, h = gdn_qk_head(p, hv);
+    gdn_load_row_f32(p->q, p->act_dtype, row * p->q_stride + h * K, K, in->q[t]);
+    gdn_load_row_f32(p->k, p->act_dtype, row * p->k_stride + h * K, K, in->k[t]);
+    gdn_load_row_f32(p->v, p->act_dtype, row * p->v_stride + hv * V, V, in->v[t]);
+    if (p->qk_l2norm) {
+        l2_normalise(in->q[t], K);
+        l2_normalise(in->k[t], K);
+    }
+    for (int64_t i = 0; i < K; i++)
+        in->q[t][i] *= p->scale;
+    float a = (float)gdn_load_f64(p->a, p->act_dtype, row * p->a_stride + hv);
+    float b = (float)gdn_load_f64(p->b, p->act_dtype, row * p->b_stride + hv);
+    in->decay[t] = expf(gdn_gate_log(p->A_log[hv], a, p->dt_bias[hv]));
+    in->beta[t] = gdn_sigmoid(b);
+    in->kq[t] = dot(in->k[t], in->q[t], K);
+}
+
+/*
+ * vk layout: row j of the V x K tile is contiguous. Rows are independent given the per-token
+ * inputs, so each row is read once, taken through every token in registers/L1, and written once
+ * (plus once per saved snapshot). Both dot products a token needs come from the row before that
+ * token's update: o = S' q = exp(g) (S q) + u (k . q).
+ */
+static void store_row_vk(const gdn_problem *p, int64_t tile, int64_t j, const float *row)
+{
+    gdn_store_row_f32(p->state_pool, p->state_dtype, tile + j * p->head_dim_k, p->head_dim_k, row);
+}
+
+static void update_rows_vk(const gdn_problem *p, int64_t tokens, int64_t src, int64_t dst, head_inputs *in)
+{
+    int64_t K = p->head_dim_k;
+    float row[GDN_MAX_HEAD_DIM];
+    if (tokens == 1 && in->snapshot[0] < 0 && rows_one_token_vectors(p, src, dst, in))
+        return;
+
+    for (int64_t j = 0; j < p->head_dim_v; j++) {
+        gdn_load_row_f32(p->state_pool, p->state_dtype, src + j * K, K, row);
+        for (int64_t t = 0; t < tokens; t++) {
+            float sk = dot(row, in->k[t], K), sq = dot(row, in->q[t], K);
+            float u = in->beta[t] * (in->v[t][j] - in->decay[t] * sk);
+            in->out[t][j] = in->decay[t] * sq + u * in->kq[t];
+            for (int64_t i = 0; i < K; i++)
+                row[i] = in->decay[t] * row[i] + u * in->k[t][i];
+            if (in->snapshot[t] >= 0)
+                store_row_vk(p, in->snapshot[t], j, row);
+        }
+        if (dst >= 0)
+            store_row_vk(p, dst, j, row);
+    }
+}
+
+/*
+ * kv layout: the tile is K rows of V contiguous values. Working in that order keeps every inner
+ * loop unit-stride (a row-major walk of a [K][V] tile for the vk algorithm would gather columns):
+ * per token, S^T k and S^T q accumulate row by row, then every row is updated with the same
+ * u vector. The widened tile (at most 256 KiB) stays in cache across the token's two passes; the
+ * pool is read once and written once (plus once per saved snapshot), as in the vk path.
+ */
+static void store_tile_kv(const gdn_problem *p, int64_t tile_at, const float *tile)
+{
+    int64_t K = p->head_dim_k, V = p->head_dim_v;
+    for (int64_t i = 0; i < K; i++)
+        gdn_store_row_f32(p->state_pool, p->state_dtype, tile_at + i * V, V, tile + i * V);
+}
+
+static void update_tile_kv(const gdn_problem *p, int64_t tokens, int64_t src, int64_t dst, head_inputs *in)
+{
+    int64_t K = p->head_dim_k, V = p->head_dim_v;
+    float *tile = in->tile, sk[GDN_MAX_HEAD_DIM], sq[GDN_MAX_HEAD_DIM], u[GDN_MAX_HEAD_DIM];
+    for (int64_t i = 0; i < K; i++)
+        gdn_load_row_f32(p->state_pool, p->state_dtype, src + i * V, V, tile + i * V);
+    for (int64_t t = 0; t < tokens; t++) {
+        const float decay = in->decay[t], beta = in->beta[t], kq = in->kq[t];
+        for (int64_t j = 0; j < V; j++)
+            sk[j] = sq[j] = 0.0f;
+        for (int64_t i = 0; i < K; i++) {
+            const float ki = in->k[t][i], qi = in->q[t][i], *row = tile + i * V;
+            for (int64_t j = 0; j < V; j++) {
+                sk[j] += ki * row[j];
+                sq[j] += qi * row[j];
+            }
+        }
+        for (int64_t j = 0; j < V; j++) {
+            u[j] = beta * (in->v[t][j] - decay * sk[j]);
+            in->out[t][j] = decay * sq[j] + u[j] * kq;
+        }
+        for (int64_t i = 0; i < K; i++) {
+            const float ki = in->k[t][i];
+            float *row = tile + i * V;
+            for (int64_t j = 0; j < V; j++)
+                row[j] = decay * row[j] + ki * u[j];
+        }
+        if (in->snapshot[t] >= 0)
+            store_tile_kv(p, in->snapshot[t], tile);
+    }
+    if (dst >= 0)
+        store_tile_kv(p, dst, tile);
+}
+
+void GDN_CPU_ITEM_FN(const gdn_problem *p, int64_t item, head_inputs *in)
+{
+    int64_t n = item / p->num_v_heads, hv = item % p->num_v_heads, V = p->head_dim_v;
+    int64_t first = gdn_first_token_row(p, n), tokens = gdn_seq_tokens(p, n);
+    int64_t read = gdn_read_slot(p, n);
+    if (tokens <= 0) /* a sequence without tokens this step: nothing to compute or move */
+        return;
+    if (read < 0) {
+        memset(in->out, 0, sizeof in->out);
+    } else {
+        int64_t write = gdn_write_slot(p, n);
+        for (int64_t t = 0; t < tokens; t++) {
+            load_token_inputs(p, first + t, hv, (int)t, in);
+            int64_t snap = p->token_slots ? gdn_token_slot(p, n, t) : -1;
+            in->snapshot[t] = snap < 0 ? -1 : gdn_tile_offset(p, snap, hv);
+        }
+        int64_t src = gdn_tile_offset(p, read, hv), dst = write < 0 ? -1 : gdn_tile_offset(p, write, hv);
+        if (p->state_layout == GDN_LAYOUT_KV)
+            update_tile_kv(p, tokens, src, dst, in);
+        else
+            update_rows_vk(p, tokens, src, dst, in);
+    }
+    for (int64_t t = 0; t < tokens; t++)
+        gdn_store_row_f32(p->out, p->act_dtype, (first + t) * p->out_stride + hv * V, V, in->out[t]);
+}
