@@ -22,9 +22,10 @@
 #include "decode_item.h"
 #include "thread_pool.h"
 
-/* Below this many state elements per thread, waking a thread costs more than it saves (a pool
- * thread wakes in a few microseconds; the 2^18 of the thread-per-call design was for ~20 us). */
-#define MIN_ELEMENTS_PER_THREAD (1 << 16)
+/* Below this many state elements per thread, waking a thread costs more than it saves: with
+ * 2^16 (a guess for the pool) contest N=1 fell from 15.5 to 9.5 GB/s on the 2-core VM
+ * (bench/results/cpu-isa-2026-12-02-057b47b.csv), so the thread-per-call threshold stays. */
+#define MIN_ELEMENTS_PER_THREAD (1 << 18)
 #define MAX_THREADS 256
 
 /* ---- the per-item function for this CPU -------------------------------------------------- */
