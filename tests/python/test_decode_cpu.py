@@ -1286,7 +1286,11 @@ def test_compat_vllm_speculative_decoding():
     reads = table[torch.arange(n), accepted.long() - 1]
     expected = gdn.decode(*one, gate["A_log"], gate["dt_bias"], pool2, reads,
                           write_slot_indices=table[:, 0].contiguous())
-    assert torch.equal(o1[:, 0], expected) and torch.equal(pool1, pool2)
+    # the two calls run different cpu kernels (token slots take the multi-token loops, plain decode
+    # the vector rows of the CPU's instruction set), so the bits may differ by rounding; a wrong
+    # slot would differ by O(1)
+    assert_close("one token: compat out vs gdn.decode", o1[:, 0].numpy(), expected.numpy(), 1e-6)
+    assert_close("one token: compat pool vs gdn.decode", pool1.numpy(), pool2.numpy(), 1e-6)
 
 
 def test_compat_sglang_multi_token():

@@ -1,0 +1,127 @@
+/*
+ * Times llama.cpp's ggml_gated_delta_net (ggml CPU backend) on the decode step gdn's
+ * `gdn bench --backend cpu` times, and a memcpy of the same state bytes on the same threads.
+ *   ggml_gdn_bench H HV N THREADS REPS      prints CSV rows: shape-less, the caller labels them
+ *   N,impl,median_us,gbps    impl: ggml | memcpy
+ * What ggml's call includes: q and k taken as given (llama.cpp l2-normalises them in separate
+ * ops), g (log decay) and beta precomputed (separate ops in llama.cpp), one token per sequence,
+ * the state read from one tensor and the new state written into the op's output (out of place;
+ * llama.cpp copies it back into its cache with another op). Built by build.sh, not committed.
+ */
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "ggml-cpu.h"
+#include "ggml.h"
+
+static double now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e6 + ts.tv_nsec * 1e-3;
+}
+
+static int cmp(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double median(double *x, int n)
+{
+    qsort(x, (size_t)n, sizeof *x, cmp);
+    return n % 2 ? x[n / 2] : 0.5 * (x[n / 2 - 1] + x[n / 2]);
+}
+
+static uint64_t rng_state = 88172645463325252ull;
+static float uniform(void) /* in [-1, 1), never all zero */
+{
+    rng_state ^= rng_state << 13, rng_state ^= rng_state >> 7, rng_state ^= rng_state << 17;
+    return (float)((double)(rng_state >> 11) / 9007199254740992.0 * 2.0 - 1.0);
+}
+
+static void fill(struct ggml_tensor *t, float scale, float offset)
+{
+    float *x = t->data;
+    for (int64_t i = 0; i < ggml_nelements(t); i++)
+        x[i] = offset + scale * uniform();
+}
+
+typedef struct copy_part {
+    char *dst;
+    const char *src;
+    size_t bytes;
+} copy_part;
+
+static void *copy_run(void *arg)
+{
+    copy_part *c = arg;
+    memcpy(c->dst, c->src, c->bytes);
+    return NULL;
+}
+
+/* memcpy of `bytes` split over `threads` threads (the caller's included). */
+static void copy_threads(char *dst, const char *src, size_t bytes, int threads)
+{
+    pthread_t tid[64];
+    copy_part parts[64];
+    for (int t = 0; t < threads; t++)
+        parts[t] = (copy_part){dst + bytes * t / threads, src + bytes * t / threads,
+                               bytes * (t + 1) / threads - bytes * t / threads};
+    for (int t = 1; t < threads; t++)
+        pthread_create(&tid[t], NULL, copy_run, &parts[t]);
+    copy_run(&parts[0]);
+    for (int t = 1; t < threads; t++)
+        pthread_join(tid[t], NULL);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc != 6)
+        return fprintf(stderr, "usage: ggml_gdn_bench H HV N THREADS REPS\n"), 2;
+    const int64_t H = atoll(argv[1]), HV = atoll(argv[2]), N = atoll(argv[3]), S = 128;
+    const int threads = atoi(argv[4]), reps = atoi(argv[5]);
+    const size_t state_bytes = (size_t)(S * S * HV * N) * sizeof(float);
+    const size_t mem = 2 * state_bytes + (size_t)(N * (2 * H + 2 * HV + 3) * S) * sizeof(float) + (64u << 20);
+    struct ggml_init_params ip = {mem, NULL, false};
+    struct ggml_context *ctx = ggml_init(ip);
+    if (!ctx)
+        return fprintf(stderr, "ggml_init(%zu bytes) failed\n", mem), 1;
+    struct ggml_tensor *q = ggml_new_tensor_4d(ctx, GGML_TYPE_F32, S, H, 1, N);
+    struct ggml_tensor *k = ggml_new_tensor_4d(ctx, GGML_TYPE_F32, S, H, 1, N);
+    struct ggml_tensor *v = ggml_new_tensor_4d(ctx, GGML_TYPE_F32, S, HV, 1, N);
+    struct ggml_tensor *g = ggml_new_tensor_4d(ctx, GGML_TYPE_F32, 1, HV, 1, N);
+    struct ggml_tensor *beta = ggml_new_tensor_4d(ctx, GGML_TYPE_F32, 1, HV, 1, N);
+    struct ggml_tensor *state = ggml_new_tensor_4d(ctx, GGML_TYPE_F32, S, S, HV, N);
+    fill(q, 0.088f, 0.0f), fill(k, 0.088f, 0.0f), fill(v, 1.0f, 0.0f);
+    fill(g, 0.05f, -0.1f), fill(beta, 0.4f, 0.5f), fill(state, 0.05f, 0.0f);
+    struct ggml_tensor *out = ggml_gated_delta_net(ctx, q, k, v, g, beta, state, 1);
+    struct ggml_cgraph *gf = ggml_new_graph(ctx);
+    ggml_build_forward_expand(gf, out);
+    double *t = malloc((size_t)reps * sizeof *t);
+    ggml_graph_compute_with_ctx(ctx, gf, threads); /* warm-up */
+    for (int r = 0; r < reps; r++) {
+        double t0 = now_us();
+        ggml_graph_compute_with_ctx(ctx, gf, threads);
+        t[r] = now_us() - t0;
+    }
+    const double us = median(t, reps);
+    printf("%lld,ggml,%.3f,%.1f\n", (long long)N, us, 2.0 * state_bytes / (us * 1e3));
+    char *a = malloc(state_bytes), *b = malloc(state_bytes);
+    memset(a, 1, state_bytes), memset(b, 2, state_bytes);
+    copy_threads(b, a, state_bytes, threads);
+    for (int r = 0; r < reps; r++) {
+        double t0 = now_us();
+        copy_threads(b, a, state_bytes, threads);
+        t[r] = now_us() - t0;
+    }
+    const double cu = median(t, reps);
+    printf("%lld,memcpy,%.3f,%.1f\n", (long long)N, cu, 2.0 * state_bytes / (cu * 1e3));
+    free(a), free(b), free(t);
+    ggml_free(ctx);
+    return 0;
+}
