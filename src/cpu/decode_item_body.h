@@ -122,11 +122,52 @@ GDN_ROWS_ONE_TOKEN(rows_one_token_bf16, uint16_t, vload_bf16, vstore_bf16)
 #undef GDN_ROWS_ONE_TOKEN
 #endif
 
+#if defined(GDN_CPU_AVX512)
+/* K = 128, bf16, AVX-512: a row is 8 vectors, widened once and kept in registers for both dot
+ * products and the update (the generic vector rows widen it twice). */
+static void rows_one_token_bf16_k128(const gdn_problem *p, int64_t src, int64_t dst, const float *restrict k,
+                                     const float *restrict q, const float *restrict v, float decay,
+                                     float beta, float kq, float *restrict out)
+{
+    enum { W = 16, R = 128 / W };
+    uint16_t *pool = p->state_pool;
+    vec_f kk[R], qq[R];
+    for (int c = 0; c < R; c++)
+        kk[c] = vload_f32(k + c * W), qq[c] = vload_f32(q + c * W);
+    const vec_f vdecay = vset1(decay);
+    for (int64_t j = 0; j < p->head_dim_v; j++) {
+        const uint16_t *from = pool + src + j * 128;
+        vec_f x[R], sk0 = vzero(), sk1 = vzero(), sq0 = vzero(), sq1 = vzero();
+        for (int c = 0; c < R; c += 2) {
+            x[c] = vload_bf16(from + c * W), x[c + 1] = vload_bf16(from + (c + 1) * W);
+            sk0 = vfma(x[c], kk[c], sk0), sk1 = vfma(x[c + 1], kk[c + 1], sk1);
+            sq0 = vfma(x[c], qq[c], sq0), sq1 = vfma(x[c + 1], qq[c + 1], sq1);
+        }
+        const float sk = vsum(sk0) + vsum(sk1), sq = vsum(sq0) + vsum(sq1);
+        const float u = beta * (v[j] - decay * sk);
+        out[j] = decay * sq + u * kq;
+        if (dst < 0)
+            continue;
+        uint16_t *to = pool + dst + j * 128;
+        const vec_f vu = vset1(u);
+        for (int c = 0; c < R; c++)
+            vstore_bf16(to + c * W, vfma(vu, kk[c], vmul(vdecay, x[c])));
+    }
+}
+#endif
+
 static int rows_one_token_vectors(const gdn_problem *p, int64_t src, int64_t dst, head_inputs *in)
 {
 #if defined(GDN_VEC_W)
     if (p->head_dim_k % (2 * GDN_VEC_W) != 0)
         return 0;
+#if defined(GDN_CPU_AVX512)
+    if (p->head_dim_k == 128 && p->state_dtype == GDN_DTYPE_BF16) {
+        rows_one_token_bf16_k128(p, src, dst, in->k[0], in->q[0], in->v[0], in->decay[0], in->beta[0],
+                                 in->kq[0], in->out[0]);
+        return 1;
+    }
+#endif
     if (p->state_dtype == GDN_DTYPE_F32)
         rows_one_token_f32(p, src, dst, in->k[0], in->q[0], in->v[0], in->decay[0], in->beta[0], in->kq[0],
                            in->out[0]);
