@@ -10,21 +10,9 @@ cd "$(dirname "$0")/.."
 out=$1 base=${2:-}
 mkdir -p "$out"
 commit=${GDN_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
-device=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -1)
-header="# device: ${device:-unknown}; date: $(date -u +%Y-%m-%dT%H:%MZ); commit: $commit"
+. tests/gpu/steps.sh # (the script has cd to the repository root)
 export GDN_VECTORS=${GDN_VECTORS:-$(tests/vectors/ensure.sh 2>/dev/null)}
 sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
-status=0
-step() { # name, seconds, command...
-    local name=$1 limit=$2 start=$SECONDS
-    shift 2
-    { echo "$header"; echo "# command: $*"; } >"$out/$name.log"
-    timeout "$limit" "$@" >>"$out/$name.log" 2>&1
-    local rc=$?
-    echo "# exit status: $rc after $((SECONDS - start)) s" >>"$out/$name.log"
-    echo "== $name: exit $rc, $((SECONDS - start)) s: $(grep -v '^#' "$out/$name.log" | tail -1)"
-    [ "$rc" -eq 0 ] || status=1
-}
 
 step info 20 build/gdn info
 step tests-configs 240 build/test_gdn decode/cuda_one_token_configs decode/cuda_all vectors/cuda

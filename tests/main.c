@@ -5,6 +5,7 @@
 #include <time.h>
 
 #include "gdn.h"
+#include "../src/core/backends.h"
 #include "test.h"
 
 #define MAX_TESTS 512
@@ -57,6 +58,21 @@ static int selected(const char *name, int argc, char **argv)
             wanted = 1;
     }
     return wanted;
+}
+
+void test_each_cpu_isa(void (*body)(const char *isa))
+{
+    char list[64], chosen[32];
+    snprintf(list, sizeof list, "%s", gdn_cpu_isa_list());
+    snprintf(chosen, sizeof chosen, "%s", gdn_cpu_isa_name());
+    for (char *name = strtok(list, " "); name; name = strtok(NULL, " ")) {
+        if (gdn_cpu_force_isa(name) != 0) {
+            test_note("%s: not on this CPU", name);
+            continue;
+        }
+        body(name);
+    }
+    gdn_cpu_force_isa(chosen);
 }
 
 int main(int argc, char **argv)

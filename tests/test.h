@@ -32,6 +32,10 @@ void test_note(const char *fmt, ...);
         }                                                                                                    \
     } while (0)
 
+/* Runs body once for every instruction-set variant of the cpu backend this machine has (the
+ * others are noted), then restores the variant that was in use. */
+void test_each_cpu_isa(void (*body)(const char *isa));
+
 void register_validation_tests(void);
 void register_decode_tests(void);
 void register_vector_tests(void);

@@ -131,6 +131,20 @@ static void multi_token(gdn_backend backend)
 
 static void cpu_multi_token(void) { multi_token(GDN_BACKEND_CPU); }
 
+/* Fresh inputs for a hand-built f32 call: q, k [rows, H, K], v [rows, HV, V], a, b [rows, HV] from
+ * N(0, 1), gate parameters of trained-model size. */
+static void random_f32_inputs(rng *g, int64_t rows, int64_t H, int64_t HV, int64_t K, int64_t V, float *q,
+                              float *k, float *v, float *a, float *b, float *A_log, float *dt_bias)
+{
+    float *all[] = {q, k, v, a, b};
+    const int64_t sizes[] = {rows * H * K, rows * H * K, rows * HV * V, rows * HV, rows * HV};
+    for (int x = 0; x < 5; x++)
+        for (int64_t i = 0; i < sizes[x]; i++)
+            all[x][i] = (float)rng_normal(g);
+    for (int64_t i = 0; i < HV; i++)
+        A_log[i] = (float)(0.5 * rng_uniform(g)), dt_bias[i] = (float)(-2.0 * rng_uniform(g));
+}
+
 /* The defining property of snapshots: the state saved after token t of a T-token call equals
  * the state after t+1 one-token calls, and so do the outputs. */
 static void snapshots_match_single_steps(void)
@@ -140,13 +154,7 @@ static void snapshots_match_single_steps(void)
     static float A_log[HV], dt_bias[HV], pool[SLOTS * HV * V * K], out_multi[N * T * HV * V];
     static float pool_single[SLOTS * HV * V * K], out_single[N * HV * V];
     rng g = {seed++};
-    float *all[] = {q, k, v, a, b};
-    size_t sizes[] = {N * T * H * K, N * T * H * K, N * T * HV * V, N * T * HV, N * T * HV};
-    for (int x = 0; x < 5; x++)
-        for (size_t i = 0; i < sizes[x]; i++)
-            all[x][i] = (float)rng_normal(&g);
-    for (int i = 0; i < HV; i++)
-        A_log[i] = (float)(0.5 * rng_uniform(&g)), dt_bias[i] = (float)(-2.0 * rng_uniform(&g));
+    random_f32_inputs(&g, N * T, H, HV, K, V, q, k, v, a, b, A_log, dt_bias);
     for (size_t i = 0; i < sizeof pool / sizeof pool[0]; i++)
         pool[i] = (float)(0.05 * rng_normal(&g));
     memcpy(pool_single, pool, sizeof pool);
@@ -223,13 +231,7 @@ static void paged_pool_matches_packed(void)
     static float packed[SLOTS * TILE], paged[SLOTS * (TILE + GAP)], out_packed[N * HV * V],
         out_paged[N * HV * V];
     rng g = {seed++};
-    float *all[] = {q, k, v, a, b};
-    size_t sizes[] = {N * H * K, N * H * K, N * HV * V, N * HV, N * HV};
-    for (int x = 0; x < 5; x++)
-        for (size_t i = 0; i < sizes[x]; i++)
-            all[x][i] = (float)rng_normal(&g);
-    for (int i = 0; i < HV; i++)
-        A_log[i] = (float)(0.5 * rng_uniform(&g)), dt_bias[i] = (float)(-2.0 * rng_uniform(&g));
+    random_f32_inputs(&g, N, H, HV, K, V, q, k, v, a, b, A_log, dt_bias);
     for (size_t i = 0; i < sizeof paged / sizeof paged[0]; i++)
         paged[i] = (float)(0.05 * rng_normal(&g));
     for (int s = 0; s < SLOTS; s++) /* the view starts GAP elements in: storage[:, 1:]-like */
@@ -279,13 +281,7 @@ static void cpu_paged_pool_over_2g_elements(void)
     static float q[N * H * K], k[N * H * K], v[N * HV * V], a[N * HV], b[N * HV], A_log[HV], dt_bias[HV];
     static float small[4 * TILE], out_big[N * HV * V], out_small[N * HV * V];
     rng g = {seed++};
-    float *all[] = {q, k, v, a, b};
-    size_t sizes[] = {N * H * K, N * H * K, N * HV * V, N * HV, N * HV};
-    for (int x = 0; x < 5; x++)
-        for (size_t i = 0; i < sizes[x]; i++)
-            all[x][i] = (float)rng_normal(&g);
-    for (int i = 0; i < HV; i++)
-        A_log[i] = (float)(0.5 * rng_uniform(&g)), dt_bias[i] = (float)(-2.0 * rng_uniform(&g));
+    random_f32_inputs(&g, N, H, HV, K, V, q, k, v, a, b, A_log, dt_bias);
     /* big slots 3973, 2, 3999 (read) and 3998 (a write target) <-> small slots 0, 1, 2, 3 */
     const int64_t big_slot[4] = {3973, 2, 3999, 3998};
     for (int s = 0; s < 4; s++)
@@ -375,27 +371,19 @@ static void cuda_one_token_configs(void)
 
 /* Every instruction-set variant of the cpu backend's inner loops this machine has (GDN_CPU_ISA),
  * through the whole randomized matrix. */
-static void cpu_every_isa(void)
+static void matrix_on_isa(const char *isa)
 {
-    char list[64], chosen[32];
-    snprintf(list, sizeof list, "%s", gdn_cpu_isa_list());
-    snprintf(chosen, sizeof chosen, "%s", gdn_cpu_isa_name());
-    for (char *name = strtok(list, " "); name; name = strtok(NULL, " ")) {
-        if (gdn_cpu_force_isa(name) != 0) {
-            test_note("%s: not on this CPU", name);
-            continue;
-        }
-        snprintf(config_note, sizeof config_note, "isa %s", name);
-        every_combination(GDN_BACKEND_CPU);
-        odd_sizes(GDN_BACKEND_CPU);
-        model_shapes_batch(GDN_BACKEND_CPU);
-        multi_step(GDN_BACKEND_CPU);
-        multi_token(GDN_BACKEND_CPU);
-        paged_pool(GDN_BACKEND_CPU);
-    }
+    snprintf(config_note, sizeof config_note, "isa %s", isa);
+    every_combination(GDN_BACKEND_CPU);
+    odd_sizes(GDN_BACKEND_CPU);
+    model_shapes_batch(GDN_BACKEND_CPU);
+    multi_step(GDN_BACKEND_CPU);
+    multi_token(GDN_BACKEND_CPU);
+    paged_pool(GDN_BACKEND_CPU);
     config_note[0] = '\0';
-    gdn_cpu_force_isa(chosen);
 }
+
+static void cpu_every_isa(void) { test_each_cpu_isa(matrix_on_isa); }
 
 /* The cpu backend with several threads must give bit-identical results to one thread. */
 static void cpu_threads_agree(void)

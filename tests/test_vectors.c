@@ -4,7 +4,6 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "../src/core/backends.h"
 #include "test.h"
 #include "vectors.h"
 
@@ -31,21 +30,13 @@ static void vectors_reference(void) { run_all(GDN_BACKEND_REFERENCE); }
 
 /* The cpu backend's inner loops exist for several instruction sets (GDN_CPU_ISA): each one this
  * machine has meets the vectors. */
-static void vectors_cpu_every_isa(void)
+static void vectors_on_isa(const char *isa)
 {
-    char list[64], chosen[32];
-    snprintf(list, sizeof list, "%s", gdn_cpu_isa_list());
-    snprintf(chosen, sizeof chosen, "%s", gdn_cpu_isa_name());
-    for (char *name = strtok(list, " "); name; name = strtok(NULL, " ")) {
-        if (gdn_cpu_force_isa(name) != 0) {
-            test_note("%s: not on this CPU", name);
-            continue;
-        }
-        printf("    isa %s\n", name);
-        run_all(GDN_BACKEND_CPU);
-    }
-    gdn_cpu_force_isa(chosen);
+    printf("    isa %s\n", isa);
+    run_all(GDN_BACKEND_CPU);
 }
+
+static void vectors_cpu_every_isa(void) { test_each_cpu_isa(vectors_on_isa); }
 
 static void vectors_cuda(void)
 {

@@ -16,8 +16,8 @@ flush; bench/pdl_layers.cu measures the case of a PDL-aware producer.
 writes DIR/layers-h200.csv: shape,state_dtype,N,layers,impl,us_per_layer
 """
 import argparse
+import collections
 import os
-import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -29,6 +29,8 @@ torch = None
 def run(args):
     global torch
     torch = pb.load_torch()
+    if args.layers < pb.MIN_CALLS:
+        raise SystemExit(f"--layers must be at least {pb.MIN_CALLS} (one graph holds whole layer passes)")
     loaded, missing = pb.load_peers(args.lib, ["gdn", "flashinfer"])
     for impl, why in missing.items():
         print(f"{impl}: NOT AVAILABLE: {why}", flush=True)
@@ -78,8 +80,8 @@ def run(args):
                             L = layers[i]
                             pb.flashinfer_call(loaded["flashinfer"], act, L["pool"], L["slots32"], L["out"])
 
-                    try:
-                        us = time_layers(layer_step, args.layers, args.reps)
+                    try:  # peer_bench's graph timing: one graph of all layers, time per call = per layer
+                        us, _ = pb.time_calls(layer_step, args.layers, args.reps, collections.deque())
                     except Exception as e:  # a peer that fails says why, the rest goes on
                         print(f"{shape_name} {state} N={n} {impl}: failed: {type(e).__name__}: {str(e)[:300]}",
                               flush=True)
@@ -90,31 +92,6 @@ def run(args):
                 del layers
                 torch.cuda.empty_cache()
     return rows
-
-
-def time_layers(layer_step, layers, reps):
-    stream = torch.cuda.Stream()
-    torch.cuda.synchronize()
-    with torch.cuda.stream(stream):
-        for i in range(layers):  # eager warm-up (FlashInfer compiles here)
-            layer_step(i)
-    stream.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):
-        for i in range(layers):
-            layer_step(i)
-    start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    samples = []
-    with torch.cuda.stream(stream):
-        graph.replay()
-        for _ in range(reps):
-            start.record(stream)
-            graph.replay()
-            stop.record(stream)
-            stop.synchronize()
-            samples.append(start.elapsed_time(stop) * 1e3 / layers)
-    del graph
-    return statistics.median(samples)
 
 
 def main(argv):
