@@ -56,6 +56,17 @@ static int isa_supported(int i)
     return !strcmp(isas[i].name, "baseline");
 }
 
+/* The table's names, weakest first ("baseline avx2 avx512"), built once. */
+static char list_of_isas[64];
+static void build_isa_list(void)
+{
+    for (int i = ISA_COUNT - 1; i >= 0; i--) {
+        strncat(list_of_isas, isas[i].name, sizeof list_of_isas - strlen(list_of_isas) - 1);
+        if (i)
+            strncat(list_of_isas, " ", sizeof list_of_isas - strlen(list_of_isas) - 1);
+    }
+}
+
 static int chosen_isa = -1; /* index into isas; -1 until chosen */
 static pthread_once_t isa_once = PTHREAD_ONCE_INIT;
 
@@ -96,11 +107,9 @@ int gdn_cpu_force_isa(const char *name)
 
 const char *gdn_cpu_isa_list(void)
 {
-#if defined(__x86_64__)
-    return "baseline avx2 avx512";
-#else
-    return "baseline";
-#endif
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, build_isa_list);
+    return list_of_isas;
 }
 
 /* ---- threads ----------------------------------------------------------------------------- */

@@ -197,10 +197,8 @@ template <typename St> __device__ __forceinline__ void store_state_vec(St *at, u
  * Without the launch attribute both instructions are no-ops. */
 __device__ __forceinline__ void wait_for_previous_kernel(void)
 {
-#if GDN_USE_PDL && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.wait;" ::: "memory");
-    asm volatile("griddepcontrol.launch_dependents;");
-#endif
+    if (GDN_USE_PDL)
+        wait_for_producer();
 }
 
 /*
@@ -460,16 +458,7 @@ void launch_fast(const gdn_problem &p, cudaStream_t stream)
     dim3 grid((unsigned)((p.head_dim_v + block_rows - 1) / block_rows), (unsigned)p.num_v_heads,
               (unsigned)p.num_seqs);
 #if GDN_USE_PDL
-    cudaLaunchConfig_t config = {};
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[0].val.programmaticStreamSerializationAllowed = 1;
-    config.gridDim = grid;
-    config.blockDim = dim3(kThreads);
-    config.stream = stream;
-    config.attrs = attr;
-    config.numAttrs = 1;
-    cudaLaunchKernelEx(&config, decode_vk_k128<Act, St, ROWS, MAXT>, p);
+    launch_programmatic(decode_vk_k128<Act, St, ROWS, MAXT>, grid, dim3(kThreads), 0, stream, p);
 #else
     decode_vk_k128<Act, St, ROWS, MAXT><<<grid, kThreads, 0, stream>>>(p);
 #endif

@@ -73,15 +73,6 @@ template <typename Act, int VEC> __device__ __forceinline__ void load_act_vec(co
     }
 }
 
-/* Sum over the G lanes of a row group (xor butterflies stay inside aligned groups of G). */
-template <int G> __device__ __forceinline__ float group_sum(float x)
-{
-#pragma unroll
-    for (int offset = G / 2; offset > 0; offset /= 2)
-        x += __shfl_xor_sync(kFullMask, x, offset);
-    return x;
-}
-
 /*
  * Halving reduction of M values over the G lanes of a group (M a power of two, 2 <= M <= G).
  * On return x[0] of lane l is the group's sum of value (l % G) / (G / M).
@@ -98,22 +89,7 @@ template <int G, int M> __device__ __forceinline__ float reduce_scatter(float (&
             x[i] = keep + __shfl_xor_sync(kFullMask, send, offset);
         }
     }
-    float s = x[0];
-#pragma unroll
-    for (int offset = G / M / 2; offset > 0; offset /= 2)
-        s += __shfl_xor_sync(kFullMask, s, offset);
-    return s;
-}
-
-/* Programmatic dependent launch: wait until the previous kernel of the stream has finished and
- * its writes are visible, then let the next kernel begin launching. No-ops without the launch
- * attribute. */
-__device__ __forceinline__ void wait_for_producer(void)
-{
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.wait;" ::: "memory");
-    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
+    return row_sum<G / M>(x[0]); /* the lanes still holding parts of the same value */
 }
 
 /* Per-token scalars of this (sequence, head), every lane holding its own copy. */
@@ -144,9 +120,9 @@ template <typename Act, int VEC, int G> struct token_inputs {
             kk += k[i] * k[i];
             qk += q[i] * k[i];
         }
-        qq = group_sum<G>(qq);
-        kk = group_sum<G>(kk);
-        qk = group_sum<G>(qk);
+        qq = row_sum<G>(qq);
+        kk = row_sum<G>(kk);
+        qk = row_sum<G>(qk);
         token_scalars s;
         s.q_factor = (p.qk_l2norm ? inv_sqrt(qq + GDN_L2NORM_EPS) : 1.0f) * p.scale;
         s.k_factor = p.qk_l2norm ? inv_sqrt(kk + GDN_L2NORM_EPS) : 1.0f;
@@ -375,17 +351,8 @@ cudaError_t launch_shape(const gdn_problem &p, cudaStream_t stream)
         decode_one_token_vk128<Act, St, SLOTS, BATCHES, STAGES, false><<<grid, block, smem, stream>>>(p);
         return cudaGetLastError();
     }
-    cudaLaunchConfig_t config = {};
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[0].val.programmaticStreamSerializationAllowed = 1;
-    config.gridDim = grid;
-    config.blockDim = block;
-    config.dynamicSmemBytes = smem;
-    config.stream = stream;
-    config.attrs = attr;
-    config.numAttrs = 1;
-    return cudaLaunchKernelEx(&config, decode_one_token_vk128<Act, St, SLOTS, BATCHES, STAGES, true>, p);
+    return launch_programmatic(decode_one_token_vk128<Act, St, SLOTS, BATCHES, STAGES, true>, grid, block,
+                               smem, stream, p);
 }
 
 template <typename Act, typename St, bool PDL>

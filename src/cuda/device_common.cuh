@@ -130,38 +130,60 @@ template <> struct state_vec<__nv_bfloat16> {
     }
 };
 
-/* Multiprocessors of the current device, read once per device: the library's one cache, shared
- * by all threads. Relaxed atomics: threads that race all store the same value. */
-[[maybe_unused]] int sm_count(void)
+/* A device attribute of the current device, read once per device: the library's one cache of
+ * the runtime's answers, shared by all threads. Relaxed atomics: threads that race all store
+ * the same value. `fallback` where the runtime gives none (and for device numbers past 63). */
+template <cudaDeviceAttr ATTR> int device_attribute(int fallback)
 {
     static int cached[64];
     int device = 0;
     cudaGetDevice(&device);
     if (device < 0 || device >= 64)
-        return 132;
-    int count = __atomic_load_n(&cached[device], __ATOMIC_RELAXED);
-    if (count == 0) {
-        cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device);
-        count = count > 0 ? count : 132;
-        __atomic_store_n(&cached[device], count, __ATOMIC_RELAXED);
+        return fallback;
+    int value = __atomic_load_n(&cached[device], __ATOMIC_RELAXED);
+    if (value == 0) {
+        cudaDeviceGetAttribute(&value, ATTR, device);
+        value = value > 0 ? value : fallback;
+        __atomic_store_n(&cached[device], value, __ATOMIC_RELAXED);
     }
-    return count;
+    return value;
 }
 
-/* Compute capability (major) of the current device, read once per device like sm_count. */
-[[maybe_unused]] int cc_major(void)
+/* Multiprocessors of the current device (132 when the runtime cannot say). */
+[[maybe_unused]] int sm_count(void) { return device_attribute<cudaDevAttrMultiProcessorCount>(132); }
+
+/* Compute capability (major) of the current device (0 when the runtime cannot say). */
+[[maybe_unused]] int cc_major(void) { return device_attribute<cudaDevAttrComputeCapabilityMajor>(0); }
+
+/* Programmatic dependent launch (sm_90), kernel side: wait until the previous kernel of the stream
+ * has finished and its writes are visible, then let the next kernel begin launching. No-ops
+ * without the launch attribute. */
+__device__ __forceinline__ void wait_for_producer(void)
 {
-    static int cached[64];
-    int device = 0;
-    cudaGetDevice(&device);
-    if (device < 0 || device >= 64)
-        return 0;
-    int major = __atomic_load_n(&cached[device], __ATOMIC_RELAXED);
-    if (major == 0) {
-        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
-        __atomic_store_n(&cached[device], major, __ATOMIC_RELAXED);
-    }
-    return major;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+/* Launch side: `kernel` launched with programmatic stream serialization, so that it may start
+ * while the previous kernel on the stream is still running (it must call wait_for_producer
+ * before reading what that kernel wrote). */
+template <typename... Params>
+cudaError_t launch_programmatic(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
+                                cudaStream_t stream, Params... params)
+{
+    cudaLaunchConfig_t config = {};
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    config.gridDim = grid;
+    config.blockDim = block;
+    config.dynamicSmemBytes = smem;
+    config.stream = stream;
+    config.attrs = attr;
+    config.numAttrs = 1;
+    return cudaLaunchKernelEx(&config, kernel, params...);
 }
 
 } // namespace
