@@ -20,7 +20,7 @@ step tests-cuda 150 build/test_gdn cuda/ -huge
 step memcheck 150 "$sanitizer" --tool memcheck --error-exitcode 1 build/test_gdn cuda/bad cuda/checked cuda/four
 step check-quick 90 build/gdn check --backend cuda --quick
 
-configs=-1,$(seq -s, 0 $(($(build/gdn bench --help | sed -n 's/.*configurations (0\.\.\([0-9]*\).*/\1/p') + 0)))
+configs=-1,$(seq -s, 0 $(($(build/gdn bench --help | sed -n 's/.*one-token: 0\.\.\([0-9]*\).*/\1/p') + 0)))
 { echo "$header"; echo "shape,H,HV,K,V,state_dtype,N,impl,median_us,gbps,pct_of_copy"; } >"$out/configs.csv"
 for shape in qwen3-next contest qwen3.5-397b; do
     for state in f32 bf16; do

@@ -129,7 +129,32 @@ static void multi_token(gdn_backend backend)
             }
 }
 
-static void cpu_multi_token(void) { multi_token(GDN_BACKEND_CPU); }
+/* Multi-token calls of the vk K = 128 path at value sizes that leave partial row batches and
+ * at model head counts, T from 2 to the maximum. */
+static void multi_token_odd_sizes(gdn_backend backend)
+{
+    const int64_t values[] = {1, 7, 72, 100, 129, 256};
+    const int64_t tokens[] = {2, 5, 16, 3, 8, 4};
+    for (int i = 0; i < 6; i++)
+        for (int st = 0; st < 2; st++) {
+            decode_case c = base(3 + i, 2, 4, 128, values[i]);
+            c.num_tokens = tokens[i];
+            c.state_dtype = st ? GDN_DTYPE_BF16 : GDN_DTYPE_F32;
+            c.act_dtype = i % 3 == 0 ? GDN_DTYPE_F16 : i % 3 == 1 ? GDN_DTYPE_BF16 : GDN_DTYPE_F32;
+            c.padding = i % 2;
+            c.token_slots = i % 3 == 2;
+            c.varlen = i == 3;
+            c.head_map = i % 2 ? GDN_HEAD_MAP_TILED : GDN_HEAD_MAP_GROUPED;
+            c.qk_l2norm = i != 2; /* off with f32 activations (unnormalised q, k grow the state) */
+            expect_pass(c, backend, 2);
+        }
+}
+
+static void cpu_multi_token(void)
+{
+    multi_token(GDN_BACKEND_CPU);
+    multi_token_odd_sizes(GDN_BACKEND_CPU);
+}
 
 /* Fresh inputs for a hand-built f32 call: q, k [rows, H, K], v [rows, HV, V], a, b [rows, HV] from
  * N(0, 1), gate parameters of trained-model size. */
@@ -355,17 +380,35 @@ static void cuda_one_token_configs(void)
 {
     if (!cuda_present())
         return;
-    for (int config = 0; config < gdn_cuda_one_token_config_count(); config++)
+    for (int config = 0; config < gdn_cuda_config_count(GDN_CUDA_ONE_TOKEN); config++)
         for (int pdl = 0; pdl < 2; pdl++) {
-            gdn_cuda_force_one_token_config(config);
+            gdn_cuda_force_config(GDN_CUDA_ONE_TOKEN, config);
             pdl_all = pdl;
             char name[32];
-            gdn_cuda_one_token_config_name(config, name, sizeof name);
+            gdn_cuda_config_name(GDN_CUDA_ONE_TOKEN, config, name, sizeof name);
             snprintf(config_note, sizeof config_note, "config %s%s", name, pdl ? " pdl" : "");
             one_token_cases(GDN_BACKEND_CUDA);
         }
-    gdn_cuda_force_one_token_config(-1);
+    gdn_cuda_force_config(GDN_CUDA_ONE_TOKEN, -1);
     pdl_all = 0;
+    config_note[0] = '\0';
+}
+
+/* Every configuration of the cuda multi-token kernel, through the multi-token matrix (varlen,
+ * token slots, num_accepted, padding) and odd value sizes. */
+static void cuda_multi_token_configs(void)
+{
+    if (!cuda_present())
+        return;
+    for (int config = 0; config < gdn_cuda_config_count(GDN_CUDA_MULTI_TOKEN); config++) {
+        gdn_cuda_force_config(GDN_CUDA_MULTI_TOKEN, config);
+        char name[32];
+        gdn_cuda_config_name(GDN_CUDA_MULTI_TOKEN, config, name, sizeof name);
+        snprintf(config_note, sizeof config_note, "multi-token config %s", name);
+        multi_token(GDN_BACKEND_CUDA);
+        multi_token_odd_sizes(GDN_BACKEND_CUDA);
+    }
+    gdn_cuda_force_config(GDN_CUDA_MULTI_TOKEN, -1);
     config_note[0] = '\0';
 }
 
@@ -412,4 +455,5 @@ void register_decode_tests(void)
     test_add("decode/cpu_paged_pool_over_2g_elements", cpu_paged_pool_over_2g_elements);
     test_add("decode/cuda_all", cuda_all);
     test_add("decode/cuda_one_token_configs", cuda_one_token_configs);
+    test_add("decode/cuda_multi_token_configs", cuda_multi_token_configs);
 }

@@ -31,7 +31,8 @@ typedef struct bench_opts {
     long long ns[16];
     int n_count, csv, reps;
     int tokens, token_slots; /* multi-token decode: T tokens per sequence, a snapshot per token */
-    int configs[16];         /* one-token kernel configurations to time (-1: the library's choice) */
+    gdn_cuda_kernel kernel;  /* the cuda kernel the calls run (one- or multi-token) */
+    int configs[16];         /* its configurations to time (-1: the library's choice) */
     int config_count;
     int pdl;   /* programmatic dependent launch flag of the timed calls */
     int paged; /* pool slots (HV+1)*V*K elements apart, as vLLM's hybrid page lays them out */
@@ -56,14 +57,15 @@ static void usage(void)
     printf("usage: gdn bench [--backend cpu|cuda] [--shape NAME] [--state f32|bf16] [--act f32|f16|bf16]\n"
            "                 [--layout vk|kv] [--n 1,4,16,64,256,1024] [--reps R] [--csv]\n"
            "                 [--tokens T [--token-slots]] [--configs C,C,...] [--pdl] [--paged]\n"
-           "  --configs: time these configurations (0..%d, -1 = the library's choice) of the cuda\n"
-           "  one-token kernel on the same buffers, impl gdn-<name> (tuning)\n"
+           "  --configs: time these configurations (-1 = the library's choice) of the cuda kernel\n"
+           "  the call runs (one-token: 0..%d; multi-token: 0..%d) on the same buffers, impl\n"
+           "  gdn-<name> (tuning)\n"
            "  --pdl: set gdn_decode_params.pdl in the timed calls\n"
            "  --paged: a paged pool, slots (HV+1)*V*K elements apart (state_slot_stride; impl gdn-paged)\n"
            "  --tokens T: multi-token decode, T tokens per sequence; --token-slots: the state after\n"
            "  every token saved to its own slot (bytes counted: N tiles read, N*T tiles written)\n"
            "  shapes:",
-           gdn_cuda_one_token_config_count() - 1);
+           gdn_cuda_config_count(GDN_CUDA_ONE_TOKEN) - 1, gdn_cuda_config_count(GDN_CUDA_MULTI_TOKEN) - 1);
     for (const shape *s = model_shapes; s->name; s++)
         printf(" %s", s->name);
     printf(" (default qwen3-next)\n");
@@ -105,10 +107,8 @@ static int parse(int argc, char **argv, bench_opts *o)
             for (char *p = argv[++i]; *p && o->config_count < 16;) {
                 char *end;
                 long c = strtol(p, &end, 10);
-                if (end == p || c < -1 || c >= gdn_cuda_one_token_config_count())
-                    return fprintf(stderr, "gdn bench: bad --configs list (0..%d or -1)\n",
-                                   gdn_cuda_one_token_config_count() - 1),
-                           -1;
+                if (end == p || c < -1)
+                    return fprintf(stderr, "gdn bench: bad --configs list\n"), -1;
                 o->configs[o->config_count++] = (int)c;
                 p = *end == ',' ? end + 1 : end;
             }
@@ -127,6 +127,13 @@ static int parse(int argc, char **argv, bench_opts *o)
     }
     if (o->tokens < 1 || o->tokens > GDN_MAX_TOKENS)
         return fprintf(stderr, "gdn bench: --tokens must be 1..%d\n", GDN_MAX_TOKENS), -1;
+    o->kernel = o->tokens > 1 || o->token_slots ? GDN_CUDA_MULTI_TOKEN : GDN_CUDA_ONE_TOKEN;
+    for (int c = 0; c < o->config_count; c++)
+        if (o->configs[c] >= gdn_cuda_config_count(o->kernel))
+            return fprintf(stderr, "gdn bench: --configs: the %s kernel has configurations 0..%d\n",
+                           o->kernel == GDN_CUDA_MULTI_TOKEN ? "multi-token" : "one-token",
+                           gdn_cuda_config_count(o->kernel) - 1),
+                   -1;
     for (const char *p = ns; *p && o->n_count < 16;) {
         char *end;
         long long n = strtoll(p, &end, 10);
@@ -333,14 +340,14 @@ int cmd_bench(int argc, char **argv)
             char impl[48] = "gdn";
             if (o.configs[c] >= 0) {
                 char name[32];
-                gdn_cuda_one_token_config_name(o.configs[c], name, sizeof name);
+                gdn_cuda_config_name(o.kernel, o.configs[c], name, sizeof name);
                 snprintf(impl, sizeof impl, "gdn-%s", name);
             }
             if (o.paged)
                 strncat(impl, "-paged", sizeof impl - strlen(impl) - 1);
-            gdn_cuda_force_one_token_config(o.configs[c]);
+            gdn_cuda_force_config(o.kernel, o.configs[c]);
             int bad = time_calls(where, decode_call, &b, calls, reps, &td) != 0;
-            gdn_cuda_force_one_token_config(-1);
+            gdn_cuda_force_config(o.kernel, -1);
             if (bad) {
                 printf("%6lld  FAILED: %s: %s\n", o.ns[i], impl, td.error);
                 failed = 1;

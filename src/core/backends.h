@@ -46,12 +46,14 @@ int gdn_cuda_usable(void); /* built, a driver and at least one device of a built
 gdn_memory_kind gdn_cuda_memory_kind(const void *ptr, int *device);
 gdn_status gdn_cuda_decode(const gdn_problem *p);
 
-/* Tuning hooks of the one-token kernel (src/cuda/decode_one_token.cu) for `gdn bench` and the
- * tests; not part of the public API. Configurations 0..count-1 fix the rows a warp covers; a
+/* Tuning hooks of the cuda kernels that have several configurations (src/cuda/decode_one_token.cu,
+ * src/cuda/decode_multi_token.cu) for `gdn bench` and the tests; not part of the public API.
+ * Configurations 0..count-1 fix the rows a warp covers (named r<rows>x<batches>[s<stages>]); a
  * negative number returns to the built-in choice. Process-wide. */
-int gdn_cuda_one_token_config_count(void);
-void gdn_cuda_force_one_token_config(int config);
-void gdn_cuda_one_token_config_name(int config, char *buf, size_t size);
+typedef enum gdn_cuda_kernel { GDN_CUDA_ONE_TOKEN = 0, GDN_CUDA_MULTI_TOKEN = 1 } gdn_cuda_kernel;
+int gdn_cuda_config_count(gdn_cuda_kernel kernel);
+void gdn_cuda_force_config(gdn_cuda_kernel kernel, int config);
+void gdn_cuda_config_name(gdn_cuda_kernel kernel, int config, char *buf, size_t size);
 
 #ifdef __cplusplus
 }

@@ -21,13 +21,17 @@ gdn_status gdn_cuda_decode(const gdn_problem *p)
 
 int gdn_cuda_device_count(void) { return 0; }
 
-int gdn_cuda_one_token_config_count(void) { return 0; }
-
-void gdn_cuda_force_one_token_config(int config) { (void)config; }
-
-void gdn_cuda_one_token_config_name(int config, char *buf, size_t size)
+int gdn_cuda_config_count(gdn_cuda_kernel kernel)
 {
-    (void)config;
+    (void)kernel;
+    return 0;
+}
+
+void gdn_cuda_force_config(gdn_cuda_kernel kernel, int config) { (void)kernel, (void)config; }
+
+void gdn_cuda_config_name(gdn_cuda_kernel kernel, int config, char *buf, size_t size)
+{
+    (void)kernel, (void)config;
     if (size)
         buf[0] = '\0';
 }

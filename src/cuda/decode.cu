@@ -478,45 +478,23 @@ template <typename Act, typename St, int MAXT> void launch_generic(const gdn_pro
     }
 }
 
-/* GDN_MTP_ROWS (a variant, 0 = off until measured): rows per thread of the multi-token fast path
- * for T <= kShortTokens. */
-#ifndef GDN_MTP_ROWS
-#define GDN_MTP_ROWS 0
-#endif
-#if GDN_MTP_ROWS > 0
-constexpr int kShortTokens = 4;
-#endif
-
 template <typename Act, typename St> cudaError_t launch(const gdn_problem &p, cudaStream_t stream)
 {
     const int64_t V = p.head_dim_v, K = p.head_dim_k, HV = p.num_v_heads, N = p.num_seqs;
     const bool single = p.num_tokens == 1;
     if (gdn_cuda_one_token_applies(&p))
         return gdn_cuda_launch_one_token(&p, stream);
+    if (gdn_cuda_multi_token_applies(&p))
+        return gdn_cuda_launch_multi_token(&p, stream);
     /* the vector kernels read 16-byte pieces of each tile: every slot must start 16-byte aligned */
     const int64_t state_size = p.state_dtype == GDN_DTYPE_BF16 ? 2 : 4;
     const bool slots_aligned = (p.slot_stride * state_size) % 16 == 0;
-    if (p.state_layout == GDN_LAYOUT_VK && K == kFastK && slots_aligned) {
-        /* The most rows per thread that still leaves 8 blocks per multiprocessor. Several tokens
-         * keep one row per thread: their values already take MAXT registers a row. */
+    if (single && p.state_layout == GDN_LAYOUT_VK && K == kFastK && slots_aligned) {
+        /* One token with q or k rows the one-token kernel cannot read as vectors (multi-token
+         * calls of this layout all take decode_multi_token.cu). The most rows per thread that
+         * still leaves 8 blocks per multiprocessor. */
         const int64_t rows = N * HV * V, enough = 8LL * sm_count() * kFastRows;
-#if GDN_MTP_ROWS > 0
-        /* variant (bench/NOTES.md): T <= 4 with MAXT = 4 (a quarter of the shared stage and of the
-         * value registers) and 2 or 4 rows per thread, so each thread has independent token
-         * chains to interleave */
-        if (!single && p.num_tokens <= kShortTokens) {
-            if (GDN_MTP_ROWS >= 4 && rows >= 4 * enough)
-                launch_fast<Act, St, 4, kShortTokens>(p, stream);
-            else if (GDN_MTP_ROWS >= 2 && rows >= 2 * enough)
-                launch_fast<Act, St, 2, kShortTokens>(p, stream);
-            else
-                launch_fast<Act, St, 1, kShortTokens>(p, stream);
-            return cudaGetLastError();
-        }
-#endif
-        if (!single)
-            launch_fast<Act, St, 1, GDN_MAX_TOKENS>(p, stream);
-        else if (GDN_FAST_MAX_ROWS >= 4 && rows >= 4 * enough)
+        if (GDN_FAST_MAX_ROWS >= 4 && rows >= 4 * enough)
             launch_fast<Act, St, 4, 1>(p, stream);
         else if (GDN_FAST_MAX_ROWS >= 2 && rows >= 2 * enough)
             launch_fast<Act, St, 2, 1>(p, stream);

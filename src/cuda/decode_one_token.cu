@@ -35,62 +35,13 @@
  */
 #include <stdio.h>
 
-#include "device_common.cuh"
 #include "kernels.h"
+#include "vk128_rows.cuh"
 
 namespace
 {
 
-constexpr unsigned kFullMask = 0xffffffffu;
-constexpr int kRowK = 128;
 constexpr int kWarpsPerBlock = kThreads / 32;
-
-/* Activation vector of VEC elements at `at` (VEC * sizeof(Act) bytes, aligned to that since
- * the row offset is a multiple of VEC and q/k rows start at multiples of K = 128). */
-template <typename Act, int VEC> __device__ __forceinline__ void load_act_vec(const Act *at, float *x)
-{
-    if constexpr (sizeof(Act) * VEC == 16) {
-        const uint4 raw = *reinterpret_cast<const uint4 *>(at);
-        const Act *e = reinterpret_cast<const Act *>(&raw);
-#pragma unroll
-        for (int i = 0; i < VEC; i++)
-            x[i] = to_float<Act>(e[i]);
-    } else if constexpr (sizeof(Act) * VEC == 8) {
-        const uint2 raw = *reinterpret_cast<const uint2 *>(at);
-        const Act *e = reinterpret_cast<const Act *>(&raw);
-#pragma unroll
-        for (int i = 0; i < VEC; i++)
-            x[i] = to_float<Act>(e[i]);
-    } else { /* 32 bytes: f32 activations with a bf16 state */
-        const uint4 lo = *reinterpret_cast<const uint4 *>(at),
-                    hi = *reinterpret_cast<const uint4 *>(at + VEC / 2);
-        const Act *e0 = reinterpret_cast<const Act *>(&lo), *e1 = reinterpret_cast<const Act *>(&hi);
-#pragma unroll
-        for (int i = 0; i < VEC / 2; i++) {
-            x[i] = to_float<Act>(e0[i]);
-            x[i + VEC / 2] = to_float<Act>(e1[i]);
-        }
-    }
-}
-
-/*
- * Halving reduction of M values over the G lanes of a group (M a power of two, 2 <= M <= G).
- * On return x[0] of lane l is the group's sum of value (l % G) / (G / M).
- */
-template <int G, int M> __device__ __forceinline__ float reduce_scatter(float (&x)[M], int lane)
-{
-#pragma unroll
-    for (int h = M / 2, offset = G / 2; h >= 1; h /= 2, offset /= 2) {
-        const bool upper = (lane & offset) != 0;
-#pragma unroll
-        for (int i = 0; i < h; i++) {
-            const float send = upper ? x[i] : x[i + h];
-            const float keep = upper ? x[i + h] : x[i];
-            x[i] = keep + __shfl_xor_sync(kFullMask, send, offset);
-        }
-    }
-    return row_sum<G / M>(x[0]); /* the lanes still holding parts of the same value */
-}
 
 /* Per-token scalars of this (sequence, head), every lane holding its own copy. */
 struct token_scalars {
@@ -132,31 +83,6 @@ template <typename Act, int VEC, int G> struct token_inputs {
         return s;
     }
 };
-
-/* One 16-byte store. Written out because the compiler split some of the row stores into four
- * 4-byte stores (seen in the sm_90a SASS), four times the store instructions. */
-__device__ __forceinline__ void store16(void *at, uint4 x)
-{
-    asm volatile("st.global.v4.u32 [%0], {%1, %2, %3, %4};" ::"l"(at), "r"(x.x), "r"(x.y), "r"(x.z),
-                 "r"(x.w));
-}
-
-/* cp.async (sm_80+): 16 bytes global -> shared without passing through registers; `size` 0
- * zero-fills. The bytes a warp keeps in flight then cost shared memory instead of registers. */
-__device__ __forceinline__ void copy_async16(uint4 *smem, const void *gmem, bool valid)
-{
-    const unsigned at = (unsigned)__cvta_generic_to_shared(smem);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(at), "l"(gmem), "r"(valid ? 16 : 0)
-                 : "memory");
-}
-__device__ __forceinline__ void copy_async_commit(void)
-{
-    asm volatile("cp.async.commit_group;" ::: "memory");
-}
-template <int PENDING> __device__ __forceinline__ void copy_async_wait(void)
-{
-    asm volatile("cp.async.wait_group %0;" ::"n"(PENDING) : "memory");
-}
 
 /*
  * One warp: BATCHES batches of WR consecutive rows of one (sequence, head) tile; a block is
@@ -327,11 +253,8 @@ __global__ void __launch_bounds__(kThreads) decode_one_token_vk128(const __grid_
 
 /* Each configuration: rows per batch (f32 rows; bf16 takes two rows per load), batches per
  * warp, and the shared-memory ring depth (0 = registers). */
-struct one_token_shape {
-    int rows, batches, stages;
-};
-constexpr one_token_shape kShapes[] = {{2, 1, 0}, {4, 1, 0}, {8, 1, 0}, {4, 2, 0}, {4, 4, 0},  {8, 2, 0},
-                                       {8, 4, 0}, {8, 4, 3}, {4, 8, 4}, {8, 8, 3}, {8, 16, 3}, {4, 16, 4}};
+constexpr gdn_kernel_shape kShapes[] = {{2, 1, 0}, {4, 1, 0}, {8, 1, 0}, {4, 2, 0}, {4, 4, 0},  {8, 2, 0},
+                                        {8, 4, 0}, {8, 4, 3}, {4, 8, 4}, {8, 8, 3}, {8, 16, 3}, {4, 16, 4}};
 constexpr int kShapeCount = sizeof kShapes / sizeof kShapes[0];
 
 template <typename Act, typename St, int SLOTS, int BATCHES, int STAGES, bool PDL>
@@ -456,18 +379,13 @@ cudaError_t gdn_cuda_launch_one_token(const gdn_problem *p, cudaStream_t stream)
     }
 }
 
-int gdn_cuda_one_token_config_count(void) { return kShapeCount; }
-
-void gdn_cuda_force_one_token_config(int config)
+const gdn_kernel_shape *gdn_cuda_one_token_shapes(int *count)
 {
-    __atomic_store_n(&forced_config, config >= 0 && config < kShapeCount ? config : -1, __ATOMIC_RELAXED);
+    *count = kShapeCount;
+    return kShapes;
 }
 
-void gdn_cuda_one_token_config_name(int config, char *buf, size_t size)
+void gdn_cuda_one_token_force(int config)
 {
-    if (config < 0 || config >= kShapeCount)
-        snprintf(buf, size, "auto");
-    else
-        snprintf(buf, size, kShapes[config].stages ? "r%dx%ds%d" : "r%dx%d", kShapes[config].rows,
-                 kShapes[config].batches, kShapes[config].stages);
+    __atomic_store_n(&forced_config, config >= 0 && config < kShapeCount ? config : -1, __ATOMIC_RELAXED);
 }

@@ -1,6 +1,6 @@
 /*
  * Launchers that one .cu file of the cuda backend offers the others (the dispatcher of
- * decode.cu calls the one-token kernel of decode_one_token.cu).
+ * decode.cu calls the one-token and multi-token kernels).
  */
 #ifndef GDN_CUDA_KERNELS_H
 #define GDN_CUDA_KERNELS_H
@@ -19,6 +19,23 @@ int gdn_cuda_one_token_applies(const gdn_problem *p);
 
 /* Enqueues the one-token kernel on stream (no synchronisation); returns the launch error. */
 cudaError_t gdn_cuda_launch_one_token(const gdn_problem *p, cudaStream_t stream);
+
+/* 1 when the multi-token kernel serves p: layout vk, K = 128, slots 16-byte aligned, and more
+ * than a plain one-token call (T > 1, cu_seqlens, token slots or num_accepted). */
+int gdn_cuda_multi_token_applies(const gdn_problem *p);
+
+/* Enqueues the multi-token kernel on stream (no synchronisation); returns the launch error. */
+cudaError_t gdn_cuda_launch_multi_token(const gdn_problem *p, cudaStream_t stream);
+
+/* The configurations of each kernel (rows per batch, batches per warp, shared-memory stages):
+ * *count is set; returns the table. Forcing one: negative = the kernel's own choice. */
+typedef struct gdn_kernel_shape {
+    int rows, batches, stages;
+} gdn_kernel_shape;
+const gdn_kernel_shape *gdn_cuda_one_token_shapes(int *count);
+void gdn_cuda_one_token_force(int config);
+const gdn_kernel_shape *gdn_cuda_multi_token_shapes(int *count);
+void gdn_cuda_multi_token_force(int config);
 
 #ifdef __cplusplus
 }

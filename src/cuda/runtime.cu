@@ -10,6 +10,7 @@
 #include <stdio.h>
 
 #include "../core/backends.h"
+#include "kernels.h"
 
 static pthread_once_t probe_once = PTHREAD_ONCE_INIT;
 static int usable_devices; /* written once under probe_once, read-only afterwards */
@@ -87,4 +88,37 @@ extern "C" gdn_memory_kind gdn_cuda_memory_kind(const void *ptr, int *device)
     case cudaMemoryTypeHost: return attr.devicePointer == ptr ? GDN_MEMORY_MANAGED : GDN_MEMORY_HOST;
     default: return GDN_MEMORY_HOST;
     }
+}
+
+static const gdn_kernel_shape *kernel_shapes(gdn_cuda_kernel kernel, int *count)
+{
+    return kernel == GDN_CUDA_MULTI_TOKEN ? gdn_cuda_multi_token_shapes(count)
+                                          : gdn_cuda_one_token_shapes(count);
+}
+
+extern "C" int gdn_cuda_config_count(gdn_cuda_kernel kernel)
+{
+    int count = 0;
+    kernel_shapes(kernel, &count);
+    return count;
+}
+
+extern "C" void gdn_cuda_force_config(gdn_cuda_kernel kernel, int config)
+{
+    if (kernel == GDN_CUDA_MULTI_TOKEN)
+        gdn_cuda_multi_token_force(config);
+    else
+        gdn_cuda_one_token_force(config);
+}
+
+extern "C" void gdn_cuda_config_name(gdn_cuda_kernel kernel, int config, char *buf, size_t size)
+{
+    int count = 0;
+    const gdn_kernel_shape *shapes = kernel_shapes(kernel, &count);
+    if (config < 0 || config >= count)
+        snprintf(buf, size, "auto");
+    else if (shapes[config].stages)
+        snprintf(buf, size, "r%dx%ds%d", shapes[config].rows, shapes[config].batches, shapes[config].stages);
+    else
+        snprintf(buf, size, "r%dx%d", shapes[config].rows, shapes[config].batches);
 }

@@ -1,0 +1,400 @@
+/*
+ * cuda backend: decode of T = 2..16 tokens per sequence (speculative verify, MTP), vk layout,
+ * K = 128; varlen (cu_seqlens), token slots and num_accepted included.
+ *
+ * Design. The rows of a tile stay in registers across the T tokens, so the state is read once
+ * and written once (plus one snapshot per token with token slots) whatever T is; each token
+ * costs only its arithmetic: per row two dot products, a reduction over the lanes of the row,
+ * u = beta (v - e^g S.k), o = e^g S.q + u (k.q) and the update S' = e^g S + u k. What makes
+ * this slow is the chain of a token: dots -> reduction -> u -> update -> the next token's dots.
+ * So the chain of one row must never be alone:
+ *  - A lane holds 16 bytes of each of SLOTS rows (the one-token kernel's tiling: G = 128 / VEC
+ *    lanes per row, q and k at the same K columns in every row), so a warp works on WR rows
+ *    at once and reduces their 2 * WR sums with the halving exchange (about 2 * SLOTS shuffles
+ *    instead of 2 * SLOTS * log2 G); 16 warps or more per multiprocessor interleave on top.
+ *  - Everything that does not depend on the state is computed for all T tokens before the
+ *    recurrence, in parallel (warp w takes tokens w, w + 4, ...): q and k l2-normalised (and q
+ *    scaled) into shared memory, e^g, beta and k.q per token, the values of the block's rows,
+ *    and the snapshot tile of each token. The token loop then reads q and k from shared memory
+ *    (lanes of a group read the same 16 bytes: broadcasts) and does nothing else but the chain.
+ *  - With BATCHES > 1 a warp loads its next batch of rows (registers, or a cp.async ring in
+ *    shared memory) while it runs the T tokens of the current one.
+ * The state loads are issued right after the slot index arrives, before the token prologue,
+ * so the prologue's loads and arithmetic overlap them.
+ *
+ * The one-token kernel (decode_one_token.cu) stays separate: it keeps q and k in registers and
+ * has no barrier at all; a T-token call pays one block barrier for its shared prologue.
+ *
+ * Padding rows write zero outputs for every token; sequences with an invalid device-side index
+ * (slot, snapshot slot, num_accepted or cu_seqlens) are skipped whole (counted in checked mode).
+ */
+#include <stdio.h>
+
+#include "kernels.h"
+#include "vk128_rows.cuh"
+
+namespace
+{
+
+constexpr int kWarpsPerBlock = kThreads / 32;
+
+/* e^g, beta and k_hat.q_hat * scale of one token; the fourth float pads to one 16-byte read. */
+struct token_gates {
+    float decay, beta, kq, unused;
+};
+
+/* Dynamic shared memory of a block for T tokens and BLOCK_ROWS rows: every part a multiple of
+ * 16 bytes, so the float4 reads of q and k stay aligned. */
+struct stage_layout {
+    int64_t gates, snapshot, q, k, v, ring, bytes;
+};
+
+__host__ __device__ constexpr stage_layout stage_layout_of(int64_t T, int64_t block_rows, int64_t ring_bytes)
+{
+    stage_layout s{};
+    s.gates = 0;
+    s.snapshot = s.gates + 16 * T;
+    s.q = s.snapshot + 16 * ((T + 1) / 2);
+    s.k = s.q + 4 * kRowK * T;
+    s.v = s.k + 4 * kRowK * T;
+    s.ring = s.v + 16 * ((T * block_rows + 3) / 4);
+    s.bytes = s.ring + ring_bytes;
+    return s;
+}
+
+/* Bytes of the cp.async ring of a block (none when batches are prefetched into registers). */
+template <int SLOTS, int STAGES> __host__ __device__ constexpr int64_t ring_bytes(void)
+{
+    return STAGES > 0 ? (int64_t)kWarpsPerBlock * STAGES * SLOTS * 32 * sizeof(uint4) : 0;
+}
+
+/*
+ * Block-wide prologue: stages tokens 0..T-1 of the sequence starting at token row `first`.
+ * Returns (to every thread) whether some token's snapshot slot lies outside the pool; ends
+ * with the block's one barrier, so every thread must call it.
+ */
+template <typename Act, int BLOCK_ROWS>
+__device__ bool stage_tokens(const gdn_problem &p, const block_coords &bc, int64_t first, int T,
+                             int64_t block_row0, unsigned char *smem, const stage_layout &at)
+{
+    token_gates *gates = reinterpret_cast<token_gates *>(smem + at.gates);
+    int64_t *snapshot = reinterpret_cast<int64_t *>(smem + at.snapshot);
+    float *qs = reinterpret_cast<float *>(smem + at.q), *ks = reinterpret_cast<float *>(smem + at.k);
+    float *vs = reinterpret_cast<float *>(smem + at.v);
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+    const int64_t V = p.head_dim_v;
+    bool bad_slot = false;
+    for (int t = warp; t < T; t += warps) {
+        const int64_t row = first + t;
+        float a = 0.0f, b = 0.0f, A_log = 0.0f, dt_bias = 0.0f;
+        int64_t slot = -1;
+        if (lane == 0) { /* issued with the q and k loads: one memory round trip per token */
+            a = load_elem<Act>(p.a, row * p.a_stride + bc.hv);
+            b = load_elem<Act>(p.b, row * p.b_stride + bc.hv);
+            A_log = p.A_log[bc.hv];
+            dt_bias = p.dt_bias[bc.hv];
+            slot = p.token_slots ? gdn_token_slot(&p, bc.n, t) : -1;
+        }
+        float q[kRowK / 32], k[kRowK / 32], qq = 0.0f, kk = 0.0f, qk = 0.0f;
+#pragma unroll
+        for (int i = 0; i < kRowK / 32; i++) {
+            q[i] = load_elem<Act>(p.q, row * p.q_stride + bc.h * kRowK + lane + 32 * i);
+            k[i] = load_elem<Act>(p.k, row * p.k_stride + bc.h * kRowK + lane + 32 * i);
+        }
+#pragma unroll
+        for (int i = 0; i < kRowK / 32; i++) {
+            qq += q[i] * q[i];
+            kk += k[i] * k[i];
+            qk += q[i] * k[i];
+        }
+        qq = row_sum<32>(qq);
+        kk = row_sum<32>(kk);
+        qk = row_sum<32>(qk);
+        const float q_factor = (p.qk_l2norm ? inv_sqrt(qq + GDN_L2NORM_EPS) : 1.0f) * p.scale;
+        const float k_factor = p.qk_l2norm ? inv_sqrt(kk + GDN_L2NORM_EPS) : 1.0f;
+#pragma unroll
+        for (int i = 0; i < kRowK / 32; i++) {
+            qs[t * kRowK + lane + 32 * i] = q[i] * q_factor;
+            ks[t * kRowK + lane + 32 * i] = k[i] * k_factor;
+        }
+        if (lane == 0) {
+            gates[t] = token_gates{expf(gdn_gate_log(A_log, a, dt_bias)), sigmoid_fast(b),
+                                   qk * q_factor * k_factor, 0.0f};
+            snapshot[t] = slot < 0 ? -1 : gdn_tile_offset(&p, slot, bc.hv);
+            bad_slot |= slot >= p.num_slots;
+        }
+    }
+    for (int i = threadIdx.x; i < T * BLOCK_ROWS; i += blockDim.x) {
+        const int t = i / BLOCK_ROWS, r = i % BLOCK_ROWS; /* BLOCK_ROWS: a power of two */
+        const int64_t row = block_row0 + r;
+        vs[i] = row < V ? load_elem<Act>(p.v, (first + t) * p.v_stride + bc.hv * V + row) : 0.0f;
+    }
+    return __syncthreads_or(bad_slot) != 0;
+}
+
+/*
+ * One warp: BATCHES batches of WR consecutive rows of one (sequence, head) tile, each taken
+ * through all T tokens; a block is blockDim.x / 32 such warps over consecutive row ranges.
+ * SLOTS, G, the reduction and the ring are those of the one-token kernel (decode_one_token.cu).
+ */
+template <typename Act, typename St, int SLOTS, int BATCHES, int STAGES>
+__global__ void __launch_bounds__(kThreads) decode_multi_token_vk128(const __grid_constant__ gdn_problem p)
+{
+    constexpr int VEC = state_vec<St>::n;
+    constexpr int G = kRowK / VEC; /* lanes per row */
+    constexpr int P = 32 / G;      /* rows per warp load instruction */
+    constexpr int WR = SLOTS * P;  /* rows per batch */
+    constexpr int M = 2 * SLOTS;   /* partial sums per lane per token */
+    constexpr int SPREAD = G / M;  /* lanes holding each reduced value */
+    constexpr int RING = STAGES > 0 ? STAGES : 1;
+    constexpr int WARP_ROWS = WR * BATCHES, BLOCK_ROWS = kWarpsPerBlock * WARP_ROWS;
+    static_assert(M <= G, "more partial sums than lanes in a row group");
+    static_assert((BLOCK_ROWS & (BLOCK_ROWS - 1)) == 0, "rows of a block: a power of two");
+    extern __shared__ __align__(16) unsigned char smem[];
+
+    /* the slot first: the state loads wait for it and for nothing else */
+    const int64_t read = gdn_read_slot(&p, blockIdx.z), write = gdn_write_slot(&p, blockIdx.z);
+    const int64_t first = gdn_first_token_row(&p, blockIdx.z), T64 = gdn_seq_tokens(&p, blockIdx.z);
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const int hw = lane / G, col = (lane % G) * VEC;
+    const block_coords bc = block_coords_of(p);
+    const int64_t V = p.head_dim_v;
+    const int64_t block_row0 = (int64_t)blockIdx.x * BLOCK_ROWS, warp_row0 = block_row0 + warp * WARP_ROWS;
+    const stage_layout at = stage_layout_of(p.num_tokens, BLOCK_ROWS, ring_bytes<SLOTS, STAGES>());
+
+    const int own_value = (lane % G) / SPREAD, own_slot = own_value / 2;
+    const bool own_is_q = own_value & 1, own_stores = !own_is_q && (lane % SPREAD) == 0;
+
+    if (T64 < 0 || first < 0) { /* cu_seqlens out of order or range */
+        skip_bad_row(p);
+        return;
+    }
+    const int T = (int)T64;
+    if (T == 0)
+        return;
+    const bool padding = read < 0;
+    if (padding) { /* outputs of padding rows are zeros; no state is read or written */
+        for (int i = threadIdx.x; i < T * BLOCK_ROWS; i += blockDim.x) {
+            const int64_t row = block_row0 + i % BLOCK_ROWS;
+            if (row < V)
+                store_elem<Act>(p.out, (first + i / BLOCK_ROWS) * p.out_stride + bc.hv * V + row, 0.0f);
+        }
+        return;
+    }
+    if (read >= p.num_slots || write >= p.num_slots) {
+        skip_bad_row(p);
+        return;
+    }
+
+    const St *src = static_cast<const St *>(p.state_pool) + gdn_tile_offset(&p, read, bc.hv);
+    uint4 *const my_ring = reinterpret_cast<uint4 *>(smem + at.ring) + (int64_t)warp * RING * SLOTS * 32;
+    uint4 raw[2][SLOTS];
+    const auto load_batch = [&](int b, uint4(&dst)[SLOTS]) {
+#pragma unroll
+        for (int j = 0; j < SLOTS; j++) {
+            const int64_t row = warp_row0 + b * WR + j * P + hw;
+            dst[j] =
+                row < V ? *reinterpret_cast<const uint4 *>(src + row * kRowK + col) : make_uint4(0, 0, 0, 0);
+        }
+    };
+    const auto stage_batch = [&](int b) { /* one commit group per batch, empty past the end */
+                                          if (b < BATCHES) {
+#pragma unroll
+                                              for (int j = 0; j < SLOTS; j++) {
+                                                  const int64_t row = warp_row0 + b * WR + j * P + hw;
+                                                  copy_async16(my_ring + ((b % RING) * SLOTS + j) * 32 + lane,
+                                                               row < V ? src + row * kRowK + col : src,
+                                                               row < V);
+                                              }
+                                          }
+                                          copy_async_commit();
+    };
+    if constexpr (STAGES > 0) {
+#pragma unroll
+        for (int b = 0; b < STAGES - 1; b++)
+            stage_batch(b);
+    } else {
+        load_batch(0, raw[0]);
+    }
+
+    if (stage_tokens<Act, BLOCK_ROWS>(p, bc, first, T, block_row0, smem, at)) {
+        skip_bad_row(p); /* a snapshot slot outside the pool: nothing written */
+        return;
+    }
+    const token_gates *gates = reinterpret_cast<const token_gates *>(smem + at.gates);
+    const int64_t *snapshot = reinterpret_cast<const int64_t *>(smem + at.snapshot);
+    const float *qs = reinterpret_cast<const float *>(smem + at.q) + col;
+    const float *ks = reinterpret_cast<const float *>(smem + at.k) + col;
+    const float *vs = reinterpret_cast<const float *>(smem + at.v) + warp * WARP_ROWS + own_slot * P + hw;
+    St *const pool = static_cast<St *>(p.state_pool);
+    St *const dst = write < 0 ? nullptr : pool + gdn_tile_offset(&p, write, bc.hv);
+
+#pragma unroll
+    for (int b = 0; b < BATCHES; b++) {
+        uint4 cur[SLOTS];
+        if constexpr (STAGES > 0) {
+            stage_batch(b + STAGES - 1);
+            copy_async_wait<STAGES - 1>(); /* batch b has landed */
+#pragma unroll
+            for (int j = 0; j < SLOTS; j++)
+                cur[j] = my_ring[((b % RING) * SLOTS + j) * 32 + lane];
+        } else {
+#pragma unroll
+            for (int j = 0; j < SLOTS; j++)
+                cur[j] = raw[b % 2][j];
+            if (b + 1 < BATCHES)
+                load_batch(b + 1, raw[(b + 1) % 2]);
+        }
+        float s[SLOTS][VEC];
+#pragma unroll
+        for (int j = 0; j < SLOTS; j++)
+            state_vec<St>::unpack(cur[j], s[j]);
+        const int64_t own_row = warp_row0 + b * WR + own_slot * P + hw;
+#pragma unroll 1
+        for (int t = 0; t < T; t++) {
+            float k[VEC], q[VEC];
+#pragma unroll
+            for (int i = 0; i < VEC; i += 4) {
+                const float4 kv = *reinterpret_cast<const float4 *>(ks + t * kRowK + i);
+                const float4 qv = *reinterpret_cast<const float4 *>(qs + t * kRowK + i);
+                k[i] = kv.x, k[i + 1] = kv.y, k[i + 2] = kv.z, k[i + 3] = kv.w;
+                q[i] = qv.x, q[i + 1] = qv.y, q[i + 2] = qv.z, q[i + 3] = qv.w;
+            }
+            const token_gates tg = gates[t];
+            const float v_own = vs[t * BLOCK_ROWS + b * WR];
+            float sums[M];
+#pragma unroll
+            for (int j = 0; j < SLOTS; j++) {
+                float dk = 0.0f, dq = 0.0f;
+#pragma unroll
+                for (int i = 0; i < VEC; i++) {
+                    dk += s[j][i] * k[i];
+                    dq += s[j][i] * q[i];
+                }
+                sums[2 * j] = dk;
+                sums[2 * j + 1] = dq;
+            }
+            const float mine = reduce_scatter<G, M>(sums, lane);
+            const float other = __shfl_xor_sync(kFullMask, mine, SPREAD);
+            const float dot_k = own_is_q ? other : mine, dot_q = own_is_q ? mine : other;
+            const float u = tg.beta * (v_own - tg.decay * dot_k);
+            if (own_stores && own_row < V)
+                store_elem<Act>(p.out, (first + t) * p.out_stride + bc.hv * V + own_row,
+                                tg.decay * dot_q + u * tg.kq);
+            const int64_t snap = snapshot[t];
+#pragma unroll
+            for (int j = 0; j < SLOTS; j++) {
+                const float uj = __shfl_sync(kFullMask, u, hw * G + 2 * j * SPREAD);
+#pragma unroll
+                for (int i = 0; i < VEC; i++)
+                    s[j][i] = tg.decay * s[j][i] + uj * k[i];
+                const int64_t row = warp_row0 + b * WR + j * P + hw;
+                if (snap >= 0 && row < V)
+                    store16(pool + snap + row * kRowK + col, state_vec<St>::pack(s[j]));
+            }
+        }
+        if (dst) {
+#pragma unroll
+            for (int j = 0; j < SLOTS; j++) {
+                const int64_t row = warp_row0 + b * WR + j * P + hw;
+                if (row < V)
+                    store16(dst + row * kRowK + col, state_vec<St>::pack(s[j]));
+            }
+        }
+    }
+}
+
+/* Each configuration: rows per batch (f32 rows; bf16 takes two rows per load), batches per
+ * warp, and the shared-memory ring depth (0 = registers). */
+constexpr gdn_kernel_shape kShapes[] = {{4, 1, 0}, {8, 1, 0}, {4, 2, 0}, {8, 2, 0}, {4, 4, 0}, {8, 4, 3}};
+constexpr int kShapeCount = sizeof kShapes / sizeof kShapes[0];
+
+template <typename Act, typename St, int SLOTS, int BATCHES, int STAGES>
+cudaError_t launch_shape(const gdn_problem &p, cudaStream_t stream)
+{
+    constexpr int P = 32 / (kRowK / state_vec<St>::n);
+    constexpr int64_t warp_rows = (int64_t)SLOTS * P * BATCHES, block_rows = kWarpsPerBlock * warp_rows;
+    const stage_layout at = stage_layout_of(p.num_tokens, block_rows, ring_bytes<SLOTS, STAGES>());
+    const auto kernel = decode_multi_token_vk128<Act, St, SLOTS, BATCHES, STAGES>;
+    /* Past the default 48 KiB (T > 12 with the ring) a kernel must opt in (per device, so on
+     * every such call); always to the most this instantiation can ask for, so that threads
+     * racing with different T never lower each other's limit. */
+    constexpr int64_t most = stage_layout_of(GDN_MAX_TOKENS, block_rows, ring_bytes<SLOTS, STAGES>()).bytes;
+    if (at.bytes > 48 * 1024) {
+        const cudaError_t err =
+            cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)most);
+        if (err != cudaSuccess)
+            return err;
+    }
+    /* always 4 warps: the prologue's token loop and the value stage assume BLOCK_ROWS rows */
+    const dim3 grid((unsigned)((p.head_dim_v + block_rows - 1) / block_rows), (unsigned)p.num_v_heads,
+                    (unsigned)p.num_seqs);
+    kernel<<<grid, kThreads, (size_t)at.bytes, stream>>>(p);
+    return cudaGetLastError();
+}
+
+template <typename Act, typename St>
+cudaError_t launch_config(const gdn_problem &p, int config, cudaStream_t stream)
+{
+    constexpr int D = state_vec<St>::n == 8 ? 2 : 1;
+    switch (config) { /* kShapes, in order */
+    case 0: return launch_shape<Act, St, 4 / D, 1, 0>(p, stream);
+    case 1: return launch_shape<Act, St, 8 / D, 1, 0>(p, stream);
+    case 2: return launch_shape<Act, St, 4 / D, 2, 0>(p, stream);
+    case 3: return launch_shape<Act, St, 8 / D, 2, 0>(p, stream);
+    case 4: return launch_shape<Act, St, 4 / D, 4, 0>(p, stream);
+    default: return launch_shape<Act, St, 8 / D, 4, 3>(p, stream);
+    }
+}
+
+/* The configuration for a batch, by rows of state per multiprocessor (first guess: the
+ * one-token kernel's boundaries; bench/NOTES.md has the sweep that replaces it). */
+int choose_config(const gdn_problem &p)
+{
+    const int64_t rows_per_sm = p.num_seqs * p.num_v_heads * p.head_dim_v / sm_count();
+    if (rows_per_sm <= 160)
+        return 0; /* r4x1 */
+    if (rows_per_sm <= 4000)
+        return 1; /* r8x1 */
+    return 3;     /* r8x2 */
+}
+
+int forced_config = -1;
+
+template <typename Act> cudaError_t launch_act(const gdn_problem &p, cudaStream_t stream)
+{
+    const int forced = __atomic_load_n(&forced_config, __ATOMIC_RELAXED);
+    const int config = forced >= 0 ? forced : choose_config(p);
+    return p.state_dtype == GDN_DTYPE_BF16 ? launch_config<Act, __nv_bfloat16>(p, config, stream)
+                                           : launch_config<Act, float>(p, config, stream);
+}
+
+} // namespace
+
+int gdn_cuda_multi_token_applies(const gdn_problem *p)
+{
+    const int64_t vec = p->state_dtype == GDN_DTYPE_BF16 ? 8 : 4;
+    return p->state_layout == GDN_LAYOUT_VK && p->head_dim_k == kRowK &&
+           (p->num_tokens > 1 || p->cu_seqlens || p->token_slots || p->num_accepted) &&
+           (p->slot_stride * (16 / vec)) % 16 == 0; /* each slot's tiles 16-byte aligned */
+}
+
+cudaError_t gdn_cuda_launch_multi_token(const gdn_problem *p, cudaStream_t stream)
+{
+    switch (p->act_dtype) {
+    case GDN_DTYPE_F16: return launch_act<__half>(*p, stream);
+    case GDN_DTYPE_BF16: return launch_act<__nv_bfloat16>(*p, stream);
+    default: return launch_act<float>(*p, stream);
+    }
+}
+
+const gdn_kernel_shape *gdn_cuda_multi_token_shapes(int *count)
+{
+    *count = kShapeCount;
+    return kShapes;
+}
+
+void gdn_cuda_multi_token_force(int config)
+{
+    __atomic_store_n(&forced_config, config >= 0 && config < kShapeCount ? config : -1, __ATOMIC_RELAXED);
+}
