@@ -306,7 +306,8 @@ __global__ void __launch_bounds__(kThreads) decode_multi_token_vk128(const __gri
 
 /* Each configuration: rows per batch (f32 rows; bf16 takes two rows per load), batches per
  * warp, and the shared-memory ring depth (0 = registers). */
-constexpr gdn_kernel_shape kShapes[] = {{4, 1, 0}, {8, 1, 0}, {4, 2, 0}, {8, 2, 0}, {4, 4, 0}, {8, 4, 3}};
+constexpr gdn_kernel_shape kShapes[] = {{4, 1, 0}, {8, 1, 0}, {4, 2, 0}, {8, 2, 0}, {4, 4, 0},
+                                        {8, 4, 3}, {4, 4, 3}, {4, 8, 4}, {8, 8, 4}};
 constexpr int kShapeCount = sizeof kShapes / sizeof kShapes[0];
 
 template <typename Act, typename St, int SLOTS, int BATCHES, int STAGES>
@@ -343,7 +344,10 @@ cudaError_t launch_config(const gdn_problem &p, int config, cudaStream_t stream)
     case 2: return launch_shape<Act, St, 4 / D, 2, 0>(p, stream);
     case 3: return launch_shape<Act, St, 8 / D, 2, 0>(p, stream);
     case 4: return launch_shape<Act, St, 4 / D, 4, 0>(p, stream);
-    default: return launch_shape<Act, St, 8 / D, 4, 3>(p, stream);
+    case 5: return launch_shape<Act, St, 8 / D, 4, 3>(p, stream);
+    case 6: return launch_shape<Act, St, 4 / D, 4, 3>(p, stream);
+    case 7: return launch_shape<Act, St, 4 / D, 8, 4>(p, stream);
+    default: return launch_shape<Act, St, 8 / D, 8, 4>(p, stream);
     }
 }
 
