@@ -352,20 +352,23 @@ cudaError_t launch_config(const gdn_problem &p, int config, cudaStream_t stream)
 }
 
 /*
- * The configuration for a batch, by rows of state per multiprocessor, from the H200 sweep of
- * every configuration at T = 2, 3, 4, 8 and N = 1, 16, 64, 256 (qwen3-next, with and without
- * token slots; bench/results/h200-2026-12-02-245f58e-mtp): at N = 1 short warps and many blocks
- * (r4x1); beyond, warps that prefetch their next batch while they run the tokens of the current
- * one: 4 batches of 4 rows for f32 (r4x4), a cp.async ring for bf16 (r8x4s3). The fastest
- * configuration at every point without token slots (f32 T = 8, N = 64: r4x2 0.3% faster); with
- * token slots, where every token stores the state, within 6% of the fastest (r4x2, r8x2).
+ * The configuration for a batch, by rows of state per multiprocessor, from the H200 sweeps of
+ * every configuration at T = 2, 3, 4, 8 (qwen3-next; bench/results/h200-2026-12-02-245f58e-mtp,
+ * -3c42af9-mtp): at N = 1 short warps and many blocks (r4x1); beyond, warps that load their next
+ * batches while they run the tokens of the current one. f32: 4 batches of 4 rows prefetched in
+ * registers (r4x4) up to ~1000 rows a multiprocessor (N = 16 at 32 heads), then 8 batches
+ * through a 4-stage cp.async ring (r4x8s4: 4-10% faster at N = 64 and 256, where registers alone
+ * keep too few bytes in flight); bf16: 4 batches of 8 rows through a 3-stage ring (r8x4s3). With
+ * token slots (every token stores the state) these are within 6% of the fastest configuration.
  */
 int choose_config(const gdn_problem &p)
 {
     const int64_t rows_per_sm = p.num_seqs * p.num_v_heads * p.head_dim_v / sm_count();
     if (rows_per_sm <= 64)
-        return 0;                                   /* r4x1 */
-    return p.state_dtype == GDN_DTYPE_BF16 ? 5 : 4; /* r8x4s3, r4x4 */
+        return 0; /* r4x1 */
+    if (p.state_dtype == GDN_DTYPE_BF16)
+        return 5;                       /* r8x4s3 */
+    return rows_per_sm <= 1000 ? 4 : 7; /* r4x4, r4x8s4 */
 }
 
 int forced_config = -1;
