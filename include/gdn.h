@@ -46,7 +46,7 @@ extern "C" {
  * ------------------------------------------------------------------------------------- */
 
 #define GDN_VERSION_MAJOR 0
-#define GDN_VERSION_MINOR 4
+#define GDN_VERSION_MINOR 5
 #define GDN_VERSION_PATCH 0
 #define GDN_VERSION_NUMBER (GDN_VERSION_MAJOR * 10000 + GDN_VERSION_MINOR * 100 + GDN_VERSION_PATCH)
 
@@ -205,7 +205,8 @@ GDN_API gdn_status gdn_cuda_device_info(int device, char *name, size_t name_size
 typedef struct gdn_decode_params {
     size_t struct_size; /* sizeof(gdn_decode_params); set by gdn_decode_params_init. The library
                            also takes the shorter structs of older headers (0.1: up to
-                           num_threads; 0.2: up to num_accepted; 0.3: up to bad_index_rows);
+                           num_threads; 0.2: up to num_accepted; 0.3: up to bad_index_rows;
+                           0.4: up to state_slot_stride);
                            the fields such a caller lacks read as zero. */
 
     /* shape */
@@ -258,7 +259,8 @@ typedef struct gdn_decode_params {
 
     /* multi-token decode (SPEC operation 2); all zero/NULL = one token per sequence */
     int64_t num_tokens;         /* T tokens per sequence, 1..GDN_MAX_TOKENS (0 = 1); with
-                                   cu_seqlens: the most tokens any sequence has */
+                                   cu_seqlens: the most tokens any sequence has (any number on
+                                   the cpu and reference backends, see total_tokens) */
     const void *cu_seqlens;     /* optional [N+1], index dtype: sequence n owns token rows
                                    cu_seqlens[n] .. cu_seqlens[n+1]-1 (varlen) */
     const void *token_slots;    /* optional [N, token_slots_stride], index dtype: the slot that
@@ -291,6 +293,28 @@ typedef struct gdn_decode_params {
      * cuda backend a stride whose slots are not 16-byte aligned is served by the scalar kernels
      * (correct, slower). */
     int64_t state_slot_stride;
+
+    /* ---- varlen prefill and mixed batches (0.5) --------------------------------------------
+     * With cu_seqlens a sequence may have any number of tokens: prefills, decodes and verifies
+     * in one call. num_tokens is then the most tokens any sequence has, and may exceed
+     * GDN_MAX_TOKENS on the cpu and reference backends when token_slots and num_accepted are
+     * not set (the cuda backend takes at most GDN_MAX_TOKENS a sequence until its chunked
+     * kernels land; a longer call there is GDN_ERR_INVALID_SHAPE, nothing written). */
+    int64_t total_tokens;             /* with cu_seqlens: token rows q, k, v, a, b (or g, beta) and out hold;
+                                         0 = num_seqs * num_tokens. cu_seqlens[N] may not exceed it */
+    const uint8_t *has_initial_state; /* optional [N] (torch.bool works): 0 = sequence n starts
+                                         from a zero state, its read slot is not read (vLLM's and
+                                         FLA's name); the final state still goes to its write
+                                         slot. NULL = every sequence reads its slot */
+
+    /* Gates given precomputed (0.5), as FLA's fused_recurrent / chunk_gated_delta_rule take
+     * them: instead of a, b, A_log and dt_bias (which must then be NULL), the log-decay g and
+     * beta after the sigmoid, per token row and value head. cpu and reference backends; the
+     * cuda backend refuses them (GDN_ERR_INVALID_ARGUMENT) until its kernels read them. */
+    const float *g;      /* [rows, HV] float32: g = -exp(A_log) softplus(a + dt_bias) */
+    int64_t g_stride;    /* elements between token rows; 0 = HV */
+    const void *beta;    /* [rows, HV] in act_dtype: beta = sigmoid(b) */
+    int64_t beta_stride; /* elements between token rows; 0 = HV */
 } gdn_decode_params;
 
 /* Fills *params with the defaults above (everything else zero/NULL) and sets struct_size. */

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/mman.h>
 
+#include "../src/common/problem.h"
 #include "../src/core/backends.h"
 #include "decode_case.h"
 #include "rng.h"
@@ -168,6 +169,105 @@ static void random_f32_inputs(rng *g, int64_t rows, int64_t H, int64_t HV, int64
             all[x][i] = (float)rng_normal(g);
     for (int64_t i = 0; i < HV; i++)
         A_log[i] = (float)(0.5 * rng_uniform(g)), dt_bias[i] = (float)(-2.0 * rng_uniform(g));
+}
+
+/* Varlen prefill and mixed batches (0.5): sequences of 0..T tokens (the first T, past
+ * GDN_MAX_TOKENS), zero and non-zero initial states, both forms of the gates, every activation
+ * and state dtype, both layouts and head maps, against the float64 reference; then one call with
+ * lengths up to 5000. (The l2 norm stays on: unnormalised keys of N(0, 1) make the delta rule
+ * diverge over hundreds of tokens, in the reference as much as anywhere.) */
+static void prefill_mixed(gdn_backend backend)
+{
+    const gdn_dtype acts[] = {GDN_DTYPE_F32, GDN_DTYPE_F16, GDN_DTYPE_BF16};
+    for (int i = 0; i < 12; i++) {
+        decode_case c =
+            base(4 + i % 3, 1 + i % 2, 2 * (1 + i % 2), i % 4 == 3 ? 64 : 128, i % 5 == 4 ? 100 : 64);
+        c.num_tokens = 17 + 23 * i;
+        c.varlen = 1;
+        c.zero_init = i % 2 == 0;
+        c.gates_given = i % 3 == 1;
+        c.act_dtype = acts[i % 3];
+        c.state_dtype = i % 4 < 2 ? GDN_DTYPE_F32 : GDN_DTYPE_BF16;
+        c.layout = i % 2 ? GDN_LAYOUT_KV : GDN_LAYOUT_VK;
+        c.head_map = i % 3 == 2 ? GDN_HEAD_MAP_TILED : GDN_HEAD_MAP_GROUPED;
+        c.index_dtype = i % 2 ? GDN_DTYPE_I32 : GDN_DTYPE_I64;
+        c.padding = i % 3 == 0;
+        c.write_slots = i % 4 == 1;
+        c.null_slot_zero = i % 6 == 5;
+        c.strided = i % 5 == 2;
+        expect_pass(c, backend, 2);
+    }
+    decode_case c = base(6, 1, 2, 64, 64);
+    c.num_tokens = 5000, c.varlen = 1, c.zero_init = 1;
+    expect_pass(c, backend, 1);
+}
+
+static void cpu_prefill_mixed(void) { prefill_mixed(GDN_BACKEND_CPU); }
+
+/* One f32 call of sequences 20, 3 and 17 tokens long (past GDN_MAX_TOKENS and under it) on the
+ * cpu backend, with the given gate form and initial-state flags. */
+typedef struct prefill_call {
+    float q[40 * 32], k[40 * 32], v[40 * 2 * 16], a[40 * 2], b[40 * 2], g[40 * 2], beta[40 * 2];
+    float A_log[2], dt_bias[2], out[40 * 2 * 16], pool[4 * 2 * 16 * 32];
+    int64_t cu[4], slots[3];
+    uint8_t has_init[3];
+} prefill_call;
+
+static gdn_status run_prefill_call(prefill_call *c, int gates_given, int with_flags)
+{
+    gdn_decode_params p;
+    gdn_decode_params_init(&p);
+    p.num_seqs = 3, p.num_q_heads = 1, p.num_v_heads = 2, p.head_dim_k = 32, p.head_dim_v = 16;
+    p.act_dtype = GDN_DTYPE_F32, p.q = c->q, p.k = c->k, p.v = c->v, p.out = c->out;
+    if (gates_given)
+        p.g = c->g, p.beta = c->beta;
+    else
+        p.a = c->a, p.b = c->b, p.A_log = c->A_log, p.dt_bias = c->dt_bias;
+    p.state_pool = c->pool, p.num_slots = 4, p.slot_indices = c->slots;
+    p.num_tokens = 20, p.cu_seqlens = c->cu, p.total_tokens = 40;
+    p.has_initial_state = with_flags ? c->has_init : NULL;
+    p.backend = GDN_BACKEND_CPU;
+    return gdn_decode(&p);
+}
+
+/* g and beta given precomputed give the same bits as the raw gates they come from, and a
+ * sequence without an initial state the same bits as one whose slot holds zeros. */
+static void prefill_gates_and_initial_state(void)
+{
+    static prefill_call raw, given;
+    rng g = {seed++};
+    random_f32_inputs(&g, 40, 1, 2, 32, 16, raw.q, raw.k, raw.v, raw.a, raw.b, raw.A_log, raw.dt_bias);
+    for (size_t i = 0; i < sizeof raw.pool / sizeof raw.pool[0]; i++)
+        raw.pool[i] = (float)(0.05 * rng_normal(&g));
+    const int64_t cu[4] = {0, 20, 23, 40}, slots[3] = {2, 0, 3};
+    memcpy(raw.cu, cu, sizeof cu), memcpy(raw.slots, slots, sizeof slots);
+    raw.has_init[0] = 0, raw.has_init[1] = 1, raw.has_init[2] = 0;
+    for (int i = 0; i < 40 * 2; i++) {
+        raw.g[i] = gdn_gate_log(raw.A_log[i % 2], raw.a[i], raw.dt_bias[i % 2]);
+        raw.beta[i] = gdn_sigmoid(raw.b[i]);
+    }
+    given = raw;
+    CHECK_MSG(run_prefill_call(&raw, 0, 0) == GDN_OK, "raw gates: %s", gdn_last_error());
+    CHECK_MSG(run_prefill_call(&given, 1, 0) == GDN_OK, "given gates: %s", gdn_last_error());
+    CHECK_MSG(!memcmp(raw.out, given.out, sizeof raw.out) && !memcmp(raw.pool, given.pool, sizeof raw.pool),
+              "g and beta given differ from the raw gates they come from");
+
+    static prefill_call flagged, zeroed;
+    random_f32_inputs(&g, 40, 1, 2, 32, 16, flagged.q, flagged.k, flagged.v, flagged.a, flagged.b,
+                      flagged.A_log, flagged.dt_bias);
+    for (size_t i = 0; i < sizeof flagged.pool / sizeof flagged.pool[0]; i++)
+        flagged.pool[i] = (float)(0.05 * rng_normal(&g));
+    memcpy(flagged.cu, cu, sizeof cu), memcpy(flagged.slots, slots, sizeof slots);
+    flagged.has_init[0] = 0, flagged.has_init[1] = 1, flagged.has_init[2] = 0;
+    zeroed = flagged;
+    const int64_t tile = 2 * 16 * 32;
+    memset(zeroed.pool + slots[0] * tile, 0, tile * sizeof(float)); /* sequences 0 and 2: no state */
+    memset(zeroed.pool + slots[2] * tile, 0, tile * sizeof(float));
+    CHECK_MSG(run_prefill_call(&flagged, 0, 1) == GDN_OK, "has_initial_state: %s", gdn_last_error());
+    CHECK_MSG(run_prefill_call(&zeroed, 0, 0) == GDN_OK, "zeroed slots: %s", gdn_last_error());
+    CHECK_MSG(!memcmp(flagged.out, zeroed.out, sizeof flagged.out) &&
+                  !memcmp(flagged.pool, zeroed.pool, sizeof flagged.pool),
+              "has_initial_state = 0 differs from a zeroed slot");
 }
 
 /* The defining property of snapshots: the state saved after token t of a T-token call equals
@@ -447,6 +547,8 @@ void register_decode_tests(void)
     test_add("decode/cpu_multi_step", cpu_multi_step);
     test_add("decode/cpu_threads", cpu_threads_agree);
     test_add("decode/cpu_multi_token", cpu_multi_token);
+    test_add("decode/cpu_prefill_mixed", cpu_prefill_mixed);
+    test_add("decode/prefill_gates_and_initial_state", prefill_gates_and_initial_state);
     test_add("decode/cpu_every_isa", cpu_every_isa);
     test_add("decode/snapshots_match_single_steps", snapshots_match_single_steps);
     test_add("decode/cpu_paged_pool", cpu_paged_pool);

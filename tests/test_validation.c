@@ -277,6 +277,113 @@ static void test_struct_size_of_03_header(void)
     CHECK_MSG(gdn_decode(p) == GDN_OK, "0.3-sized params refused: %s", gdn_last_error());
 }
 
+static void test_struct_size_of_04_header(void)
+{
+    gdn_decode_params *p = fresh();
+    p->struct_size = offsetof(gdn_decode_params, state_slot_stride) + sizeof(int64_t);
+    p->total_tokens = -5; /* past a 0.4 struct: must not be read */
+    CHECK_MSG(gdn_decode(p) == GDN_OK, "0.4-sized params refused: %s", gdn_last_error());
+}
+
+/* ---------------------------------------------------------------------------------------
+ * varlen prefill and precomputed gates (0.5)
+ * ------------------------------------------------------------------------------------- */
+
+static int64_t cu_rows[N + 1];
+static float g_rows[AB_ELEMS], beta_rows[AB_ELEMS];
+
+/* The fixture as a varlen call whose sequences may be longer than GDN_MAX_TOKENS: one token
+ * each here, num_tokens 40, total_tokens = N rows; proven valid by fresh(). */
+static gdn_decode_params *fresh_varlen(void)
+{
+    gdn_decode_params *p = fresh();
+    for (int n = 0; n <= N; n++)
+        cu_rows[n] = n;
+    p->cu_seqlens = cu_rows, p->num_tokens = 40, p->total_tokens = N;
+    CHECK_MSG(gdn_decode(p) == GDN_OK, "the varlen fixture fails: %s", gdn_last_error());
+    fill_data();
+    snapshot();
+    p->cu_seqlens = cu_rows, p->num_tokens = 40, p->total_tokens = N;
+    return p;
+}
+
+/* gdn_decode alone (cu_seqlens values are read by gdn_decode only, as slot values are). */
+static void expect_decode_failure(const gdn_decode_params *p, gdn_status want, const char *needle)
+{
+    prime_last_error();
+    gdn_status got = gdn_decode(p);
+    CHECK_MSG(got == want, "status %s, want %s: %s", gdn_status_string(got), gdn_status_string(want),
+              gdn_last_error());
+    CHECK_MSG(strstr(gdn_last_error(), needle), "message \"%s\" does not mention \"%s\"", gdn_last_error(),
+              needle);
+    CHECK_MSG(untouched(), "the failed call (%s) wrote to the state pool or an output", needle);
+}
+
+static void test_long_sequences_need_cu_seqlens(void)
+{
+    gdn_decode_params *p = fresh();
+    p->num_tokens = GDN_MAX_TOKENS + 1;
+    expect_failure(p, GDN_ERR_INVALID_SHAPE, "num_tokens", "cu_seqlens");
+}
+
+static void test_long_sequences_with_token_slots(void)
+{
+    gdn_decode_params *p = fresh_varlen();
+    p->token_slots = fx.slots64;
+    expect_failure(p, GDN_ERR_INVALID_SHAPE, "token_slots", NULL);
+}
+
+static void test_total_tokens_without_cu_seqlens(void)
+{
+    gdn_decode_params *p = fresh();
+    p->total_tokens = N;
+    expect_failure(p, GDN_ERR_INVALID_ARGUMENT, "total_tokens", NULL);
+}
+
+static void test_cu_seqlens_not_increasing(void)
+{
+    gdn_decode_params *p = fresh_varlen();
+    cu_rows[1] = 2, cu_rows[2] = 1;
+    expect_decode_failure(p, GDN_ERR_INVALID_SHAPE, "cu_seqlens[1]");
+}
+
+static void test_cu_seqlens_past_total_tokens(void)
+{
+    gdn_decode_params *p = fresh_varlen();
+    cu_rows[N] = N + 1; /* one row more than the tensors hold */
+    expect_decode_failure(p, GDN_ERR_INVALID_SHAPE, "total_tokens");
+}
+
+static void test_token_count_overflows(void)
+{
+    gdn_decode_params *p = fresh_varlen();
+    p->total_tokens = 0, p->num_tokens = INT64_MAX / 2; /* num_seqs * num_tokens overflows */
+    expect_failure(p, GDN_ERR_INVALID_SHAPE, "overflows", NULL);
+}
+
+static void test_gates_given_half(void)
+{
+    gdn_decode_params *p = fresh();
+    p->a = p->b = NULL, p->A_log = p->dt_bias = NULL;
+    p->g = g_rows;
+    expect_failure(p, GDN_ERR_INVALID_ARGUMENT, "beta", NULL);
+}
+
+static void test_gates_given_twice(void)
+{
+    gdn_decode_params *p = fresh();
+    p->g = g_rows, p->beta = beta_rows; /* and a, b, A_log, dt_bias still set */
+    expect_failure(p, GDN_ERR_INVALID_ARGUMENT, "one form", NULL);
+}
+
+static void test_gates_given_stride_short(void)
+{
+    gdn_decode_params *p = fresh();
+    p->a = p->b = NULL, p->A_log = p->dt_bias = NULL;
+    p->g = g_rows, p->beta = beta_rows, p->g_stride = HV - 1;
+    expect_failure(p, GDN_ERR_INVALID_STRIDE, "g_stride", NULL);
+}
+
 /* ---------------------------------------------------------------------------------------
  * paged pools (state_slot_stride)
  * ------------------------------------------------------------------------------------- */
@@ -793,6 +900,16 @@ void register_validation_tests(void)
     test_add("validation/struct_size_of_older_header", test_struct_size_of_older_header);
     test_add("validation/struct_size_of_02_header", test_struct_size_of_02_header);
     test_add("validation/struct_size_of_03_header", test_struct_size_of_03_header);
+    test_add("validation/struct_size_of_04_header", test_struct_size_of_04_header);
+    test_add("validation/long_sequences_need_cu_seqlens", test_long_sequences_need_cu_seqlens);
+    test_add("validation/long_sequences_with_token_slots", test_long_sequences_with_token_slots);
+    test_add("validation/total_tokens_without_cu_seqlens", test_total_tokens_without_cu_seqlens);
+    test_add("validation/cu_seqlens_not_increasing", test_cu_seqlens_not_increasing);
+    test_add("validation/cu_seqlens_past_total_tokens", test_cu_seqlens_past_total_tokens);
+    test_add("validation/token_count_overflows", test_token_count_overflows);
+    test_add("validation/gates_given_half", test_gates_given_half);
+    test_add("validation/gates_given_twice", test_gates_given_twice);
+    test_add("validation/gates_given_stride_short", test_gates_given_stride_short);
     test_add("validation/slot_stride_shorter_than_a_slot", test_slot_stride_shorter_than_a_slot);
     test_add("validation/slot_stride_overflows", test_slot_stride_overflows);
     test_add("validation/slot_stride_extent_overlaps_out", test_slot_stride_extent_overlaps_out);

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "../src/common/numeric.h"
+#include "../src/common/problem.h"
 #include "buffers.h"
 #include "rng.h"
 
@@ -39,6 +40,8 @@ typedef struct arrays {
     /* host, in the backend's dtypes */
     unsigned char *proj, *ab, *out, *pool, *pool_before;
     float *A_log, *dt_bias;
+    float *g;          /* gates_given: g [rows, HV] (host; host backends only) */
+    uint8_t *has_init; /* zero_init: has_initial_state [N] (host; host backends only) */
     index_array read, write, cu, tokens, accepted;
     /* host, float64 copies for the reference */
     double *proj64, *ab64, *out64, *ref_pool, *rounded_pool;
@@ -63,6 +66,9 @@ void decode_case_describe(const decode_case *c, char *buf, size_t size)
     if (c->num_tokens > 1)
         snprintf(tokens, sizeof tokens, " T=%lld%s%s%s", (long long)c->num_tokens, c->varlen ? " varlen" : "",
                  c->token_slots ? " tslots" : "", c->accepted ? " accepted" : "");
+    if (c->zero_init || c->gates_given)
+        snprintf(tokens + strlen(tokens), sizeof tokens - strlen(tokens), "%s%s",
+                 c->zero_init ? " zero-init" : "", c->gates_given ? " g-beta" : "");
     snprintf(buf, size, "%s N=%lld H=%lld HV=%lld K=%lld V=%lld act=%s state=%s %s %s %s%s%s%s%s%s%s%s",
              c->name ? c->name : "case", (long long)c->num_seqs, (long long)c->num_q_heads,
              (long long)c->num_v_heads, (long long)c->head_dim_k, (long long)c->head_dim_v,
@@ -123,7 +129,7 @@ static int upload_index(const index_array *a, const arrays *A)
 static void free_arrays(arrays *A)
 {
     free(A->proj), free(A->ab), free(A->out), free(A->pool), free(A->pool_before);
-    free(A->A_log), free(A->dt_bias);
+    free(A->A_log), free(A->dt_bias), free(A->g), free(A->has_init);
     free(A->proj64), free(A->ab64), free(A->out64), free(A->ref_pool), free(A->rounded_pool);
     index_array *idx[] = {&A->read, &A->write, &A->cu, &A->tokens, &A->accepted};
     for (size_t i = 0; i < sizeof idx / sizeof idx[0]; i++)
@@ -189,13 +195,14 @@ static int alloc_arrays(const decode_case *c, gdn_backend backend, arrays *A, de
     A->proj = malloc(A->proj_bytes), A->ab = malloc(A->ab_bytes), A->out = malloc(A->out_bytes);
     A->pool = malloc(A->pool_bytes), A->pool_before = malloc(A->pool_bytes);
     A->A_log = malloc((size_t)A->hv * sizeof(float)), A->dt_bias = malloc((size_t)A->hv * sizeof(float));
+    A->g = malloc((size_t)(rows * A->hv) * sizeof(float)), A->has_init = malloc((size_t)(A->n + 1));
     A->proj64 = malloc((size_t)proj_elems * sizeof(double)),
     A->ab64 = malloc((size_t)ab_elems * sizeof(double));
     A->out64 = malloc((size_t)out_elems * sizeof(double));
     A->ref_pool = malloc((size_t)pool_elems * sizeof(double));
     A->rounded_pool = malloc((size_t)pool_elems * sizeof(double));
-    if (!A->proj || !A->ab || !A->out || !A->pool || !A->pool_before || !A->A_log || !A->dt_bias ||
-        !A->proj64 || !A->ab64 || !A->out64 || !A->ref_pool || !A->rounded_pool)
+    if (!A->proj || !A->ab || !A->out || !A->pool || !A->pool_before || !A->A_log || !A->dt_bias || !A->g ||
+        !A->has_init || !A->proj64 || !A->ab64 || !A->out64 || !A->ref_pool || !A->rounded_pool)
         return fail(r, "host allocation failed (pool of %lld elements)", (long long)pool_elems);
     if (A->where == MEM_HOST) {
         A->d_proj = A->proj, A->d_ab = A->ab, A->d_out = A->out, A->d_pool = A->pool;
@@ -220,18 +227,32 @@ static void fill_inputs(const decode_case *c, arrays *A, rng *g, int first)
         draw(g, 1.0, A->proj, c->act_dtype, A->proj64, i);
     for (int64_t i = 0; i < ab_elems; i++)
         draw(g, 1.0, A->ab, c->act_dtype, A->ab64, i);
-    if (!first)
+    for (int64_t n = 0; n < A->n; n++)
+        A->has_init[n] = (uint8_t)(rng_next(g) % 2);
+    if (first) {
+        for (int64_t hv = 0; hv < A->hv; hv++) {
+            A->A_log[hv] = (float)log(1.0 + 15.0 * rng_uniform(g)); /* A in [1, 16] */
+            double dt = exp(log(1e-3) + (log(1e-1) - log(1e-3)) * rng_uniform(g));
+            A->dt_bias[hv] = (float)(dt + log(-expm1(-dt))); /* softplus^-1(dt) */
+        }
+        int64_t pool_elems = (int64_t)(A->pool_bytes / A->state_size);
+        for (int64_t i = 0; i < pool_elems; i++) {
+            draw(g, 0.05, A->pool, c->state_dtype, A->ref_pool, i);
+            A->rounded_pool[i] = A->ref_pool[i];
+        }
+    }
+    if (!c->gates_given)
         return;
-    for (int64_t hv = 0; hv < A->hv; hv++) {
-        A->A_log[hv] = (float)log(1.0 + 15.0 * rng_uniform(g)); /* A in [1, 16] */
-        double dt = exp(log(1e-3) + (log(1e-1) - log(1e-3)) * rng_uniform(g));
-        A->dt_bias[hv] = (float)(dt + log(-expm1(-dt))); /* softplus^-1(dt) */
-    }
-    int64_t pool_elems = (int64_t)(A->pool_bytes / A->state_size);
-    for (int64_t i = 0; i < pool_elems; i++) {
-        draw(g, 0.05, A->pool, c->state_dtype, A->ref_pool, i);
-        A->rounded_pool[i] = A->ref_pool[i];
-    }
+    /* g from the drawn a (float32, what a model's gate kernel would hand over); b's place holds
+     * beta = sigmoid(b), rounded to the activation dtype, for both runs */
+    for (int64_t row = 0; row < A->rows; row++)
+        for (int64_t hv = 0; hv < A->hv; hv++) {
+            int64_t a_at = c->strided ? row * A->ab_stride + hv : row * A->hv + hv;
+            int64_t b_at = c->strided ? row * A->ab_stride + A->hv + hv : (A->rows + row) * A->hv + hv;
+            A->g[row * A->hv + hv] = gdn_gate_log(A->A_log[hv], (float)A->ab64[a_at], A->dt_bias[hv]);
+            gdn_store_f64(A->ab, c->act_dtype, b_at, 1.0 / (1.0 + exp(-A->ab64[b_at])));
+            A->ab64[b_at] = gdn_load_f64(A->ab, c->act_dtype, b_at);
+        }
 }
 
 static int64_t null_slot(const decode_case *c, int64_t n)
@@ -341,6 +362,14 @@ static gdn_decode_params make_params(const decode_case *c, const arrays *A, void
         p.cu_seqlens = !c->varlen ? NULL : device_side ? A->cu.dev : A->cu.host;
         p.token_slots = !c->token_slots ? NULL : device_side ? A->tokens.dev : A->tokens.host;
         p.num_accepted = !c->accepted ? NULL : device_side ? A->accepted.dev : A->accepted.host;
+    }
+    if (c->varlen)
+        p.total_tokens = A->rows;
+    if (c->zero_init)
+        p.has_initial_state = A->has_init;
+    if (c->gates_given) {
+        p.g = A->g, p.beta = p.b, p.beta_stride = p.b_stride;
+        p.a = p.b = NULL, p.A_log = p.dt_bias = NULL, p.a_stride = p.b_stride = 0;
     }
     p.backend = backend;
     p.pdl = c->pdl;

@@ -25,7 +25,8 @@ typedef struct decode_case {
     int null_slot_zero; /* slot 0 is the null slot */
     int write_slots;    /* separate write slots (read one slot, write another) */
     int strided;        /* q, k, v slices of one packed projection row; out rows padded */
-    int64_t num_tokens; /* tokens per sequence (0 = 1); with varlen, the most */
+    int64_t num_tokens; /* tokens per sequence (0 = 1); with varlen, the most (any number on
+                           host backends: prefill) */
     int varlen;         /* cu_seqlens with 0..num_tokens tokens per sequence */
     int token_slots;    /* a snapshot slot per token (some not saved) */
     int accepted;       /* with token_slots: start from token_slots[n][num_accepted[n]-1] */
@@ -33,6 +34,8 @@ typedef struct decode_case {
     int slot_gap;       /* paged pool (state_slot_stride): 0 packed; 1 a V*K gap after each slot
                            (storage[:, :HV] of [slots, HV+1, V, K]); 2 the gap before each slot
                            (storage[:, 1:]); 3 a 3-element gap (slots not 16-byte aligned) */
+    int zero_init;      /* has_initial_state: about half the sequences start from a zero state */
+    int gates_given;    /* g and beta given precomputed instead of a, b, A_log, dt_bias */
     uint64_t seed;
 } decode_case;
 

@@ -48,9 +48,13 @@ typedef struct gdn_problem {
     /* token rows the activations hold: num_seqs * num_tokens of the whole call (cu_seqlens may
      * not reach past them); kept by gdn_problem_rows, as cu_seqlens keeps absolute rows */
     int64_t token_rows;
-    uint32_t *bad_index_rows; /* checked mode: rows skipped for a bad device-side index */
-    int device;               /* the CUDA device holding the pool (-1: not device memory) */
-    int pdl;                  /* programmatic dependent launch (cuda, one-token kernel) */
+    uint32_t *bad_index_rows;         /* checked mode: rows skipped for a bad device-side index */
+    int device;                       /* the CUDA device holding the pool (-1: not device memory) */
+    int pdl;                          /* programmatic dependent launch (cuda, one-token kernel) */
+    const uint8_t *has_initial_state; /* optional [N]: 0 = start from a zero state */
+    const float *g;                   /* optional precomputed gates (with beta): log decay */
+    const void *beta;                 /* sigmoid already applied; act_dtype */
+    int64_t g_stride, beta_stride;
 } gdn_problem;
 
 /* Epsilon added to the sum of squares before the square root of the l2 norm (SPEC 1). */
@@ -93,6 +97,12 @@ GDN_HD int64_t gdn_token_slot(const gdn_problem *p, int64_t n, int64_t t)
 {
     int64_t slot = gdn_index_at(p->token_slots, p->index_dtype, n * p->token_slots_stride + t);
     return gdn_slot_is_null(p, slot) ? -1 : slot;
+}
+
+/* 1 when sequence n starts from a zero state instead of its read slot (has_initial_state). */
+GDN_HD int gdn_zero_initial_state(const gdn_problem *p, int64_t n)
+{
+    return p->has_initial_state && !p->has_initial_state[n];
 }
 
 /* Slot whose state sequence n starts from, -1 for a padding row, GDN_BAD_SLOT when

@@ -130,17 +130,34 @@ static gdn_status check_head_size(const gdn_decode_params *p)
     return GDN_OK;
 }
 
-/* Token rows the activations must hold: N*T (with cu_seqlens, the most there can be). */
+/* Token rows the activations must hold: N*T, or with cu_seqlens total_tokens when given (else
+ * N*T, the most there can be). */
 static int64_t token_rows(const gdn_decode_params *p)
 {
+    if (p->cu_seqlens && p->total_tokens > 0)
+        return p->total_tokens;
     return p->num_seqs * (p->num_tokens > 0 ? p->num_tokens : 1);
 }
 
-static gdn_status check_tokens(const gdn_decode_params *p)
+static gdn_status check_tokens(const gdn_decode_params *p, gdn_backend backend)
 {
-    if (p->num_tokens < 0 || p->num_tokens > GDN_MAX_TOKENS)
-        return gdn_fail(GDN_ERR_INVALID_SHAPE, "num_tokens = %lld is outside 0..%d", (long long)p->num_tokens,
-                        GDN_MAX_TOKENS);
+    if (p->num_tokens < 0 || (p->num_tokens > GDN_MAX_TOKENS && !p->cu_seqlens))
+        return gdn_fail(GDN_ERR_INVALID_SHAPE,
+                        "num_tokens = %lld is outside 0..%d (longer sequences: give cu_seqlens)",
+                        (long long)p->num_tokens, GDN_MAX_TOKENS);
+    if (p->num_tokens > GDN_MAX_TOKENS && (p->token_slots || p->num_accepted))
+        return gdn_fail(GDN_ERR_INVALID_SHAPE,
+                        "num_tokens = %lld with token_slots or num_accepted: those take at most %d tokens "
+                        "a sequence",
+                        (long long)p->num_tokens, GDN_MAX_TOKENS);
+    if (p->num_tokens > GDN_MAX_TOKENS && backend == GDN_BACKEND_CUDA)
+        return gdn_fail(GDN_ERR_INVALID_SHAPE,
+                        "num_tokens = %lld: the cuda backend takes at most %d tokens a sequence (longer "
+                        "sequences run on the cpu and reference backends)",
+                        (long long)p->num_tokens, GDN_MAX_TOKENS);
+    if (p->total_tokens < 0 || (p->total_tokens > 0 && !p->cu_seqlens))
+        return gdn_fail(GDN_ERR_INVALID_ARGUMENT, "total_tokens = %lld needs cu_seqlens (and >= 0)",
+                        (long long)p->total_tokens);
     if (p->cu_seqlens && p->num_tokens < 1)
         return gdn_fail(GDN_ERR_INVALID_ARGUMENT,
                         "cu_seqlens is set but num_tokens = %lld: give the largest tokens per sequence",
@@ -149,6 +166,10 @@ static gdn_status check_tokens(const gdn_decode_params *p)
     if (checked_mul(p->num_seqs, tokens) < 0)
         return gdn_fail(GDN_ERR_INVALID_SHAPE, "num_seqs = %lld times num_tokens = %lld overflows 64 bits",
                         (long long)p->num_seqs, (long long)tokens);
+    if (p->has_initial_state && backend == GDN_BACKEND_CUDA)
+        return gdn_fail(
+            GDN_ERR_INVALID_ARGUMENT,
+            "has_initial_state is not taken by the cuda backend yet (cpu and reference backends)");
     if (p->token_slots_stride < 0 || (p->token_slots_stride > 0 && p->token_slots_stride < tokens))
         return gdn_fail(GDN_ERR_INVALID_STRIDE, "token_slots_stride = %lld is shorter than num_tokens = %lld",
                         (long long)p->token_slots_stride, (long long)tokens);
@@ -156,6 +177,17 @@ static gdn_status check_tokens(const gdn_decode_params *p)
         checked_mul(p->num_seqs, p->token_slots_stride ? p->token_slots_stride : tokens) < 0)
         return gdn_fail(GDN_ERR_INVALID_STRIDE, "token_slots_stride = %lld overflows 64-bit offsets",
                         (long long)p->token_slots_stride);
+    if ((p->g != NULL) != (p->beta != NULL))
+        return gdn_fail(GDN_ERR_INVALID_ARGUMENT, "g and beta come together (%s is NULL)",
+                        p->g ? "beta" : "g");
+    if (p->g && (p->a || p->b || p->A_log || p->dt_bias))
+        return gdn_fail(GDN_ERR_INVALID_ARGUMENT,
+                        "g and beta are given, and so is one of a, b, A_log, dt_bias: give one form of the "
+                        "gates, not both");
+    if (p->g && backend == GDN_BACKEND_CUDA)
+        return gdn_fail(GDN_ERR_INVALID_ARGUMENT,
+                        "precomputed g and beta are not taken by the cuda backend yet (cpu and reference "
+                        "backends; on cuda give a, b, A_log, dt_bias)");
     if (p->num_accepted && !p->token_slots)
         return gdn_fail(GDN_ERR_INVALID_ARGUMENT,
                         "num_accepted needs token_slots (the slots it selects from)");
@@ -184,11 +216,16 @@ static int tensor_args(const gdn_decode_params *p, tensor_arg *t)
     t[n++] = (tensor_arg){"q", p->q, act, p->q_stride, hk, 1};
     t[n++] = (tensor_arg){"k", p->k, act, p->k_stride, hk, 1};
     t[n++] = (tensor_arg){"v", p->v, act, p->v_stride, hvv, 1};
-    t[n++] = (tensor_arg){"a", p->a, act, p->a_stride, p->num_v_heads, 1};
-    t[n++] = (tensor_arg){"b", p->b, act, p->b_stride, p->num_v_heads, 1};
+    if (p->g) { /* precomputed gates */
+        t[n++] = (tensor_arg){"g", p->g, 4, p->g_stride, p->num_v_heads, 1};
+        t[n++] = (tensor_arg){"beta", p->beta, act, p->beta_stride, p->num_v_heads, 1};
+    } else {
+        t[n++] = (tensor_arg){"a", p->a, act, p->a_stride, p->num_v_heads, 1};
+        t[n++] = (tensor_arg){"b", p->b, act, p->b_stride, p->num_v_heads, 1};
+        t[n++] = (tensor_arg){"A_log", p->A_log, 4, 0, p->num_v_heads, 0};
+        t[n++] = (tensor_arg){"dt_bias", p->dt_bias, 4, 0, p->num_v_heads, 0};
+    }
     t[n++] = (tensor_arg){"out", p->out, act, p->out_stride, hvv, 1};
-    t[n++] = (tensor_arg){"A_log", p->A_log, 4, 0, p->num_v_heads, 0};
-    t[n++] = (tensor_arg){"dt_bias", p->dt_bias, 4, 0, p->num_v_heads, 0};
     t[n++] = (tensor_arg){"state_pool", p->state_pool, gdn_dtype_size(p->state_dtype), 0, 0, 0};
     if (p->slot_indices || !p->num_accepted) /* num_accepted picks the read slot instead */
         t[n++] = (tensor_arg){"slot_indices", p->slot_indices, idx, 0, 1, 0};
@@ -202,6 +239,8 @@ static int tensor_args(const gdn_decode_params *p, tensor_arg *t)
         t[n++] = (tensor_arg){"num_accepted", p->num_accepted, idx, 0, 1, 0};
     if (p->bad_index_rows)
         t[n++] = (tensor_arg){"bad_index_rows", p->bad_index_rows, 4, 0, 1, 0};
+    if (p->has_initial_state)
+        t[n++] = (tensor_arg){"has_initial_state", p->has_initial_state, 1, 0, 1, 0};
     return n;
 }
 
@@ -214,7 +253,7 @@ typedef struct pool_memory {
 
 static gdn_status check_tensors(const gdn_decode_params *p, gdn_backend backend, pool_memory pool)
 {
-    tensor_arg t[15];
+    tensor_arg t[16];
     int count = tensor_args(p, t);
     const int pool_device = pool.device;
     const gdn_memory_kind pool_kind = pool.kind;
@@ -336,8 +375,8 @@ static gdn_status check_host_indices(const gdn_problem *pr)
         if (pr->cu_seqlens && (gdn_first_token_row(pr, n) < 0 || gdn_seq_tokens(pr, n) < 0))
             return gdn_fail(
                 GDN_ERR_INVALID_SHAPE,
-                "cu_seqlens[%lld] = %lld, cu_seqlens[%lld] = %lld: a sequence needs 0..%lld tokens, "
-                "within token rows 0..%lld (num_seqs * num_tokens)",
+                "cu_seqlens[%lld] = %lld, cu_seqlens[%lld] = %lld: a sequence needs 0..%lld tokens "
+                "(num_tokens), within token rows 0..%lld (total_tokens, else num_seqs * num_tokens)",
                 (long long)n, (long long)gdn_index_at(pr->cu_seqlens, pr->index_dtype, n), (long long)(n + 1),
                 (long long)gdn_index_at(pr->cu_seqlens, pr->index_dtype, n + 1), (long long)pr->num_tokens,
                 (long long)pr->token_rows);
@@ -345,7 +384,8 @@ static gdn_status check_host_indices(const gdn_problem *pr)
     /* The rows cu_seqlens reaches stay within the N * num_tokens rows every offset was checked for. */
     if (pr->cu_seqlens && gdn_index_at(pr->cu_seqlens, pr->index_dtype, pr->num_seqs) > pr->token_rows)
         return gdn_fail(
-            GDN_ERR_INVALID_SHAPE, "cu_seqlens[%lld] = %lld exceeds num_seqs * num_tokens = %lld token rows",
+            GDN_ERR_INVALID_SHAPE,
+            "cu_seqlens[%lld] = %lld exceeds the %lld token rows (total_tokens, else num_seqs * num_tokens)",
             (long long)pr->num_seqs, (long long)gdn_index_at(pr->cu_seqlens, pr->index_dtype, pr->num_seqs),
             (long long)pr->token_rows);
     return GDN_OK;
@@ -408,6 +448,11 @@ gdn_problem gdn_problem_from_params(const gdn_decode_params *p)
     pr.bad_index_rows = p->bad_index_rows;
     pr.device = -1; /* gdn_decode sets it from the pool's memory */
     pr.pdl = p->pdl != 0;
+    pr.has_initial_state = p->has_initial_state;
+    pr.g = p->g;
+    pr.beta = p->beta;
+    pr.g_stride = p->g_stride ? p->g_stride : p->num_v_heads;
+    pr.beta_stride = p->beta_stride ? p->beta_stride : p->num_v_heads;
     return pr;
 }
 
@@ -416,15 +461,16 @@ gdn_problem gdn_problem_from_params(const gdn_decode_params *p)
 static gdn_status read_params(const gdn_decode_params *given, gdn_decode_params *p)
 {
     const size_t v01 = offsetof(gdn_decode_params, num_tokens),
-                 v02 = offsetof(gdn_decode_params, bad_index_rows), v03 = offsetof(gdn_decode_params, pdl);
+                 v02 = offsetof(gdn_decode_params, bad_index_rows), v03 = offsetof(gdn_decode_params, pdl),
+                 v04 = offsetof(gdn_decode_params, total_tokens);
     if (!given)
         return gdn_fail(GDN_ERR_INVALID_ARGUMENT, "params is NULL");
     if (given->struct_size != v01 && given->struct_size != v02 && given->struct_size != v03 &&
-        given->struct_size != sizeof *p)
+        given->struct_size != v04 && given->struct_size != sizeof *p)
         return gdn_fail(GDN_ERR_INVALID_ARGUMENT,
-                        "params->struct_size = %zu but this library takes %zu (0.4 headers), %zu (0.3), "
-                        "%zu (0.2) or %zu (0.1) bytes (call gdn_decode_params_init)",
-                        given->struct_size, sizeof *p, v03, v02, v01);
+                        "params->struct_size = %zu but this library takes %zu (0.5 headers), %zu (0.4), "
+                        "%zu (0.3), %zu (0.2) or %zu (0.1) bytes (call gdn_decode_params_init)",
+                        given->struct_size, sizeof *p, v04, v03, v02, v01);
     memset(p, 0, sizeof *p);
     memcpy(p, given, given->struct_size);
     return GDN_OK;
@@ -442,7 +488,7 @@ static gdn_status validate(const gdn_decode_params *p, gdn_backend *backend, poo
         pool->kind = gdn_cuda_memory_kind(p->state_pool, &pool->device);
     if ((s = gdn_choose_backend(p->backend, pool->kind, backend)))
         return s;
-    if ((s = check_dtypes(p, *backend)) || (s = check_head_size(p)) || (s = check_tokens(p)))
+    if ((s = check_dtypes(p, *backend)) || (s = check_head_size(p)) || (s = check_tokens(p, *backend)))
         return s;
     if (p->num_seqs == 0)
         return GDN_OK;

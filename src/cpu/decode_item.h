@@ -18,7 +18,8 @@ typedef struct head_inputs {
     float v[GDN_MAX_TOKENS][GDN_MAX_HEAD_DIM], out[GDN_MAX_TOKENS][GDN_MAX_HEAD_DIM];
     float decay[GDN_MAX_TOKENS], beta[GDN_MAX_TOKENS], kq[GDN_MAX_TOKENS]; /* exp(g), sigmoid(b), k.q */
     int64_t snapshot[GDN_MAX_TOKENS]; /* tile offset that receives the state after token t, or -1 */
-    float tile[GDN_MAX_HEAD_DIM * GDN_MAX_HEAD_DIM]; /* kv layout: the K x V tile, widened */
+    float tile[GDN_MAX_HEAD_DIM * GDN_MAX_HEAD_DIM];  /* kv layout: the K x V tile, widened */
+    float state[GDN_MAX_HEAD_DIM * GDN_MAX_HEAD_DIM]; /* a long sequence's state, widened */
 } head_inputs;
 
 typedef void (*gdn_cpu_item_fn)(const gdn_problem *p, int64_t item, head_inputs *in);

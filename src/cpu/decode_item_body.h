@@ -214,10 +214,15 @@ static void load_token_inputs(const gdn_problem *p, int64_t row, int64_t hv, int
     }
     for (int64_t i = 0; i < K; i++)
         in->q[t][i] *= p->scale;
-    float a = (float)gdn_load_f64(p->a, p->act_dtype, row * p->a_stride + hv);
-    float b = (float)gdn_load_f64(p->b, p->act_dtype, row * p->b_stride + hv);
-    in->decay[t] = expf(gdn_gate_log(p->A_log[hv], a, p->dt_bias[hv]));
-    in->beta[t] = gdn_sigmoid(b);
+    if (p->g) { /* gates given precomputed */
+        in->decay[t] = expf(p->g[row * p->g_stride + hv]);
+        in->beta[t] = (float)gdn_load_f64(p->beta, p->act_dtype, row * p->beta_stride + hv);
+    } else {
+        float a = (float)gdn_load_f64(p->a, p->act_dtype, row * p->a_stride + hv);
+        float b = (float)gdn_load_f64(p->b, p->act_dtype, row * p->b_stride + hv);
+        in->decay[t] = expf(gdn_gate_log(p->A_log[hv], a, p->dt_bias[hv]));
+        in->beta[t] = gdn_sigmoid(b);
+    }
     in->kq[t] = dot(in->k[t], in->q[t], K);
 }
 
@@ -236,11 +241,14 @@ static void update_rows_vk(const gdn_problem *p, int64_t tokens, int64_t src, in
 {
     int64_t K = p->head_dim_k;
     float row[GDN_MAX_HEAD_DIM];
-    if (tokens == 1 && in->snapshot[0] < 0 && rows_one_token_vectors(p, src, dst, in))
+    if (src >= 0 && tokens == 1 && in->snapshot[0] < 0 && rows_one_token_vectors(p, src, dst, in))
         return;
 
     for (int64_t j = 0; j < p->head_dim_v; j++) {
-        gdn_load_row_f32(p->state_pool, p->state_dtype, src + j * K, K, row);
+        if (src < 0) /* a zero initial state */
+            memset(row, 0, (size_t)K * sizeof row[0]);
+        else
+            gdn_load_row_f32(p->state_pool, p->state_dtype, src + j * K, K, row);
         for (int64_t t = 0; t < tokens; t++) {
             float sk = dot(row, in->k[t], K), sq = dot(row, in->q[t], K);
             float u = in->beta[t] * (in->v[t][j] - in->decay[t] * sk);
@@ -273,8 +281,11 @@ static void update_tile_kv(const gdn_problem *p, int64_t tokens, int64_t src, in
 {
     int64_t K = p->head_dim_k, V = p->head_dim_v;
     float *tile = in->tile, sk[GDN_MAX_HEAD_DIM], sq[GDN_MAX_HEAD_DIM], u[GDN_MAX_HEAD_DIM];
-    for (int64_t i = 0; i < K; i++)
-        gdn_load_row_f32(p->state_pool, p->state_dtype, src + i * V, V, tile + i * V);
+    if (src < 0) /* a zero initial state */
+        memset(tile, 0, (size_t)(K * V) * sizeof tile[0]);
+    else
+        for (int64_t i = 0; i < K; i++)
+            gdn_load_row_f32(p->state_pool, p->state_dtype, src + i * V, V, tile + i * V);
     for (int64_t t = 0; t < tokens; t++) {
         const float decay = in->decay[t], beta = in->beta[t], kq = in->kq[t];
         for (int64_t j = 0; j < V; j++)
@@ -303,28 +314,81 @@ static void update_tile_kv(const gdn_problem *p, int64_t tokens, int64_t src, in
         store_tile_kv(p, dst, tile);
 }
 
+/* Stages tokens [first, first + count) of sequence n (count <= GDN_MAX_TOKENS) into `in`. */
+static void stage_tokens(const gdn_problem *p, int64_t n, int64_t hv, int64_t first, int64_t t0,
+                         int64_t count, head_inputs *in)
+{
+    for (int64_t t = 0; t < count; t++) {
+        load_token_inputs(p, first + t, hv, (int)t, in);
+        int64_t snap = p->token_slots ? gdn_token_slot(p, n, t0 + t) : -1;
+        in->snapshot[t] = snap < 0 ? -1 : gdn_tile_offset(p, snap, hv);
+    }
+}
+
+static void store_outputs(const gdn_problem *p, int64_t hv, int64_t first, int64_t count, head_inputs *in)
+{
+    for (int64_t t = 0; t < count; t++)
+        gdn_store_row_f32(p->out, p->act_dtype, (first + t) * p->out_stride + hv * p->head_dim_v,
+                          p->head_dim_v, in->out[t]);
+}
+
+static void update_state(const gdn_problem *p, int64_t tokens, int64_t src, int64_t dst, head_inputs *in)
+{
+    if (p->state_layout == GDN_LAYOUT_KV)
+        update_tile_kv(p, tokens, src, dst, in);
+    else
+        update_rows_vk(p, tokens, src, dst, in);
+}
+
+/*
+ * A sequence longer than GDN_MAX_TOKENS (varlen prefill): its state is widened once into
+ * in->state (f32, the pool's layout), taken through the tokens GDN_MAX_TOKENS at a time by the
+ * same row code (the rows stay in L1 across each segment), and stored once, rounded once, to
+ * the write slot. Token slots are refused for such calls, so no segment saves snapshots.
+ */
+static void long_sequence(const gdn_problem *p, int64_t n, int64_t hv, int64_t first, int64_t tokens,
+                          int64_t src, int64_t dst, head_inputs *in)
+{
+    const int64_t K = p->head_dim_k, V = p->head_dim_v, tile = V * K;
+    if (src < 0)
+        memset(in->state, 0, (size_t)tile * sizeof in->state[0]);
+    else
+        gdn_load_row_f32(p->state_pool, p->state_dtype, src, tile, in->state);
+    gdn_problem local = *p; /* the same rows, on the widened tile at offset 0 */
+    local.state_pool = in->state;
+    local.state_dtype = GDN_DTYPE_F32;
+    local.token_slots = NULL;
+    for (int64_t t0 = 0; t0 < tokens; t0 += GDN_MAX_TOKENS) {
+        const int64_t count = tokens - t0 < GDN_MAX_TOKENS ? tokens - t0 : GDN_MAX_TOKENS;
+        stage_tokens(&local, n, hv, first + t0, t0, count, in);
+        update_state(&local, count, 0, 0, in);
+        store_outputs(p, hv, first + t0, count, in);
+    }
+    if (dst >= 0)
+        gdn_store_row_f32(p->state_pool, p->state_dtype, dst, tile, in->state);
+}
+
 void GDN_CPU_ITEM_FN(const gdn_problem *p, int64_t item, head_inputs *in)
 {
-    int64_t n = item / p->num_v_heads, hv = item % p->num_v_heads, V = p->head_dim_v;
+    int64_t n = item / p->num_v_heads, hv = item % p->num_v_heads;
     int64_t first = gdn_first_token_row(p, n), tokens = gdn_seq_tokens(p, n);
     int64_t read = gdn_read_slot(p, n);
     if (tokens <= 0) /* a sequence without tokens this step: nothing to compute or move */
         return;
-    if (read < 0) {
+    if (read < 0) { /* padding row: zero outputs, no state touched */
         memset(in->out, 0, sizeof in->out);
-    } else {
-        int64_t write = gdn_write_slot(p, n);
-        for (int64_t t = 0; t < tokens; t++) {
-            load_token_inputs(p, first + t, hv, (int)t, in);
-            int64_t snap = p->token_slots ? gdn_token_slot(p, n, t) : -1;
-            in->snapshot[t] = snap < 0 ? -1 : gdn_tile_offset(p, snap, hv);
-        }
-        int64_t src = gdn_tile_offset(p, read, hv), dst = write < 0 ? -1 : gdn_tile_offset(p, write, hv);
-        if (p->state_layout == GDN_LAYOUT_KV)
-            update_tile_kv(p, tokens, src, dst, in);
-        else
-            update_rows_vk(p, tokens, src, dst, in);
+        for (int64_t t0 = 0; t0 < tokens; t0 += GDN_MAX_TOKENS)
+            store_outputs(p, hv, first + t0, tokens - t0 < GDN_MAX_TOKENS ? tokens - t0 : GDN_MAX_TOKENS, in);
+        return;
     }
-    for (int64_t t = 0; t < tokens; t++)
-        gdn_store_row_f32(p->out, p->act_dtype, (first + t) * p->out_stride + hv * V, V, in->out[t]);
+    int64_t write = gdn_write_slot(p, n);
+    int64_t src = gdn_zero_initial_state(p, n) ? -1 : gdn_tile_offset(p, read, hv);
+    int64_t dst = write < 0 ? -1 : gdn_tile_offset(p, write, hv);
+    if (tokens > GDN_MAX_TOKENS) {
+        long_sequence(p, n, hv, first, tokens, src, dst, in);
+        return;
+    }
+    stage_tokens(p, n, hv, first, 0, tokens, in);
+    update_state(p, tokens, src, dst, in);
+    store_outputs(p, hv, first, tokens, in);
 }

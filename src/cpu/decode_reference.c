@@ -45,10 +45,16 @@ static void reference_token(const gdn_problem *p, int64_t row, int64_t hv, doubl
     for (int64_t i = 0; i < K; i++)
         q[i] *= (double)p->scale;
 
-    double a = gdn_load_f64(p->a, p->act_dtype, row * p->a_stride + hv);
-    double b = gdn_load_f64(p->b, p->act_dtype, row * p->b_stride + hv);
-    double g = -exp((double)p->A_log[hv]) * softplus(a + (double)p->dt_bias[hv]);
-    double beta = 1.0 / (1.0 + exp(-b));
+    double g, beta;
+    if (p->g) { /* gates given precomputed */
+        g = (double)p->g[row * p->g_stride + hv];
+        beta = gdn_load_f64(p->beta, p->act_dtype, row * p->beta_stride + hv);
+    } else {
+        double a = gdn_load_f64(p->a, p->act_dtype, row * p->a_stride + hv);
+        double b = gdn_load_f64(p->b, p->act_dtype, row * p->b_stride + hv);
+        g = -exp((double)p->A_log[hv]) * softplus(a + (double)p->dt_bias[hv]);
+        beta = 1.0 / (1.0 + exp(-b));
+    }
 
     for (int64_t x = 0; x < V * K; x++) /* S = exp(g) S */
         S[x] *= exp(g);
@@ -100,7 +106,10 @@ static void reference_head(const gdn_problem *p, int64_t n, int64_t hv, double *
                 gdn_store_f64(p->out, p->act_dtype, (first + t) * p->out_stride + hv * V + j, 0.0);
         return;
     }
-    load_tile(p, read, hv, S);
+    if (gdn_zero_initial_state(p, n)) /* has_initial_state[n] = 0: the read slot is not read */
+        memset(S, 0, (size_t)(V * p->head_dim_k) * sizeof *S);
+    else
+        load_tile(p, read, hv, S);
     for (int64_t t = 0; t < tokens; t++) {
         reference_token(p, first + t, hv, q, k, S, o);
         int64_t snapshot = p->token_slots ? gdn_token_slot(p, n, t) : -1;
