@@ -202,7 +202,17 @@ static void prefill_mixed(gdn_backend backend)
     expect_pass(c, backend, 1);
 }
 
-static void cpu_prefill_mixed(void) { prefill_mixed(GDN_BACKEND_CPU); }
+/* Both ways the cpu backend computes long sequences: in chunks and token by token. */
+static void cpu_prefill_mixed(void)
+{
+    for (int chunks = 0; chunks < 2; chunks++) {
+        gdn_cpu_force_prefill(chunks);
+        snprintf(config_note, sizeof config_note, "%s", chunks ? "in chunks" : "token by token");
+        prefill_mixed(GDN_BACKEND_CPU);
+    }
+    gdn_cpu_force_prefill(-1);
+    config_note[0] = '\0';
+}
 
 /* One f32 call of sequences 20, 3 and 17 tokens long (past GDN_MAX_TOKENS and under it) on the
  * cpu backend, with the given gate form and initial-state flags. */

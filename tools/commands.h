@@ -7,6 +7,7 @@
 int cmd_info(int argc, char **argv);
 int cmd_check(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
+int cmd_prefill(int argc, char **argv);
 
 /* The backend of --backend NAME, else GDN_BACKEND, else cuda when a GPU is usable, else cpu. */
 int resolve_tool_backend(const char *name, gdn_backend *backend);

@@ -3,6 +3,7 @@
  *   gdn info                    version, backends built, GPUs seen
  *   gdn check [options]         random parity of a backend against the float64 reference
  *   gdn bench [options]         time per call and GB/s of state traffic
+ *   gdn prefill [options]       varlen prefill on the cpu backend: tokens/s, chunks vs token by token
  * `gdn <command> --help` lists the options.
  */
 #include <stdio.h>
@@ -68,7 +69,7 @@ int cmd_info(int argc, char **argv)
 int main(int argc, char **argv)
 {
     if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
-        printf("usage: gdn info | check [--help] | bench [--help]\n");
+        printf("usage: gdn info | check [--help] | bench [--help] | prefill [--help]\n");
         return argc < 2 ? 2 : 0;
     }
     if (strcmp(argv[1], "info") == 0)
@@ -77,6 +78,8 @@ int main(int argc, char **argv)
         return cmd_check(argc - 1, argv + 1);
     if (strcmp(argv[1], "bench") == 0)
         return cmd_bench(argc - 1, argv + 1);
-    fprintf(stderr, "gdn: unknown command \"%s\" (info, check, bench)\n", argv[1]);
+    if (strcmp(argv[1], "prefill") == 0)
+        return cmd_prefill(argc - 1, argv + 1);
+    fprintf(stderr, "gdn: unknown command \"%s\" (info, check, bench, prefill)\n", argv[1]);
     return 2;
 }

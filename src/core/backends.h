@@ -29,6 +29,9 @@ gdn_status gdn_cpu_decode(const gdn_problem *p);
 const char *gdn_cpu_isa_name(void);
 int gdn_cpu_force_isa(const char *name);
 const char *gdn_cpu_isa_list(void);
+/* How the cpu backend computes sequences longer than GDN_MAX_TOKENS, process-wide (tests,
+ * benchmarks): 1 in chunks, 0 token by token, -1 by length (the default). */
+void gdn_cpu_force_prefill(int mode);
 /* reference backend: float64, one thread (src/cpu/decode_reference.c). */
 gdn_status gdn_reference_decode(const gdn_problem *p);
 

@@ -112,6 +112,22 @@ const char *gdn_cpu_isa_list(void)
     return list_of_isas;
 }
 
+/* ---- long sequences: chunks or token by token ----------------------------------------------- */
+
+/* -1: by length (GDN_CPU_CHUNK_MIN_TOKENS); 0: token by token; 1: chunks (gdn_cpu_force_prefill). */
+static int forced_prefill = -1;
+
+/* From this many tokens on a sequence runs in chunks (measured: bench/NOTES.md, prefill). */
+#define GDN_CPU_CHUNK_MIN_TOKENS 64
+
+int gdn_cpu_use_chunks(int64_t tokens)
+{
+    const int forced = __atomic_load_n(&forced_prefill, __ATOMIC_RELAXED);
+    return forced >= 0 ? forced : tokens >= GDN_CPU_CHUNK_MIN_TOKENS;
+}
+
+void gdn_cpu_force_prefill(int mode) { __atomic_store_n(&forced_prefill, mode < 0 ? -1 : mode > 0, __ATOMIC_RELAXED); }
+
 /* ---- threads ----------------------------------------------------------------------------- */
 
 typedef struct item_range {

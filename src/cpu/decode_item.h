@@ -12,6 +12,17 @@
 
 #include "../common/problem.h"
 
+/* Tokens per chunk of the chunked path for long sequences (prefill_chunk_body.h). */
+#define GDN_CPU_CHUNK 64
+
+/* A chunk's inputs and intermediates (prefill_chunk_body.h). */
+typedef struct chunk_scratch {
+    float q[GDN_CPU_CHUNK][GDN_MAX_HEAD_DIM], k[GDN_CPU_CHUNK][GDN_MAX_HEAD_DIM]; /* normalised */
+    float u[GDN_CPU_CHUNK][GDN_MAX_HEAD_DIM]; /* v, then beta (v - ..), then the solved u */
+    float o[GDN_CPU_CHUNK][GDN_MAX_HEAD_DIM]; /* outputs */
+    float gcum[GDN_CPU_CHUNK], beta[GDN_CPU_CHUNK], decay[GDN_CPU_CHUNK];
+} chunk_scratch;
+
 /* The inputs of one (sequence, value head) for each of its tokens, prepared once. */
 typedef struct head_inputs {
     float q[GDN_MAX_TOKENS][GDN_MAX_HEAD_DIM], k[GDN_MAX_TOKENS][GDN_MAX_HEAD_DIM];
@@ -20,7 +31,12 @@ typedef struct head_inputs {
     int64_t snapshot[GDN_MAX_TOKENS]; /* tile offset that receives the state after token t, or -1 */
     float tile[GDN_MAX_HEAD_DIM * GDN_MAX_HEAD_DIM];  /* kv layout: the K x V tile, widened */
     float state[GDN_MAX_HEAD_DIM * GDN_MAX_HEAD_DIM]; /* a long sequence's state, widened */
+    chunk_scratch chunk;
 } head_inputs;
+
+/* How sequences longer than GDN_MAX_TOKENS are computed: 1 = in chunks (prefill_chunk_body.h),
+ * 0 = token by token in segments of GDN_MAX_TOKENS. decode.c decides (and tests force either). */
+int gdn_cpu_use_chunks(int64_t tokens);
 
 typedef void (*gdn_cpu_item_fn)(const gdn_problem *p, int64_t item, head_inputs *in);
 

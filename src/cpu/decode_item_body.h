@@ -340,8 +340,10 @@ static void update_state(const gdn_problem *p, int64_t tokens, int64_t src, int6
         update_rows_vk(p, tokens, src, dst, in);
 }
 
+#include "prefill_chunk_body.h"
+
 /*
- * A sequence longer than GDN_MAX_TOKENS (varlen prefill): its state is widened once into
+ * A sequence longer than GDN_MAX_TOKENS (varlen prefill), token by token: its state is widened once into
  * in->state (f32, the pool's layout), taken through the tokens GDN_MAX_TOKENS at a time by the
  * same row code (the rows stay in L1 across each segment), and stored once, rounded once, to
  * the write slot. Token slots are refused for such calls, so no segment saves snapshots.
@@ -385,7 +387,10 @@ void GDN_CPU_ITEM_FN(const gdn_problem *p, int64_t item, head_inputs *in)
     int64_t src = gdn_zero_initial_state(p, n) ? -1 : gdn_tile_offset(p, read, hv);
     int64_t dst = write < 0 ? -1 : gdn_tile_offset(p, write, hv);
     if (tokens > GDN_MAX_TOKENS) {
-        long_sequence(p, n, hv, first, tokens, src, dst, in);
+        if (gdn_cpu_use_chunks(tokens))
+            long_sequence_chunked(p, hv, first, tokens, src, dst, in);
+        else
+            long_sequence(p, n, hv, first, tokens, src, dst, in);
         return;
     }
     stage_tokens(p, n, hv, first, 0, tokens, in);
