@@ -533,6 +533,9 @@ static void matrix_on_isa(const char *isa)
     multi_step(GDN_BACKEND_CPU);
     multi_token(GDN_BACKEND_CPU);
     paged_pool(GDN_BACKEND_CPU);
+    gdn_cpu_force_prefill(1); /* the chunked path's products have per-instruction-set kernels */
+    prefill_mixed(GDN_BACKEND_CPU);
+    gdn_cpu_force_prefill(-1);
     config_note[0] = '\0';
 }
 

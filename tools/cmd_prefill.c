@@ -6,7 +6,7 @@
  *   calls           the same tokens as one decode call per token position (what an engine
  *                   without a prefill path does): `tokens` calls of N sequences, one token each
  * bf16 activations, f32 vk state, l2norm in the call, a, b gates; fresh random inputs.
- *   gdn prefill [--cases 1x4096,4x4096] [--shapes qwen3-next,contest] [--rounds 3] [--csv]
+ *   gdn prefill [--cases 1x4096,4x4096] [--shapes qwen3-next,contest] [--impls ...] [--rounds 3] [--csv]
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -52,7 +52,8 @@ static int make_buffers(prefill_buffers *B, const shape *s, int64_t n, int64_t l
     B->a = random_bf16(g, rows * s->hv, 1.0), B->b = random_bf16(g, rows * s->hv, 1.0);
     B->out = malloc((size_t)(rows * s->hv * s->v) * sizeof *B->out);
     B->A_log = malloc((size_t)s->hv * sizeof(float)), B->dt_bias = malloc((size_t)s->hv * sizeof(float));
-    B->pool = malloc((size_t)(n * tile) * sizeof(float)), B->pool_start = malloc((size_t)(n * tile) * sizeof(float));
+    B->pool = malloc((size_t)(n * tile) * sizeof(float)),
+    B->pool_start = malloc((size_t)(n * tile) * sizeof(float));
     B->cu = malloc((size_t)(n + 1) * sizeof(int64_t)), B->slots = malloc((size_t)n * sizeof(int64_t));
     if (!B->q || !B->k || !B->v || !B->a || !B->b || !B->out || !B->A_log || !B->dt_bias || !B->pool ||
         !B->pool_start || !B->cu || !B->slots)
@@ -70,7 +71,8 @@ static int make_buffers(prefill_buffers *B, const shape *s, int64_t n, int64_t l
 
 static void free_buffers(prefill_buffers *B)
 {
-    void *all[] = {B->q, B->k, B->v, B->a, B->b, B->out, B->A_log, B->dt_bias, B->pool, B->pool_start, B->cu, B->slots};
+    void *all[] = {B->q,     B->k,       B->v,    B->a,          B->b,  B->out,
+                   B->A_log, B->dt_bias, B->pool, B->pool_start, B->cu, B->slots};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
         free(all[i]);
 }
@@ -124,19 +126,24 @@ static int cmp_double(const void *x, const void *y)
 
 int cmd_prefill(int argc, char **argv)
 {
-    const char *cases = "1x4096,4x4096", *shapes = "qwen3-next,contest";
+    const char *cases = "1x4096,4x4096", *shapes = "qwen3-next,contest",
+               *impls = "chunks,token-by-token,calls";
     int rounds = 3, csv = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--cases") && i + 1 < argc)
             cases = argv[++i];
         else if (!strcmp(argv[i], "--shapes") && i + 1 < argc)
             shapes = argv[++i];
+        else if (!strcmp(argv[i], "--impls") && i + 1 < argc)
+            impls = argv[++i];
         else if (!strcmp(argv[i], "--rounds") && i + 1 < argc)
             rounds = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--csv"))
             csv = 1;
         else {
-            printf("usage: gdn prefill [--cases NxLEN,...] [--shapes a,b] [--rounds R] [--csv]\n");
+            printf("usage: gdn prefill [--cases NxLEN,...] [--shapes a,b] [--impls "
+                   "chunks,token-by-token,calls]\n"
+                   "                   [--rounds R] [--csv]\n");
             return strcmp(argv[i], "--help") ? 2 : 0;
         }
     }
@@ -167,17 +174,19 @@ int cmd_prefill(int argc, char **argv)
             double times[3][99];
             for (int r = 0; r < rounds; r++)
                 for (int impl = 0; impl < 3; impl++)
-                    if ((times[impl][r] = run_impl(&B, impl)) < 0)
+                    if (strstr(impls, names[impl]) && (times[impl][r] = run_impl(&B, impl)) < 0)
                         return free_buffers(&B), 1;
             for (int impl = 0; impl < 3; impl++) {
+                if (!strstr(impls, names[impl]))
+                    continue;
                 qsort(times[impl], (size_t)rounds, sizeof(double), cmp_double);
                 const double med = times[impl][rounds / 2];
                 if (csv)
-                    printf("%s,%lld,%lld,%lld,%s,%.3f,%.0f\n", s->name, n, len, n * len, names[impl], 1e3 * med,
-                           (double)(n * len) / med);
-                else
-                    printf("%-12s %lldx%-6lld %-15s %10.1f ms %10.0f tokens/s\n", s->name, n, len, names[impl],
+                    printf("%s,%lld,%lld,%lld,%s,%.3f,%.0f\n", s->name, n, len, n * len, names[impl],
                            1e3 * med, (double)(n * len) / med);
+                else
+                    printf("%-12s %lldx%-6lld %-15s %10.1f ms %10.0f tokens/s\n", s->name, n, len,
+                           names[impl], 1e3 * med, (double)(n * len) / med);
             }
             free_buffers(&B);
         }

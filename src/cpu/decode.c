@@ -117,8 +117,10 @@ const char *gdn_cpu_isa_list(void)
 /* -1: by length (GDN_CPU_CHUNK_MIN_TOKENS); 0: token by token; 1: chunks (gdn_cpu_force_prefill). */
 static int forced_prefill = -1;
 
-/* From this many tokens on a sequence runs in chunks (measured: bench/NOTES.md, prefill). */
-#define GDN_CPU_CHUNK_MIN_TOKENS 64
+/* From this many tokens on a sequence runs in chunks: every sequence too long for the staged
+ * token-by-token path. Measured on the 2-core development VM (bench/NOTES.md, prefill): chunks
+ * 1.33x the tokens/s of token by token at 24 tokens a sequence, 1.8x at 64 and beyond. */
+#define GDN_CPU_CHUNK_MIN_TOKENS (GDN_MAX_TOKENS + 1)
 
 int gdn_cpu_use_chunks(int64_t tokens)
 {
@@ -126,7 +128,10 @@ int gdn_cpu_use_chunks(int64_t tokens)
     return forced >= 0 ? forced : tokens >= GDN_CPU_CHUNK_MIN_TOKENS;
 }
 
-void gdn_cpu_force_prefill(int mode) { __atomic_store_n(&forced_prefill, mode < 0 ? -1 : mode > 0, __ATOMIC_RELAXED); }
+void gdn_cpu_force_prefill(int mode)
+{
+    __atomic_store_n(&forced_prefill, mode < 0 ? -1 : mode > 0, __ATOMIC_RELAXED);
+}
 
 /* ---- threads ----------------------------------------------------------------------------- */
 

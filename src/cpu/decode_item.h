@@ -13,13 +13,17 @@
 #include "../common/problem.h"
 
 /* Tokens per chunk of the chunked path for long sequences (prefill_chunk_body.h). */
-#define GDN_CPU_CHUNK 64
+#define GDN_CPU_CHUNK 16
 
 /* A chunk's inputs and intermediates (prefill_chunk_body.h). */
 typedef struct chunk_scratch {
+    /* q then k, and o then w, back to back: one product with the state serves both */
     float q[GDN_CPU_CHUNK][GDN_MAX_HEAD_DIM], k[GDN_CPU_CHUNK][GDN_MAX_HEAD_DIM]; /* normalised */
-    float u[GDN_CPU_CHUNK][GDN_MAX_HEAD_DIM]; /* v, then beta (v - ..), then the solved u */
-    float o[GDN_CPU_CHUNK][GDN_MAX_HEAD_DIM]; /* outputs */
+    float o[GDN_CPU_CHUNK][GDN_MAX_HEAD_DIM];                                     /* outputs */
+    float w[GDN_CPU_CHUNK][GDN_MAX_HEAD_DIM];  /* S k_t, then the update's weighted u */
+    float u[GDN_CPU_CHUNK][GDN_MAX_HEAD_DIM];  /* v, then beta (v - ..), then the solved u */
+    float kt[GDN_MAX_HEAD_DIM][GDN_CPU_CHUNK]; /* k transposed */
+    float kk[GDN_CPU_CHUNK][GDN_CPU_CHUNK], qk[GDN_CPU_CHUNK][GDN_CPU_CHUNK]; /* Gram entries */
     float gcum[GDN_CPU_CHUNK], beta[GDN_CPU_CHUNK], decay[GDN_CPU_CHUNK];
 } chunk_scratch;
 
