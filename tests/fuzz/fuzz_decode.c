@@ -429,19 +429,20 @@ static void decode_spec(reader *r, spec *s)
     }
     /* paged pools (0.4): a slot stride, valid or not; an older caller's struct has none */
     c = u8(r);
+    /* saturating products only: V and K may be anything here, negative included */
+    const __int128 vk = smul(s->V, s->K);
     const int64_t slot = (int64_t)smul(smul(s->HV, s->V), s->K) > INT64_MAX / 4
                              ? INT64_MAX / 4
                              : (int64_t)smul(smul(s->HV, s->V), s->K);
-    s->slot_stride =
-        c < 192 ? 0
-                : (int64_t[]){sadd(slot, -1),
-                              -1,
-                              sadd(slot, 1),
-                              sadd(slot, slot),
-                              sadd(slot, (int64_t)smul(s->V, s->K) > INT64_MAX / 4 ? 0 : s->V * s->K),
-                              INT64_MAX / 3,
-                              sadd(slot, 3),
-                              slot}[c % 8];
+    s->slot_stride = c < 192 ? 0
+                             : (int64_t[]){sadd(slot, -1),
+                                           -1,
+                                           sadd(slot, 1),
+                                           sadd(slot, slot),
+                                           sadd(slot, vk < 0 || vk > INT64_MAX / 4 ? 0 : (int64_t)vk),
+                                           INT64_MAX / 3,
+                                           sadd(slot, 3),
+                                           slot}[c % 8];
     s->struct03 = u8(r) >= 248 && !s->bad_struct && !s->old_struct && !s->struct02;
     if (s->struct02 || s->old_struct || s->bad_struct || s->struct03)
         s->slot_stride = 0; /* junk is placed there instead: the library must not read it */
@@ -601,8 +602,10 @@ static int contract_ok(const spec *s, const world *w, const char **why)
         NO("dtype");
     if (s->K > GDN_MAX_HEAD_DIM || s->V > GDN_MAX_HEAD_DIM)
         NO("head size");
-    if (s->T < 0 || s->T > GDN_MAX_TOKENS)
+    if (s->T < 0 || (s->T > GDN_MAX_TOKENS && !s->has_cu))
         NO("num_tokens");
+    if (s->T > GDN_MAX_TOKENS && (s->has_ts || s->has_acc)) /* 0.5: longer varlen sequences, no slots */
+        NO("num_tokens past GDN_MAX_TOKENS with token slots");
     if (s->has_cu && s->T < 1)
         NO("cu_seqlens without num_tokens");
     if (s->ts_stride < 0 || (s->ts_stride > 0 && s->ts_stride < teff(s)))
