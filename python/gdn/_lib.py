@@ -127,6 +127,12 @@ class DecodeParams(ctypes.Structure):
         ("bad_index_rows", ctypes.c_void_p),  # checked mode (0.3)
         ("pdl", ctypes.c_int),  # programmatic dependent launch (0.4)
         ("state_slot_stride", ctypes.c_int64),  # paged pools (0.4)
+        ("total_tokens", ctypes.c_int64),  # varlen calls of any length (0.5)
+        ("has_initial_state", ctypes.c_void_p),
+        ("g", ctypes.c_void_p),  # precomputed gates (0.5)
+        ("g_stride", ctypes.c_int64),
+        ("beta", ctypes.c_void_p),
+        ("beta_stride", ctypes.c_int64),
     ]
 
 
