@@ -214,6 +214,32 @@ static void cpu_prefill_mixed(void)
     config_note[0] = '\0';
 }
 
+/* One sequence of 16384 tokens against the float64 reference, f32 and bf16 state: once as one
+ * call (the whole sequence in chunks), and as 16 calls of 1024 tokens whose state is carried,
+ * printing the error after each (the error curve; bench/results/prefill-16384-curve.txt). */
+static void print_curve_point(int step, const decode_case_result *r, void *ctx)
+{
+    printf("    %s after %5d tokens: out rel %.3g, state rel %.3g (the reference rounded to the state dtype: "
+           "%.3g)\n",
+           (const char *)ctx, (step + 1) * 1024, r->out_rel, r->state_rel, r->rounded_rel);
+}
+
+static void cpu_prefill_16384(void)
+{
+    for (int st = 0; st < 2; st++) {
+        decode_case c = base(1, 1, 1, 128, 128);
+        c.state_dtype = st ? GDN_DTYPE_BF16 : GDN_DTYPE_F32;
+        c.varlen = 1, c.num_tokens = 16384, c.zero_init = st == 0;
+        expect_pass(c, GDN_BACKEND_CPU, 1);
+        c.num_tokens = 1024;
+        decode_case_result r;
+        c.seed = seed++;
+        CHECK_MSG(
+            decode_case_run(&c, GDN_BACKEND_CPU, 16, print_curve_point, st ? "bf16 state" : "f32 state", &r),
+            "16 x 1024 tokens, %s state: %s", st ? "bf16" : "f32", r.message);
+    }
+}
+
 /* One f32 call of sequences 20, 3 and 17 tokens long (past GDN_MAX_TOKENS and under it) on the
  * cpu backend, with the given gate form and initial-state flags. */
 typedef struct prefill_call {
@@ -562,6 +588,7 @@ void register_decode_tests(void)
     test_add("decode/cpu_multi_token", cpu_multi_token);
     test_add("decode/cpu_prefill_mixed", cpu_prefill_mixed);
     test_add("decode/prefill_gates_and_initial_state", prefill_gates_and_initial_state);
+    test_add("decode/cpu_prefill_16384", cpu_prefill_16384);
     test_add("decode/cpu_every_isa", cpu_every_isa);
     test_add("decode/snapshots_match_single_steps", snapshots_match_single_steps);
     test_add("decode/cpu_paged_pool", cpu_paged_pool);
