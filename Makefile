@@ -109,7 +109,8 @@ SAN_ENV = ASAN_OPTIONS=halt_on_error=1:abort_on_error=1:detect_leaks=1:strict_st
 test-sanitize:
 	CFLAGS="-g -O1" $(MAKE) --no-print-directory BUILD=$(BUILD)/sanitize GDN_CUDA=0 \
 	    CC="$(SAN_CC) $(SAN_FLAGS)" $(BUILD)/sanitize/test_gdn
-	vectors=$$(tests/vectors/ensure.sh) && GDN_VECTORS=$$vectors $(SAN_ENV) $(BUILD)/sanitize/test_gdn
+	vectors=$$(tests/vectors/ensure.sh) && GDN_VECTORS=$$vectors $(SAN_ENV) $(BUILD)/sanitize/test_gdn \
+	    -decode/cpu_prefill_16384 # (its sizes run in make test; ~15x slower under the sanitizers)
 
 # libFuzzer over gdn_decode (cpu backend against the float64 reference), library sources
 # compiled into the fuzzer with clang, ASan and UBSan (tests/fuzz/README.md).
