@@ -8,7 +8,7 @@ make -s build/gdn
 cpu=$(grep -m1 "model name" /proc/cpuinfo | sed 's/.*: //')
 commit=$(git rev-parse --short HEAD)
 {
-    echo "# cpu: $cpu, $(nproc) cores; date: $(date -u +%Y-%m-%dT%H:%MZ); commit: $commit; isa: $(GDN_NUM_THREADS=1 build/gdn prefill --help >/dev/null; build/gdn prefill --cases 1x1 --shapes contest --rounds 1 | sed -n 's/.*isa \([a-z0-9]*\).*/\1/p')"
+    echo "# cpu: $cpu, $(nproc) cores; date: $(date -u +%Y-%m-%dT%H:%MZ); commit: $commit; isa: $(build/gdn prefill --cases 1x1 --shapes contest --rounds 1 | sed -n 's/.*isa \([a-z0-9]*\).*/\1/p')"
     build/gdn prefill --cases 1x4096,4x4096 --shapes qwen3-next,contest --rounds "${1:-3}" --csv
 } >bench/results/prefill-cpu.csv
 cat bench/results/prefill-cpu.csv
