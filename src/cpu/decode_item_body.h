@@ -202,28 +202,35 @@ static void l2_normalise(float *x, int64_t n)
         x[i] *= inv;
 }
 
-static void load_token_inputs(const gdn_problem *p, int64_t row, int64_t hv, int t, head_inputs *in)
+/* Token `row` of value head hv: q and k l2-normalised (q scaled) and v widened into the given
+ * rows; returns the log-decay g, and beta in *beta, from whichever form the gates come in. Both
+ * the staged token-by-token path and the chunks take their inputs from here. */
+static float stage_token(const gdn_problem *p, int64_t row, int64_t hv, float *q, float *k, float *v,
+                         float *beta)
 {
     int64_t K = p->head_dim_k, V = p->head_dim_v, h = gdn_qk_head(p, hv);
-    gdn_load_row_f32(p->q, p->act_dtype, row * p->q_stride + h * K, K, in->q[t]);
-    gdn_load_row_f32(p->k, p->act_dtype, row * p->k_stride + h * K, K, in->k[t]);
-    gdn_load_row_f32(p->v, p->act_dtype, row * p->v_stride + hv * V, V, in->v[t]);
+    gdn_load_row_f32(p->q, p->act_dtype, row * p->q_stride + h * K, K, q);
+    gdn_load_row_f32(p->k, p->act_dtype, row * p->k_stride + h * K, K, k);
+    gdn_load_row_f32(p->v, p->act_dtype, row * p->v_stride + hv * V, V, v);
     if (p->qk_l2norm) {
-        l2_normalise(in->q[t], K);
-        l2_normalise(in->k[t], K);
+        l2_normalise(q, K);
+        l2_normalise(k, K);
     }
     for (int64_t i = 0; i < K; i++)
-        in->q[t][i] *= p->scale;
+        q[i] *= p->scale;
     if (p->g) { /* gates given precomputed */
-        in->decay[t] = expf(p->g[row * p->g_stride + hv]);
-        in->beta[t] = (float)gdn_load_f64(p->beta, p->act_dtype, row * p->beta_stride + hv);
-    } else {
-        float a = (float)gdn_load_f64(p->a, p->act_dtype, row * p->a_stride + hv);
-        float b = (float)gdn_load_f64(p->b, p->act_dtype, row * p->b_stride + hv);
-        in->decay[t] = expf(gdn_gate_log(p->A_log[hv], a, p->dt_bias[hv]));
-        in->beta[t] = gdn_sigmoid(b);
+        *beta = (float)gdn_load_f64(p->beta, p->act_dtype, row * p->beta_stride + hv);
+        return p->g[row * p->g_stride + hv];
     }
-    in->kq[t] = dot(in->k[t], in->q[t], K);
+    float a = (float)gdn_load_f64(p->a, p->act_dtype, row * p->a_stride + hv);
+    *beta = gdn_sigmoid((float)gdn_load_f64(p->b, p->act_dtype, row * p->b_stride + hv));
+    return gdn_gate_log(p->A_log[hv], a, p->dt_bias[hv]);
+}
+
+static void load_token_inputs(const gdn_problem *p, int64_t row, int64_t hv, int t, head_inputs *in)
+{
+    in->decay[t] = expf(stage_token(p, row, hv, in->q[t], in->k[t], in->v[t], &in->beta[t]));
+    in->kq[t] = dot(in->k[t], in->q[t], p->head_dim_k);
 }
 
 /*

@@ -166,30 +166,10 @@ static void gemm_nn(int64_t M, int64_t N, int64_t D, const float *restrict A, in
 static void chunk_step(const gdn_problem *p, int64_t hv, int64_t first, int64_t count, float *ST,
                        chunk_scratch *c)
 {
-    const int64_t K = p->head_dim_k, V = p->head_dim_v, h = gdn_qk_head(p, hv), L = GDN_MAX_HEAD_DIM,
-                  CC = GDN_CPU_CHUNK;
+    const int64_t K = p->head_dim_k, V = p->head_dim_v, L = GDN_MAX_HEAD_DIM, CC = GDN_CPU_CHUNK;
     for (int64_t t = 0; t < count; t++) { /* q, k normalised (q scaled), v into u, gates */
-        const int64_t row = first + t;
-        gdn_load_row_f32(p->q, p->act_dtype, row * p->q_stride + h * K, K, c->q[t]);
-        gdn_load_row_f32(p->k, p->act_dtype, row * p->k_stride + h * K, K, c->k[t]);
-        gdn_load_row_f32(p->v, p->act_dtype, row * p->v_stride + hv * V, V, c->u[t]);
-        if (p->qk_l2norm) {
-            l2_normalise(c->q[t], K);
-            l2_normalise(c->k[t], K);
-        }
-        for (int64_t i = 0; i < K; i++)
-            c->q[t][i] *= p->scale;
-        float g, beta;
-        if (p->g) {
-            g = p->g[row * p->g_stride + hv];
-            beta = (float)gdn_load_f64(p->beta, p->act_dtype, row * p->beta_stride + hv);
-        } else {
-            float a = (float)gdn_load_f64(p->a, p->act_dtype, row * p->a_stride + hv);
-            g = gdn_gate_log(p->A_log[hv], a, p->dt_bias[hv]);
-            beta = gdn_sigmoid((float)gdn_load_f64(p->b, p->act_dtype, row * p->b_stride + hv));
-        }
+        const float g = stage_token(p, first + t, hv, c->q[t], c->k[t], c->u[t], &c->beta[t]);
         c->gcum[t] = (t ? c->gcum[t - 1] : 0.0f) + g;
-        c->beta[t] = beta;
         c->decay[t] = decay_of(c->gcum[t]);
         for (int64_t i = 0; i < K; i++)
             c->kt[i][t] = c->k[t][i];
