@@ -188,33 +188,14 @@ __global__ void __launch_bounds__(kThreads) decode_multi_token_vk128(const __gri
 
     const St *src = static_cast<const St *>(p.state_pool) + gdn_tile_offset(&p, read, bc.hv);
     uint4 *const my_ring = reinterpret_cast<uint4 *>(smem + at.ring) + (int64_t)warp * RING * SLOTS * 32;
+    const row_batches<St, SLOTS, BATCHES, RING, P, WR> batches{src, my_ring, warp_row0, V, hw, col, lane};
     uint4 raw[2][SLOTS];
-    const auto load_batch = [&](int b, uint4(&dst)[SLOTS]) {
-#pragma unroll
-        for (int j = 0; j < SLOTS; j++) {
-            const int64_t row = warp_row0 + b * WR + j * P + hw;
-            dst[j] =
-                row < V ? *reinterpret_cast<const uint4 *>(src + row * kRowK + col) : make_uint4(0, 0, 0, 0);
-        }
-    };
-    const auto stage_batch = [&](int b) { /* one commit group per batch, empty past the end */
-                                          if (b < BATCHES) {
-#pragma unroll
-                                              for (int j = 0; j < SLOTS; j++) {
-                                                  const int64_t row = warp_row0 + b * WR + j * P + hw;
-                                                  copy_async16(my_ring + ((b % RING) * SLOTS + j) * 32 + lane,
-                                                               row < V ? src + row * kRowK + col : src,
-                                                               row < V);
-                                              }
-                                          }
-                                          copy_async_commit();
-    };
     if constexpr (STAGES > 0) {
 #pragma unroll
         for (int b = 0; b < STAGES - 1; b++)
-            stage_batch(b);
+            batches.stage(b);
     } else {
-        load_batch(0, raw[0]);
+        batches.load(0, raw[0]);
     }
 
     if (stage_tokens<Act, BLOCK_ROWS>(p, bc, first, T, block_row0, smem, at)) {
@@ -233,17 +214,15 @@ __global__ void __launch_bounds__(kThreads) decode_multi_token_vk128(const __gri
     for (int b = 0; b < BATCHES; b++) {
         uint4 cur[SLOTS];
         if constexpr (STAGES > 0) {
-            stage_batch(b + STAGES - 1);
+            batches.stage(b + STAGES - 1);
             copy_async_wait<STAGES - 1>(); /* batch b has landed */
-#pragma unroll
-            for (int j = 0; j < SLOTS; j++)
-                cur[j] = my_ring[((b % RING) * SLOTS + j) * 32 + lane];
+            batches.staged(b, cur);
         } else {
 #pragma unroll
             for (int j = 0; j < SLOTS; j++)
                 cur[j] = raw[b % 2][j];
             if (b + 1 < BATCHES)
-                load_batch(b + 1, raw[(b + 1) % 2]);
+                batches.load(b + 1, raw[(b + 1) % 2]);
         }
         float s[SLOTS][VEC];
 #pragma unroll

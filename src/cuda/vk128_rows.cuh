@@ -86,6 +86,50 @@ template <int PENDING> __device__ __forceinline__ void copy_async_wait(void)
     asm volatile("cp.async.wait_group %0;" ::"n"(PENDING) : "memory");
 }
 
+/*
+ * The batches of state rows one warp streams (both row kernels): batch b holds rows
+ * warp_row0 + b * WR + j * P + hw of the tile at src, 16 bytes at column col for slot j. Rows
+ * past V read as zeros. load(): the batch into registers; stage(): into this warp's cp.async
+ * ring of RING batches (one commit group per batch, an empty group past the last batch);
+ * staged(): a landed batch back from the ring (each lane reads only the pieces it copied).
+ */
+template <typename St, int SLOTS, int BATCHES, int RING, int P, int WR> struct row_batches {
+    const St *src;
+    uint4 *ring; /* this warp's: [RING][SLOTS][32 lanes] */
+    int64_t warp_row0, V;
+    int hw, col, lane;
+
+    __device__ __forceinline__ void load(int b, uint4 (&dst)[SLOTS]) const
+    {
+#pragma unroll
+        for (int j = 0; j < SLOTS; j++) {
+            const int64_t row = warp_row0 + b * WR + j * P + hw;
+            dst[j] =
+                row < V ? *reinterpret_cast<const uint4 *>(src + row * kRowK + col) : make_uint4(0, 0, 0, 0);
+        }
+    }
+
+    __device__ __forceinline__ void stage(int b) const
+    {
+        if (b < BATCHES) {
+#pragma unroll
+            for (int j = 0; j < SLOTS; j++) {
+                const int64_t row = warp_row0 + b * WR + j * P + hw;
+                copy_async16(ring + ((b % RING) * SLOTS + j) * 32 + lane,
+                             row < V ? src + row * kRowK + col : src, row < V);
+            }
+        }
+        copy_async_commit();
+    }
+
+    __device__ __forceinline__ void staged(int b, uint4 (&dst)[SLOTS]) const
+    {
+#pragma unroll
+        for (int j = 0; j < SLOTS; j++)
+            dst[j] = ring[((b % RING) * SLOTS + j) * 32 + lane];
+    }
+};
+
 } // namespace
 
 #endif
