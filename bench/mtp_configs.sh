@@ -8,7 +8,6 @@ out=$1 configs=$2 tokens=${3:-2 4 8} ns=${4:-16,64,256}
 mkdir -p "$out"
 commit=${GDN_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
 . tests/gpu/steps.sh
-export GDN_VECTORS=${GDN_VECTORS:-$(tests/vectors/ensure.sh 2>/dev/null)}
 step tests-configs 150 build/test_gdn decode/cuda_multi_token_configs
 { echo "$header"; echo "shape,H,HV,K,V,state_dtype,N,T,token_slots,impl,median_us,gbps,pct_of_copy"; } >"$out/configs.csv"
 for state in f32 bf16; do

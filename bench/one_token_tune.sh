@@ -11,8 +11,6 @@ out=$1 base=${2:-}
 mkdir -p "$out"
 commit=${GDN_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
 . tests/gpu/steps.sh # (the script has cd to the repository root)
-export GDN_VECTORS=${GDN_VECTORS:-$(tests/vectors/ensure.sh 2>/dev/null)}
-sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
 
 step info 20 build/gdn info
 step tests-configs 240 build/test_gdn decode/cuda_one_token_configs decode/cuda_all vectors/cuda

@@ -19,9 +19,6 @@ commit=${GDN_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
 if [ "${GDN_PREBUILT:-0}" != 1 ]; then
     make -j"$(nproc)" all >"$out/build.log" 2>&1 || { tail -20 "$out/build.log"; exit 1; }
 fi
-export GDN_VECTORS=${GDN_VECTORS:-$(tests/vectors/ensure.sh 2>/dev/null)}
-sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
-
 
 step info 20 build/gdn info
 step tests-cuda 150 build/test_gdn cuda -huge
