@@ -15,8 +15,10 @@ commit=${GDN_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
 
 step info 20 build/gdn info
 step tests-configs ${MTP_TEST_S:-200} build/test_gdn decode/cuda_multi_token_configs decode/cuda_all vectors/cuda cuda/ -huge
-step memcheck ${MTP_SANITIZE_S:-120} "$sanitizer" --tool memcheck --error-exitcode 1 build/test_gdn decode/cuda_multi_token_configs
-step racecheck ${MTP_SANITIZE_S:-120} "$sanitizer" --tool racecheck --error-exitcode 1 build/test_gdn decode/cuda_multi_token_configs
+if [ "${MTP_SANITIZE_S:-120}" != 0 ]; then # 0: leave the sanitizers to another call
+    step memcheck ${MTP_SANITIZE_S:-120} "$sanitizer" --tool memcheck --error-exitcode 1 build/test_gdn decode/cuda_multi_token_configs
+    step racecheck ${MTP_SANITIZE_S:-120} "$sanitizer" --tool racecheck --error-exitcode 1 build/test_gdn decode/cuda_multi_token_configs
+fi
 
 ns=${MTP_NS:-1,16,64,256}
 configs=-1,$(seq -s, 0 $(($(build/gdn bench --help | sed -n 's/.*multi-token: 0\.\.\([0-9]*\).*/\1/p') + 0)))

@@ -151,10 +151,31 @@ static void multi_token_odd_sizes(gdn_backend backend)
         }
 }
 
+/* Decays strong enough that a few tokens' product passes 2^-60 and single decays underflow
+ * to 0 in float32: the state must follow the reference there too (kernels that keep the decay
+ * as a running scale rescale their rows on the way). */
+static void multi_token_strong_decay(gdn_backend backend)
+{
+    const int64_t tokens[] = {2, 5, 16};
+    for (int i = 0; i < 3; i++)
+        for (int st = 0; st < 2; st++) {
+            decode_case c = base(4, 2, 4, 128, 128);
+            c.num_tokens = tokens[i];
+            c.strong_decay = 1;
+            c.state_dtype = st ? GDN_DTYPE_BF16 : GDN_DTYPE_F32;
+            c.act_dtype = st ? GDN_DTYPE_BF16 : GDN_DTYPE_F32;
+            c.token_slots = i != 0;
+            c.varlen = i == 1;
+            c.padding = i == 2;
+            expect_pass(c, backend, 3);
+        }
+}
+
 static void cpu_multi_token(void)
 {
     multi_token(GDN_BACKEND_CPU);
     multi_token_odd_sizes(GDN_BACKEND_CPU);
+    multi_token_strong_decay(GDN_BACKEND_CPU);
 }
 
 /* Fresh inputs for a hand-built f32 call: q, k [rows, H, K], v [rows, HV, V], a, b [rows, HV] from
@@ -545,6 +566,7 @@ static void cuda_multi_token_configs(void)
         snprintf(config_note, sizeof config_note, "multi-token config %s", name);
         multi_token(GDN_BACKEND_CUDA);
         multi_token_odd_sizes(GDN_BACKEND_CUDA);
+        multi_token_strong_decay(GDN_BACKEND_CUDA);
     }
     gdn_cuda_force_config(GDN_CUDA_MULTI_TOKEN, -1);
     config_note[0] = '\0';

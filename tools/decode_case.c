@@ -231,8 +231,10 @@ static void fill_inputs(const decode_case *c, arrays *A, rng *g, int first)
         A->has_init[n] = (uint8_t)(rng_next(g) % 2);
     if (first) {
         for (int64_t hv = 0; hv < A->hv; hv++) {
-            A->A_log[hv] = (float)log(1.0 + 15.0 * rng_uniform(g)); /* A in [1, 16] */
-            double dt = exp(log(1e-3) + (log(1e-1) - log(1e-3)) * rng_uniform(g));
+            A->A_log[hv] = c->strong_decay ? (float)log(20.0 + 40.0 * rng_uniform(g))
+                                           : (float)log(1.0 + 15.0 * rng_uniform(g)); /* A in [1, 16] */
+            double dt = c->strong_decay ? 0.5 + 1.5 * rng_uniform(g)
+                                        : exp(log(1e-3) + (log(1e-1) - log(1e-3)) * rng_uniform(g));
             A->dt_bias[hv] = (float)(dt + log(-expm1(-dt))); /* softplus^-1(dt) */
         }
         int64_t pool_elems = (int64_t)(A->pool_bytes / A->state_size);

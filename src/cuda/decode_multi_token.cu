@@ -38,6 +38,19 @@ namespace
 
 constexpr int kWarpsPerBlock = kThreads / 32;
 
+/* The smallest scale of the rows held in registers (S = c * s) before they are rescaled: u / c
+ * then stays below 2^60 |u|, far from the float range, and rescales are rare (60 / log2(1/decay)
+ * tokens apart; a typical decay of 0.9-1 never gets there within 16 tokens). */
+constexpr float kMinRowScale = 0x1p-60f;
+
+/* 1 / x to about 1 ulp in one MUFU.RCP, for normal x (no range fix-ups, unlike __fdividef) */
+__device__ __forceinline__ float reciprocal_approx(float x)
+{
+    float r;
+    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
+    return r;
+}
+
 /* e^g, beta and k_hat.q_hat * scale of one token; the fourth float pads to one 16-byte read. */
 struct token_gates {
     float decay, beta, kq, unused;
@@ -135,17 +148,23 @@ __device__ bool stage_tokens(const gdn_problem &p, const block_coords &bc, int64
 /*
  * One warp: BATCHES batches of WR consecutive rows of one (sequence, head) tile, each taken
  * through all T tokens; a block is blockDim.x / 32 such warps over consecutive row ranges.
- * SLOTS, G, the reduction and the ring are those of the one-token kernel (decode_one_token.cu).
+ * SLOTS, G, the reduction and the ring are those of the one-token kernel (decode_one_token.cu),
+ * except that with CH > 1 a lane holds CH 16-byte pieces of each of its SLOTS / CH rows: fewer
+ * lanes a row (G = 8 with CH = 32 / VEC), so the reduction of a token costs about G / 32 of
+ * the shuffles a row that G = 32 (f32) or 16 (bf16) lanes need.
  */
-template <typename Act, typename St, int SLOTS, int BATCHES, int STAGES>
+template <typename Act, typename St, int SLOTS, int BATCHES, int STAGES, int CH>
 __global__ void __launch_bounds__(kThreads) decode_multi_token_vk128(const __grid_constant__ gdn_problem p)
 {
     constexpr int VEC = state_vec<St>::n;
-    constexpr int G = kRowK / VEC; /* lanes per row */
-    constexpr int P = 32 / G;      /* rows per warp load instruction */
-    constexpr int WR = SLOTS * P;  /* rows per batch */
-    constexpr int M = 2 * SLOTS;   /* partial sums per lane per token */
-    constexpr int SPREAD = G / M;  /* lanes holding each reduced value */
+    constexpr int G = kRowK / (VEC * CH); /* lanes per row */
+    constexpr int P = 32 / G;             /* rows per warp load instruction */
+    constexpr int R = SLOTS / CH;         /* rows per lane per batch */
+    constexpr int WR = R * P;             /* rows per batch */
+    constexpr int M = 2 * R;              /* partial sums per lane per token */
+    constexpr int SPREAD = G / M;         /* lanes holding each reduced value */
+    constexpr int KV = CH * VEC;          /* columns of k and q per lane */
+    static_assert(SLOTS % CH == 0, "whole rows per lane");
     constexpr int RING = STAGES > 0 ? STAGES : 1;
     constexpr int WARP_ROWS = WR * BATCHES, BLOCK_ROWS = kWarpsPerBlock * WARP_ROWS;
     static_assert(M <= G, "more partial sums than lanes in a row group");
@@ -162,7 +181,7 @@ __global__ void __launch_bounds__(kThreads) decode_multi_token_vk128(const __gri
     const int64_t block_row0 = (int64_t)blockIdx.x * BLOCK_ROWS, warp_row0 = block_row0 + warp * WARP_ROWS;
     const stage_layout at = stage_layout_of(p.num_tokens, BLOCK_ROWS, ring_bytes<SLOTS, STAGES>());
 
-    const int own_value = (lane % G) / SPREAD, own_slot = own_value / 2;
+    const int own_value = (lane % G) / SPREAD, own_slot = own_value / 2; /* the row, 0..R-1 */
     const bool own_is_q = own_value & 1, own_stores = !own_is_q && (lane % SPREAD) == 0;
 
     if (T64 < 0 || first < 0) { /* cu_seqlens out of order or range */
@@ -188,7 +207,7 @@ __global__ void __launch_bounds__(kThreads) decode_multi_token_vk128(const __gri
 
     const St *src = static_cast<const St *>(p.state_pool) + gdn_tile_offset(&p, read, bc.hv);
     uint4 *const my_ring = reinterpret_cast<uint4 *>(smem + at.ring) + (int64_t)warp * RING * SLOTS * 32;
-    const row_batches<St, SLOTS, BATCHES, RING, P, WR> batches{src, my_ring, warp_row0, V, hw, col, lane};
+    const row_batches<St, SLOTS, BATCHES, RING, P, WR, CH> batches{src, my_ring, warp_row0, V, hw, col, lane};
     uint4 raw[2][SLOTS];
     if constexpr (STAGES > 0) {
 #pragma unroll
@@ -229,73 +248,111 @@ __global__ void __launch_bounds__(kThreads) decode_multi_token_vk128(const __gri
         for (int j = 0; j < SLOTS; j++)
             state_vec<St>::unpack(cur[j], s[j]);
         const int64_t own_row = warp_row0 + b * WR + own_slot * P + hw;
+        /* addresses advanced by a stride a token instead of recomputed in 64 bits */
+        const bool stores_out = own_stores && own_row < V;
+        Act *out_at = static_cast<Act *>(p.out) + first * p.out_stride + bc.hv * V + own_row;
+        const int64_t row0 = warp_row0 + b * WR + hw;
+        /* The rows are held as S = c * s: a token's decay multiplies the scalar c instead of
+         * every element, so the update is one FFMA an element (s += (u / c) k) rather than a
+         * multiply and an FFMA. c is the same in every thread of the block (one head, the same
+         * tokens), so the rescale below, when c would leave the range where u / c is safe, is
+         * a uniform branch; a decay of exactly 0 goes through it too. */
+        float c = 1.0f;
 #pragma unroll 1
         for (int t = 0; t < T; t++) {
-            float k[VEC], q[VEC];
+            float k[KV], q[KV]; /* piece c of a row: columns col + c * 128 / CH .. + VEC */
 #pragma unroll
-            for (int i = 0; i < VEC; i += 4) {
-                const float4 kv = *reinterpret_cast<const float4 *>(ks + t * kRowK + i);
-                const float4 qv = *reinterpret_cast<const float4 *>(qs + t * kRowK + i);
+            for (int i = 0; i < KV; i += 4) {
+                const int at = t * kRowK + (i / VEC) * (kRowK / CH) + i % VEC;
+                const float4 kv = *reinterpret_cast<const float4 *>(ks + at);
+                const float4 qv = *reinterpret_cast<const float4 *>(qs + at);
                 k[i] = kv.x, k[i + 1] = kv.y, k[i + 2] = kv.z, k[i + 3] = kv.w;
                 q[i] = qv.x, q[i + 1] = qv.y, q[i + 2] = qv.z, q[i + 3] = qv.w;
             }
             const token_gates tg = gates[t];
             const float v_own = vs[t * BLOCK_ROWS + b * WR];
+            c *= tg.decay;
+            if (c < kMinRowScale) {
+#pragma unroll
+                for (int j = 0; j < SLOTS; j++)
+#pragma unroll
+                    for (int i = 0; i < VEC; i++)
+                        s[j][i] *= c;
+                c = 1.0f;
+            }
             float sums[M];
 #pragma unroll
-            for (int j = 0; j < SLOTS; j++) {
+            for (int r = 0; r < R; r++) {
                 float dk = 0.0f, dq = 0.0f;
 #pragma unroll
-                for (int i = 0; i < VEC; i++) {
-                    dk += s[j][i] * k[i];
-                    dq += s[j][i] * q[i];
+                for (int i = 0; i < KV; i++) {
+                    dk += s[r * CH + i / VEC][i % VEC] * k[i];
+                    dq += s[r * CH + i / VEC][i % VEC] * q[i];
                 }
-                sums[2 * j] = dk;
-                sums[2 * j + 1] = dq;
+                sums[2 * r] = dk;
+                sums[2 * r + 1] = dq;
             }
             const float mine = reduce_scatter<G, M>(sums, lane);
             const float other = __shfl_xor_sync(kFullMask, mine, SPREAD);
-            const float dot_k = own_is_q ? other : mine, dot_q = own_is_q ? mine : other;
-            const float u = tg.beta * (v_own - tg.decay * dot_k);
-            if (own_stores && own_row < V)
-                store_elem<Act>(p.out, (first + t) * p.out_stride + bc.hv * V + own_row,
-                                tg.decay * dot_q + u * tg.kq);
+            const float dot_k = c * (own_is_q ? other : mine), dot_q = c * (own_is_q ? mine : other);
+            const float u = tg.beta * (v_own - dot_k);
+            const float u_scaled = u * reciprocal_approx(c); /* c in [2^-60, 1]: a normal float */
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                const float ur = __shfl_sync(kFullMask, u_scaled, hw * G + 2 * r * SPREAD);
+#pragma unroll
+                for (int i = 0; i < KV; i++)
+                    s[r * CH + i / VEC][i % VEC] += ur * k[i];
+            }
+            /* the stores after every shuffle of the token, so no shuffle sits in a branch */
+            if (stores_out)
+                *out_at = from_float<Act>(dot_q + u * tg.kq);
+            out_at += p.out_stride;
             const int64_t snap = snapshot[t];
+            if (snap >= 0) {
+                St *const snap_row0 = pool + snap + row0 * kRowK + col;
 #pragma unroll
-            for (int j = 0; j < SLOTS; j++) {
-                const float uj = __shfl_sync(kFullMask, u, hw * G + 2 * j * SPREAD);
+                for (int j = 0; j < SLOTS; j++) {
+                    float x[VEC];
 #pragma unroll
-                for (int i = 0; i < VEC; i++)
-                    s[j][i] = tg.decay * s[j][i] + uj * k[i];
-                const int64_t row = warp_row0 + b * WR + j * P + hw;
-                if (snap >= 0 && row < V)
-                    store16(pool + snap + row * kRowK + col, state_vec<St>::pack(s[j]));
+                    for (int i = 0; i < VEC; i++)
+                        x[i] = c * s[j][i];
+                    if (row0 + batches.row_of(j) < V)
+                        store16(snap_row0 + batches.row_of(j) * kRowK + batches.col_of(j), state_vec<St>::pack(x));
+                }
             }
         }
+#pragma unroll
+        for (int j = 0; j < SLOTS; j++)
+#pragma unroll
+            for (int i = 0; i < VEC; i++)
+                s[j][i] *= c;
         if (dst) {
 #pragma unroll
             for (int j = 0; j < SLOTS; j++) {
-                const int64_t row = warp_row0 + b * WR + j * P + hw;
+                const int64_t row = row0 + batches.row_of(j);
                 if (row < V)
-                    store16(dst + row * kRowK + col, state_vec<St>::pack(s[j]));
+                    store16(dst + row * kRowK + col + batches.col_of(j), state_vec<St>::pack(s[j]));
             }
         }
     }
 }
 
 /* Each configuration: rows per batch (f32 rows; bf16 takes two rows per load), batches per
- * warp, and the shared-memory ring depth (0 = registers). */
-constexpr gdn_kernel_shape kShapes[] = {{4, 1, 0}, {8, 1, 0}, {4, 2, 0}, {8, 2, 0}, {4, 4, 0},
-                                        {8, 4, 3}, {4, 4, 3}, {4, 8, 4}, {8, 8, 4}};
+ * warp, the shared-memory ring depth (0 = registers) and the lanes a row (0: one 16-byte
+ * piece a lane, 32 lanes an f32 row, 16 a bf16 row; 8: CH pieces a lane). */
+constexpr gdn_kernel_shape kShapes[] = {{4, 1, 0, 0},  {8, 1, 0, 0},  {4, 2, 0, 0}, {8, 2, 0, 0}, {4, 4, 0, 0},
+                                        {8, 4, 3, 0},  {4, 4, 3, 0},  {4, 8, 4, 0}, {8, 8, 4, 0}, {8, 4, 0, 8},
+                                        {8, 4, 3, 8},  {8, 8, 4, 8},  {16, 4, 3, 8}, {8, 1, 0, 8}};
 constexpr int kShapeCount = sizeof kShapes / sizeof kShapes[0];
 
-template <typename Act, typename St, int SLOTS, int BATCHES, int STAGES>
+template <typename Act, typename St, int SLOTS, int BATCHES, int STAGES, int CH = 1>
 cudaError_t launch_shape(const gdn_problem &p, cudaStream_t stream)
 {
-    constexpr int P = 32 / (kRowK / state_vec<St>::n);
-    constexpr int64_t warp_rows = (int64_t)SLOTS * P * BATCHES, block_rows = kWarpsPerBlock * warp_rows;
+    constexpr int P = 32 / (kRowK / (state_vec<St>::n * CH));
+    constexpr int64_t warp_rows = (int64_t)(SLOTS / CH) * P * BATCHES, block_rows = kWarpsPerBlock * warp_rows;
     const stage_layout at = stage_layout_of(p.num_tokens, block_rows, ring_bytes<SLOTS, STAGES>());
-    const auto kernel = decode_multi_token_vk128<Act, St, SLOTS, BATCHES, STAGES>;
+    const auto kernel = decode_multi_token_vk128<Act, St, SLOTS, BATCHES, STAGES, CH>;
     /* Past the default 48 KiB (T > 12 with the ring) a kernel must opt in (per device, so on
      * every such call); always to the most this instantiation can ask for, so that threads
      * racing with different T never lower each other's limit. */
@@ -317,6 +374,7 @@ template <typename Act, typename St>
 cudaError_t launch_config(const gdn_problem &p, int config, cudaStream_t stream)
 {
     constexpr int D = state_vec<St>::n == 8 ? 2 : 1;
+    constexpr int CH8 = 16 / state_vec<St>::n; /* pieces a lane for 8 lanes a row */
     switch (config) { /* kShapes, in order */
     case 0: return launch_shape<Act, St, 4 / D, 1, 0>(p, stream);
     case 1: return launch_shape<Act, St, 8 / D, 1, 0>(p, stream);
@@ -326,7 +384,12 @@ cudaError_t launch_config(const gdn_problem &p, int config, cudaStream_t stream)
     case 5: return launch_shape<Act, St, 8 / D, 4, 3>(p, stream);
     case 6: return launch_shape<Act, St, 4 / D, 4, 3>(p, stream);
     case 7: return launch_shape<Act, St, 4 / D, 8, 4>(p, stream);
-    default: return launch_shape<Act, St, 8 / D, 8, 4>(p, stream);
+    case 8: return launch_shape<Act, St, 8 / D, 8, 4>(p, stream);
+    case 9: return launch_shape<Act, St, 2 * CH8, 4, 0, CH8>(p, stream);
+    case 10: return launch_shape<Act, St, 2 * CH8, 4, 3, CH8>(p, stream);
+    case 11: return launch_shape<Act, St, 2 * CH8, 8, 4, CH8>(p, stream);
+    case 12: return launch_shape<Act, St, 4 * CH8, 4, 3, CH8>(p, stream);
+    default: return launch_shape<Act, St, 2 * CH8, 1, 0, CH8>(p, stream);
     }
 }
 

@@ -30,7 +30,7 @@ cudaError_t gdn_cuda_launch_multi_token(const gdn_problem *p, cudaStream_t strea
 /* The configurations of each kernel (rows per batch, batches per warp, shared-memory stages):
  * *count is set; returns the table. Forcing one: negative = the kernel's own choice. */
 typedef struct gdn_kernel_shape {
-    int rows, batches, stages;
+    int rows, batches, stages, lanes; /* lanes: lanes a state row, 0 = the kernel's default */
 } gdn_kernel_shape;
 const gdn_kernel_shape *gdn_cuda_one_token_shapes(int *count);
 void gdn_cuda_one_token_force(int config);

@@ -115,10 +115,15 @@ extern "C" void gdn_cuda_config_name(gdn_cuda_kernel kernel, int config, char *b
 {
     int count = 0;
     const gdn_kernel_shape *shapes = kernel_shapes(kernel, &count);
-    if (config < 0 || config >= count)
+    if (config < 0 || config >= count) {
         snprintf(buf, size, "auto");
-    else if (shapes[config].stages)
-        snprintf(buf, size, "r%dx%ds%d", shapes[config].rows, shapes[config].batches, shapes[config].stages);
-    else
-        snprintf(buf, size, "r%dx%d", shapes[config].rows, shapes[config].batches);
+        return;
+    }
+    const gdn_kernel_shape s = shapes[config];
+    char stages[16] = "", lanes[16] = "";
+    if (s.stages)
+        snprintf(stages, sizeof stages, "s%d", s.stages);
+    if (s.lanes)
+        snprintf(lanes, sizeof lanes, "l%d", s.lanes);
+    snprintf(buf, size, "r%dx%d%s%s", s.rows, s.batches, stages, lanes);
 }

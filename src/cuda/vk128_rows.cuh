@@ -87,25 +87,29 @@ template <int PENDING> __device__ __forceinline__ void copy_async_wait(void)
 }
 
 /*
- * The batches of state rows one warp streams (both row kernels): batch b holds rows
- * warp_row0 + b * WR + j * P + hw of the tile at src, 16 bytes at column col for slot j. Rows
- * past V read as zeros. load(): the batch into registers; stage(): into this warp's cp.async
+ * The batches of state rows one warp streams (both row kernels): slot j of batch b holds
+ * row warp_row0 + b * WR + (j / CH) * P + hw of the tile at src, 16 bytes at column
+ * col + (j % CH) * 128 / CH (CH: the 16-byte pieces of a row each lane holds). Rows past V read
+ * as zeros. load(): the batch into registers; stage(): into this warp's cp.async
  * ring of RING batches (one commit group per batch, an empty group past the last batch);
  * staged(): a landed batch back from the ring (each lane reads only the pieces it copied).
  */
-template <typename St, int SLOTS, int BATCHES, int RING, int P, int WR> struct row_batches {
+template <typename St, int SLOTS, int BATCHES, int RING, int P, int WR, int CH = 1> struct row_batches {
     const St *src;
     uint4 *ring; /* this warp's: [RING][SLOTS][32 lanes] */
     int64_t warp_row0, V;
     int hw, col, lane;
 
+    static __device__ __forceinline__ int64_t row_of(int j) { return (j / CH) * P; }
+    static __device__ __forceinline__ int col_of(int j) { return (j % CH) * (kRowK / CH); }
+
     __device__ __forceinline__ void load(int b, uint4 (&dst)[SLOTS]) const
     {
 #pragma unroll
         for (int j = 0; j < SLOTS; j++) {
-            const int64_t row = warp_row0 + b * WR + j * P + hw;
-            dst[j] =
-                row < V ? *reinterpret_cast<const uint4 *>(src + row * kRowK + col) : make_uint4(0, 0, 0, 0);
+            const int64_t row = warp_row0 + b * WR + row_of(j) + hw;
+            dst[j] = row < V ? *reinterpret_cast<const uint4 *>(src + row * kRowK + col + col_of(j))
+                             : make_uint4(0, 0, 0, 0);
         }
     }
 
@@ -114,9 +118,9 @@ template <typename St, int SLOTS, int BATCHES, int RING, int P, int WR> struct r
         if (b < BATCHES) {
 #pragma unroll
             for (int j = 0; j < SLOTS; j++) {
-                const int64_t row = warp_row0 + b * WR + j * P + hw;
+                const int64_t row = warp_row0 + b * WR + row_of(j) + hw;
                 copy_async16(ring + ((b % RING) * SLOTS + j) * 32 + lane,
-                             row < V ? src + row * kRowK + col : src, row < V);
+                             row < V ? src + row * kRowK + col + col_of(j) : src, row < V);
             }
         }
         copy_async_commit();
