@@ -6,6 +6,7 @@
  */
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 
@@ -535,12 +536,31 @@ static void one_token_cases(gdn_backend backend)
     multi_step(backend);
 }
 
+/* $GDN_TEST_CONFIGS ("3,10,13"): only those configurations in the configuration tests, for
+ * sanitizer runs that cannot afford all of them in one call; unset: every configuration. */
+static int config_selected(int config)
+{
+    const char *list = getenv("GDN_TEST_CONFIGS");
+    if (!list || !*list)
+        return 1;
+    for (const char *at = list; *at;) {
+        char *end;
+        const long v = strtol(at, &end, 10);
+        if (end == at)
+            break;
+        if (v == config)
+            return 1;
+        at = *end == ',' ? end + 1 : end;
+    }
+    return 0;
+}
+
 static void cuda_one_token_configs(void)
 {
     if (!cuda_present())
         return;
     for (int config = 0; config < gdn_cuda_config_count(GDN_CUDA_ONE_TOKEN); config++)
-        for (int pdl = 0; pdl < 2; pdl++) {
+        for (int pdl = 0; pdl < 2 && config_selected(config); pdl++) {
             gdn_cuda_force_config(GDN_CUDA_ONE_TOKEN, config);
             pdl_all = pdl;
             char name[32];
@@ -560,6 +580,8 @@ static void cuda_multi_token_configs(void)
     if (!cuda_present())
         return;
     for (int config = 0; config < gdn_cuda_config_count(GDN_CUDA_MULTI_TOKEN); config++) {
+        if (!config_selected(config))
+            continue;
         gdn_cuda_force_config(GDN_CUDA_MULTI_TOKEN, config);
         char name[32];
         gdn_cuda_config_name(GDN_CUDA_MULTI_TOKEN, config, name, sizeof name);

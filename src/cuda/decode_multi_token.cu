@@ -394,23 +394,27 @@ cudaError_t launch_config(const gdn_problem &p, int config, cudaStream_t stream)
 }
 
 /*
- * The configuration for a batch, by rows of state per multiprocessor, from the H200 sweeps of
- * every configuration at T = 2, 3, 4, 8 (qwen3-next; bench/results/h200-2026-12-02-245f58e-mtp,
- * -3c42af9-mtp): at N = 1 short warps and many blocks (r4x1); beyond, warps that load their next
- * batches while they run the tokens of the current one. f32: 4 batches of 4 rows prefetched in
- * registers (r4x4) up to ~1000 rows a multiprocessor (N = 16 at 32 heads), then 8 batches
- * through a 4-stage cp.async ring (r4x8s4: 4-10% faster at N = 64 and 256, where registers alone
- * keep too few bytes in flight); bf16: 4 batches of 8 rows through a 3-stage ring (r8x4s3). With
- * token slots (every token stores the state) these are within 6% of the fastest configuration.
+ * The configuration for a batch, from the H200 sweep of every configuration at T = 2, 3, 4, 8,
+ * N = 1, 16, 64, 256, with and without token slots (qwen3-next;
+ * bench/results/h200-2026-12-02-09cac05-mtp/configs.csv). Each choice is within 3.5% of the
+ * fastest configuration on average over its points:
+ *  - up to 64 rows of state a multiprocessor (N = 1): one batch of 8 rows at 8 lanes a row
+ *    (r8x1l8): the most warps and the shortest chain;
+ *  - with token slots every token stores the tile, the stores dominate, and one or two batches
+ *    a warp keep the most stores in flight: r4x2 (f32), r8x2 (bf16);
+ *  - otherwise the token loop's instructions dominate: f32 takes 8 lanes a row (a quarter of the
+ *    shuffles a token) with 4 batches through a 3-stage ring (r8x4s3l8); bf16 keeps 16 lanes a
+ *    row, 4 batches of 8 rows through a 3-stage ring (r8x4s3).
  */
 int choose_config(const gdn_problem &p)
 {
     const int64_t rows_per_sm = p.num_seqs * p.num_v_heads * p.head_dim_v / sm_count();
+    const bool bf16 = p.state_dtype == GDN_DTYPE_BF16;
     if (rows_per_sm <= 64)
-        return 0; /* r4x1 */
-    if (p.state_dtype == GDN_DTYPE_BF16)
-        return 5;                       /* r8x4s3 */
-    return rows_per_sm <= 1000 ? 4 : 7; /* r4x4, r4x8s4 */
+        return 13; /* r8x1l8 */
+    if (p.token_slots)
+        return bf16 ? 3 : 2; /* r8x2, r4x2 */
+    return bf16 ? 5 : 10;    /* r8x4s3, r8x4s3l8 */
 }
 
 int forced_config = -1;
