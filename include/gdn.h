@@ -47,7 +47,7 @@ extern "C" {
 
 #define GDN_VERSION_MAJOR 0
 #define GDN_VERSION_MINOR 5
-#define GDN_VERSION_PATCH 0
+#define GDN_VERSION_PATCH 1
 #define GDN_VERSION_NUMBER (GDN_VERSION_MAJOR * 10000 + GDN_VERSION_MINOR * 100 + GDN_VERSION_PATCH)
 
 /* The version of the library actually loaded, as GDN_VERSION_NUMBER and as "0.1.0". */
@@ -305,12 +305,12 @@ typedef struct gdn_decode_params {
     const uint8_t *has_initial_state; /* optional [N] (torch.bool works): 0 = sequence n starts
                                          from a zero state, its read slot is not read (vLLM's and
                                          FLA's name); the final state still goes to its write
-                                         slot. NULL = every sequence reads its slot */
+                                         slot. NULL = every sequence reads its slot. Every
+                                         backend (cuda since 0.5.1) */
 
     /* Gates given precomputed (0.5), as FLA's fused_recurrent / chunk_gated_delta_rule take
      * them: instead of a, b, A_log and dt_bias (which must then be NULL), the log-decay g and
-     * beta after the sigmoid, per token row and value head. cpu and reference backends; the
-     * cuda backend refuses them (GDN_ERR_INVALID_ARGUMENT) until its kernels read them. */
+     * beta after the sigmoid, per token row and value head. Every backend (cuda since 0.5.1). */
     const float *g;      /* [rows, HV] float32: g = -exp(A_log) softplus(a + dt_bias) */
     int64_t g_stride;    /* elements between token rows; 0 = HV */
     const void *beta;    /* [rows, HV] in act_dtype: beta = sigmoid(b) */

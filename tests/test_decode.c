@@ -108,6 +108,8 @@ static void multi_step(gdn_backend backend)
 }
 
 /* Multi-token decode: T tokens, snapshots per token, rollback via num_accepted, varlen. */
+static int cuda_present(void);
+
 static void multi_token(gdn_backend backend)
 {
     const int64_t tokens[] = {2, 3, 4, 8, 16};
@@ -168,8 +170,42 @@ static void multi_token_strong_decay(gdn_backend backend)
             c.token_slots = i != 0;
             c.varlen = i == 1;
             c.padding = i == 2;
+            c.zero_init = i == 1;
+            c.gates_given = st == 1;
             expect_pass(c, backend, 3);
         }
+}
+
+/* The 0.5 inputs at decode and verify lengths (1..16 tokens), so on every kernel of every
+ * backend: precomputed g and beta, and has_initial_state (sequences starting from zero), with
+ * each activation and state dtype, both layouts, K = 64 / 128 and odd V. */
+static void gates_and_initial_state_short(gdn_backend backend)
+{
+    const gdn_dtype acts[] = {GDN_DTYPE_F32, GDN_DTYPE_F16, GDN_DTYPE_BF16};
+    const int64_t tokens[] = {1, 1, 2, 5, 16, 1, 3, 8};
+    for (int i = 0; i < 16; i++) {
+        decode_case c = base(5 + i % 3, 2, 4, i % 4 == 3 ? 64 : 128, i % 5 == 4 ? 100 : 128);
+        c.num_tokens = tokens[i % 8];
+        c.varlen = i % 4 == 2;
+        c.zero_init = i % 4 != 1;
+        c.gates_given = i % 2 == 1 || i % 8 == 0;
+        c.act_dtype = acts[i % 3];
+        c.state_dtype = i % 4 < 2 ? GDN_DTYPE_F32 : GDN_DTYPE_BF16;
+        c.layout = i % 8 == 5 ? GDN_LAYOUT_KV : GDN_LAYOUT_VK;
+        c.head_map = i % 3 == 2 ? GDN_HEAD_MAP_TILED : GDN_HEAD_MAP_GROUPED;
+        c.padding = i % 3 == 0;
+        c.token_slots = c.num_tokens > 1 && i % 2 == 0;
+        c.strided = i % 5 == 2;
+        expect_pass(c, backend, 2);
+    }
+}
+
+static void cpu_gates_and_initial_state(void) { gates_and_initial_state_short(GDN_BACKEND_CPU); }
+
+static void cuda_gates_and_initial_state(void)
+{
+    if (cuda_present())
+        gates_and_initial_state_short(GDN_BACKEND_CUDA);
 }
 
 static void cpu_multi_token(void)
@@ -644,4 +680,6 @@ void register_decode_tests(void)
     test_add("decode/cuda_all", cuda_all);
     test_add("decode/cuda_one_token_configs", cuda_one_token_configs);
     test_add("decode/cuda_multi_token_configs", cuda_multi_token_configs);
+    test_add("decode/cpu_gates_and_initial_state", cpu_gates_and_initial_state);
+    test_add("decode/cuda_gates_and_initial_state", cuda_gates_and_initial_state);
 }

@@ -166,10 +166,6 @@ static gdn_status check_tokens(const gdn_decode_params *p, gdn_backend backend)
     if (checked_mul(p->num_seqs, tokens) < 0)
         return gdn_fail(GDN_ERR_INVALID_SHAPE, "num_seqs = %lld times num_tokens = %lld overflows 64 bits",
                         (long long)p->num_seqs, (long long)tokens);
-    if (p->has_initial_state && backend == GDN_BACKEND_CUDA)
-        return gdn_fail(
-            GDN_ERR_INVALID_ARGUMENT,
-            "has_initial_state is not taken by the cuda backend yet (cpu and reference backends)");
     if (p->token_slots_stride < 0 || (p->token_slots_stride > 0 && p->token_slots_stride < tokens))
         return gdn_fail(GDN_ERR_INVALID_STRIDE, "token_slots_stride = %lld is shorter than num_tokens = %lld",
                         (long long)p->token_slots_stride, (long long)tokens);
@@ -184,10 +180,6 @@ static gdn_status check_tokens(const gdn_decode_params *p, gdn_backend backend)
         return gdn_fail(GDN_ERR_INVALID_ARGUMENT,
                         "g and beta are given, and so is one of a, b, A_log, dt_bias: give one form of the "
                         "gates, not both");
-    if (p->g && backend == GDN_BACKEND_CUDA)
-        return gdn_fail(GDN_ERR_INVALID_ARGUMENT,
-                        "precomputed g and beta are not taken by the cuda backend yet (cpu and reference "
-                        "backends; on cuda give a, b, A_log, dt_bias)");
     if (p->num_accepted && !p->token_slots)
         return gdn_fail(GDN_ERR_INVALID_ARGUMENT,
                         "num_accepted needs token_slots (the slots it selects from)");

@@ -73,13 +73,9 @@ __device__ void prepare_tokens(const gdn_problem &p, const block_coords &bc, int
     for (int t = warp; t < T; t += kWarps) {
         const int64_t row = first + t;
         const int64_t q_at = row * p.q_stride + bc.h * K, k_at = row * p.k_stride + bc.h * K;
-        float early_a = 0.0f, early_b = 0.0f, early_A_log = 0.0f, early_dt_bias = 0.0f;
-        if (early && lane == 0) {
-            early_a = load_elem<Act>(p.a, row * p.a_stride + bc.hv);
-            early_b = load_elem<Act>(p.b, row * p.b_stride + bc.hv);
-            early_A_log = p.A_log[bc.hv];
-            early_dt_bias = p.dt_bias[bc.hv];
-        }
+        gate_inputs early_gates{};
+        if (early && lane == 0)
+            early_gates = load_gate_inputs<Act>(p, row, bc.hv);
         float qq = 0.0f, kk = 0.0f, qk = 0.0f;
         const auto stage = [&](int64_t i) {
             const float qi = load_elem<Act>(p.q, q_at + i), ki = load_elem<Act>(p.k, k_at + i);
@@ -103,14 +99,12 @@ __device__ void prepare_tokens(const gdn_problem &p, const block_coords &bc, int
         if (lane == 0) {
             const float q_factor = (p.qk_l2norm ? inv_sqrt(qq + GDN_L2NORM_EPS) : 1.0f) * p.scale;
             const float k_factor = p.qk_l2norm ? inv_sqrt(kk + GDN_L2NORM_EPS) : 1.0f;
-            const float a = early ? early_a : load_elem<Act>(p.a, row * p.a_stride + bc.hv);
-            const float b = early ? early_b : load_elem<Act>(p.b, row * p.b_stride + bc.hv);
+            const gate_inputs gi = early ? early_gates : load_gate_inputs<Act>(p, row, bc.hv);
             st.q_factor[t] = q_factor;
             st.k_factor[t] = k_factor;
             st.kq[t] = qk * q_factor * k_factor;
-            st.decay[t] = expf(gdn_gate_log(early ? early_A_log : p.A_log[bc.hv], a,
-                                            early ? early_dt_bias : p.dt_bias[bc.hv]));
-            st.beta[t] = sigmoid_fast(b);
+            st.decay[t] = gate_decay(p, gi);
+            st.beta[t] = gate_beta(p, gi);
             const int64_t slot = p.token_slots ? gdn_token_slot(&p, bc.n, t) : -1;
             st.snapshot[t] = slot < 0 ? -1 : gdn_tile_offset(&p, slot, bc.hv);
         }
@@ -234,13 +228,15 @@ __global__ void __launch_bounds__(kThreads) decode_vk_k128(const __grid_constant
     /* The state rows, then the values of the rows for every token. */
     uint4 raw[ROWS][CHUNKS];
     const St *src = static_cast<const St *>(p.state_pool) + gdn_tile_offset(&p, read, bc.hv) + lane * VEC;
+    const bool zero_init = gdn_zero_initial_state(&p, bc.n);
 #pragma unroll
     for (int r = 0; r < ROWS; r++) {
         const int64_t row = row0 + r * kFastRows;
         if (row < V) {
 #pragma unroll
             for (int c = 0; c < CHUNKS; c++)
-                raw[r][c] = load_state_vec(src + row * kFastK + c * kLanesPerRow * VEC);
+                raw[r][c] = zero_init ? make_uint4(0, 0, 0, 0)
+                                      : load_state_vec(src + row * kFastK + c * kLanesPerRow * VEC);
         }
     }
     float v_row[MAXT][ROWS];
@@ -337,11 +333,12 @@ __global__ void __launch_bounds__(kThreads) decode_vk_generic(const __grid_const
     St *pool = static_cast<St *>(p.state_pool);
     const int64_t src = gdn_tile_offset(&p, read, bc.hv),
                   dst = write < 0 ? -1 : gdn_tile_offset(&p, write, bc.hv);
+    const bool zero_init = gdn_zero_initial_state(&p, bc.n);
     for (int64_t row = row0 + warp; row < row0 + kGenericVkRows && row < V; row += kWarps) {
         float s[kPerLaneVk];
 #pragma unroll
         for (int m = 0; m < kPerLaneVk; m++)
-            s[m] = lane + 32 * m < K ? load_elem<St>(pool, src + row * K + lane + 32 * m) : 0.0f;
+            s[m] = lane + 32 * m < K && !zero_init ? load_elem<St>(pool, src + row * K + lane + 32 * m) : 0.0f;
         for (int t = 0; t < T; t++) {
             float dot_k = 0.0f, dot_q = 0.0f;
 #pragma unroll
@@ -394,11 +391,12 @@ __global__ void __launch_bounds__(kThreads) decode_kv_generic(const __grid_const
     St *pool = static_cast<St *>(p.state_pool);
     const int64_t src = gdn_tile_offset(&p, read, bc.hv),
                   dst = write < 0 ? -1 : gdn_tile_offset(&p, write, bc.hv);
+    const bool zero_init = gdn_zero_initial_state(&p, bc.n);
     float s[kPerThreadKv];
 #pragma unroll
     for (int m = 0; m < kPerThreadKv; m++) {
         const int64_t i = warp + kWarps * m;
-        s[m] = has_col && i < K ? load_elem<St>(pool, src + i * V + col) : 0.0f;
+        s[m] = has_col && i < K && !zero_init ? load_elem<St>(pool, src + i * V + col) : 0.0f;
     }
     for (int t = 0; t < T; t++) {
         float dot_k = 0.0f, dot_q = 0.0f;

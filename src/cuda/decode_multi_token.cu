@@ -99,13 +99,10 @@ __device__ bool stage_tokens(const gdn_problem &p, const block_coords &bc, int64
     bool bad_slot = false;
     for (int t = warp; t < T; t += warps) {
         const int64_t row = first + t;
-        float a = 0.0f, b = 0.0f, A_log = 0.0f, dt_bias = 0.0f;
+        gate_inputs gi{};
         int64_t slot = -1;
         if (lane == 0) { /* issued with the q and k loads: one memory round trip per token */
-            a = load_elem<Act>(p.a, row * p.a_stride + bc.hv);
-            b = load_elem<Act>(p.b, row * p.b_stride + bc.hv);
-            A_log = p.A_log[bc.hv];
-            dt_bias = p.dt_bias[bc.hv];
+            gi = load_gate_inputs<Act>(p, row, bc.hv);
             slot = p.token_slots ? gdn_token_slot(&p, bc.n, t) : -1;
         }
         float q[kRowK / 32], k[kRowK / 32], qq = 0.0f, kk = 0.0f, qk = 0.0f;
@@ -131,8 +128,7 @@ __device__ bool stage_tokens(const gdn_problem &p, const block_coords &bc, int64
             ks[t * kRowK + lane + 32 * i] = k[i] * k_factor;
         }
         if (lane == 0) {
-            gates[t] = token_gates{expf(gdn_gate_log(A_log, a, dt_bias)), sigmoid_fast(b),
-                                   qk * q_factor * k_factor, 0.0f};
+            gates[t] = token_gates{gate_decay(p, gi), gate_beta(p, gi), qk * q_factor * k_factor, 0.0f};
             snapshot[t] = slot < 0 ? -1 : gdn_tile_offset(&p, slot, bc.hv);
             bad_slot |= slot >= p.num_slots;
         }
@@ -207,7 +203,10 @@ __global__ void __launch_bounds__(kThreads) decode_multi_token_vk128(const __gri
 
     const St *src = static_cast<const St *>(p.state_pool) + gdn_tile_offset(&p, read, bc.hv);
     uint4 *const my_ring = reinterpret_cast<uint4 *>(smem + at.ring) + (int64_t)warp * RING * SLOTS * 32;
-    const row_batches<St, SLOTS, BATCHES, RING, P, WR, CH> batches{src, my_ring, warp_row0, V, hw, col, lane};
+    /* a sequence without an initial state reads its rows as zeros (as rows past V) */
+    const int64_t rows_read = gdn_zero_initial_state(&p, blockIdx.z) ? 0 : V;
+    const row_batches<St, SLOTS, BATCHES, RING, P, WR, CH> batches{src, my_ring, warp_row0, rows_read, hw,
+                                                                   col, lane};
     uint4 raw[2][SLOTS];
     if constexpr (STAGES > 0) {
 #pragma unroll

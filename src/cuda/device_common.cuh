@@ -79,6 +79,40 @@ __device__ __forceinline__ block_coords block_coords_of(const gdn_problem &p)
 __device__ __forceinline__ float inv_sqrt(float x) { return rsqrtf(x); }
 __device__ __forceinline__ float sigmoid_fast(float x) { return __fdividef(1.0f, 1.0f + expf(-x)); }
 
+/*
+ * The gate inputs of one (token row, value head), in either form the call gives: the raw
+ * projections a, b with A_log and dt_bias, or the precomputed log decay g (float32) and beta
+ * (after the sigmoid, activation dtype). Loaded early (the loads of either form in one round
+ * trip), turned into e^g and beta late.
+ */
+struct gate_inputs {
+    float a, b, A_log, dt_bias; /* precomputed: a = g, b = beta */
+};
+template <typename Act>
+__device__ __forceinline__ gate_inputs load_gate_inputs(const gdn_problem &p, int64_t row, int64_t hv)
+{
+    gate_inputs x;
+    if (p.g) {
+        x.a = p.g[row * p.g_stride + hv];
+        x.b = load_elem<Act>(p.beta, row * p.beta_stride + hv);
+        x.A_log = x.dt_bias = 0.0f;
+    } else {
+        x.a = load_elem<Act>(p.a, row * p.a_stride + hv);
+        x.b = load_elem<Act>(p.b, row * p.b_stride + hv);
+        x.A_log = p.A_log[hv];
+        x.dt_bias = p.dt_bias[hv];
+    }
+    return x;
+}
+__device__ __forceinline__ float gate_decay(const gdn_problem &p, const gate_inputs &x)
+{
+    return expf(p.g ? x.a : gdn_gate_log(x.A_log, x.a, x.dt_bias));
+}
+__device__ __forceinline__ float gate_beta(const gdn_problem &p, const gate_inputs &x)
+{
+    return p.g ? x.b : sigmoid_fast(x.b);
+}
+
 /* Checked mode: one block of the sequence (the first row block of its first head) counts it. */
 __device__ __forceinline__ bool skip_bad_row(const gdn_problem &p)
 {
