@@ -3,9 +3,11 @@
     import gdn
     out = gdn.decode(q, k, v, a, b, A_log, dt_bias, state_pool, slot_indices)
     out = gdn.decode_tokens(q, k, v, a, b, A_log, dt_bias, state_pool, slot_indices=slots)  # [N, T, ...]
+    out = gdn.forward(q, k, v, a, b, A_log, dt_bias, state_pool, cu_seqlens=cu, slot_indices=slots)
 
-gdn.decode (one token per sequence) and gdn.decode_tokens (several: speculative verify, MTP) are
-the library's own contract (see their docstrings and include/gdn.h); gdn.compat has
+gdn.decode (one token per sequence), gdn.decode_tokens (several: speculative verify, MTP) and
+gdn.forward (varlen sequences of any length: prefill and mixed batches) are the library's own
+contract (see their docstrings and include/gdn.h); gdn.compat has
 drop-in wrappers with the signatures of FLA, vLLM, SGLang and FlashInfer. The package loads
 libgdn with ctypes at import: $GDN_LIBRARY, else a libgdn.so next to the package, else the
 repository's build/libgdn.so, else the system's (ctypes.util.find_library).
@@ -14,6 +16,7 @@ import ctypes
 
 from ._lib import LIB, MAX_HEAD_DIM, MAX_TOKENS, Backend, DType, HeadMap, Layout, Status
 from .decode import _BACKENDS, _option, decode, decode_backend_for, decode_tokens
+from .forward import forward
 from .errors import GdnArgumentError, GdnBackendUnavailableError, GdnDeviceError, GdnError, check
 from . import compat
 
@@ -52,7 +55,7 @@ def cuda_device_info(device=0):
 
 
 __all__ = [
-    "decode", "decode_tokens", "decode_backend_for", "compat", "MAX_TOKENS", "MAX_HEAD_DIM",
+    "decode", "decode_tokens", "decode_backend_for", "forward", "compat", "MAX_TOKENS", "MAX_HEAD_DIM",
     "GdnError", "GdnArgumentError", "GdnBackendUnavailableError", "GdnDeviceError",
     "Status", "DType", "Layout", "HeadMap", "Backend",
     "library_version", "library_path", "backend_built", "cuda_device_count", "cuda_device_info",

@@ -146,6 +146,9 @@ MULTI_TOKEN_FIELDS_END = DecodeParams.num_accepted.offset + ctypes.sizeof(ctypes
 COUNTER_FIELD_END = DecodeParams.bad_index_rows.offset + ctypes.sizeof(ctypes.c_void_p)
 # Paged pools (state_slot_stride, gdn 0.4): only a library whose struct holds the field can take them.
 SLOT_STRIDE_FIELD_END = DecodeParams.state_slot_stride.offset + ctypes.sizeof(ctypes.c_int64)
+# Varlen calls of any length, has_initial_state and precomputed g/beta (gdn 0.5): every field up to
+# beta_stride. A library with a shorter struct would ignore them and compute something else.
+VARLEN_FIELDS_END = DecodeParams.beta_stride.offset + ctypes.sizeof(ctypes.c_int64)
 
 
 def _declare(lib):

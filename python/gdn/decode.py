@@ -15,8 +15,8 @@ is what gdn_decode_params describes.
 import ctypes
 import sys
 
-from ._lib import (COUNTER_FIELD_END, LIB, MAX_TOKENS, MULTI_TOKEN_FIELDS_END, SLOT_STRIDE_FIELD_END, Backend, DType,
-                   HeadMap, Layout)
+from ._lib import (COUNTER_FIELD_END, LIB, MAX_TOKENS, MULTI_TOKEN_FIELDS_END, SLOT_STRIDE_FIELD_END,
+                   VARLEN_FIELDS_END, Backend, DType, HeadMap, Layout)
 from ._tensors import cuda_stream_handle, describe, empty_like_shape
 from .errors import check
 
@@ -27,6 +27,8 @@ _ACT_DTYPES = (DType.F32, DType.F16, DType.BF16, DType.F64)
 _STATE_DTYPES = (DType.F32, DType.BF16, DType.F64)
 _INDEX_DTYPES = (DType.I32, DType.I64)
 _ACTIVATIONS = "q, k, v, a, b and out"
+_ACTIVATIONS_PRECOMPUTED = "q, k, v, beta and out"
+_FLAG_DTYPES = ("bool", "uint8")  # has_initial_state: one byte per sequence
 
 
 def _option(name, value, choices):
@@ -144,6 +146,25 @@ def _check_writable(t):
         raise ValueError(f"{t.name} is read-only; gdn writes it")
 
 
+def _check_gate_form(a, b, A_log, dt_bias, g, beta):
+    """Whether the gates come precomputed (g and beta) or raw (a, b, A_log, dt_bias): one form,
+    whole. TypeError naming what is missing or doubled."""
+    raw = dict(a=a, b=b, A_log=A_log, dt_bias=dt_bias)
+    if g is None and beta is None:
+        missing = [name for name, x in raw.items() if x is None]
+        if missing:
+            raise TypeError(f"{', '.join(missing)} is None: give the raw gates a, b, A_log and dt_bias, or the "
+                            "precomputed g= and beta=")
+        return False
+    if g is None or beta is None:
+        raise TypeError(f"g and beta come together ({'beta' if beta is None else 'g'} is None)")
+    given = [name for name, x in raw.items() if x is not None]
+    if given:
+        raise TypeError(f"g and beta are given, and so is {', '.join(given)}: give one form of the gates, the raw "
+                        "a, b, A_log, dt_bias or the precomputed g, beta (pass None for the other form)")
+    return True
+
+
 class _Call:
     """One validated call: the activations and out seen as token rows [R, ...], the gate
     parameters, the pool, the index arrays, and the output (allocated when the caller gave none).
@@ -153,29 +174,40 @@ class _Call:
 
     row_letter = "N"
 
-    def __init__(self, q, k, v, a, b, A_log, dt_bias, state_pool, out, layout, indices):
+    def __init__(self, q, k, v, a, b, A_log, dt_bias, state_pool, out, layout, indices, g=None, beta=None,
+                 has_initial_state=None):
         self.layout = layout
+        self.precomputed = _check_gate_form(a, b, A_log, dt_bias, g, beta)
         q = describe("q", q)
         self._form(q)
         self.q = self._rows(q, 2, "H, K")
         self.k = self._rows(describe("k", k), 2, "H, K")
         self.v = self._rows(describe("v", v), 2, "HV, V")
-        self.a = self._rows(describe("a", a), 1, "HV")
-        self.b = self._rows(describe("b", b), 1, "HV")
-        self.A_log = describe("A_log", A_log)
-        self.dt_bias = describe("dt_bias", dt_bias)
+        if self.precomputed:
+            # gdn 0.5: the log-decay g (float32) and beta after the sigmoid (activation dtype)
+            self.g = self._rows(describe("g", g), 1, "HV")
+            self.beta = self._rows(describe("beta", beta), 1, "HV")
+            self.a = self.b = self.A_log = self.dt_bias = None
+        else:
+            self.a = self._rows(describe("a", a), 1, "HV")
+            self.b = self._rows(describe("b", b), 1, "HV")
+            self.A_log = describe("A_log", A_log)
+            self.dt_bias = describe("dt_bias", dt_bias)
+            self.g = self.beta = None
         self.pool = describe("state_pool", state_pool)
         # the index arrays given, in a fixed order (slot_indices first)
         self.index = {name: describe(name, x) for name, x in indices.items() if x is not None}
+        self.initial = None if has_initial_state is None else describe("has_initial_state", has_initial_state)
         self._check_shapes()
         self._check_indices()
+        self._check_initial()
         self._check_dtypes()
         # out comes last: it is allocated only once the inputs are known to be good.
         self.out_obj = out if out is not None else empty_like_shape(self.v, tuple(self.v.obj.shape))
         self.out = self._rows(describe("out", self.out_obj), 2, "HV, V")
         r = self.row_letter
         _expect_shape(self.out, (self.num_rows, self.num_v_heads, self.head_dim_v), f"[{r}, HV, V]")
-        _check_same_dtype([self.q, self.out], _ACTIVATIONS)
+        _check_same_dtype([self.q, self.out], self.activation_names)
         self._check_layout_and_memory()
 
     # -- how tensors become token rows (decode: [N, ...] or [N, 1, ...]) --
@@ -201,7 +233,29 @@ class _Call:
 
     @property
     def activations(self):
+        """The tensors in the activation dtype (out apart)."""
+        if self.precomputed:
+            return [self.q, self.k, self.v, self.beta]
         return [self.q, self.k, self.v, self.a, self.b]
+
+    @property
+    def activation_names(self):
+        return _ACTIVATIONS_PRECOMPUTED if self.precomputed else _ACTIVATIONS
+
+    @property
+    def row_tensors(self):
+        """The tensors with one row per token (out apart): the activations, and g."""
+        return self.activations + ([self.g] if self.precomputed else [])
+
+    @property
+    def gate_params(self):
+        """The per-head gate parameters (none with precomputed gates)."""
+        return [] if self.precomputed else [self.A_log, self.dt_bias]
+
+    @property
+    def flags(self):
+        """has_initial_state when given, as a list."""
+        return [] if self.initial is None else [self.initial]
 
     def _check_shapes(self):
         self.num_rows, self.num_q_heads, self.head_dim_k = self.q.shape
@@ -209,10 +263,10 @@ class _Call:
         rows, hv, r = self.num_rows, self.num_v_heads, self.row_letter
         _expect_shape(self.k, self.q.shape, f"the shape of q [{r}, H, K]")
         _expect_shape(self.v, (rows, hv, self.head_dim_v), f"[{r}, HV, V] with {r} from q")
-        _expect_shape(self.a, (rows, hv), f"[{r}, HV]")
-        _expect_shape(self.b, (rows, hv), f"[{r}, HV]")
-        _expect_shape(self.A_log, (hv,), "[HV]")
-        _expect_shape(self.dt_bias, (hv,), "[HV]")
+        for t in ([self.g, self.beta] if self.precomputed else [self.a, self.b]):
+            _expect_shape(t, (rows, hv), f"[{r}, HV]")
+        for t in self.gate_params:
+            _expect_shape(t, (hv,), "[HV]")
         row = (self.head_dim_v, self.head_dim_k) if self.layout == Layout.VK else (self.head_dim_k, self.head_dim_v)
         if len(self.pool.shape) != 4 or self.pool.shape[1:] != (hv,) + row:
             names = "[slots, HV, V, K]" if self.layout == Layout.VK else "[slots, HV, K, V]"
@@ -224,11 +278,23 @@ class _Call:
         for t in self.indices:
             _expect_shape(t, (self.num_seqs,), "[N]")
 
+    def _check_initial(self):
+        """has_initial_state: one bool (or uint8) per sequence, 0 = start from a zero state."""
+        t = self.initial
+        if t is None:
+            return
+        _expect_shape(t, (self.num_seqs,), "[N]")
+        if t.dtype_name not in _FLAG_DTYPES:
+            raise TypeError(f"has_initial_state has dtype {t.dtype_name}; it takes bool or uint8 (one byte per "
+                            "sequence: 0 = start from a zero state)")
+
     def _check_dtypes(self):
         _check_dtype(self.q, _ACT_DTYPES, "an activation")
-        _check_same_dtype(self.activations, _ACTIVATIONS)
-        for t in (self.A_log, self.dt_bias):
+        _check_same_dtype(self.activations, self.activation_names)
+        for t in self.gate_params:
             _check_dtype(t, (DType.F32,), "a gate parameter")
+        if self.precomputed:
+            _check_dtype(self.g, (DType.F32,), "the precomputed log-decay g")
         _check_dtype(self.pool, _STATE_DTYPES, "the state pool")
         if self.indices:
             _check_dtype(self.indices[0], _INDEX_DTYPES, "an index array")
@@ -236,11 +302,11 @@ class _Call:
                               "the index arrays " + ", ".join(self.index))
 
     def _check_layout_and_memory(self):
-        everything = self.activations + [self.out, self.A_log, self.dt_bias, self.pool] + self.indices
+        everything = self.row_tensors + [self.out] + self.gate_params + [self.pool] + self.indices + self.flags
         _check_one_device(everything)
-        for t in self.activations + [self.out]:
+        for t in self.row_tensors + [self.out]:
             _check_rows_contiguous(t)
-        for t in [self.A_log, self.dt_bias] + [t for t in self.indices if t.name != "token_slots"]:
+        for t in self.gate_params + [t for t in self.indices if t.name != "token_slots"] + self.flags:
             _check_contiguous(t)
         _check_pool_layout(self.pool)
         _check_writable(self.out)
@@ -275,11 +341,18 @@ class _Call:
         p.num_seqs, p.num_q_heads, p.num_v_heads = self.num_seqs, self.num_q_heads, self.num_v_heads
         p.head_dim_k, p.head_dim_v = self.head_dim_k, self.head_dim_v
         p.act_dtype = self.q.dtype
-        for name in ("q", "k", "v", "a", "b", "out"):
+        if (self.precomputed or self.initial is not None) and LIB.params_size < VARLEN_FIELDS_END:
+            raise RuntimeError(f"gdn: {LIB.path} (version {LIB.version}) takes neither precomputed g and beta nor "
+                               "has_initial_state (gdn 0.5 does)")
+        gates = ("g", "beta") if self.precomputed else ("a", "b")
+        for name in ("q", "k", "v") + gates + ("out",):
             t = getattr(self, name)
             setattr(p, name, t.ptr)
             setattr(p, name + "_stride", _token_stride(t))
-        p.A_log, p.dt_bias = self.A_log.ptr, self.dt_bias.ptr
+        if not self.precomputed:
+            p.A_log, p.dt_bias = self.A_log.ptr, self.dt_bias.ptr
+        if self.initial is not None:
+            p.has_initial_state = self.initial.ptr
         p.scale = scale
         p.qk_l2norm = int(bool(qk_l2norm))
         p.head_map = head_map
@@ -310,14 +383,16 @@ class _TokensCall(_Call):
 
     row_letter = "R"
 
-    def __init__(self, q, k, v, a, b, A_log, dt_bias, state_pool, out, layout, indices, num_tokens):
+    def __init__(self, q, k, v, a, b, A_log, dt_bias, state_pool, out, layout, indices, num_tokens, g=None,
+                 beta=None, has_initial_state=None):
         if num_tokens is not None and not _is_int(num_tokens):
             raise TypeError(f"num_tokens = {num_tokens!r} is not an int")
         if num_tokens is not None and num_tokens < 1:
             raise ValueError(f"num_tokens = {num_tokens} must be at least 1 (1..{MAX_TOKENS})")
         self.num_tokens_given = num_tokens
         self.varlen = indices.get("cu_seqlens") is not None
-        super().__init__(q, k, v, a, b, A_log, dt_bias, state_pool, out, layout, indices)
+        super().__init__(q, k, v, a, b, A_log, dt_bias, state_pool, out, layout, indices, g=g, beta=beta,
+                         has_initial_state=has_initial_state)
 
     def _form(self, q):
         given = self.num_tokens_given
@@ -405,6 +480,10 @@ class _TokensCall(_Call):
         p = super().params(**options)
         p.num_tokens = self.num_tokens
         p.cu_seqlens = self._ptr("cu_seqlens")
+        if self.varlen and LIB.params_size >= VARLEN_FIELDS_END:
+            # gdn 0.5: the token rows the activations hold, so that the library bounds cu_seqlens by
+            # them (and not by N * num_tokens, which a long prefill among decodes would exceed).
+            p.total_tokens = self.num_rows
         p.num_accepted = self._ptr("num_accepted")
         if "token_slots" in self.index:
             p.token_slots = self.index["token_slots"].ptr
@@ -437,13 +516,13 @@ def _options(scale, head_map, layout, backend, num_threads):
 
 
 def _prepare(q, k, v, a, b, A_log, dt_bias, state_pool, slot_indices, out, write_slot_indices, scale, qk_l2norm,
-             head_map, layout, null_slot_zero, backend, num_threads, bad_index_rows=None):
+             head_map, layout, null_slot_zero, backend, num_threads, bad_index_rows=None, g=None, beta=None):
     """(params, out) of a decode call, every Python-side check done."""
     layout, options = _options(scale, head_map, layout, backend, num_threads)
     if slot_indices is None:
         raise TypeError("slot_indices: expected a torch.Tensor or a numpy.ndarray, got None")
     call = _Call(q, k, v, a, b, A_log, dt_bias, state_pool, out, layout,
-                 dict(slot_indices=slot_indices, write_slot_indices=write_slot_indices))
+                 dict(slot_indices=slot_indices, write_slot_indices=write_slot_indices), g=g, beta=beta)
     params = call.params(qk_l2norm=qk_l2norm, null_slot_zero=null_slot_zero, **options)
     params.bad_index_rows = call.counter(bad_index_rows)
     return params, call.out_obj
@@ -451,14 +530,15 @@ def _prepare(q, k, v, a, b, A_log, dt_bias, state_pool, slot_indices, out, write
 
 def _prepare_tokens(q, k, v, a, b, A_log, dt_bias, state_pool, slot_indices, num_tokens, cu_seqlens, token_slots,
                     num_accepted, out, write_slot_indices, scale, qk_l2norm, head_map, layout, null_slot_zero, backend,
-                    num_threads, bad_index_rows=None):
-    """(params, out) of a decode_tokens call, every Python-side check done."""
+                    num_threads, bad_index_rows=None, g=None, beta=None, has_initial_state=None):
+    """(params, out) of a decode_tokens (or forward) call, every Python-side check done."""
     layout, options = _options(scale, head_map, layout, backend, num_threads)
     if slot_indices is None and num_accepted is None:
         raise ValueError("slot_indices is required (only token_slots with num_accepted can stand in for it)")
     indices = dict(slot_indices=slot_indices, write_slot_indices=write_slot_indices, cu_seqlens=cu_seqlens,
                    token_slots=token_slots, num_accepted=num_accepted)
-    call = _TokensCall(q, k, v, a, b, A_log, dt_bias, state_pool, out, layout, indices, num_tokens)
+    call = _TokensCall(q, k, v, a, b, A_log, dt_bias, state_pool, out, layout, indices, num_tokens, g=g, beta=beta,
+                       has_initial_state=has_initial_state)
     params = call.params(qk_l2norm=qk_l2norm, null_slot_zero=null_slot_zero, **options)
     params.bad_index_rows = call.counter(bad_index_rows)
     return params, call.out_obj
@@ -466,7 +546,7 @@ def _prepare_tokens(q, k, v, a, b, A_log, dt_bias, state_pool, slot_indices, num
 
 def decode(q, k, v, a, b, A_log, dt_bias, state_pool, slot_indices, *, out=None, write_slot_indices=None,
            scale=0.0, qk_l2norm=True, head_map="grouped", layout="vk", null_slot_zero=False, backend="auto",
-           num_threads=0, bad_index_rows=None):
+           num_threads=0, bad_index_rows=None, g=None, beta=None):
     """One decode step (one token per sequence) of a Gated DeltaNet layer; returns `out`.
 
     Tensors (all NumPy arrays or torch tensors, all on one device; N sequences, H query/key
@@ -508,13 +588,20 @@ def decode(q, k, v, a, b, A_log, dt_bias, state_pool, slot_indices, *, out=None,
     read on the device is invalid (slot >= num_slots, ...). Zero it, run any number of calls
     (a whole CUDA graph), read it. Host backends refuse bad indices with an error instead and
     never touch it.
+
+    g, beta: the gates precomputed (gdn 0.5; every backend, cuda since 0.5.1): g [N, HV] float32, the log-decay -exp(A_log) *
+    softplus(a + dt_bias), and beta [N, HV] in the activation dtype, after the sigmoid (as FLA's
+    fused_recurrent and chunk_gated_delta_rule take them). Pass both, with a, b, A_log and
+    dt_bias None; each may have its own stride between rows (in elements), the head dimension
+    contiguous.
     """
     if _torch_compiling():
         return _decode_in_torch_graph(q, k, v, a, b, A_log, dt_bias, state_pool, slot_indices, out,
                                       write_slot_indices, scale, qk_l2norm, head_map, layout, null_slot_zero, backend,
-                                      num_threads, bad_index_rows)
+                                      num_threads, bad_index_rows, g, beta)
     params, out = _prepare(q, k, v, a, b, A_log, dt_bias, state_pool, slot_indices, out, write_slot_indices,
-                           scale, qk_l2norm, head_map, layout, null_slot_zero, backend, num_threads, bad_index_rows)
+                           scale, qk_l2norm, head_map, layout, null_slot_zero, backend, num_threads, bad_index_rows,
+                           g, beta)
     check(LIB.cdll.gdn_decode(ctypes.byref(params)), "gdn_decode")
     return out
 
@@ -535,7 +622,7 @@ def _refuse_counter_in_torch_graph(bad_index_rows):
 
 
 def _decode_in_torch_graph(q, k, v, a, b, A_log, dt_bias, state_pool, slot_indices, out, write_slot_indices, scale,
-                           qk_l2norm, head_map, layout, null_slot_zero, backend, num_threads, bad_index_rows):
+                           qk_l2norm, head_map, layout, null_slot_zero, backend, num_threads, bad_index_rows, g, beta):
     """decode() as torch.compile sees it: one call of the custom operator torch.ops.gdn.decode_,
     instead of a trace of the checks above that would end at the ctypes call in a graph break.
     The operator runs decode() itself, checks included, when the compiled code runs."""
@@ -548,17 +635,17 @@ def _decode_in_torch_graph(q, k, v, a, b, A_log, dt_bias, state_pool, slot_indic
     _refuse_counter_in_torch_graph(bad_index_rows)
     torch.ops.gdn.decode_(q, k, v, a, b, A_log, dt_bias, state_pool, slot_indices, out, write_slot_indices,
                           _scale_value(scale), bool(qk_l2norm), head_map, layout, bool(null_slot_zero), backend,
-                          num_threads)
+                          num_threads, g, beta)
     return out
 
 
 def decode_backend_for(q, k, v, a, b, A_log, dt_bias, state_pool, slot_indices, *, out=None,
                        write_slot_indices=None, scale=0.0, qk_l2norm=True, head_map="grouped", layout="vk",
-                       null_slot_zero=False, backend="auto", num_threads=0):
+                       null_slot_zero=False, backend="auto", num_threads=0, g=None, beta=None):
     """The backend ("cpu", "cuda" or "reference") that decode() with these arguments would run
     on, without running it; raises what decode() would raise, except for slot index values."""
     params, _ = _prepare(q, k, v, a, b, A_log, dt_bias, state_pool, slot_indices, out, write_slot_indices,
-                         scale, qk_l2norm, head_map, layout, null_slot_zero, backend, num_threads)
+                         scale, qk_l2norm, head_map, layout, null_slot_zero, backend, num_threads, g=g, beta=beta)
     chosen = ctypes.c_int()
     check(LIB.cdll.gdn_decode_backend_for(ctypes.byref(params), ctypes.byref(chosen)), "gdn_decode_backend_for")
     return Backend(chosen.value).name.lower()
@@ -567,7 +654,7 @@ def decode_backend_for(q, k, v, a, b, A_log, dt_bias, state_pool, slot_indices, 
 def decode_tokens(q, k, v, a, b, A_log, dt_bias, state_pool, *, slot_indices=None, num_tokens=None, cu_seqlens=None,
                   token_slots=None, num_accepted=None, out=None, write_slot_indices=None, scale=0.0, qk_l2norm=True,
                   head_map="grouped", layout="vk", null_slot_zero=False, backend="auto", num_threads=0,
-                  bad_index_rows=None):
+                  bad_index_rows=None, g=None, beta=None):
     """Multi-token decode (speculative verify, MTP; SPEC operation 2): each of N sequences applies
     its tokens in order, its state staying on chip between tokens; returns `out`.
 
@@ -606,22 +693,27 @@ def decode_tokens(q, k, v, a, b, A_log, dt_bias, state_pool, *, slot_indices=Non
     gdn.decode. On the host, cu_seqlens[N] is checked against the rows given; on CUDA it cannot be
     (the indices stay on the device), and the kernel skips (and in checked mode counts) sequences
     whose cu_seqlens, num_accepted or token slots are out of range.
+
+    g, beta: the gates precomputed instead of a, b, A_log, dt_bias (which are then None), one row
+    per token like a and b: g float32 log-decay, beta in the activation dtype after the sigmoid.
+    cpu and reference backends (gdn 0.5); see gdn.decode. For sequences longer than 16 tokens
+    (prefill, mixed batches) see gdn.forward.
     """
     if _torch_compiling():
         return _decode_tokens_in_torch_graph(q, k, v, a, b, A_log, dt_bias, state_pool, slot_indices, num_tokens,
                                              cu_seqlens, token_slots, num_accepted, out, write_slot_indices, scale,
                                              qk_l2norm, head_map, layout, null_slot_zero, backend, num_threads,
-                                             bad_index_rows)
+                                             bad_index_rows, g, beta)
     params, out = _prepare_tokens(q, k, v, a, b, A_log, dt_bias, state_pool, slot_indices, num_tokens, cu_seqlens,
                                   token_slots, num_accepted, out, write_slot_indices, scale, qk_l2norm, head_map,
-                                  layout, null_slot_zero, backend, num_threads, bad_index_rows)
+                                  layout, null_slot_zero, backend, num_threads, bad_index_rows, g, beta)
     check(LIB.cdll.gdn_decode(ctypes.byref(params)), "gdn_decode")
     return out
 
 
 def _decode_tokens_in_torch_graph(q, k, v, a, b, A_log, dt_bias, state_pool, slot_indices, num_tokens, cu_seqlens,
                                   token_slots, num_accepted, out, write_slot_indices, scale, qk_l2norm, head_map,
-                                  layout, null_slot_zero, backend, num_threads, bad_index_rows):
+                                  layout, null_slot_zero, backend, num_threads, bad_index_rows, g, beta):
     """decode_tokens() as torch.compile sees it: one call of torch.ops.gdn.decode_tokens_."""
     import torch
 
@@ -632,5 +724,6 @@ def _decode_tokens_in_torch_graph(q, k, v, a, b, A_log, dt_bias, state_pool, slo
         out = torch.empty(v.shape, dtype=v.dtype, device=v.device)
     torch.ops.gdn.decode_tokens_(q, k, v, a, b, A_log, dt_bias, state_pool, out, slot_indices, num_tokens,
                                  cu_seqlens, token_slots, num_accepted, write_slot_indices, _scale_value(scale),
-                                 bool(qk_l2norm), head_map, layout, bool(null_slot_zero), backend, num_threads)
+                                 bool(qk_l2norm), head_map, layout, bool(null_slot_zero), backend, num_threads,
+                                 g, beta)
     return out

@@ -11,6 +11,8 @@ if ! python3 -c 'import numpy' 2>/dev/null; then
 fi
 vectors=$(tests/vectors/ensure.sh)
 GDN_VECTORS=$vectors python3 tests/python/test_decode_cpu.py
+# gdn.forward (varlen sequences of any length), precomputed g/beta, compat.chunk_gated_delta_rule.
+python3 tests/python/test_forward_cpu.py
 # The example runs as a serving loop would, and checks itself against the reference backend.
 python3 examples/decode_loop.py >/dev/null
 # pip install ./python works and bundles this build's library under the header's version.

@@ -1024,15 +1024,14 @@ def test_compat_fla_refuses_what_gdn_cannot_do():
     q1, k1, v1, a1, b1 = q[:, None], k[:, None], v[:, None], a[:, None], b[:, None]
     fla = compat.fused_recurrent_gated_delta_rule
     gate = dict(use_gate_in_kernel=True, A_log=A_log, use_beta_sigmoid_in_kernel=True)
-    expect_error(NotImplementedError, lambda: fla(q1, k1, v1, g=a1, beta=b1.sigmoid(), A_log=A_log,
-                                                  use_gate_in_kernel=True), "precomputed beta")
-    expect_error(NotImplementedError, lambda: fla(q1, k1, v1, g=-a1.exp(), beta=b1, A_log=A_log,
-                                                  use_beta_sigmoid_in_kernel=True), "precomputed g")
-    expect_error(NotImplementedError, lambda: fla(q1, k1, v1, beta=b1, use_beta_sigmoid_in_kernel=True), "no gate")
+    # gdn 0.5 serves precomputed g and beta, and any length without a pool (tests/python/
+    # test_forward_cpu.py); the vLLM pool paths still take 1..16 tokens per sequence.
     many = [torch.cat([x] * 17, dim=1) for x in (q1, k1, v1, a1, b1)]
-    expect_error(NotImplementedError, lambda: fla(*many[:3], g=many[3], beta=many[4], **gate), "17 tokens", "16")
+    expect_error(NotImplementedError, lambda: fla(*many[:3], g=many[3], beta=many[4], initial_state=pool.clone(),
+                                                  inplace_final_state=True, **gate), "17 tokens", "16")
     flat = [x.flatten(0, 1)[None] for x in many]
-    expect_error(NotImplementedError, lambda: fla(*flat[:3], g=flat[3], beta=flat[4],
+    expect_error(NotImplementedError, lambda: fla(*flat[:3], g=flat[3], beta=flat[4], initial_state=pool.clone(),
+                                                  inplace_final_state=True,
                                                   cu_seqlens=torch.tensor([0, 17, 34, 51, 68]), **gate), "17 tokens")
     expect_error(NotImplementedError, lambda: fla(q1, k1, v1, g=a1, beta=b1, num_accepted_tokens=torch.ones(4),
                                                   **gate), "num_accepted_tokens", "2-D")
@@ -1046,8 +1045,10 @@ def test_compat_fla_refuses_what_gdn_cannot_do():
                                ("retrieve_parent_token",))):
         expect_error(NotImplementedError, lambda: fla(*two[:3], g=two[3], beta=two[4], initial_state=pool.clone(),
                                                       **kwargs, **gate), *fragments)
-    expect_error(NotImplementedError, lambda: fla(q1, k1, v1, g=a1, beta=b1, allow_neg_eigval=True, **gate),
-                 "allow_neg_eigval")
+    expect_error(ValueError, lambda: fla(q1, k1, v1, g=a1, beta=b1.sigmoid(), allow_neg_eigval=True, A_log=A_log,
+                                         use_gate_in_kernel=True), "allow_neg_eigval", "use_beta_sigmoid_in_kernel")
+    expect_error(NotImplementedError, lambda: fla(q1, k1, v1, g=a1, beta=torch.ones(4, 1, 4, 32), A_log=A_log,
+                                                  use_gate_in_kernel=True), "per-channel beta")
     expect_error(NotImplementedError, lambda: fla(q1, k1, v1, gk=a1, beta=b1, **gate), "gk")
     expect_error(TypeError, lambda: fla(q.numpy(), k1, v1, g=a1, beta=b1, **gate), "torch")
 

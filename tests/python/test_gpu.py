@@ -13,7 +13,10 @@
   (one token, T = 4, varlen);
   if FlashInfer is installed: gdn.compat's wrapper against FlashInfer's;
 - torch.compile (inductor, fullgraph): a caller of gdn.decode, and one of the custom operator
-  torch.ops.gdn.decode_ (gdn.torch_ops).
+  torch.ops.gdn.decode_ (gdn.torch_ops);
+- gdn.forward on cuda: short varlen sequences against the reference backend, with either form
+  of the gates and with has_initial_state, and the library's refusal of more than 16 tokens with
+  nothing written.
 Everything skips, with the reason, where torch, CUDA or a peer library is missing.
 """
 import inspect
@@ -324,6 +327,83 @@ def test_cuda_decode_tokens_matches_reference():
                                                     num_tokens=tokens, layout=layout))
                 out_err, state_err = max(e[0] for e in errors), max(e[1] for e in errors)
                 print(f"    act {act:8s} state {state:8s} {layout}: max out {out_err:.1e} state {state_err:.1e}")
+
+
+def reference_forward(acts, params, pool, gates=None, **options):
+    """(out, pool after) of gdn.forward on the float64 reference backend, on host copies of the
+    GPU tensors' values; gates = (g, beta) replaces a, b, A_log, dt_bias."""
+    pool64 = host64(pool)
+    acts64 = [host64(x) for x in acts]
+    out = np.full(acts64[2].shape, np.nan)
+    host = {name: x.cpu() if hasattr(x, "cpu") else x for name, x in options.items()}
+    if gates is None:
+        gdn.forward(*acts64, *(p.cpu() for p in params), pool64, out=out, backend="reference", **host)
+    else:
+        g, beta = gates
+        gdn.forward(*acts64[:3], None, None, None, None, pool64, out=out, backend="reference",
+                    g=g.cpu().numpy(), beta=host64(beta), **host)
+    return out, pool64
+
+
+def test_cuda_forward_short_sequences_and_refusals():
+    """gdn.forward on cuda (gdn 0.5.1): varlen sequences of up to 16 tokens against the reference
+    backend (max_seqlen given: no host read of cu_seqlens), with the gates as a, b, A_log, dt_bias
+    and precomputed (g, beta), and with has_initial_state; a longer sequence is refused by the
+    library with GdnArgumentError and its message, nothing written; compat.chunk_gated_delta_rule
+    with in-kernel gates on short sequences."""
+    torch = cuda_torch()
+    rng = new_rng()
+    lengths = np.array([1, 16, 0, 5, 9])
+    n, rows = len(lengths), int(lengths.sum())
+    problem = Problem(rng, rows, 2, 4, 128, 128, n + 2)
+    acts, params, pool = on_gpu(torch, problem, torch.bfloat16, torch.float32)
+    cu = torch.from_numpy(np.concatenate([[0], np.cumsum(lengths)])).cuda()
+    slots = torch.tensor([5, 0, 6, -1, 2], device="cuda")
+    # g and beta as a model's gate kernel hands them over: g float32, beta in the activation dtype
+    A_log, dt_bias = params
+    g = -torch.exp(A_log) * torch.nn.functional.softplus(acts[3].float() + dt_bias)
+    beta = torch.sigmoid(acts[4].float()).to(torch.bfloat16)
+    flags = torch.tensor([True, False, True, True, False], device="cuda")
+    for name, gates, extra in (("a, b", None, {}), ("g, beta", (g, beta), {}),
+                               ("has_initial_state", None, {"has_initial_state": flags}),
+                               ("g, beta, has_initial_state", (g, beta), {"has_initial_state": flags})):
+        ref_out, ref_pool = reference_forward(acts, params, pool, gates, cu_seqlens=cu, slot_indices=slots,
+                                              max_seqlen=16, **extra)
+        out = torch.full_like(acts[2], float("nan"))
+        if gates is None:
+            gdn.forward(*acts, *params, pool, cu_seqlens=cu, slot_indices=slots, out=out, max_seqlen=16, **extra)
+        else:
+            gdn.forward(*acts[:3], None, None, None, None, pool, cu_seqlens=cu, slot_indices=slots, out=out,
+                        g=gates[0], beta=gates[1], max_seqlen=16, **extra)
+        torch.cuda.synchronize()
+        got = host64(out)
+        assert np.isfinite(got).all() and np.all(got[cu[3].item():cu[4].item()] == 0), name
+        error = rel_err(got, ref_out)
+        assert error <= OUT_TOL["bfloat16"], f"forward on cuda ({name}): out error {error:.2e}"
+        check_state(f"forward on cuda ({name})", pool, ref_pool, "float32")
+        print(f"    forward on cuda ({name}): out error {error:.1e}")
+    long_cu = torch.tensor([0, 20, rows], device="cuda")
+    before, poisoned = pool.clone(), torch.full_like(acts[2], float("nan"))
+    try:
+        gdn.forward(*acts, *params, pool, cu_seqlens=long_cu, slot_indices=slots[:2], out=poisoned)
+    except gdn.GdnArgumentError as error:
+        assert "at most 16 tokens" in str(error), str(error)
+        print(f"    refused (long): {error.message}")
+    else:
+        raise AssertionError("long: the cuda backend took a sequence of 20 tokens")
+    torch.cuda.synchronize()
+    assert torch.equal(pool, before) and torch.isnan(poisoned).all(), "long: something was written"
+    # FLA's chunk_gated_delta_rule with in-kernel gates (what the cuda backend reads): one sequence of 16
+    h0 = torch.randn(1, 4, 128, 128, device="cuda") * 0.05
+    q, k, v, a, b = (x[None, 1:17] for x in acts)
+    o, state = gdn.compat.chunk_gated_delta_rule(q, k, v, a, b, initial_state=h0, output_final_state=True,
+                                                 use_qk_l2norm_in_kernel=True, use_gate_in_kernel=True,
+                                                 A_log=params[0], dt_bias=params[1], use_beta_sigmoid_in_kernel=True)
+    pool_kv = h0.clone()
+    expected = gdn.forward(*(x[0] for x in (q, k, v, a, b)), *params, pool_kv, cu_seqlens=torch.tensor([0, 16]).cuda(),
+                           slot_indices=torch.zeros(1, dtype=torch.int64, device="cuda"), layout="kv", max_seqlen=16)
+    torch.cuda.synchronize()
+    assert torch.equal(o[0], expected) and torch.equal(state, pool_kv)
 
 
 def test_cuda_graph_decode_tokens():
