@@ -40,14 +40,14 @@ typedef struct arrays {
     /* host, in the backend's dtypes */
     unsigned char *proj, *ab, *out, *pool, *pool_before;
     float *A_log, *dt_bias;
-    float *g;          /* gates_given: g [rows, HV] (host; host backends only) */
-    uint8_t *has_init; /* zero_init: has_initial_state [N] (host; host backends only) */
+    float *g;          /* gates_given: g [rows, HV] */
+    uint8_t *has_init; /* zero_init: has_initial_state [N] */
     index_array read, write, cu, tokens, accepted;
     /* host, float64 copies for the reference */
     double *proj64, *ab64, *out64, *ref_pool, *rounded_pool;
     /* backend side (== host pointers on host backends) */
     mem_where where;
-    void *d_proj, *d_ab, *d_out, *d_pool, *d_A_log, *d_dt_bias;
+    void *d_proj, *d_ab, *d_out, *d_pool, *d_A_log, *d_dt_bias, *d_g, *d_has_init;
 } arrays;
 
 static int fail(decode_case_result *r, const char *fmt, ...)
@@ -135,7 +135,7 @@ static void free_arrays(arrays *A)
     for (size_t i = 0; i < sizeof idx / sizeof idx[0]; i++)
         free_index(idx[i], A->where);
     if (A->where == MEM_DEVICE) {
-        void *dev[] = {A->d_proj, A->d_ab, A->d_out, A->d_pool, A->d_A_log, A->d_dt_bias};
+        void *dev[] = {A->d_proj, A->d_ab, A->d_out, A->d_pool, A->d_A_log, A->d_dt_bias, A->d_g, A->d_has_init};
         for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++)
             mem_free(MEM_DEVICE, dev[i]);
     }
@@ -195,7 +195,7 @@ static int alloc_arrays(const decode_case *c, gdn_backend backend, arrays *A, de
     A->proj = malloc(A->proj_bytes), A->ab = malloc(A->ab_bytes), A->out = malloc(A->out_bytes);
     A->pool = malloc(A->pool_bytes), A->pool_before = malloc(A->pool_bytes);
     A->A_log = malloc((size_t)A->hv * sizeof(float)), A->dt_bias = malloc((size_t)A->hv * sizeof(float));
-    A->g = malloc((size_t)(rows * A->hv) * sizeof(float)), A->has_init = malloc((size_t)(A->n + 1));
+    A->g = calloc((size_t)(rows * A->hv), sizeof(float)), A->has_init = calloc((size_t)(A->n + 1), 1);
     A->proj64 = malloc((size_t)proj_elems * sizeof(double)),
     A->ab64 = malloc((size_t)ab_elems * sizeof(double));
     A->out64 = malloc((size_t)out_elems * sizeof(double));
@@ -206,14 +206,17 @@ static int alloc_arrays(const decode_case *c, gdn_backend backend, arrays *A, de
         return fail(r, "host allocation failed (pool of %lld elements)", (long long)pool_elems);
     if (A->where == MEM_HOST) {
         A->d_proj = A->proj, A->d_ab = A->ab, A->d_out = A->out, A->d_pool = A->pool;
-        A->d_A_log = A->A_log, A->d_dt_bias = A->dt_bias;
+        A->d_A_log = A->A_log, A->d_dt_bias = A->dt_bias, A->d_g = A->g, A->d_has_init = A->has_init;
         return 1;
     }
     A->d_proj = mem_alloc(MEM_DEVICE, A->proj_bytes), A->d_ab = mem_alloc(MEM_DEVICE, A->ab_bytes);
     A->d_out = mem_alloc(MEM_DEVICE, A->out_bytes), A->d_pool = mem_alloc(MEM_DEVICE, A->pool_bytes);
     A->d_A_log = mem_alloc(MEM_DEVICE, (size_t)A->hv * 4),
     A->d_dt_bias = mem_alloc(MEM_DEVICE, (size_t)A->hv * 4);
-    if (!A->d_proj || !A->d_ab || !A->d_out || !A->d_pool || !A->d_A_log || !A->d_dt_bias)
+    A->d_g = mem_alloc(MEM_DEVICE, (size_t)(rows * A->hv) * sizeof(float)),
+    A->d_has_init = mem_alloc(MEM_DEVICE, (size_t)(A->n + 1));
+    if (!A->d_proj || !A->d_ab || !A->d_out || !A->d_pool || !A->d_A_log || !A->d_dt_bias || !A->d_g ||
+        !A->d_has_init)
         return fail(r, "device allocation failed: %s", mem_error());
     return 1;
 }
@@ -368,9 +371,9 @@ static gdn_decode_params make_params(const decode_case *c, const arrays *A, void
     if (c->varlen)
         p.total_tokens = A->rows;
     if (c->zero_init)
-        p.has_initial_state = A->has_init;
+        p.has_initial_state = device_side ? A->d_has_init : A->has_init;
     if (c->gates_given) {
-        p.g = A->g, p.beta = p.b, p.beta_stride = p.b_stride;
+        p.g = device_side ? A->d_g : A->g, p.beta = p.b, p.beta_stride = p.b_stride;
         p.a = p.b = NULL, p.A_log = p.dt_bias = NULL, p.a_stride = p.b_stride = 0;
     }
     p.backend = backend;
@@ -490,7 +493,9 @@ static int upload_step(arrays *A)
         return 1;
     return mem_upload(MEM_DEVICE, A->d_proj, A->proj, A->proj_bytes) == 0 &&
            mem_upload(MEM_DEVICE, A->d_ab, A->ab, A->ab_bytes) == 0 &&
-           mem_upload(MEM_DEVICE, A->d_out, A->out, A->out_bytes) == 0 && upload_index(&A->read, A) &&
+           mem_upload(MEM_DEVICE, A->d_out, A->out, A->out_bytes) == 0 &&
+           mem_upload(MEM_DEVICE, A->d_g, A->g, (size_t)(A->rows * A->hv) * sizeof(float)) == 0 &&
+           mem_upload(MEM_DEVICE, A->d_has_init, A->has_init, (size_t)(A->n + 1)) == 0 && upload_index(&A->read, A) &&
            upload_index(&A->write, A) && upload_index(&A->cu, A) && upload_index(&A->tokens, A) &&
            upload_index(&A->accepted, A);
 }
