@@ -432,7 +432,8 @@ int gdn_cuda_multi_token_applies(const gdn_problem *p)
 {
     const int64_t vec = p->state_dtype == GDN_DTYPE_BF16 ? 8 : 4;
     return p->state_layout == GDN_LAYOUT_VK && p->head_dim_k == kRowK &&
-           (p->num_tokens > 1 || p->cu_seqlens || p->token_slots || p->num_accepted) &&
+           (p->num_tokens > 1 || p->cu_seqlens || p->token_slots || p->num_accepted || p->g ||
+            p->has_initial_state) && /* (one-token calls with these: see gdn_cuda_one_token_applies) */
            (p->slot_stride * (16 / vec)) % 16 == 0; /* each slot's tiles 16-byte aligned */
 }
 

@@ -50,13 +50,16 @@ struct token_scalars {
 
 template <typename Act, int VEC, int G> struct token_inputs {
     float q[VEC], k[VEC]; /* raw q and k at this lane's K columns */
-    gate_inputs gates;
+    float a, b, A_log, dt_bias;
 
     __device__ __forceinline__ void load(const gdn_problem &p, int64_t n, int64_t hv, int64_t h, int col)
     {
         load_act_vec<Act, VEC>(static_cast<const Act *>(p.q) + n * p.q_stride + h * kRowK + col, q);
         load_act_vec<Act, VEC>(static_cast<const Act *>(p.k) + n * p.k_stride + h * kRowK + col, k);
-        gates = load_gate_inputs<Act>(p, n, hv);
+        a = load_elem<Act>(p.a, n * p.a_stride + hv);
+        b = load_elem<Act>(p.b, n * p.b_stride + hv);
+        A_log = p.A_log[hv];
+        dt_bias = p.dt_bias[hv];
     }
 
     __device__ __forceinline__ token_scalars scalars(const gdn_problem &p) const
@@ -75,8 +78,8 @@ template <typename Act, int VEC, int G> struct token_inputs {
         s.q_factor = (p.qk_l2norm ? inv_sqrt(qq + GDN_L2NORM_EPS) : 1.0f) * p.scale;
         s.k_factor = p.qk_l2norm ? inv_sqrt(kk + GDN_L2NORM_EPS) : 1.0f;
         s.kq = qk * s.q_factor * s.k_factor;
-        s.decay = gate_decay(p, gates);
-        s.beta = gate_beta(p, gates);
+        s.decay = expf(gdn_gate_log(A_log, a, dt_bias));
+        s.beta = sigmoid_fast(b);
         return s;
     }
 };
@@ -131,9 +134,7 @@ __global__ void __launch_bounds__(kThreads) decode_one_token_vk128(const __grid_
     const bool active = !padding && !bad;
     const St *src = static_cast<const St *>(p.state_pool) + (active ? gdn_tile_offset(&p, read, bc.hv) : 0);
     uint4 *const my_ring = ring + (int64_t)warp * RING * SLOTS * 32;
-    /* a sequence without an initial state reads its rows as zeros (as rows past V) */
-    const int64_t rows_read = gdn_zero_initial_state(&p, bc.n) ? 0 : V;
-    const row_batches<St, SLOTS, BATCHES, RING, P, WR> batches{src, my_ring, warp_row0, rows_read, hw, col, lane};
+    const row_batches<St, SLOTS, BATCHES, RING, P, WR> batches{src, my_ring, warp_row0, V, hw, col, lane};
     uint4 raw[2][SLOTS];
     if (active) {
         if constexpr (STAGES > 0) {
@@ -338,8 +339,12 @@ static bool rows_aligned(const void *base, int64_t stride, int64_t align, int64_
 
 int gdn_cuda_one_token_applies(const gdn_problem *p)
 {
-    if (!(p->num_tokens == 1 && !p->cu_seqlens && !p->token_slots && !p->num_accepted &&
-          p->state_layout == GDN_LAYOUT_VK && p->head_dim_k == kRowK))
+    /* Precomputed gates and has_initial_state go to the multi-token kernel (decode_multi_token.cu
+     * takes T = 1 too, a little slower): reading either here, even behind a uniform branch, let
+     * the compiler reorder this kernel's loads into one more memory round trip on its chain
+     * (23f4455: f32 N = 1 4.34 -> 4.92 us, N = 64 70.8 -> 80.3 us) for every call. */
+    if (!(p->num_tokens == 1 && !p->cu_seqlens && !p->token_slots && !p->num_accepted && !p->g &&
+          !p->has_initial_state && p->state_layout == GDN_LAYOUT_VK && p->head_dim_k == kRowK))
         return 0;
     const int64_t act = p->act_dtype == GDN_DTYPE_F32 ? 4 : 2, vec = p->state_dtype == GDN_DTYPE_BF16 ? 8 : 4;
     if ((p->slot_stride * (16 / vec)) % 16 != 0) /* each slot's tiles 16-byte aligned */
