@@ -135,7 +135,8 @@ static void free_arrays(arrays *A)
     for (size_t i = 0; i < sizeof idx / sizeof idx[0]; i++)
         free_index(idx[i], A->where);
     if (A->where == MEM_DEVICE) {
-        void *dev[] = {A->d_proj, A->d_ab, A->d_out, A->d_pool, A->d_A_log, A->d_dt_bias, A->d_g, A->d_has_init};
+        void *dev[] = {A->d_proj,  A->d_ab,      A->d_out, A->d_pool,
+                       A->d_A_log, A->d_dt_bias, A->d_g,   A->d_has_init};
         for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++)
             mem_free(MEM_DEVICE, dev[i]);
     }
@@ -495,9 +496,9 @@ static int upload_step(arrays *A)
            mem_upload(MEM_DEVICE, A->d_ab, A->ab, A->ab_bytes) == 0 &&
            mem_upload(MEM_DEVICE, A->d_out, A->out, A->out_bytes) == 0 &&
            mem_upload(MEM_DEVICE, A->d_g, A->g, (size_t)(A->rows * A->hv) * sizeof(float)) == 0 &&
-           mem_upload(MEM_DEVICE, A->d_has_init, A->has_init, (size_t)(A->n + 1)) == 0 && upload_index(&A->read, A) &&
-           upload_index(&A->write, A) && upload_index(&A->cu, A) && upload_index(&A->tokens, A) &&
-           upload_index(&A->accepted, A);
+           mem_upload(MEM_DEVICE, A->d_has_init, A->has_init, (size_t)(A->n + 1)) == 0 &&
+           upload_index(&A->read, A) && upload_index(&A->write, A) && upload_index(&A->cu, A) &&
+           upload_index(&A->tokens, A) && upload_index(&A->accepted, A);
 }
 
 static int run_step(const decode_case *c, gdn_backend backend, arrays *A, decode_case_result *r)

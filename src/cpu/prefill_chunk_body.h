@@ -249,7 +249,8 @@ static void long_sequence_chunked(const gdn_problem *p, int64_t hv, int64_t firs
     for (int64_t t0 = 0; t0 < tokens; t0 += GDN_CPU_CHUNK) {
         const int64_t next = t0 + GDN_CPU_CHUNK;
         if (next < tokens)
-            prefetch_token_rows(p, hv, first + next, tokens - next < GDN_CPU_CHUNK ? tokens - next : GDN_CPU_CHUNK);
+            prefetch_token_rows(p, hv, first + next,
+                                tokens - next < GDN_CPU_CHUNK ? tokens - next : GDN_CPU_CHUNK);
         chunk_step(p, hv, first + t0, tokens - t0 < GDN_CPU_CHUNK ? tokens - t0 : GDN_CPU_CHUNK, in->state,
                    &in->chunk);
     }

@@ -338,7 +338,8 @@ __global__ void __launch_bounds__(kThreads) decode_vk_generic(const __grid_const
         float s[kPerLaneVk];
 #pragma unroll
         for (int m = 0; m < kPerLaneVk; m++)
-            s[m] = lane + 32 * m < K && !zero_init ? load_elem<St>(pool, src + row * K + lane + 32 * m) : 0.0f;
+            s[m] =
+                lane + 32 * m < K && !zero_init ? load_elem<St>(pool, src + row * K + lane + 32 * m) : 0.0f;
         for (int t = 0; t < T; t++) {
             float dot_k = 0.0f, dot_q = 0.0f;
 #pragma unroll

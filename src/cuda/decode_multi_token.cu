@@ -205,8 +205,8 @@ __global__ void __launch_bounds__(kThreads) decode_multi_token_vk128(const __gri
     uint4 *const my_ring = reinterpret_cast<uint4 *>(smem + at.ring) + (int64_t)warp * RING * SLOTS * 32;
     /* a sequence without an initial state reads its rows as zeros (as rows past V) */
     const int64_t rows_read = gdn_zero_initial_state(&p, blockIdx.z) ? 0 : V;
-    const row_batches<St, SLOTS, BATCHES, RING, P, WR, CH> batches{src, my_ring, warp_row0, rows_read, hw,
-                                                                   col, lane};
+    const row_batches<St, SLOTS, BATCHES, RING, P, WR, CH> batches{src, my_ring, warp_row0, rows_read,
+                                                                   hw,  col,     lane};
     uint4 raw[2][SLOTS];
     if constexpr (STAGES > 0) {
 #pragma unroll
@@ -317,7 +317,8 @@ __global__ void __launch_bounds__(kThreads) decode_multi_token_vk128(const __gri
                     for (int i = 0; i < VEC; i++)
                         x[i] = c * s[j][i];
                     if (row0 + batches.row_of(j) < V)
-                        store16(snap_row0 + batches.row_of(j) * kRowK + batches.col_of(j), state_vec<St>::pack(x));
+                        store16(snap_row0 + batches.row_of(j) * kRowK + batches.col_of(j),
+                                state_vec<St>::pack(x));
                 }
             }
         }
@@ -340,16 +341,17 @@ __global__ void __launch_bounds__(kThreads) decode_multi_token_vk128(const __gri
 /* Each configuration: rows per batch (f32 rows; bf16 takes two rows per load), batches per
  * warp, the shared-memory ring depth (0 = registers) and the lanes a row (0: one 16-byte
  * piece a lane, 32 lanes an f32 row, 16 a bf16 row; 8: CH pieces a lane). */
-constexpr gdn_kernel_shape kShapes[] = {{4, 1, 0, 0},  {8, 1, 0, 0},  {4, 2, 0, 0}, {8, 2, 0, 0}, {4, 4, 0, 0},
-                                        {8, 4, 3, 0},  {4, 4, 3, 0},  {4, 8, 4, 0}, {8, 8, 4, 0}, {8, 4, 0, 8},
-                                        {8, 4, 3, 8},  {8, 8, 4, 8},  {16, 4, 3, 8}, {8, 1, 0, 8}};
+constexpr gdn_kernel_shape kShapes[] = {{4, 1, 0, 0}, {8, 1, 0, 0}, {4, 2, 0, 0},  {8, 2, 0, 0}, {4, 4, 0, 0},
+                                        {8, 4, 3, 0}, {4, 4, 3, 0}, {4, 8, 4, 0},  {8, 8, 4, 0}, {8, 4, 0, 8},
+                                        {8, 4, 3, 8}, {8, 8, 4, 8}, {16, 4, 3, 8}, {8, 1, 0, 8}};
 constexpr int kShapeCount = sizeof kShapes / sizeof kShapes[0];
 
 template <typename Act, typename St, int SLOTS, int BATCHES, int STAGES, int CH = 1>
 cudaError_t launch_shape(const gdn_problem &p, cudaStream_t stream)
 {
     constexpr int P = 32 / (kRowK / (state_vec<St>::n * CH));
-    constexpr int64_t warp_rows = (int64_t)(SLOTS / CH) * P * BATCHES, block_rows = kWarpsPerBlock * warp_rows;
+    constexpr int64_t warp_rows = (int64_t)(SLOTS / CH) * P * BATCHES,
+                      block_rows = kWarpsPerBlock * warp_rows;
     const stage_layout at = stage_layout_of(p.num_tokens, block_rows, ring_bytes<SLOTS, STAGES>());
     const auto kernel = decode_multi_token_vk128<Act, St, SLOTS, BATCHES, STAGES, CH>;
     /* Past the default 48 KiB (T > 12 with the ring) a kernel must opt in (per device, so on
@@ -374,7 +376,7 @@ cudaError_t launch_config(const gdn_problem &p, int config, cudaStream_t stream)
 {
     constexpr int D = state_vec<St>::n == 8 ? 2 : 1;
     constexpr int CH8 = 16 / state_vec<St>::n; /* pieces a lane for 8 lanes a row */
-    switch (config) { /* kShapes, in order */
+    switch (config) {                          /* kShapes, in order */
     case 0: return launch_shape<Act, St, 4 / D, 1, 0>(p, stream);
     case 1: return launch_shape<Act, St, 8 / D, 1, 0>(p, stream);
     case 2: return launch_shape<Act, St, 4 / D, 2, 0>(p, stream);
