@@ -227,8 +227,9 @@ static void fill_inputs(const decode_case *c, arrays *A, rng *g, int first)
 {
     int64_t proj_elems = (int64_t)(A->proj_bytes / A->act_size),
             ab_elems = (int64_t)(A->ab_bytes / A->act_size);
+    const double sigma = c->unit_keys ? 1.0 / sqrt((double)A->kd) : 1.0;
     for (int64_t i = 0; i < proj_elems; i++)
-        draw(g, 1.0, A->proj, c->act_dtype, A->proj64, i);
+        draw(g, sigma, A->proj, c->act_dtype, A->proj64, i);
     for (int64_t i = 0; i < ab_elems; i++)
         draw(g, 1.0, A->ab, c->act_dtype, A->ab64, i);
     for (int64_t n = 0; n < A->n; n++)

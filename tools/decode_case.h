@@ -36,6 +36,8 @@ typedef struct decode_case {
                            (storage[:, 1:]); 3 a 3-element gap (slots not 16-byte aligned) */
     int zero_init;      /* has_initial_state: about half the sequences start from a zero state */
     int gates_given;    /* g and beta given precomputed instead of a, b, A_log, dt_bias */
+    int unit_keys;      /* q, k, v drawn with sigma 1/sqrt(K), so ||k|| is about 1: with the l2
+                           norm off the delta rule stays a contraction over long sequences */
     int strong_decay;   /* A in [20, 60] and dt in [0.5, 2]: log-decays of -10 to -120 a token, so
                            a few tokens' decays multiply past 2^-60 and some underflow to 0 in
                            float32 (the rescaling paths of kernels that fold the decay into a
