@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "../src/common/numeric.h"
+#include "../src/core/backends.h"
 #include "test.h"
 
 static void bf16_round_trip_is_exact(void)
@@ -83,10 +84,45 @@ static void bf16_rows_match_elementwise(void)
               (long long)mismatches);
 }
 
+/* Each cpu variant's own bf16 narrowing (avx2, avx512, avx512bf16's VCVTNEPS2BF16) gives the
+ * element-wise bits: random high halves (every exponent, so zeros, denormals, inf and NaN; most
+ * vectors free of denormals, which the avx512bf16 variant takes through its instruction) with
+ * the tails that decide rounding. */
+static float narrow_in[1 << 16];
+static uint16_t narrow_out[1 << 16];
+static int64_t narrow_mismatches;
+static void narrowing_on_isa(const char *isa)
+{
+    (void)isa;
+    uint32_t state = 7u;
+    const uint32_t tails[] = {0x0000u, 0x7fffu, 0x8000u, 0x8001u, 0xffffu, 0x0001u};
+    for (int round = 0; round < 16; round++) {
+        for (int j = 0; j < 1 << 16; j++) {
+            state = state * 1664525u + 1013904223u;
+            uint32_t u = (state & 0xffff0000u) | tails[(state >> 3) % 6];
+            memcpy(&narrow_in[j], &u, 4);
+        }
+        gdn_cpu_narrow_bf16_row(narrow_in, narrow_out, (1 << 16) - round); /* odd tails too */
+        for (int j = 0; j < (1 << 16) - round; j++)
+            narrow_mismatches += narrow_out[j] != gdn_f32_to_bf16(narrow_in[j]);
+    }
+    if (narrow_mismatches)
+        test_note("%s: %lld bf16 narrowings differ from gdn_f32_to_bf16", isa, (long long)narrow_mismatches);
+}
+
+static void bf16_narrowing_every_isa(void)
+{
+    narrow_mismatches = 0;
+    test_each_cpu_isa(narrowing_on_isa);
+    CHECK_MSG(narrow_mismatches == 0, "%lld bf16 narrowings differ from the element-wise ones",
+              (long long)narrow_mismatches);
+}
+
 void register_numeric_tests(void)
 {
     test_add("numeric/bf16_round_trip", bf16_round_trip_is_exact);
     test_add("numeric/f16_round_trip", f16_round_trip_is_exact);
     test_add("numeric/round_to_nearest_even", rounding_is_to_nearest_even);
     test_add("numeric/bf16_rows_match_elementwise", bf16_rows_match_elementwise);
+    test_add("numeric/bf16_narrowing_every_isa", bf16_narrowing_every_isa);
 }

@@ -28,6 +28,9 @@ gdn_status gdn_cpu_decode(const gdn_problem *p);
  * -1 for a name this build or CPU lacks. gdn_cpu_isa_list: the names this build has. */
 const char *gdn_cpu_isa_name(void);
 int gdn_cpu_force_isa(const char *name);
+/* The current variant's float -> bf16 narrowing of n values (the vector code the state rows are
+ * stored with), for tests that hold each variant to gdn_f32_to_bf16. */
+void gdn_cpu_narrow_bf16_row(const float *x, uint16_t *out, int64_t n);
 const char *gdn_cpu_isa_list(void);
 /* How the cpu backend computes sequences longer than GDN_MAX_TOKENS, process-wide (tests,
  * benchmarks): 1 in chunks, 0 token by token, -1 by length (the default). */

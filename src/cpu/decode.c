@@ -33,12 +33,14 @@
 static const struct {
     const char *name;
     gdn_cpu_item_fn fn;
+    void (*narrow_bf16)(const float *x, uint16_t *out, int64_t n); /* NULL: element-wise */
 } isas[] = {
 #if defined(__x86_64__)
-    {"avx512", gdn_cpu_decode_item_avx512},
-    {"avx2", gdn_cpu_decode_item_avx2},
+    {"avx512bf16", gdn_cpu_decode_item_avx512bf16, gdn_cpu_narrow_bf16_avx512bf16},
+    {"avx512", gdn_cpu_decode_item_avx512, gdn_cpu_narrow_bf16_avx512},
+    {"avx2", gdn_cpu_decode_item_avx2, gdn_cpu_narrow_bf16_avx2},
 #endif
-    {"baseline", gdn_cpu_decode_item_baseline},
+    {"baseline", gdn_cpu_decode_item_baseline, NULL},
 };
 enum { ISA_COUNT = sizeof isas / sizeof isas[0] };
 
@@ -46,6 +48,11 @@ static int isa_supported(int i)
 {
 #if defined(__x86_64__)
     __builtin_cpu_init();
+    if (!strcmp(isas[i].name, "avx512bf16"))
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+               __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+               __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx2") &&
+               __builtin_cpu_supports("fma");
     if (!strcmp(isas[i].name, "avx512"))
         return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx2") &&
@@ -56,7 +63,7 @@ static int isa_supported(int i)
     return !strcmp(isas[i].name, "baseline");
 }
 
-/* The table's names, weakest first ("baseline avx2 avx512"), built once. */
+/* The table's names, weakest first ("baseline avx2 avx512 avx512bf16"), built once. */
 static char list_of_isas[64];
 static void build_isa_list(void)
 {
@@ -70,7 +77,8 @@ static void build_isa_list(void)
 static int chosen_isa = -1; /* index into isas; -1 until chosen */
 static pthread_once_t isa_once = PTHREAD_ONCE_INIT;
 
-/* The best the CPU supports, or GDN_CPU_ISA's (baseline, avx2, avx512) when the CPU has it. */
+/* The best the CPU supports, or GDN_CPU_ISA's (baseline, avx2, avx512, avx512bf16) when the
+ * CPU has it. */
 static void choose_isa(void)
 {
     const char *forced = getenv("GDN_CPU_ISA");
@@ -91,6 +99,17 @@ static int current_isa(void)
 }
 
 const char *gdn_cpu_isa_name(void) { return isas[current_isa()].name; }
+
+void gdn_cpu_narrow_bf16_row(const float *x, uint16_t *out, int64_t n)
+{
+    const int isa = current_isa();
+    if (isas[isa].narrow_bf16) {
+        isas[isa].narrow_bf16(x, out, n);
+        return;
+    }
+    for (int64_t i = 0; i < n; i++)
+        out[i] = gdn_f32_to_bf16(x[i]);
+}
 
 int gdn_cpu_force_isa(const char *name)
 {

@@ -48,6 +48,10 @@ void gdn_cpu_decode_item_baseline(const gdn_problem *p, int64_t item, head_input
 #if defined(__x86_64__)
 void gdn_cpu_decode_item_avx2(const gdn_problem *p, int64_t item, head_inputs *in);
 void gdn_cpu_decode_item_avx512(const gdn_problem *p, int64_t item, head_inputs *in);
+void gdn_cpu_decode_item_avx512bf16(const gdn_problem *p, int64_t item, head_inputs *in);
+void gdn_cpu_narrow_bf16_avx2(const float *x, uint16_t *out, int64_t n);
+void gdn_cpu_narrow_bf16_avx512(const float *x, uint16_t *out, int64_t n);
+void gdn_cpu_narrow_bf16_avx512bf16(const float *x, uint16_t *out, int64_t n);
 #endif
 
 #endif

@@ -7,6 +7,7 @@
 #endif
 #define GDN_CPU_AVX2 1
 #define GDN_CPU_ITEM_FN gdn_cpu_decode_item_avx2
+#define GDN_CPU_NARROW_FN gdn_cpu_narrow_bf16_avx2
 #include "decode_item_body.h"
 #if defined(__clang__)
 #pragma clang attribute pop

@@ -9,6 +9,7 @@
 #endif
 #define GDN_CPU_AVX512 1
 #define GDN_CPU_ITEM_FN gdn_cpu_decode_item_avx512
+#define GDN_CPU_NARROW_FN gdn_cpu_narrow_bf16_avx512
 #include "decode_item_body.h"
 #if defined(__clang__)
 #pragma clang attribute pop

@@ -37,6 +37,15 @@ static inline vec_f vload_bf16(const uint16_t *p)
 static inline void vstore_bf16(uint16_t *p, vec_f x)
 {
     const __m512i u = _mm512_castps_si512(x);
+#if defined(GDN_CPU_AVX512_BF16)
+    /* VCVTNEPS2BF16 rounds to nearest even and quiets NaN exactly as below, but flushes
+     * denormal inputs to zero: vectors holding one (VFPCLASSPS) take the integer sequence, so
+     * every variant stores the same bits. */
+    if (!_mm512_fpclass_ps_mask(x, 0x20)) { /* class 0x20: denormal */
+        _mm256_storeu_si256((__m256i *)p, (__m256i)_mm512_cvtneps_pbh(x));
+        return;
+    }
+#endif
     const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
     const __m512i rounded =
         _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)), lsb), 16);
@@ -404,3 +413,16 @@ void GDN_CPU_ITEM_FN(const gdn_problem *p, int64_t item, head_inputs *in)
     update_state(p, tokens, src, dst, in);
     store_outputs(p, hv, first, tokens, in);
 }
+
+#if defined(GDN_VEC_W) && defined(GDN_CPU_NARROW_FN)
+/* This variant's narrowing of float rows to bf16 over whole vectors (the tail element-wise): a
+ * hook for tests/test_numeric.c, which holds every variant to gdn_f32_to_bf16 bit for bit. */
+void GDN_CPU_NARROW_FN(const float *x, uint16_t *out, int64_t n)
+{
+    int64_t i = 0;
+    for (; i + GDN_VEC_W <= n; i += GDN_VEC_W)
+        vstore_bf16(out + i, vload_f32(x + i));
+    for (; i < n; i++)
+        out[i] = gdn_f32_to_bf16(x[i]);
+}
+#endif
