@@ -149,7 +149,11 @@ static void multi_token_odd_sizes(gdn_backend backend)
             c.token_slots = i % 3 == 2;
             c.varlen = i == 3;
             c.head_map = i % 2 ? GDN_HEAD_MAP_TILED : GDN_HEAD_MAP_GROUPED;
-            c.qk_l2norm = i != 2; /* off with f32 activations (unnormalised q, k grow the state) */
+            /* off with f32 activations, keys of norm about 1: with N(0, 1) keys (norm^2 ~ K) the
+             * delta rule grows the state ~60x a token, and 16 such tokens amplified rounding past
+             * any tolerance (a CI run's seed 1796230365928869437: max error 1.8e4 > 1.09e4) */
+            c.qk_l2norm = i != 2;
+            c.unit_keys = i == 2;
             expect_pass(c, backend, 2);
         }
 }
