@@ -103,12 +103,10 @@ const char *gdn_cpu_isa_name(void) { return isas[current_isa()].name; }
 void gdn_cpu_narrow_bf16_row(const float *x, uint16_t *out, int64_t n)
 {
     const int isa = current_isa();
-    if (isas[isa].narrow_bf16) {
+    if (isas[isa].narrow_bf16)
         isas[isa].narrow_bf16(x, out, n);
-        return;
-    }
-    for (int64_t i = 0; i < n; i++)
-        out[i] = gdn_f32_to_bf16(x[i]);
+    else
+        gdn_store_row_f32(out, GDN_DTYPE_BF16, 0, n, x);
 }
 
 int gdn_cpu_force_isa(const char *name)

@@ -422,7 +422,6 @@ void GDN_CPU_NARROW_FN(const float *x, uint16_t *out, int64_t n)
     int64_t i = 0;
     for (; i + GDN_VEC_W <= n; i += GDN_VEC_W)
         vstore_bf16(out + i, vload_f32(x + i));
-    for (; i < n; i++)
-        out[i] = gdn_f32_to_bf16(x[i]);
+    gdn_store_row_f32(out, GDN_DTYPE_BF16, i, n - i, x + i);
 }
 #endif

@@ -239,20 +239,21 @@ static void prefetch_token_rows(const gdn_problem *p, int64_t hv, int64_t row, i
     }
 }
 
+/* Tokens of the chunk that starts with `left` tokens of the sequence to go. */
+static int64_t chunk_tokens(int64_t left) { return left < GDN_CPU_CHUNK ? left : GDN_CPU_CHUNK; }
+
 /* A long sequence in chunks of GDN_CPU_CHUNK tokens (the last one shorter); the next chunk's
  * inputs are prefetched while one chunk is computed. */
 static void long_sequence_chunked(const gdn_problem *p, int64_t hv, int64_t first, int64_t tokens,
                                   int64_t src, int64_t dst, head_inputs *in)
 {
     load_state_t(p, src, in->state);
-    prefetch_token_rows(p, hv, first, tokens < GDN_CPU_CHUNK ? tokens : GDN_CPU_CHUNK);
+    prefetch_token_rows(p, hv, first, chunk_tokens(tokens));
     for (int64_t t0 = 0; t0 < tokens; t0 += GDN_CPU_CHUNK) {
         const int64_t next = t0 + GDN_CPU_CHUNK;
         if (next < tokens)
-            prefetch_token_rows(p, hv, first + next,
-                                tokens - next < GDN_CPU_CHUNK ? tokens - next : GDN_CPU_CHUNK);
-        chunk_step(p, hv, first + t0, tokens - t0 < GDN_CPU_CHUNK ? tokens - t0 : GDN_CPU_CHUNK, in->state,
-                   &in->chunk);
+            prefetch_token_rows(p, hv, first + next, chunk_tokens(tokens - next));
+        chunk_step(p, hv, first + t0, chunk_tokens(tokens - t0), in->state, &in->chunk);
     }
     if (dst >= 0)
         store_state_t(p, dst, in->state);

@@ -83,10 +83,10 @@ __device__ __forceinline__ float sigmoid_fast(float x) { return __fdividef(1.0f,
  * The gate inputs of one (token row, value head), in either form the call gives: the raw
  * projections a, b with A_log and dt_bias, or the precomputed log decay g (float32) and beta
  * (after the sigmoid, activation dtype). Loaded early, turned into e^g and beta late. The four
- * loads are unconditional, from addresses chosen by the form: with an if/else here the compiler
- * converted the q and k vectors before the branch, so the gate loads waited for q and k (one
- * more memory round trip on the one-token kernel's chain: 4.34 -> 4.92 us at N = 1, 70.8 ->
- * 80.3 us at N = 64, f32 qwen3-next, 23f4455).
+ * loads are unconditional, from addresses chosen by the form, so that no branch sits between
+ * them and the q/k loads (an if/else here let the compiler convert q and k before the branch
+ * and hold the gate loads behind them, one more memory round trip, in the one-token kernel of
+ * 23f4455; that kernel now leaves both forms' calls to the others, gdn_cuda_one_token_applies).
  */
 struct gate_inputs {
     float a, b, A_log, dt_bias; /* precomputed: A_log = g, b = beta (a and dt_bias unused) */
