@@ -19,15 +19,22 @@
 static uint64_t seed;
 static char config_note[64]; /* the forced kernel configuration, for failure messages */
 static int pdl_all;          /* gdn_decode_params.pdl of every case */
+static int tc_all;           /* decode_case.tc_products of every case */
+static int print_errors;     /* print each case's errors (the chunked prefill's accuracy) */
 
 static void expect_pass(decode_case c, gdn_backend backend, int steps)
 {
     decode_case_result r;
     c.seed = seed++;
     c.pdl = pdl_all;
+    c.tc_products = c.tc_products || tc_all;
     int ok = decode_case_run(&c, backend, steps, NULL, NULL, &r);
     char what[256];
     decode_case_describe(&c, what, sizeof what);
+    if (print_errors)
+        printf("  %s%s%s: out rel %.3g, max abs %.3g (ref max %.3g), state rel %.3g (bf16 round trip %.3g)%s\n",
+               config_note, config_note[0] ? ", " : "", what, r.out_rel, r.out_max_abs, r.out_ref_max,
+               r.state_rel, r.rounded_rel, ok ? "" : " FAILED");
     CHECK_MSG(ok, "%s on %s%s%s (seed %llu): %s", what, gdn_backend_name(backend), config_note[0] ? " " : "",
               config_note, (unsigned long long)c.seed, r.message);
 }
@@ -279,6 +286,78 @@ static void prefill_mixed(gdn_backend backend, int with_5000)
     decode_case c = base(6, 1, 2, 64, 64);
     c.num_tokens = 5000, c.varlen = 1, c.zero_init = 1;
     expect_pass(c, backend, 1);
+}
+
+/* The cuda chunked prefill (sequences of more than GDN_MAX_TOKENS tokens; vk, K = 128): varlen
+ * calls that mix long sequences with decodes and verifies (the short ones go to the multi-token
+ * kernel in the same call), every activation and state dtype, odd V, padding, the null slot,
+ * write slots, zero initial states, both gate forms, strided activations, the l2 norm off, strong
+ * decays, a paged pool whose slots are not 16-byte aligned (the chunked kernel then takes every
+ * sequence), and qwen3-next's shape; two consecutive calls each (the state carried). */
+static void prefill_chunked_cases(gdn_backend backend)
+{
+    const gdn_dtype acts[] = {GDN_DTYPE_F32, GDN_DTYPE_F16, GDN_DTYPE_BF16};
+    const int64_t values[] = {128, 64, 100, 32, 48, 128};
+    for (int i = 0; i < 12; i++) {
+        decode_case c = base(3 + i % 3, 1 + i % 2, 2 * (1 + i % 2), 128, values[i % 6]);
+        c.num_tokens = 17 + 61 * i;
+        c.varlen = 1;
+        c.zero_init = i % 2 == 0;
+        c.gates_given = i % 3 == 1;
+        c.act_dtype = acts[i % 3];
+        c.state_dtype = i % 4 < 2 ? GDN_DTYPE_F32 : GDN_DTYPE_BF16;
+        c.head_map = i % 3 == 2 ? GDN_HEAD_MAP_TILED : GDN_HEAD_MAP_GROUPED;
+        c.index_dtype = i % 2 ? GDN_DTYPE_I32 : GDN_DTYPE_I64;
+        c.padding = i % 3 == 0;
+        c.write_slots = i % 4 == 1;
+        c.null_slot_zero = i % 6 == 5;
+        c.strided = i % 5 == 2;
+        c.slot_gap = i == 7 ? 3 : i == 9 ? 1 : 0;
+        expect_pass(c, backend, 2);
+    }
+    for (int i = 0; i < 4; i++) {
+        decode_case c = base(3 + i, 2, 4, 128, 128);
+        c.num_tokens = 60 + 110 * i;
+        c.varlen = 1, c.qk_l2norm = 0, c.unit_keys = 1;
+        c.zero_init = i % 2;
+        c.gates_given = i >= 2;
+        c.act_dtype = acts[(i + 2) % 3];
+        c.state_dtype = i == 3 ? GDN_DTYPE_BF16 : GDN_DTYPE_F32;
+        expect_pass(c, backend, 2);
+    }
+    for (int i = 0; i < 2; i++) {
+        decode_case c = base(4, 1, 2, 128, 128);
+        c.num_tokens = 150, c.varlen = 1, c.strong_decay = 1, c.gates_given = i;
+        c.act_dtype = acts[2 * i];
+        expect_pass(c, backend, 2);
+    }
+    decode_case c = base(3, 16, 32, 128, 128);
+    c.num_tokens = 1100, c.varlen = 1, c.act_dtype = GDN_DTYPE_BF16, c.zero_init = 1;
+    expect_pass(c, backend, 1);
+}
+
+/* Both precisions of the chunked products: three bf16 terms within the library's tolerances;
+ * one term (the default with bf16 activations) within the tensor-core tolerances. */
+static void cuda_prefill_chunked(void)
+{
+    if (!cuda_present())
+        return;
+    print_errors = 1;
+    for (int precise = 1; precise >= 0; precise--) {
+        gdn_cuda_chunked_force_precise(precise);
+        tc_all = !precise;
+        snprintf(config_note, sizeof config_note, "%s", precise ? "3-term products" : "1-term products");
+        prefill_chunked_cases(GDN_BACKEND_CUDA);
+    }
+    gdn_cuda_chunked_force_precise(-1);
+    tc_all = print_errors = 0;
+    config_note[0] = '\0';
+    /* the defaults: bf16 activations take one term */
+    decode_case c = base(2, 2, 4, 128, 128);
+    c.num_tokens = 300, c.varlen = 1, c.act_dtype = GDN_DTYPE_BF16, c.tc_products = 1;
+    expect_pass(c, GDN_BACKEND_CUDA, 1);
+    c.act_dtype = GDN_DTYPE_F32, c.tc_products = 0;
+    expect_pass(c, GDN_BACKEND_CUDA, 1);
 }
 
 /* Both ways the cpu backend computes long sequences: in chunks and token by token. */
@@ -701,4 +780,5 @@ void register_decode_tests(void)
     test_add("decode/cuda_multi_token_configs", cuda_multi_token_configs);
     test_add("decode/cpu_gates_and_initial_state", cpu_gates_and_initial_state);
     test_add("decode/cuda_gates_and_initial_state", cuda_gates_and_initial_state);
+    test_add("decode/cuda_prefill_chunked", cuda_prefill_chunked);
 }

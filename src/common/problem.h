@@ -55,6 +55,12 @@ typedef struct gdn_problem {
     const float *g;                   /* optional precomputed gates (with beta): log decay */
     const void *beta;                 /* sigmoid already applied; act_dtype */
     int64_t g_stride, beta_stride;
+    /* cuda, long sequences (prefill_chunked.cu): set on the multi-token kernel's copy of a call
+     * whose long sequences go to the chunked kernel: sequences of more than num_tokens (and at
+     * most long_tokens) tokens are that kernel's (gdn_seq_tokens: GDN_SEQ_ELSEWHERE), and bad
+     * cu_seqlens are counted there, not twice */
+    int64_t long_tokens;
+    int prefill_async; /* chunked kernel: q, k, v rows 16-byte aligned (cp.async staging) */
 } gdn_problem;
 
 /* Epsilon added to the sum of squares before the square root of the l2 norm (SPEC 1). */
@@ -136,6 +142,9 @@ GDN_HD int64_t gdn_first_token_row(const gdn_problem *p, int64_t n)
     return p->cu_seqlens ? gdn_index_at(p->cu_seqlens, p->index_dtype, n) : n * p->num_tokens;
 }
 
+/* gdn_seq_tokens of a sequence that another kernel of the same call computes (long_tokens). */
+#define GDN_SEQ_ELSEWHERE (-2)
+
 /* Tokens of sequence n; -1 when cu_seqlens gives a count outside 0..num_tokens or rows beyond
  * the token rows the call may touch (checked before subtracting: no overflow). */
 GDN_HD int64_t gdn_seq_tokens(const gdn_problem *p, int64_t n)
@@ -146,7 +155,9 @@ GDN_HD int64_t gdn_seq_tokens(const gdn_problem *p, int64_t n)
     int64_t hi = gdn_index_at(p->cu_seqlens, p->index_dtype, n + 1);
     if (lo < 0 || hi < lo || hi > p->token_rows)
         return -1;
-    return hi - lo > p->num_tokens ? -1 : hi - lo;
+    if (hi - lo > p->num_tokens)
+        return hi - lo <= p->long_tokens ? GDN_SEQ_ELSEWHERE : -1;
+    return hi - lo;
 }
 
 /* Sequences [first, first + count) of p as a problem of their own (the cuda backend launches at

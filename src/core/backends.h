@@ -61,6 +61,11 @@ int gdn_cuda_config_count(gdn_cuda_kernel kernel);
 void gdn_cuda_force_config(gdn_cuda_kernel kernel, int config);
 void gdn_cuda_config_name(gdn_cuda_kernel kernel, int config, char *buf, size_t size);
 
+/* The chunked prefill kernel's products (src/cuda/prefill_chunked.cu): 1 = three bf16 terms each
+ * (the default for f16/f32 activations and with GDN_PREFILL_PRECISE=1), 0 = one term (the default
+ * for bf16 activations), negative = the default. Process-wide; tests and benchmarks. */
+void gdn_cuda_chunked_force_precise(int precise);
+
 #ifdef __cplusplus
 }
 #endif

@@ -150,11 +150,14 @@ static gdn_status check_tokens(const gdn_decode_params *p, gdn_backend backend)
                         "num_tokens = %lld with token_slots or num_accepted: those take at most %d tokens "
                         "a sequence",
                         (long long)p->num_tokens, GDN_MAX_TOKENS);
-    if (p->num_tokens > GDN_MAX_TOKENS && backend == GDN_BACKEND_CUDA)
+    if (p->num_tokens > GDN_MAX_TOKENS && backend == GDN_BACKEND_CUDA &&
+        (p->state_layout == GDN_LAYOUT_KV || p->head_dim_k != 128))
         return gdn_fail(GDN_ERR_INVALID_SHAPE,
-                        "num_tokens = %lld: the cuda backend takes at most %d tokens a sequence (longer "
-                        "sequences run on the cpu and reference backends)",
-                        (long long)p->num_tokens, GDN_MAX_TOKENS);
+                        "num_tokens = %lld: the cuda backend computes sequences of more than %d tokens "
+                        "(chunked prefill) for the vk layout with K = 128 only; this call has the %s layout "
+                        "and K = %lld (the cpu and reference backends take it)",
+                        (long long)p->num_tokens, GDN_MAX_TOKENS,
+                        p->state_layout == GDN_LAYOUT_KV ? "kv" : "vk", (long long)p->head_dim_k);
     if (p->total_tokens < 0 || (p->total_tokens > 0 && !p->cu_seqlens))
         return gdn_fail(GDN_ERR_INVALID_ARGUMENT, "total_tokens = %lld needs cu_seqlens (and >= 0)",
                         (long long)p->total_tokens);

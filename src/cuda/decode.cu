@@ -481,6 +481,16 @@ template <typename Act, typename St> cudaError_t launch(const gdn_problem &p, cu
 {
     const int64_t V = p.head_dim_v, K = p.head_dim_k, HV = p.num_v_heads, N = p.num_seqs;
     const bool single = p.num_tokens == 1;
+    if (gdn_cuda_chunked_applies(&p)) {
+        /* Sequences longer than GDN_MAX_TOKENS in chunks; the others (decodes, verifies) on the
+         * multi-token kernel, launched after it, when that kernel takes this pool. */
+        gdn_problem shorts = p, longs = p;
+        shorts.num_tokens = GDN_MAX_TOKENS, shorts.long_tokens = p.num_tokens;
+        const bool split = gdn_cuda_multi_token_applies(&shorts);
+        longs.long_tokens = split ? p.num_tokens : 0;
+        const cudaError_t err = gdn_cuda_launch_chunked(&longs, stream);
+        return err == cudaSuccess && split ? gdn_cuda_launch_multi_token(&shorts, stream) : err;
+    }
     if (gdn_cuda_one_token_applies(&p))
         return gdn_cuda_launch_one_token(&p, stream);
     if (gdn_cuda_multi_token_applies(&p))

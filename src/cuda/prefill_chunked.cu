@@ -1,0 +1,571 @@
+/*
+ * Long sequences in chunks of 64 tokens on tensor cores (varlen prefill; SPEC operation 4),
+ * vk layout, K = 128. Within a chunk of C tokens, with the state S (V x K) at its start,
+ * cumulative log-decays G_t = g_0 + .. + g_t and e(t, s) = exp(G_t - G_s) <= 1 for s <= t:
+ *     u_t = beta_t (v_t - e^{G_t} S k_t) - sum_{s<t} beta_t e(t,s) (k_t.k_s) u_s
+ *         i.e. U = (I + A)^{-1} Z with A the strictly lower beta_t e(t,s) k_t.k_s
+ *     o_t = e^{G_t} S q_t + sum_{s<=t} e(t,s) (q_t.k_s) u_s
+ *     S'  = e^{G_{C-1}} S + sum_s e(C-1, s) u_s k_s^T
+ * (the token recurrence rewritten; the cpu backend's prefill_chunk_body.h has the same form).
+ *
+ * One block of 8 warps per (sequence, value head, slice of 32 state rows) walks the chunks of
+ * its sequence in order; the slice's state stays in shared memory as float32 between chunks.
+ * State rows are independent, so the slices of a head only repeat the chunk-local products
+ * (the Gram matrices and the triangular solve), and a head's 128 rows fill 4 blocks: one
+ * 4096-token sequence of qwen3-next (32 heads) keeps 128 multiprocessors busy.
+ *
+ * Per chunk: (1) the activations, staged by cp.async during the previous chunk, become
+ * normalised float32 rows in shared memory, and one warp turns the 64 gates into cumulative
+ * decays; (2) every product over K on mma.sync: K K^T and Q K^T (lower triangles only, decays
+ * and masks applied), K S^T (into Z) and Q S^T (the outputs' first term, kept in registers);
+ * (3) the four 16 x 16 diagonal blocks of I + A inverted by forward substitution; (4) the
+ * block-triangular solve for U, each warp on 8 columns of its own (no barrier between blocks);
+ * (5) the outputs' second term P U and the state update, both mma.
+ *
+ * Products take bf16 operands and accumulate in float32. With bf16 activations one bf16 term
+ * each (the accuracy of FLA's and FlashInfer's chunked kernels, ~1e-3 relative); with f16 or
+ * f32 activations, or GDN_PREFILL_PRECISE=1, each operand is split into two bf16 numbers
+ * (hi + lo, 16 significant bits) and a product takes three mma (hi.hi + hi.lo + lo.hi), which
+ * keeps the float32 state within ~1e-5 of the float64 reference.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "device_common.cuh"
+#include "kernels.h"
+#include "vk128_rows.cuh"
+
+namespace
+{
+
+constexpr int kChunk = 64;           /* tokens a chunk */
+constexpr int kSlice = 32;           /* state rows a block */
+constexpr int kChunkWarps = 8;       /* warps a block */
+constexpr int kLdK = kRowK + 8;      /* floats between rows of Q, K and S in shared memory */
+constexpr int kLdC = kChunk + 8;     /* floats between rows of the chunk x chunk matrices, U^T, Z^T */
+constexpr int kGramTiles = 2 + 4 + 6 + 8; /* 16 x 8 tiles of a 64 x 64 lower triangle */
+
+/* Shared memory, in floats, then the staged activations (raw, in the activation dtype). */
+struct chunk_smem {
+    static constexpr int q = 0;                      /* [C][kLdK] normalised, scaled q */
+    static constexpr int k = q + kChunk * kLdK;      /* [C][kLdK] normalised k */
+    static constexpr int s = k + kChunk * kLdK;      /* [kSlice][kLdK] the state slice, float32 */
+    static constexpr int a = s + kSlice * kLdK;      /* [C][kLdC] A, then its diagonal blocks inverted */
+    static constexpr int pm = a + kChunk * kLdC;     /* [C][kLdC] e(t,s) q_t.k_s, s <= t */
+    static constexpr int zt = pm + kChunk * kLdC;    /* [kSlice][kLdC] Z^T */
+    static constexpr int ut = zt + kSlice * kLdC;    /* [kSlice][kLdC] U^T */
+    static constexpr int gam = ut + kSlice * kLdC;   /* [C] e^{G_t} */
+    static constexpr int dec = gam + kChunk;         /* [C] e^{G_last - G_t} */
+    static constexpr int cum = dec + kChunk;         /* [C] G_t */
+    static constexpr int beta = cum + kChunk;        /* [C] beta_t */
+    static constexpr int floats = beta + kChunk;
+    static constexpr int stage_bytes(int act) { return kChunk * (2 * kRowK + kSlice) * act; }
+    static constexpr int bytes(int act) { return floats * 4 + stage_bytes(act); }
+};
+
+/* ---- mma.sync m16n8k16, bf16 operands, float32 accumulators ------------------------------- */
+
+__device__ __forceinline__ unsigned pack_bf16(float lo, float hi)
+{
+    __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+    unsigned w;
+    memcpy(&w, &h, sizeof w);
+    return w;
+}
+
+/* x0, x1 as one bf16 pair (hi) and, when PRECISE, the pair of what that rounding lost (lo). */
+template <bool PRECISE> __device__ __forceinline__ void split_pair(float x0, float x1, unsigned &hi, unsigned &lo)
+{
+    hi = pack_bf16(x0, x1);
+    if constexpr (PRECISE) {
+        __nv_bfloat162 h;
+        memcpy(&h, &hi, sizeof h);
+        const float2 r = __bfloat1622float2(h);
+        lo = pack_bf16(x0 - r.x, x1 - r.y);
+    } else {
+        lo = 0;
+    }
+}
+
+struct frag_a {
+    unsigned hi[4], lo[4];
+};
+struct frag_b {
+    unsigned hi[2], lo[2];
+};
+
+/* A (16 x 16) from row-major float32 rows: A[r][c] = base[(r0 + r) * ld + k0 + c] * sign. */
+template <bool PRECISE>
+__device__ __forceinline__ frag_a load_a(const float *base, int ld, int r0, int k0, float sign = 1.0f)
+{
+    const int g = (threadIdx.x % 32) / 4, t = threadIdx.x % 4;
+    const float *p0 = base + (r0 + g) * ld + k0 + 2 * t, *p1 = p0 + 8 * ld;
+    const float2 x0 = *reinterpret_cast<const float2 *>(p0), x1 = *reinterpret_cast<const float2 *>(p1);
+    const float2 x2 = *reinterpret_cast<const float2 *>(p0 + 8), x3 = *reinterpret_cast<const float2 *>(p1 + 8);
+    frag_a f;
+    split_pair<PRECISE>(sign * x0.x, sign * x0.y, f.hi[0], f.lo[0]);
+    split_pair<PRECISE>(sign * x1.x, sign * x1.y, f.hi[1], f.lo[1]);
+    split_pair<PRECISE>(sign * x2.x, sign * x2.y, f.hi[2], f.lo[2]);
+    split_pair<PRECISE>(sign * x3.x, sign * x3.y, f.hi[3], f.lo[3]);
+    return f;
+}
+
+/* B (16 x 8) stored n-major: B[c][n] = base[(n0 + n) * ld + k0 + c]. */
+template <bool PRECISE> __device__ __forceinline__ frag_b load_b_nk(const float *base, int ld, int n0, int k0)
+{
+    const int g = (threadIdx.x % 32) / 4, t = threadIdx.x % 4;
+    const float *p = base + (n0 + g) * ld + k0 + 2 * t;
+    const float2 x0 = *reinterpret_cast<const float2 *>(p), x1 = *reinterpret_cast<const float2 *>(p + 8);
+    frag_b f;
+    split_pair<PRECISE>(x0.x, x0.y, f.hi[0], f.lo[0]);
+    split_pair<PRECISE>(x1.x, x1.y, f.hi[1], f.lo[1]);
+    return f;
+}
+
+/* B (16 x 8) stored k-major with a factor per k: B[c][n] = base[(k0 + c) * ld + n0 + n] * scale[k0 + c]. */
+template <bool PRECISE>
+__device__ __forceinline__ frag_b load_b_kn(const float *base, int ld, int n0, int k0, const float *scale)
+{
+    const int g = (threadIdx.x % 32) / 4, t = threadIdx.x % 4, c = k0 + 2 * t;
+    const float *p = base + c * ld + n0 + g;
+    frag_b f;
+    split_pair<PRECISE>(p[0] * scale[c], p[ld] * scale[c + 1], f.hi[0], f.lo[0]);
+    split_pair<PRECISE>(p[8 * ld] * scale[c + 8], p[9 * ld] * scale[c + 9], f.hi[1], f.lo[1]);
+    return f;
+}
+
+__device__ __forceinline__ void mma_bf16(float *c, const unsigned *a, const unsigned *b)
+{
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+                 "{%8, %9}, {%0, %1, %2, %3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+/* c += A B (the two small cross terms first when PRECISE). */
+template <bool PRECISE> __device__ __forceinline__ void mma(float *c, const frag_a &a, const frag_b &b)
+{
+    if constexpr (PRECISE) {
+        mma_bf16(c, a.lo, b.hi);
+        mma_bf16(c, a.hi, b.lo);
+    }
+    mma_bf16(c, a.hi, b.hi);
+}
+
+/* ---- the chunk's inputs ---------------------------------------------------------------------- */
+
+/* cp.async needs 16-byte aligned rows; otherwise the stage is filled with plain loads. */
+template <typename Act> struct stage_source {
+    const Act *q, *k, *v; /* token row `first` of this block's head (v: of its slice) */
+    int64_t q_stride, k_stride, v_stride;
+    int rows_v; /* columns of v this slice has (< kSlice at the end of V) */
+    bool async;
+};
+
+/* Tokens [c0, c0 + len) of the sequence into the stage: q and k rows (K each), the slice of v. */
+template <typename Act>
+__device__ __forceinline__ void stage_chunk(const stage_source<Act> &src, int64_t c0, int len, Act *stage)
+{
+    constexpr int per16 = 16 / (int)sizeof(Act);   /* elements a 16-byte piece */
+    constexpr int row_pieces = kRowK / per16;      /* pieces of a q or k row */
+    constexpr int v_pieces = kSlice / per16;       /* pieces of the v slice */
+    Act *sq = stage, *sk = stage + kChunk * kRowK, *sv = stage + 2 * kChunk * kRowK;
+    if (src.async && src.rows_v == kSlice) {
+        for (int i = threadIdx.x; i < len * row_pieces; i += blockDim.x) {
+            const int r = i / row_pieces, c = (i % row_pieces) * per16;
+            copy_async16(reinterpret_cast<uint4 *>(sq + r * kRowK + c), src.q + (c0 + r) * src.q_stride + c, true);
+            copy_async16(reinterpret_cast<uint4 *>(sk + r * kRowK + c), src.k + (c0 + r) * src.k_stride + c, true);
+        }
+        for (int i = threadIdx.x; i < len * v_pieces; i += blockDim.x) {
+            const int r = i / v_pieces, c = (i % v_pieces) * per16;
+            copy_async16(reinterpret_cast<uint4 *>(sv + r * kSlice + c), src.v + (c0 + r) * src.v_stride + c, true);
+        }
+    } else {
+        for (int i = threadIdx.x; i < len * kRowK; i += blockDim.x) {
+            const int r = i / kRowK, c = i % kRowK;
+            sq[r * kRowK + c] = src.q[(c0 + r) * src.q_stride + c];
+            sk[r * kRowK + c] = src.k[(c0 + r) * src.k_stride + c];
+        }
+        for (int i = threadIdx.x; i < len * kSlice; i += blockDim.x) {
+            const int r = i / kSlice, c = i % kSlice;
+            sv[r * kSlice + c] = c < src.rows_v ? src.v[(c0 + r) * src.v_stride + c] : from_float<Act>(0.0f);
+        }
+    }
+    copy_async_commit();
+}
+
+/* Gate inputs of tokens 2 * lane and 2 * lane + 1 of the chunk at c0 (warp 0 only). */
+struct pair_gates {
+    gate_inputs x[2];
+};
+template <typename Act>
+__device__ __forceinline__ pair_gates load_pair_gates(const gdn_problem &p, int64_t first, int64_t c0, int len,
+                                                      int64_t hv)
+{
+    pair_gates pg;
+    const int lane = threadIdx.x % 32;
+#pragma unroll
+    for (int j = 0; j < 2; j++) {
+        const int t = 2 * lane + j;
+        if (t < len)
+            pg.x[j] = load_gate_inputs<Act>(p, first + c0 + t, hv);
+        else
+            pg.x[j] = gate_inputs{0.0f, 0.0f, 0.0f, 0.0f};
+    }
+    return pg;
+}
+
+/* ---- the kernel ------------------------------------------------------------------------------ */
+
+template <typename Act, typename St, bool PRECISE>
+__global__ void __launch_bounds__(kChunkWarps * 32, 1) prefill_chunked_vk128(const gdn_problem p)
+{
+    extern __shared__ __align__(16) float sm[];
+    float *const Qs = sm + chunk_smem::q, *const Ks = sm + chunk_smem::k, *const Ss = sm + chunk_smem::s;
+    float *const Am = sm + chunk_smem::a, *const Pm = sm + chunk_smem::pm;
+    float *const Zt = sm + chunk_smem::zt, *const Ut = sm + chunk_smem::ut;
+    float *const gam = sm + chunk_smem::gam, *const dec = sm + chunk_smem::dec, *const cum = sm + chunk_smem::cum;
+    float *const beta = sm + chunk_smem::beta;
+    Act *const stage = reinterpret_cast<Act *>(sm + chunk_smem::floats);
+
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const int g = lane / 4, t4 = lane % 4; /* mma fragment coordinates */
+    const block_coords bc = block_coords_of(p);
+    const int64_t V = p.head_dim_v, v0 = (int64_t)blockIdx.x * kSlice;
+    const int rows_v = (int)(V - v0 < kSlice ? V - v0 : kSlice);
+
+    const int64_t T64 = gdn_seq_tokens(&p, bc.n), first = gdn_first_token_row(&p, bc.n);
+    if (T64 == GDN_SEQ_ELSEWHERE)
+        return;
+    if (T64 < 0 || first < 0) {
+        skip_bad_row(p);
+        return;
+    }
+    if (T64 <= GDN_MAX_TOKENS && p.long_tokens > 0)
+        return; /* the multi-token kernel's, launched beside this one */
+    const int64_t T = T64;
+    if (T == 0)
+        return;
+    const int64_t read = gdn_read_slot(&p, bc.n), write = gdn_write_slot(&p, bc.n);
+    if (read < 0) { /* padding: zero outputs, no state */
+        for (int64_t i = threadIdx.x; i < T * rows_v; i += blockDim.x)
+            store_elem<Act>(p.out, (first + i / rows_v) * p.out_stride + bc.hv * V + v0 + i % rows_v, 0.0f);
+        return;
+    }
+    if (read >= p.num_slots || write >= p.num_slots) {
+        skip_bad_row(p);
+        return;
+    }
+
+    stage_source<Act> src;
+    src.q = static_cast<const Act *>(p.q) + first * p.q_stride + bc.h * kRowK;
+    src.k = static_cast<const Act *>(p.k) + first * p.k_stride + bc.h * kRowK;
+    src.v = static_cast<const Act *>(p.v) + first * p.v_stride + bc.hv * V + v0;
+    src.q_stride = p.q_stride, src.k_stride = p.k_stride, src.v_stride = p.v_stride;
+    src.rows_v = rows_v;
+    src.async = p.prefill_async != 0;
+    const int len0 = (int)(T < kChunk ? T : kChunk);
+    stage_chunk<Act>(src, 0, len0, stage);
+    pair_gates next_gates{};
+    if (warp == 0)
+        next_gates = load_pair_gates<Act>(p, first, 0, len0, bc.hv);
+
+    /* the state slice, float32 in shared memory (zeros past V and without an initial state) */
+    {
+        const bool zero = gdn_zero_initial_state(&p, bc.n);
+        const St *tile = static_cast<const St *>(p.state_pool) + gdn_tile_offset(&p, read, bc.hv) + v0 * kRowK;
+        for (int i = threadIdx.x; i < kSlice * kRowK; i += blockDim.x) {
+            const int r = i / kRowK, c = i % kRowK;
+            Ss[r * kLdK + c] = (!zero && r < rows_v) ? to_float<St>(tile[i]) : 0.0f;
+        }
+    }
+    const float scale = p.scale;
+
+    for (int64_t c0 = 0; c0 < T; c0 += kChunk) {
+        const int len = (int)(T - c0 < kChunk ? T - c0 : kChunk);
+        copy_async_wait<0>();
+        __syncthreads(); /* the stage holds this chunk; the last chunk's products are done */
+
+        /* (1) normalised q, k rows; v into Z^T; gates (warp 0) */
+        {
+            const Act *sq = stage, *sk = stage + kChunk * kRowK, *sv = stage + 2 * kChunk * kRowK;
+            for (int r = warp; r < 2 * kChunk; r += kChunkWarps) {
+                const int tok = r % kChunk;
+                const bool is_q = r < kChunk;
+                float x[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+                if (tok < len) {
+                    const Act *row = (is_q ? sq : sk) + tok * kRowK + 4 * lane;
+#pragma unroll
+                    for (int i = 0; i < 4; i++)
+                        x[i] = to_float<Act>(row[i]);
+                }
+                float f = is_q ? scale : 1.0f;
+                if (p.qk_l2norm) {
+                    const float ss = row_sum<32>(x[0] * x[0] + x[1] * x[1] + x[2] * x[2] + x[3] * x[3]);
+                    f *= inv_sqrt(ss + GDN_L2NORM_EPS);
+                }
+                float4 y = make_float4(f * x[0], f * x[1], f * x[2], f * x[3]);
+                *reinterpret_cast<float4 *>((is_q ? Qs : Ks) + tok * kLdK + 4 * lane) = y;
+            }
+            for (int i = threadIdx.x; i < kChunk * kSlice; i += blockDim.x) {
+                const int tok = i / kSlice, col = i % kSlice;
+                Zt[col * kLdC + tok] = tok < len ? to_float<Act>(sv[tok * kSlice + col]) : 0.0f;
+            }
+            if (warp == 0) {
+                float lg[2], bt[2];
+#pragma unroll
+                for (int j = 0; j < 2; j++) {
+                    const bool real = 2 * lane + j < len;
+                    lg[j] = real ? (p.g ? next_gates.x[j].A_log
+                                        : gdn_gate_log(next_gates.x[j].A_log, next_gates.x[j].a,
+                                                       next_gates.x[j].dt_bias))
+                                 : 0.0f;
+                    bt[j] = real ? gate_beta(p, next_gates.x[j]) : 0.0f;
+                }
+                /* inclusive scan of the pair sums over the warp */
+                float incl = lg[0] + lg[1];
+#pragma unroll
+                for (int o = 1; o < 32; o *= 2) {
+                    const float y = __shfl_up_sync(kFullMask, incl, o);
+                    if (lane >= o)
+                        incl += y;
+                }
+                const float last = __shfl_sync(kFullMask, incl, 31);
+                const float G1 = incl, G0 = incl - lg[1];
+                cum[2 * lane] = G0, cum[2 * lane + 1] = G1;
+                gam[2 * lane] = expf(G0), gam[2 * lane + 1] = expf(G1);
+                dec[2 * lane] = expf(last - G0), dec[2 * lane + 1] = expf(last - G1);
+                beta[2 * lane] = bt[0], beta[2 * lane + 1] = bt[1];
+            }
+        }
+        __syncthreads();
+
+        /* the next chunk's activations and gates load while this one computes */
+        if (c0 + kChunk < T) {
+            const int next_len = (int)(T - c0 - kChunk < kChunk ? T - c0 - kChunk : kChunk);
+            stage_chunk<Act>(src, c0 + kChunk, next_len, stage);
+            if (warp == 0)
+                next_gates = load_pair_gates<Act>(p, first, c0 + kChunk, next_len, bc.hv);
+        }
+
+        /* (2) products over K */
+        float o_acc[4][4]; /* warps 0-3: outputs, rows 16 mi.., columns 8 warp.. */
+        for (int tile = warp; tile < 2 * kGramTiles; tile += kChunkWarps) {
+            const bool is_q = tile >= kGramTiles;
+            int i = tile % kGramTiles, mi = 0;
+            while (i >= 2 * mi + 2)
+                i -= 2 * mi + 2, mi++;
+            const int nj = i;
+            float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+            for (int kk = 0; kk < kRowK; kk += 16)
+                mma<PRECISE>(acc, load_a<PRECISE>(is_q ? Qs : Ks, kLdK, 16 * mi, kk),
+                             load_b_nk<PRECISE>(Ks, kLdK, 8 * nj, kk));
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int row = 16 * mi + g + (e >= 2 ? 8 : 0), col = 8 * nj + 2 * t4 + (e & 1);
+                const float d = col <= row ? expf(cum[row] - cum[col]) : 0.0f;
+                if (is_q)
+                    Pm[row * kLdC + col] = d * acc[e];
+                else
+                    Am[row * kLdC + col] = col < row ? beta[row] * d * acc[e] : 0.0f;
+            }
+        }
+        {
+            const bool kv = warp >= 4; /* warps 4-7: K S^T into Z; 0-3: Q S^T into the outputs */
+            const int nj = warp % 4;
+#pragma unroll
+            for (int mi = 0; mi < 4; mi++) {
+                float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+                for (int kk = 0; kk < kRowK; kk += 16)
+                    mma<PRECISE>(acc, load_a<PRECISE>(kv ? Ks : Qs, kLdK, 16 * mi, kk),
+                                 load_b_nk<PRECISE>(Ss, kLdK, 8 * nj, kk));
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int row = 16 * mi + g + (e >= 2 ? 8 : 0), col = 8 * nj + 2 * t4 + (e & 1);
+                    if (kv) {
+                        float *z = Zt + col * kLdC + row;
+                        *z = beta[row] * (*z - gam[row] * acc[e]);
+                    } else {
+                        o_acc[mi][e] = gam[row] * acc[e];
+                    }
+                }
+            }
+        }
+        __syncthreads();
+
+        /* (3) the diagonal 16 x 16 blocks of I + A inverted in place (warps 0-3, lanes 0-15) */
+        if (warp < 4) {
+            const int j = lane % 16, b0 = 16 * warp;
+            float x[16];
+#pragma unroll
+            for (int i = 0; i < 16; i++) {
+                const float *arow = Am + (b0 + i) * kLdC + b0;
+                float part[4] = {i == j ? 1.0f : 0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+                for (int s = 0; s < i; s++)
+                    part[s % 4] -= arow[s] * x[s];
+                x[i] = (part[0] + part[1]) + (part[2] + part[3]);
+            }
+            __syncwarp();
+            if (lane < 16) {
+#pragma unroll
+                for (int i = 0; i < 16; i++)
+                    Am[(b0 + i) * kLdC + b0 + j] = x[i];
+            }
+        }
+        __syncthreads();
+
+        /* (4) U = (I + A)^{-1} Z by blocks of 16 tokens; warp w (0-3) owns columns 8w.. of U */
+        if (warp < 4) {
+            const int n0 = 8 * warp;
+            for (int b = 0; b < 4; b++) {
+                const int r0 = 16 * b;
+                float acc[4];
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int row = r0 + g + (e >= 2 ? 8 : 0), col = n0 + 2 * t4 + (e & 1);
+                    acc[e] = Zt[col * kLdC + row];
+                }
+                for (int kb = 0; kb < b; kb++)
+                    mma<PRECISE>(acc, load_a<PRECISE>(Am, kLdC, r0, 16 * kb, -1.0f),
+                                 load_b_nk<PRECISE>(Ut, kLdC, n0, 16 * kb));
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int row = r0 + g + (e >= 2 ? 8 : 0), col = n0 + 2 * t4 + (e & 1);
+                    Ut[col * kLdC + row] = acc[e];
+                }
+                __syncwarp();
+                float u[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+                mma<PRECISE>(u, load_a<PRECISE>(Am, kLdC, r0, r0), load_b_nk<PRECISE>(Ut, kLdC, n0, r0));
+                __syncwarp();
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int row = r0 + g + (e >= 2 ? 8 : 0), col = n0 + 2 * t4 + (e & 1);
+                    Ut[col * kLdC + row] = u[e];
+                }
+                __syncwarp();
+            }
+        }
+        __syncthreads();
+
+        /* (5) outputs (warps 0-3) and the state update (all warps) */
+        if (warp < 4) {
+            const int n0 = 8 * warp;
+#pragma unroll
+            for (int mi = 0; mi < 4; mi++) {
+                for (int kb = 0; kb <= mi; kb++)
+                    mma<PRECISE>(o_acc[mi], load_a<PRECISE>(Pm, kLdC, 16 * mi, 16 * kb),
+                                 load_b_nk<PRECISE>(Ut, kLdC, n0, 16 * kb));
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int row = 16 * mi + g + (e >= 2 ? 8 : 0), col = n0 + 2 * t4 + (e & 1);
+                    if (row < len && col < rows_v)
+                        store_elem<Act>(p.out, (first + c0 + row) * p.out_stride + bc.hv * V + v0 + col, o_acc[mi][e]);
+                }
+            }
+        }
+        {
+            /* S' = e^{G_last} S + U^T (dec * K): 2 x 16 tiles of 16 x 8; warps 0-3 take 2, 4-7 take 6 */
+            const float keep = gam[kChunk - 1];
+            const int begin = warp < 4 ? 2 * warp : 8 + 6 * (warp - 4), end = warp < 4 ? begin + 2 : begin + 6;
+            for (int tile = begin; tile < end; tile++) {
+                const int mv = tile / 16, nk = tile % 16;
+                float acc[4];
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int row = 16 * mv + g + (e >= 2 ? 8 : 0), col = 8 * nk + 2 * t4 + (e & 1);
+                    acc[e] = keep * Ss[row * kLdK + col];
+                }
+#pragma unroll
+                for (int kb = 0; kb < kChunk; kb += 16)
+                    mma<PRECISE>(acc, load_a<PRECISE>(Ut, kLdC, 16 * mv, kb),
+                                 load_b_kn<PRECISE>(Ks, kLdK, 8 * nk, kb, dec));
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int row = 16 * mv + g + (e >= 2 ? 8 : 0), col = 8 * nk + 2 * t4 + (e & 1);
+                    Ss[row * kLdK + col] = acc[e];
+                }
+            }
+        }
+    }
+    __syncthreads();
+
+    if (write >= 0) {
+        St *tile = static_cast<St *>(p.state_pool) + gdn_tile_offset(&p, write, bc.hv) + v0 * kRowK;
+        for (int i = threadIdx.x; i < rows_v * kRowK; i += blockDim.x)
+            tile[i] = from_float<St>(Ss[(i / kRowK) * kLdK + i % kRowK]);
+    }
+}
+
+template <typename Act, typename St, bool PRECISE> cudaError_t launch_typed(const gdn_problem &p, cudaStream_t stream)
+{
+    const auto kernel = prefill_chunked_vk128<Act, St, PRECISE>;
+    const int bytes = chunk_smem::bytes((int)sizeof(Act));
+    const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+    if (err != cudaSuccess)
+        return err;
+    const dim3 grid((unsigned)((p.head_dim_v + kSlice - 1) / kSlice), (unsigned)p.num_v_heads, (unsigned)p.num_seqs);
+    kernel<<<grid, kChunkWarps * 32, (size_t)bytes, stream>>>(p);
+    return cudaGetLastError();
+}
+
+int forced_precise = -1; /* gdn_cuda_chunked_force_precise; -1 = by dtype and env */
+
+bool precise_for(const gdn_problem &p)
+{
+    const int forced = __atomic_load_n(&forced_precise, __ATOMIC_RELAXED);
+    if (forced >= 0)
+        return forced != 0;
+    if (p.act_dtype != GDN_DTYPE_BF16)
+        return true;
+    static int env = -1; /* read once; racing threads store the same value */
+    int e = __atomic_load_n(&env, __ATOMIC_RELAXED);
+    if (e < 0) {
+        const char *s = getenv("GDN_PREFILL_PRECISE");
+        e = s && s[0] == '1';
+        __atomic_store_n(&env, e, __ATOMIC_RELAXED);
+    }
+    return e != 0;
+}
+
+template <typename Act> cudaError_t launch_act(const gdn_problem &p, cudaStream_t stream)
+{
+    const bool precise = precise_for(p);
+    if (p.state_dtype == GDN_DTYPE_BF16)
+        return precise ? launch_typed<Act, __nv_bfloat16, true>(p, stream)
+                       : launch_typed<Act, __nv_bfloat16, false>(p, stream);
+    return precise ? launch_typed<Act, float, true>(p, stream) : launch_typed<Act, float, false>(p, stream);
+}
+
+bool aligned16(const void *ptr, int64_t stride_bytes)
+{
+    return ((uintptr_t)ptr % 16) == 0 && stride_bytes % 16 == 0;
+}
+
+} // namespace
+
+int gdn_cuda_chunked_applies(const gdn_problem *p)
+{
+    return p->num_tokens > GDN_MAX_TOKENS && p->state_layout == GDN_LAYOUT_VK && p->head_dim_k == kRowK &&
+           !p->token_slots && !p->num_accepted;
+}
+
+cudaError_t gdn_cuda_launch_chunked(const gdn_problem *p_in, cudaStream_t stream)
+{
+    gdn_problem p = *p_in;
+    const int64_t act = p.act_dtype == GDN_DTYPE_F32 ? 4 : 2;
+    p.prefill_async = aligned16(p.q, p.q_stride * act) && aligned16(p.k, p.k_stride * act) &&
+                      aligned16(p.v, p.v_stride * act) && (p.head_dim_v * act) % 16 == 0;
+    switch (p.act_dtype) {
+    case GDN_DTYPE_F16: return launch_act<__half>(p, stream);
+    case GDN_DTYPE_BF16: return launch_act<__nv_bfloat16>(p, stream);
+    default: return launch_act<float>(p, stream);
+    }
+}
+
+void gdn_cuda_chunked_force_precise(int precise)
+{
+    __atomic_store_n(&forced_precise, precise >= 0 ? (precise != 0) : -1, __ATOMIC_RELAXED);
+}
