@@ -297,9 +297,14 @@ typedef struct gdn_decode_params {
     /* ---- varlen prefill and mixed batches (0.5) --------------------------------------------
      * With cu_seqlens a sequence may have any number of tokens: prefills, decodes and verifies
      * in one call. num_tokens is then the most tokens any sequence has, and may exceed
-     * GDN_MAX_TOKENS on the cpu and reference backends when token_slots and num_accepted are
-     * not set (the cuda backend takes at most GDN_MAX_TOKENS a sequence until its chunked
-     * kernels land; a longer call there is GDN_ERR_INVALID_SHAPE, nothing written). */
+     * GDN_MAX_TOKENS when token_slots and num_accepted are not set. On the cuda backend (0.6)
+     * sequences of more than GDN_MAX_TOKENS tokens run in chunks of 64 on tensor cores (vk layout
+     * and K = 128 only; other shapes are GDN_ERR_INVALID_SHAPE there, nothing written) and the
+     * shorter sequences of the same call on the multi-token kernel, both enqueued by the one
+     * call. The chunked products take bf16 operands with float32 accumulation: with bf16
+     * activations one bf16 term each (the accuracy of FLA's and FlashInfer's chunked prefill,
+     * ~1e-3 relative), with f16 or f32 activations, or GDN_PREFILL_PRECISE=1 in the
+     * environment, three (hi/lo splits; float32-level results). */
     int64_t total_tokens;             /* with cu_seqlens: token rows q, k, v, a, b (or g, beta) and out hold;
                                          0 = num_seqs * num_tokens. cu_seqlens[N] may not exceed it */
     const uint8_t *has_initial_state; /* optional [N] (torch.bool works): 0 = sequence n starts

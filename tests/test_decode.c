@@ -360,6 +360,26 @@ static void cuda_prefill_chunked(void)
     expect_pass(c, GDN_BACKEND_CUDA, 1);
 }
 
+/* A few small chunked calls in both precisions, for compute-sanitizer (the full matrix above
+ * takes too long under it): a partial last chunk, a mixed call, padding, bf16 state, V = 48. */
+static void cuda_sanitize_prefill(void)
+{
+    if (!cuda_present())
+        return;
+    for (int precise = 1; precise >= 0; precise--) {
+        gdn_cuda_chunked_force_precise(precise);
+        for (int i = 0; i < 3; i++) {
+            decode_case c = base(3, 1, 2, 128, i == 2 ? 48 : 128);
+            c.num_tokens = 70 + 30 * i, c.varlen = 1, c.padding = i == 1, c.zero_init = i == 0;
+            c.act_dtype = i == 1 ? GDN_DTYPE_F32 : GDN_DTYPE_BF16;
+            c.state_dtype = i == 2 ? GDN_DTYPE_BF16 : GDN_DTYPE_F32;
+            c.tc_products = !precise;
+            expect_pass(c, GDN_BACKEND_CUDA, 1);
+        }
+    }
+    gdn_cuda_chunked_force_precise(-1);
+}
+
 /* Both ways the cpu backend computes long sequences: in chunks and token by token. */
 static void cpu_prefill_mixed(void)
 {
@@ -781,4 +801,5 @@ void register_decode_tests(void)
     test_add("decode/cpu_gates_and_initial_state", cpu_gates_and_initial_state);
     test_add("decode/cuda_gates_and_initial_state", cuda_gates_and_initial_state);
     test_add("decode/cuda_prefill_chunked", cuda_prefill_chunked);
+    test_add("decode/cuda_sanitize_prefill", cuda_sanitize_prefill);
 }

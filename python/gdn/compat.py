@@ -10,13 +10,13 @@ gdn.forward underneath.
 They take torch tensors, as the originals do, and serve what gdn computes: decode, speculative
 verify and MTP (1..16 tokens per sequence, fixed T or varlen cu_seqlens) on every backend, and
 FLA's state-in/state-out calls (chunk_gated_delta_rule, fused_recurrent_gated_delta_rule without
-a pool) with sequences of any length on the cpu backend; per-token state snapshots where the
+a pool) with sequences of any length on every backend; per-token state snapshots where the
 original writes them into the pool (vLLM's 2-D ssm_state_indices with num_accepted_tokens); the
 gates either raw (g = -exp(A_log) * softplus(a + dt_bias) and beta = sigmoid(b) computed in the
 kernel) or precomputed (gdn 0.5; on cuda since 0.5.1). Anything else (per-channel gates,
 tree verify, per-token states in a buffer apart from the pool, gradients...) raises
 NotImplementedError saying why, never a silently different result; what the library refuses on
-a backend (more than 16 tokens a sequence on cuda) raises its gdn.GdnError. Where
+a backend raises its gdn.GdnError. Where
 behaviour differs from the original (padding rows above all) python/README.md says so.
 """
 import functools
@@ -268,6 +268,13 @@ def _fla_state_call(who, q, k, v, gates, scale, initial_state, output_final_stat
             names = "[N, HV, V, K] (state_v_first=True)" if layout == "vk" else "[N, HV, K, V]"
             raise ValueError(f"{who}: initial_state has shape {tuple(initial_state.shape)}, expected {names} = "
                              f"{(num_seqs, num_v_heads) + row}")
+    if layout == "kv" and q.is_cuda and tokens > MAX_TOKENS:
+        # gdn's cuda chunked prefill takes the vk layout only: run on a transposed copy (FLA's
+        # default [N, HV, K, V] state is small beside the activations of a long sequence)
+        state_vk = None if initial_state is None else initial_state.transpose(-1, -2)
+        o, final = _fla_state_call(who, q, k, v, gates, scale, state_vk, output_final_state, cu_seqlens, "vk",
+                                   qk_l2norm)
+        return o, (None if final is None else final.transpose(-1, -2).contiguous())
     slots = torch.arange(num_seqs, dtype=cu.dtype, device=q.device)
     write = None
     if output_final_state:
@@ -317,8 +324,9 @@ def fused_recurrent_gated_delta_rule(q, k, v, g=None, beta=None, scale=None, ini
     State, as FLA does it (no ssm_state_indices): initial_state [N, HV, K, V] (None = zeros),
     or [N, HV, V, K] with state_v_first=True (older FLA: transpose_state_layout=True), is left
     unchanged; output_final_state=True returns the state after each sequence's last token as a
-    new float32 tensor, else None. Sequences of any length (gdn.forward; more than 16 tokens on
-    the cpu and reference backends only, the cuda backend refuses them with gdn.GdnArgumentError).
+    new float32 tensor, else None. Sequences of any length (gdn.forward; on cuda, sequences of
+    more than 16 tokens with an [N, HV, K, V] state run on a transposed copy of it, since the
+    chunked kernels take the [N, HV, V, K] layout).
     With inplace_final_state=True that state overwrites initial_state instead (1..16 tokens).
     As vLLM does it: initial_state is the pool [slots, HV, V, K] (vLLM's layout; state_v_first=
     False for a [slots, HV, K, V] pool), updated in place. ssm_state_indices [N] gives each

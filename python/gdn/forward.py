@@ -95,10 +95,11 @@ def forward(q, k, v, a, b, A_log, dt_bias, state_pool, *, cu_seqlens, slot_indic
     None: read from cu_seqlens, which on a GPU is a device-to-host copy (a synchronisation,
     not allowed while capturing a CUDA graph): pass it there.
 
-    Backends: every backend takes g/beta and has_initial_state (cuda since gdn 0.5.1); cpu and
-    reference take sequences of any length, the cuda backend at most 16 tokens a sequence until
-    its chunked kernels land, and refuses longer ones with gdn.GdnArgumentError carrying the
-    library's message (e.g. "num_tokens = 40: the cuda backend takes at most 16 tokens a sequence").
+    Backends: every backend takes g/beta and has_initial_state (cuda since gdn 0.5.1) and
+    sequences of any length. On cuda (gdn 0.6) sequences of more than 16 tokens run in chunks on
+    tensor cores, for layout "vk" with K = 128 (other shapes: gdn.GdnArgumentError with the
+    library's message); with bf16 activations the chunked products are one bf16 term each (FLA's
+    and FlashInfer's accuracy, ~1e-3), with f16/f32 activations or GDN_PREFILL_PRECISE=1 three.
 
     Errors: TypeError/ValueError for what is refused here (shapes, dtypes, devices, a missing
     cu_seqlens, both or neither gate form), gdn.GdnError subclasses with the library's message

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# On the GPU machine: the chunked prefill's checks and gdn's own timings (issue 13), one call.
+#   bash bench/prefill_gpu.sh OUT [BUILD_DIR...]
+# For each build folder (default build): decode/cuda_prefill_chunked (both product precisions,
+# errors printed), then gdn alone on the issue's cases (bench/prefill_tune.py) with the default
+# products and with GDN_PREFILL_PRECISE=1. The first build also runs the rest of the cuda tests
+# it touches (cuda_all, the gates test) and compute-sanitizer memcheck and racecheck of the
+# small prefill test (decode/cuda_sanitize_prefill). Logs and prefill-tune.csv go to OUT.
+set -uo pipefail
+out=$1
+shift
+builds=("${@:-build}")
+commit=${GDN_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
+mkdir -p "$out"
+. "$(dirname "$0")/../tests/gpu/steps.sh"
+first=1
+for b in "${builds[@]}"; do
+    tag=$(basename "$b")
+    step "prefill-test-$tag" 300 "$b/test_gdn" decode/cuda_prefill_chunked
+    step "tune-$tag" 200 env GDN_PREFILL_LABEL="gdn-$tag" python3 bench/prefill_tune.py --lib "$b/libgdn.so" \
+        --reps 15 --csv "$out/prefill-tune.csv"
+    step "tune-precise-$tag" 120 env GDN_PREFILL_PRECISE=1 GDN_PREFILL_LABEL="gdn-precise-$tag" \
+        python3 bench/prefill_tune.py --lib "$b/libgdn.so" --reps 10 --shapes qwen3-next --csv "$out/prefill-tune.csv"
+    if [ "$first" = 1 ] && [ "${PREFILL_SANITIZE:-1}" = 1 ]; then
+        step "cuda-others-$tag" 240 "$b/test_gdn" decode/cuda_all decode/cuda_gates
+        step "memcheck-$tag" 150 "$sanitizer" --tool memcheck --error-exitcode 1 "$b/test_gdn" decode/cuda_sanitize_prefill
+        step "racecheck-$tag" 150 "$sanitizer" --tool racecheck --error-exitcode 1 "$b/test_gdn" decode/cuda_sanitize_prefill
+    fi
+    first=0
+done
+exit $status
