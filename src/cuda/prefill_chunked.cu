@@ -217,10 +217,19 @@ __device__ __forceinline__ pair_gates load_pair_gates(const gdn_problem &p, int6
 
 /* ---- the kernel ------------------------------------------------------------------------------ */
 
-template <typename Act, typename St, bool PRECISE>
-__global__ void __launch_bounds__(kChunkWarps * 32, 1) prefill_chunked_vk128(const gdn_problem p)
+/* 1 when sequence n is this kernel's (not left to the multi-token kernel of the same call):
+ * more than GDN_MAX_TOKENS tokens, or invalid cu_seqlens (counted here), or any sequence when no
+ * multi-token kernel runs beside this one. */
+__device__ __forceinline__ bool chunked_owns(const gdn_problem &p, int64_t n)
 {
-    extern __shared__ __align__(16) float sm[];
+    const int64_t T = gdn_seq_tokens(&p, n);
+    return !(p.long_tokens > 0 && T >= 0 && T <= GDN_MAX_TOKENS);
+}
+
+/* Sequence n's tokens, chunk after chunk, for this block's value head and slice of rows. */
+template <typename Act, typename St, bool PRECISE>
+__device__ void chunked_sequence(const gdn_problem &p, int64_t n, float *sm)
+{
     float *const Qs = sm + chunk_smem::q, *const Ks = sm + chunk_smem::k, *const Ss = sm + chunk_smem::s;
     float *const Am = sm + chunk_smem::a, *const Pm = sm + chunk_smem::pm;
     float *const Zt = sm + chunk_smem::zt, *const Ut = sm + chunk_smem::ut;
@@ -230,19 +239,17 @@ __global__ void __launch_bounds__(kChunkWarps * 32, 1) prefill_chunked_vk128(con
 
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     const int g = lane / 4, t4 = lane % 4; /* mma fragment coordinates */
-    const block_coords bc = block_coords_of(p);
+    block_coords bc;
+    bc.n = n, bc.hv = blockIdx.y;
+    bc.h = p.head_map == GDN_HEAD_MAP_TILED ? bc.hv % p.num_q_heads : bc.hv / (p.num_v_heads / p.num_q_heads);
     const int64_t V = p.head_dim_v, v0 = (int64_t)blockIdx.x * kSlice;
     const int rows_v = (int)(V - v0 < kSlice ? V - v0 : kSlice);
 
     const int64_t T64 = gdn_seq_tokens(&p, bc.n), first = gdn_first_token_row(&p, bc.n);
-    if (T64 == GDN_SEQ_ELSEWHERE)
-        return;
     if (T64 < 0 || first < 0) {
         skip_bad_row(p);
         return;
     }
-    if (T64 <= GDN_MAX_TOKENS && p.long_tokens > 0)
-        return; /* the multi-token kernel's, launched beside this one */
     const int64_t T = T64;
     if (T == 0)
         return;
@@ -289,23 +296,33 @@ __global__ void __launch_bounds__(kChunkWarps * 32, 1) prefill_chunked_vk128(con
         /* (1) normalised q, k rows; v into Z^T; gates (warp 0) */
         {
             const Act *sq = stage, *sk = stage + kChunk * kRowK, *sv = stage + 2 * kChunk * kRowK;
-            for (int r = warp; r < 2 * kChunk; r += kChunkWarps) {
-                const int tok = r % kChunk;
+            /* 8 lanes a row, four rows a warp at a time, all 16 of a warp's rows unrolled so that
+             * their shuffle reductions overlap (rows 0-63 are q, 64-127 k) */
+            const int sub = lane % 8;
+#pragma unroll
+            for (int it = 0; it < 4; it++) {
+                const int r = warp * 16 + it * 4 + lane / 8, tok = r % kChunk;
                 const bool is_q = r < kChunk;
-                float x[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-                if (tok < len) {
-                    const Act *row = (is_q ? sq : sk) + tok * kRowK + 4 * lane;
+                float x[16];
+#pragma unroll
+                for (int j = 0; j < 4; j++) {
+                    const Act *row = (is_q ? sq : sk) + tok * kRowK + 32 * j + 4 * sub;
 #pragma unroll
                     for (int i = 0; i < 4; i++)
-                        x[i] = to_float<Act>(row[i]);
+                        x[4 * j + i] = tok < len ? to_float<Act>(row[i]) : 0.0f;
                 }
                 float f = is_q ? scale : 1.0f;
                 if (p.qk_l2norm) {
-                    const float ss = row_sum<32>(x[0] * x[0] + x[1] * x[1] + x[2] * x[2] + x[3] * x[3]);
-                    f *= inv_sqrt(ss + GDN_L2NORM_EPS);
+                    float ss = 0.0f;
+#pragma unroll
+                    for (int i = 0; i < 16; i++)
+                        ss += x[i] * x[i];
+                    f *= inv_sqrt(row_sum<8>(ss) + GDN_L2NORM_EPS);
                 }
-                float4 y = make_float4(f * x[0], f * x[1], f * x[2], f * x[3]);
-                *reinterpret_cast<float4 *>((is_q ? Qs : Ks) + tok * kLdK + 4 * lane) = y;
+#pragma unroll
+                for (int j = 0; j < 4; j++)
+                    *reinterpret_cast<float4 *>((is_q ? Qs : Ks) + tok * kLdK + 32 * j + 4 * sub) =
+                        make_float4(f * x[4 * j], f * x[4 * j + 1], f * x[4 * j + 2], f * x[4 * j + 3]);
             }
             for (int i = threadIdx.x; i < kChunk * kSlice; i += blockDim.x) {
                 const int tok = i / kSlice, col = i % kSlice;
@@ -350,12 +367,16 @@ __global__ void __launch_bounds__(kChunkWarps * 32, 1) prefill_chunked_vk128(con
 
         /* (2) products over K */
         float o_acc[4][4]; /* warps 0-3: outputs, rows 16 mi.., columns 8 warp.. */
-        for (int tile = warp; tile < 2 * kGramTiles; tile += kChunkWarps) {
+        /* the 40 Gram tiles, 5 a warp, unrolled (branch-free tile coordinates) so that their
+         * mma chains interleave */
+        static_assert(2 * kGramTiles % kChunkWarps == 0, "Gram tiles spread evenly");
+#pragma unroll
+        for (int j = 0; j < 2 * kGramTiles / kChunkWarps; j++) {
+            const int tile = warp + kChunkWarps * j;
             const bool is_q = tile >= kGramTiles;
-            int i = tile % kGramTiles, mi = 0;
-            while (i >= 2 * mi + 2)
-                i -= 2 * mi + 2, mi++;
-            const int nj = i;
+            const int i = is_q ? tile - kGramTiles : tile; /* row blocks hold 2, 4, 6, 8 tiles */
+            const int mi = (i >= 2) + (i >= 6) + (i >= 12);
+            const int nj = i - (mi == 0 ? 0 : mi == 1 ? 2 : mi == 2 ? 6 : 12);
             float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
             for (int kk = 0; kk < kRowK; kk += 16)
@@ -365,10 +386,8 @@ __global__ void __launch_bounds__(kChunkWarps * 32, 1) prefill_chunked_vk128(con
             for (int e = 0; e < 4; e++) {
                 const int row = 16 * mi + g + (e >= 2 ? 8 : 0), col = 8 * nj + 2 * t4 + (e & 1);
                 const float d = col <= row ? expf(cum[row] - cum[col]) : 0.0f;
-                if (is_q)
-                    Pm[row * kLdC + col] = d * acc[e];
-                else
-                    Am[row * kLdC + col] = col < row ? beta[row] * d * acc[e] : 0.0f;
+                const float value = is_q ? d * acc[e] : (col < row ? beta[row] * d * acc[e] : 0.0f);
+                (is_q ? Pm : Am)[row * kLdC + col] = value;
             }
         }
         {
@@ -469,9 +488,12 @@ __global__ void __launch_bounds__(kChunkWarps * 32, 1) prefill_chunked_vk128(con
         {
             /* S' = e^{G_last} S + U^T (dec * K): 2 x 16 tiles of 16 x 8; warps 0-3 take 2, 4-7 take 6 */
             const float keep = gam[kChunk - 1];
-            const int begin = warp < 4 ? 2 * warp : 8 + 6 * (warp - 4), end = warp < 4 ? begin + 2 : begin + 6;
-            for (int tile = begin; tile < end; tile++) {
-                const int mv = tile / 16, nk = tile % 16;
+            const int begin = warp < 4 ? 2 * warp : 8 + 6 * (warp - 4), count = warp < 4 ? 2 : 6;
+#pragma unroll
+            for (int j = 0; j < 6; j++) {
+                if (j >= count)
+                    break;
+                const int tile = begin + j, mv = tile / 16, nk = tile % 16;
                 float acc[4];
 #pragma unroll
                 for (int e = 0; e < 4; e++) {
@@ -497,6 +519,47 @@ __global__ void __launch_bounds__(kChunkWarps * 32, 1) prefill_chunked_vk128(con
         for (int i = threadIdx.x; i < rows_v * kRowK; i += blockDim.x)
             tile[i] = from_float<St>(Ss[(i / kRowK) * kLdK + i % kRowK]);
     }
+    __syncthreads(); /* the next sequence reuses the shared memory */
+}
+
+/*
+ * Grid: x = slice of state rows, y = value head, z = a group of sequences. The host cannot see
+ * which sequences are long (cu_seqlens stays on the device), and a grid of one z per sequence
+ * would schedule a block with ~180 KiB of shared memory for every decode of a mixed batch only
+ * to have it exit. So gridDim.z is small (about two waves of blocks) and group z takes every
+ * gridDim.z-th of this kernel's sequences in order (ranked 256 at a time by a block-wide count).
+ */
+template <typename Act, typename St, bool PRECISE>
+__global__ void __launch_bounds__(kChunkWarps * 32, 1) prefill_chunked_vk128(const gdn_problem p)
+{
+    extern __shared__ __align__(16) float sm[];
+    __shared__ int64_t mine[kChunkWarps * 32];
+    __shared__ int warp_counts[kChunkWarps], mine_count;
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    int64_t ranked_before = 0;
+    for (int64_t n0 = 0; n0 < p.num_seqs; n0 += blockDim.x) {
+        const int64_t n = n0 + threadIdx.x;
+        const bool owned = n < p.num_seqs && chunked_owns(p, n);
+        const unsigned ballot = __ballot_sync(kFullMask, owned);
+        if (lane == 0)
+            warp_counts[warp] = __popc(ballot);
+        if (threadIdx.x == 0)
+            mine_count = 0;
+        __syncthreads();
+        int64_t rank = ranked_before + __popc(ballot & ((1u << lane) - 1u)), total = 0;
+        for (int w = 0; w < kChunkWarps; w++) {
+            rank += w < warp ? warp_counts[w] : 0;
+            total += warp_counts[w];
+        }
+        if (owned && rank % gridDim.z == blockIdx.z)
+            mine[atomicAdd(&mine_count, 1)] = n;
+        ranked_before += total;
+        __syncthreads();
+        const int count = mine_count;
+        for (int i = 0; i < count; i++)
+            chunked_sequence<Act, St, PRECISE>(p, mine[i], sm);
+        __syncthreads(); /* mine and the counts are rewritten by the next round */
+    }
 }
 
 template <typename Act, typename St, bool PRECISE> cudaError_t launch_typed(const gdn_problem &p, cudaStream_t stream)
@@ -506,7 +569,11 @@ template <typename Act, typename St, bool PRECISE> cudaError_t launch_typed(cons
     const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
     if (err != cudaSuccess)
         return err;
-    const dim3 grid((unsigned)((p.head_dim_v + kSlice - 1) / kSlice), (unsigned)p.num_v_heads, (unsigned)p.num_seqs);
+    /* about two waves of blocks at one block a multiprocessor; never more groups than sequences */
+    const int64_t slices = (p.head_dim_v + kSlice - 1) / kSlice, per_group = slices * p.num_v_heads;
+    int64_t groups = (2 * sm_count() + per_group - 1) / per_group;
+    groups = groups < 1 ? 1 : groups > p.num_seqs ? p.num_seqs : groups;
+    const dim3 grid((unsigned)slices, (unsigned)p.num_v_heads, (unsigned)groups);
     kernel<<<grid, kChunkWarps * 32, (size_t)bytes, stream>>>(p);
     return cudaGetLastError();
 }
