@@ -5,7 +5,9 @@
 # errors printed), then gdn alone on the cases (bench/prefill_tune.py) with the default
 # products and with GDN_PREFILL_PRECISE=1. The first build also runs the rest of the cuda tests
 # it touches (cuda_all, the gates test) and compute-sanitizer memcheck and racecheck of the
-# small prefill test (decode/cuda_sanitize_prefill). Logs and prefill-tune.csv go to OUT.
+# small prefill test (decode/cuda_sanitize_prefill) (PREFILL_SANITIZE=0: not), and with
+# PREFILL_NCU=1 an Nsight Compute report of one launch (1x4096 qwen3-next) for each build.
+# Logs and prefill-tune.csv go to OUT.
 set -uo pipefail
 out=$1
 shift
@@ -25,6 +27,12 @@ for b in "${builds[@]}"; do
         step "cuda-others-$tag" 240 "$b/test_gdn" decode/cuda_all decode/cuda_gates
         step "memcheck-$tag" 150 "$sanitizer" --tool memcheck --error-exitcode 1 "$b/test_gdn" decode/cuda_sanitize_prefill
         step "racecheck-$tag" 150 "$sanitizer" --tool racecheck --error-exitcode 1 "$b/test_gdn" decode/cuda_sanitize_prefill
+    fi
+    if [ "${PREFILL_NCU:-0}" = 1 ]; then
+        ncu=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
+        step "ncu-$tag" 180 "$ncu" --set full --kernel-name regex:prefill_chunked --launch-count 1 \
+            --print-details all python3 bench/prefill_tune.py --lib "$b/libgdn.so" --reps 1 --cases 1x4096 \
+            --shapes qwen3-next
     fi
     first=0
 done

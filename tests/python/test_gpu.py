@@ -348,9 +348,9 @@ def reference_forward(acts, params, pool, gates=None, **options):
 def test_cuda_forward_short_sequences_and_refusals():
     """gdn.forward on cuda (gdn 0.5.1): varlen sequences of up to 16 tokens against the reference
     backend (max_seqlen given: no host read of cu_seqlens), with the gates as a, b, A_log, dt_bias
-    and precomputed (g, beta), and with has_initial_state; a longer sequence is refused by the
-    library with GdnArgumentError and its message, nothing written; compat.chunk_gated_delta_rule
-    with in-kernel gates on short sequences."""
+    and precomputed (g, beta), and with has_initial_state; a longer sequence with the kv layout is
+    refused by the library with GdnArgumentError and its message, nothing written;
+    compat.chunk_gated_delta_rule with in-kernel gates on short sequences."""
     torch = cuda_torch()
     rng = new_rng()
     lengths = np.array([1, 16, 0, 5, 9])
@@ -382,15 +382,17 @@ def test_cuda_forward_short_sequences_and_refusals():
         assert error <= OUT_TOL["bfloat16"], f"forward on cuda ({name}): out error {error:.2e}"
         check_state(f"forward on cuda ({name})", pool, ref_pool, "float32")
         print(f"    forward on cuda ({name}): out error {error:.1e}")
+    # sequences of more than 16 tokens run in chunks for the vk layout with K = 128 (gdn 0.6):
+    # the kv layout is refused by the library, nothing written
     long_cu = torch.tensor([0, 20, rows], device="cuda")
     before, poisoned = pool.clone(), torch.full_like(acts[2], float("nan"))
     try:
-        gdn.forward(*acts, *params, pool, cu_seqlens=long_cu, slot_indices=slots[:2], out=poisoned)
+        gdn.forward(*acts, *params, pool, cu_seqlens=long_cu, slot_indices=slots[:2], out=poisoned, layout="kv")
     except gdn.GdnArgumentError as error:
-        assert "at most 16 tokens" in str(error), str(error)
-        print(f"    refused (long): {error.message}")
+        assert "chunked prefill" in str(error), str(error)
+        print(f"    refused (long, kv): {error.message}")
     else:
-        raise AssertionError("long: the cuda backend took a sequence of 20 tokens")
+        raise AssertionError("long: the cuda backend took a kv sequence of 20 tokens")
     torch.cuda.synchronize()
     assert torch.equal(pool, before) and torch.isnan(poisoned).all(), "long: something was written"
     # FLA's chunk_gated_delta_rule with in-kernel gates (what the cuda backend reads): one sequence of 16
@@ -404,6 +406,62 @@ def test_cuda_forward_short_sequences_and_refusals():
                            slot_indices=torch.zeros(1, dtype=torch.int64, device="cuda"), layout="kv", max_seqlen=16)
     torch.cuda.synchronize()
     assert torch.equal(o[0], expected) and torch.equal(state, pool_kv)
+
+
+def test_cuda_forward_long_sequences():
+    """gdn.forward on cuda with sequences of more than 16 tokens (gdn 0.6, the chunked kernel)
+    mixed with decodes and verifies in one call, against the float64 reference: bf16 activations
+    (one-term bf16 products: within 1.5e-2 for the outputs, 1e-2 for the state, as the C suite's
+    GDN_TC_* limits) and f32 activations (three-term products: the library's f32 tolerances); one
+    graph-captured call gives the eager result; compat.chunk_gated_delta_rule with FLA's default
+    [N, HV, K, V] state (run on a transposed copy) against the same call on the cpu backend."""
+    torch = cuda_torch()
+    rng = new_rng()
+    lengths = np.array([300, 1, 0, 70, 16, 17, 129])
+    n, rows = len(lengths), int(lengths.sum())
+    problem = Problem(rng, rows, 2, 4, 128, 128, n + 2)
+    cu = torch.from_numpy(np.concatenate([[0], np.cumsum(lengths)])).cuda()
+    slots = torch.tensor([5, 0, 6, -1, 2, 3, 8], device="cuda")
+    for act, out_tol, state_tol in ((torch.bfloat16, 1.5e-2, 1e-2), (torch.float32, OUT_TOL["float32"], 1e-5)):
+        acts, params, pool = on_gpu(torch, problem, act, torch.float32)
+        ref_out, ref_pool = reference_forward(acts, params, pool, cu_seqlens=cu, slot_indices=slots, max_seqlen=300)
+        out = torch.full_like(acts[2], float("nan"))
+        gdn.forward(*acts, *params, pool, cu_seqlens=cu, slot_indices=slots, out=out, max_seqlen=300)
+        torch.cuda.synchronize()
+        got = host64(out)
+        assert np.isfinite(got).all(), f"{act}: outputs not all written"
+        out_error, state_error = rel_err(got, ref_out), rel_err(host64(pool), ref_pool)
+        print(f"    long sequences on cuda ({act}): out error {out_error:.1e}, state error {state_error:.1e}")
+        assert out_error <= out_tol and state_error <= state_tol, (act, out_error, state_error)
+    # a captured call replays what the eager call computed
+    acts, params, start = on_gpu(torch, problem, torch.bfloat16, torch.float32)
+    eager_pool, eager_out = start.clone(), torch.empty_like(acts[2])
+    gdn.forward(*acts, *params, eager_pool, cu_seqlens=cu, slot_indices=slots, out=eager_out, max_seqlen=300)
+    graph_pool, graph_out = start.clone(), torch.empty_like(acts[2])
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, stream=stream):
+        gdn.forward(*acts, *params, graph_pool, cu_seqlens=cu, slot_indices=slots, out=graph_out, max_seqlen=300)
+    graph_pool.copy_(start)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(graph_out, eager_out) and torch.equal(graph_pool, eager_pool), "graph replay differs"
+    # FLA's chunk call with its default [N, HV, K, V] initial state, cuda against cpu
+    h0 = torch.randn(1, 4, 128, 128, device="cuda") * 0.05
+    q, k, v = (x[None, :300] for x in acts[:3])
+    A_log, dt_bias = params
+    g = -torch.exp(A_log) * torch.nn.functional.softplus(acts[3][None, :300].float() + dt_bias)
+    beta = torch.sigmoid(acts[4][None, :300].float())
+    o, state = gdn.compat.chunk_gated_delta_rule(q, k, v, g, beta, initial_state=h0, output_final_state=True,
+                                                 use_qk_l2norm_in_kernel=True)
+    o_cpu, state_cpu = gdn.compat.chunk_gated_delta_rule(*(x.cpu() for x in (q, k, v, g, beta)),
+                                                         initial_state=h0.cpu(), output_final_state=True,
+                                                         use_qk_l2norm_in_kernel=True)
+    torch.cuda.synchronize()
+    o_error, s_error = rel_err(host64(o), host64(o_cpu)), rel_err(host64(state), host64(state_cpu))
+    print(f"    compat chunk (kv state) cuda vs cpu: out {o_error:.1e}, state {s_error:.1e}")
+    assert state.shape == h0.shape and o_error <= 1.5e-2 and s_error <= 1e-2, (o_error, s_error)
 
 
 def test_cuda_graph_decode_tokens():
