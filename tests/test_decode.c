@@ -32,9 +32,10 @@ static void expect_pass(decode_case c, gdn_backend backend, int steps)
     char what[256];
     decode_case_describe(&c, what, sizeof what);
     if (print_errors)
-        printf("  %s%s%s: out rel %.3g, max abs %.3g (ref max %.3g), state rel %.3g (bf16 round trip %.3g)%s\n",
-               config_note, config_note[0] ? ", " : "", what, r.out_rel, r.out_max_abs, r.out_ref_max,
-               r.state_rel, r.rounded_rel, ok ? "" : " FAILED");
+        printf(
+            "  %s%s%s: out rel %.3g, max abs %.3g (ref max %.3g), state rel %.3g (bf16 round trip %.3g)%s\n",
+            config_note, config_note[0] ? ", " : "", what, r.out_rel, r.out_max_abs, r.out_ref_max,
+            r.state_rel, r.rounded_rel, ok ? "" : " FAILED");
     CHECK_MSG(ok, "%s on %s%s%s (seed %llu): %s", what, gdn_backend_name(backend), config_note[0] ? " " : "",
               config_note, (unsigned long long)c.seed, r.message);
 }

@@ -181,7 +181,7 @@ __global__ void __launch_bounds__(kThreads) decode_multi_token_vk128(const __gri
     const bool own_is_q = own_value & 1, own_stores = !own_is_q && (lane % SPREAD) == 0;
 
     if (T64 < 0 || first < 0) { /* cu_seqlens out of order or range */
-        if (!p.long_tokens) /* else the chunked kernel of the same call counts it */
+        if (!p.long_tokens)     /* else the chunked kernel of the same call counts it */
             skip_bad_row(p);
         return;
     }

@@ -38,26 +38,26 @@
 namespace
 {
 
-constexpr int kChunk = 64;           /* tokens a chunk */
-constexpr int kSlice = 32;           /* state rows a block */
-constexpr int kChunkWarps = 8;       /* warps a block */
-constexpr int kLdK = kRowK + 8;      /* floats between rows of Q, K and S in shared memory */
-constexpr int kLdC = kChunk + 8;     /* floats between rows of the chunk x chunk matrices, U^T, Z^T */
+constexpr int kChunk = 64;                /* tokens a chunk */
+constexpr int kSlice = 32;                /* state rows a block */
+constexpr int kChunkWarps = 8;            /* warps a block */
+constexpr int kLdK = kRowK + 8;           /* floats between rows of Q, K and S in shared memory */
+constexpr int kLdC = kChunk + 8;          /* floats between rows of the chunk x chunk matrices, U^T, Z^T */
 constexpr int kGramTiles = 2 + 4 + 6 + 8; /* 16 x 8 tiles of a 64 x 64 lower triangle */
 
 /* Shared memory, in floats, then the staged activations (raw, in the activation dtype). */
 struct chunk_smem {
-    static constexpr int q = 0;                      /* [C][kLdK] normalised, scaled q */
-    static constexpr int k = q + kChunk * kLdK;      /* [C][kLdK] normalised k */
-    static constexpr int s = k + kChunk * kLdK;      /* [kSlice][kLdK] the state slice, float32 */
-    static constexpr int a = s + kSlice * kLdK;      /* [C][kLdC] A, then its diagonal blocks inverted */
-    static constexpr int pm = a + kChunk * kLdC;     /* [C][kLdC] e(t,s) q_t.k_s, s <= t */
-    static constexpr int zt = pm + kChunk * kLdC;    /* [kSlice][kLdC] Z^T */
-    static constexpr int ut = zt + kSlice * kLdC;    /* [kSlice][kLdC] U^T */
-    static constexpr int gam = ut + kSlice * kLdC;   /* [C] e^{G_t} */
-    static constexpr int dec = gam + kChunk;         /* [C] e^{G_last - G_t} */
-    static constexpr int cum = dec + kChunk;         /* [C] G_t */
-    static constexpr int beta = cum + kChunk;        /* [C] beta_t */
+    static constexpr int q = 0;                    /* [C][kLdK] normalised, scaled q */
+    static constexpr int k = q + kChunk * kLdK;    /* [C][kLdK] normalised k */
+    static constexpr int s = k + kChunk * kLdK;    /* [kSlice][kLdK] the state slice, float32 */
+    static constexpr int a = s + kSlice * kLdK;    /* [C][kLdC] A, then its diagonal blocks inverted */
+    static constexpr int pm = a + kChunk * kLdC;   /* [C][kLdC] e(t,s) q_t.k_s, s <= t */
+    static constexpr int zt = pm + kChunk * kLdC;  /* [kSlice][kLdC] Z^T */
+    static constexpr int ut = zt + kSlice * kLdC;  /* [kSlice][kLdC] U^T */
+    static constexpr int gam = ut + kSlice * kLdC; /* [C] e^{G_t} */
+    static constexpr int dec = gam + kChunk;       /* [C] e^{G_last - G_t} */
+    static constexpr int cum = dec + kChunk;       /* [C] G_t */
+    static constexpr int beta = cum + kChunk;      /* [C] beta_t */
     static constexpr int floats = beta + kChunk;
     static constexpr int stage_bytes(int act) { return kChunk * (2 * kRowK + kSlice) * act; }
     static constexpr int bytes(int act) { return floats * 4 + stage_bytes(act); }
@@ -74,7 +74,8 @@ __device__ __forceinline__ unsigned pack_bf16(float lo, float hi)
 }
 
 /* x0, x1 as one bf16 pair (hi) and, when PRECISE, the pair of what that rounding lost (lo). */
-template <bool PRECISE> __device__ __forceinline__ void split_pair(float x0, float x1, unsigned &hi, unsigned &lo)
+template <bool PRECISE>
+__device__ __forceinline__ void split_pair(float x0, float x1, unsigned &hi, unsigned &lo)
 {
     hi = pack_bf16(x0, x1);
     if constexpr (PRECISE) {
@@ -101,7 +102,8 @@ __device__ __forceinline__ frag_a load_a(const float *base, int ld, int r0, int 
     const int g = (threadIdx.x % 32) / 4, t = threadIdx.x % 4;
     const float *p0 = base + (r0 + g) * ld + k0 + 2 * t, *p1 = p0 + 8 * ld;
     const float2 x0 = *reinterpret_cast<const float2 *>(p0), x1 = *reinterpret_cast<const float2 *>(p1);
-    const float2 x2 = *reinterpret_cast<const float2 *>(p0 + 8), x3 = *reinterpret_cast<const float2 *>(p1 + 8);
+    const float2 x2 = *reinterpret_cast<const float2 *>(p0 + 8),
+                 x3 = *reinterpret_cast<const float2 *>(p1 + 8);
     frag_a f;
     split_pair<PRECISE>(sign * x0.x, sign * x0.y, f.hi[0], f.lo[0]);
     split_pair<PRECISE>(sign * x1.x, sign * x1.y, f.hi[1], f.lo[1]);
@@ -166,19 +168,22 @@ template <typename Act> struct stage_source {
 template <typename Act>
 __device__ __forceinline__ void stage_chunk(const stage_source<Act> &src, int64_t c0, int len, Act *stage)
 {
-    constexpr int per16 = 16 / (int)sizeof(Act);   /* elements a 16-byte piece */
-    constexpr int row_pieces = kRowK / per16;      /* pieces of a q or k row */
-    constexpr int v_pieces = kSlice / per16;       /* pieces of the v slice */
+    constexpr int per16 = 16 / (int)sizeof(Act); /* elements a 16-byte piece */
+    constexpr int row_pieces = kRowK / per16;    /* pieces of a q or k row */
+    constexpr int v_pieces = kSlice / per16;     /* pieces of the v slice */
     Act *sq = stage, *sk = stage + kChunk * kRowK, *sv = stage + 2 * kChunk * kRowK;
     if (src.async && src.rows_v == kSlice) {
         for (int i = threadIdx.x; i < len * row_pieces; i += blockDim.x) {
             const int r = i / row_pieces, c = (i % row_pieces) * per16;
-            copy_async16(reinterpret_cast<uint4 *>(sq + r * kRowK + c), src.q + (c0 + r) * src.q_stride + c, true);
-            copy_async16(reinterpret_cast<uint4 *>(sk + r * kRowK + c), src.k + (c0 + r) * src.k_stride + c, true);
+            copy_async16(reinterpret_cast<uint4 *>(sq + r * kRowK + c), src.q + (c0 + r) * src.q_stride + c,
+                         true);
+            copy_async16(reinterpret_cast<uint4 *>(sk + r * kRowK + c), src.k + (c0 + r) * src.k_stride + c,
+                         true);
         }
         for (int i = threadIdx.x; i < len * v_pieces; i += blockDim.x) {
             const int r = i / v_pieces, c = (i % v_pieces) * per16;
-            copy_async16(reinterpret_cast<uint4 *>(sv + r * kSlice + c), src.v + (c0 + r) * src.v_stride + c, true);
+            copy_async16(reinterpret_cast<uint4 *>(sv + r * kSlice + c), src.v + (c0 + r) * src.v_stride + c,
+                         true);
         }
     } else {
         for (int i = threadIdx.x; i < len * kRowK; i += blockDim.x) {
@@ -199,8 +204,8 @@ struct pair_gates {
     gate_inputs x[2];
 };
 template <typename Act>
-__device__ __forceinline__ pair_gates load_pair_gates(const gdn_problem &p, int64_t first, int64_t c0, int len,
-                                                      int64_t hv)
+__device__ __forceinline__ pair_gates load_pair_gates(const gdn_problem &p, int64_t first, int64_t c0,
+                                                      int len, int64_t hv)
 {
     pair_gates pg;
     const int lane = threadIdx.x % 32;
@@ -233,7 +238,8 @@ __device__ void chunked_sequence(const gdn_problem &p, int64_t n, float *sm)
     float *const Qs = sm + chunk_smem::q, *const Ks = sm + chunk_smem::k, *const Ss = sm + chunk_smem::s;
     float *const Am = sm + chunk_smem::a, *const Pm = sm + chunk_smem::pm;
     float *const Zt = sm + chunk_smem::zt, *const Ut = sm + chunk_smem::ut;
-    float *const gam = sm + chunk_smem::gam, *const dec = sm + chunk_smem::dec, *const cum = sm + chunk_smem::cum;
+    float *const gam = sm + chunk_smem::gam, *const dec = sm + chunk_smem::dec,
+                 *const cum = sm + chunk_smem::cum;
     float *const beta = sm + chunk_smem::beta;
     Act *const stage = reinterpret_cast<Act *>(sm + chunk_smem::floats);
 
@@ -280,7 +286,8 @@ __device__ void chunked_sequence(const gdn_problem &p, int64_t n, float *sm)
     /* the state slice, float32 in shared memory (zeros past V and without an initial state) */
     {
         const bool zero = gdn_zero_initial_state(&p, bc.n);
-        const St *tile = static_cast<const St *>(p.state_pool) + gdn_tile_offset(&p, read, bc.hv) + v0 * kRowK;
+        const St *tile =
+            static_cast<const St *>(p.state_pool) + gdn_tile_offset(&p, read, bc.hv) + v0 * kRowK;
         for (int i = threadIdx.x; i < kSlice * kRowK; i += blockDim.x) {
             const int r = i / kRowK, c = i % kRowK;
             Ss[r * kLdK + c] = (!zero && r < rows_v) ? to_float<St>(tile[i]) : 0.0f;
@@ -481,7 +488,8 @@ __device__ void chunked_sequence(const gdn_problem &p, int64_t n, float *sm)
                 for (int e = 0; e < 4; e++) {
                     const int row = 16 * mi + g + (e >= 2 ? 8 : 0), col = n0 + 2 * t4 + (e & 1);
                     if (row < len && col < rows_v)
-                        store_elem<Act>(p.out, (first + c0 + row) * p.out_stride + bc.hv * V + v0 + col, o_acc[mi][e]);
+                        store_elem<Act>(p.out, (first + c0 + row) * p.out_stride + bc.hv * V + v0 + col,
+                                        o_acc[mi][e]);
                 }
             }
         }
@@ -562,7 +570,8 @@ __global__ void __launch_bounds__(kChunkWarps * 32, 1) prefill_chunked_vk128(con
     }
 }
 
-template <typename Act, typename St, bool PRECISE> cudaError_t launch_typed(const gdn_problem &p, cudaStream_t stream)
+template <typename Act, typename St, bool PRECISE>
+cudaError_t launch_typed(const gdn_problem &p, cudaStream_t stream)
 {
     const auto kernel = prefill_chunked_vk128<Act, St, PRECISE>;
     const int bytes = chunk_smem::bytes((int)sizeof(Act));
