@@ -472,9 +472,11 @@ static int verdict(const decode_case *c, decode_case_result *r)
     double state_limit = c->state_dtype == GDN_DTYPE_F32 ? 1e-5 : 2.0 * r->rounded_rel + 1e-6;
     if (c->state_dtype != GDN_DTYPE_F32) /* outputs inherit the state's storage error */
         out_rel_limit = fmax(out_rel_limit, 4.0 * r->rounded_rel);
-    if (c->tc_products) {
+    if (c->tc_products == 1) {
         out_rel_limit = fmax(out_rel_limit, GDN_TC_OUT_REL);
         state_limit = fmax(state_limit, GDN_TC_STATE_REL);
+    } else if (c->tc_products == 3) {
+        state_limit = fmax(state_limit, GDN_TC3_STATE_REL);
     }
     double abs_limit = fmax(out_abs_tol(c->act_dtype), out_rel_limit) * fmax(1.0, r->out_ref_max);
     if (r->unwritten)

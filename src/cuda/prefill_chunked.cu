@@ -530,6 +530,527 @@ __device__ void chunked_sequence(const gdn_problem &p, int64_t n, float *sm)
     __syncthreads(); /* the next sequence reuses the shared memory */
 }
 
+/* ---- one-term products: bf16 operands in shared memory, fragments by ldmatrix ------------------
+ *
+ * The path above converts float32 shared memory into fragments for every mma and reloads each
+ * operand once per tile: on an H100 (e90d3ac, ncu of 1x4096 qwen3-next) its shared-memory
+ * wavefronts were ~13.8 thousand a chunk and a block, about 7 us of the ~13 us a chunk took.
+ * With one bf16 term a product the operands can live in shared memory as bf16 (what the mma
+ * reads anyway), an ldmatrix delivers a whole fragment, and each warp keeps the operand it
+ * shares across tiles in registers: ~2.5 thousand wavefronts a chunk.
+ *
+ * Work of the 8 warps in a chunk:
+ *   warps 0, 1: K K^T row blocks {0, 3} and {1, 2} (10 tiles each), then invert their two
+ *               diagonal blocks (no block barrier in between);
+ *   warps 2, 3: Q K^T, the same row blocks;
+ *   warps 4-7:  K S^T (into Z) and Q S^T (outputs' first term, kept in registers) for row
+ *               block warp - 4, all 32 columns;
+ *   then the block solve (warps 0-3, 8 columns each), then the outputs (warps 4-7, the rows
+ *   of their first term) beside the state update (all warps). */
+typedef __nv_bfloat16 bf16;
+constexpr int kLdB = kRowK + 8;  /* bf16 between rows of Qb, Kb, Sb: 272 B, ldmatrix rows on distinct banks */
+constexpr int kLdP = kChunk + 8; /* bf16 between rows of Ab, Pb: 144 B */
+constexpr int kLdU = kSlice + 8; /* bf16 between rows of Ub, Udb (80 B); floats between rows of Zf */
+constexpr int kLdD = 16 + 4;     /* floats between rows of a diagonal block */
+
+/* Byte offsets. */
+struct tc1_smem {
+    static constexpr int qb = 0;                      /* [C][kLdB] normalised, scaled q */
+    static constexpr int kb = qb + kChunk * kLdB * 2; /* [C][kLdB] normalised k */
+    static constexpr int sb = kb + kChunk * kLdB * 2; /* [kSlice][kLdB] the state slice as bf16 */
+    static constexpr int sf = sb + kSlice * kLdB * 2; /* [kSlice][kLdK] the state slice, float32 */
+    static constexpr int ab =
+        sf + kSlice * kLdK * 4; /* [C][kLdP] A below the diagonal blocks, inverses on them */
+    static constexpr int pb = ab + kChunk * kLdP * 2;      /* [C][kLdP] e(t,s) q_t.k_s, s <= t */
+    static constexpr int ub = pb + kChunk * kLdP * 2;      /* [C][kLdU] U */
+    static constexpr int udb = ub + kChunk * kLdU * 2;     /* [C][kLdU] U scaled by e^{G_last - G_t} */
+    static constexpr int zf = udb + kChunk * kLdU * 2;     /* [C][kLdU] Z, float32 */
+    static constexpr int diag = zf + kChunk * kLdU * 4;    /* [4][16][kLdD] A's diagonal blocks, float32 */
+    static constexpr int gates = diag + 4 * 16 * kLdD * 4; /* gam, dec, cum, beta: [C] floats each */
+    static constexpr int stage = gates + 4 * kChunk * 4;
+    static constexpr int bytes(int act) { return stage + chunk_smem::stage_bytes(act); }
+};
+static_assert(tc1_smem::stage % 16 == 0 && tc1_smem::sf % 16 == 0 && tc1_smem::zf % 16 == 0,
+              "16-byte aligned parts");
+
+__device__ __forceinline__ unsigned smem_u32(const void *ptr)
+{
+    return (unsigned)__cvta_generic_to_shared(ptr);
+}
+/* The memory clobbers keep plain shared stores before a __syncwarp ahead of the ldmatrix. */
+__device__ __forceinline__ void ldsm_x4(unsigned *r, const bf16 *ptr)
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_u32(ptr))
+                 : "memory");
+}
+__device__ __forceinline__ void ldsm_x4_t(unsigned *r, const bf16 *ptr)
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_u32(ptr))
+                 : "memory");
+}
+__device__ __forceinline__ void ldsm_x2_t(unsigned *r, const bf16 *ptr)
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0, %1}, [%2];"
+                 : "=r"(r[0]), "=r"(r[1])
+                 : "r"(smem_u32(ptr))
+                 : "memory");
+}
+
+/* Where lane l points its ldmatrix for the fragments of mma.m16n8k16 (rows r0.., columns c0..):
+ * A (16 x 16) stored row-major; two B tiles (16 x 16: n0..n0+15) stored n-major (rows are n);
+ * two B tiles stored k-major (rows are k, .trans); A stored column-major (rows are c, .trans);
+ * one B tile stored k-major (x2, .trans). */
+__device__ __forceinline__ const bf16 *frag_a_rows(const bf16 *base, int ld, int r0, int c0)
+{
+    const int l = threadIdx.x % 32;
+    return base + (r0 + l % 16) * ld + c0 + 8 * (l / 16);
+}
+__device__ __forceinline__ const bf16 *frag_b2_nk(const bf16 *base, int ld, int n0, int k0)
+{
+    const int l = threadIdx.x % 32;
+    return base + (n0 + l % 8 + 8 * (l / 16)) * ld + k0 + 8 * ((l / 8) % 2);
+}
+__device__ __forceinline__ const bf16 *frag_b2_kn(const bf16 *base, int ld, int n0, int k0)
+{
+    const int l = threadIdx.x % 32;
+    return base + (k0 + l % 8 + 8 * ((l / 8) % 2)) * ld + n0 + 8 * (l / 16);
+}
+__device__ __forceinline__ const bf16 *frag_a_cols(const bf16 *base, int ld, int r0, int c0)
+{
+    const int l = threadIdx.x % 32;
+    return base + (c0 + l % 8 + 8 * (l / 16)) * ld + r0 + 8 * ((l / 8) % 2);
+}
+__device__ __forceinline__ const bf16 *frag_b1_kn(const bf16 *base, int ld, int n0, int k0)
+{
+    return base + (k0 + threadIdx.x % 16) * ld + n0;
+}
+
+__device__ __forceinline__ void store_bf16_pair(bf16 *dst, float x0, float x1)
+{
+    *reinterpret_cast<unsigned *>(dst) = pack_bf16(x0, x1);
+}
+
+struct tc1_views {
+    bf16 *qb, *kb, *sb, *ab, *pb, *ub, *udb;
+    float *sf, *zf, *diag, *gam, *dec, *cum, *beta;
+};
+
+/* Row blocks MA and MB of K K^T (into A: strictly lower, beta and decays applied; the diagonal
+ * blocks as float32 and then inverted here) or of Q K^T (into P, decays applied). */
+template <int MA, int MB> __device__ __forceinline__ void gram_pair(const tc1_views &s, bool is_q)
+{
+    constexpr int NA = 2 * MA + 2, NB = 2 * MB + 2;
+    static_assert(NA <= NB, "the first block has fewer tiles");
+    const int lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
+    const bf16 *X = is_q ? s.qb : s.kb;
+    float acc_a[NA][4], acc_b[NB][4];
+#pragma unroll
+    for (int e = 0; e < 4; e++) {
+#pragma unroll
+        for (int j = 0; j < NA; j++)
+            acc_a[j][e] = 0.0f;
+#pragma unroll
+        for (int j = 0; j < NB; j++)
+            acc_b[j][e] = 0.0f;
+    }
+#pragma unroll
+    for (int kk = 0; kk < kRowK; kk += 16) {
+        unsigned a0[4], a1[4];
+        ldsm_x4(a0, frag_a_rows(X, kLdB, 16 * MA, kk));
+        ldsm_x4(a1, frag_a_rows(X, kLdB, 16 * MB, kk));
+#pragma unroll
+        for (int pr = 0; pr < NB / 2; pr++) {
+            unsigned b[4];
+            ldsm_x4(b, frag_b2_nk(s.kb, kLdB, 16 * pr, kk));
+            mma_bf16(acc_b[2 * pr], a1, b);
+            mma_bf16(acc_b[2 * pr + 1], a1, b + 2);
+            if (2 * pr < NA) {
+                mma_bf16(acc_a[2 * pr], a0, b);
+                mma_bf16(acc_a[2 * pr + 1], a0, b + 2);
+            }
+        }
+    }
+    auto epilogue = [&](int mi, int nj, const float *acc) {
+#pragma unroll
+        for (int half = 0; half < 2; half++) {
+            const int row = 16 * mi + g + 8 * half, col = 8 * nj + 2 * t4;
+            float v[2];
+#pragma unroll
+            for (int i = 0; i < 2; i++) {
+                const int c = col + i;
+                const float d = c <= row ? expf(s.cum[row] - s.cum[c]) : 0.0f;
+                v[i] = is_q ? d * acc[2 * half + i] : (c < row ? s.beta[row] * d * acc[2 * half + i] : 0.0f);
+            }
+            if (is_q)
+                store_bf16_pair(s.pb + row * kLdP + col, v[0], v[1]);
+            else if (nj >= 2 * mi)
+                *reinterpret_cast<float2 *>(s.diag + (mi * 16 + row - 16 * mi) * kLdD + col - 16 * mi) =
+                    make_float2(v[0], v[1]);
+            else
+                store_bf16_pair(s.ab + row * kLdP + col, v[0], v[1]);
+        }
+    };
+#pragma unroll
+    for (int j = 0; j < NA; j++)
+        epilogue(MA, j, acc_a[j]);
+#pragma unroll
+    for (int j = 0; j < NB; j++)
+        epilogue(MB, j, acc_b[j]);
+    if (!is_q) {
+        /* (I + A_bb)^{-1} of both diagonal blocks by forward substitution, lane = column */
+        __syncwarp();
+        const int blk = lane < 16 ? MA : MB, j = lane % 16;
+        const float *D = s.diag + blk * 16 * kLdD;
+        float x[16];
+#pragma unroll
+        for (int i = 0; i < 16; i++) {
+            float part[4] = {i == j ? 1.0f : 0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+            for (int c = 0; c < i; c++)
+                part[c % 4] -= D[i * kLdD + c] * x[c];
+            x[i] = (part[0] + part[1]) + (part[2] + part[3]);
+        }
+#pragma unroll
+        for (int i = 0; i < 16; i++)
+            s.ab[(16 * blk + i) * kLdP + 16 * blk + j] = __float2bfloat16_rn(x[i]);
+    }
+}
+
+/* S' = keep S + (U dec)^T K for 2 * PAIRS tiles of 16 x 8: rows 16 mv.., columns 8 nk0.. */
+template <int PAIRS>
+__device__ __forceinline__ void state_tiles(const tc1_views &s, int mv, int nk0, float keep)
+{
+    const int lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
+    float acc[2 * PAIRS][4];
+#pragma unroll
+    for (int j = 0; j < 2 * PAIRS; j++)
+#pragma unroll
+        for (int half = 0; half < 2; half++) {
+            const float2 x = *reinterpret_cast<const float2 *>(s.sf + (16 * mv + g + 8 * half) * kLdK +
+                                                               8 * (nk0 + j) + 2 * t4);
+            acc[j][2 * half] = keep * x.x, acc[j][2 * half + 1] = keep * x.y;
+        }
+#pragma unroll
+    for (int kb = 0; kb < kChunk; kb += 16) {
+        unsigned a[4];
+        ldsm_x4_t(a, frag_a_cols(s.udb, kLdU, 16 * mv, kb));
+#pragma unroll
+        for (int pr = 0; pr < PAIRS; pr++) {
+            unsigned b[4];
+            ldsm_x4_t(b, frag_b2_kn(s.kb, kLdB, 8 * (nk0 + 2 * pr), kb));
+            mma_bf16(acc[2 * pr], a, b);
+            mma_bf16(acc[2 * pr + 1], a, b + 2);
+        }
+    }
+#pragma unroll
+    for (int j = 0; j < 2 * PAIRS; j++)
+#pragma unroll
+        for (int half = 0; half < 2; half++) {
+            const int row = 16 * mv + g + 8 * half, col = 8 * (nk0 + j) + 2 * t4;
+            *reinterpret_cast<float2 *>(s.sf + row * kLdK + col) =
+                make_float2(acc[j][2 * half], acc[j][2 * half + 1]);
+            store_bf16_pair(s.sb + row * kLdB + col, acc[j][2 * half], acc[j][2 * half + 1]);
+        }
+}
+
+/* Four consecutive activations as floats (one 8- or 16-byte shared load). */
+template <typename Act> __device__ __forceinline__ void load4(const Act *src, float *x)
+{
+    if constexpr (sizeof(Act) == 4) {
+        const float4 v = *reinterpret_cast<const float4 *>(src);
+        x[0] = v.x, x[1] = v.y, x[2] = v.z, x[3] = v.w;
+    } else {
+        const uint2 w = *reinterpret_cast<const uint2 *>(src);
+        Act h[4];
+        memcpy(h, &w, sizeof w);
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+            x[i] = to_float<Act>(h[i]);
+    }
+}
+
+template <typename Act, typename St>
+__device__ void chunked_sequence_tc1(const gdn_problem &p, int64_t n, unsigned char *smb)
+{
+    tc1_views s;
+    s.qb = reinterpret_cast<bf16 *>(smb + tc1_smem::qb), s.kb = reinterpret_cast<bf16 *>(smb + tc1_smem::kb);
+    s.sb = reinterpret_cast<bf16 *>(smb + tc1_smem::sb), s.ab = reinterpret_cast<bf16 *>(smb + tc1_smem::ab);
+    s.pb = reinterpret_cast<bf16 *>(smb + tc1_smem::pb), s.ub = reinterpret_cast<bf16 *>(smb + tc1_smem::ub);
+    s.udb = reinterpret_cast<bf16 *>(smb + tc1_smem::udb);
+    s.sf = reinterpret_cast<float *>(smb + tc1_smem::sf),
+    s.zf = reinterpret_cast<float *>(smb + tc1_smem::zf);
+    s.diag = reinterpret_cast<float *>(smb + tc1_smem::diag);
+    s.gam = reinterpret_cast<float *>(smb + tc1_smem::gates), s.dec = s.gam + kChunk, s.cum = s.dec + kChunk;
+    s.beta = s.cum + kChunk;
+    Act *const stage = reinterpret_cast<Act *>(smb + tc1_smem::stage);
+
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const int g = lane / 4, t4 = lane % 4;
+    block_coords bc;
+    bc.n = n, bc.hv = blockIdx.y;
+    bc.h = p.head_map == GDN_HEAD_MAP_TILED ? bc.hv % p.num_q_heads : bc.hv / (p.num_v_heads / p.num_q_heads);
+    const int64_t V = p.head_dim_v, v0 = (int64_t)blockIdx.x * kSlice;
+    const int rows_v = (int)(V - v0 < kSlice ? V - v0 : kSlice);
+
+    const int64_t T64 = gdn_seq_tokens(&p, bc.n), first = gdn_first_token_row(&p, bc.n);
+    if (T64 < 0 || first < 0) {
+        skip_bad_row(p);
+        return;
+    }
+    const int64_t T = T64;
+    if (T == 0)
+        return;
+    const int64_t read = gdn_read_slot(&p, bc.n), write = gdn_write_slot(&p, bc.n);
+    if (read < 0) { /* padding: zero outputs, no state */
+        for (int64_t i = threadIdx.x; i < T * rows_v; i += blockDim.x)
+            store_elem<Act>(p.out, (first + i / rows_v) * p.out_stride + bc.hv * V + v0 + i % rows_v, 0.0f);
+        return;
+    }
+    if (read >= p.num_slots || write >= p.num_slots) {
+        skip_bad_row(p);
+        return;
+    }
+
+    stage_source<Act> src;
+    src.q = static_cast<const Act *>(p.q) + first * p.q_stride + bc.h * kRowK;
+    src.k = static_cast<const Act *>(p.k) + first * p.k_stride + bc.h * kRowK;
+    src.v = static_cast<const Act *>(p.v) + first * p.v_stride + bc.hv * V + v0;
+    src.q_stride = p.q_stride, src.k_stride = p.k_stride, src.v_stride = p.v_stride;
+    src.rows_v = rows_v;
+    src.async = p.prefill_async != 0;
+    const int len0 = (int)(T < kChunk ? T : kChunk);
+    stage_chunk<Act>(src, 0, len0, stage);
+    pair_gates next_gates{};
+    if (warp == 0)
+        next_gates = load_pair_gates<Act>(p, first, 0, len0, bc.hv);
+
+    {
+        const bool zero = gdn_zero_initial_state(&p, bc.n);
+        const St *tile =
+            static_cast<const St *>(p.state_pool) + gdn_tile_offset(&p, read, bc.hv) + v0 * kRowK;
+        for (int i = threadIdx.x; i < kSlice * kRowK; i += blockDim.x) {
+            const int r = i / kRowK, c = i % kRowK;
+            const float x = (!zero && r < rows_v) ? to_float<St>(tile[i]) : 0.0f;
+            s.sf[r * kLdK + c] = x;
+            s.sb[r * kLdB + c] = __float2bfloat16_rn(x);
+        }
+    }
+    const float scale = p.scale;
+
+    for (int64_t c0 = 0; c0 < T; c0 += kChunk) {
+        const int len = (int)(T - c0 < kChunk ? T - c0 : kChunk);
+        copy_async_wait<0>();
+        __syncthreads(); /* the stage holds this chunk; the last chunk's products are done */
+
+        /* (1) normalised q, k rows as bf16 (the 8 lanes of a row start at different quarters of
+         * it, so that the four rows a warp reads at once fall on different banks); v into Z */
+        {
+            const Act *sq = stage, *sk = stage + kChunk * kRowK, *sv = stage + 2 * kChunk * kRowK;
+            const int sub = lane % 8;
+#pragma unroll
+            for (int it = 0; it < 4; it++) {
+                const int r = warp * 16 + it * 4 + lane / 8, tok = r % kChunk;
+                const bool is_q = r < kChunk;
+                float x[16];
+#pragma unroll
+                for (int j = 0; j < 4; j++) {
+                    const int col = 32 * ((j + lane / 8) % 4) + 4 * sub;
+                    if (tok < len)
+                        load4<Act>((is_q ? sq : sk) + tok * kRowK + col, x + 4 * j);
+                    else
+                        x[4 * j] = x[4 * j + 1] = x[4 * j + 2] = x[4 * j + 3] = 0.0f;
+                }
+                float f = is_q ? scale : 1.0f;
+                if (p.qk_l2norm) {
+                    float ss = 0.0f;
+#pragma unroll
+                    for (int i = 0; i < 16; i++)
+                        ss += x[i] * x[i];
+                    f *= inv_sqrt(row_sum<8>(ss) + GDN_L2NORM_EPS);
+                }
+#pragma unroll
+                for (int j = 0; j < 4; j++) {
+                    const int col = 32 * ((j + lane / 8) % 4) + 4 * sub;
+                    uint2 w;
+                    w.x = pack_bf16(f * x[4 * j], f * x[4 * j + 1]);
+                    w.y = pack_bf16(f * x[4 * j + 2], f * x[4 * j + 3]);
+                    *reinterpret_cast<uint2 *>((is_q ? s.qb : s.kb) + tok * kLdB + col) = w;
+                }
+            }
+            for (int i = threadIdx.x; i < kChunk * kSlice; i += blockDim.x) {
+                const int tok = i / kSlice, col = i % kSlice;
+                s.zf[tok * kLdU + col] = tok < len ? to_float<Act>(sv[tok * kSlice + col]) : 0.0f;
+            }
+            if (warp == 0) {
+                float lg[2], bt[2];
+#pragma unroll
+                for (int j = 0; j < 2; j++) {
+                    const bool real = 2 * lane + j < len;
+                    lg[j] = real ? (p.g ? next_gates.x[j].A_log
+                                        : gdn_gate_log(next_gates.x[j].A_log, next_gates.x[j].a,
+                                                       next_gates.x[j].dt_bias))
+                                 : 0.0f;
+                    bt[j] = real ? gate_beta(p, next_gates.x[j]) : 0.0f;
+                }
+                float incl = lg[0] + lg[1];
+#pragma unroll
+                for (int o = 1; o < 32; o *= 2) {
+                    const float y = __shfl_up_sync(kFullMask, incl, o);
+                    if (lane >= o)
+                        incl += y;
+                }
+                const float last = __shfl_sync(kFullMask, incl, 31);
+                const float G1 = incl, G0 = incl - lg[1];
+                s.cum[2 * lane] = G0, s.cum[2 * lane + 1] = G1;
+                s.gam[2 * lane] = expf(G0), s.gam[2 * lane + 1] = expf(G1);
+                s.dec[2 * lane] = expf(last - G0), s.dec[2 * lane + 1] = expf(last - G1);
+                s.beta[2 * lane] = bt[0], s.beta[2 * lane + 1] = bt[1];
+            }
+        }
+        __syncthreads();
+
+        if (c0 + kChunk < T) {
+            const int next_len = (int)(T - c0 - kChunk < kChunk ? T - c0 - kChunk : kChunk);
+            stage_chunk<Act>(src, c0 + kChunk, next_len, stage);
+            if (warp == 0)
+                next_gates = load_pair_gates<Act>(p, first, c0 + kChunk, next_len, bc.hv);
+        }
+
+        /* (2) Gram row blocks and inverses (warps 0-3); K S^T and Q S^T (warps 4-7) */
+        float o_acc[4][4];
+        if (warp < 4) {
+            if (warp % 2 == 0)
+                gram_pair<0, 3>(s, warp >= 2);
+            else
+                gram_pair<1, 2>(s, warp >= 2);
+        } else {
+            const int mi = warp - 4;
+            float acc_k[4][4] = {};
+#pragma unroll
+            for (int j = 0; j < 4; j++)
+#pragma unroll
+                for (int e = 0; e < 4; e++)
+                    o_acc[j][e] = 0.0f;
+#pragma unroll
+            for (int kk = 0; kk < kRowK; kk += 16) {
+                unsigned ak[4], aq[4];
+                ldsm_x4(ak, frag_a_rows(s.kb, kLdB, 16 * mi, kk));
+                ldsm_x4(aq, frag_a_rows(s.qb, kLdB, 16 * mi, kk));
+#pragma unroll
+                for (int pr = 0; pr < 2; pr++) {
+                    unsigned b[4];
+                    ldsm_x4(b, frag_b2_nk(s.sb, kLdB, 16 * pr, kk));
+                    mma_bf16(acc_k[2 * pr], ak, b);
+                    mma_bf16(acc_k[2 * pr + 1], ak, b + 2);
+                    mma_bf16(o_acc[2 * pr], aq, b);
+                    mma_bf16(o_acc[2 * pr + 1], aq, b + 2);
+                }
+            }
+#pragma unroll
+            for (int j = 0; j < 4; j++)
+#pragma unroll
+                for (int half = 0; half < 2; half++) {
+                    const int row = 16 * mi + g + 8 * half, col = 8 * j + 2 * t4;
+                    const float gm = s.gam[row], bt = s.beta[row];
+                    float2 *z = reinterpret_cast<float2 *>(s.zf + row * kLdU + col);
+                    const float2 zv = *z;
+                    *z = make_float2(bt * (zv.x - gm * acc_k[j][2 * half]),
+                                     bt * (zv.y - gm * acc_k[j][2 * half + 1]));
+                    o_acc[j][2 * half] *= gm, o_acc[j][2 * half + 1] *= gm;
+                }
+        }
+        __syncthreads();
+
+        /* (3) U = (I + A)^{-1} Z by blocks of 16 tokens; warp w (0-3) owns columns 8w.. */
+        if (warp < 4) {
+            const int n0 = 8 * warp;
+            for (int b = 0; b < 4; b++) {
+                const int r0 = 16 * b;
+                float acc[4];
+#pragma unroll
+                for (int half = 0; half < 2; half++) {
+                    const float2 z =
+                        *reinterpret_cast<const float2 *>(s.zf + (r0 + g + 8 * half) * kLdU + n0 + 2 * t4);
+                    acc[2 * half] = z.x, acc[2 * half + 1] = z.y;
+                }
+                for (int kb = 0; kb < b; kb++) {
+                    unsigned a[4], bb[2];
+                    ldsm_x4(a, frag_a_rows(s.ab, kLdP, r0, 16 * kb));
+#pragma unroll
+                    for (int i = 0; i < 4; i++)
+                        a[i] ^= 0x80008000u; /* -A */
+                    ldsm_x2_t(bb, frag_b1_kn(s.ub, kLdU, n0, 16 * kb));
+                    mma_bf16(acc, a, bb);
+                }
+#pragma unroll
+                for (int half = 0; half < 2; half++)
+                    store_bf16_pair(s.ub + (r0 + g + 8 * half) * kLdU + n0 + 2 * t4, acc[2 * half],
+                                    acc[2 * half + 1]);
+                __syncwarp();
+                unsigned a[4], bb[2];
+                ldsm_x4(a, frag_a_rows(s.ab, kLdP, r0, r0));
+                ldsm_x2_t(bb, frag_b1_kn(s.ub, kLdU, n0, r0));
+                float u[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+                mma_bf16(u, a, bb);
+                __syncwarp();
+#pragma unroll
+                for (int half = 0; half < 2; half++) {
+                    const int row = r0 + g + 8 * half, col = n0 + 2 * t4;
+                    store_bf16_pair(s.ub + row * kLdU + col, u[2 * half], u[2 * half + 1]);
+                    store_bf16_pair(s.udb + row * kLdU + col, u[2 * half] * s.dec[row],
+                                    u[2 * half + 1] * s.dec[row]);
+                }
+                __syncwarp();
+            }
+        }
+        __syncthreads();
+
+        /* (4) outputs (warps 4-7) beside the state update (all warps) */
+        if (warp >= 4) {
+            const int mi = warp - 4;
+            for (int kb = 0; kb <= mi; kb++) {
+                unsigned a[4];
+                ldsm_x4(a, frag_a_rows(s.pb, kLdP, 16 * mi, 16 * kb));
+#pragma unroll
+                for (int pr = 0; pr < 2; pr++) {
+                    unsigned b[4];
+                    ldsm_x4_t(b, frag_b2_kn(s.ub, kLdU, 16 * pr, 16 * kb));
+                    mma_bf16(o_acc[2 * pr], a, b);
+                    mma_bf16(o_acc[2 * pr + 1], a, b + 2);
+                }
+            }
+#pragma unroll
+            for (int j = 0; j < 4; j++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int row = 16 * mi + g + (e >= 2 ? 8 : 0), col = 8 * j + 2 * t4 + (e & 1);
+                    if (row < len && col < rows_v)
+                        store_elem<Act>(p.out, (first + c0 + row) * p.out_stride + bc.hv * V + v0 + col,
+                                        o_acc[j][e]);
+                }
+        }
+        {
+            const float keep = s.gam[kChunk - 1];
+            if (warp < 4)
+                state_tiles<3>(s, warp / 2, 6 * (warp % 2), keep);
+            else
+                state_tiles<1>(s, (warp - 4) / 2, 12 + 2 * (warp % 2), keep);
+        }
+    }
+    __syncthreads();
+
+    if (write >= 0) {
+        St *tile = static_cast<St *>(p.state_pool) + gdn_tile_offset(&p, write, bc.hv) + v0 * kRowK;
+        for (int i = threadIdx.x; i < rows_v * kRowK; i += blockDim.x)
+            tile[i] = from_float<St>(s.sf[(i / kRowK) * kLdK + i % kRowK]);
+    }
+    __syncthreads(); /* the next sequence reuses the shared memory */
+}
+
 /*
  * Grid: x = slice of state rows, y = value head, z = a group of sequences. The host cannot see
  * which sequences are long (cu_seqlens stays on the device), and a grid of one z per sequence
@@ -565,7 +1086,10 @@ __global__ void __launch_bounds__(kChunkWarps * 32, 1) prefill_chunked_vk128(con
         __syncthreads();
         const int count = mine_count;
         for (int i = 0; i < count; i++)
-            chunked_sequence<Act, St, PRECISE>(p, mine[i], sm);
+            if constexpr (PRECISE)
+                chunked_sequence<Act, St, true>(p, mine[i], sm);
+            else
+                chunked_sequence_tc1<Act, St>(p, mine[i], reinterpret_cast<unsigned char *>(sm));
         __syncthreads(); /* mine and the counts are rewritten by the next round */
     }
 }
@@ -574,7 +1098,7 @@ template <typename Act, typename St, bool PRECISE>
 cudaError_t launch_typed(const gdn_problem &p, cudaStream_t stream)
 {
     const auto kernel = prefill_chunked_vk128<Act, St, PRECISE>;
-    const int bytes = chunk_smem::bytes((int)sizeof(Act));
+    const int bytes = PRECISE ? chunk_smem::bytes((int)sizeof(Act)) : tc1_smem::bytes((int)sizeof(Act));
     const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
     if (err != cudaSuccess)
         return err;

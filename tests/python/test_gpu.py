@@ -412,7 +412,7 @@ def test_cuda_forward_long_sequences():
     """gdn.forward on cuda with sequences of more than 16 tokens (gdn 0.6, the chunked kernel)
     mixed with decodes and verifies in one call, against the float64 reference: bf16 activations
     (one-term bf16 products: within 1.5e-2 for the outputs, 1e-2 for the state, as the C suite's
-    GDN_TC_* limits) and f32 activations (three-term products: the library's f32 tolerances); one
+    GDN_TC_* limits) and f32 activations (three-term products: the library's f32 output tolerance, 1e-4 for the state); one
     graph-captured call gives the eager result; compat.chunk_gated_delta_rule with FLA's default
     [N, HV, K, V] state (run on a transposed copy) against the same call on the cpu backend."""
     torch = cuda_torch()
@@ -422,7 +422,7 @@ def test_cuda_forward_long_sequences():
     problem = Problem(rng, rows, 2, 4, 128, 128, n + 2)
     cu = torch.from_numpy(np.concatenate([[0], np.cumsum(lengths)])).cuda()
     slots = torch.tensor([5, 0, 6, -1, 2, 3, 8], device="cuda")
-    for act, out_tol, state_tol in ((torch.bfloat16, 1.5e-2, 1e-2), (torch.float32, OUT_TOL["float32"], 1e-5)):
+    for act, out_tol, state_tol in ((torch.bfloat16, 1.5e-2, 1e-2), (torch.float32, OUT_TOL["float32"], 1e-4)):
         acts, params, pool = on_gpu(torch, problem, act, torch.float32)
         ref_out, ref_pool = reference_forward(acts, params, pool, cu_seqlens=cu, slot_indices=slots, max_seqlen=300)
         out = torch.full_like(acts[2], float("nan"))
