@@ -5,7 +5,8 @@
 # errors printed), then gdn alone on the cases (bench/prefill_tune.py) with the default
 # products and with GDN_PREFILL_PRECISE=1. The first build also runs the rest of the cuda tests
 # it touches (cuda_all, the gates test) and compute-sanitizer memcheck and racecheck of the
-# small prefill test (decode/cuda_sanitize_prefill) (PREFILL_SANITIZE=0: not), and with
+# small prefill test (decode/cuda_sanitize_prefill) (PREFILL_SANITIZE=0: none of these;
+# PREFILL_OTHERS=0: the sanitizers only), and with
 # PREFILL_NCU=1 an Nsight Compute report of one launch (1x4096 qwen3-next) for each build.
 # Logs and prefill-tune.csv go to OUT.
 set -uo pipefail
@@ -24,7 +25,7 @@ for b in "${builds[@]}"; do
     step "tune-precise-$tag" 120 env GDN_PREFILL_PRECISE=1 GDN_PREFILL_LABEL="gdn-precise-$tag" \
         python3 bench/prefill_tune.py --lib "$b/libgdn.so" --reps 10 --shapes qwen3-next --csv "$out/prefill-tune.csv"
     if [ "$first" = 1 ] && [ "${PREFILL_SANITIZE:-1}" = 1 ]; then
-        step "cuda-others-$tag" 240 "$b/test_gdn" decode/cuda_all decode/cuda_gates
+        [ "${PREFILL_OTHERS:-1}" = 1 ] && step "cuda-others-$tag" 240 "$b/test_gdn" decode/cuda_all decode/cuda_gates
         step "memcheck-$tag" 150 "$sanitizer" --tool memcheck --error-exitcode 1 "$b/test_gdn" decode/cuda_sanitize_prefill
         step "racecheck-$tag" 150 "$sanitizer" --tool racecheck --error-exitcode 1 "$b/test_gdn" decode/cuda_sanitize_prefill
     fi
