@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # On the GPU machine: the chunked prefill's checks and gdn's own timings (issue 13), one call.
 #   bash bench/prefill_gpu.sh OUT [BUILD_DIR...]
-# For each build folder (default build): decode/cuda_prefill_chunked (both product precisions,
+# For each build folder (default build): decode/cuda_prefill_chunked (the three product paths,
 # errors printed), then gdn alone on the issue's cases (bench/prefill_tune.py) with the default
-# products and with GDN_PREFILL_PRECISE=1. The first build also runs the rest of the cuda tests
+# products (pipelined), phase by phase (GDN_PREFILL_PIPELINE=0) and with GDN_PREFILL_PRECISE=1
+# (PREFILL_PRECISE=0: not). The first build also runs the rest of the cuda tests
 # it touches (cuda_all, the gates test) and compute-sanitizer memcheck and racecheck of the
 # small prefill test (decode/cuda_sanitize_prefill) (PREFILL_SANITIZE=0: none of these;
-# PREFILL_OTHERS=0: the sanitizers only), and with
+# PREFILL_OTHERS=0: the sanitizers only), PREFILL_PYTHON=1 the Python GPU tests of gdn.forward and
+# the multi-token calls, and with
 # PREFILL_NCU=1 an Nsight Compute report of one launch (1x4096 qwen3-next) for each build.
 # Logs and prefill-tune.csv go to OUT.
 set -uo pipefail
@@ -22,12 +24,19 @@ for b in "${builds[@]}"; do
     step "prefill-test-$tag" 300 "$b/test_gdn" decode/cuda_prefill_chunked
     step "tune-$tag" 200 env GDN_PREFILL_LABEL="gdn-$tag" python3 bench/prefill_tune.py --lib "$b/libgdn.so" \
         --reps 15 --csv "$out/prefill-tune.csv"
-    step "tune-precise-$tag" 120 env GDN_PREFILL_PRECISE=1 GDN_PREFILL_LABEL="gdn-precise-$tag" \
-        python3 bench/prefill_tune.py --lib "$b/libgdn.so" --reps 10 --shapes qwen3-next --csv "$out/prefill-tune.csv"
+    step "tune-phased-$tag" 200 env GDN_PREFILL_PIPELINE=0 GDN_PREFILL_LABEL="gdn-phased-$tag" \
+        python3 bench/prefill_tune.py --lib "$b/libgdn.so" --reps 15 --csv "$out/prefill-tune.csv"
+    [ "${PREFILL_PRECISE:-1}" = 1 ] && step "tune-precise-$tag" 120 env GDN_PREFILL_PRECISE=1 \
+        GDN_PREFILL_LABEL="gdn-precise-$tag" python3 bench/prefill_tune.py --lib "$b/libgdn.so" --reps 10 \
+        --shapes qwen3-next --csv "$out/prefill-tune.csv"
     if [ "$first" = 1 ] && [ "${PREFILL_SANITIZE:-1}" = 1 ]; then
         [ "${PREFILL_OTHERS:-1}" = 1 ] && step "cuda-others-$tag" 240 "$b/test_gdn" decode/cuda_all decode/cuda_gates
         step "memcheck-$tag" 150 "$sanitizer" --tool memcheck --error-exitcode 1 "$b/test_gdn" decode/cuda_sanitize_prefill
         step "racecheck-$tag" 150 "$sanitizer" --tool racecheck --error-exitcode 1 "$b/test_gdn" decode/cuda_sanitize_prefill
+    fi
+    if [ "$first" = 1 ] && [ "${PREFILL_PYTHON:-0}" = 1 ]; then
+        step "python-prefill-$tag" 240 env GDN_LIBRARY="$b/libgdn.so" GDN_TESTS=forward,decode_tokens \
+            python3 tests/python/test_gpu.py
     fi
     if [ "${PREFILL_NCU:-0}" = 1 ]; then
         ncu=$(command -v ncu || echo /usr/local/cuda/bin/ncu)

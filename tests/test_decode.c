@@ -338,21 +338,25 @@ static void prefill_chunked_cases(gdn_backend backend)
     expect_pass(c, backend, 1);
 }
 
-/* Both precisions of the chunked products: three bf16 terms within the library's output tolerances
- * and GDN_TC3_STATE_REL;
- * one term (the default with bf16 activations) within the tensor-core tolerances. */
+/* The three ways of the chunked products: three bf16 terms within the library's output tolerances
+ * and GDN_TC3_STATE_REL; one term (the default with bf16 activations), pipelined and phase by
+ * phase, within the tensor-core tolerances. */
 static void cuda_prefill_chunked(void)
 {
     if (!cuda_present())
         return;
     print_errors = 1;
-    for (int precise = 1; precise >= 0; precise--) {
-        gdn_cuda_chunked_force_precise(precise);
-        tc_all = precise ? 3 : 1;
-        snprintf(config_note, sizeof config_note, "%s", precise ? "3-term products" : "1-term products");
+    static const char *const paths[] = {"3-term products", "1-term products, pipelined",
+                                         "1-term products, phase by phase"};
+    for (int path = 0; path < 3; path++) {
+        gdn_cuda_chunked_force_precise(path == 0);
+        gdn_cuda_chunked_force_pipeline(path == 1);
+        tc_all = path == 0 ? 3 : 1;
+        snprintf(config_note, sizeof config_note, "%s", paths[path]);
         prefill_chunked_cases(GDN_BACKEND_CUDA);
     }
     gdn_cuda_chunked_force_precise(-1);
+    gdn_cuda_chunked_force_pipeline(-1);
     tc_all = print_errors = 0;
     config_note[0] = '\0';
     /* the defaults: bf16 activations take one term */
@@ -369,8 +373,10 @@ static void cuda_sanitize_prefill(void)
 {
     if (!cuda_present())
         return;
-    for (int precise = 1; precise >= 0; precise--) {
+    for (int path = 0; path < 3; path++) {
+        const int precise = path == 0;
         gdn_cuda_chunked_force_precise(precise);
+        gdn_cuda_chunked_force_pipeline(path == 1);
         for (int i = 0; i < 3; i++) {
             decode_case c = base(3, 1, 2, 128, i == 2 ? 48 : 128);
             c.num_tokens = 70 + 30 * i, c.varlen = 1, c.padding = i == 1, c.zero_init = i == 0;
@@ -381,6 +387,7 @@ static void cuda_sanitize_prefill(void)
         }
     }
     gdn_cuda_chunked_force_precise(-1);
+    gdn_cuda_chunked_force_pipeline(-1);
 }
 
 /* Both ways the cpu backend computes long sequences: in chunks and token by token. */

@@ -65,6 +65,10 @@ void gdn_cuda_config_name(gdn_cuda_kernel kernel, int config, char *buf, size_t 
  * (the default for f16/f32 activations and with GDN_PREFILL_PRECISE=1), 0 = one term (the default
  * for bf16 activations), negative = the default. Process-wide; tests and benchmarks. */
 void gdn_cuda_chunked_force_precise(int precise);
+/* Its one-term products: 1 = pipelined (the local warps one chunk ahead of the state warps; the
+ * default, GDN_PREFILL_PIPELINE=0 turns it off; 2-byte activations only, float32 ones always take
+ * the other), 0 = phase by phase with the whole block, negative = the default. */
+void gdn_cuda_chunked_force_pipeline(int pipelined);
 
 #ifdef __cplusplus
 }

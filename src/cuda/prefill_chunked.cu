@@ -166,32 +166,33 @@ template <typename Act> struct stage_source {
 
 /* Tokens [c0, c0 + len) of the sequence into the stage: q and k rows (K each), the slice of v. */
 template <typename Act>
-__device__ __forceinline__ void stage_chunk(const stage_source<Act> &src, int64_t c0, int len, Act *stage)
+__device__ __forceinline__ void stage_chunk(const stage_source<Act> &src, int64_t c0, int len, Act *stage,
+                                            int tid, int nthr)
 {
     constexpr int per16 = 16 / (int)sizeof(Act); /* elements a 16-byte piece */
     constexpr int row_pieces = kRowK / per16;    /* pieces of a q or k row */
     constexpr int v_pieces = kSlice / per16;     /* pieces of the v slice */
     Act *sq = stage, *sk = stage + kChunk * kRowK, *sv = stage + 2 * kChunk * kRowK;
     if (src.async && src.rows_v == kSlice) {
-        for (int i = threadIdx.x; i < len * row_pieces; i += blockDim.x) {
+        for (int i = tid; i < len * row_pieces; i += nthr) {
             const int r = i / row_pieces, c = (i % row_pieces) * per16;
             copy_async16(reinterpret_cast<uint4 *>(sq + r * kRowK + c), src.q + (c0 + r) * src.q_stride + c,
                          true);
             copy_async16(reinterpret_cast<uint4 *>(sk + r * kRowK + c), src.k + (c0 + r) * src.k_stride + c,
                          true);
         }
-        for (int i = threadIdx.x; i < len * v_pieces; i += blockDim.x) {
+        for (int i = tid; i < len * v_pieces; i += nthr) {
             const int r = i / v_pieces, c = (i % v_pieces) * per16;
             copy_async16(reinterpret_cast<uint4 *>(sv + r * kSlice + c), src.v + (c0 + r) * src.v_stride + c,
                          true);
         }
     } else {
-        for (int i = threadIdx.x; i < len * kRowK; i += blockDim.x) {
+        for (int i = tid; i < len * kRowK; i += nthr) {
             const int r = i / kRowK, c = i % kRowK;
             sq[r * kRowK + c] = src.q[(c0 + r) * src.q_stride + c];
             sk[r * kRowK + c] = src.k[(c0 + r) * src.k_stride + c];
         }
-        for (int i = threadIdx.x; i < len * kSlice; i += blockDim.x) {
+        for (int i = tid; i < len * kSlice; i += nthr) {
             const int r = i / kSlice, c = i % kSlice;
             sv[r * kSlice + c] = c < src.rows_v ? src.v[(c0 + r) * src.v_stride + c] : from_float<Act>(0.0f);
         }
@@ -278,7 +279,7 @@ __device__ void chunked_sequence(const gdn_problem &p, int64_t n, float *sm)
     src.rows_v = rows_v;
     src.async = p.prefill_async != 0;
     const int len0 = (int)(T < kChunk ? T : kChunk);
-    stage_chunk<Act>(src, 0, len0, stage);
+    stage_chunk<Act>(src, 0, len0, stage, threadIdx.x, blockDim.x);
     pair_gates next_gates{};
     if (warp == 0)
         next_gates = load_pair_gates<Act>(p, first, 0, len0, bc.hv);
@@ -367,7 +368,7 @@ __device__ void chunked_sequence(const gdn_problem &p, int64_t n, float *sm)
         /* the next chunk's activations and gates load while this one computes */
         if (c0 + kChunk < T) {
             const int next_len = (int)(T - c0 - kChunk < kChunk ? T - c0 - kChunk : kChunk);
-            stage_chunk<Act>(src, c0 + kChunk, next_len, stage);
+            stage_chunk<Act>(src, c0 + kChunk, next_len, stage, threadIdx.x, blockDim.x);
             if (warp == 0)
                 next_gates = load_pair_gates<Act>(p, first, c0 + kChunk, next_len, bc.hv);
         }
@@ -639,9 +640,19 @@ struct tc1_views {
     float *sf, *zf, *diag, *gam, *dec, *cum, *beta;
 };
 
+/* What the Gram row blocks read and write: the tc1 path keeps A and its diagonal inverses in
+ * one matrix (ab == inv); the pipelined path keeps A private to the local warps and hands the
+ * inverses over in T. */
+struct gram_views {
+    const bf16 *qb, *kb;
+    const float *cum, *beta;
+    bf16 *ab, *inv, *pb;
+    float *diag;
+};
+
 /* Row blocks MA and MB of K K^T (into A: strictly lower, beta and decays applied; the diagonal
  * blocks as float32 and then inverted here) or of Q K^T (into P, decays applied). */
-template <int MA, int MB> __device__ __forceinline__ void gram_pair(const tc1_views &s, bool is_q)
+template <int MA, int MB> __device__ __forceinline__ void gram_pair(const gram_views &s, bool is_q)
 {
     constexpr int NA = 2 * MA + 2, NB = 2 * MB + 2;
     static_assert(NA <= NB, "the first block has fewer tiles");
@@ -674,6 +685,7 @@ template <int MA, int MB> __device__ __forceinline__ void gram_pair(const tc1_vi
             }
         }
     }
+    /* __expf: the exponent is <= 0 and the products are bf16, so its ~2 ulp do not show */
     auto epilogue = [&](int mi, int nj, const float *acc) {
 #pragma unroll
         for (int half = 0; half < 2; half++) {
@@ -682,7 +694,7 @@ template <int MA, int MB> __device__ __forceinline__ void gram_pair(const tc1_vi
 #pragma unroll
             for (int i = 0; i < 2; i++) {
                 const int c = col + i;
-                const float d = c <= row ? expf(s.cum[row] - s.cum[c]) : 0.0f;
+                const float d = c <= row ? __expf(s.cum[row] - s.cum[c]) : 0.0f;
                 v[i] = is_q ? d * acc[2 * half + i] : (c < row ? s.beta[row] * d * acc[2 * half + i] : 0.0f);
             }
             if (is_q)
@@ -701,7 +713,8 @@ template <int MA, int MB> __device__ __forceinline__ void gram_pair(const tc1_vi
     for (int j = 0; j < NB; j++)
         epilogue(MB, j, acc_b[j]);
     if (!is_q) {
-        /* (I + A_bb)^{-1} of both diagonal blocks by forward substitution, lane = column */
+        /* (I + A_bb)^{-1} of both diagonal blocks by forward substitution, lane = column; the
+         * block's rows are read as float4 (one broadcast load for four products) */
         __syncwarp();
         const int blk = lane < 16 ? MA : MB, j = lane % 16;
         const float *D = s.diag + blk * 16 * kLdD;
@@ -710,19 +723,28 @@ template <int MA, int MB> __device__ __forceinline__ void gram_pair(const tc1_vi
         for (int i = 0; i < 16; i++) {
             float part[4] = {i == j ? 1.0f : 0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
-            for (int c = 0; c < i; c++)
-                part[c % 4] -= D[i * kLdD + c] * x[c];
+            for (int c4 = 0; c4 < i; c4 += 4) {
+                const float4 d = *reinterpret_cast<const float4 *>(D + i * kLdD + c4);
+                part[0] -= d.x * x[c4];
+                if (c4 + 1 < i)
+                    part[1] -= d.y * x[c4 + 1];
+                if (c4 + 2 < i)
+                    part[2] -= d.z * x[c4 + 2];
+                if (c4 + 3 < i)
+                    part[3] -= d.w * x[c4 + 3];
+            }
             x[i] = (part[0] + part[1]) + (part[2] + part[3]);
         }
 #pragma unroll
         for (int i = 0; i < 16; i++)
-            s.ab[(16 * blk + i) * kLdP + 16 * blk + j] = __float2bfloat16_rn(x[i]);
+            s.inv[(16 * blk + i) * kLdP + 16 * blk + j] = __float2bfloat16_rn(x[i]);
     }
 }
 
 /* S' = keep S + (U dec)^T K for 2 * PAIRS tiles of 16 x 8: rows 16 mv.., columns 8 nk0.. */
 template <int PAIRS>
-__device__ __forceinline__ void state_tiles(const tc1_views &s, int mv, int nk0, float keep)
+__device__ __forceinline__ void state_tiles(const bf16 *udb, const bf16 *kb, float *sf, bf16 *sb, int mv, int nk0,
+                                            float keep)
 {
     const int lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
     float acc[2 * PAIRS][4];
@@ -730,18 +752,18 @@ __device__ __forceinline__ void state_tiles(const tc1_views &s, int mv, int nk0,
     for (int j = 0; j < 2 * PAIRS; j++)
 #pragma unroll
         for (int half = 0; half < 2; half++) {
-            const float2 x = *reinterpret_cast<const float2 *>(s.sf + (16 * mv + g + 8 * half) * kLdK +
-                                                               8 * (nk0 + j) + 2 * t4);
+            const float2 x =
+                *reinterpret_cast<const float2 *>(sf + (16 * mv + g + 8 * half) * kLdK + 8 * (nk0 + j) + 2 * t4);
             acc[j][2 * half] = keep * x.x, acc[j][2 * half + 1] = keep * x.y;
         }
 #pragma unroll
-    for (int kb = 0; kb < kChunk; kb += 16) {
+    for (int k0 = 0; k0 < kChunk; k0 += 16) {
         unsigned a[4];
-        ldsm_x4_t(a, frag_a_cols(s.udb, kLdU, 16 * mv, kb));
+        ldsm_x4_t(a, frag_a_cols(udb, kLdU, 16 * mv, k0));
 #pragma unroll
         for (int pr = 0; pr < PAIRS; pr++) {
             unsigned b[4];
-            ldsm_x4_t(b, frag_b2_kn(s.kb, kLdB, 8 * (nk0 + 2 * pr), kb));
+            ldsm_x4_t(b, frag_b2_kn(kb, kLdB, 8 * (nk0 + 2 * pr), k0));
             mma_bf16(acc[2 * pr], a, b);
             mma_bf16(acc[2 * pr + 1], a, b + 2);
         }
@@ -751,9 +773,8 @@ __device__ __forceinline__ void state_tiles(const tc1_views &s, int mv, int nk0,
 #pragma unroll
         for (int half = 0; half < 2; half++) {
             const int row = 16 * mv + g + 8 * half, col = 8 * (nk0 + j) + 2 * t4;
-            *reinterpret_cast<float2 *>(s.sf + row * kLdK + col) =
-                make_float2(acc[j][2 * half], acc[j][2 * half + 1]);
-            store_bf16_pair(s.sb + row * kLdB + col, acc[j][2 * half], acc[j][2 * half + 1]);
+            *reinterpret_cast<float2 *>(sf + row * kLdK + col) = make_float2(acc[j][2 * half], acc[j][2 * half + 1]);
+            store_bf16_pair(sb + row * kLdB + col, acc[j][2 * half], acc[j][2 * half + 1]);
         }
 }
 
@@ -771,6 +792,76 @@ template <typename Act> __device__ __forceinline__ void load4(const Act *src, fl
         for (int i = 0; i < 4; i++)
             x[i] = to_float<Act>(h[i]);
     }
+}
+
+/* q and k rows of the staged chunk, normalised (and q scaled), as bf16 rows of qb and kb: rows
+ * 4 ITERS warp.. of the 2C (q then k). The 8 lanes of a row start at different quarters of it,
+ * so that the four rows a warp reads at once fall on different banks. */
+template <typename Act, int ITERS>
+__device__ __forceinline__ void normalise_qk(const Act *stage, bf16 *qb, bf16 *kb, int len, float scale, bool l2norm)
+{
+    const Act *sq = stage, *sk = stage + kChunk * kRowK;
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, sub = lane % 8;
+#pragma unroll
+    for (int it = 0; it < ITERS; it++) {
+        const int r = warp * 4 * ITERS + it * 4 + lane / 8, tok = r % kChunk;
+        const bool is_q = r < kChunk;
+        float x[16];
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const int col = 32 * ((j + lane / 8) % 4) + 4 * sub;
+            if (tok < len)
+                load4<Act>((is_q ? sq : sk) + tok * kRowK + col, x + 4 * j);
+            else
+                x[4 * j] = x[4 * j + 1] = x[4 * j + 2] = x[4 * j + 3] = 0.0f;
+        }
+        float f = is_q ? scale : 1.0f;
+        if (l2norm) {
+            float ss = 0.0f;
+#pragma unroll
+            for (int i = 0; i < 16; i++)
+                ss += x[i] * x[i];
+            f *= inv_sqrt(row_sum<8>(ss) + GDN_L2NORM_EPS);
+        }
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const int col = 32 * ((j + lane / 8) % 4) + 4 * sub;
+            uint2 w;
+            w.x = pack_bf16(f * x[4 * j], f * x[4 * j + 1]);
+            w.y = pack_bf16(f * x[4 * j + 2], f * x[4 * j + 3]);
+            *reinterpret_cast<uint2 *>((is_q ? qb : kb) + tok * kLdB + col) = w;
+        }
+    }
+}
+
+/* The chunk's gates from the inputs warp 0 loaded (lane: tokens 2 lane, 2 lane + 1): cumulative
+ * log-decays, e^{G_t}, e^{G_last - G_t} and beta; tokens past len decay by nothing, beta 0. */
+template <typename Act>
+__device__ __forceinline__ void chunk_gates(const gdn_problem &p, const pair_gates &gates, int len, float *cum,
+                                            float *gam, float *dec, float *beta)
+{
+    const int lane = threadIdx.x % 32;
+    float lg[2], bt[2];
+#pragma unroll
+    for (int j = 0; j < 2; j++) {
+        const bool real = 2 * lane + j < len;
+        lg[j] = real ? (p.g ? gates.x[j].A_log : gdn_gate_log(gates.x[j].A_log, gates.x[j].a, gates.x[j].dt_bias))
+                     : 0.0f;
+        bt[j] = real ? gate_beta(p, gates.x[j]) : 0.0f;
+    }
+    float incl = lg[0] + lg[1];
+#pragma unroll
+    for (int o = 1; o < 32; o *= 2) {
+        const float y = __shfl_up_sync(kFullMask, incl, o);
+        if (lane >= o)
+            incl += y;
+    }
+    const float last = __shfl_sync(kFullMask, incl, 31);
+    const float G1 = incl, G0 = incl - lg[1];
+    cum[2 * lane] = G0, cum[2 * lane + 1] = G1;
+    gam[2 * lane] = expf(G0), gam[2 * lane + 1] = expf(G1);
+    dec[2 * lane] = expf(last - G0), dec[2 * lane + 1] = expf(last - G1);
+    beta[2 * lane] = bt[0], beta[2 * lane + 1] = bt[1];
 }
 
 template <typename Act, typename St>
@@ -823,7 +914,7 @@ __device__ void chunked_sequence_tc1(const gdn_problem &p, int64_t n, unsigned c
     src.rows_v = rows_v;
     src.async = p.prefill_async != 0;
     const int len0 = (int)(T < kChunk ? T : kChunk);
-    stage_chunk<Act>(src, 0, len0, stage);
+    stage_chunk<Act>(src, 0, len0, stage, threadIdx.x, blockDim.x);
     pair_gates next_gates{};
     if (warp == 0)
         next_gates = load_pair_gates<Act>(p, first, 0, len0, bc.hv);
@@ -846,76 +937,22 @@ __device__ void chunked_sequence_tc1(const gdn_problem &p, int64_t n, unsigned c
         copy_async_wait<0>();
         __syncthreads(); /* the stage holds this chunk; the last chunk's products are done */
 
-        /* (1) normalised q, k rows as bf16 (the 8 lanes of a row start at different quarters of
-         * it, so that the four rows a warp reads at once fall on different banks); v into Z */
+        /* (1) normalised q, k rows as bf16, v into Z, the chunk's gates */
         {
-            const Act *sq = stage, *sk = stage + kChunk * kRowK, *sv = stage + 2 * kChunk * kRowK;
-            const int sub = lane % 8;
-#pragma unroll
-            for (int it = 0; it < 4; it++) {
-                const int r = warp * 16 + it * 4 + lane / 8, tok = r % kChunk;
-                const bool is_q = r < kChunk;
-                float x[16];
-#pragma unroll
-                for (int j = 0; j < 4; j++) {
-                    const int col = 32 * ((j + lane / 8) % 4) + 4 * sub;
-                    if (tok < len)
-                        load4<Act>((is_q ? sq : sk) + tok * kRowK + col, x + 4 * j);
-                    else
-                        x[4 * j] = x[4 * j + 1] = x[4 * j + 2] = x[4 * j + 3] = 0.0f;
-                }
-                float f = is_q ? scale : 1.0f;
-                if (p.qk_l2norm) {
-                    float ss = 0.0f;
-#pragma unroll
-                    for (int i = 0; i < 16; i++)
-                        ss += x[i] * x[i];
-                    f *= inv_sqrt(row_sum<8>(ss) + GDN_L2NORM_EPS);
-                }
-#pragma unroll
-                for (int j = 0; j < 4; j++) {
-                    const int col = 32 * ((j + lane / 8) % 4) + 4 * sub;
-                    uint2 w;
-                    w.x = pack_bf16(f * x[4 * j], f * x[4 * j + 1]);
-                    w.y = pack_bf16(f * x[4 * j + 2], f * x[4 * j + 3]);
-                    *reinterpret_cast<uint2 *>((is_q ? s.qb : s.kb) + tok * kLdB + col) = w;
-                }
-            }
+            normalise_qk<Act, 4>(stage, s.qb, s.kb, len, scale, p.qk_l2norm != 0);
+            const Act *sv = stage + 2 * kChunk * kRowK;
             for (int i = threadIdx.x; i < kChunk * kSlice; i += blockDim.x) {
                 const int tok = i / kSlice, col = i % kSlice;
                 s.zf[tok * kLdU + col] = tok < len ? to_float<Act>(sv[tok * kSlice + col]) : 0.0f;
             }
-            if (warp == 0) {
-                float lg[2], bt[2];
-#pragma unroll
-                for (int j = 0; j < 2; j++) {
-                    const bool real = 2 * lane + j < len;
-                    lg[j] = real ? (p.g ? next_gates.x[j].A_log
-                                        : gdn_gate_log(next_gates.x[j].A_log, next_gates.x[j].a,
-                                                       next_gates.x[j].dt_bias))
-                                 : 0.0f;
-                    bt[j] = real ? gate_beta(p, next_gates.x[j]) : 0.0f;
-                }
-                float incl = lg[0] + lg[1];
-#pragma unroll
-                for (int o = 1; o < 32; o *= 2) {
-                    const float y = __shfl_up_sync(kFullMask, incl, o);
-                    if (lane >= o)
-                        incl += y;
-                }
-                const float last = __shfl_sync(kFullMask, incl, 31);
-                const float G1 = incl, G0 = incl - lg[1];
-                s.cum[2 * lane] = G0, s.cum[2 * lane + 1] = G1;
-                s.gam[2 * lane] = expf(G0), s.gam[2 * lane + 1] = expf(G1);
-                s.dec[2 * lane] = expf(last - G0), s.dec[2 * lane + 1] = expf(last - G1);
-                s.beta[2 * lane] = bt[0], s.beta[2 * lane + 1] = bt[1];
-            }
+            if (warp == 0)
+                chunk_gates<Act>(p, next_gates, len, s.cum, s.gam, s.dec, s.beta);
         }
         __syncthreads();
 
         if (c0 + kChunk < T) {
             const int next_len = (int)(T - c0 - kChunk < kChunk ? T - c0 - kChunk : kChunk);
-            stage_chunk<Act>(src, c0 + kChunk, next_len, stage);
+            stage_chunk<Act>(src, c0 + kChunk, next_len, stage, threadIdx.x, blockDim.x);
             if (warp == 0)
                 next_gates = load_pair_gates<Act>(p, first, c0 + kChunk, next_len, bc.hv);
         }
@@ -923,10 +960,11 @@ __device__ void chunked_sequence_tc1(const gdn_problem &p, int64_t n, unsigned c
         /* (2) Gram row blocks and inverses (warps 0-3); K S^T and Q S^T (warps 4-7) */
         float o_acc[4][4];
         if (warp < 4) {
+            const gram_views gv{s.qb, s.kb, s.cum, s.beta, s.ab, s.ab, s.pb, s.diag};
             if (warp % 2 == 0)
-                gram_pair<0, 3>(s, warp >= 2);
+                gram_pair<0, 3>(gv, warp >= 2);
             else
-                gram_pair<1, 2>(s, warp >= 2);
+                gram_pair<1, 2>(gv, warp >= 2);
         } else {
             const int mi = warp - 4;
             float acc_k[4][4] = {};
@@ -1036,9 +1074,9 @@ __device__ void chunked_sequence_tc1(const gdn_problem &p, int64_t n, unsigned c
         {
             const float keep = s.gam[kChunk - 1];
             if (warp < 4)
-                state_tiles<3>(s, warp / 2, 6 * (warp % 2), keep);
+                state_tiles<3>(s.udb, s.kb, s.sf, s.sb, warp / 2, 6 * (warp % 2), keep);
             else
-                state_tiles<1>(s, (warp - 4) / 2, 12 + 2 * (warp % 2), keep);
+                state_tiles<1>(s.udb, s.kb, s.sf, s.sb, (warp - 4) / 2, 12 + 2 * (warp % 2), keep);
         }
     }
     __syncthreads();
@@ -1051,6 +1089,329 @@ __device__ void chunked_sequence_tc1(const gdn_problem &p, int64_t n, unsigned c
     __syncthreads(); /* the next sequence reuses the shared memory */
 }
 
+
+/* ---- one term, pipelined: the chunk-local work of chunk c + 1 beside the state work of c ------ */
+
+/*
+ * The tc1 path runs a chunk's phases one after another with the whole block: ~9 us a chunk on an
+ * H100 (7ce2851), most of it waiting (barriers, the serial solve, a single warp's inversions)
+ * while ~800 mma a chunk need ~1 us. Only part of the work depends on the state: Z = beta (V -
+ * e^G K S^T), U = T Z, the outputs and the state update. The Gram matrices, the inverse
+ * T = (I + A)^{-1} and the normalised rows depend on the chunk alone, so they are made one chunk
+ * ahead:
+ *   local warps 0-3: stage (cp.async) and normalise q, k, the gates, K K^T and Q K^T, the
+ *     diagonal inverses and then T by column blocks (warp 3 - j walks column block j down), all
+ *     into one of two chunk buffers;
+ *   state warps 4-7: K S^T and Q S^T, Z, U = T Z (no serial solve left), P U and the outputs,
+ *     the state update.
+ * Named barriers hand a buffer over: FULL[b] (the local warps arrive, the state warps wait) and
+ * EMPTY[b] (the other way); LOCAL and STATE order each group's own phases. A full buffer's
+ * barrier also lines up the four state warps, so the state they wrote is complete before the
+ * next chunk's K S^T reads it. 2-byte activations only: float32 ones would need 36 KiB more
+ * staging than the 227 KiB a block may have (they take the tc1 path).
+ */
+constexpr int kBarLocal = 1, kBarState = 2, kBarFull = 3 /* + buffer */, kBarEmpty = 5 /* + buffer */;
+constexpr int kGroupThreads = 128;
+
+__device__ __forceinline__ void named_sync(int id, int threads)
+{
+    asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory");
+}
+__device__ __forceinline__ void named_arrive(int id, int threads)
+{
+    asm volatile("bar.arrive %0, %1;" ::"r"(id), "r"(threads) : "memory");
+}
+
+/* Byte offsets: two chunk buffers, the state warps' part, the local warps' part. */
+struct ws_smem {
+    static constexpr int qb = 0;                      /* [C][kLdB] normalised, scaled q */
+    static constexpr int kb = qb + kChunk * kLdB * 2; /* [C][kLdB] normalised k */
+    static constexpr int tb = kb + kChunk * kLdB * 2; /* [C][kLdP] T = (I + A)^{-1}, lower blocks */
+    static constexpr int pb = tb + kChunk * kLdP * 2; /* [C][kLdP] e(t,s) q_t.k_s, s <= t */
+    static constexpr int vf = pb + kChunk * kLdP * 2; /* [C][kLdU] the v slice, float32 */
+    static constexpr int gates = vf + kChunk * kLdU * 4; /* gam, dec, beta: [C] floats each */
+    static constexpr int buffer = gates + 3 * kChunk * 4;
+    static constexpr int sf = 2 * buffer;              /* [kSlice][kLdK] the state slice, float32 */
+    static constexpr int sb = sf + kSlice * kLdK * 4;  /* [kSlice][kLdB] the state slice as bf16 */
+    static constexpr int zb = sb + kSlice * kLdB * 2;  /* [C][kLdU] Z */
+    static constexpr int ub = zb + kChunk * kLdU * 2;  /* [C][kLdU] U */
+    static constexpr int udb = ub + kChunk * kLdU * 2; /* [C][kLdU] U scaled by e^{G_last - G_t} */
+    static constexpr int ab = udb + kChunk * kLdU * 2; /* [C][kLdP] A below the diagonal blocks */
+    static constexpr int diag = ab + kChunk * kLdP * 2;   /* [4][16][kLdD] A's diagonal blocks */
+    static constexpr int cum = diag + 4 * 16 * kLdD * 4;  /* [C] G_t */
+    static constexpr int stage = cum + kChunk * 4;
+    static constexpr int bytes(int act) { return stage + chunk_smem::stage_bytes(act); }
+};
+static_assert(ws_smem::buffer % 16 == 0 && ws_smem::sf % 16 == 0 && ws_smem::diag % 16 == 0 &&
+                  ws_smem::stage % 16 == 0,
+              "16-byte aligned parts");
+static_assert(ws_smem::bytes(2) + 4096 <= 227 * 1024, "fits a block's shared memory with the static part");
+
+struct ws_buffer {
+    bf16 *qb, *kb, *tb, *pb;
+    float *vf, *gam, *dec, *beta;
+};
+__device__ __forceinline__ ws_buffer ws_buffer_at(unsigned char *smb, int b)
+{
+    unsigned char *base = smb + b * ws_smem::buffer;
+    ws_buffer w;
+    w.qb = reinterpret_cast<bf16 *>(base + ws_smem::qb), w.kb = reinterpret_cast<bf16 *>(base + ws_smem::kb);
+    w.tb = reinterpret_cast<bf16 *>(base + ws_smem::tb), w.pb = reinterpret_cast<bf16 *>(base + ws_smem::pb);
+    w.vf = reinterpret_cast<float *>(base + ws_smem::vf), w.gam = reinterpret_cast<float *>(base + ws_smem::gates);
+    w.dec = w.gam + kChunk, w.beta = w.dec + kChunk;
+    return w;
+}
+
+/* T's column block j below the diagonal, by warp: T_ij = -D_i sum_{j<=k<i} A_ik T_kj with
+ * D_i = T_ii already in place. The sum passes through T_ij's own place as bf16. */
+__device__ __forceinline__ void inverse_column(const bf16 *ab, bf16 *tb, int j)
+{
+    const int lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
+    for (int i = j + 1; i < 4; i++) {
+        float acc[2][4] = {};
+        for (int k = j; k < i; k++) {
+            unsigned a[4], b[4];
+            ldsm_x4(a, frag_a_rows(ab, kLdP, 16 * i, 16 * k));
+            ldsm_x4_t(b, frag_b2_kn(tb, kLdP, 16 * j, 16 * k));
+            mma_bf16(acc[0], a, b);
+            mma_bf16(acc[1], a, b + 2);
+        }
+#pragma unroll
+        for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+            for (int half = 0; half < 2; half++)
+                store_bf16_pair(tb + (16 * i + g + 8 * half) * kLdP + 16 * j + 8 * nt + 2 * t4, acc[nt][2 * half],
+                                acc[nt][2 * half + 1]);
+        __syncwarp();
+        unsigned d[4], b[4];
+        ldsm_x4(d, frag_a_rows(tb, kLdP, 16 * i, 16 * i));
+#pragma unroll
+        for (int e = 0; e < 4; e++)
+            d[e] ^= 0x80008000u; /* -D_i */
+        ldsm_x4_t(b, frag_b2_kn(tb, kLdP, 16 * j, 16 * i));
+        float x[2][4] = {};
+        mma_bf16(x[0], d, b);
+        mma_bf16(x[1], d, b + 2);
+        __syncwarp();
+#pragma unroll
+        for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+            for (int half = 0; half < 2; half++)
+                store_bf16_pair(tb + (16 * i + g + 8 * half) * kLdP + 16 * j + 8 * nt + 2 * t4, x[nt][2 * half],
+                                x[nt][2 * half + 1]);
+        __syncwarp();
+    }
+}
+
+template <typename Act, typename St>
+__device__ void chunked_sequence_ws(const gdn_problem &p, int64_t n, unsigned char *smb)
+{
+    static_assert(sizeof(Act) == 2, "2-byte activations");
+    float *const sf = reinterpret_cast<float *>(smb + ws_smem::sf);
+    bf16 *const sb = reinterpret_cast<bf16 *>(smb + ws_smem::sb);
+
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const int g = lane / 4, t4 = lane % 4;
+    block_coords bc;
+    bc.n = n, bc.hv = blockIdx.y;
+    bc.h = p.head_map == GDN_HEAD_MAP_TILED ? bc.hv % p.num_q_heads : bc.hv / (p.num_v_heads / p.num_q_heads);
+    const int64_t V = p.head_dim_v, v0 = (int64_t)blockIdx.x * kSlice;
+    const int rows_v = (int)(V - v0 < kSlice ? V - v0 : kSlice);
+
+    const int64_t T64 = gdn_seq_tokens(&p, bc.n), first = gdn_first_token_row(&p, bc.n);
+    if (T64 < 0 || first < 0) {
+        skip_bad_row(p);
+        return;
+    }
+    const int64_t T = T64;
+    if (T == 0)
+        return;
+    const int64_t read = gdn_read_slot(&p, bc.n), write = gdn_write_slot(&p, bc.n);
+    if (read < 0) { /* padding: zero outputs, no state */
+        for (int64_t i = threadIdx.x; i < T * rows_v; i += blockDim.x)
+            store_elem<Act>(p.out, (first + i / rows_v) * p.out_stride + bc.hv * V + v0 + i % rows_v, 0.0f);
+        return;
+    }
+    if (read >= p.num_slots || write >= p.num_slots) {
+        skip_bad_row(p);
+        return;
+    }
+    const int64_t chunks = (T + kChunk - 1) / kChunk;
+
+    stage_source<Act> src;
+    src.q = static_cast<const Act *>(p.q) + first * p.q_stride + bc.h * kRowK;
+    src.k = static_cast<const Act *>(p.k) + first * p.k_stride + bc.h * kRowK;
+    src.v = static_cast<const Act *>(p.v) + first * p.v_stride + bc.hv * V + v0;
+    src.q_stride = p.q_stride, src.k_stride = p.k_stride, src.v_stride = p.v_stride;
+    src.rows_v = rows_v;
+    src.async = p.prefill_async != 0;
+    Act *const stage = reinterpret_cast<Act *>(smb + ws_smem::stage);
+    pair_gates next_gates{};
+    if (warp < 4) {
+        stage_chunk<Act>(src, 0, (int)(T < kChunk ? T : kChunk), stage, threadIdx.x, kGroupThreads);
+        if (warp == 0)
+            next_gates = load_pair_gates<Act>(p, first, 0, (int)(T < kChunk ? T : kChunk), bc.hv);
+    } else {
+        const bool zero = gdn_zero_initial_state(&p, bc.n);
+        const St *tile =
+            static_cast<const St *>(p.state_pool) + gdn_tile_offset(&p, read, bc.hv) + v0 * kRowK;
+        for (int i = threadIdx.x - kGroupThreads; i < kSlice * kRowK; i += kGroupThreads) {
+            const int r = i / kRowK, c = i % kRowK;
+            const float x = (!zero && r < rows_v) ? to_float<St>(tile[i]) : 0.0f;
+            sf[r * kLdK + c] = x;
+            sb[r * kLdB + c] = __float2bfloat16_rn(x);
+        }
+    }
+    __syncthreads();
+
+    if (warp < 4) {
+        /* ---- local warps ---- */
+        bf16 *const ab = reinterpret_cast<bf16 *>(smb + ws_smem::ab);
+        float *const diag = reinterpret_cast<float *>(smb + ws_smem::diag);
+        float *const cum = reinterpret_cast<float *>(smb + ws_smem::cum);
+        for (int64_t ci = 0; ci < chunks; ci++) {
+            const int64_t c0 = ci * kChunk;
+            const int len = (int)(T - c0 < kChunk ? T - c0 : kChunk), b = (int)(ci & 1);
+            const ws_buffer w = ws_buffer_at(smb, b);
+            if (ci >= 2)
+                named_sync(kBarEmpty + b, 2 * kGroupThreads); /* the state warps are done with chunk ci - 2 */
+            copy_async_wait<0>();
+            named_sync(kBarLocal, kGroupThreads); /* the stage holds this chunk */
+            normalise_qk<Act, 8>(stage, w.qb, w.kb, len, p.scale, p.qk_l2norm != 0);
+            {
+                const Act *sv = stage + 2 * kChunk * kRowK;
+                for (int i = threadIdx.x; i < kChunk * kSlice; i += kGroupThreads) {
+                    const int tok = i / kSlice, col = i % kSlice;
+                    w.vf[tok * kLdU + col] = tok < len ? to_float<Act>(sv[tok * kSlice + col]) : 0.0f;
+                }
+            }
+            if (warp == 0)
+                chunk_gates<Act>(p, next_gates, len, cum, w.gam, w.dec, w.beta);
+            named_sync(kBarLocal, kGroupThreads); /* the stage is free; rows and gates are in place */
+            if (ci + 1 < chunks) {
+                const int next_len = (int)(T - c0 - kChunk < kChunk ? T - c0 - kChunk : kChunk);
+                stage_chunk<Act>(src, c0 + kChunk, next_len, stage, threadIdx.x, kGroupThreads);
+                if (warp == 0)
+                    next_gates = load_pair_gates<Act>(p, first, c0 + kChunk, next_len, bc.hv);
+            }
+            const gram_views gv{w.qb, w.kb, cum, w.beta, ab, w.tb, w.pb, diag};
+            if (warp % 2 == 0)
+                gram_pair<0, 3>(gv, warp >= 2);
+            else
+                gram_pair<1, 2>(gv, warp >= 2);
+            named_sync(kBarLocal, kGroupThreads); /* A and the diagonal inverses */
+            inverse_column(ab, w.tb, 3 - warp);
+            named_arrive(kBarFull + b, 2 * kGroupThreads);
+        }
+    } else {
+        /* ---- state warps ---- */
+        bf16 *const zb = reinterpret_cast<bf16 *>(smb + ws_smem::zb);
+        bf16 *const ub = reinterpret_cast<bf16 *>(smb + ws_smem::ub);
+        bf16 *const udb = reinterpret_cast<bf16 *>(smb + ws_smem::udb);
+        const int sw = warp - 4;
+        for (int64_t ci = 0; ci < chunks; ci++) {
+            const int64_t c0 = ci * kChunk;
+            const int len = (int)(T - c0 < kChunk ? T - c0 : kChunk), b = (int)(ci & 1);
+            const ws_buffer w = ws_buffer_at(smb, b);
+            named_sync(kBarFull + b, 2 * kGroupThreads);
+
+            /* K S^T and Q S^T for row block sw: Z, and the outputs' first term in registers */
+            float o_acc[4][4], acc_k[4][4];
+#pragma unroll
+            for (int j = 0; j < 4; j++)
+#pragma unroll
+                for (int e = 0; e < 4; e++)
+                    o_acc[j][e] = acc_k[j][e] = 0.0f;
+#pragma unroll
+            for (int kk = 0; kk < kRowK; kk += 16) {
+                unsigned ak[4], aq[4];
+                ldsm_x4(ak, frag_a_rows(w.kb, kLdB, 16 * sw, kk));
+                ldsm_x4(aq, frag_a_rows(w.qb, kLdB, 16 * sw, kk));
+#pragma unroll
+                for (int pr = 0; pr < 2; pr++) {
+                    unsigned bb[4];
+                    ldsm_x4(bb, frag_b2_nk(sb, kLdB, 16 * pr, kk));
+                    mma_bf16(acc_k[2 * pr], ak, bb);
+                    mma_bf16(acc_k[2 * pr + 1], ak, bb + 2);
+                    mma_bf16(o_acc[2 * pr], aq, bb);
+                    mma_bf16(o_acc[2 * pr + 1], aq, bb + 2);
+                }
+            }
+#pragma unroll
+            for (int j = 0; j < 4; j++)
+#pragma unroll
+                for (int half = 0; half < 2; half++) {
+                    const int row = 16 * sw + g + 8 * half, col = 8 * j + 2 * t4;
+                    const float gm = w.gam[row], bt = w.beta[row];
+                    const float2 v = *reinterpret_cast<const float2 *>(w.vf + row * kLdU + col);
+                    store_bf16_pair(zb + row * kLdU + col, bt * (v.x - gm * acc_k[j][2 * half]),
+                                    bt * (v.y - gm * acc_k[j][2 * half + 1]));
+                    o_acc[j][2 * half] *= gm, o_acc[j][2 * half + 1] *= gm;
+                }
+            named_sync(kBarState, kGroupThreads);
+
+            /* U = T Z: warp sw owns columns 8 sw.., every row block */
+            {
+                const int n0 = 8 * sw;
+                unsigned zf[4][2];
+#pragma unroll
+                for (int kb = 0; kb < 4; kb++)
+                    ldsm_x2_t(zf[kb], frag_b1_kn(zb, kLdU, n0, 16 * kb));
+#pragma unroll
+                for (int mi = 0; mi < 4; mi++) {
+                    float u[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+                    for (int kb = 0; kb <= mi; kb++) {
+                        unsigned a[4];
+                        ldsm_x4(a, frag_a_rows(w.tb, kLdP, 16 * mi, 16 * kb));
+                        mma_bf16(u, a, zf[kb]);
+                    }
+#pragma unroll
+                    for (int half = 0; half < 2; half++) {
+                        const int row = 16 * mi + g + 8 * half, col = n0 + 2 * t4;
+                        store_bf16_pair(ub + row * kLdU + col, u[2 * half], u[2 * half + 1]);
+                        store_bf16_pair(udb + row * kLdU + col, u[2 * half] * w.dec[row],
+                                        u[2 * half + 1] * w.dec[row]);
+                    }
+                }
+            }
+            named_sync(kBarState, kGroupThreads);
+
+            /* the outputs' second term P U, then the state update */
+            for (int kb = 0; kb <= sw; kb++) {
+                unsigned a[4];
+                ldsm_x4(a, frag_a_rows(w.pb, kLdP, 16 * sw, 16 * kb));
+#pragma unroll
+                for (int pr = 0; pr < 2; pr++) {
+                    unsigned bb[4];
+                    ldsm_x4_t(bb, frag_b2_kn(ub, kLdU, 16 * pr, 16 * kb));
+                    mma_bf16(o_acc[2 * pr], a, bb);
+                    mma_bf16(o_acc[2 * pr + 1], a, bb + 2);
+                }
+            }
+#pragma unroll
+            for (int j = 0; j < 4; j++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int row = 16 * sw + g + (e >= 2 ? 8 : 0), col = 8 * j + 2 * t4 + (e & 1);
+                    if (row < len && col < rows_v)
+                        store_elem<Act>(p.out, (first + c0 + row) * p.out_stride + bc.hv * V + v0 + col,
+                                        o_acc[j][e]);
+                }
+            state_tiles<4>(udb, w.kb, sf, sb, sw / 2, 8 * (sw % 2), w.gam[kChunk - 1]);
+            if (ci + 2 < chunks)
+                named_arrive(kBarEmpty + b, 2 * kGroupThreads);
+        }
+        named_sync(kBarState, kGroupThreads);
+        if (write >= 0) {
+            St *tile = static_cast<St *>(p.state_pool) + gdn_tile_offset(&p, write, bc.hv) + v0 * kRowK;
+            for (int i = threadIdx.x - kGroupThreads; i < rows_v * kRowK; i += kGroupThreads)
+                tile[i] = from_float<St>(sf[(i / kRowK) * kLdK + i % kRowK]);
+        }
+    }
+    __syncthreads(); /* the next sequence reuses the shared memory */
+}
+
 /*
  * Grid: x = slice of state rows, y = value head, z = a group of sequences. The host cannot see
  * which sequences are long (cu_seqlens stays on the device), and a grid of one z per sequence
@@ -1058,7 +1419,10 @@ __device__ void chunked_sequence_tc1(const gdn_problem &p, int64_t n, unsigned c
  * to have it exit. So gridDim.z is small (about two waves of blocks) and group z takes every
  * gridDim.z-th of this kernel's sequences in order (ranked 256 at a time by a block-wide count).
  */
-template <typename Act, typename St, bool PRECISE>
+/* How a kernel computes its chunks: three-term products, one term phase by phase, one term pipelined. */
+enum chunk_path { kPathPrecise = 0, kPathTc1 = 1, kPathPipelined = 2 };
+
+template <typename Act, typename St, int PATH>
 __global__ void __launch_bounds__(kChunkWarps * 32, 1) prefill_chunked_vk128(const gdn_problem p)
 {
     extern __shared__ __align__(16) float sm[];
@@ -1086,19 +1450,23 @@ __global__ void __launch_bounds__(kChunkWarps * 32, 1) prefill_chunked_vk128(con
         __syncthreads();
         const int count = mine_count;
         for (int i = 0; i < count; i++)
-            if constexpr (PRECISE)
+            if constexpr (PATH == kPathPrecise)
                 chunked_sequence<Act, St, true>(p, mine[i], sm);
+            else if constexpr (PATH == kPathPipelined && sizeof(Act) == 2)
+                chunked_sequence_ws<Act, St>(p, mine[i], reinterpret_cast<unsigned char *>(sm));
             else
                 chunked_sequence_tc1<Act, St>(p, mine[i], reinterpret_cast<unsigned char *>(sm));
         __syncthreads(); /* mine and the counts are rewritten by the next round */
     }
 }
 
-template <typename Act, typename St, bool PRECISE>
+template <typename Act, typename St, int PATH>
 cudaError_t launch_typed(const gdn_problem &p, cudaStream_t stream)
 {
-    const auto kernel = prefill_chunked_vk128<Act, St, PRECISE>;
-    const int bytes = PRECISE ? chunk_smem::bytes((int)sizeof(Act)) : tc1_smem::bytes((int)sizeof(Act));
+    const auto kernel = prefill_chunked_vk128<Act, St, PATH>;
+    const int bytes = PATH == kPathPrecise                         ? chunk_smem::bytes((int)sizeof(Act))
+                      : PATH == kPathPipelined && sizeof(Act) == 2 ? ws_smem::bytes((int)sizeof(Act))
+                                                                   : tc1_smem::bytes((int)sizeof(Act));
     const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
     if (err != cudaSuccess)
         return err;
@@ -1111,7 +1479,21 @@ cudaError_t launch_typed(const gdn_problem &p, cudaStream_t stream)
     return cudaGetLastError();
 }
 
-int forced_precise = -1; /* gdn_cuda_chunked_force_precise; -1 = by dtype and env */
+int forced_precise = -1;  /* gdn_cuda_chunked_force_precise; -1 = by dtype and env */
+int forced_pipeline = -1; /* gdn_cuda_chunked_force_pipeline; -1 = by env */
+
+/* An environment switch read once ('1' on, '0' off, unset: fallback); racing threads store the
+ * same value. */
+int env_switch(const char *name, int *cache, int fallback)
+{
+    int e = __atomic_load_n(cache, __ATOMIC_RELAXED);
+    if (e < 0) {
+        const char *s = getenv(name);
+        e = s && (s[0] == '0' || s[0] == '1') ? s[0] == '1' : fallback;
+        __atomic_store_n(cache, e, __ATOMIC_RELAXED);
+    }
+    return e;
+}
 
 bool precise_for(const gdn_problem &p)
 {
@@ -1120,23 +1502,31 @@ bool precise_for(const gdn_problem &p)
         return forced != 0;
     if (p.act_dtype != GDN_DTYPE_BF16)
         return true;
-    static int env = -1; /* read once; racing threads store the same value */
-    int e = __atomic_load_n(&env, __ATOMIC_RELAXED);
-    if (e < 0) {
-        const char *s = getenv("GDN_PREFILL_PRECISE");
-        e = s && s[0] == '1';
-        __atomic_store_n(&env, e, __ATOMIC_RELAXED);
-    }
-    return e != 0;
+    static int env = -1;
+    return env_switch("GDN_PREFILL_PRECISE", &env, 0) != 0;
+}
+
+bool pipelined(void)
+{
+    const int forced = __atomic_load_n(&forced_pipeline, __ATOMIC_RELAXED);
+    if (forced >= 0)
+        return forced != 0;
+    static int env = -1;
+    return env_switch("GDN_PREFILL_PIPELINE", &env, 1) != 0;
+}
+
+template <typename Act, typename St> cudaError_t launch_state(const gdn_problem &p, cudaStream_t stream)
+{
+    if (precise_for(p))
+        return launch_typed<Act, St, kPathPrecise>(p, stream);
+    return pipelined() ? launch_typed<Act, St, kPathPipelined>(p, stream) : launch_typed<Act, St, kPathTc1>(p, stream);
 }
 
 template <typename Act> cudaError_t launch_act(const gdn_problem &p, cudaStream_t stream)
 {
-    const bool precise = precise_for(p);
     if (p.state_dtype == GDN_DTYPE_BF16)
-        return precise ? launch_typed<Act, __nv_bfloat16, true>(p, stream)
-                       : launch_typed<Act, __nv_bfloat16, false>(p, stream);
-    return precise ? launch_typed<Act, float, true>(p, stream) : launch_typed<Act, float, false>(p, stream);
+        return launch_state<Act, __nv_bfloat16>(p, stream);
+    return launch_state<Act, float>(p, stream);
 }
 
 bool aligned16(const void *ptr, int64_t stride_bytes)
@@ -1168,4 +1558,9 @@ cudaError_t gdn_cuda_launch_chunked(const gdn_problem *p_in, cudaStream_t stream
 void gdn_cuda_chunked_force_precise(int precise)
 {
     __atomic_store_n(&forced_precise, precise >= 0 ? (precise != 0) : -1, __ATOMIC_RELAXED);
+}
+
+void gdn_cuda_chunked_force_pipeline(int pipelined)
+{
+    __atomic_store_n(&forced_pipeline, pipelined >= 0 ? (pipelined != 0) : -1, __ATOMIC_RELAXED);
 }
