@@ -9,7 +9,8 @@
 # small prefill test (decode/cuda_sanitize_prefill) (PREFILL_SANITIZE=0: none of these;
 # PREFILL_OTHERS=0: the sanitizers only), PREFILL_PYTHON=1 the Python GPU tests of gdn.forward and
 # the multi-token calls, and with
-# PREFILL_NCU=1 an Nsight Compute report of one launch (1x4096 qwen3-next) for each build.
+# PREFILL_NCU=1 an Nsight Compute report of one launch (1x4096 qwen3-next) for each build
+# (PREFILL_NCU_SOURCE=1: also its per-instruction page).
 # Logs and prefill-tune.csv go to OUT.
 set -uo pipefail
 out=$1
@@ -43,6 +44,10 @@ for b in "${builds[@]}"; do
         step "ncu-$tag" 180 "$ncu" --set full --kernel-name regex:prefill_chunked --launch-count 1 \
             --print-details all python3 bench/prefill_tune.py --lib "$b/libgdn.so" --reps 1 --cases 1x4096 \
             --shapes qwen3-next
+        # per-instruction counts and stall samples (SASS; source lines where built with -lineinfo)
+        [ "${PREFILL_NCU_SOURCE:-0}" = 1 ] && step "ncu-source-$tag" 180 "$ncu" --set full \
+            --kernel-name regex:prefill_chunked --launch-count 1 --page source --print-source sass --csv \
+            python3 bench/prefill_tune.py --lib "$b/libgdn.so" --reps 1 --cases 1x4096 --shapes qwen3-next
     fi
     first=0
 done

@@ -31,6 +31,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <type_traits>
+
 #include "device_common.cuh"
 #include "kernels.h"
 #include "vk128_rows.cuh"
@@ -1093,25 +1095,28 @@ __device__ void chunked_sequence_tc1(const gdn_problem &p, int64_t n, unsigned c
 /* ---- one term, pipelined: the chunk-local work of chunk c + 1 beside the state work of c ------ */
 
 /*
- * The tc1 path runs a chunk's phases one after another with the whole block: ~9 us a chunk on an
- * H100 (7ce2851), most of it waiting (barriers, the serial solve, a single warp's inversions)
- * while ~800 mma a chunk need ~1 us. Only part of the work depends on the state: Z = beta (V -
- * e^G K S^T), U = T Z, the outputs and the state update. The Gram matrices, the inverse
- * T = (I + A)^{-1} and the normalised rows depend on the chunk alone, so they are made one chunk
- * ahead:
- *   local warps 0-3: stage (cp.async) and normalise q, k, the gates, K K^T and Q K^T, the
- *     diagonal inverses and then T by column blocks (warp 3 - j walks column block j down), all
- *     into one of two chunk buffers;
- *   state warps 4-7: K S^T and Q S^T, Z, U = T Z (no serial solve left), P U and the outputs,
- *     the state update.
- * Named barriers hand a buffer over: FULL[b] (the local warps arrive, the state warps wait) and
- * EMPTY[b] (the other way); LOCAL and STATE order each group's own phases. A full buffer's
- * barrier also lines up the four state warps, so the state they wrote is complete before the
- * next chunk's K S^T reads it. 2-byte activations only: float32 ones would need 36 KiB more
- * staging than the 227 KiB a block may have (they take the tc1 path).
+ * The phase-by-phase path (tc1) runs a chunk's steps one after another with the whole block:
+ * ~9 us a chunk on an H100 (7ce2851) for ~800 mma that need ~1 us. ncu of a first pipelined
+ * version (a4b355d, H100) showed why: the block issues ~12.6 thousand warp instructions a chunk
+ * at 0.75 a cycle (two warps a scheduler, each waiting ~10 cycles an instruction), and the most
+ * of them were elementwise work, not mma: normalising the q and k rows (a third of them) and
+ * the Gram epilogues. So this path
+ *   - never normalises a row: q and k reach the mma raw (bf16 activations only), their squared
+ *     norms come from the Gram diagonals (K K^T's own, and Q Q^T's two diagonal tiles), and the
+ *     norms fold into the per-row and per-column factors the epilogues apply anyway (rq, rk);
+ *   - makes everything that depends on the chunk alone (the gates, Gram matrices, A's diagonal
+ *     inverses, T = (I + A)^{-1} by column blocks) one chunk ahead in 4 local warps, beside
+ *     4 state warps doing only what needs the state: K S^T and Q S^T, Z, U = T Z (no serial
+ *     solve), P U, the outputs and the state update;
+ *   - keeps the float32 state in the state warps' registers (a warp owns 8 tiles of 16 x 8).
+ * Three chunk buffers: the state warps read chunk c, the local warps build c + 1, and cp.async
+ * fills c + 2. Named barriers hand a buffer over: FULL[b] (the local warps arrive, the state
+ * warps wait) and EMPTY[b] (the other way); LOCAL and STATE order each group's own steps.
  */
-constexpr int kBarLocal = 1, kBarState = 2, kBarFull = 3 /* + buffer */, kBarEmpty = 5 /* + buffer */;
+constexpr int kBarLocal = 1, kBarState = 2, kBarFull = 3 /* + buffer */, kBarEmpty = 6 /* + buffer */;
+constexpr int kBuffers = 3;
 constexpr int kGroupThreads = 128;
+constexpr int kLdV = kSlice + 8; /* bf16 between rows of the raw v slice: 80 B */
 
 __device__ __forceinline__ void named_sync(int id, int threads)
 {
@@ -1122,44 +1127,206 @@ __device__ __forceinline__ void named_arrive(int id, int threads)
     asm volatile("bar.arrive %0, %1;" ::"r"(id), "r"(threads) : "memory");
 }
 
-/* Byte offsets: two chunk buffers, the state warps' part, the local warps' part. */
+/* Byte offsets: the chunk buffers, the state warps' part, the local warps' part. */
 struct ws_smem {
-    static constexpr int qb = 0;                      /* [C][kLdB] normalised, scaled q */
-    static constexpr int kb = qb + kChunk * kLdB * 2; /* [C][kLdB] normalised k */
-    static constexpr int tb = kb + kChunk * kLdB * 2; /* [C][kLdP] T = (I + A)^{-1}, lower blocks */
-    static constexpr int pb = tb + kChunk * kLdP * 2; /* [C][kLdP] e(t,s) q_t.k_s, s <= t */
-    static constexpr int vf = pb + kChunk * kLdP * 2; /* [C][kLdU] the v slice, float32 */
-    static constexpr int gates = vf + kChunk * kLdU * 4; /* gam, dec, beta: [C] floats each */
-    static constexpr int buffer = gates + 3 * kChunk * 4;
-    static constexpr int sf = 2 * buffer;              /* [kSlice][kLdK] the state slice, float32 */
-    static constexpr int sb = sf + kSlice * kLdK * 4;  /* [kSlice][kLdB] the state slice as bf16 */
+    static constexpr int qb = 0;                      /* [C][kLdB] raw q */
+    static constexpr int kb = qb + kChunk * kLdB * 2; /* [C][kLdB] raw k */
+    static constexpr int vb = kb + kChunk * kLdB * 2; /* [C][kLdV] raw v slice */
+    static constexpr int tb = vb + kChunk * kLdV * 2; /* [C][kLdP] T = (I + A)^{-1}, lower blocks */
+    static constexpr int pb = tb + kChunk * kLdP * 2; /* [C][kLdP] rq_t rk_s e(t,s) q_t.k_s, s <= t */
+    static constexpr int gates = pb + kChunk * kLdP * 2; /* gam, dec, beta, rq, rk: [C] floats each */
+    static constexpr int buffer = gates + 5 * kChunk * 4;
+    static constexpr int sb = kBuffers * buffer;       /* [kSlice][kLdB] the state slice as bf16 */
     static constexpr int zb = sb + kSlice * kLdB * 2;  /* [C][kLdU] Z */
     static constexpr int ub = zb + kChunk * kLdU * 2;  /* [C][kLdU] U */
-    static constexpr int udb = ub + kChunk * kLdU * 2; /* [C][kLdU] U scaled by e^{G_last - G_t} */
+    static constexpr int udb = ub + kChunk * kLdU * 2; /* [C][kLdU] U scaled by rk_t e^{G_last - G_t} */
     static constexpr int ab = udb + kChunk * kLdU * 2; /* [C][kLdP] A below the diagonal blocks */
-    static constexpr int diag = ab + kChunk * kLdP * 2;   /* [4][16][kLdD] A's diagonal blocks */
-    static constexpr int cum = diag + 4 * 16 * kLdD * 4;  /* [C] G_t */
-    static constexpr int stage = cum + kChunk * 4;
-    static constexpr int bytes(int act) { return stage + chunk_smem::stage_bytes(act); }
+    static constexpr int diag = ab + kChunk * kLdP * 2;  /* [4][16][kLdD] A's diagonal blocks */
+    static constexpr int cum = diag + 4 * 16 * kLdD * 4; /* [C] G_t */
+    static constexpr int bytes = cum + kChunk * 4;
 };
-static_assert(ws_smem::buffer % 16 == 0 && ws_smem::sf % 16 == 0 && ws_smem::diag % 16 == 0 &&
-                  ws_smem::stage % 16 == 0,
+static_assert(ws_smem::buffer % 16 == 0 && ws_smem::vb % 16 == 0 && ws_smem::sb % 16 == 0 &&
+                  ws_smem::diag % 16 == 0,
               "16-byte aligned parts");
-static_assert(ws_smem::bytes(2) + 4096 <= 227 * 1024, "fits a block's shared memory with the static part");
+static_assert(ws_smem::bytes + 4096 <= 227 * 1024, "fits a block's shared memory with the static part");
 
 struct ws_buffer {
-    bf16 *qb, *kb, *tb, *pb;
-    float *vf, *gam, *dec, *beta;
+    bf16 *qb, *kb, *vb, *tb, *pb;
+    float *gam, *dec, *beta, *rq, *rk;
 };
 __device__ __forceinline__ ws_buffer ws_buffer_at(unsigned char *smb, int b)
 {
     unsigned char *base = smb + b * ws_smem::buffer;
     ws_buffer w;
     w.qb = reinterpret_cast<bf16 *>(base + ws_smem::qb), w.kb = reinterpret_cast<bf16 *>(base + ws_smem::kb);
-    w.tb = reinterpret_cast<bf16 *>(base + ws_smem::tb), w.pb = reinterpret_cast<bf16 *>(base + ws_smem::pb);
-    w.vf = reinterpret_cast<float *>(base + ws_smem::vf), w.gam = reinterpret_cast<float *>(base + ws_smem::gates);
-    w.dec = w.gam + kChunk, w.beta = w.dec + kChunk;
+    w.vb = reinterpret_cast<bf16 *>(base + ws_smem::vb), w.tb = reinterpret_cast<bf16 *>(base + ws_smem::tb);
+    w.pb = reinterpret_cast<bf16 *>(base + ws_smem::pb);
+    w.gam = reinterpret_cast<float *>(base + ws_smem::gates), w.dec = w.gam + kChunk, w.beta = w.dec + kChunk;
+    w.rq = w.beta + kChunk, w.rk = w.rq + kChunk;
     return w;
+}
+
+/* Tokens [c0, c0 + len) of the sequence as raw rows into buffer w (rows past len: zeros), by the
+ * 128 local threads; cp.async where rows are 16-byte aligned. */
+__device__ __forceinline__ void stage_raw(const stage_source<bf16> &src, int64_t c0, int len, const ws_buffer &w)
+{
+    const int tid = threadIdx.x;
+    if (src.async && src.rows_v == kSlice) {
+        for (int i = tid; i < kChunk * (kRowK / 8); i += kGroupThreads) {
+            const int r = i / (kRowK / 8), c = (i % (kRowK / 8)) * 8;
+            const bool real = r < len;
+            const int64_t at = c0 + (real ? r : 0);
+            copy_async16(reinterpret_cast<uint4 *>(w.qb + r * kLdB + c), src.q + at * src.q_stride + c, real);
+            copy_async16(reinterpret_cast<uint4 *>(w.kb + r * kLdB + c), src.k + at * src.k_stride + c, real);
+        }
+        for (int i = tid; i < kChunk * (kSlice / 8); i += kGroupThreads) {
+            const int r = i / (kSlice / 8), c = (i % (kSlice / 8)) * 8;
+            const bool real = r < len;
+            const int64_t at = c0 + (real ? r : 0);
+            copy_async16(reinterpret_cast<uint4 *>(w.vb + r * kLdV + c), src.v + at * src.v_stride + c, real);
+        }
+    } else {
+        const bf16 zero = __float2bfloat16_rn(0.0f);
+        for (int i = tid; i < kChunk * kRowK; i += kGroupThreads) {
+            const int r = i / kRowK, c = i % kRowK;
+            w.qb[r * kLdB + c] = r < len ? src.q[(c0 + r) * src.q_stride + c] : zero;
+            w.kb[r * kLdB + c] = r < len ? src.k[(c0 + r) * src.k_stride + c] : zero;
+        }
+        for (int i = tid; i < kChunk * kSlice; i += kGroupThreads) {
+            const int r = i / kSlice, c = i % kSlice;
+            w.vb[r * kLdV + c] = r < len && c < src.rows_v ? src.v[(c0 + r) * src.v_stride + c] : zero;
+        }
+    }
+    copy_async_commit();
+}
+
+/* Row blocks MA and MB of the raw K K^T (warps 0, 1) or Q K^T (warps 2, 3), all four local warps
+ * at once: products, then the norm factors from the diagonal tiles (K K^T's own; Q Q^T's two
+ * tiles for the q warps), a LOCAL barrier, and the epilogues with every factor:
+ *   A(t,s) = beta_t rk_t rk_s e(t,s) k_t.k_s (s < t; the diagonal blocks as float32, then
+ *            inverted into T's diagonal blocks), P(t,s) = rq_t rk_s e(t,s) q_t.k_s (s <= t). */
+template <int MA, int MB>
+__device__ __forceinline__ void gram_raw(const ws_buffer &w, const float *cum, bf16 *ab, float *diag, bool is_q,
+                                         float scale, bool l2norm)
+{
+    constexpr int NA = 2 * MA + 2, NB = 2 * MB + 2;
+    const int lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
+    const bf16 *X = is_q ? w.qb : w.kb;
+    float acc_a[NA][4], acc_b[NB][4], qd[2][2][4];
+#pragma unroll
+    for (int e = 0; e < 4; e++) {
+#pragma unroll
+        for (int j = 0; j < NA; j++)
+            acc_a[j][e] = 0.0f;
+#pragma unroll
+        for (int j = 0; j < NB; j++)
+            acc_b[j][e] = 0.0f;
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+            qd[j / 2][j % 2][e] = 0.0f;
+    }
+#pragma unroll
+    for (int kk = 0; kk < kRowK; kk += 16) {
+        unsigned a0[4], a1[4];
+        ldsm_x4(a0, frag_a_rows(X, kLdB, 16 * MA, kk));
+        ldsm_x4(a1, frag_a_rows(X, kLdB, 16 * MB, kk));
+#pragma unroll
+        for (int pr = 0; pr < NB / 2; pr++) {
+            unsigned b[4];
+            ldsm_x4(b, frag_b2_nk(w.kb, kLdB, 16 * pr, kk));
+            mma_bf16(acc_b[2 * pr], a1, b);
+            mma_bf16(acc_b[2 * pr + 1], a1, b + 2);
+            if (2 * pr < NA) {
+                mma_bf16(acc_a[2 * pr], a0, b);
+                mma_bf16(acc_a[2 * pr + 1], a0, b + 2);
+            }
+        }
+        if (is_q && l2norm) {
+            unsigned b[4];
+            ldsm_x4(b, frag_b2_nk(w.qb, kLdB, 16 * MA, kk));
+            mma_bf16(qd[0][0], a0, b);
+            mma_bf16(qd[0][1], a0, b + 2);
+            ldsm_x4(b, frag_b2_nk(w.qb, kLdB, 16 * MB, kk));
+            mma_bf16(qd[1][0], a1, b);
+            mma_bf16(qd[1][1], a1, b + 2);
+        }
+    }
+    /* the diagonal of a 16 x 16 tile: row g col g in the first n-tile (element g % 2 of lanes
+     * with g / 2 == t4), row g + 8 col g + 8 in the second (element 2 + g % 2) */
+    auto norms = [&](int m, const float *t0, const float *t1, float *dst, float f) {
+        if (!l2norm) {
+            if (lane < 16)
+                dst[16 * m + lane] = f;
+        } else if (g / 2 == t4) {
+            /* selects, not t0[g % 2]: a runtime index would move the accumulators to the stack */
+            const float d0 = g % 2 ? t0[1] : t0[0], d1 = g % 2 ? t1[3] : t1[2];
+            dst[16 * m + g] = f * inv_sqrt(d0 + GDN_L2NORM_EPS);
+            dst[16 * m + 8 + g] = f * inv_sqrt(d1 + GDN_L2NORM_EPS);
+        }
+    };
+    if (is_q) {
+        norms(MA, qd[0][0], qd[0][1], w.rq, scale);
+        norms(MB, qd[1][0], qd[1][1], w.rq, scale);
+    } else {
+        norms(MA, acc_a[2 * MA], acc_a[2 * MA + 1], w.rk, 1.0f);
+        norms(MB, acc_b[2 * MB], acc_b[2 * MB + 1], w.rk, 1.0f);
+    }
+    named_sync(kBarLocal, kGroupThreads); /* every norm factor, the gates */
+
+    /* __expf: the exponent is <= 0 and the products are bf16, so its ~2 ulp do not show */
+    auto epilogue = [&](int mi, int nj, const float *acc) {
+        const int col = 8 * nj + 2 * t4;
+        const float2 cc = *reinterpret_cast<const float2 *>(cum + col);
+        const float2 kc = *reinterpret_cast<const float2 *>(w.rk + col);
+#pragma unroll
+        for (int half = 0; half < 2; half++) {
+            const int row = 16 * mi + g + 8 * half;
+            const float cr = cum[row], fr = is_q ? w.rq[row] : w.beta[row] * w.rk[row];
+            const bool in0 = is_q ? col <= row : col < row, in1 = is_q ? col + 1 <= row : col + 1 < row;
+            const float v0 = in0 ? fr * kc.x * __expf(cr - cc.x) * acc[2 * half] : 0.0f;
+            const float v1 = in1 ? fr * kc.y * __expf(cr - cc.y) * acc[2 * half + 1] : 0.0f;
+            if (is_q)
+                store_bf16_pair(w.pb + row * kLdP + col, v0, v1);
+            else if (nj >= 2 * mi)
+                *reinterpret_cast<float2 *>(diag + (mi * 16 + row - 16 * mi) * kLdD + col - 16 * mi) =
+                    make_float2(v0, v1);
+            else
+                store_bf16_pair(ab + row * kLdP + col, v0, v1);
+        }
+    };
+#pragma unroll
+    for (int j = 0; j < NA; j++)
+        epilogue(MA, j, acc_a[j]);
+#pragma unroll
+    for (int j = 0; j < NB; j++)
+        epilogue(MB, j, acc_b[j]);
+    if (!is_q) {
+        /* (I + A_bb)^{-1} of both diagonal blocks by forward substitution, lane = column; the
+         * block's rows are read as float4 (one broadcast load for four products) */
+        __syncwarp();
+        const int blk = lane < 16 ? MA : MB, j = lane % 16;
+        const float *D = diag + blk * 16 * kLdD;
+        float x[16];
+#pragma unroll
+        for (int i = 0; i < 16; i++) {
+            float part[4] = {i == j ? 1.0f : 0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+            for (int c4 = 0; c4 < i; c4 += 4) {
+                const float4 d = *reinterpret_cast<const float4 *>(D + i * kLdD + c4);
+                part[0] -= d.x * x[c4];
+                if (c4 + 1 < i)
+                    part[1] -= d.y * x[c4 + 1];
+                if (c4 + 2 < i)
+                    part[2] -= d.z * x[c4 + 2];
+                if (c4 + 3 < i)
+                    part[3] -= d.w * x[c4 + 3];
+            }
+            x[i] = (part[0] + part[1]) + (part[2] + part[3]);
+        }
+#pragma unroll
+        for (int i = 0; i < 16; i++)
+            w.tb[(16 * blk + i) * kLdP + 16 * blk + j] = __float2bfloat16_rn(x[i]);
+    }
 }
 
 /* T's column block j below the diagonal, by warp: T_ij = -D_i sum_{j<=k<i} A_ik T_kj with
@@ -1203,11 +1370,9 @@ __device__ __forceinline__ void inverse_column(const bf16 *ab, bf16 *tb, int j)
     }
 }
 
-template <typename Act, typename St>
-__device__ void chunked_sequence_ws(const gdn_problem &p, int64_t n, unsigned char *smb)
+template <typename St> __device__ void chunked_sequence_ws(const gdn_problem &p, int64_t n, unsigned char *smb)
 {
-    static_assert(sizeof(Act) == 2, "2-byte activations");
-    float *const sf = reinterpret_cast<float *>(smb + ws_smem::sf);
+    typedef bf16 Act;
     bf16 *const sb = reinterpret_cast<bf16 *>(smb + ws_smem::sb);
 
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
@@ -1237,83 +1402,78 @@ __device__ void chunked_sequence_ws(const gdn_problem &p, int64_t n, unsigned ch
         return;
     }
     const int64_t chunks = (T + kChunk - 1) / kChunk;
-
-    stage_source<Act> src;
-    src.q = static_cast<const Act *>(p.q) + first * p.q_stride + bc.h * kRowK;
-    src.k = static_cast<const Act *>(p.k) + first * p.k_stride + bc.h * kRowK;
-    src.v = static_cast<const Act *>(p.v) + first * p.v_stride + bc.hv * V + v0;
-    src.q_stride = p.q_stride, src.k_stride = p.k_stride, src.v_stride = p.v_stride;
-    src.rows_v = rows_v;
-    src.async = p.prefill_async != 0;
-    Act *const stage = reinterpret_cast<Act *>(smb + ws_smem::stage);
-    pair_gates next_gates{};
-    if (warp < 4) {
-        stage_chunk<Act>(src, 0, (int)(T < kChunk ? T : kChunk), stage, threadIdx.x, kGroupThreads);
-        if (warp == 0)
-            next_gates = load_pair_gates<Act>(p, first, 0, (int)(T < kChunk ? T : kChunk), bc.hv);
-    } else {
-        const bool zero = gdn_zero_initial_state(&p, bc.n);
-        const St *tile =
-            static_cast<const St *>(p.state_pool) + gdn_tile_offset(&p, read, bc.hv) + v0 * kRowK;
-        for (int i = threadIdx.x - kGroupThreads; i < kSlice * kRowK; i += kGroupThreads) {
-            const int r = i / kRowK, c = i % kRowK;
-            const float x = (!zero && r < rows_v) ? to_float<St>(tile[i]) : 0.0f;
-            sf[r * kLdK + c] = x;
-            sb[r * kLdB + c] = __float2bfloat16_rn(x);
-        }
-    }
-    __syncthreads();
+    auto chunk_len = [&](int64_t ci) { return (int)(T - ci * kChunk < kChunk ? T - ci * kChunk : kChunk); };
 
     if (warp < 4) {
         /* ---- local warps ---- */
+        stage_source<Act> src;
+        src.q = static_cast<const Act *>(p.q) + first * p.q_stride + bc.h * kRowK;
+        src.k = static_cast<const Act *>(p.k) + first * p.k_stride + bc.h * kRowK;
+        src.v = static_cast<const Act *>(p.v) + first * p.v_stride + bc.hv * V + v0;
+        src.q_stride = p.q_stride, src.k_stride = p.k_stride, src.v_stride = p.v_stride;
+        src.rows_v = rows_v;
+        src.async = p.prefill_async != 0;
         bf16 *const ab = reinterpret_cast<bf16 *>(smb + ws_smem::ab);
         float *const diag = reinterpret_cast<float *>(smb + ws_smem::diag);
         float *const cum = reinterpret_cast<float *>(smb + ws_smem::cum);
+        const bool l2norm = p.qk_l2norm != 0;
+        stage_raw(src, 0, chunk_len(0), ws_buffer_at(smb, 0));
+        pair_gates next_gates{};
+        if (warp == 0)
+            next_gates = load_pair_gates<Act>(p, first, 0, chunk_len(0), bc.hv);
         for (int64_t ci = 0; ci < chunks; ci++) {
-            const int64_t c0 = ci * kChunk;
-            const int len = (int)(T - c0 < kChunk ? T - c0 : kChunk), b = (int)(ci & 1);
+            const int b = (int)(ci % kBuffers);
             const ws_buffer w = ws_buffer_at(smb, b);
-            if (ci >= 2)
-                named_sync(kBarEmpty + b, 2 * kGroupThreads); /* the state warps are done with chunk ci - 2 */
             copy_async_wait<0>();
-            named_sync(kBarLocal, kGroupThreads); /* the stage holds this chunk */
-            normalise_qk<Act, 8>(stage, w.qb, w.kb, len, p.scale, p.qk_l2norm != 0);
-            {
-                const Act *sv = stage + 2 * kChunk * kRowK;
-                for (int i = threadIdx.x; i < kChunk * kSlice; i += kGroupThreads) {
-                    const int tok = i / kSlice, col = i % kSlice;
-                    w.vf[tok * kLdU + col] = tok < len ? to_float<Act>(sv[tok * kSlice + col]) : 0.0f;
-                }
+            named_sync(kBarLocal, kGroupThreads); /* chunk ci's rows have landed */
+            const pair_gates gates = next_gates;
+            if (ci + 1 < chunks) {
+                const int nb = (int)((ci + 1) % kBuffers);
+                if (ci + 1 >= kBuffers)
+                    named_sync(kBarEmpty + nb, 2 * kGroupThreads); /* the state warps are done with ci - 2 */
+                stage_raw(src, (ci + 1) * kChunk, chunk_len(ci + 1), ws_buffer_at(smb, nb));
+                if (warp == 0)
+                    next_gates = load_pair_gates<Act>(p, first, (ci + 1) * kChunk, chunk_len(ci + 1), bc.hv);
             }
             if (warp == 0)
-                chunk_gates<Act>(p, next_gates, len, cum, w.gam, w.dec, w.beta);
-            named_sync(kBarLocal, kGroupThreads); /* the stage is free; rows and gates are in place */
-            if (ci + 1 < chunks) {
-                const int next_len = (int)(T - c0 - kChunk < kChunk ? T - c0 - kChunk : kChunk);
-                stage_chunk<Act>(src, c0 + kChunk, next_len, stage, threadIdx.x, kGroupThreads);
-                if (warp == 0)
-                    next_gates = load_pair_gates<Act>(p, first, c0 + kChunk, next_len, bc.hv);
-            }
-            const gram_views gv{w.qb, w.kb, cum, w.beta, ab, w.tb, w.pb, diag};
+                chunk_gates<Act>(p, gates, chunk_len(ci), cum, w.gam, w.dec, w.beta);
             if (warp % 2 == 0)
-                gram_pair<0, 3>(gv, warp >= 2);
+                gram_raw<0, 3>(w, cum, ab, diag, warp >= 2, p.scale, l2norm);
             else
-                gram_pair<1, 2>(gv, warp >= 2);
+                gram_raw<1, 2>(w, cum, ab, diag, warp >= 2, p.scale, l2norm);
             named_sync(kBarLocal, kGroupThreads); /* A and the diagonal inverses */
             inverse_column(ab, w.tb, 3 - warp);
             named_arrive(kBarFull + b, 2 * kGroupThreads);
         }
     } else {
-        /* ---- state warps ---- */
+        /* ---- state warps: the slice's rows 16 mv.., columns 8 nk0.. (8 tiles) in registers ---- */
         bf16 *const zb = reinterpret_cast<bf16 *>(smb + ws_smem::zb);
         bf16 *const ub = reinterpret_cast<bf16 *>(smb + ws_smem::ub);
         bf16 *const udb = reinterpret_cast<bf16 *>(smb + ws_smem::udb);
-        const int sw = warp - 4;
+        const int sw = warp - 4, mv = sw / 2, nk0 = 8 * (sw % 2);
+        float st[8][4];
+        {
+            const bool zero = gdn_zero_initial_state(&p, bc.n);
+            const St *tile =
+                static_cast<const St *>(p.state_pool) + gdn_tile_offset(&p, read, bc.hv) + v0 * kRowK;
+#pragma unroll
+            for (int j = 0; j < 8; j++)
+#pragma unroll
+                for (int half = 0; half < 2; half++) {
+                    const int row = 16 * mv + g + 8 * half, col = 8 * (nk0 + j) + 2 * t4;
+                    const bool real = !zero && row < rows_v;
+                    st[j][2 * half] = real ? to_float<St>(tile[row * kRowK + col]) : 0.0f;
+                    st[j][2 * half + 1] = real ? to_float<St>(tile[row * kRowK + col + 1]) : 0.0f;
+                    store_bf16_pair(sb + row * kLdB + col, st[j][2 * half], st[j][2 * half + 1]);
+                }
+        }
         for (int64_t ci = 0; ci < chunks; ci++) {
             const int64_t c0 = ci * kChunk;
-            const int len = (int)(T - c0 < kChunk ? T - c0 : kChunk), b = (int)(ci & 1);
+            const int len = chunk_len(ci), b = (int)(ci % kBuffers);
             const ws_buffer w = ws_buffer_at(smb, b);
             named_sync(kBarFull + b, 2 * kGroupThreads);
+            /* (the full barrier already needs all four state warps; this one says so to racecheck) */
+            named_sync(kBarState, kGroupThreads);
 
             /* K S^T and Q S^T for row block sw: Z, and the outputs' first term in registers */
             float o_acc[4][4], acc_k[4][4];
@@ -1338,16 +1498,18 @@ __device__ void chunked_sequence_ws(const gdn_problem &p, int64_t n, unsigned ch
                 }
             }
 #pragma unroll
-            for (int j = 0; j < 4; j++)
+            for (int half = 0; half < 2; half++) {
+                const int row = 16 * sw + g + 8 * half;
+                const float gm = w.gam[row], bt = w.beta[row], gk = gm * w.rk[row], gq = gm * w.rq[row];
 #pragma unroll
-                for (int half = 0; half < 2; half++) {
-                    const int row = 16 * sw + g + 8 * half, col = 8 * j + 2 * t4;
-                    const float gm = w.gam[row], bt = w.beta[row];
-                    const float2 v = *reinterpret_cast<const float2 *>(w.vf + row * kLdU + col);
-                    store_bf16_pair(zb + row * kLdU + col, bt * (v.x - gm * acc_k[j][2 * half]),
-                                    bt * (v.y - gm * acc_k[j][2 * half + 1]));
-                    o_acc[j][2 * half] *= gm, o_acc[j][2 * half + 1] *= gm;
+                for (int j = 0; j < 4; j++) {
+                    const int col = 8 * j + 2 * t4;
+                    const float2 v = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(w.vb + row * kLdV + col));
+                    store_bf16_pair(zb + row * kLdU + col, bt * (v.x - gk * acc_k[j][2 * half]),
+                                    bt * (v.y - gk * acc_k[j][2 * half + 1]));
+                    o_acc[j][2 * half] *= gq, o_acc[j][2 * half + 1] *= gq;
                 }
+            }
             named_sync(kBarState, kGroupThreads);
 
             /* U = T Z: warp sw owns columns 8 sw.., every row block */
@@ -1369,15 +1531,15 @@ __device__ void chunked_sequence_ws(const gdn_problem &p, int64_t n, unsigned ch
 #pragma unroll
                     for (int half = 0; half < 2; half++) {
                         const int row = 16 * mi + g + 8 * half, col = n0 + 2 * t4;
+                        const float f = w.dec[row] * w.rk[row];
                         store_bf16_pair(ub + row * kLdU + col, u[2 * half], u[2 * half + 1]);
-                        store_bf16_pair(udb + row * kLdU + col, u[2 * half] * w.dec[row],
-                                        u[2 * half + 1] * w.dec[row]);
+                        store_bf16_pair(udb + row * kLdU + col, u[2 * half] * f, u[2 * half + 1] * f);
                     }
                 }
             }
             named_sync(kBarState, kGroupThreads);
 
-            /* the outputs' second term P U, then the state update */
+            /* the outputs' second term P U */
             for (int kb = 0; kb <= sw; kb++) {
                 unsigned a[4];
                 ldsm_x4(a, frag_a_rows(w.pb, kLdP, 16 * sw, 16 * kb));
@@ -1398,15 +1560,47 @@ __device__ void chunked_sequence_ws(const gdn_problem &p, int64_t n, unsigned ch
                         store_elem<Act>(p.out, (first + c0 + row) * p.out_stride + bc.hv * V + v0 + col,
                                         o_acc[j][e]);
                 }
-            state_tiles<4>(udb, w.kb, sf, sb, sw / 2, 8 * (sw % 2), w.gam[kChunk - 1]);
-            if (ci + 2 < chunks)
+
+            /* S' = e^{G_last} S + (U rk dec)^T K, the raw k rows */
+            const float keep = w.gam[kChunk - 1];
+#pragma unroll
+            for (int j = 0; j < 8; j++)
+#pragma unroll
+                for (int e = 0; e < 4; e++)
+                    st[j][e] *= keep;
+#pragma unroll
+            for (int k0 = 0; k0 < kChunk; k0 += 16) {
+                unsigned a[4];
+                ldsm_x4_t(a, frag_a_cols(udb, kLdU, 16 * mv, k0));
+#pragma unroll
+                for (int pr = 0; pr < 4; pr++) {
+                    unsigned bb[4];
+                    ldsm_x4_t(bb, frag_b2_kn(w.kb, kLdB, 8 * (nk0 + 2 * pr), k0));
+                    mma_bf16(st[2 * pr], a, bb);
+                    mma_bf16(st[2 * pr + 1], a, bb + 2);
+                }
+            }
+#pragma unroll
+            for (int j = 0; j < 8; j++)
+#pragma unroll
+                for (int half = 0; half < 2; half++)
+                    store_bf16_pair(sb + (16 * mv + g + 8 * half) * kLdB + 8 * (nk0 + j) + 2 * t4, st[j][2 * half],
+                                    st[j][2 * half + 1]);
+            if (ci + kBuffers < chunks)
                 named_arrive(kBarEmpty + b, 2 * kGroupThreads);
         }
-        named_sync(kBarState, kGroupThreads);
         if (write >= 0) {
             St *tile = static_cast<St *>(p.state_pool) + gdn_tile_offset(&p, write, bc.hv) + v0 * kRowK;
-            for (int i = threadIdx.x - kGroupThreads; i < rows_v * kRowK; i += kGroupThreads)
-                tile[i] = from_float<St>(sf[(i / kRowK) * kLdK + i % kRowK]);
+#pragma unroll
+            for (int j = 0; j < 8; j++)
+#pragma unroll
+                for (int half = 0; half < 2; half++) {
+                    const int row = 16 * mv + g + 8 * half, col = 8 * (nk0 + j) + 2 * t4;
+                    if (row < rows_v) {
+                        tile[row * kRowK + col] = from_float<St>(st[j][2 * half]);
+                        tile[row * kRowK + col + 1] = from_float<St>(st[j][2 * half + 1]);
+                    }
+                }
         }
     }
     __syncthreads(); /* the next sequence reuses the shared memory */
@@ -1452,8 +1646,8 @@ __global__ void __launch_bounds__(kChunkWarps * 32, 1) prefill_chunked_vk128(con
         for (int i = 0; i < count; i++)
             if constexpr (PATH == kPathPrecise)
                 chunked_sequence<Act, St, true>(p, mine[i], sm);
-            else if constexpr (PATH == kPathPipelined && sizeof(Act) == 2)
-                chunked_sequence_ws<Act, St>(p, mine[i], reinterpret_cast<unsigned char *>(sm));
+            else if constexpr (PATH == kPathPipelined && std::is_same<Act, bf16>::value)
+                chunked_sequence_ws<St>(p, mine[i], reinterpret_cast<unsigned char *>(sm));
             else
                 chunked_sequence_tc1<Act, St>(p, mine[i], reinterpret_cast<unsigned char *>(sm));
         __syncthreads(); /* mine and the counts are rewritten by the next round */
@@ -1465,7 +1659,7 @@ cudaError_t launch_typed(const gdn_problem &p, cudaStream_t stream)
 {
     const auto kernel = prefill_chunked_vk128<Act, St, PATH>;
     const int bytes = PATH == kPathPrecise                         ? chunk_smem::bytes((int)sizeof(Act))
-                      : PATH == kPathPipelined && sizeof(Act) == 2 ? ws_smem::bytes((int)sizeof(Act))
+                      : PATH == kPathPipelined && std::is_same<Act, bf16>::value ? ws_smem::bytes
                                                                    : tc1_smem::bytes((int)sizeof(Act));
     const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
     if (err != cudaSuccess)
