@@ -1113,8 +1113,8 @@ __device__ void chunked_sequence_tc1(const gdn_problem &p, int64_t n, unsigned c
  * fills c + 2. Named barriers hand a buffer over: FULL[b] (the local warps arrive, the state
  * warps wait) and EMPTY[b] (the other way); LOCAL and STATE order each group's own steps.
  */
-constexpr int kBarLocal = 1, kBarState = 2, kBarFull = 3 /* + buffer */, kBarEmpty = 6 /* + buffer */;
-constexpr int kBuffers = 3;
+constexpr int kBarLocal = 1, kBarState = 2; /* named barriers of the two groups */
+constexpr int kBuffers = 3; /* (use_of selects among three) */
 constexpr int kGroupThreads = 128;
 constexpr int kLdV = kSlice + 8; /* bf16 between rows of the raw v slice: 80 B */
 
@@ -1122,9 +1122,28 @@ __device__ __forceinline__ void named_sync(int id, int threads)
 {
     asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory");
 }
-__device__ __forceinline__ void named_arrive(int id, int threads)
+
+/* The hand-over between the groups goes through mbarriers (each thread's arrival releases its own
+ * writes; compute-sanitizer's racecheck follows them, where it flagged every bar.arrive hand-over
+ * of a4b355d and 0c3740a as a race). */
+__device__ __forceinline__ void mbar_init(uint64_t *bar, unsigned count)
 {
-    asm volatile("bar.arrive %0, %1;" ::"r"(id), "r"(threads) : "memory");
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_u32(bar)), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint64_t *bar)
+{
+    asm volatile("{\n\t.reg .b64 state;\n\tmbarrier.arrive.shared::cta.b64 state, [%0];\n\t}" ::"r"(smem_u32(bar))
+                 : "memory");
+}
+/* Until the phase of this parity has completed. */
+__device__ __forceinline__ void mbar_wait(uint64_t *bar, unsigned parity)
+{
+    asm volatile("{\n\t.reg .pred done;\n"
+                 "WAIT:\n\t"
+                 "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n\t"
+                 "@!done bra WAIT;\n\t}" ::"r"(smem_u32(bar)),
+                 "r"(parity)
+                 : "memory");
 }
 
 /* Byte offsets: the chunk buffers, the state warps' part, the local warps' part. */
@@ -1143,10 +1162,11 @@ struct ws_smem {
     static constexpr int ab = udb + kChunk * kLdU * 2; /* [C][kLdP] A below the diagonal blocks */
     static constexpr int diag = ab + kChunk * kLdP * 2;  /* [4][16][kLdD] A's diagonal blocks */
     static constexpr int cum = diag + 4 * 16 * kLdD * 4; /* [C] G_t */
-    static constexpr int bytes = cum + kChunk * 4;
+    static constexpr int bars = cum + kChunk * 4;        /* mbarriers: FULL[kBuffers], EMPTY[kBuffers] */
+    static constexpr int bytes = bars + 2 * kBuffers * 8;
 };
 static_assert(ws_smem::buffer % 16 == 0 && ws_smem::vb % 16 == 0 && ws_smem::sb % 16 == 0 &&
-                  ws_smem::diag % 16 == 0,
+                  ws_smem::diag % 16 == 0 && ws_smem::bars % 8 == 0,
               "16-byte aligned parts");
 static_assert(ws_smem::bytes + 4096 <= 227 * 1024, "fits a block's shared memory with the static part");
 
@@ -1168,22 +1188,31 @@ __device__ __forceinline__ ws_buffer ws_buffer_at(unsigned char *smb, int b)
 
 /* Tokens [c0, c0 + len) of the sequence as raw rows into buffer w (rows past len: zeros), by the
  * 128 local threads; cp.async where rows are 16-byte aligned. */
+static_assert(kGroupThreads == 128 && kRowK == 128 && kSlice == 32, "stage_raw's thread map");
 __device__ __forceinline__ void stage_raw(const stage_source<bf16> &src, int64_t c0, int len, const ws_buffer &w)
 {
     const int tid = threadIdx.x;
     if (src.async && src.rows_v == kSlice) {
-        for (int i = tid; i < kChunk * (kRowK / 8); i += kGroupThreads) {
-            const int r = i / (kRowK / 8), c = (i % (kRowK / 8)) * 8;
+        /* thread tid: 16-byte piece tid % 16 of rows tid / 16 + 8 i (q, k); piece tid % 4 of
+         * rows tid / 4 + 32 i (v) */
+        const int r0 = tid / 16, c = 8 * (tid % 16);
+        const bf16 *q = src.q + (c0 + r0) * src.q_stride + c, *k = src.k + (c0 + r0) * src.k_stride + c;
+        const int64_t q8 = 8 * src.q_stride, k8 = 8 * src.k_stride;
+#pragma unroll
+        for (int i = 0; i < kChunk / 8; i++) {
+            const int r = r0 + 8 * i;
             const bool real = r < len;
-            const int64_t at = c0 + (real ? r : 0);
-            copy_async16(reinterpret_cast<uint4 *>(w.qb + r * kLdB + c), src.q + at * src.q_stride + c, real);
-            copy_async16(reinterpret_cast<uint4 *>(w.kb + r * kLdB + c), src.k + at * src.k_stride + c, real);
+            copy_async16(reinterpret_cast<uint4 *>(w.qb + r * kLdB + c), real ? q + i * q8 : src.q, real);
+            copy_async16(reinterpret_cast<uint4 *>(w.kb + r * kLdB + c), real ? k + i * k8 : src.k, real);
         }
-        for (int i = tid; i < kChunk * (kSlice / 8); i += kGroupThreads) {
-            const int r = i / (kSlice / 8), c = (i % (kSlice / 8)) * 8;
+        const int rv = tid / 4, cv = 8 * (tid % 4);
+        const bf16 *v = src.v + (c0 + rv) * src.v_stride + cv;
+#pragma unroll
+        for (int i = 0; i < kChunk / 32; i++) {
+            const int r = rv + 32 * i;
             const bool real = r < len;
-            const int64_t at = c0 + (real ? r : 0);
-            copy_async16(reinterpret_cast<uint4 *>(w.vb + r * kLdV + c), src.v + at * src.v_stride + c, real);
+            copy_async16(reinterpret_cast<uint4 *>(w.vb + r * kLdV + cv), real ? v + 32 * i * src.v_stride : src.v,
+                         real);
         }
     } else {
         const bf16 zero = __float2bfloat16_rn(0.0f);
@@ -1205,9 +1234,9 @@ __device__ __forceinline__ void stage_raw(const stage_source<bf16> &src, int64_t
  * tiles for the q warps), a LOCAL barrier, and the epilogues with every factor:
  *   A(t,s) = beta_t rk_t rk_s e(t,s) k_t.k_s (s < t; the diagonal blocks as float32, then
  *            inverted into T's diagonal blocks), P(t,s) = rq_t rk_s e(t,s) q_t.k_s (s <= t). */
-template <int MA, int MB>
-__device__ __forceinline__ void gram_raw(const ws_buffer &w, const float *cum, bf16 *ab, float *diag, bool is_q,
-                                         float scale, bool l2norm)
+template <int MA, int MB, bool is_q>
+__device__ __forceinline__ void gram_raw(const ws_buffer &w, const float *cum, bf16 *ab, float *diag, float scale,
+                                         bool l2norm)
 {
     constexpr int NA = 2 * MA + 2, NB = 2 * MB + 2;
     const int lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
@@ -1264,7 +1293,7 @@ __device__ __forceinline__ void gram_raw(const ws_buffer &w, const float *cum, b
             dst[16 * m + 8 + g] = f * inv_sqrt(d1 + GDN_L2NORM_EPS);
         }
     };
-    if (is_q) {
+    if constexpr (is_q) {
         norms(MA, qd[0][0], qd[0][1], w.rq, scale);
         norms(MB, qd[1][0], qd[1][1], w.rq, scale);
     } else {
@@ -1285,7 +1314,7 @@ __device__ __forceinline__ void gram_raw(const ws_buffer &w, const float *cum, b
             const bool in0 = is_q ? col <= row : col < row, in1 = is_q ? col + 1 <= row : col + 1 < row;
             const float v0 = in0 ? fr * kc.x * __expf(cr - cc.x) * acc[2 * half] : 0.0f;
             const float v1 = in1 ? fr * kc.y * __expf(cr - cc.y) * acc[2 * half + 1] : 0.0f;
-            if (is_q)
+            if constexpr (is_q)
                 store_bf16_pair(w.pb + row * kLdP + col, v0, v1);
             else if (nj >= 2 * mi)
                 *reinterpret_cast<float2 *>(diag + (mi * 16 + row - 16 * mi) * kLdD + col - 16 * mi) =
@@ -1300,7 +1329,7 @@ __device__ __forceinline__ void gram_raw(const ws_buffer &w, const float *cum, b
 #pragma unroll
     for (int j = 0; j < NB; j++)
         epilogue(MB, j, acc_b[j]);
-    if (!is_q) {
+    if constexpr (!is_q) {
         /* (I + A_bb)^{-1} of both diagonal blocks by forward substitution, lane = column; the
          * block's rows are read as float4 (one broadcast load for four products) */
         __syncwarp();
@@ -1331,11 +1360,13 @@ __device__ __forceinline__ void gram_raw(const ws_buffer &w, const float *cum, b
 
 /* T's column block j below the diagonal, by warp: T_ij = -D_i sum_{j<=k<i} A_ik T_kj with
  * D_i = T_ii already in place. The sum passes through T_ij's own place as bf16. */
-__device__ __forceinline__ void inverse_column(const bf16 *ab, bf16 *tb, int j)
+template <int j> __device__ __forceinline__ void inverse_column(const bf16 *ab, bf16 *tb)
 {
     const int lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
+#pragma unroll
     for (int i = j + 1; i < 4; i++) {
         float acc[2][4] = {};
+#pragma unroll
         for (int k = j; k < i; k++) {
             unsigned a[4], b[4];
             ldsm_x4(a, frag_a_rows(ab, kLdP, 16 * i, 16 * k));
@@ -1370,8 +1401,11 @@ __device__ __forceinline__ void inverse_column(const bf16 *ab, bf16 *tb, int j)
     }
 }
 
-template <typename St> __device__ void chunked_sequence_ws(const gdn_problem &p, int64_t n, unsigned char *smb)
+/* uses[b]: how many chunks buffer b held before this sequence, in this block (the mbarriers' phases). */
+template <typename St>
+__device__ void chunked_sequence_ws(const gdn_problem &p, int64_t n, unsigned char *smb, unsigned *uses)
 {
+    uint64_t *const full = reinterpret_cast<uint64_t *>(smb + ws_smem::bars), *const empty = full + kBuffers;
     typedef bf16 Act;
     bf16 *const sb = reinterpret_cast<bf16 *>(smb + ws_smem::sb);
 
@@ -1403,6 +1437,17 @@ template <typename St> __device__ void chunked_sequence_ws(const gdn_problem &p,
     }
     const int64_t chunks = (T + kChunk - 1) / kChunk;
     auto chunk_len = [&](int64_t ci) { return (int)(T - ci * kChunk < kChunk ? T - ci * kChunk : kChunk); };
+    /* the use of buffer ci % kBuffers that chunk ci is, counted over the block's sequences */
+    auto use_of = [&](int64_t ci) {
+        const int b = (int)(ci % kBuffers); /* (selects: an indexed uses[] would live on the stack) */
+        return (b == 0 ? uses[0] : b == 1 ? uses[1] : uses[2]) + (unsigned)(ci / kBuffers);
+    };
+    /* before the local warps write chunk ci's buffer: the state warps are done with its last use */
+    auto await_empty = [&](int64_t ci) {
+        const unsigned u = use_of(ci);
+        if (u > 0)
+            mbar_wait(empty + ci % kBuffers, (u - 1) & 1);
+    };
 
     if (warp < 4) {
         /* ---- local warps ---- */
@@ -1417,6 +1462,7 @@ template <typename St> __device__ void chunked_sequence_ws(const gdn_problem &p,
         float *const diag = reinterpret_cast<float *>(smb + ws_smem::diag);
         float *const cum = reinterpret_cast<float *>(smb + ws_smem::cum);
         const bool l2norm = p.qk_l2norm != 0;
+        await_empty(0);
         stage_raw(src, 0, chunk_len(0), ws_buffer_at(smb, 0));
         pair_gates next_gates{};
         if (warp == 0)
@@ -1429,21 +1475,27 @@ template <typename St> __device__ void chunked_sequence_ws(const gdn_problem &p,
             const pair_gates gates = next_gates;
             if (ci + 1 < chunks) {
                 const int nb = (int)((ci + 1) % kBuffers);
-                if (ci + 1 >= kBuffers)
-                    named_sync(kBarEmpty + nb, 2 * kGroupThreads); /* the state warps are done with ci - 2 */
+                await_empty(ci + 1); /* (the state warps are done with chunk ci - 2) */
                 stage_raw(src, (ci + 1) * kChunk, chunk_len(ci + 1), ws_buffer_at(smb, nb));
                 if (warp == 0)
                     next_gates = load_pair_gates<Act>(p, first, (ci + 1) * kChunk, chunk_len(ci + 1), bc.hv);
             }
             if (warp == 0)
                 chunk_gates<Act>(p, gates, chunk_len(ci), cum, w.gam, w.dec, w.beta);
-            if (warp % 2 == 0)
-                gram_raw<0, 3>(w, cum, ab, diag, warp >= 2, p.scale, l2norm);
-            else
-                gram_raw<1, 2>(w, cum, ab, diag, warp >= 2, p.scale, l2norm);
+            switch (warp) {
+            case 0: gram_raw<0, 3, false>(w, cum, ab, diag, p.scale, l2norm); break;
+            case 1: gram_raw<1, 2, false>(w, cum, ab, diag, p.scale, l2norm); break;
+            case 2: gram_raw<0, 3, true>(w, cum, ab, diag, p.scale, l2norm); break;
+            default: gram_raw<1, 2, true>(w, cum, ab, diag, p.scale, l2norm); break;
+            }
             named_sync(kBarLocal, kGroupThreads); /* A and the diagonal inverses */
-            inverse_column(ab, w.tb, 3 - warp);
-            named_arrive(kBarFull + b, 2 * kGroupThreads);
+            switch (warp) { /* T's column block 3 - warp: 0, 1, 2, 3 steps down for warps 3, 2, 1, 0 */
+            case 3: inverse_column<0>(ab, w.tb); break;
+            case 2: inverse_column<1>(ab, w.tb); break;
+            case 1: inverse_column<2>(ab, w.tb); break;
+            default: break;
+            }
+            mbar_arrive(full + b);
         }
     } else {
         /* ---- state warps: the slice's rows 16 mv.., columns 8 nk0.. (8 tiles) in registers ---- */
@@ -1471,9 +1523,8 @@ template <typename St> __device__ void chunked_sequence_ws(const gdn_problem &p,
             const int64_t c0 = ci * kChunk;
             const int len = chunk_len(ci), b = (int)(ci % kBuffers);
             const ws_buffer w = ws_buffer_at(smb, b);
-            named_sync(kBarFull + b, 2 * kGroupThreads);
-            /* (the full barrier already needs all four state warps; this one says so to racecheck) */
-            named_sync(kBarState, kGroupThreads);
+            mbar_wait(full + b, use_of(ci) & 1);
+            named_sync(kBarState, kGroupThreads); /* the last chunk's state rows (sb) are complete */
 
             /* K S^T and Q S^T for row block sw: Z, and the outputs' first term in registers */
             float o_acc[4][4], acc_k[4][4];
@@ -1586,8 +1637,7 @@ template <typename St> __device__ void chunked_sequence_ws(const gdn_problem &p,
                 for (int half = 0; half < 2; half++)
                     store_bf16_pair(sb + (16 * mv + g + 8 * half) * kLdB + 8 * (nk0 + j) + 2 * t4, st[j][2 * half],
                                     st[j][2 * half + 1]);
-            if (ci + kBuffers < chunks)
-                named_arrive(kBarEmpty + b, 2 * kGroupThreads);
+            mbar_arrive(empty + b);
         }
         if (write >= 0) {
             St *tile = static_cast<St *>(p.state_pool) + gdn_tile_offset(&p, write, bc.hv) + v0 * kRowK;
@@ -1603,6 +1653,8 @@ template <typename St> __device__ void chunked_sequence_ws(const gdn_problem &p,
                 }
         }
     }
+    for (int b = 0; b < kBuffers; b++)
+        uses[b] += (unsigned)((chunks + kBuffers - 1 - b) / kBuffers);
     __syncthreads(); /* the next sequence reuses the shared memory */
 }
 
@@ -1624,6 +1676,14 @@ __global__ void __launch_bounds__(kChunkWarps * 32, 1) prefill_chunked_vk128(con
     __shared__ int warp_counts[kChunkWarps], mine_count;
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     int64_t ranked_before = 0;
+    unsigned uses[kBuffers] = {0, 0, 0}; /* (the pipelined path's buffers) */
+    if constexpr (PATH == kPathPipelined && std::is_same<Act, bf16>::value) {
+        if (threadIdx.x < 2 * kBuffers) /* FULL: the local threads arrive; EMPTY: the state threads */
+            mbar_init(reinterpret_cast<uint64_t *>(reinterpret_cast<unsigned char *>(sm) + ws_smem::bars) +
+                          threadIdx.x,
+                      kGroupThreads);
+        /* (the ranking below passes a __syncthreads before any sequence) */
+    }
     for (int64_t n0 = 0; n0 < p.num_seqs; n0 += blockDim.x) {
         const int64_t n = n0 + threadIdx.x;
         const bool owned = n < p.num_seqs && chunked_owns(p, n);
@@ -1647,7 +1707,7 @@ __global__ void __launch_bounds__(kChunkWarps * 32, 1) prefill_chunked_vk128(con
             if constexpr (PATH == kPathPrecise)
                 chunked_sequence<Act, St, true>(p, mine[i], sm);
             else if constexpr (PATH == kPathPipelined && std::is_same<Act, bf16>::value)
-                chunked_sequence_ws<St>(p, mine[i], reinterpret_cast<unsigned char *>(sm));
+                chunked_sequence_ws<St>(p, mine[i], reinterpret_cast<unsigned char *>(sm), uses);
             else
                 chunked_sequence_tc1<Act, St>(p, mine[i], reinterpret_cast<unsigned char *>(sm));
         __syncthreads(); /* mine and the counts are rewritten by the next round */
