@@ -54,9 +54,11 @@ typedef struct decode_case {
 #define GDN_TC_OUT_REL 1.5e-2
 #define GDN_TC_STATE_REL 1e-2
 /* Three-term products (hi.hi + hi.lo + lo.hi, 16 significant bits an operand): the states of most
- * cases are within 6e-6, one case of 150 tokens was at 4.3e-5 on the H100 (e90d3ac), above the
- * 1e-5 of the token-by-token paths; FLA's f32 inputs take tf32 products (~1e-3). */
-#define GDN_TC3_STATE_REL 1e-4
+ * cases are within 6e-6. The strong-decay cases (log-decays of -10 to -120 a token) reach 4e-5 to
+ * 1.5e-4 (H100, e90d3ac and ff2bc39): a chunk's cumulative log-decay G runs to thousands, and
+ * e(t,s) = exp(G_t - G_s) takes the float32 rounding of G (~|G| 6e-8 in the exponent). FLA's
+ * f32 inputs take tf32 products (~1e-3). */
+#define GDN_TC3_STATE_REL 5e-4
 
 typedef struct decode_case_result {
     gdn_status status;   /* of the backend call; GDN_OK when the run could be made */

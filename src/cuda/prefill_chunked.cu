@@ -840,7 +840,7 @@ __device__ __forceinline__ void normalise_qk(const Act *stage, bf16 *qb, bf16 *k
  * log-decays, e^{G_t}, e^{G_last - G_t} and beta; tokens past len decay by nothing, beta 0. */
 template <typename Act>
 __device__ __forceinline__ void chunk_gates(const gdn_problem &p, const pair_gates &gates, int len, float *cum,
-                                            float *gam, float *dec, float *beta)
+                                            float *gam, float *dec, float *beta, float cum_scale = 1.0f)
 {
     const int lane = threadIdx.x % 32;
     float lg[2], bt[2];
@@ -860,7 +860,7 @@ __device__ __forceinline__ void chunk_gates(const gdn_problem &p, const pair_gat
     }
     const float last = __shfl_sync(kFullMask, incl, 31);
     const float G1 = incl, G0 = incl - lg[1];
-    cum[2 * lane] = G0, cum[2 * lane + 1] = G1;
+    cum[2 * lane] = cum_scale * G0, cum[2 * lane + 1] = cum_scale * G1;
     gam[2 * lane] = expf(G0), gam[2 * lane + 1] = expf(G1);
     dec[2 * lane] = expf(last - G0), dec[2 * lane + 1] = expf(last - G1);
     beta[2 * lane] = bt[0], beta[2 * lane + 1] = bt[1];
@@ -1152,13 +1152,13 @@ struct ws_smem {
     static constexpr int kb = qb + kChunk * kLdB * 2; /* [C][kLdB] raw k */
     static constexpr int vb = kb + kChunk * kLdB * 2; /* [C][kLdV] raw v slice */
     static constexpr int tb = vb + kChunk * kLdV * 2; /* [C][kLdP] T = (I + A)^{-1}, lower blocks */
-    static constexpr int pb = tb + kChunk * kLdP * 2; /* [C][kLdP] rq_t rk_s e(t,s) q_t.k_s, s <= t */
+    static constexpr int pb = tb + kChunk * kLdP * 2; /* [C][kLdP] rq_t e(t,s) q_t.k_s, s <= t */
     static constexpr int gates = pb + kChunk * kLdP * 2; /* gam, dec, beta, rq, rk: [C] floats each */
     static constexpr int buffer = gates + 5 * kChunk * 4;
     static constexpr int sb = kBuffers * buffer;       /* [kSlice][kLdB] the state slice as bf16 */
     static constexpr int zb = sb + kSlice * kLdB * 2;  /* [C][kLdU] Z */
     static constexpr int ub = zb + kChunk * kLdU * 2;  /* [C][kLdU] U */
-    static constexpr int udb = ub + kChunk * kLdU * 2; /* [C][kLdU] U scaled by rk_t e^{G_last - G_t} */
+    static constexpr int udb = ub + kChunk * kLdU * 2; /* [C][kLdU] U' scaled by e^{G_last - G_t} */
     static constexpr int ab = udb + kChunk * kLdU * 2; /* [C][kLdP] A below the diagonal blocks */
     static constexpr int diag = ab + kChunk * kLdP * 2;  /* [4][16][kLdD] A's diagonal blocks */
     static constexpr int cum = diag + 4 * 16 * kLdD * 4; /* [C] G_t */
@@ -1188,6 +1188,15 @@ __device__ __forceinline__ ws_buffer ws_buffer_at(unsigned char *smb, int b)
 
 /* Tokens [c0, c0 + len) of the sequence as raw rows into buffer w (rows past len: zeros), by the
  * 128 local threads; cp.async where rows are 16-byte aligned. */
+constexpr float kLog2e = 1.4426950408889634f;
+/* 2^x for x <= 0 (MUFU.EX2; ~2 ulp, invisible beside the bf16 products) */
+__device__ __forceinline__ float fast_exp2(float x)
+{
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
 static_assert(kGroupThreads == 128 && kRowK == 128 && kSlice == 32, "stage_raw's thread map");
 __device__ __forceinline__ void stage_raw(const stage_source<bf16> &src, int64_t c0, int len, const ws_buffer &w)
 {
@@ -1232,8 +1241,12 @@ __device__ __forceinline__ void stage_raw(const stage_source<bf16> &src, int64_t
 /* Row blocks MA and MB of the raw K K^T (warps 0, 1) or Q K^T (warps 2, 3), all four local warps
  * at once: products, then the norm factors from the diagonal tiles (K K^T's own; Q Q^T's two
  * tiles for the q warps), a LOCAL barrier, and the epilogues with every factor:
- *   A(t,s) = beta_t rk_t rk_s e(t,s) k_t.k_s (s < t; the diagonal blocks as float32, then
- *            inverted into T's diagonal blocks), P(t,s) = rq_t rk_s e(t,s) q_t.k_s (s <= t). */
+ *   M(t,s) = beta_t rk_t^2 e(t,s) k_t.k_s (s < t; the diagonal blocks as float32, then
+ *            inverted into T's diagonal blocks), P(t,s) = rq_t e(t,s) q_t.k_s (s <= t).
+ * Only row factors: with D = diag(rk) the normalised A = diag(beta) D K K^T D (decays applied)
+ * gives (I + A)^{-1} = D^{-1} (I + M)^{-1} D, so U = D^{-1} U' with U' = (I + M)^{-1} (D Z),
+ * and the column factors rk_s cancel against U's D^{-1} in P U and in the state update
+ * (U' meets the raw k rows). The exponent of e(t,s) is in base 2: cum holds G_t log2(e). */
 template <int MA, int MB, bool is_q>
 __device__ __forceinline__ void gram_raw(const ws_buffer &w, const float *cum, bf16 *ab, float *diag, float scale,
                                          bool l2norm)
@@ -1306,14 +1319,13 @@ __device__ __forceinline__ void gram_raw(const ws_buffer &w, const float *cum, b
     auto epilogue = [&](int mi, int nj, const float *acc) {
         const int col = 8 * nj + 2 * t4;
         const float2 cc = *reinterpret_cast<const float2 *>(cum + col);
-        const float2 kc = *reinterpret_cast<const float2 *>(w.rk + col);
 #pragma unroll
         for (int half = 0; half < 2; half++) {
             const int row = 16 * mi + g + 8 * half;
-            const float cr = cum[row], fr = is_q ? w.rq[row] : w.beta[row] * w.rk[row];
+            const float cr = cum[row], fr = is_q ? w.rq[row] : w.beta[row] * w.rk[row] * w.rk[row];
             const bool in0 = is_q ? col <= row : col < row, in1 = is_q ? col + 1 <= row : col + 1 < row;
-            const float v0 = in0 ? fr * kc.x * __expf(cr - cc.x) * acc[2 * half] : 0.0f;
-            const float v1 = in1 ? fr * kc.y * __expf(cr - cc.y) * acc[2 * half + 1] : 0.0f;
+            const float v0 = in0 ? fr * fast_exp2(cr - cc.x) * acc[2 * half] : 0.0f;
+            const float v1 = in1 ? fr * fast_exp2(cr - cc.y) * acc[2 * half + 1] : 0.0f;
             if constexpr (is_q)
                 store_bf16_pair(w.pb + row * kLdP + col, v0, v1);
             else if (nj >= 2 * mi)
@@ -1481,7 +1493,7 @@ __device__ void chunked_sequence_ws(const gdn_problem &p, int64_t n, unsigned ch
                     next_gates = load_pair_gates<Act>(p, first, (ci + 1) * kChunk, chunk_len(ci + 1), bc.hv);
             }
             if (warp == 0)
-                chunk_gates<Act>(p, gates, chunk_len(ci), cum, w.gam, w.dec, w.beta);
+                chunk_gates<Act>(p, gates, chunk_len(ci), cum, w.gam, w.dec, w.beta, kLog2e);
             switch (warp) {
             case 0: gram_raw<0, 3, false>(w, cum, ab, diag, p.scale, l2norm); break;
             case 1: gram_raw<1, 2, false>(w, cum, ab, diag, p.scale, l2norm); break;
@@ -1526,7 +1538,7 @@ __device__ void chunked_sequence_ws(const gdn_problem &p, int64_t n, unsigned ch
             mbar_wait(full + b, use_of(ci) & 1);
             named_sync(kBarState, kGroupThreads); /* the last chunk's state rows (sb) are complete */
 
-            /* K S^T and Q S^T for row block sw: Z, and the outputs' first term in registers */
+            /* K S^T and Q S^T for row block sw: Z' = D Z, and the outputs' first term in registers */
             float o_acc[4][4], acc_k[4][4];
 #pragma unroll
             for (int j = 0; j < 4; j++)
@@ -1551,7 +1563,7 @@ __device__ void chunked_sequence_ws(const gdn_problem &p, int64_t n, unsigned ch
 #pragma unroll
             for (int half = 0; half < 2; half++) {
                 const int row = 16 * sw + g + 8 * half;
-                const float gm = w.gam[row], bt = w.beta[row], gk = gm * w.rk[row], gq = gm * w.rq[row];
+                const float gm = w.gam[row], bt = w.beta[row] * w.rk[row], gk = gm * w.rk[row], gq = gm * w.rq[row];
 #pragma unroll
                 for (int j = 0; j < 4; j++) {
                     const int col = 8 * j + 2 * t4;
@@ -1563,7 +1575,7 @@ __device__ void chunked_sequence_ws(const gdn_problem &p, int64_t n, unsigned ch
             }
             named_sync(kBarState, kGroupThreads);
 
-            /* U = T Z: warp sw owns columns 8 sw.., every row block */
+            /* U' = (I + M)^{-1} Z': warp sw owns columns 8 sw.., every row block */
             {
                 const int n0 = 8 * sw;
                 unsigned zf[4][2];
@@ -1582,7 +1594,7 @@ __device__ void chunked_sequence_ws(const gdn_problem &p, int64_t n, unsigned ch
 #pragma unroll
                     for (int half = 0; half < 2; half++) {
                         const int row = 16 * mi + g + 8 * half, col = n0 + 2 * t4;
-                        const float f = w.dec[row] * w.rk[row];
+                        const float f = w.dec[row];
                         store_bf16_pair(ub + row * kLdU + col, u[2 * half], u[2 * half + 1]);
                         store_bf16_pair(udb + row * kLdU + col, u[2 * half] * f, u[2 * half + 1] * f);
                     }
@@ -1612,7 +1624,7 @@ __device__ void chunked_sequence_ws(const gdn_problem &p, int64_t n, unsigned ch
                                         o_acc[j][e]);
                 }
 
-            /* S' = e^{G_last} S + (U rk dec)^T K, the raw k rows */
+            /* S' = e^{G_last} S + (U' dec)^T K, the raw k rows */
             const float keep = w.gam[kChunk - 1];
 #pragma unroll
             for (int j = 0; j < 8; j++)
