@@ -46,8 +46,8 @@ extern "C" {
  * ------------------------------------------------------------------------------------- */
 
 #define GDN_VERSION_MAJOR 0
-#define GDN_VERSION_MINOR 5
-#define GDN_VERSION_PATCH 1
+#define GDN_VERSION_MINOR 6
+#define GDN_VERSION_PATCH 0
 #define GDN_VERSION_NUMBER (GDN_VERSION_MAJOR * 10000 + GDN_VERSION_MINOR * 100 + GDN_VERSION_PATCH)
 
 /* The version of the library actually loaded, as GDN_VERSION_NUMBER and as "0.1.0". */

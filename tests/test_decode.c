@@ -347,7 +347,7 @@ static void cuda_prefill_chunked(void)
         return;
     print_errors = 1;
     static const char *const paths[] = {"3-term products", "1-term products, pipelined",
-                                         "1-term products, phase by phase"};
+                                        "1-term products, phase by phase"};
     for (int path = 0; path < 3; path++) {
         gdn_cuda_chunked_force_precise(path == 0);
         gdn_cuda_chunked_force_pipeline(path == 1);

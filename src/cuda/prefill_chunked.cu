@@ -27,6 +27,12 @@
  * f32 activations, or GDN_PREFILL_PRECISE=1, each operand is split into two bf16 numbers
  * (hi + lo, 16 significant bits) and a product takes three mma (hi.hi + hi.lo + lo.hi), which
  * keeps the float32 state within ~1e-5 of the float64 reference.
+ *
+ * Three paths share the math: the three-term one (chunked_sequence, float32 shared memory),
+ * the one-term phase-by-phase one (chunked_sequence_tc1, bf16 shared memory;
+ * GDN_PREFILL_PIPELINE=0, and float32 activations forced to one term), and the default for
+ * bf16 activations, the pipelined one (chunked_sequence_ws): local warps one chunk ahead of the
+ * state warps, raw q/k rows, no serial solve. bench/NOTES.md has their measurements.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -745,8 +751,8 @@ template <int MA, int MB> __device__ __forceinline__ void gram_pair(const gram_v
 
 /* S' = keep S + (U dec)^T K for 2 * PAIRS tiles of 16 x 8: rows 16 mv.., columns 8 nk0.. */
 template <int PAIRS>
-__device__ __forceinline__ void state_tiles(const bf16 *udb, const bf16 *kb, float *sf, bf16 *sb, int mv, int nk0,
-                                            float keep)
+__device__ __forceinline__ void state_tiles(const bf16 *udb, const bf16 *kb, float *sf, bf16 *sb, int mv,
+                                            int nk0, float keep)
 {
     const int lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
     float acc[2 * PAIRS][4];
@@ -754,8 +760,8 @@ __device__ __forceinline__ void state_tiles(const bf16 *udb, const bf16 *kb, flo
     for (int j = 0; j < 2 * PAIRS; j++)
 #pragma unroll
         for (int half = 0; half < 2; half++) {
-            const float2 x =
-                *reinterpret_cast<const float2 *>(sf + (16 * mv + g + 8 * half) * kLdK + 8 * (nk0 + j) + 2 * t4);
+            const float2 x = *reinterpret_cast<const float2 *>(sf + (16 * mv + g + 8 * half) * kLdK +
+                                                               8 * (nk0 + j) + 2 * t4);
             acc[j][2 * half] = keep * x.x, acc[j][2 * half + 1] = keep * x.y;
         }
 #pragma unroll
@@ -775,7 +781,8 @@ __device__ __forceinline__ void state_tiles(const bf16 *udb, const bf16 *kb, flo
 #pragma unroll
         for (int half = 0; half < 2; half++) {
             const int row = 16 * mv + g + 8 * half, col = 8 * (nk0 + j) + 2 * t4;
-            *reinterpret_cast<float2 *>(sf + row * kLdK + col) = make_float2(acc[j][2 * half], acc[j][2 * half + 1]);
+            *reinterpret_cast<float2 *>(sf + row * kLdK + col) =
+                make_float2(acc[j][2 * half], acc[j][2 * half + 1]);
             store_bf16_pair(sb + row * kLdB + col, acc[j][2 * half], acc[j][2 * half + 1]);
         }
 }
@@ -800,7 +807,8 @@ template <typename Act> __device__ __forceinline__ void load4(const Act *src, fl
  * 4 ITERS warp.. of the 2C (q then k). The 8 lanes of a row start at different quarters of it,
  * so that the four rows a warp reads at once fall on different banks. */
 template <typename Act, int ITERS>
-__device__ __forceinline__ void normalise_qk(const Act *stage, bf16 *qb, bf16 *kb, int len, float scale, bool l2norm)
+__device__ __forceinline__ void normalise_qk(const Act *stage, bf16 *qb, bf16 *kb, int len, float scale,
+                                             bool l2norm)
 {
     const Act *sq = stage, *sk = stage + kChunk * kRowK;
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, sub = lane % 8;
@@ -839,16 +847,18 @@ __device__ __forceinline__ void normalise_qk(const Act *stage, bf16 *qb, bf16 *k
 /* The chunk's gates from the inputs warp 0 loaded (lane: tokens 2 lane, 2 lane + 1): cumulative
  * log-decays, e^{G_t}, e^{G_last - G_t} and beta; tokens past len decay by nothing, beta 0. */
 template <typename Act>
-__device__ __forceinline__ void chunk_gates(const gdn_problem &p, const pair_gates &gates, int len, float *cum,
-                                            float *gam, float *dec, float *beta, float cum_scale = 1.0f)
+__device__ __forceinline__ void chunk_gates(const gdn_problem &p, const pair_gates &gates, int len,
+                                            float *cum, float *gam, float *dec, float *beta,
+                                            float cum_scale = 1.0f)
 {
     const int lane = threadIdx.x % 32;
     float lg[2], bt[2];
 #pragma unroll
     for (int j = 0; j < 2; j++) {
         const bool real = 2 * lane + j < len;
-        lg[j] = real ? (p.g ? gates.x[j].A_log : gdn_gate_log(gates.x[j].A_log, gates.x[j].a, gates.x[j].dt_bias))
-                     : 0.0f;
+        lg[j] =
+            real ? (p.g ? gates.x[j].A_log : gdn_gate_log(gates.x[j].A_log, gates.x[j].a, gates.x[j].dt_bias))
+                 : 0.0f;
         bt[j] = real ? gate_beta(p, gates.x[j]) : 0.0f;
     }
     float incl = lg[0] + lg[1];
@@ -1091,7 +1101,6 @@ __device__ void chunked_sequence_tc1(const gdn_problem &p, int64_t n, unsigned c
     __syncthreads(); /* the next sequence reuses the shared memory */
 }
 
-
 /* ---- one term, pipelined: the chunk-local work of chunk c + 1 beside the state work of c ------ */
 
 /*
@@ -1114,7 +1123,7 @@ __device__ void chunked_sequence_tc1(const gdn_problem &p, int64_t n, unsigned c
  * warps wait) and EMPTY[b] (the other way); LOCAL and STATE order each group's own steps.
  */
 constexpr int kBarLocal = 1, kBarState = 2; /* named barriers of the two groups */
-constexpr int kBuffers = 3; /* (use_of selects among three) */
+constexpr int kBuffers = 3;                 /* (use_of selects among three) */
 constexpr int kGroupThreads = 128;
 constexpr int kLdV = kSlice + 8; /* bf16 between rows of the raw v slice: 80 B */
 
@@ -1132,8 +1141,9 @@ __device__ __forceinline__ void mbar_init(uint64_t *bar, unsigned count)
 }
 __device__ __forceinline__ void mbar_arrive(uint64_t *bar)
 {
-    asm volatile("{\n\t.reg .b64 state;\n\tmbarrier.arrive.shared::cta.b64 state, [%0];\n\t}" ::"r"(smem_u32(bar))
-                 : "memory");
+    asm volatile(
+        "{\n\t.reg .b64 state;\n\tmbarrier.arrive.shared::cta.b64 state, [%0];\n\t}" ::"r"(smem_u32(bar))
+        : "memory");
 }
 /* Until the phase of this parity has completed. */
 __device__ __forceinline__ void mbar_wait(uint64_t *bar, unsigned parity)
@@ -1148,18 +1158,18 @@ __device__ __forceinline__ void mbar_wait(uint64_t *bar, unsigned parity)
 
 /* Byte offsets: the chunk buffers, the state warps' part, the local warps' part. */
 struct ws_smem {
-    static constexpr int qb = 0;                      /* [C][kLdB] raw q */
-    static constexpr int kb = qb + kChunk * kLdB * 2; /* [C][kLdB] raw k */
-    static constexpr int vb = kb + kChunk * kLdB * 2; /* [C][kLdV] raw v slice */
-    static constexpr int tb = vb + kChunk * kLdV * 2; /* [C][kLdP] T = (I + A)^{-1}, lower blocks */
-    static constexpr int pb = tb + kChunk * kLdP * 2; /* [C][kLdP] rq_t e(t,s) q_t.k_s, s <= t */
+    static constexpr int qb = 0;                         /* [C][kLdB] raw q */
+    static constexpr int kb = qb + kChunk * kLdB * 2;    /* [C][kLdB] raw k */
+    static constexpr int vb = kb + kChunk * kLdB * 2;    /* [C][kLdV] raw v slice */
+    static constexpr int tb = vb + kChunk * kLdV * 2;    /* [C][kLdP] T = (I + A)^{-1}, lower blocks */
+    static constexpr int pb = tb + kChunk * kLdP * 2;    /* [C][kLdP] rq_t e(t,s) q_t.k_s, s <= t */
     static constexpr int gates = pb + kChunk * kLdP * 2; /* gam, dec, beta, rq, rk: [C] floats each */
     static constexpr int buffer = gates + 5 * kChunk * 4;
-    static constexpr int sb = kBuffers * buffer;       /* [kSlice][kLdB] the state slice as bf16 */
-    static constexpr int zb = sb + kSlice * kLdB * 2;  /* [C][kLdU] Z */
-    static constexpr int ub = zb + kChunk * kLdU * 2;  /* [C][kLdU] U */
-    static constexpr int udb = ub + kChunk * kLdU * 2; /* [C][kLdU] U' scaled by e^{G_last - G_t} */
-    static constexpr int ab = udb + kChunk * kLdU * 2; /* [C][kLdP] A below the diagonal blocks */
+    static constexpr int sb = kBuffers * buffer;         /* [kSlice][kLdB] the state slice as bf16 */
+    static constexpr int zb = sb + kSlice * kLdB * 2;    /* [C][kLdU] Z */
+    static constexpr int ub = zb + kChunk * kLdU * 2;    /* [C][kLdU] U */
+    static constexpr int udb = ub + kChunk * kLdU * 2;   /* [C][kLdU] U' scaled by e^{G_last - G_t} */
+    static constexpr int ab = udb + kChunk * kLdU * 2;   /* [C][kLdP] A below the diagonal blocks */
     static constexpr int diag = ab + kChunk * kLdP * 2;  /* [4][16][kLdD] A's diagonal blocks */
     static constexpr int cum = diag + 4 * 16 * kLdD * 4; /* [C] G_t */
     static constexpr int bars = cum + kChunk * 4;        /* mbarriers: FULL[kBuffers], EMPTY[kBuffers] */
@@ -1198,7 +1208,8 @@ __device__ __forceinline__ float fast_exp2(float x)
 }
 
 static_assert(kGroupThreads == 128 && kRowK == 128 && kSlice == 32, "stage_raw's thread map");
-__device__ __forceinline__ void stage_raw(const stage_source<bf16> &src, int64_t c0, int len, const ws_buffer &w)
+__device__ __forceinline__ void stage_raw(const stage_source<bf16> &src, int64_t c0, int len,
+                                          const ws_buffer &w)
 {
     const int tid = threadIdx.x;
     if (src.async && src.rows_v == kSlice) {
@@ -1220,8 +1231,8 @@ __device__ __forceinline__ void stage_raw(const stage_source<bf16> &src, int64_t
         for (int i = 0; i < kChunk / 32; i++) {
             const int r = rv + 32 * i;
             const bool real = r < len;
-            copy_async16(reinterpret_cast<uint4 *>(w.vb + r * kLdV + cv), real ? v + 32 * i * src.v_stride : src.v,
-                         real);
+            copy_async16(reinterpret_cast<uint4 *>(w.vb + r * kLdV + cv),
+                         real ? v + 32 * i * src.v_stride : src.v, real);
         }
     } else {
         const bf16 zero = __float2bfloat16_rn(0.0f);
@@ -1248,8 +1259,8 @@ __device__ __forceinline__ void stage_raw(const stage_source<bf16> &src, int64_t
  * and the column factors rk_s cancel against U's D^{-1} in P U and in the state update
  * (U' meets the raw k rows). The exponent of e(t,s) is in base 2: cum holds G_t log2(e). */
 template <int MA, int MB, bool is_q>
-__device__ __forceinline__ void gram_raw(const ws_buffer &w, const float *cum, bf16 *ab, float *diag, float scale,
-                                         bool l2norm)
+__device__ __forceinline__ void gram_raw(const ws_buffer &w, const float *cum, bf16 *ab, float *diag,
+                                         float scale, bool l2norm)
 {
     constexpr int NA = 2 * MA + 2, NB = 2 * MB + 2;
     const int lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
@@ -1390,8 +1401,8 @@ template <int j> __device__ __forceinline__ void inverse_column(const bf16 *ab, 
         for (int nt = 0; nt < 2; nt++)
 #pragma unroll
             for (int half = 0; half < 2; half++)
-                store_bf16_pair(tb + (16 * i + g + 8 * half) * kLdP + 16 * j + 8 * nt + 2 * t4, acc[nt][2 * half],
-                                acc[nt][2 * half + 1]);
+                store_bf16_pair(tb + (16 * i + g + 8 * half) * kLdP + 16 * j + 8 * nt + 2 * t4,
+                                acc[nt][2 * half], acc[nt][2 * half + 1]);
         __syncwarp();
         unsigned d[4], b[4];
         ldsm_x4(d, frag_a_rows(tb, kLdP, 16 * i, 16 * i));
@@ -1407,8 +1418,8 @@ template <int j> __device__ __forceinline__ void inverse_column(const bf16 *ab, 
         for (int nt = 0; nt < 2; nt++)
 #pragma unroll
             for (int half = 0; half < 2; half++)
-                store_bf16_pair(tb + (16 * i + g + 8 * half) * kLdP + 16 * j + 8 * nt + 2 * t4, x[nt][2 * half],
-                                x[nt][2 * half + 1]);
+                store_bf16_pair(tb + (16 * i + g + 8 * half) * kLdP + 16 * j + 8 * nt + 2 * t4,
+                                x[nt][2 * half], x[nt][2 * half + 1]);
         __syncwarp();
     }
 }
@@ -1563,11 +1574,13 @@ __device__ void chunked_sequence_ws(const gdn_problem &p, int64_t n, unsigned ch
 #pragma unroll
             for (int half = 0; half < 2; half++) {
                 const int row = 16 * sw + g + 8 * half;
-                const float gm = w.gam[row], bt = w.beta[row] * w.rk[row], gk = gm * w.rk[row], gq = gm * w.rq[row];
+                const float gm = w.gam[row], bt = w.beta[row] * w.rk[row], gk = gm * w.rk[row],
+                            gq = gm * w.rq[row];
 #pragma unroll
                 for (int j = 0; j < 4; j++) {
                     const int col = 8 * j + 2 * t4;
-                    const float2 v = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(w.vb + row * kLdV + col));
+                    const float2 v = __bfloat1622float2(
+                        *reinterpret_cast<const __nv_bfloat162 *>(w.vb + row * kLdV + col));
                     store_bf16_pair(zb + row * kLdU + col, bt * (v.x - gk * acc_k[j][2 * half]),
                                     bt * (v.y - gk * acc_k[j][2 * half + 1]));
                     o_acc[j][2 * half] *= gq, o_acc[j][2 * half + 1] *= gq;
@@ -1647,8 +1660,8 @@ __device__ void chunked_sequence_ws(const gdn_problem &p, int64_t n, unsigned ch
             for (int j = 0; j < 8; j++)
 #pragma unroll
                 for (int half = 0; half < 2; half++)
-                    store_bf16_pair(sb + (16 * mv + g + 8 * half) * kLdB + 8 * (nk0 + j) + 2 * t4, st[j][2 * half],
-                                    st[j][2 * half + 1]);
+                    store_bf16_pair(sb + (16 * mv + g + 8 * half) * kLdB + 8 * (nk0 + j) + 2 * t4,
+                                    st[j][2 * half], st[j][2 * half + 1]);
             mbar_arrive(empty + b);
         }
         if (write >= 0) {
@@ -1730,9 +1743,10 @@ template <typename Act, typename St, int PATH>
 cudaError_t launch_typed(const gdn_problem &p, cudaStream_t stream)
 {
     const auto kernel = prefill_chunked_vk128<Act, St, PATH>;
-    const int bytes = PATH == kPathPrecise                         ? chunk_smem::bytes((int)sizeof(Act))
-                      : PATH == kPathPipelined && std::is_same<Act, bf16>::value ? ws_smem::bytes
-                                                                   : tc1_smem::bytes((int)sizeof(Act));
+    const int bytes = PATH == kPathPrecise ? chunk_smem::bytes((int)sizeof(Act))
+                      : PATH == kPathPipelined && std::is_same<Act, bf16>::value
+                          ? ws_smem::bytes
+                          : tc1_smem::bytes((int)sizeof(Act));
     const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
     if (err != cudaSuccess)
         return err;
@@ -1785,7 +1799,8 @@ template <typename Act, typename St> cudaError_t launch_state(const gdn_problem 
 {
     if (precise_for(p))
         return launch_typed<Act, St, kPathPrecise>(p, stream);
-    return pipelined() ? launch_typed<Act, St, kPathPipelined>(p, stream) : launch_typed<Act, St, kPathTc1>(p, stream);
+    return pipelined() ? launch_typed<Act, St, kPathPipelined>(p, stream)
+                       : launch_typed<Act, St, kPathTc1>(p, stream);
 }
 
 template <typename Act> cudaError_t launch_act(const gdn_problem &p, cudaStream_t stream)
