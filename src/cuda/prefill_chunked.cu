@@ -240,6 +240,52 @@ __device__ __forceinline__ bool chunked_owns(const gdn_problem &p, int64_t n)
     return !(p.long_tokens > 0 && T >= 0 && T <= GDN_MAX_TOKENS);
 }
 
+/* The block's part of sequence n: its coordinates, tokens, slots and where its staging reads. */
+template <typename Act> struct seq_part {
+    block_coords bc;
+    int64_t V, v0, T, first, read, write;
+    int rows_v; /* state rows of this block's slice (< kSlice at the end of V) */
+    stage_source<Act> src;
+};
+
+/* false when the block has nothing more to do for sequence n: no tokens; padding (its outputs
+ * zeroed, no state); bad cu_seqlens or slots (counted for the error flag, nothing written). */
+template <typename Act>
+__device__ __forceinline__ bool open_sequence(const gdn_problem &p, int64_t n, seq_part<Act> &sp)
+{
+    block_coords &bc = sp.bc;
+    bc.n = n, bc.hv = blockIdx.y;
+    bc.h = p.head_map == GDN_HEAD_MAP_TILED ? bc.hv % p.num_q_heads : bc.hv / (p.num_v_heads / p.num_q_heads);
+    const int64_t V = p.head_dim_v, v0 = (int64_t)blockIdx.x * kSlice;
+    const int rows_v = (int)(V - v0 < kSlice ? V - v0 : kSlice);
+    const int64_t T = gdn_seq_tokens(&p, bc.n), first = gdn_first_token_row(&p, bc.n);
+    if (T < 0 || first < 0) {
+        skip_bad_row(p);
+        return false;
+    }
+    if (T == 0)
+        return false;
+    const int64_t read = gdn_read_slot(&p, bc.n), write = gdn_write_slot(&p, bc.n);
+    if (read < 0) {
+        for (int64_t i = threadIdx.x; i < T * rows_v; i += blockDim.x)
+            store_elem<Act>(p.out, (first + i / rows_v) * p.out_stride + bc.hv * V + v0 + i % rows_v, 0.0f);
+        return false;
+    }
+    if (read >= p.num_slots || write >= p.num_slots) {
+        skip_bad_row(p);
+        return false;
+    }
+    sp.V = V, sp.v0 = v0, sp.T = T, sp.first = first, sp.read = read, sp.write = write, sp.rows_v = rows_v;
+    stage_source<Act> &src = sp.src;
+    src.q = static_cast<const Act *>(p.q) + first * p.q_stride + bc.h * kRowK;
+    src.k = static_cast<const Act *>(p.k) + first * p.k_stride + bc.h * kRowK;
+    src.v = static_cast<const Act *>(p.v) + first * p.v_stride + bc.hv * V + v0;
+    src.q_stride = p.q_stride, src.k_stride = p.k_stride, src.v_stride = p.v_stride;
+    src.rows_v = rows_v;
+    src.async = p.prefill_async != 0;
+    return true;
+}
+
 /* Sequence n's tokens, chunk after chunk, for this block's value head and slice of rows. */
 template <typename Act, typename St, bool PRECISE>
 __device__ void chunked_sequence(const gdn_problem &p, int64_t n, float *sm)
@@ -254,38 +300,14 @@ __device__ void chunked_sequence(const gdn_problem &p, int64_t n, float *sm)
 
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     const int g = lane / 4, t4 = lane % 4; /* mma fragment coordinates */
-    block_coords bc;
-    bc.n = n, bc.hv = blockIdx.y;
-    bc.h = p.head_map == GDN_HEAD_MAP_TILED ? bc.hv % p.num_q_heads : bc.hv / (p.num_v_heads / p.num_q_heads);
-    const int64_t V = p.head_dim_v, v0 = (int64_t)blockIdx.x * kSlice;
-    const int rows_v = (int)(V - v0 < kSlice ? V - v0 : kSlice);
+    seq_part<Act> sp;
+    if (!open_sequence<Act>(p, n, sp))
+        return;
+    const block_coords bc = sp.bc;
+    const int64_t V = sp.V, v0 = sp.v0, T = sp.T, first = sp.first, read = sp.read, write = sp.write;
+    const int rows_v = sp.rows_v;
 
-    const int64_t T64 = gdn_seq_tokens(&p, bc.n), first = gdn_first_token_row(&p, bc.n);
-    if (T64 < 0 || first < 0) {
-        skip_bad_row(p);
-        return;
-    }
-    const int64_t T = T64;
-    if (T == 0)
-        return;
-    const int64_t read = gdn_read_slot(&p, bc.n), write = gdn_write_slot(&p, bc.n);
-    if (read < 0) { /* padding: zero outputs, no state */
-        for (int64_t i = threadIdx.x; i < T * rows_v; i += blockDim.x)
-            store_elem<Act>(p.out, (first + i / rows_v) * p.out_stride + bc.hv * V + v0 + i % rows_v, 0.0f);
-        return;
-    }
-    if (read >= p.num_slots || write >= p.num_slots) {
-        skip_bad_row(p);
-        return;
-    }
-
-    stage_source<Act> src;
-    src.q = static_cast<const Act *>(p.q) + first * p.q_stride + bc.h * kRowK;
-    src.k = static_cast<const Act *>(p.k) + first * p.k_stride + bc.h * kRowK;
-    src.v = static_cast<const Act *>(p.v) + first * p.v_stride + bc.hv * V + v0;
-    src.q_stride = p.q_stride, src.k_stride = p.k_stride, src.v_stride = p.v_stride;
-    src.rows_v = rows_v;
-    src.async = p.prefill_async != 0;
+    const stage_source<Act> &src = sp.src;
     const int len0 = (int)(T < kChunk ? T : kChunk);
     stage_chunk<Act>(src, 0, len0, stage, threadIdx.x, blockDim.x);
     pair_gates next_gates{};
@@ -893,38 +915,14 @@ __device__ void chunked_sequence_tc1(const gdn_problem &p, int64_t n, unsigned c
 
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     const int g = lane / 4, t4 = lane % 4;
-    block_coords bc;
-    bc.n = n, bc.hv = blockIdx.y;
-    bc.h = p.head_map == GDN_HEAD_MAP_TILED ? bc.hv % p.num_q_heads : bc.hv / (p.num_v_heads / p.num_q_heads);
-    const int64_t V = p.head_dim_v, v0 = (int64_t)blockIdx.x * kSlice;
-    const int rows_v = (int)(V - v0 < kSlice ? V - v0 : kSlice);
+    seq_part<Act> sp;
+    if (!open_sequence<Act>(p, n, sp))
+        return;
+    const block_coords bc = sp.bc;
+    const int64_t V = sp.V, v0 = sp.v0, T = sp.T, first = sp.first, read = sp.read, write = sp.write;
+    const int rows_v = sp.rows_v;
 
-    const int64_t T64 = gdn_seq_tokens(&p, bc.n), first = gdn_first_token_row(&p, bc.n);
-    if (T64 < 0 || first < 0) {
-        skip_bad_row(p);
-        return;
-    }
-    const int64_t T = T64;
-    if (T == 0)
-        return;
-    const int64_t read = gdn_read_slot(&p, bc.n), write = gdn_write_slot(&p, bc.n);
-    if (read < 0) { /* padding: zero outputs, no state */
-        for (int64_t i = threadIdx.x; i < T * rows_v; i += blockDim.x)
-            store_elem<Act>(p.out, (first + i / rows_v) * p.out_stride + bc.hv * V + v0 + i % rows_v, 0.0f);
-        return;
-    }
-    if (read >= p.num_slots || write >= p.num_slots) {
-        skip_bad_row(p);
-        return;
-    }
-
-    stage_source<Act> src;
-    src.q = static_cast<const Act *>(p.q) + first * p.q_stride + bc.h * kRowK;
-    src.k = static_cast<const Act *>(p.k) + first * p.k_stride + bc.h * kRowK;
-    src.v = static_cast<const Act *>(p.v) + first * p.v_stride + bc.hv * V + v0;
-    src.q_stride = p.q_stride, src.k_stride = p.k_stride, src.v_stride = p.v_stride;
-    src.rows_v = rows_v;
-    src.async = p.prefill_async != 0;
+    const stage_source<Act> &src = sp.src;
     const int len0 = (int)(T < kChunk ? T : kChunk);
     stage_chunk<Act>(src, 0, len0, stage, threadIdx.x, blockDim.x);
     pair_gates next_gates{};
@@ -1434,30 +1432,12 @@ __device__ void chunked_sequence_ws(const gdn_problem &p, int64_t n, unsigned ch
 
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     const int g = lane / 4, t4 = lane % 4;
-    block_coords bc;
-    bc.n = n, bc.hv = blockIdx.y;
-    bc.h = p.head_map == GDN_HEAD_MAP_TILED ? bc.hv % p.num_q_heads : bc.hv / (p.num_v_heads / p.num_q_heads);
-    const int64_t V = p.head_dim_v, v0 = (int64_t)blockIdx.x * kSlice;
-    const int rows_v = (int)(V - v0 < kSlice ? V - v0 : kSlice);
-
-    const int64_t T64 = gdn_seq_tokens(&p, bc.n), first = gdn_first_token_row(&p, bc.n);
-    if (T64 < 0 || first < 0) {
-        skip_bad_row(p);
+    seq_part<Act> sp;
+    if (!open_sequence<Act>(p, n, sp))
         return;
-    }
-    const int64_t T = T64;
-    if (T == 0)
-        return;
-    const int64_t read = gdn_read_slot(&p, bc.n), write = gdn_write_slot(&p, bc.n);
-    if (read < 0) { /* padding: zero outputs, no state */
-        for (int64_t i = threadIdx.x; i < T * rows_v; i += blockDim.x)
-            store_elem<Act>(p.out, (first + i / rows_v) * p.out_stride + bc.hv * V + v0 + i % rows_v, 0.0f);
-        return;
-    }
-    if (read >= p.num_slots || write >= p.num_slots) {
-        skip_bad_row(p);
-        return;
-    }
+    const block_coords bc = sp.bc;
+    const int64_t V = sp.V, v0 = sp.v0, T = sp.T, first = sp.first, read = sp.read, write = sp.write;
+    const int rows_v = sp.rows_v;
     const int64_t chunks = (T + kChunk - 1) / kChunk;
     auto chunk_len = [&](int64_t ci) { return (int)(T - ci * kChunk < kChunk ? T - ci * kChunk : kChunk); };
     /* the use of buffer ci % kBuffers that chunk ci is, counted over the block's sequences */
@@ -1474,13 +1454,7 @@ __device__ void chunked_sequence_ws(const gdn_problem &p, int64_t n, unsigned ch
 
     if (warp < 4) {
         /* ---- local warps ---- */
-        stage_source<Act> src;
-        src.q = static_cast<const Act *>(p.q) + first * p.q_stride + bc.h * kRowK;
-        src.k = static_cast<const Act *>(p.k) + first * p.k_stride + bc.h * kRowK;
-        src.v = static_cast<const Act *>(p.v) + first * p.v_stride + bc.hv * V + v0;
-        src.q_stride = p.q_stride, src.k_stride = p.k_stride, src.v_stride = p.v_stride;
-        src.rows_v = rows_v;
-        src.async = p.prefill_async != 0;
+        const stage_source<Act> &src = sp.src;
         bf16 *const ab = reinterpret_cast<bf16 *>(smb + ws_smem::ab);
         float *const diag = reinterpret_cast<float *>(smb + ws_smem::diag);
         float *const cum = reinterpret_cast<float *>(smb + ws_smem::cum);
