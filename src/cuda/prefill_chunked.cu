@@ -670,6 +670,37 @@ struct tc1_views {
     float *sf, *zf, *diag, *gam, *dec, *cum, *beta;
 };
 
+/* (I + A_bb)^{-1} of diagonal blocks MA (lanes 0-15) and MB (lanes 16-31) of diag into inv's
+ * diagonal blocks, by forward substitution with lane = column; a block's rows are read as float4
+ * (one broadcast load for four products). The warp wrote diag just before. */
+template <int MA, int MB> __device__ __forceinline__ void invert_diagonal_pair(const float *diag, bf16 *inv)
+{
+    const int lane = threadIdx.x % 32;
+    __syncwarp();
+    const int blk = lane < 16 ? MA : MB, j = lane % 16;
+    const float *D = diag + blk * 16 * kLdD;
+    float x[16];
+#pragma unroll
+    for (int i = 0; i < 16; i++) {
+        float part[4] = {i == j ? 1.0f : 0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+        for (int c4 = 0; c4 < i; c4 += 4) {
+            const float4 d = *reinterpret_cast<const float4 *>(D + i * kLdD + c4);
+            part[0] -= d.x * x[c4];
+            if (c4 + 1 < i)
+                part[1] -= d.y * x[c4 + 1];
+            if (c4 + 2 < i)
+                part[2] -= d.z * x[c4 + 2];
+            if (c4 + 3 < i)
+                part[3] -= d.w * x[c4 + 3];
+        }
+        x[i] = (part[0] + part[1]) + (part[2] + part[3]);
+    }
+#pragma unroll
+    for (int i = 0; i < 16; i++)
+        inv[(16 * blk + i) * kLdP + 16 * blk + j] = __float2bfloat16_rn(x[i]);
+}
+
 /* What the Gram row blocks read and write: the tc1 path keeps A and its diagonal inverses in
  * one matrix (ab == inv); the pipelined path keeps A private to the local warps and hands the
  * inverses over in T. */
@@ -743,31 +774,7 @@ template <int MA, int MB> __device__ __forceinline__ void gram_pair(const gram_v
     for (int j = 0; j < NB; j++)
         epilogue(MB, j, acc_b[j]);
     if (!is_q) {
-        /* (I + A_bb)^{-1} of both diagonal blocks by forward substitution, lane = column; the
-         * block's rows are read as float4 (one broadcast load for four products) */
-        __syncwarp();
-        const int blk = lane < 16 ? MA : MB, j = lane % 16;
-        const float *D = s.diag + blk * 16 * kLdD;
-        float x[16];
-#pragma unroll
-        for (int i = 0; i < 16; i++) {
-            float part[4] = {i == j ? 1.0f : 0.0f, 0.0f, 0.0f, 0.0f};
-#pragma unroll
-            for (int c4 = 0; c4 < i; c4 += 4) {
-                const float4 d = *reinterpret_cast<const float4 *>(D + i * kLdD + c4);
-                part[0] -= d.x * x[c4];
-                if (c4 + 1 < i)
-                    part[1] -= d.y * x[c4 + 1];
-                if (c4 + 2 < i)
-                    part[2] -= d.z * x[c4 + 2];
-                if (c4 + 3 < i)
-                    part[3] -= d.w * x[c4 + 3];
-            }
-            x[i] = (part[0] + part[1]) + (part[2] + part[3]);
-        }
-#pragma unroll
-        for (int i = 0; i < 16; i++)
-            s.inv[(16 * blk + i) * kLdP + 16 * blk + j] = __float2bfloat16_rn(x[i]);
+        invert_diagonal_pair<MA, MB>(s.diag, s.inv);
     }
 }
 
@@ -806,6 +813,35 @@ __device__ __forceinline__ void state_tiles(const bf16 *udb, const bf16 *kb, flo
             *reinterpret_cast<float2 *>(sf + row * kLdK + col) =
                 make_float2(acc[j][2 * half], acc[j][2 * half + 1]);
             store_bf16_pair(sb + row * kLdB + col, acc[j][2 * half], acc[j][2 * half + 1]);
+        }
+}
+
+/* The outputs' second term P U of row block mi onto the first term in o_acc, then the outputs
+ * of tokens < len and columns < rows_v: out row row0 + token, column col0 + column. */
+template <typename Act>
+__device__ __forceinline__ void finish_outputs(const gdn_problem &p, const bf16 *pb, const bf16 *ub,
+                                               float (&o_acc)[4][4], int mi, int len, int rows_v,
+                                               int64_t row0, int64_t col0)
+{
+    const int lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
+    for (int kb = 0; kb <= mi; kb++) {
+        unsigned a[4];
+        ldsm_x4(a, frag_a_rows(pb, kLdP, 16 * mi, 16 * kb));
+#pragma unroll
+        for (int pr = 0; pr < 2; pr++) {
+            unsigned b[4];
+            ldsm_x4_t(b, frag_b2_kn(ub, kLdU, 16 * pr, 16 * kb));
+            mma_bf16(o_acc[2 * pr], a, b);
+            mma_bf16(o_acc[2 * pr + 1], a, b + 2);
+        }
+    }
+#pragma unroll
+    for (int j = 0; j < 4; j++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const int row = 16 * mi + g + (e >= 2 ? 8 : 0), col = 8 * j + 2 * t4 + (e & 1);
+            if (row < len && col < rows_v)
+                store_elem<Act>(p.out, (row0 + row) * p.out_stride + col0 + col, o_acc[j][e]);
         }
 }
 
@@ -1060,26 +1096,7 @@ __device__ void chunked_sequence_tc1(const gdn_problem &p, int64_t n, unsigned c
         /* (4) outputs (warps 4-7) beside the state update (all warps) */
         if (warp >= 4) {
             const int mi = warp - 4;
-            for (int kb = 0; kb <= mi; kb++) {
-                unsigned a[4];
-                ldsm_x4(a, frag_a_rows(s.pb, kLdP, 16 * mi, 16 * kb));
-#pragma unroll
-                for (int pr = 0; pr < 2; pr++) {
-                    unsigned b[4];
-                    ldsm_x4_t(b, frag_b2_kn(s.ub, kLdU, 16 * pr, 16 * kb));
-                    mma_bf16(o_acc[2 * pr], a, b);
-                    mma_bf16(o_acc[2 * pr + 1], a, b + 2);
-                }
-            }
-#pragma unroll
-            for (int j = 0; j < 4; j++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const int row = 16 * mi + g + (e >= 2 ? 8 : 0), col = 8 * j + 2 * t4 + (e & 1);
-                    if (row < len && col < rows_v)
-                        store_elem<Act>(p.out, (first + c0 + row) * p.out_stride + bc.hv * V + v0 + col,
-                                        o_acc[j][e]);
-                }
+            finish_outputs<Act>(p, s.pb, s.ub, o_acc, mi, len, rows_v, first + c0, bc.hv * V + v0);
         }
         {
             const float keep = s.gam[kChunk - 1];
@@ -1351,31 +1368,7 @@ __device__ __forceinline__ void gram_raw(const ws_buffer &w, const float *cum, b
     for (int j = 0; j < NB; j++)
         epilogue(MB, j, acc_b[j]);
     if constexpr (!is_q) {
-        /* (I + A_bb)^{-1} of both diagonal blocks by forward substitution, lane = column; the
-         * block's rows are read as float4 (one broadcast load for four products) */
-        __syncwarp();
-        const int blk = lane < 16 ? MA : MB, j = lane % 16;
-        const float *D = diag + blk * 16 * kLdD;
-        float x[16];
-#pragma unroll
-        for (int i = 0; i < 16; i++) {
-            float part[4] = {i == j ? 1.0f : 0.0f, 0.0f, 0.0f, 0.0f};
-#pragma unroll
-            for (int c4 = 0; c4 < i; c4 += 4) {
-                const float4 d = *reinterpret_cast<const float4 *>(D + i * kLdD + c4);
-                part[0] -= d.x * x[c4];
-                if (c4 + 1 < i)
-                    part[1] -= d.y * x[c4 + 1];
-                if (c4 + 2 < i)
-                    part[2] -= d.z * x[c4 + 2];
-                if (c4 + 3 < i)
-                    part[3] -= d.w * x[c4 + 3];
-            }
-            x[i] = (part[0] + part[1]) + (part[2] + part[3]);
-        }
-#pragma unroll
-        for (int i = 0; i < 16; i++)
-            w.tb[(16 * blk + i) * kLdP + 16 * blk + j] = __float2bfloat16_rn(x[i]);
+        invert_diagonal_pair<MA, MB>(diag, w.tb);
     }
 }
 
@@ -1590,26 +1583,7 @@ __device__ void chunked_sequence_ws(const gdn_problem &p, int64_t n, unsigned ch
             named_sync(kBarState, kGroupThreads);
 
             /* the outputs' second term P U */
-            for (int kb = 0; kb <= sw; kb++) {
-                unsigned a[4];
-                ldsm_x4(a, frag_a_rows(w.pb, kLdP, 16 * sw, 16 * kb));
-#pragma unroll
-                for (int pr = 0; pr < 2; pr++) {
-                    unsigned bb[4];
-                    ldsm_x4_t(bb, frag_b2_kn(ub, kLdU, 16 * pr, 16 * kb));
-                    mma_bf16(o_acc[2 * pr], a, bb);
-                    mma_bf16(o_acc[2 * pr + 1], a, bb + 2);
-                }
-            }
-#pragma unroll
-            for (int j = 0; j < 4; j++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const int row = 16 * sw + g + (e >= 2 ? 8 : 0), col = 8 * j + 2 * t4 + (e & 1);
-                    if (row < len && col < rows_v)
-                        store_elem<Act>(p.out, (first + c0 + row) * p.out_stride + bc.hv * V + v0 + col,
-                                        o_acc[j][e]);
-                }
+            finish_outputs<Act>(p, w.pb, ub, o_acc, sw, len, rows_v, first + c0, bc.hv * V + v0);
 
             /* S' = e^{G_last} S + (U' dec)^T K, the raw k rows */
             const float keep = w.gam[kChunk - 1];
