@@ -1152,23 +1152,32 @@ __device__ __forceinline__ void named_sync(int id, int threads)
  * of a4b355d and 0c3740a as a race). */
 __device__ __forceinline__ void mbar_init(uint64_t *bar, unsigned count)
 {
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_u32(bar)), "r"(count) : "memory");
+    asm volatile("mbarrier.init.shared.b64 [%0], %1;" ::"r"(smem_u32(bar)), "r"(count) : "memory");
 }
 __device__ __forceinline__ void mbar_arrive(uint64_t *bar)
 {
-    asm volatile(
-        "{\n\t.reg .b64 state;\n\tmbarrier.arrive.shared::cta.b64 state, [%0];\n\t}" ::"r"(smem_u32(bar))
-        : "memory");
+    asm volatile("{\n\t.reg .b64 state;\n\tmbarrier.arrive.shared.b64 state, [%0];\n\t}" ::"r"(smem_u32(bar))
+                 : "memory");
 }
-/* Until the phase of this parity has completed. */
+/* Until the phase of this parity has completed (try_wait, which may suspend the thread, from
+ * sm_90; a test_wait loop before). */
 __device__ __forceinline__ void mbar_wait(uint64_t *bar, unsigned parity)
 {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("{\n\t.reg .pred done;\n"
                  "WAIT:\n\t"
                  "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n\t"
                  "@!done bra WAIT;\n\t}" ::"r"(smem_u32(bar)),
                  "r"(parity)
                  : "memory");
+#else
+    asm volatile("{\n\t.reg .pred done;\n"
+                 "WAIT:\n\t"
+                 "mbarrier.test_wait.parity.shared.b64 done, [%0], %1;\n\t"
+                 "@!done bra WAIT;\n\t}" ::"r"(smem_u32(bar)),
+                 "r"(parity)
+                 : "memory");
+#endif
 }
 
 /* Byte offsets: the chunk buffers, the state warps' part, the local warps' part. */
@@ -1747,8 +1756,12 @@ template <typename Act, typename St> cudaError_t launch_state(const gdn_problem 
 {
     if (precise_for(p))
         return launch_typed<Act, St, kPathPrecise>(p, stream);
-    return pipelined() ? launch_typed<Act, St, kPathPipelined>(p, stream)
-                       : launch_typed<Act, St, kPathTc1>(p, stream);
+    /* the pipelined path needs ~215 KiB of shared memory a block: Hopper's 227, not an A100's 163
+     * (there the phase-by-phase one) */
+    const int optin = device_attribute<cudaDevAttrMaxSharedMemoryPerBlockOptin>(0);
+    const bool fits = ws_smem::bytes + (int)sizeof(int64_t) * (kChunkWarps * 32 + 8) <= optin;
+    return pipelined() && fits ? launch_typed<Act, St, kPathPipelined>(p, stream)
+                               : launch_typed<Act, St, kPathTc1>(p, stream);
 }
 
 template <typename Act> cudaError_t launch_act(const gdn_problem &p, cudaStream_t stream)
