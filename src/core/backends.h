@@ -66,8 +66,9 @@ void gdn_cuda_config_name(gdn_cuda_kernel kernel, int config, char *buf, size_t 
  * for bf16 activations), negative = the default. Process-wide; tests and benchmarks. */
 void gdn_cuda_chunked_force_precise(int precise);
 /* Its one-term products: 1 = pipelined (the local warps one chunk ahead of the state warps; the
- * default, GDN_PREFILL_PIPELINE=0 turns it off; 2-byte activations only, float32 ones always take
- * the other), 0 = phase by phase with the whole block, negative = the default. */
+ * default, GDN_PREFILL_PIPELINE=0 turns it off; bf16 activations on a GPU that gives a block
+ * ~215 KiB of shared memory only, the rest take the other), 0 = phase by phase with the whole
+ * block, negative = the default. */
 void gdn_cuda_chunked_force_pipeline(int pipelined);
 
 #ifdef __cplusplus

@@ -229,6 +229,38 @@ __device__ __forceinline__ pair_gates load_pair_gates(const gdn_problem &p, int6
     return pg;
 }
 
+/* The chunk's gates from the inputs warp 0 loaded (lane: tokens 2 lane, 2 lane + 1): cumulative
+ * log-decays, e^{G_t}, e^{G_last - G_t} and beta; tokens past len decay by nothing, beta 0. */
+template <typename Act>
+__device__ __forceinline__ void chunk_gates(const gdn_problem &p, const pair_gates &gates, int len,
+                                            float *cum, float *gam, float *dec, float *beta,
+                                            float cum_scale = 1.0f)
+{
+    const int lane = threadIdx.x % 32;
+    float lg[2], bt[2];
+#pragma unroll
+    for (int j = 0; j < 2; j++) {
+        const bool real = 2 * lane + j < len;
+        lg[j] =
+            real ? (p.g ? gates.x[j].A_log : gdn_gate_log(gates.x[j].A_log, gates.x[j].a, gates.x[j].dt_bias))
+                 : 0.0f;
+        bt[j] = real ? gate_beta(p, gates.x[j]) : 0.0f;
+    }
+    float incl = lg[0] + lg[1];
+#pragma unroll
+    for (int o = 1; o < 32; o *= 2) {
+        const float y = __shfl_up_sync(kFullMask, incl, o);
+        if (lane >= o)
+            incl += y;
+    }
+    const float last = __shfl_sync(kFullMask, incl, 31);
+    const float G1 = incl, G0 = incl - lg[1];
+    cum[2 * lane] = cum_scale * G0, cum[2 * lane + 1] = cum_scale * G1;
+    gam[2 * lane] = expf(G0), gam[2 * lane + 1] = expf(G1);
+    dec[2 * lane] = expf(last - G0), dec[2 * lane + 1] = expf(last - G1);
+    beta[2 * lane] = bt[0], beta[2 * lane + 1] = bt[1];
+}
+
 /* ---- the kernel ------------------------------------------------------------------------------ */
 
 /* 1 when sequence n is this kernel's (not left to the multi-token kernel of the same call):
@@ -366,32 +398,8 @@ __device__ void chunked_sequence(const gdn_problem &p, int64_t n, float *sm)
                 const int tok = i / kSlice, col = i % kSlice;
                 Zt[col * kLdC + tok] = tok < len ? to_float<Act>(sv[tok * kSlice + col]) : 0.0f;
             }
-            if (warp == 0) {
-                float lg[2], bt[2];
-#pragma unroll
-                for (int j = 0; j < 2; j++) {
-                    const bool real = 2 * lane + j < len;
-                    lg[j] = real ? (p.g ? next_gates.x[j].A_log
-                                        : gdn_gate_log(next_gates.x[j].A_log, next_gates.x[j].a,
-                                                       next_gates.x[j].dt_bias))
-                                 : 0.0f;
-                    bt[j] = real ? gate_beta(p, next_gates.x[j]) : 0.0f;
-                }
-                /* inclusive scan of the pair sums over the warp */
-                float incl = lg[0] + lg[1];
-#pragma unroll
-                for (int o = 1; o < 32; o *= 2) {
-                    const float y = __shfl_up_sync(kFullMask, incl, o);
-                    if (lane >= o)
-                        incl += y;
-                }
-                const float last = __shfl_sync(kFullMask, incl, 31);
-                const float G1 = incl, G0 = incl - lg[1];
-                cum[2 * lane] = G0, cum[2 * lane + 1] = G1;
-                gam[2 * lane] = expf(G0), gam[2 * lane + 1] = expf(G1);
-                dec[2 * lane] = expf(last - G0), dec[2 * lane + 1] = expf(last - G1);
-                beta[2 * lane] = bt[0], beta[2 * lane + 1] = bt[1];
-            }
+            if (warp == 0)
+                chunk_gates<Act>(p, next_gates, len, cum, gam, dec, beta);
         }
         __syncthreads();
 
@@ -900,38 +908,6 @@ __device__ __forceinline__ void normalise_qk(const Act *stage, bf16 *qb, bf16 *k
             *reinterpret_cast<uint2 *>((is_q ? qb : kb) + tok * kLdB + col) = w;
         }
     }
-}
-
-/* The chunk's gates from the inputs warp 0 loaded (lane: tokens 2 lane, 2 lane + 1): cumulative
- * log-decays, e^{G_t}, e^{G_last - G_t} and beta; tokens past len decay by nothing, beta 0. */
-template <typename Act>
-__device__ __forceinline__ void chunk_gates(const gdn_problem &p, const pair_gates &gates, int len,
-                                            float *cum, float *gam, float *dec, float *beta,
-                                            float cum_scale = 1.0f)
-{
-    const int lane = threadIdx.x % 32;
-    float lg[2], bt[2];
-#pragma unroll
-    for (int j = 0; j < 2; j++) {
-        const bool real = 2 * lane + j < len;
-        lg[j] =
-            real ? (p.g ? gates.x[j].A_log : gdn_gate_log(gates.x[j].A_log, gates.x[j].a, gates.x[j].dt_bias))
-                 : 0.0f;
-        bt[j] = real ? gate_beta(p, gates.x[j]) : 0.0f;
-    }
-    float incl = lg[0] + lg[1];
-#pragma unroll
-    for (int o = 1; o < 32; o *= 2) {
-        const float y = __shfl_up_sync(kFullMask, incl, o);
-        if (lane >= o)
-            incl += y;
-    }
-    const float last = __shfl_sync(kFullMask, incl, 31);
-    const float G1 = incl, G0 = incl - lg[1];
-    cum[2 * lane] = cum_scale * G0, cum[2 * lane + 1] = cum_scale * G1;
-    gam[2 * lane] = expf(G0), gam[2 * lane + 1] = expf(G1);
-    dec[2 * lane] = expf(last - G0), dec[2 * lane + 1] = expf(last - G1);
-    beta[2 * lane] = bt[0], beta[2 * lane + 1] = bt[1];
 }
 
 template <typename Act, typename St>
