@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # On the GPU machine: the chunked prefill's checks and gdn's own timings (issue 13), one call.
 #   bash bench/prefill_gpu.sh OUT [BUILD_DIR...]
-# For each build folder (default build): decode/cuda_prefill_chunked (the three product paths,
+# For each build folder (default build): decode/cuda_prefill_chunked (the four product paths,
 # errors printed), then gdn alone on the issue's cases (bench/prefill_tune.py) with the default
-# products (pipelined), phase by phase (GDN_PREFILL_PIPELINE=0) and with GDN_PREFILL_PRECISE=1
-# (PREFILL_PRECISE=0: not). The first build also runs the rest of the cuda tests
+# products (split: gdn.forward passes a workspace), without the split (GDN_PREFILL_SPLIT=0: the
+# pipelined single kernel), phase by phase (GDN_PREFILL_PIPELINE=0; PREFILL_PHASED=0: not) and
+# with GDN_PREFILL_PRECISE=1 (PREFILL_PRECISE=0: not). The first build also runs the rest of the cuda tests
 # it touches (cuda_all, the gates test) and compute-sanitizer memcheck and racecheck of the
 # small prefill test (decode/cuda_sanitize_prefill) (PREFILL_SANITIZE=0: none of these;
 # PREFILL_OTHERS=0: the sanitizers only), PREFILL_PYTHON=1 the Python GPU tests of gdn.forward and
@@ -25,8 +26,11 @@ for b in "${builds[@]}"; do
     step "prefill-test-$tag" 300 "$b/test_gdn" decode/cuda_prefill_chunked
     step "tune-$tag" 200 env GDN_PREFILL_LABEL="gdn-$tag" python3 bench/prefill_tune.py --lib "$b/libgdn.so" \
         --reps 15 --csv "$out/prefill-tune.csv"
-    step "tune-phased-$tag" 200 env GDN_PREFILL_PIPELINE=0 GDN_PREFILL_LABEL="gdn-phased-$tag" \
+    step "tune-fused-$tag" 200 env GDN_PREFILL_SPLIT=0 GDN_PREFILL_LABEL="gdn-fused-$tag" \
         python3 bench/prefill_tune.py --lib "$b/libgdn.so" --reps 15 --csv "$out/prefill-tune.csv"
+    [ "${PREFILL_PHASED:-1}" = 1 ] && step "tune-phased-$tag" 200 env GDN_PREFILL_SPLIT=0 GDN_PREFILL_PIPELINE=0 \
+        GDN_PREFILL_LABEL="gdn-phased-$tag" python3 bench/prefill_tune.py --lib "$b/libgdn.so" --reps 15 \
+        --csv "$out/prefill-tune.csv"
     [ "${PREFILL_PRECISE:-1}" = 1 ] && step "tune-precise-$tag" 120 env GDN_PREFILL_PRECISE=1 \
         GDN_PREFILL_LABEL="gdn-precise-$tag" python3 bench/prefill_tune.py --lib "$b/libgdn.so" --reps 10 \
         --shapes qwen3-next --csv "$out/prefill-tune.csv"
@@ -41,12 +45,12 @@ for b in "${builds[@]}"; do
     fi
     if [ "${PREFILL_NCU:-0}" = 1 ]; then
         ncu=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
-        step "ncu-$tag" 180 "$ncu" --set full --kernel-name regex:prefill_chunked --launch-count 1 \
+        step "ncu-$tag" 180 "$ncu" --set full --kernel-name regex:prefill_chunk --launch-count 2 \
             --print-details all python3 bench/prefill_tune.py --lib "$b/libgdn.so" --reps 1 --cases 1x4096 \
             --shapes qwen3-next
         # per-instruction counts and stall samples (SASS; source lines where built with -lineinfo)
         [ "${PREFILL_NCU_SOURCE:-0}" = 1 ] && step "ncu-source-$tag" 180 "$ncu" --set full \
-            --kernel-name regex:prefill_chunked --launch-count 1 --page source --print-source sass --csv \
+            --kernel-name regex:prefill_chunk --launch-count 2 --page source --print-source sass --csv \
             python3 bench/prefill_tune.py --lib "$b/libgdn.so" --reps 1 --cases 1x4096 --shapes qwen3-next
     fi
     first=0

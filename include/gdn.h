@@ -46,7 +46,7 @@ extern "C" {
  * ------------------------------------------------------------------------------------- */
 
 #define GDN_VERSION_MAJOR 0
-#define GDN_VERSION_MINOR 6
+#define GDN_VERSION_MINOR 7
 #define GDN_VERSION_PATCH 0
 #define GDN_VERSION_NUMBER (GDN_VERSION_MAJOR * 10000 + GDN_VERSION_MINOR * 100 + GDN_VERSION_PATCH)
 
@@ -320,10 +320,30 @@ typedef struct gdn_decode_params {
     int64_t g_stride;    /* elements between token rows; 0 = HV */
     const void *beta;    /* [rows, HV] in act_dtype: beta = sigmoid(b) */
     int64_t beta_stride; /* elements between token rows; 0 = HV */
+
+    /* Workspace (0.7): device scratch the cuda backend may use for the call's long sequences
+     * (gdn_decode_workspace_size says how much). With it, bf16 activations and one-term products,
+     * the chunk-local work of every 64-token chunk (gates, Gram matrices, the inverse of the
+     * chunk's triangular system) runs first for all chunks at once, then the walk over the
+     * chunks: faster for long sequences. NULL = the single-kernel path. Its contents before and
+     * after a call mean nothing; it must not overlap any other buffer of the call, be 16-byte
+     * aligned, and hold at least the size asked for (else GDN_ERR_INVALID_ARGUMENT, nothing
+     * written). Calls on one stream may share one workspace; calls that may run concurrently
+     * may not. Ignored by the cpu and reference backends. */
+    void *workspace;
+    size_t workspace_bytes;
 } gdn_decode_params;
 
 /* Fills *params with the defaults above (everything else zero/NULL) and sets struct_size. */
 GDN_API void gdn_decode_params_init(gdn_decode_params *params);
+
+/* The workspace a call with these params can use (0.7), in bytes; 0 when it uses none (the cpu
+ * and reference backends, calls without sequences longer than GDN_MAX_TOKENS, f16/f32
+ * activations). Reads only the shape fields, act_dtype, backend, state_pool (to choose the
+ * backend), num_tokens, cu_seqlens (whether set) and total_tokens: the size is an upper bound for
+ * every call of that shape and total_tokens, about 17.3 KiB per 64 tokens and value head (for
+ * qwen3-next's 32 value heads, 8.6 MiB per 1000 tokens), whatever the sequence lengths. */
+GDN_API gdn_status gdn_decode_workspace_size(const gdn_decode_params *params, size_t *bytes);
 
 /* Runs one decode step (T tokens per sequence with num_tokens). Validates every argument before
  * touching memory. */

@@ -20,6 +20,7 @@ static uint64_t seed;
 static char config_note[64]; /* the forced kernel configuration, for failure messages */
 static int pdl_all;          /* gdn_decode_params.pdl of every case */
 static int tc_all;           /* decode_case.tc_products of every case */
+static int case_workspace;   /* decode_case.workspace of every case */
 static int print_errors;     /* print each case's errors (the chunked prefill's accuracy) */
 
 static void expect_pass(decode_case c, gdn_backend backend, int steps)
@@ -29,6 +30,8 @@ static void expect_pass(decode_case c, gdn_backend backend, int steps)
     c.pdl = pdl_all;
     if (tc_all)
         c.tc_products = tc_all;
+    if (case_workspace)
+        c.workspace = 1;
     int ok = decode_case_run(&c, backend, steps, NULL, NULL, &r);
     char what[256];
     decode_case_describe(&c, what, sizeof what);
@@ -347,16 +350,21 @@ static void cuda_prefill_chunked(void)
         return;
     print_errors = 1;
     static const char *const paths[] = {"3-term products", "1-term products, pipelined",
-                                        "1-term products, phase by phase"};
-    for (int path = 0; path < 3; path++) {
+                                        "1-term products, phase by phase",
+                                        "1-term products, split (workspace)"};
+    for (int path = 0; path < 4; path++) {
         gdn_cuda_chunked_force_precise(path == 0);
         gdn_cuda_chunked_force_pipeline(path == 1);
+        gdn_cuda_chunked_force_split(path == 3);
+        case_workspace = path == 3;
         tc_all = path == 0 ? 3 : 1;
         snprintf(config_note, sizeof config_note, "%s", paths[path]);
         prefill_chunked_cases(GDN_BACKEND_CUDA);
     }
     gdn_cuda_chunked_force_precise(-1);
     gdn_cuda_chunked_force_pipeline(-1);
+    gdn_cuda_chunked_force_split(-1);
+    case_workspace = 0;
     tc_all = print_errors = 0;
     config_note[0] = '\0';
     /* the defaults: bf16 activations take one term */
@@ -373,10 +381,12 @@ static void cuda_sanitize_prefill(void)
 {
     if (!cuda_present())
         return;
-    for (int path = 0; path < 3; path++) {
+    for (int path = 0; path < 4; path++) {
         const int precise = path == 0;
         gdn_cuda_chunked_force_precise(precise);
         gdn_cuda_chunked_force_pipeline(path == 1);
+        gdn_cuda_chunked_force_split(path == 3);
+        case_workspace = path == 3;
         for (int i = 0; i < 3; i++) {
             decode_case c = base(3, 1, 2, 128, i == 2 ? 48 : 128);
             c.num_tokens = 70 + 30 * i, c.varlen = 1, c.padding = i == 1, c.zero_init = i == 0;
@@ -388,6 +398,8 @@ static void cuda_sanitize_prefill(void)
     }
     gdn_cuda_chunked_force_precise(-1);
     gdn_cuda_chunked_force_pipeline(-1);
+    gdn_cuda_chunked_force_split(-1);
+    case_workspace = 0;
 }
 
 /* Both ways the cpu backend computes long sequences: in chunks and token by token. */

@@ -516,7 +516,34 @@ static int run_step(const decode_case *c, gdn_backend backend, arrays *A, decode
         return fail(r, "upload failed: %s", mem_error());
     gdn_decode_params p = make_params(c, A, A->d_proj, A->d_ab, A->d_out, A->d_pool, 1, A->d_A_log,
                                       A->d_dt_bias, c->act_dtype, c->state_dtype, backend);
+    void *workspace = NULL;
+    if (c->workspace && A->where == MEM_DEVICE) {
+        size_t bytes = 0;
+        if (gdn_decode_workspace_size(&p, &bytes) != GDN_OK)
+            return fail(r, "gdn_decode_workspace_size: %s", gdn_last_error());
+        if (bytes > 0) {
+            unsigned char *poison = malloc(bytes);
+            workspace = mem_alloc(MEM_DEVICE, bytes);
+            if (!poison || !workspace) {
+                free(poison);
+                mem_free(MEM_DEVICE, workspace);
+                return fail(r, "no memory for a workspace of %zu bytes", bytes);
+            }
+            memset(poison, 0xff, bytes);
+            const int up = mem_upload(MEM_DEVICE, workspace, poison, bytes);
+            free(poison);
+            if (up != 0) {
+                mem_free(MEM_DEVICE, workspace);
+                return fail(r, "upload failed: %s", mem_error());
+            }
+            p.workspace = workspace, p.workspace_bytes = bytes;
+        }
+    }
     r->status = gdn_decode(&p);
+    if (workspace) {
+        mem_sync(MEM_DEVICE);
+        mem_free(MEM_DEVICE, workspace);
+    }
     if (r->status != GDN_OK)
         return fail(r, "%s backend: %s: %s", gdn_backend_name(backend), gdn_status_string(r->status),
                     gdn_last_error());

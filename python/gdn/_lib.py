@@ -133,6 +133,8 @@ class DecodeParams(ctypes.Structure):
         ("g_stride", ctypes.c_int64),
         ("beta", ctypes.c_void_p),
         ("beta_stride", ctypes.c_int64),
+        ("workspace", ctypes.c_void_p),  # the caller's scratch (0.7)
+        ("workspace_bytes", ctypes.c_size_t),
     ]
 
 
@@ -149,6 +151,9 @@ SLOT_STRIDE_FIELD_END = DecodeParams.state_slot_stride.offset + ctypes.sizeof(ct
 # Varlen calls of any length, has_initial_state and precomputed g/beta (gdn 0.5): every field up to
 # beta_stride. A library with a shorter struct would ignore them and compute something else.
 VARLEN_FIELDS_END = DecodeParams.beta_stride.offset + ctypes.sizeof(ctypes.c_int64)
+# A workspace (gdn 0.7): only a library whose struct holds the fields (and has
+# gdn_decode_workspace_size) is given one.
+WORKSPACE_FIELDS_END = DecodeParams.workspace_bytes.offset + ctypes.sizeof(ctypes.c_size_t)
 
 
 def _declare(lib):
@@ -169,6 +174,8 @@ def _declare(lib):
         "gdn_decode": (_c_enum, [ctypes.c_void_p]),
         "gdn_decode_backend_for": (_c_enum, [ctypes.c_void_p, ctypes.POINTER(_c_enum)]),
     }
+    if hasattr(lib, "gdn_decode_workspace_size"):  # (0.7)
+        signatures["gdn_decode_workspace_size"] = (_c_enum, [ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t)])
     for name, (restype, argtypes) in signatures.items():
         function = getattr(lib, name)
         function.restype = restype

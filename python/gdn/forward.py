@@ -9,7 +9,7 @@ required and the longest sequence is learnt from it, not passed.
 """
 import ctypes
 
-from ._lib import LIB
+from ._lib import LIB, WORKSPACE_FIELDS_END
 from ._tensors import describe
 from .decode import _is_int, _prepare_tokens, _scale_value, _torch_compiling
 from .errors import check
@@ -116,8 +116,30 @@ def forward(q, k, v, a, b, A_log, dt_bias, state_pool, *, cu_seqlens, slot_indic
     params, out = _prepare_forward(q, k, v, a, b, A_log, dt_bias, state_pool, cu_seqlens, slot_indices,
                                    write_slot_indices, has_initial_state, out, scale, qk_l2norm, head_map, layout,
                                    null_slot_zero, backend, g, beta, num_threads, max_seqlen)
+    workspace = _attach_workspace(params, state_pool)
     check(LIB.cdll.gdn_decode(ctypes.byref(params)), "gdn_decode")
+    del workspace  # (freed in the order of torch's current stream, which the kernels run on)
     return out
+
+
+def _attach_workspace(params, state_pool):
+    """The cuda backend's workspace for this call (gdn 0.7: the chunked prefill's faster path), as
+    a torch uint8 tensor from torch's allocator on the pool's device, or None where the call uses
+    none. Allocated on torch's current stream, the stream the call is enqueued on, so the memory
+    goes back to the allocator only after the kernels that use it (and inside a CUDA graph
+    capture it comes from the graph's pool)."""
+    if LIB.params_size < WORKSPACE_FIELDS_END or not hasattr(LIB.cdll, "gdn_decode_workspace_size"):
+        return None
+    if type(state_pool).__module__.split(".")[0] != "torch" or not state_pool.is_cuda:
+        return None
+    size = ctypes.c_size_t(0)
+    check(LIB.cdll.gdn_decode_workspace_size(ctypes.byref(params), ctypes.byref(size)), "gdn_decode_workspace_size")
+    if size.value == 0:
+        return None
+    import torch
+    workspace = torch.empty(size.value, dtype=torch.uint8, device=state_pool.device)
+    params.workspace, params.workspace_bytes = workspace.data_ptr(), size.value
+    return workspace
 
 
 def _forward_in_torch_graph(q, k, v, a, b, A_log, dt_bias, state_pool, cu_seqlens, slot_indices, write_slot_indices,

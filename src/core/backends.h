@@ -70,6 +70,10 @@ void gdn_cuda_chunked_force_precise(int precise);
  * ~215 KiB of shared memory only, the rest take the other), 0 = phase by phase with the whole
  * block, negative = the default. */
 void gdn_cuda_chunked_force_pipeline(int pipelined);
+/* With a workspace: 1 = the split path (the chunk-local work of every chunk in its own kernel
+ * first, then the walk over the chunks; the default, GDN_PREFILL_SPLIT=0 turns it off), 0 = as
+ * without a workspace, negative = the default. */
+void gdn_cuda_chunked_force_split(int split);
 
 #ifdef __cplusplus
 }

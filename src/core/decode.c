@@ -337,6 +337,53 @@ static gdn_status check_counter(const gdn_decode_params *p)
     return GDN_OK;
 }
 
+/* Bytes of workspace the call can use on `backend` (GDN_CHUNK_RECORD_BYTES per record, see
+ * src/common/problem.h): only cuda calls that send sequences to the chunked kernel with bf16
+ * activations. */
+static size_t workspace_needed(const gdn_decode_params *p, gdn_backend backend)
+{
+    if (backend != GDN_BACKEND_CUDA || p->act_dtype != GDN_DTYPE_BF16 || p->num_tokens <= GDN_MAX_TOKENS ||
+        p->state_layout != GDN_LAYOUT_VK || p->head_dim_k != 128 || p->token_slots || p->num_accepted)
+        return 0;
+    const int64_t records = token_rows(p) / 64 + p->num_seqs;
+    return (size_t)records * (size_t)p->num_v_heads * GDN_CHUNK_RECORD_BYTES;
+}
+
+/* A workspace large enough, aligned, in device memory, apart from the pool and out. */
+static gdn_status check_workspace(const gdn_decode_params *p, gdn_backend backend)
+{
+    if (!p->workspace || backend != GDN_BACKEND_CUDA)
+        return GDN_OK;
+    const size_t needed = workspace_needed(p, backend);
+    if (p->workspace_bytes < needed)
+        return gdn_fail(GDN_ERR_INVALID_ARGUMENT,
+                        "workspace_bytes = %zu but this call needs %zu (gdn_decode_workspace_size)",
+                        p->workspace_bytes, needed);
+    if ((uintptr_t)p->workspace % 16 != 0)
+        return gdn_fail(GDN_ERR_MISALIGNED, "workspace = %p is not 16-byte aligned", p->workspace);
+    int device = -1;
+    const gdn_memory_kind kind = gdn_cuda_memory_kind(p->workspace, &device);
+    if (kind != GDN_MEMORY_DEVICE && kind != GDN_MEMORY_MANAGED)
+        return gdn_fail(GDN_ERR_WRONG_MEMORY,
+                        "workspace = %p is host memory but the cuda backend needs device or managed memory",
+                        p->workspace);
+    const uintptr_t lo = (uintptr_t)p->workspace, hi = lo + p->workspace_bytes;
+    const uintptr_t pool_lo = (uintptr_t)p->state_pool;
+    const uintptr_t pool_hi = pool_lo + (uintptr_t)pool_elements(p) * gdn_dtype_size(p->state_dtype);
+    if (lo < pool_hi && pool_lo < hi)
+        return gdn_fail(GDN_ERR_OVERLAP, "workspace [%p, %p) overlaps state_pool [%p, %p)", (void *)lo,
+                        (void *)hi, (void *)pool_lo, (void *)pool_hi);
+    const int64_t rows = token_rows(p), width = p->num_v_heads * p->head_dim_v;
+    const uintptr_t out_lo = (uintptr_t)p->out;
+    const uintptr_t out_hi =
+        out_lo + (uintptr_t)((rows - 1) * (p->out_stride ? p->out_stride : width) + width) *
+                     gdn_dtype_size(p->act_dtype);
+    if (rows > 0 && lo < out_hi && out_lo < hi)
+        return gdn_fail(GDN_ERR_OVERLAP, "workspace [%p, %p) overlaps out [%p, %p)", (void *)lo, (void *)hi,
+                        (void *)out_lo, (void *)out_hi);
+    return GDN_OK;
+}
+
 /* Host backends can read the indices, so bad ones are refused before any write. */
 static gdn_status check_slot(const gdn_problem *pr, const char *name, int64_t at, int64_t slot)
 {
@@ -448,6 +495,8 @@ gdn_problem gdn_problem_from_params(const gdn_decode_params *p)
     pr.beta = p->beta;
     pr.g_stride = p->g_stride ? p->g_stride : p->num_v_heads;
     pr.beta_stride = p->beta_stride ? p->beta_stride : p->num_v_heads;
+    pr.workspace = p->workspace;
+    pr.workspace_bytes = (int64_t)p->workspace_bytes;
     return pr;
 }
 
@@ -457,15 +506,16 @@ static gdn_status read_params(const gdn_decode_params *given, gdn_decode_params 
 {
     const size_t v01 = offsetof(gdn_decode_params, num_tokens),
                  v02 = offsetof(gdn_decode_params, bad_index_rows), v03 = offsetof(gdn_decode_params, pdl),
-                 v04 = offsetof(gdn_decode_params, total_tokens);
+                 v04 = offsetof(gdn_decode_params, total_tokens),
+                 v06 = offsetof(gdn_decode_params, workspace);
     if (!given)
         return gdn_fail(GDN_ERR_INVALID_ARGUMENT, "params is NULL");
     if (given->struct_size != v01 && given->struct_size != v02 && given->struct_size != v03 &&
-        given->struct_size != v04 && given->struct_size != sizeof *p)
+        given->struct_size != v04 && given->struct_size != v06 && given->struct_size != sizeof *p)
         return gdn_fail(GDN_ERR_INVALID_ARGUMENT,
-                        "params->struct_size = %zu but this library takes %zu (0.5 headers), %zu (0.4), "
-                        "%zu (0.3), %zu (0.2) or %zu (0.1) bytes (call gdn_decode_params_init)",
-                        given->struct_size, sizeof *p, v04, v03, v02, v01);
+                        "params->struct_size = %zu but this library takes %zu (0.7 headers), %zu (0.5, 0.6), "
+                        "%zu (0.4), %zu (0.3), %zu (0.2) or %zu (0.1) bytes (call gdn_decode_params_init)",
+                        given->struct_size, sizeof *p, v06, v04, v03, v02, v01);
     memset(p, 0, sizeof *p);
     memcpy(p, given, given->struct_size);
     return GDN_OK;
@@ -488,7 +538,8 @@ static gdn_status validate(const gdn_decode_params *p, gdn_backend *backend, poo
     if (p->num_seqs == 0)
         return GDN_OK;
     if ((s = check_tensors(p, *backend, *pool)) ||
-        (!p->cu_seqlens && (s = check_overlap(p, token_rows(p)))) || (s = check_counter(p)))
+        (!p->cu_seqlens && (s = check_overlap(p, token_rows(p)))) || (s = check_counter(p)) ||
+        (s = check_workspace(p, *backend)))
         return s;
     return GDN_OK;
 }
@@ -504,6 +555,28 @@ gdn_status gdn_decode_backend_for(const gdn_decode_params *given, gdn_backend *b
     if (s == GDN_OK && backend)
         *backend = chosen;
     return s;
+}
+
+gdn_status gdn_decode_workspace_size(const gdn_decode_params *given, size_t *bytes)
+{
+    gdn_decode_params p;
+    gdn_status s = read_params(given, &p);
+    if (s != GDN_OK)
+        return s;
+    if (!bytes)
+        return gdn_fail(GDN_ERR_NULL_POINTER, "bytes is NULL");
+    if ((s = check_shape(&p)))
+        return s;
+    gdn_backend backend = p.backend;
+    if (backend == GDN_BACKEND_AUTO) {
+        int device = -1;
+        const gdn_memory_kind kind =
+            gdn_cuda_usable() && p.state_pool ? gdn_cuda_memory_kind(p.state_pool, &device) : GDN_MEMORY_HOST;
+        backend =
+            kind == GDN_MEMORY_DEVICE || kind == GDN_MEMORY_MANAGED ? GDN_BACKEND_CUDA : GDN_BACKEND_CPU;
+    }
+    *bytes = workspace_needed(&p, backend);
+    return GDN_OK;
 }
 
 gdn_status gdn_decode(const gdn_decode_params *given)

@@ -1208,6 +1208,7 @@ __device__ __forceinline__ float fast_exp2(float x)
 }
 
 static_assert(kGroupThreads == 128 && kRowK == 128 && kSlice == 32, "stage_raw's thread map");
+template <bool WITH_V = true>
 __device__ __forceinline__ void stage_raw(const stage_source<bf16> &src, int64_t c0, int len,
                                           const ws_buffer &w)
 {
@@ -1225,6 +1226,10 @@ __device__ __forceinline__ void stage_raw(const stage_source<bf16> &src, int64_t
             copy_async16(reinterpret_cast<uint4 *>(w.qb + r * kLdB + c), real ? q + i * q8 : src.q, real);
             copy_async16(reinterpret_cast<uint4 *>(w.kb + r * kLdB + c), real ? k + i * k8 : src.k, real);
         }
+        if constexpr (!WITH_V) {
+            copy_async_commit();
+            return;
+        }
         const int rv = tid / 4, cv = 8 * (tid % 4);
         const bf16 *v = src.v + (c0 + rv) * src.v_stride + cv;
 #pragma unroll
@@ -1241,7 +1246,7 @@ __device__ __forceinline__ void stage_raw(const stage_source<bf16> &src, int64_t
             w.qb[r * kLdB + c] = r < len ? src.q[(c0 + r) * src.q_stride + c] : zero;
             w.kb[r * kLdB + c] = r < len ? src.k[(c0 + r) * src.k_stride + c] : zero;
         }
-        for (int i = tid; i < kChunk * kSlice; i += kGroupThreads) {
+        for (int i = tid; WITH_V && i < kChunk * kSlice; i += kGroupThreads) {
             const int r = i / kSlice, c = i % kSlice;
             w.vb[r * kLdV + c] = r < len && c < src.rows_v ? src.v[(c0 + r) * src.v_stride + c] : zero;
         }
@@ -1616,6 +1621,381 @@ __device__ void chunked_sequence_ws(const gdn_problem &p, int64_t n, unsigned ch
     __syncthreads(); /* the next sequence reuses the shared memory */
 }
 
+/* ---- one term, split: the chunk-local work of every chunk in parallel, then the state walk -----
+ *
+ * The pipelined path above does the chunk-local work (gates, Gram matrices, T = (I + M)^{-1})
+ * in the block that walks the sequence, one chunk ahead, and does it again in each of a head's
+ * 4 slices; ncu (H100, 2026-12-05) showed those local warps issuing ~2.6x the state warps'
+ * instructions, so the walk waited on them. None of that work depends on the state. With a
+ * workspace from the caller this path runs it as its own kernel, one block of 4 warps per
+ * (chunk, value head), all chunks at once, and writes each chunk's record:
+ *     T (the lower blocks of (I + M)^{-1}, bf16), P (rq_t e(t,s) q_t.k_s, s <= t, bf16),
+ *     gam, dec, beta, rq, rk (float32) and a tag naming (sequence, chunk);
+ * then the walk (chunked_sequence_split) only streams q, k, v and the records by cp.async
+ * and does the state work with all 8 warps.
+ *
+ * Record r of value head hv sits at (r * HV + hv) * kRecordBytes; chunk ci of sequence n is
+ * record floor(first_row(n) / 64) + n + ci, which never collides for valid cu_seqlens and stays
+ * below floor(token_rows / 64) + num_seqs (GDN_CHUNK_RECORD_BYTES, gdn_chunk_records). */
+struct record_layout {
+    static constexpr int t = 0;                           /* [C][C] bf16, upper blocks zero */
+    static constexpr int p = t + kChunk * kChunk * 2;     /* [C][C] bf16 */
+    static constexpr int gates = p + kChunk * kChunk * 2; /* gam, dec, beta, rq, rk: [C] floats each */
+    static constexpr int tag = gates + 5 * kChunk * 4;    /* int64 (sequence << 24) + chunk + 1, padding */
+    static constexpr int bytes = tag + 16;
+};
+static_assert(record_layout::bytes == GDN_CHUNK_RECORD_BYTES && record_layout::bytes % 16 == 0,
+              "the record size the host sizes workspaces by");
+
+__device__ __forceinline__ int64_t record_tag(int64_t n, int64_t ci) { return n * (1LL << 24) + ci + 1; }
+
+/* The first record of sequence n (its chunk 0). */
+__device__ __forceinline__ int64_t first_record(const gdn_problem &p, int64_t n)
+{
+    return gdn_first_token_row(&p, n) / kChunk + n;
+}
+
+__device__ __forceinline__ unsigned char *record_at(const gdn_problem &p, int64_t r, int64_t hv)
+{
+    return static_cast<unsigned char *>(p.workspace) +
+           (r * p.num_v_heads + hv) * (int64_t)record_layout::bytes;
+}
+
+/* Shared memory of the local kernel: one chunk buffer (no v), A below the diagonal blocks, the
+ * diagonal blocks, the cumulative decays. */
+struct local_smem {
+    static constexpr int ab = ws_smem::buffer; /* (the buffer at 0) */
+    static constexpr int diag = ab + kChunk * kLdP * 2;
+    static constexpr int cum = diag + 4 * 16 * kLdD * 4;
+    static constexpr int bytes = cum + kChunk * 4;
+};
+
+/* One block of 4 warps per (record, value head): the chunk-local work of the pipelined path for
+ * the chunk that record belongs to, written to the workspace. Records of no chunk (past a
+ * sequence's last chunk, sequences the multi-token kernel takes, bad cu_seqlens) are left alone. */
+__global__ void __launch_bounds__(kGroupThreads) prefill_chunk_local(const gdn_problem p)
+{
+    extern __shared__ __align__(16) unsigned char lsm[];
+    const int64_t r = blockIdx.x, hv = blockIdx.y;
+    /* the sequence whose records start at or before r: the last n with first_record(n) <= r
+     * (increasing in n for valid cu_seqlens; the tag check of the walk catches the rest) */
+    int64_t lo = 0, hi = p.num_seqs - 1;
+    while (lo < hi) {
+        const int64_t mid = lo + (hi - lo + 1) / 2;
+        if (first_record(p, mid) <= r)
+            lo = mid;
+        else
+            hi = mid - 1;
+    }
+    const int64_t n = lo, ci = r - first_record(p, n);
+    const int64_t T = gdn_seq_tokens(&p, n), first = gdn_first_token_row(&p, n);
+    if (ci < 0 || T <= 0 || first < 0 || ci * kChunk >= T || !chunked_owns(p, n))
+        return;
+    const int64_t c0 = ci * kChunk;
+    const int len = (int)(T - c0 < kChunk ? T - c0 : kChunk);
+    const int warp = threadIdx.x / 32;
+    const int64_t h = gdn_qk_head(&p, hv);
+
+    stage_source<bf16> src;
+    src.q = static_cast<const bf16 *>(p.q) + first * p.q_stride + h * kRowK;
+    src.k = static_cast<const bf16 *>(p.k) + first * p.k_stride + h * kRowK;
+    src.v = nullptr;
+    src.q_stride = p.q_stride, src.k_stride = p.k_stride, src.v_stride = 0;
+    src.rows_v = kSlice; /* (no v staged) */
+    src.async = p.prefill_async != 0;
+    const ws_buffer w = ws_buffer_at(lsm, 0);
+    bf16 *const ab = reinterpret_cast<bf16 *>(lsm + local_smem::ab);
+    float *const diag = reinterpret_cast<float *>(lsm + local_smem::diag);
+    float *const cum = reinterpret_cast<float *>(lsm + local_smem::cum);
+    stage_raw<false>(src, c0, len, w);
+    if (warp == 0) {
+        const pair_gates gates = load_pair_gates<bf16>(p, first, c0, len, hv);
+        chunk_gates<bf16>(p, gates, len, cum, w.gam, w.dec, w.beta, kLog2e);
+    }
+    copy_async_wait<0>();
+    __syncthreads(); /* the rows and the gates */
+    const bool l2norm = p.qk_l2norm != 0;
+    switch (warp) {
+    case 0: gram_raw<0, 3, false>(w, cum, ab, diag, p.scale, l2norm); break;
+    case 1: gram_raw<1, 2, false>(w, cum, ab, diag, p.scale, l2norm); break;
+    case 2: gram_raw<0, 3, true>(w, cum, ab, diag, p.scale, l2norm); break;
+    default: gram_raw<1, 2, true>(w, cum, ab, diag, p.scale, l2norm); break;
+    }
+    __syncthreads(); /* A and the diagonal inverses */
+    switch (warp) {
+    case 3: inverse_column<0>(ab, w.tb); break;
+    case 2: inverse_column<1>(ab, w.tb); break;
+    case 1: inverse_column<2>(ab, w.tb); break;
+    default: break;
+    }
+    __syncthreads();
+
+    /* the record: 16-byte pieces, the blocks above the diagonal as zeros */
+    unsigned char *rec = record_at(p, r, hv);
+    for (int i = threadIdx.x; i < 2 * kChunk * 8; i += kGroupThreads) {
+        const int m = i / (kChunk * 8), row = (i / 8) % kChunk, piece = i % 8;
+        const bf16 *from = (m == 0 ? w.tb : w.pb) + row * kLdP + 8 * piece;
+        const uint4 x = 8 * piece < 16 * (row / 16 + 1) ? *reinterpret_cast<const uint4 *>(from)
+                                                        : make_uint4(0u, 0u, 0u, 0u);
+        *reinterpret_cast<uint4 *>(rec + (m == 0 ? record_layout::t : record_layout::p) +
+                                   (row * kChunk + 8 * piece) * 2) = x;
+    }
+    if (threadIdx.x < 5 * kChunk / 4)
+        reinterpret_cast<uint4 *>(rec + record_layout::gates)[threadIdx.x] =
+            reinterpret_cast<const uint4 *>(w.gam)[threadIdx.x];
+    if (threadIdx.x == 0)
+        *reinterpret_cast<int64_t *>(rec + record_layout::tag) = record_tag(n, ci);
+}
+
+/* Shared memory of the walk: three chunk buffers (q, k, the v slice, T, P, the gates), the
+ * state slice as bf16, Z', U' and U' scaled by the decays. */
+struct split_smem {
+    static constexpr int sb = kBuffers * ws_smem::buffer;
+    static constexpr int zb = sb + kSlice * kLdB * 2;
+    static constexpr int ub = zb + kChunk * kLdU * 2;
+    static constexpr int udb = ub + kChunk * kLdU * 2;
+    static constexpr int bytes = udb + kChunk * kLdU * 2;
+};
+static_assert(split_smem::sb % 16 == 0 && split_smem::bytes + 4096 <= 227 * 1024, "fits a block");
+
+/* Chunk ci's rows and record into buffer w, by all 256 threads (one cp.async group). */
+static_assert(kChunkWarps * 32 == 256, "stage_split's thread map");
+__device__ __forceinline__ void stage_split(const gdn_problem &p, const stage_source<bf16> &src, int64_t c0,
+                                            int len, const unsigned char *rec, const ws_buffer &w)
+{
+    const int tid = threadIdx.x;
+    if (src.async && src.rows_v == kSlice) {
+        const int r0 = tid / 16, c = 8 * (tid % 16);
+#pragma unroll
+        for (int i = 0; i < kChunk / 16; i++) {
+            const int r = r0 + 16 * i;
+            const bool real = r < len;
+            copy_async16(reinterpret_cast<uint4 *>(w.qb + r * kLdB + c),
+                         real ? src.q + (c0 + r) * src.q_stride + c : src.q, real);
+            copy_async16(reinterpret_cast<uint4 *>(w.kb + r * kLdB + c),
+                         real ? src.k + (c0 + r) * src.k_stride + c : src.k, real);
+        }
+        const int rv = tid / 4, cv = 8 * (tid % 4);
+        const bool real = rv < len;
+        copy_async16(reinterpret_cast<uint4 *>(w.vb + rv * kLdV + cv),
+                     real ? src.v + (c0 + rv) * src.v_stride + cv : src.v, real);
+    } else {
+        const bf16 zero = __float2bfloat16_rn(0.0f);
+        for (int i = tid; i < kChunk * kRowK; i += 256) {
+            const int r = i / kRowK, c = i % kRowK;
+            w.qb[r * kLdB + c] = r < len ? src.q[(c0 + r) * src.q_stride + c] : zero;
+            w.kb[r * kLdB + c] = r < len ? src.k[(c0 + r) * src.k_stride + c] : zero;
+        }
+        for (int i = tid; i < kChunk * kSlice; i += 256) {
+            const int r = i / kSlice, c = i % kSlice;
+            w.vb[r * kLdV + c] = r < len && c < src.rows_v ? src.v[(c0 + r) * src.v_stride + c] : zero;
+        }
+    }
+    /* T and P: 64 rows of 8 pieces each; the gates: 80 pieces */
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        const int row = tid / 8 + 32 * i, piece = tid % 8;
+        copy_async16(reinterpret_cast<uint4 *>(w.tb + row * kLdP + 8 * piece),
+                     rec + record_layout::t + (row * kChunk + 8 * piece) * 2, true);
+        copy_async16(reinterpret_cast<uint4 *>(w.pb + row * kLdP + 8 * piece),
+                     rec + record_layout::p + (row * kChunk + 8 * piece) * 2, true);
+    }
+    if (tid < 5 * kChunk / 4)
+        copy_async16(reinterpret_cast<uint4 *>(w.gam) + tid, rec + record_layout::gates + 16 * tid, true);
+    copy_async_commit();
+    (void)p;
+}
+
+/* Sequence n's walk over its chunks with the records of prefill_chunk_local, all 8 warps on the
+ * state work. Warp w: K S^T (w < 4) or Q S^T (w >= 4) for token block w % 4; U' = T Z' for
+ * columns 8 (w % 4).. and row blocks {0, 3} or {1, 2}; the outputs (w >= 4, its token block);
+ * the state's rows 16 (w / 4).., columns 32 (w % 4).. in registers. Three block barriers a chunk;
+ * cp.async fills chunk ci + 2 while ci is computed. */
+template <typename St>
+__device__ void chunked_sequence_split(const gdn_problem &p, int64_t n, unsigned char *smb)
+{
+    typedef bf16 Act;
+    bf16 *const sb = reinterpret_cast<bf16 *>(smb + split_smem::sb);
+    bf16 *const zb = reinterpret_cast<bf16 *>(smb + split_smem::zb);
+    bf16 *const ub = reinterpret_cast<bf16 *>(smb + split_smem::ub);
+    bf16 *const udb = reinterpret_cast<bf16 *>(smb + split_smem::udb);
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const int g = lane / 4, t4 = lane % 4;
+    seq_part<Act> sp;
+    if (!open_sequence<Act>(p, n, sp))
+        return;
+    const block_coords bc = sp.bc;
+    const int64_t V = sp.V, v0 = sp.v0, T = sp.T, first = sp.first, read = sp.read, write = sp.write;
+    const int rows_v = sp.rows_v;
+    const int64_t chunks = (T + kChunk - 1) / kChunk, rec0 = first_record(p, n);
+    auto chunk_len = [&](int64_t ci) { return (int)(T - ci * kChunk < kChunk ? T - ci * kChunk : kChunk); };
+
+    /* every record of this sequence must carry its tag (only bad cu_seqlens elsewhere in the call
+     * can break that): else the sequence is skipped as bad before anything is written */
+    int mismatch = 0;
+    for (int64_t ci = threadIdx.x; ci < chunks; ci += blockDim.x)
+        mismatch |= *reinterpret_cast<const int64_t *>(record_at(p, rec0 + ci, bc.hv) + record_layout::tag) !=
+                    record_tag(n, ci);
+    if (__syncthreads_or(mismatch)) {
+        skip_bad_row(p);
+        return;
+    }
+
+    stage_split(p, sp.src, 0, chunk_len(0), record_at(p, rec0, bc.hv), ws_buffer_at(smb, 0));
+    if (chunks > 1)
+        stage_split(p, sp.src, kChunk, chunk_len(1), record_at(p, rec0 + 1, bc.hv), ws_buffer_at(smb, 1));
+    else
+        copy_async_commit();
+
+    const int tb_ = warp % 4, mv = warp / 4, nk0 = 4 * (warp % 4);
+    const bool kwarp = warp < 4;
+    float st[4][4];
+    {
+        const bool zero = gdn_zero_initial_state(&p, bc.n);
+        const St *tile =
+            static_cast<const St *>(p.state_pool) + gdn_tile_offset(&p, read, bc.hv) + v0 * kRowK;
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+#pragma unroll
+            for (int half = 0; half < 2; half++) {
+                const int row = 16 * mv + g + 8 * half, col = 8 * (nk0 + j) + 2 * t4;
+                const bool real = !zero && row < rows_v;
+                st[j][2 * half] = real ? to_float<St>(tile[row * kRowK + col]) : 0.0f;
+                st[j][2 * half + 1] = real ? to_float<St>(tile[row * kRowK + col + 1]) : 0.0f;
+                store_bf16_pair(sb + row * kLdB + col, st[j][2 * half], st[j][2 * half + 1]);
+            }
+    }
+    for (int64_t ci = 0; ci < chunks; ci++) {
+        const int64_t c0 = ci * kChunk;
+        const int len = chunk_len(ci);
+        const ws_buffer w = ws_buffer_at(smb, (int)(ci % kBuffers));
+        copy_async_wait<1>();
+        __syncthreads(); /* chunk ci has landed, sb holds the state, buffer (ci + 2) % 3 is free */
+        if (ci + 2 < chunks)
+            stage_split(p, sp.src, c0 + 2 * kChunk, chunk_len(ci + 2), record_at(p, rec0 + ci + 2, bc.hv),
+                        ws_buffer_at(smb, (int)((ci + 2) % kBuffers)));
+        else
+            copy_async_commit();
+
+        /* K S^T (Z' = beta rk (v - gam rk K S^T)) or Q S^T (the outputs' first term) */
+        float acc[4][4];
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+                acc[j][e] = 0.0f;
+        const bf16 *X = kwarp ? w.kb : w.qb;
+#pragma unroll
+        for (int kk = 0; kk < kRowK; kk += 16) {
+            unsigned a[4];
+            ldsm_x4(a, frag_a_rows(X, kLdB, 16 * tb_, kk));
+#pragma unroll
+            for (int pr = 0; pr < 2; pr++) {
+                unsigned bb[4];
+                ldsm_x4(bb, frag_b2_nk(sb, kLdB, 16 * pr, kk));
+                mma_bf16(acc[2 * pr], a, bb);
+                mma_bf16(acc[2 * pr + 1], a, bb + 2);
+            }
+        }
+#pragma unroll
+        for (int half = 0; half < 2; half++) {
+            const int row = 16 * tb_ + g + 8 * half;
+            const float gm = w.gam[row];
+            if (kwarp) {
+                const float bt = w.beta[row] * w.rk[row], gk = gm * w.rk[row];
+#pragma unroll
+                for (int j = 0; j < 4; j++) {
+                    const int col = 8 * j + 2 * t4;
+                    const float2 v = __bfloat1622float2(
+                        *reinterpret_cast<const __nv_bfloat162 *>(w.vb + row * kLdV + col));
+                    store_bf16_pair(zb + row * kLdU + col, bt * (v.x - gk * acc[j][2 * half]),
+                                    bt * (v.y - gk * acc[j][2 * half + 1]));
+                }
+            } else {
+                const float gq = gm * w.rq[row];
+#pragma unroll
+                for (int j = 0; j < 4; j++)
+                    acc[j][2 * half] *= gq, acc[j][2 * half + 1] *= gq;
+            }
+        }
+        __syncthreads(); /* Z' */
+
+        /* U' = T Z': columns 8 (w % 4).., row blocks {0, 3} (w < 4) or {1, 2} */
+        {
+            const int n0 = 8 * (warp % 4);
+            unsigned zf[4][2];
+#pragma unroll
+            for (int kb = 0; kb < 4; kb++)
+                ldsm_x2_t(zf[kb], frag_b1_kn(zb, kLdU, n0, 16 * kb));
+#pragma unroll
+            for (int which = 0; which < 2; which++) {
+                const int mi = kwarp ? 3 * which : 1 + which;
+                float u[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+                for (int kb = 0; kb < 4; kb++) {
+                    if (kb > mi)
+                        break;
+                    unsigned a[4];
+                    ldsm_x4(a, frag_a_rows(w.tb, kLdP, 16 * mi, 16 * kb));
+                    mma_bf16(u, a, zf[kb]);
+                }
+#pragma unroll
+                for (int half = 0; half < 2; half++) {
+                    const int row = 16 * mi + g + 8 * half, col = n0 + 2 * t4;
+                    const float f = w.dec[row];
+                    store_bf16_pair(ub + row * kLdU + col, u[2 * half], u[2 * half + 1]);
+                    store_bf16_pair(udb + row * kLdU + col, u[2 * half] * f, u[2 * half + 1] * f);
+                }
+            }
+        }
+        __syncthreads(); /* U', U' dec */
+
+        if (!kwarp)
+            finish_outputs<Act>(p, w.pb, ub, acc, tb_, len, rows_v, first + c0, bc.hv * V + v0);
+
+        /* S' = e^{G_last} S + (U' dec)^T K */
+        const float keep = w.gam[kChunk - 1];
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+                st[j][e] *= keep;
+#pragma unroll
+        for (int k0 = 0; k0 < kChunk; k0 += 16) {
+            unsigned a[4];
+            ldsm_x4_t(a, frag_a_cols(udb, kLdU, 16 * mv, k0));
+#pragma unroll
+            for (int pr = 0; pr < 2; pr++) {
+                unsigned bb[4];
+                ldsm_x4_t(bb, frag_b2_kn(w.kb, kLdB, 8 * (nk0 + 2 * pr), k0));
+                mma_bf16(st[2 * pr], a, bb);
+                mma_bf16(st[2 * pr + 1], a, bb + 2);
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+#pragma unroll
+            for (int half = 0; half < 2; half++)
+                store_bf16_pair(sb + (16 * mv + g + 8 * half) * kLdB + 8 * (nk0 + j) + 2 * t4,
+                                st[j][2 * half], st[j][2 * half + 1]);
+    }
+    copy_async_wait<0>();
+    if (write >= 0) {
+        St *tile = static_cast<St *>(p.state_pool) + gdn_tile_offset(&p, write, bc.hv) + v0 * kRowK;
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+#pragma unroll
+            for (int half = 0; half < 2; half++) {
+                const int row = 16 * mv + g + 8 * half, col = 8 * (nk0 + j) + 2 * t4;
+                if (row < rows_v) {
+                    tile[row * kRowK + col] = from_float<St>(st[j][2 * half]);
+                    tile[row * kRowK + col + 1] = from_float<St>(st[j][2 * half + 1]);
+                }
+            }
+    }
+    __syncthreads(); /* the next sequence reuses the shared memory */
+}
+
 /*
  * Grid: x = slice of state rows, y = value head, z = a group of sequences. The host cannot see
  * which sequences are long (cu_seqlens stays on the device), and a grid of one z per sequence
@@ -1624,7 +2004,7 @@ __device__ void chunked_sequence_ws(const gdn_problem &p, int64_t n, unsigned ch
  * gridDim.z-th of this kernel's sequences in order (ranked 256 at a time by a block-wide count).
  */
 /* How a kernel computes its chunks: three-term products, one term phase by phase, one term pipelined. */
-enum chunk_path { kPathPrecise = 0, kPathTc1 = 1, kPathPipelined = 2 };
+enum chunk_path { kPathPrecise = 0, kPathTc1 = 1, kPathPipelined = 2, kPathSplit = 3 };
 
 template <typename Act, typename St, int PATH>
 __global__ void __launch_bounds__(kChunkWarps * 32, 1) prefill_chunked_vk128(const gdn_problem p)
@@ -1666,6 +2046,8 @@ __global__ void __launch_bounds__(kChunkWarps * 32, 1) prefill_chunked_vk128(con
                 chunked_sequence<Act, St, true>(p, mine[i], sm);
             else if constexpr (PATH == kPathPipelined && std::is_same<Act, bf16>::value)
                 chunked_sequence_ws<St>(p, mine[i], reinterpret_cast<unsigned char *>(sm), uses);
+            else if constexpr (PATH == kPathSplit && std::is_same<Act, bf16>::value)
+                chunked_sequence_split<St>(p, mine[i], reinterpret_cast<unsigned char *>(sm));
             else
                 chunked_sequence_tc1<Act, St>(p, mine[i], reinterpret_cast<unsigned char *>(sm));
         __syncthreads(); /* mine and the counts are rewritten by the next round */
@@ -1677,8 +2059,9 @@ cudaError_t launch_typed(const gdn_problem &p, cudaStream_t stream)
 {
     const auto kernel = prefill_chunked_vk128<Act, St, PATH>;
     const int bytes = PATH == kPathPrecise ? chunk_smem::bytes((int)sizeof(Act))
-                      : PATH == kPathPipelined && std::is_same<Act, bf16>::value
-                          ? ws_smem::bytes
+                      : PATH == kPathPipelined && std::is_same<Act, bf16>::value ? ws_smem::bytes
+                      : PATH == kPathSplit && std::is_same<Act, bf16>::value
+                          ? split_smem::bytes
                           : tc1_smem::bytes((int)sizeof(Act));
     const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
     if (err != cudaSuccess)
@@ -1692,7 +2075,20 @@ cudaError_t launch_typed(const gdn_problem &p, cudaStream_t stream)
     return cudaGetLastError();
 }
 
+/* The chunk-local kernel over every record of the call (bf16 activations only). */
+cudaError_t launch_chunk_local(const gdn_problem &p, cudaStream_t stream)
+{
+    const cudaError_t err = cudaFuncSetAttribute(
+        prefill_chunk_local, cudaFuncAttributeMaxDynamicSharedMemorySize, local_smem::bytes);
+    if (err != cudaSuccess)
+        return err;
+    const dim3 grid((unsigned)gdn_chunk_records(&p), (unsigned)p.num_v_heads);
+    prefill_chunk_local<<<grid, kGroupThreads, local_smem::bytes, stream>>>(p);
+    return cudaGetLastError();
+}
+
 int forced_precise = -1;  /* gdn_cuda_chunked_force_precise; -1 = by dtype and env */
+int forced_split = -1;    /* gdn_cuda_chunked_force_split; -1 = by env */
 int forced_pipeline = -1; /* gdn_cuda_chunked_force_pipeline; -1 = by env */
 
 /* An environment switch read once ('1' on, '0' off, unset: fallback); racing threads store the
@@ -1728,10 +2124,29 @@ bool pipelined(void)
     return env_switch("GDN_PREFILL_PIPELINE", &env, 1) != 0;
 }
 
+/* The split path: bf16 activations, one term, a workspace that holds the call's records. */
+bool split_for(const gdn_problem &p)
+{
+    if (p.act_dtype != GDN_DTYPE_BF16 || !p.workspace ||
+        p.workspace_bytes < gdn_chunk_records(&p) * p.num_v_heads * GDN_CHUNK_RECORD_BYTES)
+        return false;
+    const int forced = __atomic_load_n(&forced_split, __ATOMIC_RELAXED);
+    if (forced >= 0)
+        return forced != 0;
+    static int env = -1;
+    return env_switch("GDN_PREFILL_SPLIT", &env, 1) != 0;
+}
+
 template <typename Act, typename St> cudaError_t launch_state(const gdn_problem &p, cudaStream_t stream)
 {
     if (precise_for(p))
         return launch_typed<Act, St, kPathPrecise>(p, stream);
+    if constexpr (std::is_same<Act, bf16>::value) {
+        if (split_for(p)) {
+            const cudaError_t err = launch_chunk_local(p, stream);
+            return err != cudaSuccess ? err : launch_typed<Act, St, kPathSplit>(p, stream);
+        }
+    }
     /* the pipelined path needs ~215 KiB of shared memory a block: Hopper's 227, not an A100's 163
      * (there the phase-by-phase one) */
     const int optin = device_attribute<cudaDevAttrMaxSharedMemoryPerBlockOptin>(0);
@@ -1776,6 +2191,11 @@ cudaError_t gdn_cuda_launch_chunked(const gdn_problem *p_in, cudaStream_t stream
 void gdn_cuda_chunked_force_precise(int precise)
 {
     __atomic_store_n(&forced_precise, precise >= 0 ? (precise != 0) : -1, __ATOMIC_RELAXED);
+}
+
+void gdn_cuda_chunked_force_split(int split)
+{
+    __atomic_store_n(&forced_split, split >= 0 ? (split != 0) : -1, __ATOMIC_RELAXED);
 }
 
 void gdn_cuda_chunked_force_pipeline(int pipelined)
