@@ -375,6 +375,20 @@ static void cuda_prefill_chunked(void)
     expect_pass(c, GDN_BACKEND_CUDA, 1);
 }
 
+/* A workspace 16 bytes short or off alignment: refused, nothing written (the split path's
+ * records would not fit or not be copied whole). */
+static void cuda_prefill_workspace_refused(void)
+{
+    if (!cuda_present())
+        return;
+    for (int mode = 2; mode <= 3; mode++) {
+        decode_case c = base(3, 1, 2, 128, 128);
+        c.num_tokens = 100, c.varlen = 1, c.act_dtype = GDN_DTYPE_BF16, c.tc_products = 1;
+        c.workspace = mode;
+        expect_pass(c, GDN_BACKEND_CUDA, 1);
+    }
+}
+
 /* A few small chunked calls in both precisions, for compute-sanitizer (the full matrix above
  * takes too long under it): a partial last chunk, a mixed call, padding, bf16 state, V = 48. */
 static void cuda_sanitize_prefill(void)
@@ -824,4 +838,5 @@ void register_decode_tests(void)
     test_add("decode/cuda_gates_and_initial_state", cuda_gates_and_initial_state);
     test_add("decode/cuda_prefill_chunked", cuda_prefill_chunked);
     test_add("decode/cuda_sanitize_prefill", cuda_sanitize_prefill);
+    test_add("decode/cuda_prefill_workspace_refused", cuda_prefill_workspace_refused);
 }

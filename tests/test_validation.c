@@ -285,6 +285,17 @@ static void test_struct_size_of_04_header(void)
     CHECK_MSG(gdn_decode(p) == GDN_OK, "0.4-sized params refused: %s", gdn_last_error());
 }
 
+/* A caller built against a 0.5/0.6 header (before the workspace): whatever lies where the
+ * workspace would be is not read (here: a misaligned pointer into the pool). */
+static void test_struct_size_of_06_header(void)
+{
+    gdn_decode_params *p = fresh();
+    p->struct_size = offsetof(gdn_decode_params, workspace);
+    p->workspace = (unsigned char *)pool() + 3, p->workspace_bytes = 1;
+    p->backend = GDN_BACKEND_CPU;
+    CHECK_MSG(gdn_decode(p) == GDN_OK, "0.6-sized params refused: %s", gdn_last_error());
+}
+
 /* ---------------------------------------------------------------------------------------
  * varlen prefill and precomputed gates (0.5)
  * ------------------------------------------------------------------------------------- */
@@ -317,6 +328,36 @@ static void expect_decode_failure(const gdn_decode_params *p, gdn_status want, c
     CHECK_MSG(strstr(gdn_last_error(), needle), "message \"%s\" does not mention \"%s\"", gdn_last_error(),
               needle);
     CHECK_MSG(untouched(), "the failed call (%s) wrote to the state pool or an output", needle);
+}
+
+/* The workspace (0.7): its size is 0 where a call uses none and, for a cuda call with long
+ * sequences and bf16 activations, one record per 64 token rows (rounded down) plus one per
+ * sequence, per value head; the host backends ignore whatever is passed. */
+static void test_workspace_size(void)
+{
+    gdn_decode_params *p = fresh_varlen();
+    size_t bytes = 1;
+    CHECK(gdn_decode_workspace_size(p, &bytes) == GDN_OK && bytes == 0); /* host memory: cpu */
+    p->backend = GDN_BACKEND_CUDA;
+    CHECK(gdn_decode_workspace_size(p, &bytes) == GDN_OK && bytes == 0); /* f32 activations */
+    gdn_decode_params q = *p;
+    q.act_dtype = GDN_DTYPE_BF16, q.head_dim_k = 128, q.head_dim_v = 96, q.num_v_heads = 6, q.num_q_heads = 3;
+    q.num_seqs = 5, q.total_tokens = 1000, q.num_tokens = 600;
+    q.q_stride = q.k_stride = q.v_stride = q.a_stride = q.b_stride = q.out_stride = 0;
+    CHECK_MSG(gdn_decode_workspace_size(&q, &bytes) == GDN_OK, "%s", gdn_last_error());
+    CHECK_MSG(bytes == (size_t)(1000 / 64 + 5) * 6 * 19728, "workspace of %zu bytes", bytes);
+    q.num_tokens = GDN_MAX_TOKENS; /* no long sequence */
+    CHECK(gdn_decode_workspace_size(&q, &bytes) == GDN_OK && bytes == 0);
+    q.state_layout = GDN_LAYOUT_KV, q.num_tokens = 600; /* the chunked kernel is vk only */
+    CHECK(gdn_decode_workspace_size(&q, &bytes) == GDN_OK && bytes == 0);
+    prime_last_error();
+    CHECK(gdn_decode_workspace_size(&q, NULL) == GDN_ERR_NULL_POINTER && strstr(gdn_last_error(), "bytes"));
+    q.head_dim_k = 0;
+    CHECK(gdn_decode_workspace_size(&q, &bytes) == GDN_ERR_INVALID_SHAPE);
+    p->backend = GDN_BACKEND_CPU;
+    p->workspace = (unsigned char *)pool() + 3, p->workspace_bytes = 1; /* ignored by the cpu backend */
+    CHECK_MSG(gdn_decode(p) == GDN_OK, "the cpu backend refused a workspace it ignores: %s",
+              gdn_last_error());
 }
 
 static void test_long_sequences_need_cu_seqlens(void)
@@ -949,4 +990,6 @@ void register_validation_tests(void)
     test_add("validation/num_seqs_zero", test_num_seqs_zero);
     test_add("validation/status_strings", test_status_strings);
     test_add("validation/backend_for_host_auto", test_backend_for_host_auto);
+    test_add("validation/struct_size_of_06_header", test_struct_size_of_06_header);
+    test_add("validation/workspace_size", test_workspace_size);
 }

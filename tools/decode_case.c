@@ -537,12 +537,35 @@ static int run_step(const decode_case *c, gdn_backend backend, arrays *A, decode
                 return fail(r, "upload failed: %s", mem_error());
             }
             p.workspace = workspace, p.workspace_bytes = bytes;
+            if (c->workspace == 2) /* 16 bytes short */
+                p.workspace_bytes = bytes - 16;
+            if (c->workspace == 3) /* off 16-byte alignment */
+                p.workspace = (unsigned char *)workspace + 8, p.workspace_bytes = bytes - 8;
         }
     }
     r->status = gdn_decode(&p);
     if (workspace) {
         mem_sync(MEM_DEVICE);
         mem_free(MEM_DEVICE, workspace);
+    }
+    if (c->workspace >= 2 && A->where == MEM_DEVICE) {
+        /* the call must be refused and write nothing */
+        const gdn_status want = c->workspace == 2 ? GDN_ERR_INVALID_ARGUMENT : GDN_ERR_MISALIGNED;
+        if (r->status != want)
+            return fail(r, "a bad workspace gave %s, want %s", gdn_status_string(r->status),
+                        gdn_status_string(want));
+        unsigned char *out_after = malloc(A->out_bytes), *pool_after = malloc(A->pool_bytes);
+        int same = out_after && pool_after && mem_sync(MEM_DEVICE) == 0 &&
+                   mem_download(MEM_DEVICE, out_after, A->d_out, A->out_bytes) == 0 &&
+                   mem_download(MEM_DEVICE, pool_after, A->d_pool, A->pool_bytes) == 0 &&
+                   memcmp(out_after, A->out, A->out_bytes) == 0 &&
+                   memcmp(pool_after, A->pool_before, A->pool_bytes) == 0;
+        free(out_after);
+        free(pool_after);
+        if (!same)
+            return fail(r, "a call refused for its workspace wrote to out or the pool");
+        r->status = GDN_OK;
+        return 1;
     }
     if (r->status != GDN_OK)
         return fail(r, "%s backend: %s: %s", gdn_backend_name(backend), gdn_status_string(r->status),

@@ -46,8 +46,10 @@ typedef struct decode_case {
                            bf16 terms (cuda chunked prefill): 1 (bf16 activations) holds outputs
                            and states to GDN_TC_OUT_REL / GDN_TC_STATE_REL, 3 (f16/f32
                            activations) the states to GDN_TC3_STATE_REL; 0: the usual limits */
-    int workspace;      /* cuda: pass a workspace of gdn_decode_workspace_size's bytes, filled
-                           with 0xff before each call (the chunked prefill's split path) */
+    int workspace;      /* cuda: 1 = pass a workspace of gdn_decode_workspace_size's bytes,
+                           filled with 0xff before each call (the chunked prefill's split path);
+                           2 = 16 bytes short, 3 = off 16-byte alignment: the call must be
+                           refused and write nothing */
     uint64_t seed;
 } decode_case;
 

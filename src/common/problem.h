@@ -68,7 +68,7 @@ typedef struct gdn_problem {
 /* The cuda chunked prefill's split path (prefill_chunked.cu) keeps one record of this many bytes
  * per chunk of 64 tokens and value head in the workspace, at most gdn_chunk_records of them per
  * head: chunk ci of sequence n is record floor(first_row(n) / 64) + n + ci. */
-#define GDN_CHUNK_RECORD_BYTES 17680
+#define GDN_CHUNK_RECORD_BYTES 19728
 GDN_HD int64_t gdn_chunk_records(const gdn_problem *p) { return p->token_rows / 64 + p->num_seqs; }
 
 /* Epsilon added to the sum of squares before the square root of the l2 norm (SPEC 1). */

@@ -829,7 +829,7 @@ __device__ __forceinline__ void state_tiles(const bf16 *udb, const bf16 *kb, flo
 template <typename Act>
 __device__ __forceinline__ void finish_outputs(const gdn_problem &p, const bf16 *pb, const bf16 *ub,
                                                float (&o_acc)[4][4], int mi, int len, int rows_v,
-                                               int64_t row0, int64_t col0)
+                                               int64_t row0, int64_t col0, bool pairs = false)
 {
     const int lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
     for (int kb = 0; kb <= mi; kb++) {
@@ -841,6 +841,19 @@ __device__ __forceinline__ void finish_outputs(const gdn_problem &p, const bf16 
             ldsm_x4_t(b, frag_b2_kn(ub, kLdU, 16 * pr, 16 * kb));
             mma_bf16(o_acc[2 * pr], a, b);
             mma_bf16(o_acc[2 * pr + 1], a, b + 2);
+        }
+    }
+    if constexpr (std::is_same<Act, bf16>::value) {
+        if (pairs) { /* a whole tile of rows and columns, bf16 pairs 4-byte aligned: one store a pair */
+            bf16 *const base =
+                static_cast<bf16 *>(p.out) + (row0 + 16 * mi + g) * p.out_stride + col0 + 2 * t4;
+#pragma unroll
+            for (int half = 0; half < 2; half++)
+#pragma unroll
+                for (int j = 0; j < 4; j++)
+                    store_bf16_pair(base + 8 * half * p.out_stride + 8 * j, o_acc[j][2 * half],
+                                    o_acc[j][2 * half + 1]);
+            return;
         }
     }
 #pragma unroll
@@ -1638,14 +1651,18 @@ __device__ void chunked_sequence_ws(const gdn_problem &p, int64_t n, unsigned ch
  * record floor(first_row(n) / 64) + n + ci, which never collides for valid cu_seqlens and stays
  * below floor(token_rows / 64) + num_seqs (GDN_CHUNK_RECORD_BYTES, gdn_chunk_records). */
 struct record_layout {
-    static constexpr int t = 0;                           /* [C][C] bf16, upper blocks zero */
-    static constexpr int p = t + kChunk * kChunk * 2;     /* [C][C] bf16 */
-    static constexpr int gates = p + kChunk * kChunk * 2; /* gam, dec, beta, rq, rk: [C] floats each */
-    static constexpr int tag = gates + 5 * kChunk * 4;    /* int64 (sequence << 24) + chunk + 1, padding */
+    static constexpr int t = 0;                         /* [C][kLdP] bf16, upper blocks and padding zero */
+    static constexpr int p = t + kChunk * kLdP * 2;     /* [C][kLdP] bf16 */
+    static constexpr int gates = p + kChunk * kLdP * 2; /* gam, dec, beta, rq, rk: [C] floats each */
+    static constexpr int tag = gates + 5 * kChunk * 4;  /* int64 (sequence << 24) + chunk + 1, padding */
     static constexpr int bytes = tag + 16;
+    static constexpr int image = tag; /* the bytes that are a chunk buffer's tb, pb and gates as they are */
 };
 static_assert(record_layout::bytes == GDN_CHUNK_RECORD_BYTES && record_layout::bytes % 16 == 0,
               "the record size the host sizes workspaces by");
+static_assert(ws_smem::pb - ws_smem::tb == record_layout::p &&
+                  ws_smem::gates - ws_smem::tb == record_layout::gates,
+              "a record is the image of a buffer's tb, pb and gates");
 
 __device__ __forceinline__ int64_t record_tag(int64_t n, int64_t ci) { return n * (1LL << 24) + ci + 1; }
 
@@ -1730,15 +1747,17 @@ __global__ void __launch_bounds__(kGroupThreads) prefill_chunk_local(const gdn_p
     }
     __syncthreads();
 
-    /* the record: 16-byte pieces, the blocks above the diagonal as zeros */
+    /* the record: 16-byte pieces of the padded rows, the blocks above the diagonal and the padding
+     * as zeros */
+    constexpr int row_pieces = kLdP / 8;
     unsigned char *rec = record_at(p, r, hv);
-    for (int i = threadIdx.x; i < 2 * kChunk * 8; i += kGroupThreads) {
-        const int m = i / (kChunk * 8), row = (i / 8) % kChunk, piece = i % 8;
+    for (int i = threadIdx.x; i < 2 * kChunk * row_pieces; i += kGroupThreads) {
+        const int m = i / (kChunk * row_pieces), row = (i / row_pieces) % kChunk, piece = i % row_pieces;
         const bf16 *from = (m == 0 ? w.tb : w.pb) + row * kLdP + 8 * piece;
         const uint4 x = 8 * piece < 16 * (row / 16 + 1) ? *reinterpret_cast<const uint4 *>(from)
                                                         : make_uint4(0u, 0u, 0u, 0u);
         *reinterpret_cast<uint4 *>(rec + (m == 0 ? record_layout::t : record_layout::p) +
-                                   (row * kChunk + 8 * piece) * 2) = x;
+                                   (row * kLdP + 8 * piece) * 2) = x;
     }
     if (threadIdx.x < 5 * kChunk / 4)
         reinterpret_cast<uint4 *>(rec + record_layout::gates)[threadIdx.x] =
@@ -1754,7 +1773,8 @@ struct split_smem {
     static constexpr int zb = sb + kSlice * kLdB * 2;
     static constexpr int ub = zb + kChunk * kLdU * 2;
     static constexpr int udb = ub + kChunk * kLdU * 2;
-    static constexpr int bytes = udb + kChunk * kLdU * 2;
+    static constexpr int bars = udb + kChunk * kLdU * 2; /* mbarriers: FULL[kBuffers] (bulk staging) */
+    static constexpr int bytes = bars + kBuffers * 8;
 };
 static_assert(split_smem::sb % 16 == 0 && split_smem::bytes + 4096 <= 227 * 1024, "fits a block");
 
@@ -1791,19 +1811,77 @@ __device__ __forceinline__ void stage_split(const gdn_problem &p, const stage_so
             w.vb[r * kLdV + c] = r < len && c < src.rows_v ? src.v[(c0 + r) * src.v_stride + c] : zero;
         }
     }
-    /* T and P: 64 rows of 8 pieces each; the gates: 80 pieces */
-#pragma unroll
-    for (int i = 0; i < 2; i++) {
-        const int row = tid / 8 + 32 * i, piece = tid % 8;
-        copy_async16(reinterpret_cast<uint4 *>(w.tb + row * kLdP + 8 * piece),
-                     rec + record_layout::t + (row * kChunk + 8 * piece) * 2, true);
-        copy_async16(reinterpret_cast<uint4 *>(w.pb + row * kLdP + 8 * piece),
-                     rec + record_layout::p + (row * kChunk + 8 * piece) * 2, true);
-    }
-    if (tid < 5 * kChunk / 4)
-        copy_async16(reinterpret_cast<uint4 *>(w.gam) + tid, rec + record_layout::gates + 16 * tid, true);
+    /* the record, as it is: the image of tb, pb and the gates */
+    for (int i = tid; i < record_layout::image / 16; i += 256)
+        copy_async16(reinterpret_cast<uint4 *>(w.tb) + i, rec + 16 * i, true);
     copy_async_commit();
     (void)p;
+}
+
+/* ---- bulk copies (sm_90): one instruction a row, completion counted in bytes on an mbarrier ---- */
+__device__ __forceinline__ void mbar_expect_arrive(uint64_t *bar, unsigned bytes)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile(
+        "{\n\t.reg .b64 state;\n\tmbarrier.arrive.expect_tx.shared::cta.b64 state, [%0], %1;\n\t}" ::"r"(
+            smem_u32(bar)),
+        "r"(bytes)
+        : "memory");
+#else
+    (void)bar, (void)bytes;
+#endif
+}
+__device__ __forceinline__ void bulk_copy(void *dst, const void *src, unsigned bytes, uint64_t *bar)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile(
+        "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
+            smem_u32(dst)),
+        "l"(src), "r"(bytes), "r"(smem_u32(bar))
+        : "memory");
+#else
+    (void)dst, (void)src, (void)bytes, (void)bar;
+    __trap(); /* (bulk staging is chosen on sm_90 and later only) */
+#endif
+}
+__device__ __forceinline__ void fence_proxy_async(void)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+#endif
+}
+
+/* Chunk ci's rows and record into buffer w by warp 0 alone: lane 0 announces the bytes on the
+ * buffer's mbarrier, then the lanes issue bulk copies (q and k rows of 256 bytes, v slice rows of
+ * 64, the record's image); rows past len become zeros by plain stores (the last chunk only).
+ * 16-byte aligned rows (src.async) and a whole v slice only. */
+__device__ __forceinline__ void stage_bulk(const stage_source<bf16> &src, int64_t c0, int len,
+                                           const unsigned char *rec, const ws_buffer &w, uint64_t *bar)
+{
+    const int lane = threadIdx.x % 32;
+    fence_proxy_async(); /* this warp's earlier plain stores (zero rows) before copies overwrite them */
+    if (lane == 0)
+        mbar_expect_arrive(bar, (unsigned)(len * (2 * kRowK + kSlice) * 2 + record_layout::image));
+    __syncwarp();
+    if (lane == 0)
+        bulk_copy(w.tb, rec, record_layout::image, bar);
+    for (int r = lane; r < kChunk; r += 32) {
+        if (r < len) {
+            bulk_copy(w.qb + r * kLdB, src.q + (c0 + r) * src.q_stride, kRowK * 2, bar);
+            bulk_copy(w.kb + r * kLdB, src.k + (c0 + r) * src.k_stride, kRowK * 2, bar);
+            bulk_copy(w.vb + r * kLdV, src.v + (c0 + r) * src.v_stride, kSlice * 2, bar);
+        } else {
+            const uint4 z = make_uint4(0u, 0u, 0u, 0u);
+#pragma unroll
+            for (int i = 0; i < kRowK / 8; i++) {
+                reinterpret_cast<uint4 *>(w.qb + r * kLdB)[i] = z;
+                reinterpret_cast<uint4 *>(w.kb + r * kLdB)[i] = z;
+            }
+#pragma unroll
+            for (int i = 0; i < kSlice / 8; i++)
+                reinterpret_cast<uint4 *>(w.vb + r * kLdV)[i] = z;
+        }
+    }
 }
 
 /* Sequence n's walk over its chunks with the records of prefill_chunk_local, all 8 warps on the
@@ -1811,8 +1889,14 @@ __device__ __forceinline__ void stage_split(const gdn_problem &p, const stage_so
  * columns 8 (w % 4).. and row blocks {0, 3} or {1, 2}; the outputs (w >= 4, its token block);
  * the state's rows 16 (w / 4).., columns 32 (w % 4).. in registers. Three block barriers a chunk;
  * cp.async fills chunk ci + 2 while ci is computed. */
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+constexpr bool kBulkArch = true; /* cp.async.bulk and mbarrier transaction counts */
+#else
+constexpr bool kBulkArch = false;
+#endif
+
 template <typename St>
-__device__ void chunked_sequence_split(const gdn_problem &p, int64_t n, unsigned char *smb)
+__device__ void chunked_sequence_split(const gdn_problem &p, int64_t n, unsigned char *smb, unsigned *uses)
 {
     typedef bf16 Act;
     bf16 *const sb = reinterpret_cast<bf16 *>(smb + split_smem::sb);
@@ -1841,11 +1925,30 @@ __device__ void chunked_sequence_split(const gdn_problem &p, int64_t n, unsigned
         return;
     }
 
-    stage_split(p, sp.src, 0, chunk_len(0), record_at(p, rec0, bc.hv), ws_buffer_at(smb, 0));
+    /* bulk copies by warp 0 where the rows allow (one mbarrier a buffer, uses[] its phases across
+     * the block's sequences), else cp.async by every thread (one group a chunk) */
+    const bool bulk = kBulkArch && sp.src.async && sp.src.rows_v == kSlice;
+    uint64_t *const full = reinterpret_cast<uint64_t *>(smb + split_smem::bars);
+    auto use_of = [&](int64_t ci) {
+        const int b = (int)(ci % kBuffers); /* (selects: an indexed uses[] would live on the stack) */
+        return (b == 0 ? uses[0] : b == 1 ? uses[1] : uses[2]) + (unsigned)(ci / kBuffers);
+    };
+    auto stage = [&](int64_t ci) {
+        const ws_buffer to = ws_buffer_at(smb, (int)(ci % kBuffers));
+        if (!bulk)
+            stage_split(p, sp.src, ci * kChunk, chunk_len(ci), record_at(p, rec0 + ci, bc.hv), to);
+        else if (warp == 0)
+            stage_bulk(sp.src, ci * kChunk, chunk_len(ci), record_at(p, rec0 + ci, bc.hv), to,
+                       full + ci % kBuffers);
+    };
+    stage(0);
     if (chunks > 1)
-        stage_split(p, sp.src, kChunk, chunk_len(1), record_at(p, rec0 + 1, bc.hv), ws_buffer_at(smb, 1));
-    else
+        stage(1);
+    else if (!bulk)
         copy_async_commit();
+    /* output stores by bf16 pairs where every pair is 4-byte aligned and the slice is whole */
+    const bool pairs = rows_v == kSlice && reinterpret_cast<uintptr_t>(p.out) % 4 == 0 &&
+                       p.out_stride % 2 == 0 && (bc.hv * V + v0) % 2 == 0;
 
     const int tb_ = warp % 4, mv = warp / 4, nk0 = 4 * (warp % 4);
     const bool kwarp = warp < 4;
@@ -1869,12 +1972,14 @@ __device__ void chunked_sequence_split(const gdn_problem &p, int64_t n, unsigned
         const int64_t c0 = ci * kChunk;
         const int len = chunk_len(ci);
         const ws_buffer w = ws_buffer_at(smb, (int)(ci % kBuffers));
-        copy_async_wait<1>();
+        if (bulk)
+            mbar_wait(full + ci % kBuffers, use_of(ci) & 1);
+        else
+            copy_async_wait<1>();
         __syncthreads(); /* chunk ci has landed, sb holds the state, buffer (ci + 2) % 3 is free */
         if (ci + 2 < chunks)
-            stage_split(p, sp.src, c0 + 2 * kChunk, chunk_len(ci + 2), record_at(p, rec0 + ci + 2, bc.hv),
-                        ws_buffer_at(smb, (int)((ci + 2) % kBuffers)));
-        else
+            stage(ci + 2);
+        else if (!bulk)
             copy_async_commit();
 
         /* K S^T (Z' = beta rk (v - gam rk K S^T)) or Q S^T (the outputs' first term) */
@@ -1951,7 +2056,8 @@ __device__ void chunked_sequence_split(const gdn_problem &p, int64_t n, unsigned
         __syncthreads(); /* U', U' dec */
 
         if (!kwarp)
-            finish_outputs<Act>(p, w.pb, ub, acc, tb_, len, rows_v, first + c0, bc.hv * V + v0);
+            finish_outputs<Act>(p, w.pb, ub, acc, tb_, len, rows_v, first + c0, bc.hv * V + v0,
+                                pairs && len == kChunk);
 
         /* S' = e^{G_last} S + (U' dec)^T K */
         const float keep = w.gam[kChunk - 1];
@@ -1979,7 +2085,11 @@ __device__ void chunked_sequence_split(const gdn_problem &p, int64_t n, unsigned
                 store_bf16_pair(sb + (16 * mv + g + 8 * half) * kLdB + 8 * (nk0 + j) + 2 * t4,
                                 st[j][2 * half], st[j][2 * half + 1]);
     }
-    copy_async_wait<0>();
+    if (bulk)
+        for (int b = 0; b < kBuffers; b++)
+            uses[b] += (unsigned)((chunks + kBuffers - 1 - b) / kBuffers);
+    else
+        copy_async_wait<0>();
     if (write >= 0) {
         St *tile = static_cast<St *>(p.state_pool) + gdn_tile_offset(&p, write, bc.hv) + v0 * kRowK;
 #pragma unroll
@@ -2022,6 +2132,12 @@ __global__ void __launch_bounds__(kChunkWarps * 32, 1) prefill_chunked_vk128(con
                       kGroupThreads);
         /* (the ranking below passes a __syncthreads before any sequence) */
     }
+    if constexpr (PATH == kPathSplit && std::is_same<Act, bf16>::value) {
+        if (threadIdx.x < kBuffers) /* FULL: warp 0's lane 0 arrives with the bytes of a chunk */
+            mbar_init(reinterpret_cast<uint64_t *>(reinterpret_cast<unsigned char *>(sm) + split_smem::bars) +
+                          threadIdx.x,
+                      1);
+    }
     for (int64_t n0 = 0; n0 < p.num_seqs; n0 += blockDim.x) {
         const int64_t n = n0 + threadIdx.x;
         const bool owned = n < p.num_seqs && chunked_owns(p, n);
@@ -2047,7 +2163,7 @@ __global__ void __launch_bounds__(kChunkWarps * 32, 1) prefill_chunked_vk128(con
             else if constexpr (PATH == kPathPipelined && std::is_same<Act, bf16>::value)
                 chunked_sequence_ws<St>(p, mine[i], reinterpret_cast<unsigned char *>(sm), uses);
             else if constexpr (PATH == kPathSplit && std::is_same<Act, bf16>::value)
-                chunked_sequence_split<St>(p, mine[i], reinterpret_cast<unsigned char *>(sm));
+                chunked_sequence_split<St>(p, mine[i], reinterpret_cast<unsigned char *>(sm), uses);
             else
                 chunked_sequence_tc1<Act, St>(p, mine[i], reinterpret_cast<unsigned char *>(sm));
         __syncthreads(); /* mine and the counts are rewritten by the next round */
