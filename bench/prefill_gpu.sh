@@ -2,7 +2,7 @@
 # On the GPU machine: the chunked prefill's checks and gdn's own timings (issue 13), one call.
 #   bash bench/prefill_gpu.sh OUT [BUILD_DIR...]
 # For each build folder (default build): decode/cuda_prefill_chunked (the four product paths,
-# errors printed), then gdn alone on the issue's cases (bench/prefill_tune.py) with the default
+# errors printed; PREFILL_TEST_ALL=0: the first build only) and the refused workspaces, then gdn alone on the issue's cases (bench/prefill_tune.py) with the default
 # products (split: gdn.forward passes a workspace), without the split (GDN_PREFILL_SPLIT=0: the
 # pipelined single kernel), phase by phase (GDN_PREFILL_PIPELINE=0; PREFILL_PHASED=0: not) and
 # with GDN_PREFILL_PRECISE=1 (PREFILL_PRECISE=0: not). The first build also runs the rest of the cuda tests
@@ -23,7 +23,8 @@ mkdir -p "$out"
 first=1
 for b in "${builds[@]}"; do
     tag=$(basename "$b")
-    step "prefill-test-$tag" 300 "$b/test_gdn" decode/cuda_prefill_chunked
+    [ "$first" = 1 ] || [ "${PREFILL_TEST_ALL:-1}" = 1 ] &&
+        step "prefill-test-$tag" 300 "$b/test_gdn" decode/cuda_prefill_chunked decode/cuda_prefill_workspace_refused
     step "tune-$tag" 200 env GDN_PREFILL_LABEL="gdn-$tag" python3 bench/prefill_tune.py --lib "$b/libgdn.so" \
         --reps 15 --csv "$out/prefill-tune.csv"
     step "tune-fused-$tag" 200 env GDN_PREFILL_SPLIT=0 GDN_PREFILL_LABEL="gdn-fused-$tag" \

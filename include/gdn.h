@@ -341,8 +341,8 @@ GDN_API void gdn_decode_params_init(gdn_decode_params *params);
  * and reference backends, calls without sequences longer than GDN_MAX_TOKENS, f16/f32
  * activations). Reads only the shape fields, act_dtype, backend, state_pool (to choose the
  * backend), num_tokens, cu_seqlens (whether set) and total_tokens: the size is an upper bound for
- * every call of that shape and total_tokens, about 17.3 KiB per 64 tokens and value head (for
- * qwen3-next's 32 value heads, 8.6 MiB per 1000 tokens), whatever the sequence lengths. */
+ * every call of that shape and total_tokens, about 19.3 KiB per 64 tokens and value head (for
+ * qwen3-next's 32 value heads, 9.4 MiB per 1000 tokens), whatever the sequence lengths. */
 GDN_API gdn_status gdn_decode_workspace_size(const gdn_decode_params *params, size_t *bytes);
 
 /* Runs one decode step (T tokens per sequence with num_tokens). Validates every argument before

@@ -100,6 +100,9 @@ def forward(q, k, v, a, b, A_log, dt_bias, state_pool, *, cu_seqlens, slot_indic
     tensor cores, for layout "vk" with K = 128 (other shapes: gdn.GdnArgumentError with the
     library's message); with bf16 activations the chunked products are one bf16 term each (FLA's
     and FlashInfer's accuracy, ~1e-3), with f16/f32 activations or GDN_PREFILL_PRECISE=1 three.
+    With torch tensors on cuda (gdn 0.7) the call also takes a workspace from torch's allocator
+    (gdn_decode_workspace_size: ~19.3 KiB per 64 tokens and value head, 9.4 MiB per 1000 tokens of
+    qwen3-next), on the current stream, so that the chunk-local work of all chunks runs at once.
 
     Errors: TypeError/ValueError for what is refused here (shapes, dtypes, devices, a missing
     cu_seqlens, both or neither gate form), gdn.GdnError subclasses with the library's message

@@ -1678,14 +1678,22 @@ __device__ __forceinline__ unsigned char *record_at(const gdn_problem &p, int64_
            (r * p.num_v_heads + hv) * (int64_t)record_layout::bytes;
 }
 
-/* Shared memory of the local kernel: one chunk buffer (no v), A below the diagonal blocks, the
- * diagonal blocks, the cumulative decays. */
+/* Shared memory of the local kernel, in bytes: q and k rows, T, P, the gates and the cumulative
+ * decays (no v; 53.5 KiB, so that 4 blocks fit a multiprocessor). A below the diagonal blocks
+ * and the diagonal blocks overlay the q rows, which are dead once every Gram product is done
+ * (gram_raw's barrier comes before its epilogues write them). */
 struct local_smem {
-    static constexpr int ab = ws_smem::buffer; /* (the buffer at 0) */
-    static constexpr int diag = ab + kChunk * kLdP * 2;
-    static constexpr int cum = diag + 4 * 16 * kLdD * 4;
+    static constexpr int qb = 0;
+    static constexpr int kb = qb + kChunk * kLdB * 2;
+    static constexpr int tb = kb + kChunk * kLdB * 2;
+    static constexpr int pb = tb + kChunk * kLdP * 2;
+    static constexpr int gates = pb + kChunk * kLdP * 2;
+    static constexpr int cum = gates + 5 * kChunk * 4;
     static constexpr int bytes = cum + kChunk * 4;
+    static constexpr int ab = qb;                       /* (overlays qb) */
+    static constexpr int diag = ab + kChunk * kLdP * 2; /* (overlays qb) */
 };
+static_assert(local_smem::diag + 4 * 16 * kLdD * 4 <= local_smem::kb, "A and its diagonal blocks fit in qb");
 
 /* One block of 4 warps per (record, value head): the chunk-local work of the pipelined path for
  * the chunk that record belongs to, written to the workspace. Records of no chunk (past a
@@ -1720,7 +1728,14 @@ __global__ void __launch_bounds__(kGroupThreads) prefill_chunk_local(const gdn_p
     src.q_stride = p.q_stride, src.k_stride = p.k_stride, src.v_stride = 0;
     src.rows_v = kSlice; /* (no v staged) */
     src.async = p.prefill_async != 0;
-    const ws_buffer w = ws_buffer_at(lsm, 0);
+    ws_buffer w;
+    w.qb = reinterpret_cast<bf16 *>(lsm + local_smem::qb),
+    w.kb = reinterpret_cast<bf16 *>(lsm + local_smem::kb);
+    w.vb = nullptr, w.tb = reinterpret_cast<bf16 *>(lsm + local_smem::tb);
+    w.pb = reinterpret_cast<bf16 *>(lsm + local_smem::pb);
+    w.gam = reinterpret_cast<float *>(lsm + local_smem::gates), w.dec = w.gam + kChunk,
+    w.beta = w.dec + kChunk;
+    w.rq = w.beta + kChunk, w.rk = w.rq + kChunk;
     bf16 *const ab = reinterpret_cast<bf16 *>(lsm + local_smem::ab);
     float *const diag = reinterpret_cast<float *>(lsm + local_smem::diag);
     float *const cum = reinterpret_cast<float *>(lsm + local_smem::cum);
