@@ -10,8 +10,8 @@
 # small prefill test (decode/cuda_sanitize_prefill) (PREFILL_SANITIZE=0: none of these;
 # PREFILL_OTHERS=0: the sanitizers only), PREFILL_PYTHON=1 the Python GPU tests of gdn.forward and
 # the multi-token calls, and with
-# PREFILL_NCU=1 an Nsight Compute report of one launch (1x4096 qwen3-next) for each build
-# (PREFILL_NCU_SOURCE=1: also its per-instruction page).
+# PREFILL_NCU=1 an Nsight Compute report of one call's kernels (1x4096 qwen3-next) for each build
+# (PREFILL_NCU_ALL=0: the first only; PREFILL_NCU_SOURCE=1: also their per-instruction pages).
 # Logs and prefill-tune.csv go to OUT.
 set -uo pipefail
 out=$1
@@ -44,7 +44,7 @@ for b in "${builds[@]}"; do
         step "python-prefill-$tag" 240 env GDN_LIBRARY="$b/libgdn.so" GDN_TESTS=forward,decode_tokens \
             python3 tests/python/test_gpu.py
     fi
-    if [ "${PREFILL_NCU:-0}" = 1 ]; then
+    if [ "${PREFILL_NCU:-0}" = 1 ] && { [ "$first" = 1 ] || [ "${PREFILL_NCU_ALL:-1}" = 1 ]; }; then
         ncu=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
         step "ncu-$tag" 180 "$ncu" --set full --kernel-name regex:prefill_chunk --launch-count 2 \
             --print-details all python3 bench/prefill_tune.py --lib "$b/libgdn.so" --reps 1 --cases 1x4096 \
