@@ -786,6 +786,25 @@ template <int MA, int MB> __device__ __forceinline__ void gram_pair(const gram_v
     }
 }
 
+/* acc += (U dec)^T K for 2 * PAIRS tiles of 16 x 8: rows 16 mv.., columns 8 nk0.. of the state */
+template <int PAIRS>
+__device__ __forceinline__ void add_update_products(float (&acc)[2 * PAIRS][4], const bf16 *udb,
+                                                    const bf16 *kb, int mv, int nk0)
+{
+#pragma unroll
+    for (int k0 = 0; k0 < kChunk; k0 += 16) {
+        unsigned a[4];
+        ldsm_x4_t(a, frag_a_cols(udb, kLdU, 16 * mv, k0));
+#pragma unroll
+        for (int pr = 0; pr < PAIRS; pr++) {
+            unsigned b[4];
+            ldsm_x4_t(b, frag_b2_kn(kb, kLdB, 8 * (nk0 + 2 * pr), k0));
+            mma_bf16(acc[2 * pr], a, b);
+            mma_bf16(acc[2 * pr + 1], a, b + 2);
+        }
+    }
+}
+
 /* S' = keep S + (U dec)^T K for 2 * PAIRS tiles of 16 x 8: rows 16 mv.., columns 8 nk0.. */
 template <int PAIRS>
 __device__ __forceinline__ void state_tiles(const bf16 *udb, const bf16 *kb, float *sf, bf16 *sb, int mv,
@@ -801,18 +820,7 @@ __device__ __forceinline__ void state_tiles(const bf16 *udb, const bf16 *kb, flo
                                                                8 * (nk0 + j) + 2 * t4);
             acc[j][2 * half] = keep * x.x, acc[j][2 * half + 1] = keep * x.y;
         }
-#pragma unroll
-    for (int k0 = 0; k0 < kChunk; k0 += 16) {
-        unsigned a[4];
-        ldsm_x4_t(a, frag_a_cols(udb, kLdU, 16 * mv, k0));
-#pragma unroll
-        for (int pr = 0; pr < PAIRS; pr++) {
-            unsigned b[4];
-            ldsm_x4_t(b, frag_b2_kn(kb, kLdB, 8 * (nk0 + 2 * pr), k0));
-            mma_bf16(acc[2 * pr], a, b);
-            mma_bf16(acc[2 * pr + 1], a, b + 2);
-        }
-    }
+    add_update_products<PAIRS>(acc, udb, kb, mv, nk0);
 #pragma unroll
     for (int j = 0; j < 2 * PAIRS; j++)
 #pragma unroll
@@ -1418,6 +1426,113 @@ template <int j> __device__ __forceinline__ void inverse_column(const bf16 *ab, 
     }
 }
 
+/* ---- the state in registers (pipelined and split walks): 2 PAIRS tiles of 16 x 8 a warp, rows
+ * 16 mv + g (+ 8), columns 8 (nk0 + j) + 2 t4 (+ 1) of the slice ---- */
+
+/* The slice's state from slot `read` (zeros without an initial state), and its bf16 copy in sb. */
+template <typename St, int PAIRS>
+__device__ __forceinline__ void load_state_regs(const gdn_problem &p, const block_coords &bc, int64_t read,
+                                                int64_t v0, int rows_v, int mv, int nk0,
+                                                float (&st)[2 * PAIRS][4], bf16 *sb)
+{
+    const int lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
+    const bool zero = gdn_zero_initial_state(&p, bc.n);
+    const St *tile = static_cast<const St *>(p.state_pool) + gdn_tile_offset(&p, read, bc.hv) + v0 * kRowK;
+#pragma unroll
+    for (int j = 0; j < 2 * PAIRS; j++)
+#pragma unroll
+        for (int half = 0; half < 2; half++) {
+            const int row = 16 * mv + g + 8 * half, col = 8 * (nk0 + j) + 2 * t4;
+            const bool real = !zero && row < rows_v;
+            st[j][2 * half] = real ? to_float<St>(tile[row * kRowK + col]) : 0.0f;
+            st[j][2 * half + 1] = real ? to_float<St>(tile[row * kRowK + col + 1]) : 0.0f;
+            store_bf16_pair(sb + row * kLdB + col, st[j][2 * half], st[j][2 * half + 1]);
+        }
+}
+
+/* S' = keep S + (U' dec)^T K with the raw k rows, and its bf16 copy in sb for the next chunk. */
+template <int PAIRS>
+__device__ __forceinline__ void update_state_regs(float (&st)[2 * PAIRS][4], const bf16 *udb, const bf16 *kb,
+                                                  bf16 *sb, int mv, int nk0, float keep)
+{
+    const int lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
+#pragma unroll
+    for (int j = 0; j < 2 * PAIRS; j++)
+#pragma unroll
+        for (int e = 0; e < 4; e++)
+            st[j][e] *= keep;
+    add_update_products<PAIRS>(st, udb, kb, mv, nk0);
+#pragma unroll
+    for (int j = 0; j < 2 * PAIRS; j++)
+#pragma unroll
+        for (int half = 0; half < 2; half++)
+            store_bf16_pair(sb + (16 * mv + g + 8 * half) * kLdB + 8 * (nk0 + j) + 2 * t4, st[j][2 * half],
+                            st[j][2 * half + 1]);
+}
+
+/* The final state to slot `write`. */
+template <typename St, int PAIRS>
+__device__ __forceinline__ void store_state_regs(const gdn_problem &p, const block_coords &bc, int64_t write,
+                                                 int64_t v0, int rows_v, int mv, int nk0,
+                                                 const float (&st)[2 * PAIRS][4])
+{
+    const int lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
+    St *tile = static_cast<St *>(p.state_pool) + gdn_tile_offset(&p, write, bc.hv) + v0 * kRowK;
+#pragma unroll
+    for (int j = 0; j < 2 * PAIRS; j++)
+#pragma unroll
+        for (int half = 0; half < 2; half++) {
+            const int row = 16 * mv + g + 8 * half, col = 8 * (nk0 + j) + 2 * t4;
+            if (row < rows_v) {
+                tile[row * kRowK + col] = from_float<St>(st[j][2 * half]);
+                tile[row * kRowK + col + 1] = from_float<St>(st[j][2 * half + 1]);
+            }
+        }
+}
+
+/* Z' = beta rk (v - gam rk K S^T) for token rows 16 tb.. (acc: K S^T for the 32 columns) into zb. */
+__device__ __forceinline__ void z_rows(const ws_buffer &w, const float (&acc)[4][4], int tb, bf16 *zb)
+{
+    const int lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
+#pragma unroll
+    for (int half = 0; half < 2; half++) {
+        const int row = 16 * tb + g + 8 * half;
+        const float bt = w.beta[row] * w.rk[row], gk = w.gam[row] * w.rk[row];
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const int col = 8 * j + 2 * t4;
+            const float2 v =
+                __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(w.vb + row * kLdV + col));
+            store_bf16_pair(zb + row * kLdU + col, bt * (v.x - gk * acc[j][2 * half]),
+                            bt * (v.y - gk * acc[j][2 * half + 1]));
+        }
+    }
+}
+
+/* Row block mi of U' = T Z' for columns n0.. (zf: Z' as B fragments), into ub and, scaled by
+ * e^{G_last - G_t}, udb. */
+__device__ __forceinline__ void u_block(const ws_buffer &w, const unsigned (&zf)[4][2], int mi, int n0,
+                                        bf16 *ub, bf16 *udb)
+{
+    const int lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
+    float u[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+    for (int kb = 0; kb < 4; kb++) {
+        if (kb > mi)
+            break;
+        unsigned a[4];
+        ldsm_x4(a, frag_a_rows(w.tb, kLdP, 16 * mi, 16 * kb));
+        mma_bf16(u, a, zf[kb]);
+    }
+#pragma unroll
+    for (int half = 0; half < 2; half++) {
+        const int row = 16 * mi + g + 8 * half, col = n0 + 2 * t4;
+        const float f = w.dec[row];
+        store_bf16_pair(ub + row * kLdU + col, u[2 * half], u[2 * half + 1]);
+        store_bf16_pair(udb + row * kLdU + col, u[2 * half] * f, u[2 * half + 1] * f);
+    }
+}
+
 /* uses[b]: how many chunks buffer b held before this sequence, in this block (the mbarriers' phases). */
 template <typename St>
 __device__ void chunked_sequence_ws(const gdn_problem &p, int64_t n, unsigned char *smb, unsigned *uses)
@@ -1427,7 +1542,7 @@ __device__ void chunked_sequence_ws(const gdn_problem &p, int64_t n, unsigned ch
     bf16 *const sb = reinterpret_cast<bf16 *>(smb + ws_smem::sb);
 
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-    const int g = lane / 4, t4 = lane % 4;
+    const int g = lane / 4;
     seq_part<Act> sp;
     if (!open_sequence<Act>(p, n, sp))
         return;
@@ -1497,21 +1612,7 @@ __device__ void chunked_sequence_ws(const gdn_problem &p, int64_t n, unsigned ch
         bf16 *const udb = reinterpret_cast<bf16 *>(smb + ws_smem::udb);
         const int sw = warp - 4, mv = sw / 2, nk0 = 8 * (sw % 2);
         float st[8][4];
-        {
-            const bool zero = gdn_zero_initial_state(&p, bc.n);
-            const St *tile =
-                static_cast<const St *>(p.state_pool) + gdn_tile_offset(&p, read, bc.hv) + v0 * kRowK;
-#pragma unroll
-            for (int j = 0; j < 8; j++)
-#pragma unroll
-                for (int half = 0; half < 2; half++) {
-                    const int row = 16 * mv + g + 8 * half, col = 8 * (nk0 + j) + 2 * t4;
-                    const bool real = !zero && row < rows_v;
-                    st[j][2 * half] = real ? to_float<St>(tile[row * kRowK + col]) : 0.0f;
-                    st[j][2 * half + 1] = real ? to_float<St>(tile[row * kRowK + col + 1]) : 0.0f;
-                    store_bf16_pair(sb + row * kLdB + col, st[j][2 * half], st[j][2 * half + 1]);
-                }
-        }
+        load_state_regs<St, 4>(p, bc, read, v0, rows_v, mv, nk0, st, sb);
         for (int64_t ci = 0; ci < chunks; ci++) {
             const int64_t c0 = ci * kChunk;
             const int len = chunk_len(ci), b = (int)(ci % kBuffers);
@@ -1541,20 +1642,14 @@ __device__ void chunked_sequence_ws(const gdn_problem &p, int64_t n, unsigned ch
                     mma_bf16(o_acc[2 * pr + 1], aq, bb + 2);
                 }
             }
+            z_rows(w, acc_k, sw, zb);
 #pragma unroll
             for (int half = 0; half < 2; half++) {
                 const int row = 16 * sw + g + 8 * half;
-                const float gm = w.gam[row], bt = w.beta[row] * w.rk[row], gk = gm * w.rk[row],
-                            gq = gm * w.rq[row];
+                const float gq = w.gam[row] * w.rq[row];
 #pragma unroll
-                for (int j = 0; j < 4; j++) {
-                    const int col = 8 * j + 2 * t4;
-                    const float2 v = __bfloat1622float2(
-                        *reinterpret_cast<const __nv_bfloat162 *>(w.vb + row * kLdV + col));
-                    store_bf16_pair(zb + row * kLdU + col, bt * (v.x - gk * acc_k[j][2 * half]),
-                                    bt * (v.y - gk * acc_k[j][2 * half + 1]));
+                for (int j = 0; j < 4; j++)
                     o_acc[j][2 * half] *= gq, o_acc[j][2 * half + 1] *= gq;
-                }
             }
             named_sync(kBarState, kGroupThreads);
 
@@ -1566,68 +1661,19 @@ __device__ void chunked_sequence_ws(const gdn_problem &p, int64_t n, unsigned ch
                 for (int kb = 0; kb < 4; kb++)
                     ldsm_x2_t(zf[kb], frag_b1_kn(zb, kLdU, n0, 16 * kb));
 #pragma unroll
-                for (int mi = 0; mi < 4; mi++) {
-                    float u[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-#pragma unroll
-                    for (int kb = 0; kb <= mi; kb++) {
-                        unsigned a[4];
-                        ldsm_x4(a, frag_a_rows(w.tb, kLdP, 16 * mi, 16 * kb));
-                        mma_bf16(u, a, zf[kb]);
-                    }
-#pragma unroll
-                    for (int half = 0; half < 2; half++) {
-                        const int row = 16 * mi + g + 8 * half, col = n0 + 2 * t4;
-                        const float f = w.dec[row];
-                        store_bf16_pair(ub + row * kLdU + col, u[2 * half], u[2 * half + 1]);
-                        store_bf16_pair(udb + row * kLdU + col, u[2 * half] * f, u[2 * half + 1] * f);
-                    }
-                }
+                for (int mi = 0; mi < 4; mi++)
+                    u_block(w, zf, mi, n0, ub, udb);
             }
             named_sync(kBarState, kGroupThreads);
 
             /* the outputs' second term P U */
             finish_outputs<Act>(p, w.pb, ub, o_acc, sw, len, rows_v, first + c0, bc.hv * V + v0);
 
-            /* S' = e^{G_last} S + (U' dec)^T K, the raw k rows */
-            const float keep = w.gam[kChunk - 1];
-#pragma unroll
-            for (int j = 0; j < 8; j++)
-#pragma unroll
-                for (int e = 0; e < 4; e++)
-                    st[j][e] *= keep;
-#pragma unroll
-            for (int k0 = 0; k0 < kChunk; k0 += 16) {
-                unsigned a[4];
-                ldsm_x4_t(a, frag_a_cols(udb, kLdU, 16 * mv, k0));
-#pragma unroll
-                for (int pr = 0; pr < 4; pr++) {
-                    unsigned bb[4];
-                    ldsm_x4_t(bb, frag_b2_kn(w.kb, kLdB, 8 * (nk0 + 2 * pr), k0));
-                    mma_bf16(st[2 * pr], a, bb);
-                    mma_bf16(st[2 * pr + 1], a, bb + 2);
-                }
-            }
-#pragma unroll
-            for (int j = 0; j < 8; j++)
-#pragma unroll
-                for (int half = 0; half < 2; half++)
-                    store_bf16_pair(sb + (16 * mv + g + 8 * half) * kLdB + 8 * (nk0 + j) + 2 * t4,
-                                    st[j][2 * half], st[j][2 * half + 1]);
+            update_state_regs<4>(st, udb, w.kb, sb, mv, nk0, w.gam[kChunk - 1]);
             mbar_arrive(empty + b);
         }
-        if (write >= 0) {
-            St *tile = static_cast<St *>(p.state_pool) + gdn_tile_offset(&p, write, bc.hv) + v0 * kRowK;
-#pragma unroll
-            for (int j = 0; j < 8; j++)
-#pragma unroll
-                for (int half = 0; half < 2; half++) {
-                    const int row = 16 * mv + g + 8 * half, col = 8 * (nk0 + j) + 2 * t4;
-                    if (row < rows_v) {
-                        tile[row * kRowK + col] = from_float<St>(st[j][2 * half]);
-                        tile[row * kRowK + col + 1] = from_float<St>(st[j][2 * half + 1]);
-                    }
-                }
-        }
+        if (write >= 0)
+            store_state_regs<St, 4>(p, bc, write, v0, rows_v, mv, nk0, st);
     }
     for (int b = 0; b < kBuffers; b++)
         uses[b] += (unsigned)((chunks + kBuffers - 1 - b) / kBuffers);
@@ -1919,7 +1965,7 @@ __device__ void chunked_sequence_split(const gdn_problem &p, int64_t n, unsigned
     bf16 *const ub = reinterpret_cast<bf16 *>(smb + split_smem::ub);
     bf16 *const udb = reinterpret_cast<bf16 *>(smb + split_smem::udb);
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-    const int g = lane / 4, t4 = lane % 4;
+    const int g = lane / 4;
     seq_part<Act> sp;
     if (!open_sequence<Act>(p, n, sp))
         return;
@@ -1968,21 +2014,7 @@ __device__ void chunked_sequence_split(const gdn_problem &p, int64_t n, unsigned
     const int tb_ = warp % 4, mv = warp / 4, nk0 = 4 * (warp % 4);
     const bool kwarp = warp < 4;
     float st[4][4];
-    {
-        const bool zero = gdn_zero_initial_state(&p, bc.n);
-        const St *tile =
-            static_cast<const St *>(p.state_pool) + gdn_tile_offset(&p, read, bc.hv) + v0 * kRowK;
-#pragma unroll
-        for (int j = 0; j < 4; j++)
-#pragma unroll
-            for (int half = 0; half < 2; half++) {
-                const int row = 16 * mv + g + 8 * half, col = 8 * (nk0 + j) + 2 * t4;
-                const bool real = !zero && row < rows_v;
-                st[j][2 * half] = real ? to_float<St>(tile[row * kRowK + col]) : 0.0f;
-                st[j][2 * half + 1] = real ? to_float<St>(tile[row * kRowK + col + 1]) : 0.0f;
-                store_bf16_pair(sb + row * kLdB + col, st[j][2 * half], st[j][2 * half + 1]);
-            }
-    }
+    load_state_regs<St, 2>(p, bc, read, v0, rows_v, mv, nk0, st, sb);
     for (int64_t ci = 0; ci < chunks; ci++) {
         const int64_t c0 = ci * kChunk;
         const int len = chunk_len(ci);
@@ -2017,27 +2049,17 @@ __device__ void chunked_sequence_split(const gdn_problem &p, int64_t n, unsigned
                 mma_bf16(acc[2 * pr + 1], a, bb + 2);
             }
         }
+        if (kwarp)
+            z_rows(w, acc, tb_, zb);
+        else
 #pragma unroll
-        for (int half = 0; half < 2; half++) {
-            const int row = 16 * tb_ + g + 8 * half;
-            const float gm = w.gam[row];
-            if (kwarp) {
-                const float bt = w.beta[row] * w.rk[row], gk = gm * w.rk[row];
-#pragma unroll
-                for (int j = 0; j < 4; j++) {
-                    const int col = 8 * j + 2 * t4;
-                    const float2 v = __bfloat1622float2(
-                        *reinterpret_cast<const __nv_bfloat162 *>(w.vb + row * kLdV + col));
-                    store_bf16_pair(zb + row * kLdU + col, bt * (v.x - gk * acc[j][2 * half]),
-                                    bt * (v.y - gk * acc[j][2 * half + 1]));
-                }
-            } else {
-                const float gq = gm * w.rq[row];
+            for (int half = 0; half < 2; half++) {
+                const int row = 16 * tb_ + g + 8 * half;
+                const float gq = w.gam[row] * w.rq[row];
 #pragma unroll
                 for (int j = 0; j < 4; j++)
                     acc[j][2 * half] *= gq, acc[j][2 * half + 1] *= gq;
             }
-        }
         __syncthreads(); /* Z' */
 
         /* U' = T Z': columns 8 (w % 4).., row blocks {0, 3} (w < 4) or {1, 2} */
@@ -2047,25 +2069,12 @@ __device__ void chunked_sequence_split(const gdn_problem &p, int64_t n, unsigned
 #pragma unroll
             for (int kb = 0; kb < 4; kb++)
                 ldsm_x2_t(zf[kb], frag_b1_kn(zb, kLdU, n0, 16 * kb));
-#pragma unroll
-            for (int which = 0; which < 2; which++) {
-                const int mi = kwarp ? 3 * which : 1 + which;
-                float u[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-#pragma unroll
-                for (int kb = 0; kb < 4; kb++) {
-                    if (kb > mi)
-                        break;
-                    unsigned a[4];
-                    ldsm_x4(a, frag_a_rows(w.tb, kLdP, 16 * mi, 16 * kb));
-                    mma_bf16(u, a, zf[kb]);
-                }
-#pragma unroll
-                for (int half = 0; half < 2; half++) {
-                    const int row = 16 * mi + g + 8 * half, col = n0 + 2 * t4;
-                    const float f = w.dec[row];
-                    store_bf16_pair(ub + row * kLdU + col, u[2 * half], u[2 * half + 1]);
-                    store_bf16_pair(udb + row * kLdU + col, u[2 * half] * f, u[2 * half + 1] * f);
-                }
+            if (kwarp) {
+                u_block(w, zf, 0, n0, ub, udb);
+                u_block(w, zf, 3, n0, ub, udb);
+            } else {
+                u_block(w, zf, 1, n0, ub, udb);
+                u_block(w, zf, 2, n0, ub, udb);
             }
         }
         __syncthreads(); /* U', U' dec */
@@ -2074,50 +2083,15 @@ __device__ void chunked_sequence_split(const gdn_problem &p, int64_t n, unsigned
             finish_outputs<Act>(p, w.pb, ub, acc, tb_, len, rows_v, first + c0, bc.hv * V + v0,
                                 pairs && len == kChunk);
 
-        /* S' = e^{G_last} S + (U' dec)^T K */
-        const float keep = w.gam[kChunk - 1];
-#pragma unroll
-        for (int j = 0; j < 4; j++)
-#pragma unroll
-            for (int e = 0; e < 4; e++)
-                st[j][e] *= keep;
-#pragma unroll
-        for (int k0 = 0; k0 < kChunk; k0 += 16) {
-            unsigned a[4];
-            ldsm_x4_t(a, frag_a_cols(udb, kLdU, 16 * mv, k0));
-#pragma unroll
-            for (int pr = 0; pr < 2; pr++) {
-                unsigned bb[4];
-                ldsm_x4_t(bb, frag_b2_kn(w.kb, kLdB, 8 * (nk0 + 2 * pr), k0));
-                mma_bf16(st[2 * pr], a, bb);
-                mma_bf16(st[2 * pr + 1], a, bb + 2);
-            }
-        }
-#pragma unroll
-        for (int j = 0; j < 4; j++)
-#pragma unroll
-            for (int half = 0; half < 2; half++)
-                store_bf16_pair(sb + (16 * mv + g + 8 * half) * kLdB + 8 * (nk0 + j) + 2 * t4,
-                                st[j][2 * half], st[j][2 * half + 1]);
+        update_state_regs<2>(st, udb, w.kb, sb, mv, nk0, w.gam[kChunk - 1]);
     }
     if (bulk)
         for (int b = 0; b < kBuffers; b++)
             uses[b] += (unsigned)((chunks + kBuffers - 1 - b) / kBuffers);
     else
         copy_async_wait<0>();
-    if (write >= 0) {
-        St *tile = static_cast<St *>(p.state_pool) + gdn_tile_offset(&p, write, bc.hv) + v0 * kRowK;
-#pragma unroll
-        for (int j = 0; j < 4; j++)
-#pragma unroll
-            for (int half = 0; half < 2; half++) {
-                const int row = 16 * mv + g + 8 * half, col = 8 * (nk0 + j) + 2 * t4;
-                if (row < rows_v) {
-                    tile[row * kRowK + col] = from_float<St>(st[j][2 * half]);
-                    tile[row * kRowK + col + 1] = from_float<St>(st[j][2 * half + 1]);
-                }
-            }
-    }
+    if (write >= 0)
+        store_state_regs<St, 2>(p, bc, write, v0, rows_v, mv, nk0, st);
     __syncthreads(); /* the next sequence reuses the shared memory */
 }
 
