@@ -522,15 +522,15 @@ static int run_step(const decode_case *c, gdn_backend backend, arrays *A, decode
         if (gdn_decode_workspace_size(&p, &bytes) != GDN_OK)
             return fail(r, "gdn_decode_workspace_size: %s", gdn_last_error());
         if (bytes > 0) {
-            unsigned char *poison = malloc(bytes);
-            workspace = mem_alloc(MEM_DEVICE, bytes);
+            unsigned char *poison = malloc(bytes + 16);
+            workspace = mem_alloc(MEM_DEVICE, bytes + 16); /* (room for the misaligned case) */
             if (!poison || !workspace) {
                 free(poison);
                 mem_free(MEM_DEVICE, workspace);
                 return fail(r, "no memory for a workspace of %zu bytes", bytes);
             }
-            memset(poison, 0xff, bytes);
-            const int up = mem_upload(MEM_DEVICE, workspace, poison, bytes);
+            memset(poison, 0xff, bytes + 16);
+            const int up = mem_upload(MEM_DEVICE, workspace, poison, bytes + 16);
             free(poison);
             if (up != 0) {
                 mem_free(MEM_DEVICE, workspace);
@@ -540,7 +540,7 @@ static int run_step(const decode_case *c, gdn_backend backend, arrays *A, decode
             if (c->workspace == 2) /* 16 bytes short */
                 p.workspace_bytes = bytes - 16;
             if (c->workspace == 3) /* off 16-byte alignment */
-                p.workspace = (unsigned char *)workspace + 8, p.workspace_bytes = bytes - 8;
+                p.workspace = (unsigned char *)workspace + 8;
         }
     }
     r->status = gdn_decode(&p);

@@ -1834,8 +1834,7 @@ struct split_smem {
     static constexpr int zb = sb + kSlice * kLdB * 2;
     static constexpr int ub = zb + kChunk * kLdU * 2;
     static constexpr int udb = ub + kChunk * kLdU * 2;
-    static constexpr int bars = udb + kChunk * kLdU * 2; /* mbarriers: FULL[kBuffers] (bulk staging) */
-    static constexpr int bytes = bars + kBuffers * 8;
+    static constexpr int bytes = udb + kChunk * kLdU * 2;
 };
 static_assert(split_smem::sb % 16 == 0 && split_smem::bytes + 4096 <= 227 * 1024, "fits a block");
 
@@ -1879,85 +1878,13 @@ __device__ __forceinline__ void stage_split(const gdn_problem &p, const stage_so
     (void)p;
 }
 
-/* ---- bulk copies (sm_90): one instruction a row, completion counted in bytes on an mbarrier ---- */
-__device__ __forceinline__ void mbar_expect_arrive(uint64_t *bar, unsigned bytes)
-{
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile(
-        "{\n\t.reg .b64 state;\n\tmbarrier.arrive.expect_tx.shared::cta.b64 state, [%0], %1;\n\t}" ::"r"(
-            smem_u32(bar)),
-        "r"(bytes)
-        : "memory");
-#else
-    (void)bar, (void)bytes;
-#endif
-}
-__device__ __forceinline__ void bulk_copy(void *dst, const void *src, unsigned bytes, uint64_t *bar)
-{
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile(
-        "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
-            smem_u32(dst)),
-        "l"(src), "r"(bytes), "r"(smem_u32(bar))
-        : "memory");
-#else
-    (void)dst, (void)src, (void)bytes, (void)bar;
-    __trap(); /* (bulk staging is chosen on sm_90 and later only) */
-#endif
-}
-__device__ __forceinline__ void fence_proxy_async(void)
-{
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-#endif
-}
-
-/* Chunk ci's rows and record into buffer w by warp 0 alone: lane 0 announces the bytes on the
- * buffer's mbarrier, then the lanes issue bulk copies (q and k rows of 256 bytes, v slice rows of
- * 64, the record's image); rows past len become zeros by plain stores (the last chunk only).
- * 16-byte aligned rows (src.async) and a whole v slice only. */
-__device__ __forceinline__ void stage_bulk(const stage_source<bf16> &src, int64_t c0, int len,
-                                           const unsigned char *rec, const ws_buffer &w, uint64_t *bar)
-{
-    const int lane = threadIdx.x % 32;
-    fence_proxy_async(); /* this warp's earlier plain stores (zero rows) before copies overwrite them */
-    if (lane == 0)
-        mbar_expect_arrive(bar, (unsigned)(len * (2 * kRowK + kSlice) * 2 + record_layout::image));
-    __syncwarp();
-    if (lane == 0)
-        bulk_copy(w.tb, rec, record_layout::image, bar);
-    for (int r = lane; r < kChunk; r += 32) {
-        if (r < len) {
-            bulk_copy(w.qb + r * kLdB, src.q + (c0 + r) * src.q_stride, kRowK * 2, bar);
-            bulk_copy(w.kb + r * kLdB, src.k + (c0 + r) * src.k_stride, kRowK * 2, bar);
-            bulk_copy(w.vb + r * kLdV, src.v + (c0 + r) * src.v_stride, kSlice * 2, bar);
-        } else {
-            const uint4 z = make_uint4(0u, 0u, 0u, 0u);
-#pragma unroll
-            for (int i = 0; i < kRowK / 8; i++) {
-                reinterpret_cast<uint4 *>(w.qb + r * kLdB)[i] = z;
-                reinterpret_cast<uint4 *>(w.kb + r * kLdB)[i] = z;
-            }
-#pragma unroll
-            for (int i = 0; i < kSlice / 8; i++)
-                reinterpret_cast<uint4 *>(w.vb + r * kLdV)[i] = z;
-        }
-    }
-}
-
 /* Sequence n's walk over its chunks with the records of prefill_chunk_local, all 8 warps on the
  * state work. Warp w: K S^T (w < 4) or Q S^T (w >= 4) for token block w % 4; U' = T Z' for
  * columns 8 (w % 4).. and row blocks {0, 3} or {1, 2}; the outputs (w >= 4, its token block);
  * the state's rows 16 (w / 4).., columns 32 (w % 4).. in registers. Three block barriers a chunk;
  * cp.async fills chunk ci + 2 while ci is computed. */
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-constexpr bool kBulkArch = true; /* cp.async.bulk and mbarrier transaction counts */
-#else
-constexpr bool kBulkArch = false;
-#endif
-
 template <typename St>
-__device__ void chunked_sequence_split(const gdn_problem &p, int64_t n, unsigned char *smb, unsigned *uses)
+__device__ void chunked_sequence_split(const gdn_problem &p, int64_t n, unsigned char *smb)
 {
     typedef bf16 Act;
     bf16 *const sb = reinterpret_cast<bf16 *>(smb + split_smem::sb);
@@ -1986,26 +1913,16 @@ __device__ void chunked_sequence_split(const gdn_problem &p, int64_t n, unsigned
         return;
     }
 
-    /* bulk copies by warp 0 where the rows allow (one mbarrier a buffer, uses[] its phases across
-     * the block's sequences), else cp.async by every thread (one group a chunk) */
-    const bool bulk = kBulkArch && sp.src.async && sp.src.rows_v == kSlice;
-    uint64_t *const full = reinterpret_cast<uint64_t *>(smb + split_smem::bars);
-    auto use_of = [&](int64_t ci) {
-        const int b = (int)(ci % kBuffers); /* (selects: an indexed uses[] would live on the stack) */
-        return (b == 0 ? uses[0] : b == 1 ? uses[1] : uses[2]) + (unsigned)(ci / kBuffers);
-    };
+    /* chunk ci into buffer ci % 3 by cp.async, one group a chunk (bulk copies of the rows by one
+     * warp were 2.3x slower on the H100, 046a0e6: the lanes' copies are issued one after another) */
     auto stage = [&](int64_t ci) {
-        const ws_buffer to = ws_buffer_at(smb, (int)(ci % kBuffers));
-        if (!bulk)
-            stage_split(p, sp.src, ci * kChunk, chunk_len(ci), record_at(p, rec0 + ci, bc.hv), to);
-        else if (warp == 0)
-            stage_bulk(sp.src, ci * kChunk, chunk_len(ci), record_at(p, rec0 + ci, bc.hv), to,
-                       full + ci % kBuffers);
+        stage_split(p, sp.src, ci * kChunk, chunk_len(ci), record_at(p, rec0 + ci, bc.hv),
+                    ws_buffer_at(smb, (int)(ci % kBuffers)));
     };
     stage(0);
     if (chunks > 1)
         stage(1);
-    else if (!bulk)
+    else
         copy_async_commit();
     /* output stores by bf16 pairs where every pair is 4-byte aligned and the slice is whole */
     const bool pairs = rows_v == kSlice && reinterpret_cast<uintptr_t>(p.out) % 4 == 0 &&
@@ -2019,14 +1936,11 @@ __device__ void chunked_sequence_split(const gdn_problem &p, int64_t n, unsigned
         const int64_t c0 = ci * kChunk;
         const int len = chunk_len(ci);
         const ws_buffer w = ws_buffer_at(smb, (int)(ci % kBuffers));
-        if (bulk)
-            mbar_wait(full + ci % kBuffers, use_of(ci) & 1);
-        else
-            copy_async_wait<1>();
+        copy_async_wait<1>();
         __syncthreads(); /* chunk ci has landed, sb holds the state, buffer (ci + 2) % 3 is free */
         if (ci + 2 < chunks)
             stage(ci + 2);
-        else if (!bulk)
+        else
             copy_async_commit();
 
         /* K S^T (Z' = beta rk (v - gam rk K S^T)) or Q S^T (the outputs' first term) */
@@ -2085,11 +1999,7 @@ __device__ void chunked_sequence_split(const gdn_problem &p, int64_t n, unsigned
 
         update_state_regs<2>(st, udb, w.kb, sb, mv, nk0, w.gam[kChunk - 1]);
     }
-    if (bulk)
-        for (int b = 0; b < kBuffers; b++)
-            uses[b] += (unsigned)((chunks + kBuffers - 1 - b) / kBuffers);
-    else
-        copy_async_wait<0>();
+    copy_async_wait<0>();
     if (write >= 0)
         store_state_regs<St, 2>(p, bc, write, v0, rows_v, mv, nk0, st);
     __syncthreads(); /* the next sequence reuses the shared memory */
@@ -2121,12 +2031,6 @@ __global__ void __launch_bounds__(kChunkWarps * 32, 1) prefill_chunked_vk128(con
                       kGroupThreads);
         /* (the ranking below passes a __syncthreads before any sequence) */
     }
-    if constexpr (PATH == kPathSplit && std::is_same<Act, bf16>::value) {
-        if (threadIdx.x < kBuffers) /* FULL: warp 0's lane 0 arrives with the bytes of a chunk */
-            mbar_init(reinterpret_cast<uint64_t *>(reinterpret_cast<unsigned char *>(sm) + split_smem::bars) +
-                          threadIdx.x,
-                      1);
-    }
     for (int64_t n0 = 0; n0 < p.num_seqs; n0 += blockDim.x) {
         const int64_t n = n0 + threadIdx.x;
         const bool owned = n < p.num_seqs && chunked_owns(p, n);
@@ -2152,7 +2056,7 @@ __global__ void __launch_bounds__(kChunkWarps * 32, 1) prefill_chunked_vk128(con
             else if constexpr (PATH == kPathPipelined && std::is_same<Act, bf16>::value)
                 chunked_sequence_ws<St>(p, mine[i], reinterpret_cast<unsigned char *>(sm), uses);
             else if constexpr (PATH == kPathSplit && std::is_same<Act, bf16>::value)
-                chunked_sequence_split<St>(p, mine[i], reinterpret_cast<unsigned char *>(sm), uses);
+                chunked_sequence_split<St>(p, mine[i], reinterpret_cast<unsigned char *>(sm));
             else
                 chunked_sequence_tc1<Act, St>(p, mine[i], reinterpret_cast<unsigned char *>(sm));
         __syncthreads(); /* mine and the counts are rewritten by the next round */
