@@ -61,8 +61,8 @@ typedef struct gdn_problem {
      * cu_seqlens are counted there, not twice */
     int64_t long_tokens;
     int prefill_async; /* chunked kernel: q, k, v rows 16-byte aligned (cp.async staging) */
-    void *workspace;   /* the caller's scratch (cuda chunked prefill, split path); may be NULL */
-    int64_t workspace_bytes;
+    void *workspace;   /* the caller's scratch (cuda chunked prefill, split path; its size checked by
+                          gdn_decode); may be NULL */
 } gdn_problem;
 
 /* The cuda chunked prefill's split path (prefill_chunked.cu) keeps one record of this many bytes
@@ -70,6 +70,14 @@ typedef struct gdn_problem {
  * head: chunk ci of sequence n is record floor(first_row(n) / 64) + n + ci. */
 #define GDN_CHUNK_RECORD_BYTES 19728
 GDN_HD int64_t gdn_chunk_records(const gdn_problem *p) { return p->token_rows / 64 + p->num_seqs; }
+
+/* 1 when the cuda backend sends p's sequences of more than GDN_MAX_TOKENS tokens to the chunked
+ * kernel (prefill_chunked.cu: vk, K = 128, no token slots). */
+GDN_HD int gdn_chunked_applies(const gdn_problem *p)
+{
+    return p->num_tokens > GDN_MAX_TOKENS && p->state_layout == GDN_LAYOUT_VK && p->head_dim_k == 128 &&
+           !p->token_slots && !p->num_accepted;
+}
 
 /* Epsilon added to the sum of squares before the square root of the l2 norm (SPEC 1). */
 #define GDN_L2NORM_EPS 1e-6f

@@ -294,6 +294,20 @@ static gdn_status check_tensors(const gdn_decode_params *p, gdn_backend backend,
     return GDN_OK;
 }
 
+/* The bytes the pool spans (slot gaps included), and those out's first `rows` token rows span. */
+static void pool_range(const gdn_decode_params *p, uintptr_t *lo, uintptr_t *hi)
+{
+    *lo = (uintptr_t)p->state_pool;
+    *hi = *lo + (uintptr_t)pool_elements(p) * gdn_dtype_size(p->state_dtype);
+}
+static void out_range(const gdn_decode_params *p, int64_t rows, uintptr_t *lo, uintptr_t *hi)
+{
+    const int64_t width = p->num_v_heads * p->head_dim_v;
+    *lo = (uintptr_t)p->out;
+    *hi = *lo + (uintptr_t)((rows - 1) * (p->out_stride ? p->out_stride : width) + width) *
+                    gdn_dtype_size(p->act_dtype);
+}
+
 /* out's first `rows` token rows against the pool. With cu_seqlens the rows are known only where
  * the host can read cu_seqlens (host backends); on the cuda backend that case is not checked,
  * because a bound of N*T rows would refuse valid, adjacent allocations. */
@@ -301,12 +315,9 @@ static gdn_status check_overlap(const gdn_decode_params *p, int64_t rows)
 {
     if (rows <= 0)
         return GDN_OK;
-    size_t act = gdn_dtype_size(p->act_dtype);
-    int64_t out_stride = p->out_stride ? p->out_stride : p->num_v_heads * p->head_dim_v;
-    uintptr_t out_lo = (uintptr_t)p->out;
-    uintptr_t out_hi = out_lo + (uintptr_t)((rows - 1) * out_stride + p->num_v_heads * p->head_dim_v) * act;
-    uintptr_t pool_lo = (uintptr_t)p->state_pool;
-    uintptr_t pool_hi = pool_lo + (uintptr_t)pool_elements(p) * gdn_dtype_size(p->state_dtype);
+    uintptr_t out_lo, out_hi, pool_lo, pool_hi;
+    out_range(p, rows, &out_lo, &out_hi);
+    pool_range(p, &pool_lo, &pool_hi);
     if (out_lo < pool_hi && pool_lo < out_hi)
         return gdn_fail(GDN_ERR_OVERLAP, "out [%p, %p) overlaps state_pool [%p, %p)", (void *)out_lo,
                         (void *)out_hi, (void *)pool_lo, (void *)pool_hi);
@@ -320,17 +331,14 @@ static gdn_status check_counter(const gdn_decode_params *p)
     if (!p->bad_index_rows)
         return GDN_OK;
     uintptr_t at = (uintptr_t)p->bad_index_rows, end = at + sizeof *p->bad_index_rows;
-    uintptr_t pool_lo = (uintptr_t)p->state_pool;
-    uintptr_t pool_hi = pool_lo + (uintptr_t)pool_elements(p) * gdn_dtype_size(p->state_dtype);
+    uintptr_t pool_lo, pool_hi, out_lo, out_hi;
+    pool_range(p, &pool_lo, &pool_hi);
     if (at < pool_hi && pool_lo < end)
         return gdn_fail(GDN_ERR_OVERLAP, "bad_index_rows = %p lies inside state_pool [%p, %p)", (void *)at,
                         (void *)pool_lo, (void *)pool_hi);
     if (p->cu_seqlens)
         return GDN_OK;
-    int64_t rows = token_rows(p), width = p->num_v_heads * p->head_dim_v;
-    uintptr_t out_lo = (uintptr_t)p->out;
-    uintptr_t out_hi = out_lo + (uintptr_t)((rows - 1) * (p->out_stride ? p->out_stride : width) + width) *
-                                    gdn_dtype_size(p->act_dtype);
+    out_range(p, token_rows(p), &out_lo, &out_hi);
     if (at < out_hi && out_lo < end)
         return gdn_fail(GDN_ERR_OVERLAP, "bad_index_rows = %p lies inside out [%p, %p)", (void *)at,
                         (void *)out_lo, (void *)out_hi);
@@ -342,11 +350,10 @@ static gdn_status check_counter(const gdn_decode_params *p)
  * activations. */
 static size_t workspace_needed(const gdn_decode_params *p, gdn_backend backend)
 {
-    if (backend != GDN_BACKEND_CUDA || p->act_dtype != GDN_DTYPE_BF16 || p->num_tokens <= GDN_MAX_TOKENS ||
-        p->state_layout != GDN_LAYOUT_VK || p->head_dim_k != 128 || p->token_slots || p->num_accepted)
+    const gdn_problem pr = gdn_problem_from_params(p);
+    if (backend != GDN_BACKEND_CUDA || p->act_dtype != GDN_DTYPE_BF16 || !gdn_chunked_applies(&pr))
         return 0;
-    const int64_t records = token_rows(p) / 64 + p->num_seqs;
-    return (size_t)records * (size_t)p->num_v_heads * GDN_CHUNK_RECORD_BYTES;
+    return (size_t)gdn_chunk_records(&pr) * (size_t)p->num_v_heads * GDN_CHUNK_RECORD_BYTES;
 }
 
 /* A workspace large enough, aligned, in device memory, apart from the pool and out. */
@@ -368,16 +375,13 @@ static gdn_status check_workspace(const gdn_decode_params *p, gdn_backend backen
                         "workspace = %p is host memory but the cuda backend needs device or managed memory",
                         p->workspace);
     const uintptr_t lo = (uintptr_t)p->workspace, hi = lo + p->workspace_bytes;
-    const uintptr_t pool_lo = (uintptr_t)p->state_pool;
-    const uintptr_t pool_hi = pool_lo + (uintptr_t)pool_elements(p) * gdn_dtype_size(p->state_dtype);
+    uintptr_t pool_lo, pool_hi, out_lo, out_hi;
+    pool_range(p, &pool_lo, &pool_hi);
     if (lo < pool_hi && pool_lo < hi)
         return gdn_fail(GDN_ERR_OVERLAP, "workspace [%p, %p) overlaps state_pool [%p, %p)", (void *)lo,
                         (void *)hi, (void *)pool_lo, (void *)pool_hi);
-    const int64_t rows = token_rows(p), width = p->num_v_heads * p->head_dim_v;
-    const uintptr_t out_lo = (uintptr_t)p->out;
-    const uintptr_t out_hi =
-        out_lo + (uintptr_t)((rows - 1) * (p->out_stride ? p->out_stride : width) + width) *
-                     gdn_dtype_size(p->act_dtype);
+    const int64_t rows = token_rows(p);
+    out_range(p, rows, &out_lo, &out_hi);
     if (rows > 0 && lo < out_hi && out_lo < hi)
         return gdn_fail(GDN_ERR_OVERLAP, "workspace [%p, %p) overlaps out [%p, %p)", (void *)lo, (void *)hi,
                         (void *)out_lo, (void *)out_hi);
@@ -496,7 +500,6 @@ gdn_problem gdn_problem_from_params(const gdn_decode_params *p)
     pr.g_stride = p->g_stride ? p->g_stride : p->num_v_heads;
     pr.beta_stride = p->beta_stride ? p->beta_stride : p->num_v_heads;
     pr.workspace = p->workspace;
-    pr.workspace_bytes = (int64_t)p->workspace_bytes;
     return pr;
 }
 
@@ -567,13 +570,15 @@ gdn_status gdn_decode_workspace_size(const gdn_decode_params *given, size_t *byt
         return gdn_fail(GDN_ERR_NULL_POINTER, "bytes is NULL");
     if ((s = check_shape(&p)))
         return s;
+    /* an explicit backend as given (the size is known without a device); auto as gdn_decode
+     * chooses it, GDN_BACKEND included */
     gdn_backend backend = p.backend;
     if (backend == GDN_BACKEND_AUTO) {
         int device = -1;
         const gdn_memory_kind kind =
             gdn_cuda_usable() && p.state_pool ? gdn_cuda_memory_kind(p.state_pool, &device) : GDN_MEMORY_HOST;
-        backend =
-            kind == GDN_MEMORY_DEVICE || kind == GDN_MEMORY_MANAGED ? GDN_BACKEND_CUDA : GDN_BACKEND_CPU;
+        if ((s = gdn_choose_backend(GDN_BACKEND_AUTO, kind, &backend)))
+            return s;
     }
     *bytes = workspace_needed(&p, backend);
     return GDN_OK;

@@ -481,7 +481,7 @@ template <typename Act, typename St> cudaError_t launch(const gdn_problem &p, cu
 {
     const int64_t V = p.head_dim_v, K = p.head_dim_k, HV = p.num_v_heads, N = p.num_seqs;
     const bool single = p.num_tokens == 1;
-    if (gdn_cuda_chunked_applies(&p)) {
+    if (gdn_chunked_applies(&p)) {
         /* Sequences longer than GDN_MAX_TOKENS in chunks; the others (decodes, verifies) on the
          * multi-token kernel, launched after it, when that kernel takes this pool. */
         gdn_problem shorts = p, longs = p;

@@ -27,10 +27,6 @@ int gdn_cuda_multi_token_applies(const gdn_problem *p);
 /* Enqueues the multi-token kernel on stream (no synchronisation); returns the launch error. */
 cudaError_t gdn_cuda_launch_multi_token(const gdn_problem *p, cudaStream_t stream);
 
-/* 1 when the chunked kernel (prefill_chunked.cu) serves p's sequences of more than
- * GDN_MAX_TOKENS tokens: layout vk, K = 128, no token slots. */
-int gdn_cuda_chunked_applies(const gdn_problem *p);
-
 /* Enqueues the chunked kernel on stream. With p->long_tokens set, it leaves sequences of at most
  * GDN_MAX_TOKENS tokens to the multi-token kernel (launched on a copy with num_tokens =
  * GDN_MAX_TOKENS); otherwise it computes every sequence. */

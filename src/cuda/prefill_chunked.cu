@@ -278,6 +278,11 @@ template <typename Act> struct seq_part {
     int64_t V, v0, T, first, read, write;
     int rows_v; /* state rows of this block's slice (< kSlice at the end of V) */
     stage_source<Act> src;
+    __device__ int64_t chunks() const { return (T + kChunk - 1) / kChunk; }
+    __device__ int chunk_len(int64_t ci) const
+    {
+        return (int)(T - ci * kChunk < kChunk ? T - ci * kChunk : kChunk);
+    }
 };
 
 /* false when the block has nothing more to do for sequence n: no tokens; padding (its outputs
@@ -1547,10 +1552,10 @@ __device__ void chunked_sequence_ws(const gdn_problem &p, int64_t n, unsigned ch
     if (!open_sequence<Act>(p, n, sp))
         return;
     const block_coords bc = sp.bc;
-    const int64_t V = sp.V, v0 = sp.v0, T = sp.T, first = sp.first, read = sp.read, write = sp.write;
+    const int64_t V = sp.V, v0 = sp.v0, first = sp.first, read = sp.read, write = sp.write;
     const int rows_v = sp.rows_v;
-    const int64_t chunks = (T + kChunk - 1) / kChunk;
-    auto chunk_len = [&](int64_t ci) { return (int)(T - ci * kChunk < kChunk ? T - ci * kChunk : kChunk); };
+    const int64_t chunks = sp.chunks();
+    auto chunk_len = [&](int64_t ci) { return sp.chunk_len(ci); };
     /* the use of buffer ci % kBuffers that chunk ci is, counted over the block's sequences */
     auto use_of = [&](int64_t ci) {
         const int b = (int)(ci % kBuffers); /* (selects: an indexed uses[] would live on the stack) */
@@ -1840,8 +1845,8 @@ static_assert(split_smem::sb % 16 == 0 && split_smem::bytes + 4096 <= 227 * 1024
 
 /* Chunk ci's rows and record into buffer w, by all 256 threads (one cp.async group). */
 static_assert(kChunkWarps * 32 == 256, "stage_split's thread map");
-__device__ __forceinline__ void stage_split(const gdn_problem &p, const stage_source<bf16> &src, int64_t c0,
-                                            int len, const unsigned char *rec, const ws_buffer &w)
+__device__ __forceinline__ void stage_split(const stage_source<bf16> &src, int64_t c0, int len,
+                                            const unsigned char *rec, const ws_buffer &w)
 {
     const int tid = threadIdx.x;
     if (src.async && src.rows_v == kSlice) {
@@ -1875,7 +1880,6 @@ __device__ __forceinline__ void stage_split(const gdn_problem &p, const stage_so
     for (int i = tid; i < record_layout::image / 16; i += 256)
         copy_async16(reinterpret_cast<uint4 *>(w.tb) + i, rec + 16 * i, true);
     copy_async_commit();
-    (void)p;
 }
 
 /* Sequence n's walk over its chunks with the records of prefill_chunk_local, all 8 warps on the
@@ -1897,10 +1901,10 @@ __device__ void chunked_sequence_split(const gdn_problem &p, int64_t n, unsigned
     if (!open_sequence<Act>(p, n, sp))
         return;
     const block_coords bc = sp.bc;
-    const int64_t V = sp.V, v0 = sp.v0, T = sp.T, first = sp.first, read = sp.read, write = sp.write;
+    const int64_t V = sp.V, v0 = sp.v0, first = sp.first, read = sp.read, write = sp.write;
     const int rows_v = sp.rows_v;
-    const int64_t chunks = (T + kChunk - 1) / kChunk, rec0 = first_record(p, n);
-    auto chunk_len = [&](int64_t ci) { return (int)(T - ci * kChunk < kChunk ? T - ci * kChunk : kChunk); };
+    const int64_t chunks = sp.chunks(), rec0 = first_record(p, n);
+    auto chunk_len = [&](int64_t ci) { return sp.chunk_len(ci); };
 
     /* every record of this sequence must carry its tag (only bad cu_seqlens elsewhere in the call
      * can break that): else the sequence is skipped as bad before anything is written */
@@ -1916,7 +1920,7 @@ __device__ void chunked_sequence_split(const gdn_problem &p, int64_t n, unsigned
     /* chunk ci into buffer ci % 3 by cp.async, one group a chunk (bulk copies of the rows by one
      * warp were 2.3x slower on the H100, 046a0e6: the lanes' copies are issued one after another) */
     auto stage = [&](int64_t ci) {
-        stage_split(p, sp.src, ci * kChunk, chunk_len(ci), record_at(p, rec0 + ci, bc.hv),
+        stage_split(sp.src, ci * kChunk, chunk_len(ci), record_at(p, rec0 + ci, bc.hv),
                     ws_buffer_at(smb, (int)(ci % kBuffers)));
     };
     stage(0);
@@ -2136,8 +2140,7 @@ bool pipelined(void)
 /* The split path: bf16 activations, one term, a workspace that holds the call's records. */
 bool split_for(const gdn_problem &p)
 {
-    if (p.act_dtype != GDN_DTYPE_BF16 || !p.workspace ||
-        p.workspace_bytes < gdn_chunk_records(&p) * p.num_v_heads * GDN_CHUNK_RECORD_BYTES)
+    if (p.act_dtype != GDN_DTYPE_BF16 || !p.workspace) /* (its size: checked by gdn_decode) */
         return false;
     const int forced = __atomic_load_n(&forced_split, __ATOMIC_RELAXED);
     if (forced >= 0)
@@ -2177,12 +2180,6 @@ bool aligned16(const void *ptr, int64_t stride_bytes)
 }
 
 } // namespace
-
-int gdn_cuda_chunked_applies(const gdn_problem *p)
-{
-    return p->num_tokens > GDN_MAX_TOKENS && p->state_layout == GDN_LAYOUT_VK && p->head_dim_k == kRowK &&
-           !p->token_slots && !p->num_accepted;
-}
 
 cudaError_t gdn_cuda_launch_chunked(const gdn_problem *p_in, cudaStream_t stream)
 {
