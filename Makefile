@@ -44,7 +44,7 @@ KIT_OBJ = $(filter-out $(BUILD)/obj/tools/gdn.o $(BUILD)/obj/tools/cmd_%.o,$(TOO
 TEST_OBJ = $(TEST_SRC:%.c=$(BUILD)/obj/%.o)
 
 .PHONY: all lib run test test-gpu bench install clean format help test-sanitize fuzz fuzz-build
-all: lib $(BUILD)/gdn $(BUILD)/test_gdn $(if $(filter 1,$(GDN_CUDA)),$(BUILD)/pdl_layers)
+all: lib $(BUILD)/gdn $(BUILD)/test_gdn $(if $(filter 1,$(GDN_CUDA)),$(BUILD)/pdl_layers $(BUILD)/wgmma_check)
 
 help:
 	@echo "make            build libgdn (shared + static), the gdn command and the tests"
@@ -82,6 +82,11 @@ $(BUILD)/gdn: $(TOOL_OBJ) $(BUILD)/libgdn.a
 
 $(BUILD)/test_gdn: $(TEST_OBJ) $(KIT_OBJ) $(BUILD)/libgdn.a
 	$(LINK) -o $@ $^ $(LIBS)
+
+# The wgmma helpers against a plain product (CUDA only, runs on compute capability 9.0).
+$(BUILD)/wgmma_check: tests/gpu/wgmma_check.cu src/cuda/wgmma.cuh
+	@mkdir -p $(dir $@)
+	$(NVCC) $(BUILD_NVCCFLAGS) -Isrc/cuda $< -o $@
 
 # The layer-pattern benchmark of programmatic dependent launch (CUDA only; bench/pdl_layers.cu).
 $(BUILD)/pdl_layers: bench/pdl_layers.cu include/gdn.h $(BUILD)/libgdn.a

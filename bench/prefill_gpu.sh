@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # On the GPU machine: the chunked prefill's checks and gdn's own timings (issue 13), one call.
 #   bash bench/prefill_gpu.sh OUT [BUILD_DIR...]
-# For each build folder (default build): decode/cuda_prefill_chunked (the four product paths,
+# For each build folder (default build): the wgmma helpers' check (first build, where built),
+# decode/cuda_prefill_chunked (the seven product paths, GDN_TEST_PREFILL_PATHS=4,5,6: some of them;
 # errors printed; PREFILL_TEST_ALL=0: the first build only) and the refused workspaces, then gdn alone on the issue's cases (bench/prefill_tune.py) with the default
-# products (split: gdn.forward passes a workspace), without the split (GDN_PREFILL_SPLIT=0: the
+# products (split: gdn.forward passes a workspace), its walk on mma.sync (GDN_PREFILL_WGMMA=0) and on
+# wgmma with 1, 2 and 4 slices a block (PREFILL_WGMMA=0: not), without the split (PREFILL_FUSED=0: not) (GDN_PREFILL_SPLIT=0: the
 # pipelined single kernel), phase by phase (GDN_PREFILL_PIPELINE=0; PREFILL_PHASED=0: not) and
 # with GDN_PREFILL_PRECISE=1 (PREFILL_PRECISE=0: not). The first build also runs the rest of the cuda tests
 # it touches (cuda_all, the gates test) and compute-sanitizer memcheck and racecheck of the
@@ -23,11 +25,18 @@ mkdir -p "$out"
 first=1
 for b in "${builds[@]}"; do
     tag=$(basename "$b")
+    [ "$first" = 1 ] && [ -x "$b/wgmma_check" ] && step "wgmma-check-$tag" 60 "$b/wgmma_check"
     [ "$first" = 1 ] || [ "${PREFILL_TEST_ALL:-1}" = 1 ] &&
         step "prefill-test-$tag" 300 "$b/test_gdn" decode/cuda_prefill_chunked decode/cuda_prefill_workspace_refused
     step "tune-$tag" 200 env GDN_PREFILL_LABEL="gdn-$tag" python3 bench/prefill_tune.py --lib "$b/libgdn.so" \
         --reps 15 --csv "$out/prefill-tune.csv"
-    step "tune-fused-$tag" 200 env GDN_PREFILL_SPLIT=0 GDN_PREFILL_LABEL="gdn-fused-$tag" \
+    if [ "${PREFILL_WGMMA:-1}" = 1 ]; then
+        for w in 0 1 2 4; do
+            step "tune-wgmma$w-$tag" 200 env GDN_PREFILL_WGMMA=$w GDN_PREFILL_LABEL="gdn-wgmma$w-$tag" \
+                python3 bench/prefill_tune.py --lib "$b/libgdn.so" --reps 15 --csv "$out/prefill-tune.csv"
+        done
+    fi
+    [ "${PREFILL_FUSED:-1}" = 1 ] && step "tune-fused-$tag" 200 env GDN_PREFILL_SPLIT=0 GDN_PREFILL_LABEL="gdn-fused-$tag" \
         python3 bench/prefill_tune.py --lib "$b/libgdn.so" --reps 15 --csv "$out/prefill-tune.csv"
     [ "${PREFILL_PHASED:-1}" = 1 ] && step "tune-phased-$tag" 200 env GDN_PREFILL_SPLIT=0 GDN_PREFILL_PIPELINE=0 \
         GDN_PREFILL_LABEL="gdn-phased-$tag" python3 bench/prefill_tune.py --lib "$b/libgdn.so" --reps 15 \

@@ -341,22 +341,44 @@ static void prefill_chunked_cases(gdn_backend backend)
     expect_pass(c, backend, 1);
 }
 
-/* The three ways of the chunked products: three bf16 terms within the library's output tolerances
- * and GDN_TC3_STATE_REL; one term (the default with bf16 activations), pipelined and phase by
- * phase, within the tensor-core tolerances. */
+/* Whether the prefill path tests run path `path`: GDN_TEST_PREFILL_PATHS (e.g. "4,5,6") names
+ * some of them (a GPU run that only needs the new ones); unset: all. */
+static int prefill_path_on(int path)
+{
+    const char *only = getenv("GDN_TEST_PREFILL_PATHS");
+    if (!only || !*only)
+        return 1;
+    for (const char *c = only; *c; c++)
+        if (*c - '0' == path && (c == only || c[-1] == ',') && (c[1] == ',' || c[1] == '\0'))
+            return 1;
+    return 0;
+}
+
+/* The ways of the chunked products: three bf16 terms within the library's output tolerances and
+ * GDN_TC3_STATE_REL; one term (the default with bf16 activations), pipelined, phase by phase and
+ * split (with a workspace; its walk on mma.sync, and on wgmma with 1, 2 and 4 slices a block
+ * where the GPU is sm_90: elsewhere those three are the mma.sync walk again), within the
+ * tensor-core tolerances. */
 static void cuda_prefill_chunked(void)
 {
     if (!cuda_present())
         return;
     print_errors = 1;
-    static const char *const paths[] = {"3-term products", "1-term products, pipelined",
+    static const char *const paths[] = {"3-term products",
+                                        "1-term products, pipelined",
                                         "1-term products, phase by phase",
-                                        "1-term products, split (workspace)"};
-    for (int path = 0; path < 4; path++) {
+                                        "1-term products, split (workspace), mma.sync walk",
+                                        "1-term products, split, wgmma walk of 1 slice a block",
+                                        "1-term products, split, wgmma walk of 2 slices a block",
+                                        "1-term products, split, wgmma walk of 4 slices a block"};
+    for (int path = 0; path < 7; path++) {
+        if (!prefill_path_on(path))
+            continue;
         gdn_cuda_chunked_force_precise(path == 0);
         gdn_cuda_chunked_force_pipeline(path == 1);
-        gdn_cuda_chunked_force_split(path == 3);
-        case_workspace = path == 3;
+        gdn_cuda_chunked_force_split(path >= 3);
+        gdn_cuda_chunked_force_wgmma(path >= 4 ? 1 << (path - 4) : 0);
+        case_workspace = path >= 3;
         tc_all = path == 0 ? 3 : 1;
         snprintf(config_note, sizeof config_note, "%s", paths[path]);
         prefill_chunked_cases(GDN_BACKEND_CUDA);
@@ -364,6 +386,7 @@ static void cuda_prefill_chunked(void)
     gdn_cuda_chunked_force_precise(-1);
     gdn_cuda_chunked_force_pipeline(-1);
     gdn_cuda_chunked_force_split(-1);
+    gdn_cuda_chunked_force_wgmma(-1);
     case_workspace = 0;
     tc_all = print_errors = 0;
     config_note[0] = '\0';
@@ -395,12 +418,15 @@ static void cuda_sanitize_prefill(void)
 {
     if (!cuda_present())
         return;
-    for (int path = 0; path < 4; path++) {
+    for (int path = 0; path < 7; path++) {
+        if (!prefill_path_on(path))
+            continue;
         const int precise = path == 0;
         gdn_cuda_chunked_force_precise(precise);
         gdn_cuda_chunked_force_pipeline(path == 1);
-        gdn_cuda_chunked_force_split(path == 3);
-        case_workspace = path == 3;
+        gdn_cuda_chunked_force_split(path >= 3);
+        gdn_cuda_chunked_force_wgmma(path >= 4 ? 1 << (path - 4) : 0);
+        case_workspace = path >= 3;
         for (int i = 0; i < 3; i++) {
             decode_case c = base(3, 1, 2, 128, i == 2 ? 48 : 128);
             c.num_tokens = 70 + 30 * i, c.varlen = 1, c.padding = i == 1, c.zero_init = i == 0;
@@ -413,6 +439,7 @@ static void cuda_sanitize_prefill(void)
     gdn_cuda_chunked_force_precise(-1);
     gdn_cuda_chunked_force_pipeline(-1);
     gdn_cuda_chunked_force_split(-1);
+    gdn_cuda_chunked_force_wgmma(-1);
     case_workspace = 0;
 }
 

@@ -74,6 +74,10 @@ void gdn_cuda_chunked_force_pipeline(int pipelined);
  * first, then the walk over the chunks; the default, GDN_PREFILL_SPLIT=0 turns it off), 0 = as
  * without a workspace, negative = the default. */
 void gdn_cuda_chunked_force_split(int split);
+/* The split path's walk on a GPU of compute capability 9.0: 1, 2 or 4 = on wgmma with that many
+ * warpgroups (slices of 32 state rows) a block, 0 = on mma.sync (the only walk elsewhere),
+ * negative = the default (GDN_PREFILL_WGMMA=0/1/2/4, else by the call's token count). */
+void gdn_cuda_chunked_force_wgmma(int slices);
 
 #ifdef __cplusplus
 }

@@ -32,6 +32,7 @@ void gdn_cuda_force_config(gdn_cuda_kernel kernel, int config) { (void)kernel, (
 void gdn_cuda_chunked_force_precise(int precise) { (void)precise; }
 void gdn_cuda_chunked_force_pipeline(int pipelined) { (void)pipelined; }
 void gdn_cuda_chunked_force_split(int split) { (void)split; }
+void gdn_cuda_chunked_force_wgmma(int slices) { (void)slices; }
 
 void gdn_cuda_config_name(gdn_cuda_kernel kernel, int config, char *buf, size_t size)
 {

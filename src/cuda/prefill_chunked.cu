@@ -42,6 +42,7 @@
 #include "device_common.cuh"
 #include "kernels.h"
 #include "vk128_rows.cuh"
+#include "wgmma.cuh"
 
 namespace
 {
@@ -276,7 +277,7 @@ __device__ __forceinline__ bool chunked_owns(const gdn_problem &p, int64_t n)
 template <typename Act> struct seq_part {
     block_coords bc;
     int64_t V, v0, T, first, read, write;
-    int rows_v; /* state rows of this block's slice (< kSlice at the end of V) */
+    int rows_v; /* state rows of this block's slices (fewer at the end of V) */
     stage_source<Act> src;
     __device__ int64_t chunks() const { return (T + kChunk - 1) / kChunk; }
     __device__ int chunk_len(int64_t ci) const
@@ -286,15 +287,16 @@ template <typename Act> struct seq_part {
 };
 
 /* false when the block has nothing more to do for sequence n: no tokens; padding (its outputs
- * zeroed, no state); bad cu_seqlens or slots (counted for the error flag, nothing written). */
+ * zeroed, no state); bad cu_seqlens or slots (counted for the error flag, nothing written). A
+ * block holds `slices` consecutive slices of kSlice state rows (rows_v: all of them together). */
 template <typename Act>
-__device__ __forceinline__ bool open_sequence(const gdn_problem &p, int64_t n, seq_part<Act> &sp)
+__device__ __forceinline__ bool open_sequence(const gdn_problem &p, int64_t n, seq_part<Act> &sp, int slices = 1)
 {
     block_coords &bc = sp.bc;
     bc.n = n, bc.hv = blockIdx.y;
     bc.h = p.head_map == GDN_HEAD_MAP_TILED ? bc.hv % p.num_q_heads : bc.hv / (p.num_v_heads / p.num_q_heads);
-    const int64_t V = p.head_dim_v, v0 = (int64_t)blockIdx.x * kSlice;
-    const int rows_v = (int)(V - v0 < kSlice ? V - v0 : kSlice);
+    const int64_t V = p.head_dim_v, v0 = (int64_t)blockIdx.x * slices * kSlice;
+    const int rows_v = (int)(V - v0 < slices * kSlice ? V - v0 : slices * kSlice);
     const int64_t T = gdn_seq_tokens(&p, bc.n), first = gdn_first_token_row(&p, bc.n);
     if (T < 0 || first < 0) {
         skip_bad_row(p);
@@ -2009,6 +2011,331 @@ __device__ void chunked_sequence_split(const gdn_problem &p, int64_t n, unsigned
     __syncthreads(); /* the next sequence reuses the shared memory */
 }
 
+/* ---- the walk on wgmma (sm_90a): one warpgroup per slice of 32 state rows ------------------
+ *
+ * The split path's walk issues ~610 instructions a warp a chunk on mma.sync, most of them to move
+ * the B fragments (the state, Z', U') from shared memory into registers and to issue one mma per
+ * 16 x 8 tile. Hopper's wgmma reads B straight from shared memory through a descriptor and does a
+ * 64 x 32 x 16 product in one instruction for the whole warpgroup, so each warpgroup here carries
+ * the complete chunk of its slice in ~32 wgmma and a few dozen other instructions:
+ * with the state transposed (S^T, k x v, is the accumulator):
+ *     Z  = K S^T                 (A = K rows by descriptor, B = S as bf16, 8 k-steps)
+ *     O  = Q S^T                 (the outputs' first term, issued with Z)
+ *     Z' = beta rk (v - gam rk Z) -> shared memory as B
+ *     U' = T Z'                  (A = T from the record by ldmatrix, 4 k-steps)
+ *     O  = gam rq O + P U'       (A = P by ldmatrix)
+ *     S^T = e^{G_last} S^T + K^T (U' e^{G_last - G_t})  (A = K^T by ldmatrix.trans, M = 128 as two tiles)
+ * A block holds WGS warpgroups on WGS consecutive slices of the same head; they share the staged
+ * chunk (q, k, the record) and keep their own chains apart (named barrier per warpgroup, one
+ * block barrier a chunk for the staging buffers). WGS = 1 puts one slice on each multiprocessor
+ * (few sequences: latency decides), WGS = 4 a whole head (many sequences: the staging and the
+ * tensor cores decide).
+ *
+ * Every B operand (and the A operands read by descriptor: q and k) lies in shared memory in the
+ * core-matrix layout of wgmma.cuh. */
+
+/* Shared memory of the wgmma walk, in bytes: the chunk buffers (q and k in the core-matrix layout,
+ * the v columns of the block's slices, the record's image), then per warpgroup S, Z', U' and
+ * U' e^{G_last - G_t} as bf16 B operands. Three buffers but two with four warpgroups (227 KiB). */
+template <int WGS> struct wg_smem {
+    static constexpr int buffers = WGS == 4 ? 2 : 3;
+    static constexpr int ldv = kSlice * WGS + 8; /* bf16 between rows of v */
+    static constexpr int qb = 0;                 /* [C][128] core */
+    static constexpr int kb = qb + kChunk * kRowK * 2;
+    static constexpr int vb = kb + kChunk * kRowK * 2; /* [C][ldv] */
+    static constexpr int tb = vb + kChunk * ldv * 2;   /* the record's T, P and gates */
+    static constexpr int buffer = tb + record_layout::image;
+    static constexpr int groups = buffers * buffer;
+    static constexpr int sv = 0;                        /* [32][128] core: S (v x k) */
+    static constexpr int zv = sv + kSlice * kRowK * 2;  /* [32][64] core: Z' (v x t) */
+    static constexpr int uv = zv + kSlice * kChunk * 2; /* [32][64] core: U' */
+    static constexpr int udv = uv + kSlice * kChunk * 2;
+    static constexpr int group = udv + kSlice * kChunk * 2;
+    static constexpr int bytes = groups + WGS * group;
+};
+static_assert(wg_smem<1>::buffer % 128 == 0 && wg_smem<2>::buffer % 128 == 0 && wg_smem<4>::buffer % 128 == 0,
+              "buffers on 128-byte boundaries");
+
+/* Chunk rows [c0, c0 + len) and the record into the buffer at `buf`, by every thread of the block. */
+template <int WGS>
+__device__ __forceinline__ void stage_wg(const stage_source<bf16> &src, int64_t c0, int len, int cols_v,
+                                         const unsigned char *rec, unsigned char *buf)
+{
+    typedef wg_smem<WGS> L;
+    constexpr int threads = 128 * WGS;
+    const int tid = threadIdx.x;
+    unsigned char *const qb = buf + L::qb, *const kb = buf + L::kb;
+    bf16 *const vb = reinterpret_cast<bf16 *>(buf + L::vb);
+    if (src.async && cols_v == kSlice * WGS) {
+#pragma unroll
+        for (int i = tid; i < kChunk * 16; i += threads) {
+            const int r = i / 16, c = 8 * (i % 16);
+            const bool real = r < len;
+            copy_async16(reinterpret_cast<uint4 *>(qb + core_offset<kRowK>(r, c)),
+                         real ? src.q + (c0 + r) * src.q_stride + c : src.q, real);
+            copy_async16(reinterpret_cast<uint4 *>(kb + core_offset<kRowK>(r, c)),
+                         real ? src.k + (c0 + r) * src.k_stride + c : src.k, real);
+        }
+#pragma unroll
+        for (int i = tid; i < kChunk * 4 * WGS; i += threads) {
+            const int r = i / (4 * WGS), c = 8 * (i % (4 * WGS));
+            const bool real = r < len;
+            copy_async16(reinterpret_cast<uint4 *>(vb + r * L::ldv + c),
+                         real ? src.v + (c0 + r) * src.v_stride + c : src.v, real);
+        }
+    } else {
+        const bf16 zero = __float2bfloat16_rn(0.0f);
+        for (int i = tid; i < kChunk * kRowK; i += threads) {
+            const int r = i / kRowK, c = i % kRowK;
+            *reinterpret_cast<bf16 *>(qb + core_offset<kRowK>(r, c)) =
+                r < len ? src.q[(c0 + r) * src.q_stride + c] : zero;
+            *reinterpret_cast<bf16 *>(kb + core_offset<kRowK>(r, c)) =
+                r < len ? src.k[(c0 + r) * src.k_stride + c] : zero;
+        }
+        for (int i = tid; i < kChunk * kSlice * WGS; i += threads) {
+            const int r = i / (kSlice * WGS), c = i % (kSlice * WGS);
+            vb[r * L::ldv + c] = r < len && c < cols_v ? src.v[(c0 + r) * src.v_stride + c] : zero;
+        }
+    }
+    for (int i = tid; i < record_layout::image / 16; i += threads)
+        copy_async16(reinterpret_cast<uint4 *>(buf + L::tb) + i, rec + 16 * i, true);
+    copy_async_commit();
+}
+
+/* Sequence n's walk for the block's WGS slices, warpgroup wg on slice blockIdx.x * WGS + wg. The
+ * state of the slice is the accumulator of S^T (k x v): st[mt] holds rows k = 64 mt + 16 w + g (+ 8),
+ * columns v = 8 j + 2 t4 (+ 1) for warp w of the warpgroup, as wgmma's accumulator layout has it. */
+template <typename St, int WGS>
+__device__ void chunked_sequence_wgmma(const gdn_problem &p, int64_t n, unsigned char *smb)
+{
+    typedef wg_smem<WGS> L;
+    const int lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
+    const int wg = threadIdx.x / 128, wq = (threadIdx.x / 32) % 4;
+    seq_part<bf16> sp;
+    if (!open_sequence<bf16>(p, n, sp, WGS))
+        return;
+    const block_coords bc = sp.bc;
+    const int64_t V = sp.V, first = sp.first, read = sp.read, write = sp.write;
+    const int64_t v0 = sp.v0 + kSlice * wg; /* this warpgroup's first state row */
+    const int rows = (int)(V - v0 < kSlice ? V - v0 : kSlice); /* (<= 0: a warpgroup past V, all zeros) */
+    const int64_t chunks = sp.chunks(), rec0 = first_record(p, n);
+
+    int mismatch = 0;
+    for (int64_t ci = threadIdx.x; ci < chunks; ci += blockDim.x)
+        mismatch |= *reinterpret_cast<const int64_t *>(record_at(p, rec0 + ci, bc.hv) + record_layout::tag) !=
+                    record_tag(n, ci);
+    if (__syncthreads_or(mismatch)) {
+        skip_bad_row(p);
+        return;
+    }
+    auto stage = [&](int64_t ci) {
+        stage_wg<WGS>(sp.src, ci * kChunk, sp.chunk_len(ci), sp.rows_v, record_at(p, rec0 + ci, bc.hv),
+                      smb + (ci % L::buffers) * L::buffer);
+    };
+    stage(0);
+    if (L::buffers > 2 && chunks > 1)
+        stage(1);
+    else
+        copy_async_commit();
+
+    unsigned char *const grp = smb + L::groups + wg * L::group;
+    const unsigned sv_at = smem_u32(grp + L::sv), zv_at = smem_u32(grp + L::zv);
+    const unsigned uv_at = smem_u32(grp + L::uv), udv_at = smem_u32(grp + L::udv);
+    const bool pairs = rows == kSlice && reinterpret_cast<uintptr_t>(p.out) % 4 == 0 && p.out_stride % 2 == 0 &&
+                       (bc.hv * V + v0) % 2 == 0;
+
+    /* the initial state (zeros without one) and its bf16 image */
+    float st[2][16];
+    {
+        const bool zero = gdn_zero_initial_state(&p, bc.n);
+        const St *tile = static_cast<const St *>(p.state_pool) + gdn_tile_offset(&p, read, bc.hv) + v0 * kRowK;
+#pragma unroll
+        for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+            for (int i = 0; i < 16; i++) {
+                const int k = 64 * mt + 16 * wq + g + 8 * ((i >> 1) & 1), v = 8 * (i >> 2) + 2 * t4 + (i & 1);
+                st[mt][i] = !zero && v < rows ? to_float<St>(tile[v * kRowK + k]) : 0.0f;
+                *reinterpret_cast<bf16 *>(grp + L::sv + core_offset<kRowK>(v, k)) = __float2bfloat16_rn(st[mt][i]);
+            }
+    }
+    const int pipe = L::buffers - 1; /* chunks staged ahead */
+    for (int64_t ci = 0; ci < chunks; ci++) {
+        const int64_t c0 = ci * kChunk;
+        const int len = sp.chunk_len(ci);
+        unsigned char *const buf = smb + (ci % L::buffers) * L::buffer;
+        if (L::buffers > 2)
+            copy_async_wait<1>();
+        else
+            copy_async_wait<0>();
+        fence_async_smem(); /* the staged rows and this warpgroup's S image, for wgmma */
+        __syncthreads();    /* chunk ci has landed; buffer (ci + pipe) % buffers is free */
+        if (ci + pipe < chunks)
+            stage(ci + pipe);
+        else
+            copy_async_commit();
+        const unsigned qb_at = smem_u32(buf + L::qb), kb_at = smem_u32(buf + L::kb);
+        const bf16 *const vb = reinterpret_cast<const bf16 *>(buf + L::vb) + kSlice * wg;
+        const bf16 *const tb = reinterpret_cast<const bf16 *>(buf + L::tb);
+        const bf16 *const pb = tb + kChunk * kLdP;
+        const float *const gam = reinterpret_cast<const float *>(buf + L::tb + record_layout::gates);
+        const float *const dec = gam + kChunk, *const beta = dec + kChunk, *const rq = beta + kChunk,
+                           *const rk = rq + kChunk;
+
+        /* Z = K S^T and O = Q S^T */
+        float z[16], o[16];
+#pragma unroll
+        for (int i = 0; i < 16; i++)
+            z[i] = 0.0f, o[i] = 0.0f;
+        wg_hold(z), wg_hold(o);
+        wg_fence();
+#pragma unroll
+        for (int ks = 0; ks < kRowK / 16; ks++)
+            wgmma_ss(z, core_desc<kRowK>(kb_at + 256 * ks), core_desc<kRowK>(sv_at + 256 * ks));
+        wg_commit();
+#pragma unroll
+        for (int ks = 0; ks < kRowK / 16; ks++)
+            wgmma_ss(o, core_desc<kRowK>(qb_at + 256 * ks), core_desc<kRowK>(sv_at + 256 * ks));
+        wg_commit();
+        wg_wait<1>();
+        wg_hold(z);
+
+        /* Z' = beta rk (v - gam rk Z) as the B operand of U' = T Z' */
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const int t = 16 * wq + g + 8 * h;
+            const float bt = beta[t] * rk[t], gk = gam[t] * rk[t];
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                const int v = 8 * j + 2 * t4;
+                const float2 x = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(vb + t * L::ldv + v));
+                *reinterpret_cast<bf16 *>(grp + L::zv + core_offset<kChunk>(v, t)) =
+                    __float2bfloat16_rn(bt * (x.x - gk * z[4 * j + 2 * h]));
+                *reinterpret_cast<bf16 *>(grp + L::zv + core_offset<kChunk>(v + 1, t)) =
+                    __float2bfloat16_rn(bt * (x.y - gk * z[4 * j + 2 * h + 1]));
+            }
+        }
+        fence_async_smem();
+        named_sync(1 + wg, 128);
+
+        /* U' = T Z' */
+        float u[16];
+#pragma unroll
+        for (int i = 0; i < 16; i++)
+            u[i] = 0.0f;
+        unsigned ta[4][4];
+#pragma unroll
+        for (int ks = 0; ks < 4; ks++)
+            ldsm_x4(ta[ks], frag_a_rows(tb, kLdP, 16 * wq, 16 * ks));
+        wg_hold(u);
+        wg_fence();
+#pragma unroll
+        for (int ks = 0; ks < 4; ks++)
+            wgmma_rs(u, ta[ks], core_desc<kChunk>(zv_at + 256 * ks));
+        wg_commit();
+        wg_wait<0>();
+        wg_hold(u), wg_hold(o);
+
+        /* U' and U' e^{G_last - G_t} as B operands; the first output term and the state decayed */
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const int t = 16 * wq + g + 8 * h;
+            const float f = dec[t], gq = gam[t] * rq[t];
+#pragma unroll
+            for (int j = 0; j < 4; j++)
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    const int v = 8 * j + 2 * t4 + e, i = 4 * j + 2 * h + e;
+                    *reinterpret_cast<bf16 *>(grp + L::uv + core_offset<kChunk>(v, t)) = __float2bfloat16_rn(u[i]);
+                    *reinterpret_cast<bf16 *>(grp + L::udv + core_offset<kChunk>(v, t)) =
+                        __float2bfloat16_rn(u[i] * f);
+                    o[i] *= gq;
+                }
+        }
+        const float keep = gam[kChunk - 1];
+#pragma unroll
+        for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+            for (int i = 0; i < 16; i++)
+                st[mt][i] *= keep;
+        fence_async_smem();
+        named_sync(1 + wg, 128);
+
+        /* O += P U' and S^T += K^T (U' dec); the A fragments stay live until their group is
+         * done, so four warpgroups (128 registers) take the two halves of k one after the other */
+        constexpr int halves = WGS == 4 ? 2 : 1;
+#pragma unroll
+        for (int part = 0; part < halves; part++) {
+            constexpr int per = 2 / halves;
+            unsigned pa[4][4], ka[per][4][4];
+#pragma unroll
+            for (int ks = 0; ks < 4; ks++) {
+                if (part == 0)
+                    ldsm_x4(pa[ks], frag_a_rows(pb, kLdP, 16 * wq, 16 * ks));
+#pragma unroll
+                for (int m = 0; m < per; m++) {
+                    /* K^T rows k = 64 mt + 16 wq.., columns t = 16 ks..: k's 16-byte pieces, transposed */
+                    const int mt = part * per + m;
+                    const int t = 16 * ks + lane % 8 + 8 * (lane / 16), k = 64 * mt + 16 * wq + 8 * ((lane / 8) % 2);
+                    ldsm_x4_t(ka[m][ks], reinterpret_cast<const bf16 *>(buf + L::kb + core_offset<kRowK>(t, k)));
+                }
+            }
+            wg_hold(o), wg_hold(st[0]), wg_hold(st[1]);
+            wg_fence();
+            if (part == 0)
+#pragma unroll
+                for (int ks = 0; ks < 4; ks++)
+                    wgmma_rs(o, pa[ks], core_desc<kChunk>(uv_at + 256 * ks));
+#pragma unroll
+            for (int m = 0; m < per; m++)
+#pragma unroll
+                for (int ks = 0; ks < 4; ks++)
+                    wgmma_rs(st[part * per + m], ka[m][ks], core_desc<kChunk>(udv_at + 256 * ks));
+            wg_commit();
+            wg_wait<0>();
+            wg_hold(o), wg_hold(st[0]), wg_hold(st[1]);
+        }
+
+        /* the outputs of tokens < len, rows < rows; S as bf16 for the next chunk */
+        bf16 *const orow = static_cast<bf16 *>(p.out) + (first + c0) * p.out_stride + bc.hv * V + v0;
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const int t = 16 * wq + g + 8 * h;
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                const int v = 8 * j + 2 * t4, i = 4 * j + 2 * h;
+                if (pairs && t < len)
+                    store_bf16_pair(orow + t * p.out_stride + v, o[i], o[i + 1]);
+                else if (t < len) {
+                    if (v < rows)
+                        orow[t * p.out_stride + v] = __float2bfloat16_rn(o[i]);
+                    if (v + 1 < rows)
+                        orow[t * p.out_stride + v + 1] = __float2bfloat16_rn(o[i + 1]);
+                }
+            }
+        }
+#pragma unroll
+        for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+            for (int i = 0; i < 16; i++) {
+                const int k = 64 * mt + 16 * wq + g + 8 * ((i >> 1) & 1), v = 8 * (i >> 2) + 2 * t4 + (i & 1);
+                *reinterpret_cast<bf16 *>(grp + L::sv + core_offset<kRowK>(v, k)) = __float2bfloat16_rn(st[mt][i]);
+            }
+    }
+    copy_async_wait<0>();
+    if (write >= 0) {
+        St *tile = static_cast<St *>(p.state_pool) + gdn_tile_offset(&p, write, bc.hv) + v0 * kRowK;
+#pragma unroll
+        for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+            for (int i = 0; i < 16; i++) {
+                const int k = 64 * mt + 16 * wq + g + 8 * ((i >> 1) & 1), v = 8 * (i >> 2) + 2 * t4 + (i & 1);
+                if (v < rows)
+                    tile[v * kRowK + k] = from_float<St>(st[mt][i]);
+            }
+    }
+    __syncthreads(); /* the next sequence reuses the shared memory */
+}
+
 /*
  * Grid: x = slice of state rows, y = value head, z = a group of sequences. The host cannot see
  * which sequences are long (cu_seqlens stays on the device), and a grid of one z per sequence
@@ -2019,13 +2346,40 @@ __device__ void chunked_sequence_split(const gdn_problem &p, int64_t n, unsigned
 /* How a kernel computes its chunks: three-term products, one term phase by phase, one term pipelined. */
 enum chunk_path { kPathPrecise = 0, kPathTc1 = 1, kPathPipelined = 2, kPathSplit = 3 };
 
+/* One round of the ranking: sequences n0 .. n0 + blockDim.x - 1 that this kernel owns, ranked in
+ * order after the ranked_before of earlier rounds; the block's (rank % gridDim.z == blockIdx.z)
+ * land in mine. Returns their count. */
+template <int WARPS>
+__device__ __forceinline__ int rank_round(const gdn_problem &p, int64_t n0, int64_t &ranked_before, int64_t *mine,
+                                          int *warp_counts, int &mine_count)
+{
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const int64_t n = n0 + threadIdx.x;
+    const bool owned = n < p.num_seqs && chunked_owns(p, n);
+    const unsigned ballot = __ballot_sync(kFullMask, owned);
+    if (lane == 0)
+        warp_counts[warp] = __popc(ballot);
+    if (threadIdx.x == 0)
+        mine_count = 0;
+    __syncthreads();
+    int64_t rank = ranked_before + __popc(ballot & ((1u << lane) - 1u)), total = 0;
+    for (int w = 0; w < WARPS; w++) {
+        rank += w < warp ? warp_counts[w] : 0;
+        total += warp_counts[w];
+    }
+    if (owned && rank % gridDim.z == blockIdx.z)
+        mine[atomicAdd(&mine_count, 1)] = n;
+    ranked_before += total;
+    __syncthreads();
+    return mine_count;
+}
+
 template <typename Act, typename St, int PATH>
 __global__ void __launch_bounds__(kChunkWarps * 32, 1) prefill_chunked_vk128(const gdn_problem p)
 {
     extern __shared__ __align__(16) float sm[];
     __shared__ int64_t mine[kChunkWarps * 32];
     __shared__ int warp_counts[kChunkWarps], mine_count;
-    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     int64_t ranked_before = 0;
     unsigned uses[kBuffers] = {0, 0, 0}; /* (the pipelined path's buffers) */
     if constexpr (PATH == kPathPipelined && std::is_same<Act, bf16>::value) {
@@ -2036,24 +2390,7 @@ __global__ void __launch_bounds__(kChunkWarps * 32, 1) prefill_chunked_vk128(con
         /* (the ranking below passes a __syncthreads before any sequence) */
     }
     for (int64_t n0 = 0; n0 < p.num_seqs; n0 += blockDim.x) {
-        const int64_t n = n0 + threadIdx.x;
-        const bool owned = n < p.num_seqs && chunked_owns(p, n);
-        const unsigned ballot = __ballot_sync(kFullMask, owned);
-        if (lane == 0)
-            warp_counts[warp] = __popc(ballot);
-        if (threadIdx.x == 0)
-            mine_count = 0;
-        __syncthreads();
-        int64_t rank = ranked_before + __popc(ballot & ((1u << lane) - 1u)), total = 0;
-        for (int w = 0; w < kChunkWarps; w++) {
-            rank += w < warp ? warp_counts[w] : 0;
-            total += warp_counts[w];
-        }
-        if (owned && rank % gridDim.z == blockIdx.z)
-            mine[atomicAdd(&mine_count, 1)] = n;
-        ranked_before += total;
-        __syncthreads();
-        const int count = mine_count;
+        const int count = rank_round<kChunkWarps>(p, n0, ranked_before, mine, warp_counts, mine_count);
         for (int i = 0; i < count; i++)
             if constexpr (PATH == kPathPrecise)
                 chunked_sequence<Act, St, true>(p, mine[i], sm);
@@ -2063,6 +2400,22 @@ __global__ void __launch_bounds__(kChunkWarps * 32, 1) prefill_chunked_vk128(con
                 chunked_sequence_split<St>(p, mine[i], reinterpret_cast<unsigned char *>(sm));
             else
                 chunked_sequence_tc1<Act, St>(p, mine[i], reinterpret_cast<unsigned char *>(sm));
+        __syncthreads(); /* mine and the counts are rewritten by the next round */
+    }
+}
+
+/* The wgmma walk's kernel: WGS warpgroups a block on WGS slices of a head; the grid as above. */
+template <typename St, int WGS>
+__global__ void __launch_bounds__(128 * WGS, 1) prefill_walk_wgmma(const gdn_problem p)
+{
+    extern __shared__ __align__(128) unsigned char wsm[];
+    __shared__ int64_t mine[128 * WGS];
+    __shared__ int warp_counts[4 * WGS], mine_count;
+    int64_t ranked_before = 0;
+    for (int64_t n0 = 0; n0 < p.num_seqs; n0 += blockDim.x) {
+        const int count = rank_round<4 * WGS>(p, n0, ranked_before, mine, warp_counts, mine_count);
+        for (int i = 0; i < count; i++)
+            chunked_sequence_wgmma<St, WGS>(p, mine[i], wsm);
         __syncthreads(); /* mine and the counts are rewritten by the next round */
     }
 }
@@ -2100,7 +2453,25 @@ cudaError_t launch_chunk_local(const gdn_problem &p, cudaStream_t stream)
     return cudaGetLastError();
 }
 
+/* The wgmma walk with WGS slices a block, after the chunk-local kernel. */
+template <typename St, int WGS> cudaError_t launch_wgmma_walk(const gdn_problem &p, cudaStream_t stream)
+{
+    const auto kernel = prefill_walk_wgmma<St, WGS>;
+    const int bytes = wg_smem<WGS>::bytes;
+    const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+    if (err != cudaSuccess)
+        return err;
+    const int64_t slices = (p.head_dim_v + kSlice - 1) / kSlice, blocks = (slices + WGS - 1) / WGS;
+    const int64_t per_group = blocks * p.num_v_heads;
+    int64_t groups = (2 * sm_count() + per_group - 1) / per_group;
+    groups = groups < 1 ? 1 : groups > p.num_seqs ? p.num_seqs : groups;
+    const dim3 grid((unsigned)blocks, (unsigned)p.num_v_heads, (unsigned)groups);
+    kernel<<<grid, 128 * WGS, (size_t)bytes, stream>>>(p);
+    return cudaGetLastError();
+}
+
 int forced_precise = -1;  /* gdn_cuda_chunked_force_precise; -1 = by dtype and env */
+int forced_wgmma = -1;    /* gdn_cuda_chunked_force_wgmma; -1 = by env and the call's shape */
 int forced_split = -1;    /* gdn_cuda_chunked_force_split; -1 = by env */
 int forced_pipeline = -1; /* gdn_cuda_chunked_force_pipeline; -1 = by env */
 
@@ -2149,14 +2520,54 @@ bool split_for(const gdn_problem &p)
     return env_switch("GDN_PREFILL_SPLIT", &env, 1) != 0;
 }
 
+/* Slices a block of the wgmma walk for a split call (0: the mma.sync walk). wgmma is sm_90a code:
+ * compute capability 9.0 only. By default: one slice a block while one block a multiprocessor
+ * covers the sequences (as many as the longest one, num_tokens, fits in token_rows: the host
+ * cannot read cu_seqlens), else two, else a whole head (four slices of qwen3-next's 128 rows). */
+int wgmma_slices(const gdn_problem &p)
+{
+    static int cc = -1;
+    int c = __atomic_load_n(&cc, __ATOMIC_RELAXED);
+    if (c < 0) {
+        c = 10 * cc_major() + device_attribute<cudaDevAttrComputeCapabilityMinor>(0);
+        __atomic_store_n(&cc, c, __ATOMIC_RELAXED);
+    }
+    if (c != 90)
+        return 0;
+    int wgs = __atomic_load_n(&forced_wgmma, __ATOMIC_RELAXED);
+    if (wgs < 0) {
+        static int env = -2; /* -1: unset or unreadable */
+        int e = __atomic_load_n(&env, __ATOMIC_RELAXED);
+        if (e == -2) {
+            const char *s = getenv("GDN_PREFILL_WGMMA");
+            e = s && (s[0] == '0' || s[0] == '1' || s[0] == '2' || s[0] == '4') && !s[1] ? s[0] - '0' : -1;
+            __atomic_store_n(&env, e, __ATOMIC_RELAXED);
+        }
+        wgs = e;
+    }
+    if (wgs >= 0)
+        return wgs == 1 || wgs == 2 || wgs == 4 ? wgs : 0;
+    int64_t seqs = p.token_rows / (p.num_tokens > 0 ? p.num_tokens : 1);
+    seqs = seqs < 1 ? 1 : seqs > p.num_seqs ? p.num_seqs : seqs;
+    const int64_t blocks = seqs * p.num_v_heads * ((p.head_dim_v + kSlice - 1) / kSlice), sms = sm_count();
+    return blocks <= sms ? 1 : blocks <= 2 * sms ? 2 : 4;
+}
+
 template <typename Act, typename St> cudaError_t launch_state(const gdn_problem &p, cudaStream_t stream)
 {
     if (precise_for(p))
         return launch_typed<Act, St, kPathPrecise>(p, stream);
     if constexpr (std::is_same<Act, bf16>::value) {
         if (split_for(p)) {
-            const cudaError_t err = launch_chunk_local(p, stream);
-            return err != cudaSuccess ? err : launch_typed<Act, St, kPathSplit>(p, stream);
+            cudaError_t err = launch_chunk_local(p, stream);
+            if (err != cudaSuccess)
+                return err;
+            switch (wgmma_slices(p)) {
+            case 1: return launch_wgmma_walk<St, 1>(p, stream);
+            case 2: return launch_wgmma_walk<St, 2>(p, stream);
+            case 4: return launch_wgmma_walk<St, 4>(p, stream);
+            default: return launch_typed<Act, St, kPathSplit>(p, stream);
+            }
         }
     }
     /* the pipelined path needs ~215 KiB of shared memory a block: Hopper's 227, not an A100's 163
@@ -2202,6 +2613,11 @@ void gdn_cuda_chunked_force_precise(int precise)
 void gdn_cuda_chunked_force_split(int split)
 {
     __atomic_store_n(&forced_split, split >= 0 ? (split != 0) : -1, __ATOMIC_RELAXED);
+}
+
+void gdn_cuda_chunked_force_wgmma(int slices)
+{
+    __atomic_store_n(&forced_wgmma, slices >= 0 ? slices : -1, __ATOMIC_RELAXED);
 }
 
 void gdn_cuda_chunked_force_pipeline(int pipelined)
