@@ -55,12 +55,12 @@ for b in "${builds[@]}"; do
     fi
     if [ "${PREFILL_NCU:-0}" = 1 ] && { [ "$first" = 1 ] || [ "${PREFILL_NCU_ALL:-1}" = 1 ]; }; then
         ncu=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
-        step "ncu-$tag" 180 "$ncu" --set full --kernel-name regex:prefill_chunk --launch-count 2 \
+        step "ncu-$tag" 180 "$ncu" --set full --kernel-name regex:prefill_ --launch-count 2 \
             --print-details all python3 bench/prefill_tune.py --lib "$b/libgdn.so" --reps 1 --cases 1x4096 \
             --shapes qwen3-next
         # per-instruction counts and stall samples (SASS; source lines where built with -lineinfo)
         [ "${PREFILL_NCU_SOURCE:-0}" = 1 ] && step "ncu-source-$tag" 180 "$ncu" --set full \
-            --kernel-name regex:prefill_chunk --launch-count 2 --page source --print-source sass --csv \
+            --kernel-name regex:prefill_ --launch-count 2 --page source --print-source sass --csv \
             python3 bench/prefill_tune.py --lib "$b/libgdn.so" --reps 1 --cases 1x4096 --shapes qwen3-next
     fi
     first=0
