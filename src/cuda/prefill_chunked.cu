@@ -1731,27 +1731,29 @@ __device__ __forceinline__ unsigned char *record_at(const gdn_problem &p, int64_
            (r * p.num_v_heads + hv) * (int64_t)record_layout::bytes;
 }
 
-/* Shared memory of the local kernel, in bytes: q and k rows, T, P, the gates and the cumulative
- * decays (no v; 53.5 KiB, so that 4 blocks fit a multiprocessor). A below the diagonal blocks
- * and the diagonal blocks overlay the q rows, which are dead once every Gram product is done
- * (gram_raw's barrier comes before its epilogues write them). */
+/* Shared memory of the local kernel, in bytes: q and k rows, the gates and the cumulative decays
+ * (no v; 35.5 KiB, so that 5 blocks fit a multiprocessor by registers as well). A below the
+ * diagonal blocks, the diagonal blocks, T and P overlay the q and k rows, which are dead once
+ * every Gram product is done: gram_raw's barrier comes before its epilogues write any of them
+ * (4 blocks at 53.5 KiB with T and P apart: 59 us for 1x4096 qwen3-next on the H100, ncu). */
 struct local_smem {
     static constexpr int qb = 0;
     static constexpr int kb = qb + kChunk * kLdB * 2;
-    static constexpr int tb = kb + kChunk * kLdB * 2;
-    static constexpr int pb = tb + kChunk * kLdP * 2;
-    static constexpr int gates = pb + kChunk * kLdP * 2;
+    static constexpr int gates = kb + kChunk * kLdB * 2;
     static constexpr int cum = gates + 5 * kChunk * 4;
     static constexpr int bytes = cum + kChunk * 4;
-    static constexpr int ab = qb;                       /* (overlays qb) */
-    static constexpr int diag = ab + kChunk * kLdP * 2; /* (overlays qb) */
+    static constexpr int ab = qb; /* (from here on: overlays the rows) */
+    static constexpr int diag = ab + kChunk * kLdP * 2;
+    static constexpr int tb = diag + 4 * 16 * kLdD * 4;
+    static constexpr int pb = tb + kChunk * kLdP * 2;
 };
-static_assert(local_smem::diag + 4 * 16 * kLdD * 4 <= local_smem::kb, "A and its diagonal blocks fit in qb");
+static_assert(local_smem::pb + kChunk * kLdP * 2 <= local_smem::gates && local_smem::tb % 16 == 0,
+              "A, its diagonal blocks, T and P fit over the q and k rows");
 
 /* One block of 4 warps per (record, value head): the chunk-local work of the pipelined path for
  * the chunk that record belongs to, written to the workspace. Records of no chunk (past a
  * sequence's last chunk, sequences the multi-token kernel takes, bad cu_seqlens) are left alone. */
-__global__ void __launch_bounds__(kGroupThreads) prefill_chunk_local(const gdn_problem p)
+__global__ void __launch_bounds__(kGroupThreads, 5) prefill_chunk_local(const gdn_problem p)
 {
     extern __shared__ __align__(16) unsigned char lsm[];
     const int64_t r = blockIdx.x, hv = blockIdx.y;
