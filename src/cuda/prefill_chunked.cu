@@ -2527,9 +2527,11 @@ bool split_for(const gdn_problem &p)
 }
 
 /* Slices a block of the wgmma walk for a split call (0: the mma.sync walk). wgmma is sm_90a code:
- * compute capability 9.0 only. By default: one slice a block while one block a multiprocessor
- * covers the sequences (as many as the longest one, num_tokens, fits in token_rows: the host
- * cannot read cu_seqlens), else two, else a whole head (four slices of qwen3-next's 128 rows). */
+ * compute capability 9.0 only. By default the mma.sync walk while its blocks (one a slice) fit in
+ * two waves, else wgmma with two slices a block. The sequences are counted as the most that
+ * could be as long as the longest (num_tokens) within token_rows: the host cannot read cu_seqlens.
+ * (H100, af32b77, qwen3-next: 1x4096 mma.sync 228 us, wgmma 1/2/4 slices 291/334/566; 4x4096
+ * 882 against 1124/779/780; 1x32768 1750 against 2131/2484/4326.) */
 int wgmma_slices(const gdn_problem &p)
 {
     static int cc = -1;
@@ -2556,7 +2558,7 @@ int wgmma_slices(const gdn_problem &p)
     int64_t seqs = p.token_rows / (p.num_tokens > 0 ? p.num_tokens : 1);
     seqs = seqs < 1 ? 1 : seqs > p.num_seqs ? p.num_seqs : seqs;
     const int64_t blocks = seqs * p.num_v_heads * ((p.head_dim_v + kSlice - 1) / kSlice), sms = sm_count();
-    return blocks <= sms ? 1 : blocks <= 2 * sms ? 2 : 4;
+    return blocks <= 2 * sms ? 0 : 2;
 }
 
 template <typename Act, typename St> cudaError_t launch_state(const gdn_problem &p, cudaStream_t stream)
