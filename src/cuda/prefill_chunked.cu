@@ -1841,6 +1841,23 @@ __global__ void __launch_bounds__(kGroupThreads, 5) prefill_chunk_local(const gd
         *reinterpret_cast<int64_t *>(rec + record_layout::tag) = record_tag(n, ci);
 }
 
+/* Whether every record of sequence n carries its tag, by the whole block (only bad cu_seqlens
+ * elsewhere in the call can break that): else the sequence is counted as bad and its walk skipped
+ * before anything is written. */
+__device__ __forceinline__ bool records_tagged(const gdn_problem &p, int64_t n, int64_t rec0, int64_t chunks,
+                                               int64_t hv)
+{
+    int mismatch = 0;
+    for (int64_t ci = threadIdx.x; ci < chunks; ci += blockDim.x)
+        mismatch |= *reinterpret_cast<const int64_t *>(record_at(p, rec0 + ci, hv) + record_layout::tag) !=
+                    record_tag(n, ci);
+    if (__syncthreads_or(mismatch)) {
+        skip_bad_row(p);
+        return false;
+    }
+    return true;
+}
+
 /* Shared memory of the walk: three chunk buffers (q, k, the v slice, T, P, the gates), the
  * state slice as bf16, Z', U' and U' scaled by the decays. */
 struct split_smem {
@@ -1915,16 +1932,8 @@ __device__ void chunked_sequence_split(const gdn_problem &p, int64_t n, unsigned
     const int64_t chunks = sp.chunks(), rec0 = first_record(p, n);
     auto chunk_len = [&](int64_t ci) { return sp.chunk_len(ci); };
 
-    /* every record of this sequence must carry its tag (only bad cu_seqlens elsewhere in the call
-     * can break that): else the sequence is skipped as bad before anything is written */
-    int mismatch = 0;
-    for (int64_t ci = threadIdx.x; ci < chunks; ci += blockDim.x)
-        mismatch |= *reinterpret_cast<const int64_t *>(record_at(p, rec0 + ci, bc.hv) + record_layout::tag) !=
-                    record_tag(n, ci);
-    if (__syncthreads_or(mismatch)) {
-        skip_bad_row(p);
+    if (!records_tagged(p, n, rec0, chunks, bc.hv))
         return;
-    }
 
     /* chunk ci into buffer ci % 3 by cp.async, one group a chunk (bulk copies of the rows by one
      * warp were 2.3x slower on the H100, 046a0e6: the lanes' copies are issued one after another) */
@@ -2151,14 +2160,8 @@ __device__ void chunked_sequence_wgmma(const gdn_problem &p, int64_t n, unsigned
     const int rows = (int)(V - v0 < kSlice ? V - v0 : kSlice); /* (<= 0: a warpgroup past V, all zeros) */
     const int64_t chunks = sp.chunks(), rec0 = first_record(p, n);
 
-    int mismatch = 0;
-    for (int64_t ci = threadIdx.x; ci < chunks; ci += blockDim.x)
-        mismatch |= *reinterpret_cast<const int64_t *>(record_at(p, rec0 + ci, bc.hv) + record_layout::tag) !=
-                    record_tag(n, ci);
-    if (__syncthreads_or(mismatch)) {
-        skip_bad_row(p);
+    if (!records_tagged(p, n, rec0, chunks, bc.hv))
         return;
-    }
     auto stage = [&](int64_t ci) {
         stage_wg<WGS>(sp.src, ci * kChunk, sp.chunk_len(ci), sp.rows_v, record_at(p, rec0 + ci, bc.hv),
                       smb + (ci % L::buffers) * L::buffer);
