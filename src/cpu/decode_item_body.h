@@ -208,14 +208,18 @@ static inline void dots2_bf16_k128(const uint16_t *fa, const uint16_t *fb, const
                                    const vec_f ko[4], const vec_f qe[4], const vec_f qo[4], float s[4])
 {
     const __m512i high = _mm512_set1_epi32((int)0xffff0000u);
-    vec_f ka0 = vzero(), ka1 = vzero(), qa0 = vzero(), qa1 = vzero();
-    vec_f kb0 = vzero(), kb1 = vzero(), qb0 = vzero(), qb1 = vzero();
+    vec_f ka0, ka1, qa0, qa1, kb0, kb1, qb0, qb1; /* the first products start them: no zeroed copies */
     for (int c = 0; c < 4; c++) {
         const __m512i da = _mm512_loadu_si512(fa + 32 * c), db = _mm512_loadu_si512(fb + 32 * c);
         const vec_f ae = _mm512_castsi512_ps(_mm512_slli_epi32(da, 16));
         const vec_f ao = _mm512_castsi512_ps(_mm512_and_si512(da, high));
         const vec_f be = _mm512_castsi512_ps(_mm512_slli_epi32(db, 16));
         const vec_f bo = _mm512_castsi512_ps(_mm512_and_si512(db, high));
+        if (c == 0) {
+            ka0 = vmul(ae, ke[0]), ka1 = vmul(ao, ko[0]), qa0 = vmul(ae, qe[0]), qa1 = vmul(ao, qo[0]);
+            kb0 = vmul(be, ke[0]), kb1 = vmul(bo, ko[0]), qb0 = vmul(be, qe[0]), qb1 = vmul(bo, qo[0]);
+            continue;
+        }
         ka0 = vfma(ae, ke[c], ka0), ka1 = vfma(ao, ko[c], ka1);
         qa0 = vfma(ae, qe[c], qa0), qa1 = vfma(ao, qo[c], qa1);
         kb0 = vfma(be, ke[c], kb0), kb1 = vfma(bo, ko[c], kb1);
