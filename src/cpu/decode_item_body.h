@@ -202,19 +202,24 @@ static inline void vsum4(vec_f a, vec_f b, vec_f c, vec_f d, float s[4])
     s[3] = _mm_cvtss_f32(_mm512_extractf32x4_ps(t, 3));
 }
 
-/* The two dot products (with k and with q) of rows a and b, K = 128 bf16 in even/odd form:
- * s[0] = a.k, s[1] = a.q, s[2] = b.k, s[3] = b.q. One shuffle tree reduces all four. */
-static inline void dots2_bf16_k128(const uint16_t *fa, const uint16_t *fb, const vec_f ke[4],
-                                   const vec_f ko[4], const vec_f qe[4], const vec_f qo[4], float s[4])
+/* Rows a and b, K = 128 bf16 in even/odd form, widened and multiplied by the decay once: the
+ * decayed rows go to da_out and db_out (even then odd elements of each block of 32) for the
+ * update, and s[0] = decay (a.k), s[1] = decay (a.q), s[2] = decay (b.k), s[3] = decay (b.q),
+ * one shuffle tree for all four. */
+static inline void dots2_bf16_k128(const uint16_t *fa, const uint16_t *fb, vec_f vdecay, const vec_f ke[4],
+                                   const vec_f ko[4], const vec_f qe[4], const vec_f qo[4], float *da_out,
+                                   float *db_out, float s[4])
 {
     const __m512i high = _mm512_set1_epi32((int)0xffff0000u);
     vec_f ka0, ka1, qa0, qa1, kb0, kb1, qb0, qb1; /* the first products start them: no zeroed copies */
     for (int c = 0; c < 4; c++) {
         const __m512i da = _mm512_loadu_si512(fa + 32 * c), db = _mm512_loadu_si512(fb + 32 * c);
-        const vec_f ae = _mm512_castsi512_ps(_mm512_slli_epi32(da, 16));
-        const vec_f ao = _mm512_castsi512_ps(_mm512_and_si512(da, high));
-        const vec_f be = _mm512_castsi512_ps(_mm512_slli_epi32(db, 16));
-        const vec_f bo = _mm512_castsi512_ps(_mm512_and_si512(db, high));
+        const vec_f ae = vmul(vdecay, _mm512_castsi512_ps(_mm512_slli_epi32(da, 16)));
+        const vec_f ao = vmul(vdecay, _mm512_castsi512_ps(_mm512_and_si512(da, high)));
+        const vec_f be = vmul(vdecay, _mm512_castsi512_ps(_mm512_slli_epi32(db, 16)));
+        const vec_f bo = vmul(vdecay, _mm512_castsi512_ps(_mm512_and_si512(db, high)));
+        _mm512_store_ps(da_out + 32 * c, ae), _mm512_store_ps(da_out + 32 * c + 16, ao);
+        _mm512_store_ps(db_out + 32 * c, be), _mm512_store_ps(db_out + 32 * c + 16, bo);
         if (c == 0) {
             ka0 = vmul(ae, ke[0]), ka1 = vmul(ao, ko[0]), qa0 = vmul(ae, qe[0]), qa1 = vmul(ao, qo[0]);
             kb0 = vmul(be, ke[0]), kb1 = vmul(bo, ko[0]), qb0 = vmul(be, qe[0]), qb1 = vmul(bo, qo[0]);
@@ -229,17 +234,15 @@ static inline void dots2_bf16_k128(const uint16_t *fa, const uint16_t *fb, const
           s);
 }
 
-/* s' = decay s + u k for one K = 128 bf16 row; from and to may be the same row. */
-static inline void update_bf16_k128(const uint16_t *from, uint16_t *to, vec_f vdecay, float u,
-                                    const vec_f ke[4], const vec_f ko[4])
+/* s' = decay s + u k for one K = 128 row from its decayed form (dots2_bf16_k128's output). */
+static inline void update_bf16_k128(const float *decayed, uint16_t *to, float u, const vec_f ke[4],
+                                    const vec_f ko[4])
 {
-    const __m512i high = _mm512_set1_epi32((int)0xffff0000u);
     const vec_f vu = vset1(u);
     vec_f ye[4], yo[4];
     for (int c = 0; c < 4; c++) {
-        const __m512i d = _mm512_loadu_si512(from + 32 * c);
-        ye[c] = vfma(vu, ke[c], vmul(vdecay, _mm512_castsi512_ps(_mm512_slli_epi32(d, 16))));
-        yo[c] = vfma(vu, ko[c], vmul(vdecay, _mm512_castsi512_ps(_mm512_and_si512(d, high))));
+        ye[c] = vfma(vu, ke[c], _mm512_load_ps(decayed + 32 * c));
+        yo[c] = vfma(vu, ko[c], _mm512_load_ps(decayed + 32 * c + 16));
     }
     vstore_bf16_row128_eo(to, ye, yo);
 }
@@ -249,9 +252,14 @@ static inline void update_bf16_k128(const uint16_t *from, uint16_t *to, vec_f vd
  * rows' two dot products. The loop is skewed: the dot products of rows j+2, j+3 are issued
  * before the update of rows j, j+1, whose u is known by then. In the plain order each pair's
  * update waited on its own ~90-cycle chain (loads, multiply-adds, the shuffle tree, u, the
- * conversion). The update reads its rows again (from L1) rather than keep 16 more vectors live.
- * Rows are prefetched into L1 eight ahead: 10-11% faster at N = 16 and 64 on the development
- * VM than the hardware prefetchers alone (4 and 16 ahead were no better).
+ * conversion). The rows are multiplied by the decay once, and the dot products taken on the
+ * decayed rows (decay (s.k) as the sum of (decay s_i) k_i: the same float32 math, rounded in
+ * another order); the decayed rows wait in a 2 KiB buffer in L1 for the update, which is then
+ * one multiply-add per element. The update used to widen and multiply its rows again (16 more
+ * vector instructions a row of ~75, the rows being instruction-bound: 8-11% slower at N = 16
+ * and 64), and keeping them in registers would need 16 more. Rows are prefetched into L1 eight ahead: 10-11%
+ * faster at N = 16 and 64 on the development VM than the hardware prefetchers alone (4 and 16 ahead were no
+ * better).
  */
 static void rows_one_token_bf16_k128(const gdn_problem *p, int64_t src, int64_t dst, const float *restrict k,
                                      const float *restrict q, const float *restrict v, float decay,
@@ -264,27 +272,28 @@ static void rows_one_token_bf16_k128(const gdn_problem *p, int64_t src, int64_t 
         split_even_odd(k + 32 * c, &ke[c], &ko[c]), split_even_odd(q + 32 * c, &qe[c], &qo[c]);
     const vec_f vdecay = vset1(decay);
     float u[2] = {0.0f, 0.0f}, next[2] = {0.0f, 0.0f};
+    _Alignas(64) float decayed[2][2][128]; /* two pairs of decayed rows: the one being updated, the next */
     for (int64_t j = 0; j < V + 2; j += 2) {
+        float(*const cur)[128] = decayed[(j >> 1) & 1], (*const prev)[128] = decayed[((j >> 1) & 1) ^ 1];
         if (j < V) { /* dot products of rows j, j+1 (an odd last row paired with itself) */
             const int two = j + 1 < V;
             const uint16_t *fa = pool + src + j * 128, *fb = two ? fa + 128 : fa;
             float s[4];
             for (int l = 0; l < 8; l++) /* rows j+8, j+9 (into the next head's tile at the end) */
                 _mm_prefetch((const char *)((uintptr_t)fa + 8 * 256 + 64 * l), _MM_HINT_T0);
-            dots2_bf16_k128(fa, fb, ke, ko, qe, qo, s);
-            next[0] = beta * (v[j] - decay * s[0]);
-            out[j] = decay * s[1] + next[0] * kq;
+            dots2_bf16_k128(fa, fb, vdecay, ke, ko, qe, qo, cur[0], cur[1], s);
+            next[0] = beta * (v[j] - s[0]);
+            out[j] = s[1] + next[0] * kq;
             if (two) {
-                next[1] = beta * (v[j + 1] - decay * s[2]);
-                out[j + 1] = decay * s[3] + next[1] * kq;
+                next[1] = beta * (v[j + 1] - s[2]);
+                out[j + 1] = s[3] + next[1] * kq;
             }
         }
         if (j >= 2 && dst >= 0) { /* the update of rows j-2, j-1 */
             const int64_t r = j - 2;
-            update_bf16_k128(pool + src + r * 128, pool + dst + r * 128, vdecay, u[0], ke, ko);
+            update_bf16_k128(prev[0], pool + dst + r * 128, u[0], ke, ko);
             if (r + 1 < V)
-                update_bf16_k128(pool + src + (r + 1) * 128, pool + dst + (r + 1) * 128, vdecay, u[1], ke,
-                                 ko);
+                update_bf16_k128(prev[1], pool + dst + (r + 1) * 128, u[1], ke, ko);
         }
         u[0] = next[0], u[1] = next[1];
     }
