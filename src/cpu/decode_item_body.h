@@ -257,9 +257,9 @@ static inline void update_bf16_k128(const float *decayed, uint16_t *to, float u,
  * another order); the decayed rows wait in a 2 KiB buffer in L1 for the update, which is then
  * one multiply-add per element. The update used to widen and multiply its rows again (16 more
  * vector instructions a row of ~75, the rows being instruction-bound: 8-11% slower at N = 16
- * and 64), and keeping them in registers would need 16 more. Rows are prefetched into L1 eight ahead: 10-11%
- * faster at N = 16 and 64 on the development VM than the hardware prefetchers alone (4 and 16 ahead were no
- * better).
+ * and 64), and keeping them in registers would need 16 more. Rows are prefetched into L1 eight
+ * ahead: 10-11% faster at N = 16 and 64 on the development VM than the hardware prefetchers
+ * alone (4 and 16 ahead were no better).
  */
 static void rows_one_token_bf16_k128(const gdn_problem *p, int64_t src, int64_t dst, const float *restrict k,
                                      const float *restrict q, const float *restrict v, float decay,
