@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Issue 14's target "bf16 state >= 1.6x gdn's own f32 throughput": `gdn bench --backend cpu` of
+# each commit's build, f32 and bf16 state (vk), interleaved ROUNDS times (commit by commit, state
+# by state, the order of the states swapped every round) so that a noisy shared machine slows
+# every build and dtype alike; then per commit and N the medians and the f32/bf16 time ratio.
+#   bench/cpu_bf16_ratio.sh OUT.csv COMMIT... [-- gdn bench arguments]
+# (default arguments: --shape qwen3-next --n 16,64 --reps 21; ROUNDS=7)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=$1; shift
+commits=()
+while [ $# -gt 0 ] && [ "$1" != "--" ]; do commits+=("$1"); shift; done
+[ $# -gt 0 ] && shift
+args=("$@")
+[ ${#args[@]} -gt 0 ] || args=(--shape qwen3-next --n 16,64 --reps 21)
+rounds=${ROUNDS:-7}
+scratch=$(mktemp -d)
+trap 'git worktree remove --force "$scratch/wt" >/dev/null 2>&1 || true; rm -rf "$scratch"' EXIT
+git worktree add -q --detach "$scratch/wt" HEAD
+for c in "${commits[@]}"; do
+    git -C "$scratch/wt" checkout -q "$c"
+    make -C "$scratch/wt" -s GDN_CUDA=0 BUILD="$scratch/build-$c" "$scratch/build-$c/gdn" >/dev/null
+done
+{
+    echo "# device: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores; isa: $("$scratch/build-${commits[0]}/gdn" info | sed -n 's/^cpu backend instruction set: \([^ ]*\).*/\1/p'); date: $(date -u +%Y-%m-%dT%H:%MZ); commit: $(git rev-parse --short HEAD)"
+    echo "# command: bench/cpu_bf16_ratio.sh $out ${commits[*]} -- ${args[*]} (ROUNDS=$rounds, interleaved)"
+    echo "commit,round,shape,H,HV,K,V,state_dtype,N,impl,median_us,gbps,pct_of_copy"
+    for r in $(seq "$rounds"); do
+        states="f32 bf16"
+        [ $((r % 2)) -eq 0 ] && states="bf16 f32"
+        for c in "${commits[@]}"; do
+            for state in $states; do
+                "$scratch/build-$c/gdn" bench --backend cpu --state "$state" --csv "${args[@]}" |
+                    tail -n +2 | sed "s/^/$c,$r,/"
+            done
+        done
+    done
+} >"$out"
+python3 - "$out" <<'PY'
+import collections, csv, statistics, sys
+rows = [r for r in csv.DictReader(l for l in open(sys.argv[1]) if not l.startswith("#"))]
+t = collections.defaultdict(list)
+for r in rows:
+    t[(r["commit"], r["shape"], int(r["N"]), r["impl"], r["state_dtype"], int(r["round"]))] = float(r["median_us"])
+keys = sorted({(k[0], k[1], k[2]) for k in t}, key=lambda k: (k[1], k[2]))
+print("commit shape N: f32 us, bf16 us (medians over rounds), f32/bf16 time ratio (of the medians; per-round range)")
+for c, shape, n in keys:
+    f = {k[5]: v for k, v in t.items() if k[:5] == (c, shape, n, "gdn", "f32")}
+    b = {k[5]: v for k, v in t.items() if k[:5] == (c, shape, n, "gdn", "bf16")}
+    per_round = sorted(f[r] / b[r] for r in f if r in b)
+    mf, mb = statistics.median(f.values()), statistics.median(b.values())
+    print("%s %s %d: f32 %.0f, bf16 %.0f, ratio %.2f (rounds %.2f-%.2f)" %
+          (c, shape, n, mf, mb, mf / mb, per_round[0], per_round[-1]))
+PY
