@@ -290,7 +290,8 @@ template <typename Act> struct seq_part {
  * zeroed, no state); bad cu_seqlens or slots (counted for the error flag, nothing written). A
  * block holds `slices` consecutive slices of kSlice state rows (rows_v: all of them together). */
 template <typename Act>
-__device__ __forceinline__ bool open_sequence(const gdn_problem &p, int64_t n, seq_part<Act> &sp, int slices = 1)
+__device__ __forceinline__ bool open_sequence(const gdn_problem &p, int64_t n, seq_part<Act> &sp,
+                                              int slices = 1)
 {
     block_coords &bc = sp.bc;
     bc.n = n, bc.hv = blockIdx.y;
@@ -2131,7 +2132,7 @@ __device__ void chunked_sequence_wgmma(const gdn_problem &p, int64_t n, unsigned
         return;
     const block_coords bc = sp.bc;
     const int64_t V = sp.V, first = sp.first, read = sp.read, write = sp.write;
-    const int64_t v0 = sp.v0 + kSlice * wg; /* this warpgroup's first state row */
+    const int64_t v0 = sp.v0 + kSlice * wg;                    /* this warpgroup's first state row */
     const int rows = (int)(V - v0 < kSlice ? V - v0 : kSlice); /* (<= 0: a warpgroup past V, all zeros) */
     const int64_t chunks = sp.chunks(), rec0 = first_record(p, n);
 
@@ -2150,21 +2151,23 @@ __device__ void chunked_sequence_wgmma(const gdn_problem &p, int64_t n, unsigned
     unsigned char *const grp = smb + L::groups + wg * L::group;
     const unsigned sv_at = smem_u32(grp + L::sv), zv_at = smem_u32(grp + L::zv);
     const unsigned uv_at = smem_u32(grp + L::uv), udv_at = smem_u32(grp + L::udv);
-    const bool pairs = rows == kSlice && reinterpret_cast<uintptr_t>(p.out) % 4 == 0 && p.out_stride % 2 == 0 &&
-                       (bc.hv * V + v0) % 2 == 0;
+    const bool pairs = rows == kSlice && reinterpret_cast<uintptr_t>(p.out) % 4 == 0 &&
+                       p.out_stride % 2 == 0 && (bc.hv * V + v0) % 2 == 0;
 
     /* the initial state (zeros without one) and its bf16 image */
     float st[2][16];
     {
         const bool zero = gdn_zero_initial_state(&p, bc.n);
-        const St *tile = static_cast<const St *>(p.state_pool) + gdn_tile_offset(&p, read, bc.hv) + v0 * kRowK;
+        const St *tile =
+            static_cast<const St *>(p.state_pool) + gdn_tile_offset(&p, read, bc.hv) + v0 * kRowK;
 #pragma unroll
         for (int mt = 0; mt < 2; mt++)
 #pragma unroll
             for (int i = 0; i < 16; i++) {
                 const int k = 64 * mt + 16 * wq + g + 8 * ((i >> 1) & 1), v = 8 * (i >> 2) + 2 * t4 + (i & 1);
                 st[mt][i] = !zero && v < rows ? to_float<St>(tile[v * kRowK + k]) : 0.0f;
-                *reinterpret_cast<bf16 *>(grp + L::sv + core_offset<kRowK>(v, k)) = __float2bfloat16_rn(st[mt][i]);
+                *reinterpret_cast<bf16 *>(grp + L::sv + core_offset<kRowK>(v, k)) =
+                    __float2bfloat16_rn(st[mt][i]);
             }
     }
     const int pipe = L::buffers - 1; /* chunks staged ahead */
@@ -2216,7 +2219,8 @@ __device__ void chunked_sequence_wgmma(const gdn_problem &p, int64_t n, unsigned
 #pragma unroll
             for (int j = 0; j < 4; j++) {
                 const int v = 8 * j + 2 * t4;
-                const float2 x = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(vb + t * L::ldv + v));
+                const float2 x =
+                    __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(vb + t * L::ldv + v));
                 *reinterpret_cast<bf16 *>(grp + L::zv + core_offset<kChunk>(v, t)) =
                     __float2bfloat16_rn(bt * (x.x - gk * z[4 * j + 2 * h]));
                 *reinterpret_cast<bf16 *>(grp + L::zv + core_offset<kChunk>(v + 1, t)) =
@@ -2254,7 +2258,8 @@ __device__ void chunked_sequence_wgmma(const gdn_problem &p, int64_t n, unsigned
 #pragma unroll
                 for (int e = 0; e < 2; e++) {
                     const int v = 8 * j + 2 * t4 + e, i = 4 * j + 2 * h + e;
-                    *reinterpret_cast<bf16 *>(grp + L::uv + core_offset<kChunk>(v, t)) = __float2bfloat16_rn(u[i]);
+                    *reinterpret_cast<bf16 *>(grp + L::uv + core_offset<kChunk>(v, t)) =
+                        __float2bfloat16_rn(u[i]);
                     *reinterpret_cast<bf16 *>(grp + L::udv + core_offset<kChunk>(v, t)) =
                         __float2bfloat16_rn(u[i] * f);
                     o[i] *= gq;
@@ -2284,8 +2289,10 @@ __device__ void chunked_sequence_wgmma(const gdn_problem &p, int64_t n, unsigned
                 for (int m = 0; m < per; m++) {
                     /* K^T rows k = 64 mt + 16 wq.., columns t = 16 ks..: k's 16-byte pieces, transposed */
                     const int mt = part * per + m;
-                    const int t = 16 * ks + lane % 8 + 8 * (lane / 16), k = 64 * mt + 16 * wq + 8 * ((lane / 8) % 2);
-                    ldsm_x4_t(ka[m][ks], reinterpret_cast<const bf16 *>(buf + L::kb + core_offset<kRowK>(t, k)));
+                    const int t = 16 * ks + lane % 8 + 8 * (lane / 16),
+                              k = 64 * mt + 16 * wq + 8 * ((lane / 8) % 2);
+                    ldsm_x4_t(ka[m][ks],
+                              reinterpret_cast<const bf16 *>(buf + L::kb + core_offset<kRowK>(t, k)));
                 }
             }
             wg_hold(o), wg_hold(st[0]), wg_hold(st[1]);
@@ -2327,7 +2334,8 @@ __device__ void chunked_sequence_wgmma(const gdn_problem &p, int64_t n, unsigned
 #pragma unroll
             for (int i = 0; i < 16; i++) {
                 const int k = 64 * mt + 16 * wq + g + 8 * ((i >> 1) & 1), v = 8 * (i >> 2) + 2 * t4 + (i & 1);
-                *reinterpret_cast<bf16 *>(grp + L::sv + core_offset<kRowK>(v, k)) = __float2bfloat16_rn(st[mt][i]);
+                *reinterpret_cast<bf16 *>(grp + L::sv + core_offset<kRowK>(v, k)) =
+                    __float2bfloat16_rn(st[mt][i]);
             }
     }
     copy_async_wait<0>();
@@ -2359,8 +2367,8 @@ enum chunk_path { kPathPrecise = 0, kPathTc1 = 1, kPathPipelined = 2, kPathSplit
  * order after the ranked_before of earlier rounds; the block's (rank % gridDim.z == blockIdx.z)
  * land in mine. Returns their count. */
 template <int WARPS>
-__device__ __forceinline__ int rank_round(const gdn_problem &p, int64_t n0, int64_t &ranked_before, int64_t *mine,
-                                          int *warp_counts, int &mine_count)
+__device__ __forceinline__ int rank_round(const gdn_problem &p, int64_t n0, int64_t &ranked_before,
+                                          int64_t *mine, int *warp_counts, int &mine_count)
 {
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     const int64_t n = n0 + threadIdx.x;
