@@ -12,15 +12,12 @@ while [ $# -gt 0 ] && [ "$1" != "--" ]; do commits+=("$1"); shift; done
 args=("$@")
 [ ${#args[@]} -gt 0 ] || args=(--shape qwen3-next --n 64)
 rounds=${ROUNDS:-3}
-scratch=$(mktemp -d)
-trap 'git worktree remove --force "$scratch/wt" >/dev/null 2>&1 || true; rm -rf "$scratch"' EXIT
-git worktree add -q --detach "$scratch/wt" HEAD
+. bench/cpu_scratch.sh
 for c in "${commits[@]}"; do
-    git -C "$scratch/wt" checkout -q "$c"
-    make -C "$scratch/wt" -s GDN_CUDA=0 BUILD="$scratch/build-$c" "$scratch/build-$c/gdn" >/dev/null
+    build_at "$c" gdn
 done
 {
-    echo "# device: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores; date: $(date -u +%Y-%m-%dT%H:%MZ); commit: $(git rev-parse --short HEAD)"
+    echo "$(cpu_header); date: $(date -u +%Y-%m-%dT%H:%MZ); commit: $(git rev-parse --short HEAD)"
     echo "# command: bench/cpu_ab.sh $out ${commits[*]} -- ${args[*]} (ROUNDS=$rounds, interleaved)"
     echo "commit,round,layout,shape,H,HV,K,V,state_dtype,N,impl,median_us,gbps,pct_of_copy"
     for r in $(seq "$rounds"); do

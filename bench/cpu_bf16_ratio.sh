@@ -14,15 +14,12 @@ while [ $# -gt 0 ] && [ "$1" != "--" ]; do commits+=("$1"); shift; done
 args=("$@")
 [ ${#args[@]} -gt 0 ] || args=(--shape qwen3-next --n 16,64 --reps 21)
 rounds=${ROUNDS:-7}
-scratch=$(mktemp -d)
-trap 'git worktree remove --force "$scratch/wt" >/dev/null 2>&1 || true; rm -rf "$scratch"' EXIT
-git worktree add -q --detach "$scratch/wt" HEAD
+. bench/cpu_scratch.sh
 for c in "${commits[@]}"; do
-    git -C "$scratch/wt" checkout -q "$c"
-    make -C "$scratch/wt" -s GDN_CUDA=0 BUILD="$scratch/build-$c" "$scratch/build-$c/gdn" >/dev/null
+    build_at "$c" gdn
 done
 {
-    echo "# device: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores; isa: $("$scratch/build-${commits[0]}/gdn" info | sed -n 's/^cpu backend instruction set: \([^ ]*\).*/\1/p'); date: $(date -u +%Y-%m-%dT%H:%MZ); commit: $(git rev-parse --short HEAD)"
+    echo "$(cpu_header); isa: $("$scratch/build-${commits[0]}/gdn" info | sed -n 's/^cpu backend instruction set: \([^ ]*\).*/\1/p'); date: $(date -u +%Y-%m-%dT%H:%MZ); commit: $(git rev-parse --short HEAD)"
     echo "# command: bench/cpu_bf16_ratio.sh $out ${commits[*]} -- ${args[*]} (ROUNDS=$rounds, interleaved)"
     echo "commit,round,shape,H,HV,K,V,state_dtype,N,impl,median_us,gbps,pct_of_copy"
     for r in $(seq "$rounds"); do

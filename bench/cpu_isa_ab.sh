@@ -11,14 +11,12 @@ shift 2
 args=("$@")
 [ ${#args[@]} -gt 0 ] || args=(--n 1,4,16,64)
 rounds=${ROUNDS:-3}
-scratch=$(mktemp -d)
-trap 'git worktree remove --force "$scratch/wt" >/dev/null 2>&1 || true; rm -rf "$scratch"' EXIT
-git worktree add -q --detach "$scratch/wt" "$base"
+. bench/cpu_scratch.sh "$base"
 make -C "$scratch/wt" -s GDN_CUDA=0 BUILD="$scratch/base" "$scratch/base/gdn" >/dev/null
 make -s GDN_CUDA=0 BUILD="$scratch/head" "$scratch/head/gdn" >/dev/null
 isas=$("$scratch/head/gdn" info | sed -n 's/.*(of: \(.*\); GDN_CPU_ISA.*/\1/p')
 {
-    echo "# device: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores; date: $(date -u +%Y-%m-%dT%H:%MZ); commit: $(git rev-parse --short HEAD), base $base"
+    echo "$(cpu_header); date: $(date -u +%Y-%m-%dT%H:%MZ); commit: $(git rev-parse --short HEAD), base $base"
     echo "# command: bench/cpu_isa_ab.sh $out $base -- ${args[*]} (ROUNDS=$rounds, interleaved)"
     echo "build,round,shape,H,HV,K,V,state_dtype,N,impl,median_us,gbps,pct_of_copy"
     for r in $(seq "$rounds"); do

@@ -8,16 +8,13 @@ cd "$(dirname "$0")/.."
 out=$1; shift
 commits=("$@")
 rounds=${ROUNDS:-7}
-scratch=$(mktemp -d)
-trap 'git worktree remove --force "$scratch/wt" >/dev/null 2>&1 || true; rm -rf "$scratch"' EXIT
-git worktree add -q --detach "$scratch/wt" HEAD
+. bench/cpu_scratch.sh
 for c in "${commits[@]}"; do
-    git -C "$scratch/wt" checkout -q "$c"
-    make -C "$scratch/wt" -s GDN_CUDA=0 BUILD="$scratch/build-$c" "$scratch/build-$c/libgdn.a" >/dev/null
+    build_at "$c" libgdn.a
     cc -O2 -Iinclude bench/cpu_rows_l2.c "$scratch/build-$c/libgdn.a" -o "$scratch/rows-$c" -lpthread -lm
 done
 {
-    echo "# device: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores; GDN_CPU_ISA=${GDN_CPU_ISA:-(best)}; date: $(date -u +%Y-%m-%dT%H:%MZ); commit: $(git rev-parse --short HEAD)"
+    echo "$(cpu_header); GDN_CPU_ISA=${GDN_CPU_ISA:-(best)}; date: $(date -u +%Y-%m-%dT%H:%MZ); commit: $(git rev-parse --short HEAD)"
     echo "# command: bench/cpu_rows_l2.sh $out ${commits[*]} (ROUNDS=$rounds, interleaved; N = 1, 1 thread, state in L2)"
     echo "commit,round,state_dtype,N,threads,best_us_per_call,ns_per_row_per_thread"
     for r in $(seq "$rounds"); do
