@@ -2072,6 +2072,24 @@ template <int WGS> struct wg_smem {
 static_assert(wg_smem<1>::buffer % 128 == 0 && wg_smem<2>::buffer % 128 == 0 && wg_smem<4>::buffer % 128 == 0,
               "buffers on 128-byte boundaries");
 
+/* An accumulator tile (rows r0 + 16 w + g (+ 8) of the warpgroup's 64, columns 8 j + 2 t4 (+ 1) of
+ * 32; x: the 16 values of this thread as bf16 pairs, x[2 j + h] = (row + 8 h, columns 8 j + 2 t4..))
+ * stored transposed into a core-matrix tile [32][KD] at shared address `at`: element (column,
+ * row) = (v, t) of Z', U' or (v, k) of S. Two stmatrix.x4: blocks (h, j) = (0, 2 s), (1, 2 s),
+ * (0, 2 s + 1), (1, 2 s + 1) for s = 0, 1. */
+template <int KD>
+__device__ __forceinline__ void store_transposed(unsigned at, int r0, const unsigned (&x)[8])
+{
+    const int lane = threadIdx.x % 32, wq = (threadIdx.x / 32) % 4;
+    const int i = lane / 8, r = lane % 8;
+#pragma unroll
+    for (int s = 0; s < 2; s++) {
+        const int j = 2 * s + i / 2, h = i % 2;
+        stsm_x4_t(at + core_offset<KD>(8 * j + r, r0 + 16 * wq + 8 * h), x[4 * s], x[4 * s + 1], x[4 * s + 2],
+                  x[4 * s + 3]);
+    }
+}
+
 /* Chunk rows [c0, c0 + len) and the record into the buffer at `buf`, by every thread of the block. */
 template <int WGS>
 __device__ __forceinline__ void stage_wg(const stage_source<bf16> &src, int64_t c0, int len, int cols_v,
@@ -2083,21 +2101,27 @@ __device__ __forceinline__ void stage_wg(const stage_source<bf16> &src, int64_t 
     unsigned char *const qb = buf + L::qb, *const kb = buf + L::kb;
     bf16 *const vb = reinterpret_cast<bf16 *>(buf + L::vb);
     if (src.async && cols_v == kSlice * WGS) {
+        /* thread tid: 16-byte piece tid % 16 of q and k rows tid / 16 + rstep j (each rstep rows
+         * further: rstep * 256 bytes in the core layout), piece tid % (4 WGS) of v rows
+         * tid / (4 WGS) and + 32 */
+        constexpr int rstep = threads / 16;
+        const int r0 = tid / 16, c = 8 * (tid % 16);
+        const bf16 *q = src.q + (c0 + r0) * src.q_stride + c, *k = src.k + (c0 + r0) * src.k_stride + c;
+        const int64_t qj = (int64_t)rstep * src.q_stride, kj = (int64_t)rstep * src.k_stride;
+        unsigned char *const qd = qb + core_offset<kRowK>(r0, c), *const kd = kb + core_offset<kRowK>(r0, c);
 #pragma unroll
-        for (int i = tid; i < kChunk * 16; i += threads) {
-            const int r = i / 16, c = 8 * (i % 16);
-            const bool real = r < len;
-            copy_async16(reinterpret_cast<uint4 *>(qb + core_offset<kRowK>(r, c)),
-                         real ? src.q + (c0 + r) * src.q_stride + c : src.q, real);
-            copy_async16(reinterpret_cast<uint4 *>(kb + core_offset<kRowK>(r, c)),
-                         real ? src.k + (c0 + r) * src.k_stride + c : src.k, real);
+        for (int j = 0; j < kChunk / rstep; j++) {
+            const bool real = r0 + rstep * j < len;
+            copy_async16(reinterpret_cast<uint4 *>(qd + rstep * 256 * j), real ? q + j * qj : src.q, real);
+            copy_async16(reinterpret_cast<uint4 *>(kd + rstep * 256 * j), real ? k + j * kj : src.k, real);
         }
+        const int rv = tid / (4 * WGS), cv = 8 * (tid % (4 * WGS));
+        const bf16 *v = src.v + (c0 + rv) * src.v_stride + cv;
 #pragma unroll
-        for (int i = tid; i < kChunk * 4 * WGS; i += threads) {
-            const int r = i / (4 * WGS), c = 8 * (i % (4 * WGS));
-            const bool real = r < len;
-            copy_async16(reinterpret_cast<uint4 *>(vb + r * L::ldv + c),
-                         real ? src.v + (c0 + r) * src.v_stride + c : src.v, real);
+        for (int j = 0; j < 2; j++) {
+            const bool real = rv + 32 * j < len;
+            copy_async16(reinterpret_cast<uint4 *>(vb + (rv + 32 * j) * L::ldv + cv),
+                         real ? v + 32 * j * src.v_stride : src.v, real);
         }
     } else {
         const bf16 zero = __float2bfloat16_rn(0.0f);
@@ -2166,10 +2190,20 @@ __device__ void chunked_sequence_wgmma(const gdn_problem &p, int64_t n, unsigned
             for (int i = 0; i < 16; i++) {
                 const int k = 64 * mt + 16 * wq + g + 8 * ((i >> 1) & 1), v = 8 * (i >> 2) + 2 * t4 + (i & 1);
                 st[mt][i] = !zero && v < rows ? to_float<St>(tile[v * kRowK + k]) : 0.0f;
-                *reinterpret_cast<bf16 *>(grp + L::sv + core_offset<kRowK>(v, k)) =
-                    __float2bfloat16_rn(st[mt][i]);
             }
     }
+    /* S as bf16 in sv (the B operand of K S^T and Q S^T) */
+    auto state_image = [&]() {
+#pragma unroll
+        for (int mt = 0; mt < 2; mt++) {
+            unsigned x[8];
+#pragma unroll
+            for (int b = 0; b < 8; b++)
+                x[b] = pack_bf16(st[mt][2 * b], st[mt][2 * b + 1]);
+            store_transposed<kRowK>(sv_at, 64 * mt, x);
+        }
+    };
+    state_image();
     const int pipe = L::buffers - 1; /* chunks staged ahead */
     for (int64_t ci = 0; ci < chunks; ci++) {
         const int64_t c0 = ci * kChunk;
@@ -2212,20 +2246,21 @@ __device__ void chunked_sequence_wgmma(const gdn_problem &p, int64_t n, unsigned
         wg_hold(z);
 
         /* Z' = beta rk (v - gam rk Z) as the B operand of U' = T Z' */
+        {
+            unsigned x[8];
 #pragma unroll
-        for (int h = 0; h < 2; h++) {
-            const int t = 16 * wq + g + 8 * h;
-            const float bt = beta[t] * rk[t], gk = gam[t] * rk[t];
+            for (int h = 0; h < 2; h++) {
+                const int t = 16 * wq + g + 8 * h;
+                const float bt = beta[t] * rk[t], gk = gam[t] * rk[t];
 #pragma unroll
-            for (int j = 0; j < 4; j++) {
-                const int v = 8 * j + 2 * t4;
-                const float2 x =
-                    __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(vb + t * L::ldv + v));
-                *reinterpret_cast<bf16 *>(grp + L::zv + core_offset<kChunk>(v, t)) =
-                    __float2bfloat16_rn(bt * (x.x - gk * z[4 * j + 2 * h]));
-                *reinterpret_cast<bf16 *>(grp + L::zv + core_offset<kChunk>(v + 1, t)) =
-                    __float2bfloat16_rn(bt * (x.y - gk * z[4 * j + 2 * h + 1]));
+                for (int j = 0; j < 4; j++) {
+                    const float2 y = __bfloat1622float2(
+                        *reinterpret_cast<const __nv_bfloat162 *>(vb + t * L::ldv + 8 * j + 2 * t4));
+                    x[2 * j + h] =
+                        pack_bf16(bt * (y.x - gk * z[4 * j + 2 * h]), bt * (y.y - gk * z[4 * j + 2 * h + 1]));
+                }
             }
+            store_transposed<kChunk>(zv_at, 0, x);
         }
         fence_async_smem();
         named_sync(1 + wg, 128);
@@ -2249,21 +2284,22 @@ __device__ void chunked_sequence_wgmma(const gdn_problem &p, int64_t n, unsigned
         wg_hold(u), wg_hold(o);
 
         /* U' and U' e^{G_last - G_t} as B operands; the first output term and the state decayed */
+        {
+            unsigned xu[8], xd[8];
 #pragma unroll
-        for (int h = 0; h < 2; h++) {
-            const int t = 16 * wq + g + 8 * h;
-            const float f = dec[t], gq = gam[t] * rq[t];
+            for (int h = 0; h < 2; h++) {
+                const int t = 16 * wq + g + 8 * h;
+                const float f = dec[t], gq = gam[t] * rq[t];
 #pragma unroll
-            for (int j = 0; j < 4; j++)
-#pragma unroll
-                for (int e = 0; e < 2; e++) {
-                    const int v = 8 * j + 2 * t4 + e, i = 4 * j + 2 * h + e;
-                    *reinterpret_cast<bf16 *>(grp + L::uv + core_offset<kChunk>(v, t)) =
-                        __float2bfloat16_rn(u[i]);
-                    *reinterpret_cast<bf16 *>(grp + L::udv + core_offset<kChunk>(v, t)) =
-                        __float2bfloat16_rn(u[i] * f);
-                    o[i] *= gq;
+                for (int j = 0; j < 4; j++) {
+                    const int i = 4 * j + 2 * h;
+                    xu[2 * j + h] = pack_bf16(u[i], u[i + 1]);
+                    xd[2 * j + h] = pack_bf16(u[i] * f, u[i + 1] * f);
+                    o[i] *= gq, o[i + 1] *= gq;
                 }
+            }
+            store_transposed<kChunk>(uv_at, 0, xu);
+            store_transposed<kChunk>(udv_at, 0, xd);
         }
         const float keep = gam[kChunk - 1];
 #pragma unroll
@@ -2329,14 +2365,7 @@ __device__ void chunked_sequence_wgmma(const gdn_problem &p, int64_t n, unsigned
                 }
             }
         }
-#pragma unroll
-        for (int mt = 0; mt < 2; mt++)
-#pragma unroll
-            for (int i = 0; i < 16; i++) {
-                const int k = 64 * mt + 16 * wq + g + 8 * ((i >> 1) & 1), v = 8 * (i >> 2) + 2 * t4 + (i & 1);
-                *reinterpret_cast<bf16 *>(grp + L::sv + core_offset<kRowK>(v, k)) =
-                    __float2bfloat16_rn(st[mt][i]);
-            }
+        state_image();
     }
     copy_async_wait<0>();
     if (write >= 0) {

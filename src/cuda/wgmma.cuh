@@ -69,6 +69,22 @@ template <int N> __device__ __forceinline__ void wg_hold(float (&d)[N])
         asm volatile("" : "+f"(d[i])::"memory");
 }
 
+/* Four 8 x 8 bf16 blocks of an accumulator stored transposed (stmatrix .trans, sm_90): lane l
+ * holds row l / 4, columns 2 (l % 4) and + 1 of block i as x[i] (a packed pair), and lanes
+ * 8 i .. 8 i + 7 give the shared addresses of block i's rows in memory (its columns before). A
+ * core matrix is 8 rows of 16 contiguous bytes, so one block lands as one core matrix. */
+__device__ __forceinline__ void stsm_x4_t(unsigned at, unsigned x0, unsigned x1, unsigned x2, unsigned x3)
+{
+#ifdef GDN_WGMMA
+    asm volatile("stmatrix.sync.aligned.m8n8.x4.trans.shared.b16 [%0], {%1, %2, %3, %4};" ::"r"(at), "r"(x0),
+                 "r"(x1), "r"(x2), "r"(x3)
+                 : "memory");
+#else
+    (void)at, (void)x0, (void)x1, (void)x2, (void)x3;
+    __trap();
+#endif
+}
+
 #define GDN_WG_D16                                                                                         \
     "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}"
 #define GDN_WG_D16_OPS(d)                                                                                  \
