@@ -5,6 +5,9 @@
 # launch. Each step's output lands in OUTDIR as it runs, so a run cut short keeps what it did.
 #   bench/one_token_tune.sh OUTDIR [BASE_GDN]
 # Uses build/ as it is (GDN_PREBUILT builds carried from the development machine).
+# Environment: GDN_TEST_CONFIGS=12,13 limits the configuration tests to those; TUNE_CONFIGS=-1,2,13
+# the timed configurations (default all); TUNE_SHAPES the shapes timed (default qwen3-next contest qwen3.5-397b); SKIP_PDL=1 no
+# layer-pattern runs.
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 out=$1 base=${2:-}
@@ -13,14 +16,15 @@ commit=${GDN_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
 . tests/gpu/steps.sh # (the script has cd to the repository root)
 
 step info 20 build/gdn info
-step tests-configs 240 build/test_gdn decode/cuda_one_token_configs decode/cuda_all vectors/cuda
+step tests-configs 300 build/test_gdn decode/cuda_one_token_configs decode/cuda_all vectors/cuda
 step tests-cuda 150 build/test_gdn cuda/ -huge
 step memcheck 150 "$sanitizer" --tool memcheck --error-exitcode 1 build/test_gdn cuda/bad cuda/checked cuda/four
+step memcheck-persistent 150 "$sanitizer" --tool memcheck --error-exitcode 1 build/test_gdn cuda/one_token_persistent
 step check-quick 90 build/gdn check --backend cuda --quick
 
-configs=-1,$(seq -s, 0 $(($(build/gdn bench --help | sed -n 's/.*one-token: 0\.\.\([0-9]*\).*/\1/p') + 0)))
+configs=${TUNE_CONFIGS:--1,$(seq -s, 0 $(($(build/gdn bench --help | sed -n 's/.*one-token: 0\.\.\([0-9]*\).*/\1/p') + 0)))}
 { echo "$header"; echo "shape,H,HV,K,V,state_dtype,N,impl,median_us,gbps,pct_of_copy"; } >"$out/configs.csv"
-for shape in qwen3-next contest qwen3.5-397b; do
+for shape in ${TUNE_SHAPES:-qwen3-next contest qwen3.5-397b}; do
     for state in f32 bf16; do
         timeout 120 build/gdn bench --backend cuda --shape "$shape" --state "$state" --reps 20 --csv \
             --configs "$configs" | tail -n +2 >>"$out/configs.csv" || status=1
