@@ -19,7 +19,6 @@ step info 20 build/gdn info
 step tests-configs 300 build/test_gdn decode/cuda_one_token_configs decode/cuda_all vectors/cuda
 step tests-cuda 150 build/test_gdn cuda/ -huge
 step memcheck 150 "$sanitizer" --tool memcheck --error-exitcode 1 build/test_gdn cuda/bad cuda/checked cuda/four
-step memcheck-persistent 150 "$sanitizer" --tool memcheck --error-exitcode 1 build/test_gdn cuda/one_token_persistent
 step check-quick 90 build/gdn check --backend cuda --quick
 
 configs=${TUNE_CONFIGS:--1,$(seq -s, 0 $(($(build/gdn bench --help | sed -n 's/.*one-token: 0\.\.\([0-9]*\).*/\1/p') + 0)))}

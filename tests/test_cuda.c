@@ -25,7 +25,6 @@
 #include <cuda_runtime.h>
 
 #include "../src/common/numeric.h"
-#include "../src/core/backends.h"
 #include "rng.h"
 
 enum { MAX_SEQS = 16, MAX_T = 4, POISON = 0xA5, PATTERN = 0x3C };
@@ -389,32 +388,6 @@ static void cuda_bad_slots_skipped(void)
     }
 }
 
-/* The persistent one-token configurations on grids of 1 and 3 blocks: each warp walks the units
- * of several sequences, good, padding and bad, and must skip and count exactly the bad ones. */
-static void cuda_one_token_persistent_walks(void)
-{
-    for (int config = 0; config < gdn_cuda_config_count(GDN_CUDA_ONE_TOKEN); config++) {
-        char config_name[32];
-        gdn_cuda_config_name(GDN_CUDA_ONE_TOKEN, config, config_name, sizeof config_name);
-        if (!strchr(config_name, 'p'))
-            continue;
-        gdn_cuda_force_config(GDN_CUDA_ONE_TOKEN, config);
-        for (int cap = 1; cap <= 3; cap += 2)
-            for (int v = 0; v < 3; v++) {
-                gdn_cuda_one_token_cap_grid(cap);
-                const int64_t V = v == 2 ? 37 : 128; /* odd V: partial row groups */
-                gcase c = bad_slots_case(128, V, GDN_LAYOUT_VK, v == 1 ? GDN_DTYPE_BF16 : GDN_DTYPE_F32,
-                                         v == 1 ? GDN_DTYPE_I32 : GDN_DTYPE_I64);
-                char name[96];
-                snprintf(name, sizeof name, "%s, %d-block grid, V %lld, %s", config_name, cap, (long long)V,
-                         v == 1 ? "bf16" : "f32");
-                run_gcase(name, &c, v != 1); /* checked and unchecked */
-            }
-        gdn_cuda_one_token_cap_grid(0);
-    }
-    gdn_cuda_force_config(GDN_CUDA_ONE_TOKEN, -1);
-}
-
 /* Multi-token: num_accepted out of range, a token slot out of range, cu_seqlens too long and
  * beyond N*T rows. */
 static void cuda_bad_multi_token_indices_skipped(void)
@@ -760,7 +733,6 @@ void register_cuda_tests(void)
     if (!gdn_backend_built(GDN_BACKEND_CUDA) || gdn_cuda_device_count() == 0)
         return; /* GPU-only tests: nothing to register on a machine without a device */
     test_add("cuda/bad_slots_skipped", cuda_bad_slots_skipped);
-    test_add("cuda/one_token_persistent_walks", cuda_one_token_persistent_walks);
     test_add("cuda/bad_multi_token_indices_skipped", cuda_bad_multi_token_indices_skipped);
     test_add("cuda/checked_mode_in_graph", cuda_checked_mode_in_graph);
     test_add("cuda/four_streams", cuda_four_streams);

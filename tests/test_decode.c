@@ -784,15 +784,6 @@ static void cuda_one_token_configs(void)
             gdn_cuda_config_name(GDN_CUDA_ONE_TOKEN, config, name, sizeof name);
             snprintf(config_note, sizeof config_note, "config %s%s", name, pdl ? " pdl" : "");
             one_token_cases(GDN_BACKEND_CUDA);
-            /* persistent (r..p): also on grids of 1 and 3 blocks, so that every warp walks many
-             * units across tiles, sequences and padding rows */
-            for (int cap = 1; strchr(name, 'p') && cap <= 3; cap += 2) {
-                gdn_cuda_one_token_cap_grid(cap);
-                snprintf(config_note, sizeof config_note, "config %s%s, %d-block grid", name,
-                         pdl ? " pdl" : "", cap);
-                one_token_cases(GDN_BACKEND_CUDA);
-                gdn_cuda_one_token_cap_grid(0);
-            }
         }
     gdn_cuda_force_config(GDN_CUDA_ONE_TOKEN, -1);
     pdl_all = 0;

@@ -60,10 +60,6 @@ typedef enum gdn_cuda_kernel { GDN_CUDA_ONE_TOKEN = 0, GDN_CUDA_MULTI_TOKEN = 1 
 int gdn_cuda_config_count(gdn_cuda_kernel kernel);
 void gdn_cuda_force_config(gdn_cuda_kernel kernel, int config);
 void gdn_cuda_config_name(gdn_cuda_kernel kernel, int config, char *buf, size_t size);
-/* The persistent one-token configurations (name ending in p) launch at most `blocks` blocks of
- * 4 warps, so that each warp walks many units, across tiles, sequences, padding and bad slots
- * (the tests); <= 0: the grid that fills the machine. Process-wide. */
-void gdn_cuda_one_token_cap_grid(int blocks);
 
 /* The chunked prefill kernel's products (src/cuda/prefill_chunked.cu): 1 = three bf16 terms each
  * (the default for f16/f32 activations and with GDN_PREFILL_PRECISE=1), 0 = one term (the default

@@ -28,7 +28,6 @@ int gdn_cuda_config_count(gdn_cuda_kernel kernel)
 }
 
 void gdn_cuda_force_config(gdn_cuda_kernel kernel, int config) { (void)kernel, (void)config; }
-void gdn_cuda_one_token_cap_grid(int blocks) { (void)blocks; }
 
 void gdn_cuda_chunked_force_precise(int precise) { (void)precise; }
 void gdn_cuda_chunked_force_pipeline(int pipelined) { (void)pipelined; }

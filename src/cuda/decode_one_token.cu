@@ -230,202 +230,11 @@ __global__ void __launch_bounds__(kThreads) decode_one_token_vk128(const __grid_
     }
 }
 
-/*
- * Persistent variant: the same rows, lanes and reductions, but a grid that fills the machine once
- * and warps that walk work units (one batch of WR rows of one tile each), so that no warp's
- * lifetime starts with an empty round trip. Warp w takes the contiguous units
- * [w * units / warps, (w + 1) * units / warps) in (sequence, head, row group) order, so most of
- * its consecutive units share a tile (and its slots, q, k and gates). While it computes unit i it
- * already has unit i+1's state, activations and v in flight, and the slots of unit i+2's
- * sequence when that is a new one: every load a unit needs is issued one unit ahead, and a warp
- * always has a batch of state in flight. Slots only change with the sequence, q/k/gates with
- * the tile, so those loads and the norms are done once a tile.
- */
-struct unit_pos {
-    unsigned n, hv, rg; /* sequence, value head, row group of WR rows */
-
-    __device__ __forceinline__ void advance(unsigned groups, unsigned HV)
-    {
-        if (++rg == groups) {
-            rg = 0;
-            if (++hv == HV) {
-                hv = 0;
-                n++;
-            }
-        }
-    }
-};
-
-struct unit_slots {
-    int64_t read, write;
-    __device__ __forceinline__ bool padding() const { return read < 0; }
-};
-
-template <typename Act, typename St, int SLOTS, int MIN_BLOCKS, bool PDL>
-__global__ void __launch_bounds__(kThreads, MIN_BLOCKS)
-    decode_one_token_persistent(const __grid_constant__ gdn_problem p)
-{
-    constexpr int VEC = state_vec<St>::n;
-    constexpr int G = kRowK / VEC;
-    constexpr int P = 32 / G;
-    constexpr int WR = SLOTS * P;
-    constexpr int M = 2 * SLOTS;
-    constexpr int SPREAD = G / M;
-    static_assert(M <= G, "more partial sums than lanes in a row group");
-
-    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-    const int hw = lane / G, col = (lane % G) * VEC;
-    const int own_value = (lane % G) / SPREAD, own_slot = own_value / 2;
-    const bool own_is_q = own_value & 1, own_stores = !own_is_q && (lane % SPREAD) == 0;
-    const int64_t V = p.head_dim_v;
-    const unsigned HV = (unsigned)p.num_v_heads, H = (unsigned)p.num_q_heads;
-    const unsigned groups = (unsigned)((V + WR - 1) / WR);
-    /* the launch checks that units fit in 32 bits */
-    const unsigned units = (unsigned)p.num_seqs * HV * groups;
-    const unsigned warps = gridDim.x * (blockDim.x / 32), gw = blockIdx.x * (blockDim.x / 32) + warp;
-    unsigned u = (unsigned)((uint64_t)gw * units / warps);
-    const unsigned end = (unsigned)((uint64_t)(gw + 1) * units / warps);
-    if (u >= end)
-        return;
-
-    const auto slots_of = [&](unsigned n) {
-        unit_slots s;
-        s.read = gdn_read_slot(&p, n);
-        s.write = gdn_write_slot(&p, n);
-        return s;
-    };
-    const auto active = [&](const unit_slots &s) {
-        return !s.padding() && s.read < p.num_slots && s.write < p.num_slots;
-    };
-    const auto head_of = [&](unsigned hv) {
-        return p.head_map == GDN_HEAD_MAP_TILED ? hv % H : hv / (HV / H);
-    };
-    /* this lane's rows of unit `at` into `raw` (zeros for rows past V or an inactive tile) */
-    const auto load_state = [&](const unit_pos &at, const unit_slots &s, uint4(&raw)[SLOTS]) {
-        const bool on = active(s);
-        const St *src = static_cast<const St *>(p.state_pool) + (on ? gdn_tile_offset(&p, s.read, at.hv) : 0);
-#pragma unroll
-        for (int j = 0; j < SLOTS; j++) {
-            const int64_t row = (int64_t)at.rg * WR + j * P + hw;
-            raw[j] = on && row < V ? *reinterpret_cast<const uint4 *>(src + row * kRowK + col)
-                                   : make_uint4(0, 0, 0, 0);
-        }
-    };
-    const auto load_v = [&](const unit_pos &at) {
-        const int64_t row = (int64_t)at.rg * WR + own_slot * P + hw;
-        return row < V ? load_elem<Act>(p.v, (int64_t)at.n * p.v_stride + (int64_t)at.hv * V + row) : 0.0f;
-    };
-
-    unit_pos cur;
-    cur.rg = u % groups;
-    cur.hv = (u / groups) % HV;
-    cur.n = u / groups / HV;
-    unit_slots cs = slots_of(cur.n);
-    uint4 buf_a[SLOTS], buf_b[SLOTS];
-    load_state(cur, cs, buf_a);
-    if (PDL)
-        wait_for_producer();
-    token_inputs<Act, VEC, G> in, in_next;
-    in.load(p, cur.n, cur.hv, head_of(cur.hv), col);
-    float v_cur = load_v(cur);
-#pragma unroll
-    for (int j = 0; j < SLOTS; j++) /* as in the kernel above: activation loads before unpacking */
-        asm volatile("" : "+r"(buf_a[j].x), "+r"(buf_a[j].y), "+r"(buf_a[j].z), "+r"(buf_a[j].w)::"memory");
-
-    unit_pos next = cur;
-    next.advance(groups, HV);
-    unit_slots ns = u + 1 < end && next.n != cur.n ? slots_of(next.n) : cs;
-    token_scalars ts = in.scalars(p);
-
-    /* Unit u from `now` (loaded), unit u+1 into `ahead`; false after the warp's last unit. */
-    const auto step = [&](uint4(&now)[SLOTS], uint4(&ahead)[SLOTS]) {
-        const bool has_next = u + 1 < end;
-        unit_pos after = next;
-        unit_slots as = ns;
-        float v_next = 0.0f;
-        if (has_next) {
-            load_state(next, ns, ahead);
-            if (next.rg == 0)
-                in_next.load(p, next.n, next.hv, head_of(next.hv), col);
-            v_next = load_v(next);
-            after.advance(groups, HV);
-            if (u + 2 < end && after.n != next.n)
-                as = slots_of(after.n);
-        }
-
-        if (cs.padding()) { /* outputs of padding rows are zeros; no state is read or written */
-            const int64_t row = (int64_t)cur.rg * WR + own_slot * P + hw;
-            if (own_stores && row < V)
-                store_elem<Act>(p.out, (int64_t)cur.n * p.out_stride + (int64_t)cur.hv * V + row, 0.0f);
-        } else if (!active(cs)) {
-            /* counted once a sequence, like skip_bad_row */
-            if (p.bad_index_rows && cur.hv == 0 && cur.rg == 0 && lane == 0)
-                atomicAdd(p.bad_index_rows, 1u);
-        } else {
-            float s[SLOTS][VEC];
-            float sums[M];
-#pragma unroll
-            for (int j = 0; j < SLOTS; j++) {
-                state_vec<St>::unpack(now[j], s[j]);
-                float dk = 0.0f, dq = 0.0f;
-#pragma unroll
-                for (int i = 0; i < VEC; i++) {
-                    dk += s[j][i] * in.k[i];
-                    dq += s[j][i] * in.q[i];
-                }
-                sums[2 * j] = dk;
-                sums[2 * j + 1] = dq;
-            }
-            const float mine = reduce_scatter<G, M>(sums, lane);
-            const float other = __shfl_xor_sync(kFullMask, mine, SPREAD);
-            const float dot_k = (own_is_q ? other : mine) * ts.k_factor;
-            const float dot_q = (own_is_q ? mine : other) * ts.q_factor;
-            const float uu = ts.beta * (v_cur - ts.decay * dot_k);
-            const int64_t row0 = (int64_t)cur.rg * WR;
-            const int64_t own_row = row0 + own_slot * P + hw;
-            if (own_stores && own_row < V)
-                store_elem<Act>(p.out, (int64_t)cur.n * p.out_stride + (int64_t)cur.hv * V + own_row,
-                                ts.decay * dot_q + uu * ts.kq);
-            const float u_k = uu * ts.k_factor;
-            St *dst = cs.write < 0 ? nullptr
-                                   : static_cast<St *>(p.state_pool) + gdn_tile_offset(&p, cs.write, cur.hv);
-#pragma unroll
-            for (int j = 0; j < SLOTS; j++) {
-                const float uj = __shfl_sync(kFullMask, u_k, hw * G + 2 * j * SPREAD);
-                const int64_t row = row0 + j * P + hw;
-#pragma unroll
-                for (int i = 0; i < VEC; i++)
-                    s[j][i] = ts.decay * s[j][i] + uj * in.k[i];
-                if (dst && row < V)
-                    store16(dst + row * kRowK + col, state_vec<St>::pack(s[j]));
-            }
-        }
-        if (!has_next)
-            return false;
-        u++;
-        if (next.rg == 0) { /* a new tile: its inputs have been in flight for a whole unit */
-            in = in_next;
-            ts = in.scalars(p);
-        }
-        cur = next;
-        cs = ns;
-        v_cur = v_next;
-        next = after;
-        ns = as;
-        return true;
-    };
-    while (step(buf_a, buf_b) && step(buf_b, buf_a)) {
-    }
-}
-
 /* Each configuration: rows per batch (f32 rows; bf16 takes two rows per load), batches per
- * warp, the shared-memory ring depth (0 = registers), lanes (default), and for the persistent
- * kernel (one batch a unit, the grid filling the machine once) the blocks a multiprocessor its
- * registers are capped for (1: uncapped). */
-constexpr gdn_kernel_shape kShapes[] = {{2, 1, 0, 0, 0}, {4, 1, 0, 0, 0}, {8, 1, 0, 0, 0},  {4, 2, 0, 0, 0},
-                                        {4, 4, 0, 0, 0}, {8, 2, 0, 0, 0}, {8, 4, 0, 0, 0},  {8, 4, 3, 0, 0},
-                                        {4, 8, 4, 0, 0}, {8, 8, 3, 0, 0}, {8, 16, 3, 0, 0}, {4, 16, 4, 0, 0},
-                                        {4, 1, 0, 0, 1}, {8, 1, 0, 0, 1}, {8, 1, 0, 0, 4},  {16, 1, 0, 0, 1}};
+ * warp, and the shared-memory ring depth (0 = registers). */
+constexpr gdn_kernel_shape kShapes[] = {{2, 1, 0, 0}, {4, 1, 0, 0}, {8, 1, 0, 0},  {4, 2, 0, 0},
+                                        {4, 4, 0, 0}, {8, 2, 0, 0}, {8, 4, 0, 0},  {8, 4, 3, 0},
+                                        {4, 8, 4, 0}, {8, 8, 3, 0}, {8, 16, 3, 0}, {4, 16, 4, 0}};
 constexpr int kShapeCount = sizeof kShapes / sizeof kShapes[0];
 
 template <typename Act, typename St, int SLOTS, int BATCHES, int STAGES, bool PDL>
@@ -449,49 +258,6 @@ cudaError_t launch_shape(const gdn_problem &p, cudaStream_t stream)
                                smem, stream, p);
 }
 
-/* gdn_cuda_one_token_cap_grid: the persistent grid's largest size for the tests, 0 = none. */
-int grid_cap = 0;
-
-/* Blocks of `kernel` (128 threads, no dynamic shared memory) resident on one multiprocessor of
- * the current device, asked once per device. */
-template <typename Kernel> int resident_blocks(Kernel kernel)
-{
-    static int cached[64];
-    int device = 0;
-    cudaGetDevice(&device);
-    if (device < 0 || device >= 64)
-        device = 0;
-    int blocks = __atomic_load_n(&cached[device], __ATOMIC_RELAXED);
-    if (blocks == 0) {
-        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, kThreads, 0) != cudaSuccess ||
-            blocks < 1)
-            blocks = 1;
-        __atomic_store_n(&cached[device], blocks, __ATOMIC_RELAXED);
-    }
-    return blocks;
-}
-
-template <typename Act, typename St, int SLOTS, int MIN_BLOCKS, bool PDL>
-cudaError_t launch_persistent(const gdn_problem &p, cudaStream_t stream)
-{
-    constexpr int WR = SLOTS * (32 / (kRowK / state_vec<St>::n));
-    const int64_t units = p.num_seqs * p.num_v_heads * ((p.head_dim_v + WR - 1) / WR);
-    if (units >= ((int64_t)1 << 31)) /* the kernel counts units in 32 bits */
-        return launch_shape<Act, St, SLOTS, 1, 0, PDL>(p, stream);
-    const auto kernel = decode_one_token_persistent<Act, St, SLOTS, MIN_BLOCKS, PDL>;
-    const int64_t resident = (int64_t)resident_blocks(kernel) * sm_count();
-    const int64_t wanted = (units + kWarpsPerBlock - 1) / kWarpsPerBlock;
-    const int64_t cap = __atomic_load_n(&grid_cap, __ATOMIC_RELAXED);
-    int64_t blocks = wanted < resident ? wanted : resident;
-    blocks = cap > 0 && cap < blocks ? cap : blocks;
-    const dim3 grid((unsigned)blocks), block(kThreads);
-    if (!PDL) {
-        kernel<<<grid, block, 0, stream>>>(p);
-        return cudaGetLastError();
-    }
-    return launch_programmatic(kernel, grid, block, 0, stream, p);
-}
-
 template <typename Act, typename St, bool PDL>
 cudaError_t launch_config(const gdn_problem &p, int config, cudaStream_t stream)
 {
@@ -509,11 +275,7 @@ cudaError_t launch_config(const gdn_problem &p, int config, cudaStream_t stream)
     case 8: return launch_shape<Act, St, 4 / D, 8, 4, PDL>(p, stream);
     case 9: return launch_shape<Act, St, 8 / D, 8, 3, PDL>(p, stream);
     case 10: return launch_shape<Act, St, 8 / D, 16, 3, PDL>(p, stream);
-    case 11: return launch_shape<Act, St, 4 / D, 16, 4, PDL>(p, stream);
-    case 12: return launch_persistent<Act, St, 4 / D, 1, PDL>(p, stream);
-    case 13: return launch_persistent<Act, St, 8 / D, 1, PDL>(p, stream);
-    case 14: return launch_persistent<Act, St, 8 / D, 4, PDL>(p, stream);
-    default: return launch_persistent<Act, St, 16 / D, 1, PDL>(p, stream);
+    default: return launch_shape<Act, St, 4 / D, 16, 4, PDL>(p, stream);
     }
 }
 
@@ -610,9 +372,4 @@ const gdn_kernel_shape *gdn_cuda_one_token_shapes(int *count)
 void gdn_cuda_one_token_force(int config)
 {
     __atomic_store_n(&forced_config, config >= 0 && config < kShapeCount ? config : -1, __ATOMIC_RELAXED);
-}
-
-void gdn_cuda_one_token_cap_grid(int blocks)
-{
-    __atomic_store_n(&grid_cap, blocks > 0 ? blocks : 0, __ATOMIC_RELAXED);
 }

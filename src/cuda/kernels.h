@@ -36,8 +36,6 @@ cudaError_t gdn_cuda_launch_chunked(const gdn_problem *p, cudaStream_t stream);
  * *count is set; returns the table. Forcing one: negative = the kernel's own choice. */
 typedef struct gdn_kernel_shape {
     int rows, batches, stages, lanes; /* lanes: lanes a state row, 0 = the kernel's default */
-    int persistent; /* > 0: a grid that fills the machine once, warps walking units; > 1: blocks a
-                     multiprocessor the registers are capped for */
 } gdn_kernel_shape;
 const gdn_kernel_shape *gdn_cuda_one_token_shapes(int *count);
 void gdn_cuda_one_token_force(int config);

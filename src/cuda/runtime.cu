@@ -120,14 +120,10 @@ extern "C" void gdn_cuda_config_name(gdn_cuda_kernel kernel, int config, char *b
         return;
     }
     const gdn_kernel_shape s = shapes[config];
-    char stages[16] = "", lanes[16] = "", persistent[16] = "";
+    char stages[16] = "", lanes[16] = "";
     if (s.stages)
         snprintf(stages, sizeof stages, "s%d", s.stages);
     if (s.lanes)
         snprintf(lanes, sizeof lanes, "l%d", s.lanes);
-    if (s.persistent > 1)
-        snprintf(persistent, sizeof persistent, "p%d", s.persistent);
-    else if (s.persistent)
-        snprintf(persistent, sizeof persistent, "p");
-    snprintf(buf, size, "r%dx%d%s%s%s", s.rows, s.batches, stages, lanes, persistent);
+    snprintf(buf, size, "r%dx%d%s%s", s.rows, s.batches, stages, lanes);
 }
