@@ -48,74 +48,18 @@ struct token_scalars {
     float q_factor, k_factor, kq, decay, beta;
 };
 
-/* Activation bits as loaded (Act in the low half for 16-bit types), converted when used: the
- * early-activation configurations hold them unconverted until the state loads are issued. */
-template <typename Act> __device__ __forceinline__ uint32_t load_bits(const void *base, int64_t i)
-{
-    if constexpr (sizeof(Act) == 4)
-        return static_cast<const uint32_t *>(base)[i];
-    else
-        return static_cast<const unsigned short *>(base)[i];
-}
-template <typename Act> __device__ __forceinline__ float bits_to_float(uint32_t x)
-{
-    if constexpr (sizeof(Act) == 4)
-        return __uint_as_float(x);
-    else {
-        const unsigned short h = (unsigned short)x;
-        return to_float<Act>(*reinterpret_cast<const Act *>(&h));
-    }
-}
-/* An empty asm that "changes" a register: nothing computed from it can move above this point. */
-__device__ __forceinline__ void hold(uint32_t &x) { asm volatile("" : "+r"(x)::"memory"); }
-
 template <typename Act, int VEC, int G> struct token_inputs {
-    static constexpr int W = VEC * (int)sizeof(Act) / 4; /* 32-bit words of q (and k) a lane */
-    uint32_t qw[W], kw[W], a, b, A_log, dt_bias;         /* as loaded */
-    float q[VEC], k[VEC];                                /* raw q and k at this lane's K columns */
+    float q[VEC], k[VEC]; /* raw q and k at this lane's K columns */
+    float a, b, A_log, dt_bias;
 
     __device__ __forceinline__ void load(const gdn_problem &p, int64_t n, int64_t hv, int64_t h, int col)
     {
-        const Act *qa = static_cast<const Act *>(p.q) + n * p.q_stride + h * kRowK + col;
-        const Act *ka = static_cast<const Act *>(p.k) + n * p.k_stride + h * kRowK + col;
-#pragma unroll
-        for (int w = 0; w < W; w += W >= 4 ? 4 : 2) {
-            if constexpr (W >= 4) {
-                const uint4 x = reinterpret_cast<const uint4 *>(qa)[w / 4],
-                            y = reinterpret_cast<const uint4 *>(ka)[w / 4];
-                qw[w] = x.x, qw[w + 1] = x.y, qw[w + 2] = x.z, qw[w + 3] = x.w;
-                kw[w] = y.x, kw[w + 1] = y.y, kw[w + 2] = y.z, kw[w + 3] = y.w;
-            } else {
-                const uint2 x = reinterpret_cast<const uint2 *>(qa)[w / 2],
-                            y = reinterpret_cast<const uint2 *>(ka)[w / 2];
-                qw[w] = x.x, qw[w + 1] = x.y;
-                kw[w] = y.x, kw[w + 1] = y.y;
-            }
-        }
-        a = load_bits<Act>(p.a, n * p.a_stride + hv);
-        b = load_bits<Act>(p.b, n * p.b_stride + hv);
-        A_log = __float_as_uint(p.A_log[hv]);
-        dt_bias = __float_as_uint(p.dt_bias[hv]);
-    }
-
-    __device__ __forceinline__ void hold_all()
-    {
-#pragma unroll
-        for (int w = 0; w < W; w++) {
-            hold(qw[w]);
-            hold(kw[w]);
-        }
-        hold(a), hold(b), hold(A_log), hold(dt_bias);
-    }
-
-    __device__ __forceinline__ void convert()
-    {
-        const Act *qe = reinterpret_cast<const Act *>(qw), *ke = reinterpret_cast<const Act *>(kw);
-#pragma unroll
-        for (int i = 0; i < VEC; i++) {
-            q[i] = to_float<Act>(qe[i]);
-            k[i] = to_float<Act>(ke[i]);
-        }
+        load_act_vec<Act, VEC>(static_cast<const Act *>(p.q) + n * p.q_stride + h * kRowK + col, q);
+        load_act_vec<Act, VEC>(static_cast<const Act *>(p.k) + n * p.k_stride + h * kRowK + col, k);
+        a = load_elem<Act>(p.a, n * p.a_stride + hv);
+        b = load_elem<Act>(p.b, n * p.b_stride + hv);
+        A_log = p.A_log[hv];
+        dt_bias = p.dt_bias[hv];
     }
 
     __device__ __forceinline__ token_scalars scalars(const gdn_problem &p) const
@@ -134,8 +78,8 @@ template <typename Act, int VEC, int G> struct token_inputs {
         s.q_factor = (p.qk_l2norm ? inv_sqrt(qq + GDN_L2NORM_EPS) : 1.0f) * p.scale;
         s.k_factor = p.qk_l2norm ? inv_sqrt(kk + GDN_L2NORM_EPS) : 1.0f;
         s.kq = qk * s.q_factor * s.k_factor;
-        s.decay = expf(gdn_gate_log(__uint_as_float(A_log), bits_to_float<Act>(a), __uint_as_float(dt_bias)));
-        s.beta = sigmoid_fast(bits_to_float<Act>(b));
+        s.decay = expf(gdn_gate_log(A_log, a, dt_bias));
+        s.beta = sigmoid_fast(b);
         return s;
     }
 };
@@ -150,10 +94,9 @@ template <typename Act, int VEC, int G> struct token_inputs {
  * (cp.async), STAGES - 1 of them in flight while one is computed; each lane reads back only
  * the 16-byte pieces it copied itself, so no barrier is needed.
  */
-template <typename Act, typename St, int SLOTS, int BATCHES, int STAGES, bool EARLY, bool PDL>
+template <typename Act, typename St, int SLOTS, int BATCHES, int STAGES, bool PDL>
 __global__ void __launch_bounds__(kThreads) decode_one_token_vk128(const __grid_constant__ gdn_problem p)
 {
-    static_assert(!(EARLY && PDL), "with PDL the activations wait for the producer");
     constexpr int VEC = state_vec<St>::n;
     constexpr int G = kRowK / VEC; /* lanes per row */
     constexpr int P = 32 / G;      /* rows per warp load instruction */
@@ -177,19 +120,15 @@ __global__ void __launch_bounds__(kThreads) decode_one_token_vk128(const __grid_
     const bool own_is_q = own_value & 1, own_stores = !own_is_q && (lane % SPREAD) == 0;
 
     token_inputs<Act, VEC, G> in;
-    uint32_t v_bits[BATCHES];
+    float v_own[BATCHES];
     const auto load_activations = [&]() {
         in.load(p, bc.n, bc.hv, bc.h, col);
 #pragma unroll
         for (int b = 0; b < BATCHES; b++) {
             const int64_t row = warp_row0 + b * WR + own_slot * P + hw;
-            v_bits[b] = row < V ? load_bits<Act>(p.v, bc.n * p.v_stride + bc.hv * V + row) : 0u;
+            v_own[b] = row < V ? load_elem<Act>(p.v, bc.n * p.v_stride + bc.hv * V + row) : 0.0f;
         }
     };
-    /* EARLY: the activations are loaded right behind the slot, so that they travel during the
-     * slot's round trip, and held unconverted (below) until the state loads are issued. */
-    if (EARLY)
-        load_activations();
     const bool padding = read < 0;
     const bool bad = !padding && (read >= p.num_slots || write >= p.num_slots);
     const bool active = !padding && !bad;
@@ -214,19 +153,7 @@ __global__ void __launch_bounds__(kThreads) decode_one_token_vk128(const __grid_
      * wait for the producer anyway. */
     if (PDL)
         wait_for_producer();
-    if (EARLY) {
-        in.hold_all();
-#pragma unroll
-        for (int b = 0; b < BATCHES; b++)
-            hold(v_bits[b]);
-    } else {
-        load_activations();
-    }
-    in.convert();
-    float v_own[BATCHES];
-#pragma unroll
-    for (int b = 0; b < BATCHES; b++)
-        v_own[b] = bits_to_float<Act>(v_bits[b]);
+    load_activations();
     if constexpr (STAGES == 0) {
         /* ... and the compiler also unpacks the state right after its loads, which would stall
          * the warp there before it issues the activation loads. An empty asm that "changes" the
@@ -304,15 +231,13 @@ __global__ void __launch_bounds__(kThreads) decode_one_token_vk128(const __grid_
 }
 
 /* Each configuration: rows per batch (f32 rows; bf16 takes two rows per load), batches per
- * warp, the shared-memory ring depth (0 = registers), lanes (the default) and early activations
- * (1: loaded right behind the slot index, held unconverted until the state loads are issued). */
-constexpr gdn_kernel_shape kShapes[] = {
-    {2, 1, 0, 0, 0}, {4, 1, 0, 0, 0}, {8, 1, 0, 0, 0}, {4, 2, 0, 0, 0}, {4, 4, 0, 0, 0},  {8, 2, 0, 0, 0},
-    {8, 4, 0, 0, 0}, {8, 4, 3, 0, 0}, {4, 8, 4, 0, 0}, {8, 8, 3, 0, 0}, {8, 16, 3, 0, 0}, {4, 16, 4, 0, 0},
-    {4, 1, 0, 0, 1}, {8, 1, 0, 0, 1}, {4, 2, 0, 0, 1}, {8, 2, 0, 0, 1}, {4, 4, 0, 0, 1},  {8, 4, 3, 0, 1}};
+ * warp, and the shared-memory ring depth (0 = registers). */
+constexpr gdn_kernel_shape kShapes[] = {{2, 1, 0, 0}, {4, 1, 0, 0}, {8, 1, 0, 0},  {4, 2, 0, 0},
+                                        {4, 4, 0, 0}, {8, 2, 0, 0}, {8, 4, 0, 0},  {8, 4, 3, 0},
+                                        {4, 8, 4, 0}, {8, 8, 3, 0}, {8, 16, 3, 0}, {4, 16, 4, 0}};
 constexpr int kShapeCount = sizeof kShapes / sizeof kShapes[0];
 
-template <typename Act, typename St, int SLOTS, int BATCHES, int STAGES, bool EARLY, bool PDL>
+template <typename Act, typename St, int SLOTS, int BATCHES, int STAGES, bool PDL>
 cudaError_t launch_shape(const gdn_problem &p, cudaStream_t stream)
 {
     constexpr int P = 32 / (kRowK / state_vec<St>::n);
@@ -326,12 +251,11 @@ cudaError_t launch_shape(const gdn_problem &p, cudaStream_t stream)
                     (unsigned)p.num_seqs);
     const dim3 block((unsigned)(32 * warps));
     if (!PDL) {
-        decode_one_token_vk128<Act, St, SLOTS, BATCHES, STAGES, EARLY, false>
-            <<<grid, block, smem, stream>>>(p);
+        decode_one_token_vk128<Act, St, SLOTS, BATCHES, STAGES, false><<<grid, block, smem, stream>>>(p);
         return cudaGetLastError();
     }
-    return launch_programmatic(decode_one_token_vk128<Act, St, SLOTS, BATCHES, STAGES, false, true>, grid,
-                               block, smem, stream, p);
+    return launch_programmatic(decode_one_token_vk128<Act, St, SLOTS, BATCHES, STAGES, true>, grid, block,
+                               smem, stream, p);
 }
 
 template <typename Act, typename St, bool PDL>
@@ -340,25 +264,18 @@ cudaError_t launch_config(const gdn_problem &p, int config, cudaStream_t stream)
     /* SLOTS = rows per batch for f32 (one row per load), half of it for bf16 (two rows per load) */
     constexpr int D = state_vec<St>::n == 8 ? 2 : 1;
     switch (config) { /* kShapes, in order */
-    case 0: return launch_shape<Act, St, 2 / D, 1, 0, false, PDL>(p, stream);
-    case 1: return launch_shape<Act, St, 4 / D, 1, 0, false, PDL>(p, stream);
-    case 2: return launch_shape<Act, St, 8 / D, 1, 0, false, PDL>(p, stream);
-    case 3: return launch_shape<Act, St, 4 / D, 2, 0, false, PDL>(p, stream);
-    case 4: return launch_shape<Act, St, 4 / D, 4, 0, false, PDL>(p, stream);
-    case 5: return launch_shape<Act, St, 8 / D, 2, 0, false, PDL>(p, stream);
-    case 6: return launch_shape<Act, St, 8 / D, 4, 0, false, PDL>(p, stream);
-    case 7: return launch_shape<Act, St, 8 / D, 4, 3, false, PDL>(p, stream);
-    case 8: return launch_shape<Act, St, 4 / D, 8, 4, false, PDL>(p, stream);
-    case 9: return launch_shape<Act, St, 8 / D, 8, 3, false, PDL>(p, stream);
-    case 10: return launch_shape<Act, St, 8 / D, 16, 3, false, PDL>(p, stream);
-    case 11: return launch_shape<Act, St, 4 / D, 16, 4, false, PDL>(p, stream);
-    /* early activations: without PDL only (with it they must wait for the producer) */
-    case 12: return launch_shape<Act, St, 4 / D, 1, 0, !PDL, PDL>(p, stream);
-    case 13: return launch_shape<Act, St, 8 / D, 1, 0, !PDL, PDL>(p, stream);
-    case 14: return launch_shape<Act, St, 4 / D, 2, 0, !PDL, PDL>(p, stream);
-    case 15: return launch_shape<Act, St, 8 / D, 2, 0, !PDL, PDL>(p, stream);
-    case 16: return launch_shape<Act, St, 4 / D, 4, 0, !PDL, PDL>(p, stream);
-    default: return launch_shape<Act, St, 8 / D, 4, 3, !PDL, PDL>(p, stream);
+    case 0: return launch_shape<Act, St, 2 / D, 1, 0, PDL>(p, stream);
+    case 1: return launch_shape<Act, St, 4 / D, 1, 0, PDL>(p, stream);
+    case 2: return launch_shape<Act, St, 8 / D, 1, 0, PDL>(p, stream);
+    case 3: return launch_shape<Act, St, 4 / D, 2, 0, PDL>(p, stream);
+    case 4: return launch_shape<Act, St, 4 / D, 4, 0, PDL>(p, stream);
+    case 5: return launch_shape<Act, St, 8 / D, 2, 0, PDL>(p, stream);
+    case 6: return launch_shape<Act, St, 8 / D, 4, 0, PDL>(p, stream);
+    case 7: return launch_shape<Act, St, 8 / D, 4, 3, PDL>(p, stream);
+    case 8: return launch_shape<Act, St, 4 / D, 8, 4, PDL>(p, stream);
+    case 9: return launch_shape<Act, St, 8 / D, 8, 3, PDL>(p, stream);
+    case 10: return launch_shape<Act, St, 8 / D, 16, 3, PDL>(p, stream);
+    default: return launch_shape<Act, St, 4 / D, 16, 4, PDL>(p, stream);
     }
 }
 
