@@ -6,6 +6,9 @@
 # Each step's output lands in OUTDIR as it runs, so a run cut short keeps what it did.
 #   bench/mtp_tune.sh OUTDIR [BASE_GDN]
 # Uses build/ as it is (GDN_PREBUILT builds carried from the development machine).
+# Environment: MTP_CONFIGS=-1,5 the timed configurations (default all), MTP_TOKENS, MTP_NS,
+# MTP_TEST_S / MTP_SANITIZE_S the steps' limits (0: no sanitizers), GDN_TEST_CONFIGS the tested
+# configurations.
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 out=$1 base=${2:-}
@@ -21,7 +24,7 @@ if [ "${MTP_SANITIZE_S:-120}" != 0 ]; then # 0: leave the sanitizers to another 
 fi
 
 ns=${MTP_NS:-1,16,64,256}
-configs=-1,$(seq -s, 0 $(($(build/gdn bench --help | sed -n 's/.*multi-token: 0\.\.\([0-9]*\).*/\1/p') + 0)))
+configs=${MTP_CONFIGS:--1,$(seq -s, 0 $(($(build/gdn bench --help | sed -n 's/.*multi-token: 0\.\.\([0-9]*\).*/\1/p') + 0)))}
 { echo "$header"; echo "shape,H,HV,K,V,state_dtype,N,T,token_slots,impl,median_us,gbps,pct_of_copy"; } >"$out/configs.csv"
 for state in f32 bf16; do
     for T in ${MTP_TOKENS:-2 3 4 8}; do

@@ -86,7 +86,7 @@ template <int SLOTS, int STAGES> __host__ __device__ constexpr int64_t ring_byte
  * Returns (to every thread) whether some token's snapshot slot lies outside the pool; ends
  * with the block's one barrier, so every thread must call it.
  */
-template <typename Act, int BLOCK_ROWS>
+template <typename Act, int BLOCK_ROWS, bool PLAIN>
 __device__ bool stage_tokens(const gdn_problem &p, const block_coords &bc, int64_t first, int T,
                              int64_t block_row0, unsigned char *smem, const stage_layout &at)
 {
@@ -102,7 +102,7 @@ __device__ bool stage_tokens(const gdn_problem &p, const block_coords &bc, int64
         gate_inputs gi{};
         int64_t slot = -1;
         if (lane == 0) { /* issued with the q and k loads: one memory round trip per token */
-            gi = load_gate_inputs<Act>(p, row, bc.hv);
+            gi = PLAIN ? load_raw_gate_inputs<Act>(p, row, bc.hv) : load_gate_inputs<Act>(p, row, bc.hv);
             slot = p.token_slots ? gdn_token_slot(&p, bc.n, t) : -1;
         }
         float q[kRowK / 32], k[kRowK / 32], qq = 0.0f, kk = 0.0f, qk = 0.0f;
@@ -128,7 +128,9 @@ __device__ bool stage_tokens(const gdn_problem &p, const block_coords &bc, int64
             ks[t * kRowK + lane + 32 * i] = k[i] * k_factor;
         }
         if (lane == 0) {
-            gates[t] = token_gates{gate_decay(p, gi), gate_beta(p, gi), qk * q_factor * k_factor, 0.0f};
+            const float decay = PLAIN ? expf(gdn_gate_log(gi.A_log, gi.a, gi.dt_bias)) : gate_decay(p, gi);
+            const float beta = PLAIN ? sigmoid_fast(gi.b) : gate_beta(p, gi);
+            gates[t] = token_gates{decay, beta, qk * q_factor * k_factor, 0.0f};
             snapshot[t] = slot < 0 ? -1 : gdn_tile_offset(&p, slot, bc.hv);
             bad_slot |= slot >= p.num_slots;
         }
@@ -149,7 +151,7 @@ __device__ bool stage_tokens(const gdn_problem &p, const block_coords &bc, int64
  * lanes a row (G = 8 with CH = 32 / VEC), so the reduction of a token costs about G / 32 of
  * the shuffles a row that G = 32 (f32) or 16 (bf16) lanes need.
  */
-template <typename Act, typename St, int SLOTS, int BATCHES, int STAGES, int CH>
+template <typename Act, typename St, int SLOTS, int BATCHES, int STAGES, int CH, bool PLAIN>
 __global__ void __launch_bounds__(kThreads) decode_multi_token_vk128(const __grid_constant__ gdn_problem p)
 {
     constexpr int VEC = state_vec<St>::n;
@@ -205,7 +207,7 @@ __global__ void __launch_bounds__(kThreads) decode_multi_token_vk128(const __gri
     const St *src = static_cast<const St *>(p.state_pool) + gdn_tile_offset(&p, read, bc.hv);
     uint4 *const my_ring = reinterpret_cast<uint4 *>(smem + at.ring) + (int64_t)warp * RING * SLOTS * 32;
     /* a sequence without an initial state reads its rows as zeros (as rows past V) */
-    const int64_t rows_read = gdn_zero_initial_state(&p, blockIdx.z) ? 0 : V;
+    const int64_t rows_read = !PLAIN && gdn_zero_initial_state(&p, blockIdx.z) ? 0 : V;
     const row_batches<St, SLOTS, BATCHES, RING, P, WR, CH> batches{src, my_ring, warp_row0, rows_read,
                                                                    hw,  col,     lane};
     uint4 raw[2][SLOTS];
@@ -217,7 +219,7 @@ __global__ void __launch_bounds__(kThreads) decode_multi_token_vk128(const __gri
         batches.load(0, raw[0]);
     }
 
-    if (stage_tokens<Act, BLOCK_ROWS>(p, bc, first, T, block_row0, smem, at)) {
+    if (stage_tokens<Act, BLOCK_ROWS, PLAIN>(p, bc, first, T, block_row0, smem, at)) {
         skip_bad_row(p); /* a snapshot slot outside the pool: nothing written */
         return;
     }
@@ -347,14 +349,14 @@ constexpr gdn_kernel_shape kShapes[] = {{4, 1, 0, 0}, {8, 1, 0, 0}, {4, 2, 0, 0}
                                         {8, 4, 3, 8}, {8, 8, 4, 8}, {16, 4, 3, 8}, {8, 1, 0, 8}};
 constexpr int kShapeCount = sizeof kShapes / sizeof kShapes[0];
 
-template <typename Act, typename St, int SLOTS, int BATCHES, int STAGES, int CH = 1>
-cudaError_t launch_shape(const gdn_problem &p, cudaStream_t stream)
+template <typename Act, typename St, int SLOTS, int BATCHES, int STAGES, int CH, bool PLAIN>
+cudaError_t launch_kernel(const gdn_problem &p, cudaStream_t stream)
 {
     constexpr int P = 32 / (kRowK / (state_vec<St>::n * CH));
     constexpr int64_t warp_rows = (int64_t)(SLOTS / CH) * P * BATCHES,
                       block_rows = kWarpsPerBlock * warp_rows;
     const stage_layout at = stage_layout_of(p.num_tokens, block_rows, ring_bytes<SLOTS, STAGES>());
-    const auto kernel = decode_multi_token_vk128<Act, St, SLOTS, BATCHES, STAGES, CH>;
+    const auto kernel = decode_multi_token_vk128<Act, St, SLOTS, BATCHES, STAGES, CH, PLAIN>;
     /* Past the default 48 KiB (T > 12 with the ring) a kernel must opt in (per device, so on
      * every such call); always to the most this instantiation can ask for, so that threads
      * racing with different T never lower each other's limit. */
@@ -372,6 +374,19 @@ cudaError_t launch_shape(const gdn_problem &p, cudaStream_t stream)
     return cudaGetLastError();
 }
 
+/* CHOSEN: a configuration choose_config picks, which also gets an instantiation for the plain
+ * calls (a, b, A_log, dt_bias gates, every sequence from its slot's state): reading g and
+ * has_initial_state, even behind uniform branches, put the has_initial_state load between the
+ * slot index and the state loads and a selection between the gate forms in the prologue
+ * (2-4% at 23f4455, bench/NOTES.md). The other configurations (tuning) take every call in one. */
+template <typename Act, typename St, int SLOTS, int BATCHES, int STAGES, int CH = 1, bool CHOSEN = false>
+cudaError_t launch_shape(const gdn_problem &p, cudaStream_t stream)
+{
+    if (CHOSEN && !p.g && !p.has_initial_state)
+        return launch_kernel<Act, St, SLOTS, BATCHES, STAGES, CH, CHOSEN>(p, stream);
+    return launch_kernel<Act, St, SLOTS, BATCHES, STAGES, CH, false>(p, stream);
+}
+
 template <typename Act, typename St>
 cudaError_t launch_config(const gdn_problem &p, int config, cudaStream_t stream)
 {
@@ -380,18 +395,18 @@ cudaError_t launch_config(const gdn_problem &p, int config, cudaStream_t stream)
     switch (config) {                          /* kShapes, in order */
     case 0: return launch_shape<Act, St, 4 / D, 1, 0>(p, stream);
     case 1: return launch_shape<Act, St, 8 / D, 1, 0>(p, stream);
-    case 2: return launch_shape<Act, St, 4 / D, 2, 0>(p, stream);
-    case 3: return launch_shape<Act, St, 8 / D, 2, 0>(p, stream);
+    case 2: return launch_shape<Act, St, 4 / D, 2, 0, 1, true>(p, stream);
+    case 3: return launch_shape<Act, St, 8 / D, 2, 0, 1, true>(p, stream);
     case 4: return launch_shape<Act, St, 4 / D, 4, 0>(p, stream);
-    case 5: return launch_shape<Act, St, 8 / D, 4, 3>(p, stream);
+    case 5: return launch_shape<Act, St, 8 / D, 4, 3, 1, true>(p, stream);
     case 6: return launch_shape<Act, St, 4 / D, 4, 3>(p, stream);
     case 7: return launch_shape<Act, St, 4 / D, 8, 4>(p, stream);
     case 8: return launch_shape<Act, St, 8 / D, 8, 4>(p, stream);
     case 9: return launch_shape<Act, St, 2 * CH8, 4, 0, CH8>(p, stream);
-    case 10: return launch_shape<Act, St, 2 * CH8, 4, 3, CH8>(p, stream);
+    case 10: return launch_shape<Act, St, 2 * CH8, 4, 3, CH8, true>(p, stream);
     case 11: return launch_shape<Act, St, 2 * CH8, 8, 4, CH8>(p, stream);
     case 12: return launch_shape<Act, St, 4 * CH8, 4, 3, CH8>(p, stream);
-    default: return launch_shape<Act, St, 2 * CH8, 1, 0, CH8>(p, stream);
+    default: return launch_shape<Act, St, 2 * CH8, 1, 0, CH8, true>(p, stream);
     }
 }
 

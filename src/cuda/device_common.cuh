@@ -107,6 +107,17 @@ __device__ __forceinline__ gate_inputs load_gate_inputs(const gdn_problem &p, in
     x.a = load_elem<Act>(a, a_at);
     return x;
 }
+/* The raw-projection form alone, for kernels specialised to calls without precomputed gates. */
+template <typename Act>
+__device__ __forceinline__ gate_inputs load_raw_gate_inputs(const gdn_problem &p, int64_t row, int64_t hv)
+{
+    gate_inputs x;
+    x.A_log = p.A_log[hv];
+    x.dt_bias = p.dt_bias[hv];
+    x.b = load_elem<Act>(p.b, row * p.b_stride + hv);
+    x.a = load_elem<Act>(p.a, row * p.a_stride + hv);
+    return x;
+}
 __device__ __forceinline__ float gate_decay(const gdn_problem &p, const gate_inputs &x)
 {
     const float raw = gdn_gate_log(x.A_log, x.a, x.dt_bias);
