@@ -397,9 +397,9 @@ cudaError_t launch_config(const gdn_problem &p, int config, cudaStream_t stream)
     case 1: return launch_shape<Act, St, 8 / D, 1, 0>(p, stream);
     case 2: return launch_shape<Act, St, 4 / D, 2, 0, 1, true>(p, stream);
     case 3: return launch_shape<Act, St, 8 / D, 2, 0, 1, true>(p, stream);
-    case 4: return launch_shape<Act, St, 4 / D, 4, 0>(p, stream);
+    case 4: return launch_shape<Act, St, 4 / D, 4, 0, 1, true>(p, stream);
     case 5: return launch_shape<Act, St, 8 / D, 4, 3, 1, true>(p, stream);
-    case 6: return launch_shape<Act, St, 4 / D, 4, 3>(p, stream);
+    case 6: return launch_shape<Act, St, 4 / D, 4, 3, 1, true>(p, stream);
     case 7: return launch_shape<Act, St, 4 / D, 8, 4>(p, stream);
     case 8: return launch_shape<Act, St, 8 / D, 8, 4>(p, stream);
     case 9: return launch_shape<Act, St, 2 * CH8, 4, 0, CH8>(p, stream);
@@ -420,8 +420,9 @@ cudaError_t launch_config(const gdn_problem &p, int config, cudaStream_t stream)
  *  - with token slots every token stores the tile, the stores dominate, and one or two batches
  *    a warp keep the most stores in flight: r4x2 (f32), r8x2 (bf16);
  *  - otherwise the token loop's instructions dominate: f32 takes 8 lanes a row (a quarter of the
- *    shuffles a token) with 4 batches through a 3-stage ring (r8x4s3l8); bf16 keeps 16 lanes a
- *    row, 4 batches of 8 rows through a 3-stage ring (r8x4s3).
+ *    shuffles a token) with 4 batches through a 3-stage ring (r8x4s3l8) at T = 3..7, 4 batches
+ *    of 4 rows at T = 2 (r4x4) and through a 3-stage ring from T = 8 (r4x4s3); bf16 keeps 16
+ *    lanes a row, 4 batches of 8 rows through a 3-stage ring (r8x4s3).
  */
 int choose_config(const gdn_problem &p)
 {
@@ -431,7 +432,11 @@ int choose_config(const gdn_problem &p)
         return 13; /* r8x1l8 */
     if (p.token_slots)
         return bf16 ? 3 : 2; /* r8x2, r4x2 */
-    return bf16 ? 5 : 10;    /* r8x4s3, r8x4s3l8 */
+    if (bf16)
+        return 5; /* r8x4s3 */
+    /* f32 by T (the same sweep, N = 16-256, mean time over the fastest configuration's):
+     * T = 2 r4x4 1.002 (r8x4s3l8 1.060), T = 8 r4x4s3 1.035 (1.069), T = 3, 4 r8x4s3l8 */
+    return p.num_tokens <= 2 ? 4 : p.num_tokens >= 8 ? 6 : 10; /* r4x4, r4x4s3, r8x4s3l8 */
 }
 
 int forced_config = -1;
