@@ -344,9 +344,10 @@ __global__ void __launch_bounds__(kThreads) decode_multi_token_vk128(const __gri
 /* Each configuration: rows per batch (f32 rows; bf16 takes two rows per load), batches per
  * warp, the shared-memory ring depth (0 = registers) and the lanes a row (0: one 16-byte
  * piece a lane, 32 lanes an f32 row, 16 a bf16 row; 8: CH pieces a lane). */
-constexpr gdn_kernel_shape kShapes[] = {{4, 1, 0, 0}, {8, 1, 0, 0}, {4, 2, 0, 0},  {8, 2, 0, 0}, {4, 4, 0, 0},
-                                        {8, 4, 3, 0}, {4, 4, 3, 0}, {4, 8, 4, 0},  {8, 8, 4, 0}, {8, 4, 0, 8},
-                                        {8, 4, 3, 8}, {8, 8, 4, 8}, {16, 4, 3, 8}, {8, 1, 0, 8}};
+constexpr gdn_kernel_shape kShapes[] = {{4, 1, 0, 0, 0},  {8, 1, 0, 0, 0}, {4, 2, 0, 0, 0}, {8, 2, 0, 0, 0},
+                                        {4, 4, 0, 0, 0},  {8, 4, 3, 0, 0}, {4, 4, 3, 0, 0}, {4, 8, 4, 0, 0},
+                                        {8, 8, 4, 0, 0},  {8, 4, 0, 8, 0}, {8, 4, 3, 8, 0}, {8, 8, 4, 8, 0},
+                                        {16, 4, 3, 8, 0}, {8, 1, 0, 8, 0}};
 constexpr int kShapeCount = sizeof kShapes / sizeof kShapes[0];
 
 template <typename Act, typename St, int SLOTS, int BATCHES, int STAGES, int CH, bool PLAIN>

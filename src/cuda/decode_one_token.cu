@@ -94,7 +94,7 @@ template <typename Act, int VEC, int G> struct token_inputs {
  * (cp.async), STAGES - 1 of them in flight while one is computed; each lane reads back only
  * the 16-byte pieces it copied itself, so no barrier is needed.
  */
-template <typename Act, typename St, int SLOTS, int BATCHES, int STAGES, bool PDL>
+template <typename Act, typename St, int SLOTS, int BATCHES, int STAGES, bool STREAMING, bool PDL>
 __global__ void __launch_bounds__(kThreads) decode_one_token_vk128(const __grid_constant__ gdn_problem p)
 {
     constexpr int VEC = state_vec<St>::n;
@@ -142,7 +142,7 @@ __global__ void __launch_bounds__(kThreads) decode_one_token_vk128(const __grid_
             for (int b = 0; b < STAGES - 1; b++)
                 batches.stage(b);
         } else {
-            batches.load(0, raw[0]);
+            batches.template load<STREAMING>(0, raw[0]);
         }
     }
 
@@ -192,7 +192,7 @@ __global__ void __launch_bounds__(kThreads) decode_one_token_vk128(const __grid_
             for (int j = 0; j < SLOTS; j++)
                 cur[j] = raw[b % 2][j];
             if (b + 1 < BATCHES)
-                batches.load(b + 1, raw[(b + 1) % 2]);
+                batches.template load<STREAMING>(b + 1, raw[(b + 1) % 2]);
         }
         float s[SLOTS][VEC];
         float sums[M];
@@ -224,20 +224,26 @@ __global__ void __launch_bounds__(kThreads) decode_one_token_vk128(const __grid_
 #pragma unroll
             for (int i = 0; i < VEC; i++)
                 s[j][i] = ts.decay * s[j][i] + uj * in.k[i];
-            if (dst && row < V)
-                store16(dst + row * kRowK + col, state_vec<St>::pack(s[j]));
+            if (dst && row < V) {
+                if constexpr (STREAMING)
+                    store16_streaming(dst + row * kRowK + col, state_vec<St>::pack(s[j]));
+                else
+                    store16(dst + row * kRowK + col, state_vec<St>::pack(s[j]));
+            }
         }
     }
 }
 
 /* Each configuration: rows per batch (f32 rows; bf16 takes two rows per load), batches per
- * warp, and the shared-memory ring depth (0 = registers). */
-constexpr gdn_kernel_shape kShapes[] = {{2, 1, 0, 0}, {4, 1, 0, 0}, {8, 1, 0, 0},  {4, 2, 0, 0},
-                                        {4, 4, 0, 0}, {8, 2, 0, 0}, {8, 4, 0, 0},  {8, 4, 3, 0},
-                                        {4, 8, 4, 0}, {8, 8, 3, 0}, {8, 16, 3, 0}, {4, 16, 4, 0}};
+ * warp, the shared-memory ring depth (0 = registers), lanes (the default) and 1 for streaming
+ * cache hints on the state (name ending in c). */
+constexpr gdn_kernel_shape kShapes[] = {{2, 1, 0, 0, 0}, {4, 1, 0, 0, 0}, {8, 1, 0, 0, 0},  {4, 2, 0, 0, 0},
+                                        {4, 4, 0, 0, 0}, {8, 2, 0, 0, 0}, {8, 4, 0, 0, 0},  {8, 4, 3, 0, 0},
+                                        {4, 8, 4, 0, 0}, {8, 8, 3, 0, 0}, {8, 16, 3, 0, 0}, {4, 16, 4, 0, 0},
+                                        {4, 1, 0, 0, 1}, {8, 1, 0, 0, 1}, {8, 2, 0, 0, 1},  {4, 4, 0, 0, 1}};
 constexpr int kShapeCount = sizeof kShapes / sizeof kShapes[0];
 
-template <typename Act, typename St, int SLOTS, int BATCHES, int STAGES, bool PDL>
+template <typename Act, typename St, int SLOTS, int BATCHES, int STAGES, bool PDL, bool STREAMING = false>
 cudaError_t launch_shape(const gdn_problem &p, cudaStream_t stream)
 {
     constexpr int P = 32 / (kRowK / state_vec<St>::n);
@@ -251,11 +257,12 @@ cudaError_t launch_shape(const gdn_problem &p, cudaStream_t stream)
                     (unsigned)p.num_seqs);
     const dim3 block((unsigned)(32 * warps));
     if (!PDL) {
-        decode_one_token_vk128<Act, St, SLOTS, BATCHES, STAGES, false><<<grid, block, smem, stream>>>(p);
+        decode_one_token_vk128<Act, St, SLOTS, BATCHES, STAGES, STREAMING, false>
+            <<<grid, block, smem, stream>>>(p);
         return cudaGetLastError();
     }
-    return launch_programmatic(decode_one_token_vk128<Act, St, SLOTS, BATCHES, STAGES, true>, grid, block,
-                               smem, stream, p);
+    return launch_programmatic(decode_one_token_vk128<Act, St, SLOTS, BATCHES, STAGES, STREAMING, true>, grid,
+                               block, smem, stream, p);
 }
 
 template <typename Act, typename St, bool PDL>
@@ -275,7 +282,12 @@ cudaError_t launch_config(const gdn_problem &p, int config, cudaStream_t stream)
     case 8: return launch_shape<Act, St, 4 / D, 8, 4, PDL>(p, stream);
     case 9: return launch_shape<Act, St, 8 / D, 8, 3, PDL>(p, stream);
     case 10: return launch_shape<Act, St, 8 / D, 16, 3, PDL>(p, stream);
-    default: return launch_shape<Act, St, 4 / D, 16, 4, PDL>(p, stream);
+    case 11: return launch_shape<Act, St, 4 / D, 16, 4, PDL>(p, stream);
+    /* streaming cache hints on the state's loads and stores */
+    case 12: return launch_shape<Act, St, 4 / D, 1, 0, PDL, true>(p, stream);
+    case 13: return launch_shape<Act, St, 8 / D, 1, 0, PDL, true>(p, stream);
+    case 14: return launch_shape<Act, St, 8 / D, 2, 0, PDL, true>(p, stream);
+    default: return launch_shape<Act, St, 4 / D, 4, 0, PDL, true>(p, stream);
     }
 }
 

@@ -69,6 +69,21 @@ __device__ __forceinline__ void store16(void *at, uint4 x)
                  "r"(x.w));
 }
 
+/* The same with the streaming cache hint (.cs: evict first, the line is touched once), for
+ * state tiles that are read once and written once. */
+__device__ __forceinline__ uint4 load16_streaming(const void *at)
+{
+    uint4 x;
+    asm volatile("ld.global.cs.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(x.x), "=r"(x.y), "=r"(x.z), "=r"(x.w)
+                 : "l"(at));
+    return x;
+}
+__device__ __forceinline__ void store16_streaming(void *at, uint4 x)
+{
+    asm volatile("st.global.cs.v4.u32 [%0], {%1, %2, %3, %4};" ::"l"(at), "r"(x.x), "r"(x.y), "r"(x.z), "r"(x.w));
+}
+
 /* cp.async (sm_80+): 16 bytes global -> shared without passing through registers; `size` 0
  * zero-fills. The bytes a warp keeps in flight then cost shared memory instead of registers. */
 __device__ __forceinline__ void copy_async16(uint4 *smem, const void *gmem, bool valid)
@@ -103,13 +118,16 @@ template <typename St, int SLOTS, int BATCHES, int RING, int P, int WR, int CH =
     static __device__ __forceinline__ int64_t row_of(int j) { return (j / CH) * P; }
     static __device__ __forceinline__ int col_of(int j) { return (j % CH) * (kRowK / CH); }
 
-    __device__ __forceinline__ void load(int b, uint4 (&dst)[SLOTS]) const
+    template <bool STREAMING = false> __device__ __forceinline__ void load(int b, uint4 (&dst)[SLOTS]) const
     {
 #pragma unroll
         for (int j = 0; j < SLOTS; j++) {
             const int64_t row = warp_row0 + b * WR + row_of(j) + hw;
-            dst[j] = row < V ? *reinterpret_cast<const uint4 *>(src + row * kRowK + col + col_of(j))
-                             : make_uint4(0, 0, 0, 0);
+            const St *at = src + row * kRowK + col + col_of(j);
+            if constexpr (STREAMING)
+                dst[j] = row < V ? load16_streaming(at) : make_uint4(0, 0, 0, 0);
+            else
+                dst[j] = row < V ? *reinterpret_cast<const uint4 *>(at) : make_uint4(0, 0, 0, 0);
         }
     }
 
