@@ -240,7 +240,7 @@ __global__ void __launch_bounds__(kThreads) decode_one_token_vk128(const __grid_
 constexpr gdn_kernel_shape kShapes[] = {{2, 1, 0, 0, 0}, {4, 1, 0, 0, 0}, {8, 1, 0, 0, 0},  {4, 2, 0, 0, 0},
                                         {4, 4, 0, 0, 0}, {8, 2, 0, 0, 0}, {8, 4, 0, 0, 0},  {8, 4, 3, 0, 0},
                                         {4, 8, 4, 0, 0}, {8, 8, 3, 0, 0}, {8, 16, 3, 0, 0}, {4, 16, 4, 0, 0},
-                                        {4, 1, 0, 0, 1}, {8, 1, 0, 0, 1}, {8, 2, 0, 0, 1},  {4, 4, 0, 0, 1}};
+                                        {4, 1, 0, 0, 1}, {8, 1, 0, 0, 1}, {8, 2, 0, 0, 1}};
 constexpr int kShapeCount = sizeof kShapes / sizeof kShapes[0];
 
 template <typename Act, typename St, int SLOTS, int BATCHES, int STAGES, bool PDL, bool STREAMING = false>
@@ -286,8 +286,7 @@ cudaError_t launch_config(const gdn_problem &p, int config, cudaStream_t stream)
     /* streaming cache hints on the state's loads and stores */
     case 12: return launch_shape<Act, St, 4 / D, 1, 0, PDL, true>(p, stream);
     case 13: return launch_shape<Act, St, 8 / D, 1, 0, PDL, true>(p, stream);
-    case 14: return launch_shape<Act, St, 8 / D, 2, 0, PDL, true>(p, stream);
-    default: return launch_shape<Act, St, 4 / D, 4, 0, PDL, true>(p, stream);
+    default: return launch_shape<Act, St, 8 / D, 2, 0, PDL, true>(p, stream);
     }
 }
 
@@ -297,24 +296,30 @@ cudaError_t launch_config(const gdn_problem &p, int config, cudaStream_t stream)
  * at small batches short warps (4 rows) and many blocks, so that every multiprocessor has its
  * loads in flight at once; then 8 rows a warp, then warps that prefetch their next batch; for
  * large pools a shared-memory ring (bf16, cp.async: twice the bytes in flight per warp without
- * the registers) or 4 batches of 4 rows (f32).
+ * the registers) or 4 batches of 4 rows (f32). Up to 2000 (f32) or 4000 (bf16) rows a
+ * multiprocessor the state moves with the streaming cache hint (the "c" configurations): on the
+ * H100 sweep of 7801cd4 (bench/results/h100-2026-12-06-7801cd4-tune/) 10-13% faster at N = 1
+ * (qwen3-next f32 4.82 -> 4.17 us, bf16 4.06 -> 3.54), 1-10% up to those sizes, and 0.5-2%
+ * slower beyond them.
  */
 int choose_config(const gdn_problem &p)
 {
     const int64_t rows_per_sm = p.num_seqs * p.num_v_heads * p.head_dim_v / sm_count();
     if (p.state_dtype == GDN_DTYPE_BF16) {
-        if (rows_per_sm <= 64)
-            return 1; /* r4x1 */
-        if (rows_per_sm <= 320)
-            return 2; /* r8x1 */
+        if (rows_per_sm <= 160)
+            return 12; /* r4x1c */
         if (rows_per_sm <= 4000)
-            return 5; /* r8x2 */
-        return 7;     /* r8x4s3 */
+            return 14; /* r8x2c */
+        return 7;      /* r8x4s3 */
     }
+    if (rows_per_sm <= 64)
+        return 12; /* r4x1c */
     if (rows_per_sm <= 160)
-        return 1; /* r4x1 */
+        return 13; /* r8x1c */
     if (rows_per_sm <= 320)
-        return 3; /* r4x2 */
+        return 14; /* r8x2c */
+    if (rows_per_sm <= 2000)
+        return 12; /* r4x1c */
     if (rows_per_sm <= 4000)
         return 2; /* r8x1 */
     if (rows_per_sm <= 10000)
