@@ -571,10 +571,21 @@ def test_compat_wrapper_against_fla_itself():
 
 def test_compat_wrapper_against_flashinfer():
     torch = cuda_torch()
+    # Wheels installed with pip --target and put on PYTHONPATH have their .pth files skipped;
+    # nvidia-cutlass-dsl needs its own (as in bench/peers/peer_bench.py), or FlashInfer imports
+    # with its CuTe DSL kernels set to None.
+    import os
+    import site
+    for path in os.environ.get("PYTHONPATH", "").split(os.pathsep):
+        if path and os.path.isdir(path):
+            site.addsitedir(path)
     try:
+        import flashinfer.gdn_decode as flashinfer_gdn
         from flashinfer.gdn_decode import gated_delta_rule_decode_pretranspose as flashinfer_decode
     except ImportError as error:
         skip(f"FlashInfer is not installed ({error})")
+    if getattr(flashinfer_gdn, "run_pretranspose_decode", True) is None:
+        skip("FlashInfer imported without its CuTe DSL kernels (nvidia-cutlass-dsl not importable)")
     if torch.cuda.get_device_capability()[0] < 9:
         skip("FlashInfer's GDN decode needs sm_90+")
     rng = new_rng()
