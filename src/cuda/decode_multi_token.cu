@@ -216,7 +216,7 @@ __global__ void __launch_bounds__(kThreads) decode_multi_token_vk128(const __gri
         for (int b = 0; b < STAGES - 1; b++)
             batches.stage(b);
     } else {
-        batches.load(0, raw[0]);
+        batches.template load<true>(0, raw[0]);
     }
 
     if (stage_tokens<Act, BLOCK_ROWS, PLAIN>(p, bc, first, T, block_row0, smem, at)) {
@@ -243,7 +243,7 @@ __global__ void __launch_bounds__(kThreads) decode_multi_token_vk128(const __gri
             for (int j = 0; j < SLOTS; j++)
                 cur[j] = raw[b % 2][j];
             if (b + 1 < BATCHES)
-                batches.load(b + 1, raw[(b + 1) % 2]);
+                batches.template load<true>(b + 1, raw[(b + 1) % 2]);
         }
         float s[SLOTS][VEC];
 #pragma unroll
@@ -320,8 +320,8 @@ __global__ void __launch_bounds__(kThreads) decode_multi_token_vk128(const __gri
                     for (int i = 0; i < VEC; i++)
                         x[i] = c * s[j][i];
                     if (row0 + batches.row_of(j) < V)
-                        store16(snap_row0 + batches.row_of(j) * kRowK + batches.col_of(j),
-                                state_vec<St>::pack(x));
+                        store16_streaming(snap_row0 + batches.row_of(j) * kRowK + batches.col_of(j),
+                                          state_vec<St>::pack(x));
                 }
             }
         }
@@ -335,7 +335,7 @@ __global__ void __launch_bounds__(kThreads) decode_multi_token_vk128(const __gri
             for (int j = 0; j < SLOTS; j++) {
                 const int64_t row = row0 + batches.row_of(j);
                 if (row < V)
-                    store16(dst + row * kRowK + col + batches.col_of(j), state_vec<St>::pack(s[j]));
+                    store16_streaming(dst + row * kRowK + col + batches.col_of(j), state_vec<St>::pack(s[j]));
             }
         }
     }
