@@ -2574,13 +2574,8 @@ bool split_for(const gdn_problem &p)
  * 882 against 1124/779/780; 1x32768 1750 against 2131/2484/4326.) */
 int wgmma_slices(const gdn_problem &p)
 {
-    static int cc = -1;
-    int c = __atomic_load_n(&cc, __ATOMIC_RELAXED);
-    if (c < 0) {
-        c = 10 * cc_major() + device_attribute<cudaDevAttrComputeCapabilityMinor>(0);
-        __atomic_store_n(&cc, c, __ATOMIC_RELAXED);
-    }
-    if (c != 90)
+    /* of the current device (both attributes are cached per device) */
+    if (10 * cc_major() + device_attribute<cudaDevAttrComputeCapabilityMinor>(0) != 90)
         return 0;
     int wgs = __atomic_load_n(&forced_wgmma, __ATOMIC_RELAXED);
     if (wgs < 0) {
