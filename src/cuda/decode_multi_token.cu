@@ -38,6 +38,11 @@ namespace
 
 constexpr int kWarpsPerBlock = kThreads / 32;
 
+#ifndef GDN_MT_SWIZZLE
+#define GDN_MT_SWIZZLE 1
+#endif
+constexpr bool kSwizzleRows = GDN_MT_SWIZZLE;
+
 /* The smallest scale of the rows held in registers (S = c * s) before they are rescaled: u / c
  * then stays below 2^60 |u|, far from the float range, and rescales are rare (60 / log2(1/decay)
  * tokens apart; a typical decay of 0.9-1 never gets there within 16 tokens). */
@@ -208,8 +213,9 @@ __global__ void __launch_bounds__(kThreads) decode_multi_token_vk128(const __gri
     uint4 *const my_ring = reinterpret_cast<uint4 *>(smem + at.ring) + (int64_t)warp * RING * SLOTS * 32;
     /* a sequence without an initial state reads its rows as zeros (as rows past V) */
     const int64_t rows_read = !PLAIN && gdn_zero_initial_state(&p, blockIdx.z) ? 0 : V;
+    const int swizzle = kSwizzleRows ? rows_swizzle<G, M>(lane) : 0;
     const row_batches<St, SLOTS, BATCHES, RING, P, WR, CH> batches{src, my_ring, warp_row0, rows_read,
-                                                                   hw,  col,     lane};
+                                                                   hw,  col,     lane,      swizzle};
     /* The state's register loads and every state and snapshot store carry the streaming hint
      * (.cs, evict first): on the H100 (daa3466 against b58aff6, the same run) 10-12% faster at
      * N = 1, 0-7% at N = 16 and 64, 0.4-1.4% slower at N = 256 (qwen3-next, T = 2, 4, 8). */
@@ -297,14 +303,15 @@ __global__ void __launch_bounds__(kThreads) decode_multi_token_vk128(const __gri
                 sums[2 * r] = dk;
                 sums[2 * r + 1] = dq;
             }
-            const float mine = reduce_scatter<G, M>(sums, lane);
+            const float mine =
+                kSwizzleRows ? reduce_scatter_swizzled<G, M>(sums, lane) : reduce_scatter<G, M>(sums, lane);
             const float other = __shfl_xor_sync(kFullMask, mine, SPREAD);
             const float dot_k = c * (own_is_q ? other : mine), dot_q = c * (own_is_q ? mine : other);
             const float u = tg.beta * (v_own - dot_k);
             const float u_scaled = u * reciprocal_approx(c); /* c in [2^-60, 1]: a normal float */
 #pragma unroll
             for (int r = 0; r < R; r++) {
-                const float ur = __shfl_sync(kFullMask, u_scaled, hw * G + 2 * r * SPREAD);
+                const float ur = __shfl_sync(kFullMask, u_scaled, hw * G + 2 * (r ^ swizzle) * SPREAD);
 #pragma unroll
                 for (int i = 0; i < KV; i++)
                     s[r * CH + i / VEC][i % VEC] += ur * k[i];

@@ -134,7 +134,7 @@ __global__ void __launch_bounds__(kThreads) decode_one_token_vk128(const __grid_
     const bool active = !padding && !bad;
     const St *src = static_cast<const St *>(p.state_pool) + (active ? gdn_tile_offset(&p, read, bc.hv) : 0);
     uint4 *const my_ring = ring + (int64_t)warp * RING * SLOTS * 32;
-    const row_batches<St, SLOTS, BATCHES, RING, P, WR> batches{src, my_ring, warp_row0, V, hw, col, lane};
+    const row_batches<St, SLOTS, BATCHES, RING, P, WR> batches{src, my_ring, warp_row0, V, hw, col, lane, 0};
     uint4 raw[2][SLOTS];
     if (active) {
         if constexpr (STAGES > 0) {

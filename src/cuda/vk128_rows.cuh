@@ -61,6 +61,35 @@ template <int G, int M> __device__ __forceinline__ float reduce_scatter(float (&
     return row_sum<G / M>(x[0]); /* the lanes still holding parts of the same value */
 }
 
+/*
+ * The row order that makes reduce_scatter's halving steps over rows select-free: a lane whose
+ * row slot r holds row r ^ rows_swizzle<G, M>(lane) (M = 2 rows' sums, S.k and S.q, a row) has,
+ * at every halving step over rows, the half it keeps in x[0 .. h) and the half its partner
+ * keeps in x[h .. 2h), as the partner has the reverse; so both send x[i + h] and keep x[i],
+ * with no select of which is which (two selects a value sent, ~12 of ~100-170 instructions a
+ * token of four rows). The address of each row slot changes, nothing else.
+ */
+template <int G, int M> __device__ __forceinline__ int rows_swizzle(int lane)
+{
+    return (lane % G) / (2 * G / M);
+}
+
+/* reduce_scatter for rows held in rows_swizzle order: the same result in the same lanes. */
+template <int G, int M> __device__ __forceinline__ float reduce_scatter_swizzled(float (&x)[M], int lane)
+{
+#pragma unroll
+    for (int h = M / 2, offset = G / 2; h >= 2; h /= 2, offset /= 2) {
+#pragma unroll
+        for (int i = 0; i < h; i++)
+            x[i] += __shfl_xor_sync(kFullMask, x[i + h], offset);
+    }
+    constexpr int last = G / M; /* S.k against S.q: the same order in every lane */
+    const bool upper = (lane & last) != 0;
+    const float send = upper ? x[0] : x[1];
+    const float keep = upper ? x[1] : x[0];
+    return row_sum<G / M>(keep + __shfl_xor_sync(kFullMask, send, last));
+}
+
 /* One 16-byte store. Written out because the compiler split some of the row stores into four
  * 4-byte stores (seen in the sm_90a SASS), four times the store instructions. */
 __device__ __forceinline__ void store16(void *at, uint4 x)
@@ -114,8 +143,9 @@ template <typename St, int SLOTS, int BATCHES, int RING, int P, int WR, int CH =
     uint4 *ring; /* this warp's: [RING][SLOTS][32 lanes] */
     int64_t warp_row0, V;
     int hw, col, lane;
+    int swizzle; /* row slot r of this lane holds row r ^ swizzle of a batch (rows_swizzle); 0: in order */
 
-    static __device__ __forceinline__ int64_t row_of(int j) { return (j / CH) * P; }
+    __device__ __forceinline__ int64_t row_of(int j) const { return ((j / CH) ^ swizzle) * P; }
     static __device__ __forceinline__ int col_of(int j) { return (j % CH) * (kRowK / CH); }
 
     template <bool STREAMING = false> __device__ __forceinline__ void load(int b, uint4 (&dst)[SLOTS]) const
