@@ -38,8 +38,11 @@ namespace
 
 constexpr int kWarpsPerBlock = kThreads / 32;
 
+/* Rows in rows_swizzle order (vk128_rows.cuh): fewer instructions a token, predicted ~5-10% of
+ * the token loop. Not yet run on a GPU (no machine could be had in the session that wrote it),
+ * so off by default; build with -DGDN_MT_SWIZZLE=1 to test and time it (bench/ab_builds.sh). */
 #ifndef GDN_MT_SWIZZLE
-#define GDN_MT_SWIZZLE 1
+#define GDN_MT_SWIZZLE 0
 #endif
 constexpr bool kSwizzleRows = GDN_MT_SWIZZLE;
 
