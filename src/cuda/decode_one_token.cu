@@ -43,15 +43,6 @@ namespace
 
 constexpr int kWarpsPerBlock = kThreads / 32;
 
-/* Rows in rows_swizzle order (vk128_rows.cuh), as the multi-token kernel can hold them: the
- * halving reduction's steps over rows without selects (2 (M - 2) fewer a batch: 12 of a batch of
- * four f32 rows a lane). Predicted to matter only where the kernel is not waiting on memory
- * (N = 1, or bf16 at mid N); off by default until measured (-DGDN_OT_SWIZZLE=1 builds it). */
-#ifndef GDN_OT_SWIZZLE
-#define GDN_OT_SWIZZLE 0
-#endif
-constexpr bool kSwizzleRows = GDN_OT_SWIZZLE;
-
 /* Per-token scalars of this (sequence, head), every lane holding its own copy. */
 struct token_scalars {
     float q_factor, k_factor, kq, decay, beta;
@@ -143,9 +134,7 @@ __global__ void __launch_bounds__(kThreads) decode_one_token_vk128(const __grid_
     const bool active = !padding && !bad;
     const St *src = static_cast<const St *>(p.state_pool) + (active ? gdn_tile_offset(&p, read, bc.hv) : 0);
     uint4 *const my_ring = ring + (int64_t)warp * RING * SLOTS * 32;
-    const int swizzle = kSwizzleRows ? rows_swizzle<G, M>(lane) : 0;
-    const row_batches<St, SLOTS, BATCHES, RING, P, WR> batches{src, my_ring, warp_row0, V,
-                                                               hw,  col,     lane,      swizzle};
+    const row_batches<St, SLOTS, BATCHES, RING, P, WR> batches{src, my_ring, warp_row0, V, hw, col, lane, 0};
     uint4 raw[2][SLOTS];
     if (active) {
         if constexpr (STAGES > 0) {
@@ -219,8 +208,7 @@ __global__ void __launch_bounds__(kThreads) decode_one_token_vk128(const __grid_
             sums[2 * j] = dk;
             sums[2 * j + 1] = dq;
         }
-        const float mine =
-            kSwizzleRows ? reduce_scatter_swizzled<G, M>(sums, lane) : reduce_scatter<G, M>(sums, lane);
+        const float mine = reduce_scatter<G, M>(sums, lane);
         const float other = __shfl_xor_sync(kFullMask, mine, SPREAD);
         const float dot_k = (own_is_q ? other : mine) * ts.k_factor;
         const float dot_q = (own_is_q ? mine : other) * ts.q_factor;
@@ -231,8 +219,8 @@ __global__ void __launch_bounds__(kThreads) decode_one_token_vk128(const __grid_
         const float u_k = u * ts.k_factor; /* S' = decay S + u k_hat, k_hat = k_factor k */
 #pragma unroll
         for (int j = 0; j < SLOTS; j++) {
-            const float uj = __shfl_sync(kFullMask, u_k, hw * G + 2 * (j ^ swizzle) * SPREAD);
-            const int64_t row = warp_row0 + b * WR + batches.row_of(j) + hw;
+            const float uj = __shfl_sync(kFullMask, u_k, hw * G + 2 * j * SPREAD);
+            const int64_t row = warp_row0 + b * WR + j * P + hw;
 #pragma unroll
             for (int i = 0; i < VEC; i++)
                 s[j][i] = ts.decay * s[j][i] + uj * in.k[i];
