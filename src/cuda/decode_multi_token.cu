@@ -38,13 +38,14 @@ namespace
 
 constexpr int kWarpsPerBlock = kThreads / 32;
 
-/* Rows in rows_swizzle order (vk128_rows.cuh): fewer instructions a token, predicted ~5-10% of
- * the token loop. Not yet run on a GPU (no machine could be had in the session that wrote it),
- * so off by default; build with -DGDN_MT_SWIZZLE=1 to test and time it (bench/ab_builds.sh). */
+/* GDN_MT_SWIZZLE=1 holds the rows in rows_swizzle order (vk128_rows.cuh) in every configuration,
+ * =0 in none; by default only the configuration of the smallest batches (r8x1l8) does. Measured on
+ * the H200 (bench/ab_builds.sh, fc0b3de with and without, 2 rounds): N = 1 6-7% faster at every
+ * T = 2..8 and both state dtypes; at N = 256 2-8% slower (more address registers: each row slot's
+ * address depends on the lane), N = 16-64 mixed. */
 #ifndef GDN_MT_SWIZZLE
-#define GDN_MT_SWIZZLE 0
+#define GDN_MT_SWIZZLE 2
 #endif
-constexpr bool kSwizzleRows = GDN_MT_SWIZZLE;
 
 /* The smallest scale of the rows held in registers (S = c * s) before they are rescaled: u / c
  * then stays below 2^60 |u|, far from the float range, and rescales are rare (60 / log2(1/decay)
@@ -159,7 +160,7 @@ __device__ bool stage_tokens(const gdn_problem &p, const block_coords &bc, int64
  * lanes a row (G = 8 with CH = 32 / VEC), so the reduction of a token costs about G / 32 of
  * the shuffles a row that G = 32 (f32) or 16 (bf16) lanes need.
  */
-template <typename Act, typename St, int SLOTS, int BATCHES, int STAGES, int CH, bool PLAIN>
+template <typename Act, typename St, int SLOTS, int BATCHES, int STAGES, int CH, bool PLAIN, bool SWIZZLE>
 __global__ void __launch_bounds__(kThreads) decode_multi_token_vk128(const __grid_constant__ gdn_problem p)
 {
     constexpr int VEC = state_vec<St>::n;
@@ -216,7 +217,7 @@ __global__ void __launch_bounds__(kThreads) decode_multi_token_vk128(const __gri
     uint4 *const my_ring = reinterpret_cast<uint4 *>(smem + at.ring) + (int64_t)warp * RING * SLOTS * 32;
     /* a sequence without an initial state reads its rows as zeros (as rows past V) */
     const int64_t rows_read = !PLAIN && gdn_zero_initial_state(&p, blockIdx.z) ? 0 : V;
-    const int swizzle = kSwizzleRows ? rows_swizzle<G, M>(lane) : 0;
+    const int swizzle = SWIZZLE ? rows_swizzle<G, M>(lane) : 0;
     const row_batches<St, SLOTS, BATCHES, RING, P, WR, CH> batches{src, my_ring, warp_row0, rows_read,
                                                                    hw,  col,     lane,      swizzle};
     /* The state's register loads and every state and snapshot store carry the streaming hint
@@ -307,7 +308,7 @@ __global__ void __launch_bounds__(kThreads) decode_multi_token_vk128(const __gri
                 sums[2 * r + 1] = dq;
             }
             const float mine =
-                kSwizzleRows ? reduce_scatter_swizzled<G, M>(sums, lane) : reduce_scatter<G, M>(sums, lane);
+                SWIZZLE ? reduce_scatter_swizzled<G, M>(sums, lane) : reduce_scatter<G, M>(sums, lane);
             const float other = __shfl_xor_sync(kFullMask, mine, SPREAD);
             const float dot_k = c * (own_is_q ? other : mine), dot_q = c * (own_is_q ? mine : other);
             const float u = tg.beta * (v_own - dot_k);
@@ -363,14 +364,14 @@ constexpr gdn_kernel_shape kShapes[] = {{4, 1, 0, 0, 0},  {8, 1, 0, 0, 0}, {4, 2
                                         {16, 4, 3, 8, 0}, {8, 1, 0, 8, 0}};
 constexpr int kShapeCount = sizeof kShapes / sizeof kShapes[0];
 
-template <typename Act, typename St, int SLOTS, int BATCHES, int STAGES, int CH, bool PLAIN>
+template <typename Act, typename St, int SLOTS, int BATCHES, int STAGES, int CH, bool PLAIN, bool SWIZZLE>
 cudaError_t launch_kernel(const gdn_problem &p, cudaStream_t stream)
 {
     constexpr int P = 32 / (kRowK / (state_vec<St>::n * CH));
     constexpr int64_t warp_rows = (int64_t)(SLOTS / CH) * P * BATCHES,
                       block_rows = kWarpsPerBlock * warp_rows;
     const stage_layout at = stage_layout_of(p.num_tokens, block_rows, ring_bytes<SLOTS, STAGES>());
-    const auto kernel = decode_multi_token_vk128<Act, St, SLOTS, BATCHES, STAGES, CH, PLAIN>;
+    const auto kernel = decode_multi_token_vk128<Act, St, SLOTS, BATCHES, STAGES, CH, PLAIN, SWIZZLE>;
     /* Past the default 48 KiB (T > 12 with the ring) a kernel must opt in (per device, so on
      * every such call); always to the most this instantiation can ask for, so that threads
      * racing with different T never lower each other's limit. */
@@ -393,12 +394,13 @@ cudaError_t launch_kernel(const gdn_problem &p, cudaStream_t stream)
  * has_initial_state, even behind uniform branches, put the has_initial_state load between the
  * slot index and the state loads and a selection between the gate forms in the prologue
  * (2-4% at 23f4455, bench/NOTES.md). The other configurations (tuning) take every call in one. */
-template <typename Act, typename St, int SLOTS, int BATCHES, int STAGES, int CH = 1, bool CHOSEN = false>
+template <typename Act, typename St, int SLOTS, int BATCHES, int STAGES, int CH = 1, bool CHOSEN = false,
+          bool SWIZZLE = GDN_MT_SWIZZLE == 1>
 cudaError_t launch_shape(const gdn_problem &p, cudaStream_t stream)
 {
     if (CHOSEN && !p.g && !p.has_initial_state)
-        return launch_kernel<Act, St, SLOTS, BATCHES, STAGES, CH, CHOSEN>(p, stream);
-    return launch_kernel<Act, St, SLOTS, BATCHES, STAGES, CH, false>(p, stream);
+        return launch_kernel<Act, St, SLOTS, BATCHES, STAGES, CH, CHOSEN, SWIZZLE>(p, stream);
+    return launch_kernel<Act, St, SLOTS, BATCHES, STAGES, CH, false, SWIZZLE>(p, stream);
 }
 
 template <typename Act, typename St>
@@ -420,7 +422,7 @@ cudaError_t launch_config(const gdn_problem &p, int config, cudaStream_t stream)
     case 10: return launch_shape<Act, St, 2 * CH8, 4, 3, CH8, true>(p, stream);
     case 11: return launch_shape<Act, St, 2 * CH8, 8, 4, CH8>(p, stream);
     case 12: return launch_shape<Act, St, 4 * CH8, 4, 3, CH8>(p, stream);
-    default: return launch_shape<Act, St, 2 * CH8, 1, 0, CH8, true>(p, stream);
+    default: return launch_shape<Act, St, 2 * CH8, 1, 0, CH8, true, GDN_MT_SWIZZLE != 0>(p, stream);
     }
 }
 
