@@ -2,7 +2,11 @@
  * Times llama.cpp's ggml_gated_delta_net (ggml CPU backend) on the decode step gdn's
  * `gdn bench --backend cpu` times, and a memcpy of the same state bytes on the same threads.
  *   ggml_gdn_bench H HV N THREADS REPS      prints CSV rows: shape-less, the caller labels them
- *   N,impl,median_us,gbps    impl: ggml | memcpy
+ *   N,impl,median_us,gbps    impl: ggml | ggml-cached | memcpy
+ * ggml and memcpy rotate through buffer sets of 64 MiB in all (at most 64 sets), the rule of
+ * `gdn bench --backend cpu`, so that no call finds its state in the cache a recent call left it
+ * in and both sides read the same level of memory; ggml-cached is the op on one set, every call
+ * on the same tensors (the state then stays in cache up to its size).
  * What ggml's call includes: q and k taken as given (llama.cpp l2-normalises them in separate
  * ops), g (log decay) and beta precomputed (separate ops in llama.cpp), one token per sequence,
  * the state read from one tensor and the new state written into the op's output (out of place;
@@ -69,6 +73,7 @@ static void copy_threads(char *dst, const char *src, size_t bytes, int threads)
 {
     pthread_t tid[64];
     copy_part parts[64];
+    threads = threads < 1 ? 1 : threads > 64 ? 64 : threads;
     for (int t = 0; t < threads; t++)
         parts[t] = (copy_part){dst + bytes * t / threads, src + bytes * t / threads,
                                bytes * (t + 1) / threads - bytes * t / threads};
@@ -79,18 +84,13 @@ static void copy_threads(char *dst, const char *src, size_t bytes, int threads)
         pthread_join(tid[t], NULL);
 }
 
-int main(int argc, char **argv)
+/* One ggml graph of the op with its own tensors. */
+typedef struct op_set {
+    struct ggml_cgraph *graph;
+} op_set;
+
+static op_set new_set(struct ggml_context *ctx, int64_t H, int64_t HV, int64_t N, int64_t S)
 {
-    if (argc != 6)
-        return fprintf(stderr, "usage: ggml_gdn_bench H HV N THREADS REPS\n"), 2;
-    const int64_t H = atoll(argv[1]), HV = atoll(argv[2]), N = atoll(argv[3]), S = 128;
-    const int threads = atoi(argv[4]), reps = atoi(argv[5]);
-    const size_t state_bytes = (size_t)(S * S * HV * N) * sizeof(float);
-    const size_t mem = 2 * state_bytes + (size_t)(N * (2 * H + 2 * HV + 3) * S) * sizeof(float) + (64u << 20);
-    struct ggml_init_params ip = {mem, NULL, false};
-    struct ggml_context *ctx = ggml_init(ip);
-    if (!ctx)
-        return fprintf(stderr, "ggml_init(%zu bytes) failed\n", mem), 1;
     struct ggml_tensor *q = ggml_new_tensor_4d(ctx, GGML_TYPE_F32, S, H, 1, N);
     struct ggml_tensor *k = ggml_new_tensor_4d(ctx, GGML_TYPE_F32, S, H, 1, N);
     struct ggml_tensor *v = ggml_new_tensor_4d(ctx, GGML_TYPE_F32, S, HV, 1, N);
@@ -100,28 +100,67 @@ int main(int argc, char **argv)
     fill(q, 0.088f, 0.0f), fill(k, 0.088f, 0.0f), fill(v, 1.0f, 0.0f);
     fill(g, 0.05f, -0.1f), fill(beta, 0.4f, 0.5f), fill(state, 0.05f, 0.0f);
     struct ggml_tensor *out = ggml_gated_delta_net(ctx, q, k, v, g, beta, state, 1);
-    struct ggml_cgraph *gf = ggml_new_graph(ctx);
-    ggml_build_forward_expand(gf, out);
+    op_set set = {ggml_new_graph(ctx)};
+    ggml_build_forward_expand(set.graph, out);
+    return set;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc != 6)
+        return fprintf(stderr, "usage: ggml_gdn_bench H HV N THREADS REPS\n"), 2;
+    const int64_t H = atoll(argv[1]), HV = atoll(argv[2]), N = atoll(argv[3]), S = 128;
+    const int threads = atoi(argv[4]), reps = atoi(argv[5]);
+    const size_t state_bytes = (size_t)(S * S * HV * N) * sizeof(float);
+    const size_t rotation = 64u << 20;
+    int sets = (int)((rotation + state_bytes - 1) / state_bytes);
+    sets = sets < 1 ? 1 : sets > 64 ? 64 : sets;
+    const size_t per_set = 2 * state_bytes + (size_t)(N * (2 * H + 2 * HV + 3) * S) * sizeof(float) +
+                           ggml_graph_overhead() + 16 * ggml_tensor_overhead() + 4096;
+    const size_t mem = (size_t)sets * per_set + (64u << 20);
+    struct ggml_init_params ip = {mem, NULL, false};
+    struct ggml_context *ctx = ggml_init(ip);
+    if (!ctx)
+        return fprintf(stderr, "ggml_init(%zu bytes) failed\n", mem), 1;
+    op_set *set = malloc((size_t)sets * sizeof *set);
+    for (int i = 0; i < sets; i++)
+        set[i] = new_set(ctx, H, HV, N, S);
     double *t = malloc((size_t)reps * sizeof *t);
-    ggml_graph_compute_with_ctx(ctx, gf, threads); /* warm-up */
+    for (int i = 0; i < sets; i++) /* warm-up, and every set touched once */
+        ggml_graph_compute_with_ctx(ctx, set[i].graph, threads);
     for (int r = 0; r < reps; r++) {
         double t0 = now_us();
-        ggml_graph_compute_with_ctx(ctx, gf, threads);
+        ggml_graph_compute_with_ctx(ctx, set[r % sets].graph, threads);
         t[r] = now_us() - t0;
     }
     const double us = median(t, reps);
     printf("%lld,ggml,%.3f,%.1f\n", (long long)N, us, 2.0 * state_bytes / (us * 1e3));
-    char *a = malloc(state_bytes), *b = malloc(state_bytes);
-    memset(a, 1, state_bytes), memset(b, 2, state_bytes);
-    copy_threads(b, a, state_bytes, threads);
+    ggml_graph_compute_with_ctx(ctx, set[0].graph, threads);
     for (int r = 0; r < reps; r++) {
         double t0 = now_us();
-        copy_threads(b, a, state_bytes, threads);
+        ggml_graph_compute_with_ctx(ctx, set[0].graph, threads);
+        t[r] = now_us() - t0;
+    }
+    const double cached = median(t, reps);
+    printf("%lld,ggml-cached,%.3f,%.1f\n", (long long)N, cached, 2.0 * state_bytes / (cached * 1e3));
+    /* the copy: sets pairs of buffers, one pair a call, as gdn bench's copy rotates */
+    char **a = malloc((size_t)sets * sizeof *a), **b = malloc((size_t)sets * sizeof *b);
+    for (int i = 0; i < sets; i++) {
+        a[i] = malloc(state_bytes), b[i] = malloc(state_bytes);
+        if (!a[i] || !b[i])
+            return fprintf(stderr, "out of memory for the copy's buffers\n"), 1;
+        memset(a[i], 1, state_bytes), memset(b[i], 2, state_bytes);
+    }
+    for (int r = 0; r < reps; r++) {
+        double t0 = now_us();
+        copy_threads(b[r % sets], a[r % sets], state_bytes, threads);
         t[r] = now_us() - t0;
     }
     const double cu = median(t, reps);
     printf("%lld,memcpy,%.3f,%.1f\n", (long long)N, cu, 2.0 * state_bytes / (cu * 1e3));
-    free(a), free(b), free(t);
+    for (int i = 0; i < sets; i++)
+        free(a[i]), free(b[i]);
+    free(a), free(b), free(t), free(set);
     ggml_free(ctx);
     return 0;
 }

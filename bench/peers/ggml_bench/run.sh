@@ -49,10 +49,13 @@ print(lines[0].lstrip("# ") + "\n")
 print("What each call includes: gdn: gate (softplus, exp), beta (sigmoid), q/k l2-norm and scale, state read and "
       "written in place in a slot-indexed pool, rotating buffer sets (64 MiB). ggml: g and beta precomputed, q/k "
       "taken as given (llama.cpp normalises them in separate ops), the state read from one tensor and the new "
-      "state written out of place into the op's output (llama.cpp copies it back with another op); one buffer "
-      "set, so small N runs from cache. memcpy: the state bytes copied once on the same threads.\n")
-print("| shape | N | ggml us | gdn f32 us | gdn/ggml time | gdn f32 GB/s | memcpy GB/s | gdn % of memcpy | gdn bf16 us | bf16 speed-up over f32 |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+      "state written out of place into the op's output (llama.cpp copies it back with another op). ggml and "
+      "memcpy rotate through buffer sets of 64 MiB in all, as gdn does, so every side reads its state from "
+      "the same level of memory; `ggml one set` is the op on the same tensors every call (the state then "
+      "stays in cache where it fits, as in the runs before 2026-12-06 21:30). memcpy: the state bytes copied "
+      "once on the same threads.\n")
+print("| shape | N | ggml us | gdn f32 us | gdn/ggml time | ggml one set us | gdn/ggml one set | gdn f32 GB/s | memcpy GB/s | gdn % of memcpy | gdn bf16 us | bf16 speed-up over f32 |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for shape in ("qwen3-next", "contest"):
     for n in (1, 4, 16, 64):
         g = get.get((shape, "f32", n, "ggml")); d = get.get((shape, "f32", n, "gdn"))
@@ -60,7 +63,9 @@ for shape in ("qwen3-next", "contest"):
         if not (g and d and m and b):
             continue
         gu, du, bu = float(g["median_us"]), float(d["median_us"]), float(b["median_us"])
-        print(f"| {shape} | {n} | {gu:.0f} | {du:.0f} | {du/gu:.2f} | {float(d['gbps']):.1f} | {float(m['gbps']):.1f} | "
+        c = get.get((shape, "f32", n, "ggml-cached"))
+        cached = f"{float(c['median_us']):.0f} | {du/float(c['median_us']):.2f}" if c else "— | —"
+        print(f"| {shape} | {n} | {gu:.0f} | {du:.0f} | {du/gu:.2f} | {cached} | {float(d['gbps']):.1f} | {float(m['gbps']):.1f} | "
               f"{100*float(d['gbps'])/float(m['gbps']):.0f} | {bu:.0f} | {du/bu:.2f} |")
 PY
 rm -f "$raw"
