@@ -2,7 +2,7 @@
  * Times llama.cpp's ggml_gated_delta_net (ggml CPU backend) on the decode step gdn's
  * `gdn bench --backend cpu` times, and a memcpy of the same state bytes on the same threads.
  *   ggml_gdn_bench H HV N THREADS REPS      prints CSV rows: shape-less, the caller labels them
- *   N,impl,median_us,gbps    impl: ggml | ggml-cached | memcpy
+ *   N,impl,median_us,gbps    impl: ggml | ggml-cached | memcpy (threads started once, spinning)
  * ggml and memcpy rotate through buffer sets of 64 MiB in all (at most 64 sets), the rule of
  * `gdn bench --backend cpu`, so that no call finds its state in the cache a recent call left it
  * in and both sides read the same level of memory; ggml-cached is the op on one set, every call
@@ -14,6 +14,7 @@
  */
 #include <math.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -55,33 +56,69 @@ static void fill(struct ggml_tensor *t, float scale, float offset)
         x[i] = offset + scale * uniform();
 }
 
-typedef struct copy_part {
+/*
+ * The copy reference: memcpy of the state bytes split over `threads` threads (the caller's
+ * included) that are started once and spin between copies, so that a copy pays no thread
+ * creation and no sleeping wake-up: the most the same threads can move, the bar gdn's
+ * bandwidth is held to. (Threads created per copy cost tens of microseconds a call and made the
+ * reference look slow at small N.)
+ */
+static struct {
+    pthread_t tid[64];
+    int threads;
+    unsigned long go; /* generation: a new copy for the workers */
+    int done;         /* workers finished with the current copy */
+    int quit;
     char *dst;
     const char *src;
     size_t bytes;
-} copy_part;
+} copy_pool;
 
-static void *copy_run(void *arg)
+static void copy_part(int t)
 {
-    copy_part *c = arg;
-    memcpy(c->dst, c->src, c->bytes);
-    return NULL;
+    const size_t bytes = copy_pool.bytes, n = (size_t)copy_pool.threads;
+    memcpy(copy_pool.dst + bytes * t / n, copy_pool.src + bytes * t / n, bytes * (t + 1) / n - bytes * t / n);
 }
 
-/* memcpy of `bytes` split over `threads` threads (the caller's included). */
-static void copy_threads(char *dst, const char *src, size_t bytes, int threads)
+static void *copy_worker(void *arg)
 {
-    pthread_t tid[64];
-    copy_part parts[64];
-    threads = threads < 1 ? 1 : threads > 64 ? 64 : threads;
-    for (int t = 0; t < threads; t++)
-        parts[t] = (copy_part){dst + bytes * t / threads, src + bytes * t / threads,
-                               bytes * (t + 1) / threads - bytes * t / threads};
-    for (int t = 1; t < threads; t++)
-        pthread_create(&tid[t], NULL, copy_run, &parts[t]);
-    copy_run(&parts[0]);
-    for (int t = 1; t < threads; t++)
-        pthread_join(tid[t], NULL);
+    const int t = (int)(intptr_t)arg;
+    unsigned long seen = 0;
+    for (;;) {
+        unsigned long go;
+        while ((go = __atomic_load_n(&copy_pool.go, __ATOMIC_ACQUIRE)) == seen)
+            __builtin_ia32_pause();
+        seen = go;
+        if (__atomic_load_n(&copy_pool.quit, __ATOMIC_ACQUIRE))
+            return NULL;
+        copy_part(t);
+        __atomic_fetch_add(&copy_pool.done, 1, __ATOMIC_ACQ_REL);
+    }
+}
+
+static void copy_start(int threads)
+{
+    copy_pool.threads = threads < 1 ? 1 : threads > 64 ? 64 : threads;
+    for (int t = 1; t < copy_pool.threads; t++)
+        pthread_create(&copy_pool.tid[t], NULL, copy_worker, (void *)(intptr_t)t);
+}
+
+static void copy_threads(char *dst, const char *src, size_t bytes)
+{
+    copy_pool.dst = dst, copy_pool.src = src, copy_pool.bytes = bytes;
+    __atomic_store_n(&copy_pool.done, 0, __ATOMIC_RELAXED);
+    __atomic_fetch_add(&copy_pool.go, 1, __ATOMIC_ACQ_REL);
+    copy_part(0);
+    while (__atomic_load_n(&copy_pool.done, __ATOMIC_ACQUIRE) < copy_pool.threads - 1)
+        __builtin_ia32_pause();
+}
+
+static void copy_stop(void)
+{
+    __atomic_store_n(&copy_pool.quit, 1, __ATOMIC_RELEASE);
+    __atomic_fetch_add(&copy_pool.go, 1, __ATOMIC_ACQ_REL);
+    for (int t = 1; t < copy_pool.threads; t++)
+        pthread_join(copy_pool.tid[t], NULL);
 }
 
 /* One ggml graph of the op with its own tensors. */
@@ -151,11 +188,14 @@ int main(int argc, char **argv)
             return fprintf(stderr, "out of memory for the copy's buffers\n"), 1;
         memset(a[i], 1, state_bytes), memset(b[i], 2, state_bytes);
     }
+    copy_start(threads);
+    copy_threads(b[0], a[0], state_bytes); /* warm-up */
     for (int r = 0; r < reps; r++) {
         double t0 = now_us();
-        copy_threads(b[r % sets], a[r % sets], state_bytes, threads);
+        copy_threads(b[r % sets], a[r % sets], state_bytes);
         t[r] = now_us() - t0;
     }
+    copy_stop();
     const double cu = median(t, reps);
     printf("%lld,memcpy,%.3f,%.1f\n", (long long)N, cu, 2.0 * state_bytes / (cu * 1e3));
     for (int i = 0; i < sets; i++)
