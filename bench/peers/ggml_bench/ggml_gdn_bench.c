@@ -121,12 +121,8 @@ static void copy_stop(void)
         pthread_join(copy_pool.tid[t], NULL);
 }
 
-/* One ggml graph of the op with its own tensors. */
-typedef struct op_set {
-    struct ggml_cgraph *graph;
-} op_set;
-
-static op_set new_set(struct ggml_context *ctx, int64_t H, int64_t HV, int64_t N, int64_t S)
+/* One ggml graph of the op with its own tensors (a buffer set). */
+static struct ggml_cgraph *new_set(struct ggml_context *ctx, int64_t H, int64_t HV, int64_t N, int64_t S)
 {
     struct ggml_tensor *q = ggml_new_tensor_4d(ctx, GGML_TYPE_F32, S, H, 1, N);
     struct ggml_tensor *k = ggml_new_tensor_4d(ctx, GGML_TYPE_F32, S, H, 1, N);
@@ -137,9 +133,23 @@ static op_set new_set(struct ggml_context *ctx, int64_t H, int64_t HV, int64_t N
     fill(q, 0.088f, 0.0f), fill(k, 0.088f, 0.0f), fill(v, 1.0f, 0.0f);
     fill(g, 0.05f, -0.1f), fill(beta, 0.4f, 0.5f), fill(state, 0.05f, 0.0f);
     struct ggml_tensor *out = ggml_gated_delta_net(ctx, q, k, v, g, beta, state, 1);
-    op_set set = {ggml_new_graph(ctx)};
-    ggml_build_forward_expand(set.graph, out);
-    return set;
+    struct ggml_cgraph *graph = ggml_new_graph(ctx);
+    ggml_build_forward_expand(graph, out);
+    return graph;
+}
+
+/* Median us of `reps` calls, call r on graph[r % count], after one call of each (warm-up). */
+static double time_graphs(struct ggml_context *ctx, struct ggml_cgraph **graph, int count, int threads,
+                          int reps, double *t)
+{
+    for (int i = 0; i < count; i++)
+        ggml_graph_compute_with_ctx(ctx, graph[i], threads);
+    for (int r = 0; r < reps; r++) {
+        double t0 = now_us();
+        ggml_graph_compute_with_ctx(ctx, graph[r % count], threads);
+        t[r] = now_us() - t0;
+    }
+    return median(t, reps);
 }
 
 int main(int argc, char **argv)
@@ -159,26 +169,13 @@ int main(int argc, char **argv)
     struct ggml_context *ctx = ggml_init(ip);
     if (!ctx)
         return fprintf(stderr, "ggml_init(%zu bytes) failed\n", mem), 1;
-    op_set *set = malloc((size_t)sets * sizeof *set);
+    struct ggml_cgraph **set = malloc((size_t)sets * sizeof *set);
     for (int i = 0; i < sets; i++)
         set[i] = new_set(ctx, H, HV, N, S);
     double *t = malloc((size_t)reps * sizeof *t);
-    for (int i = 0; i < sets; i++) /* warm-up, and every set touched once */
-        ggml_graph_compute_with_ctx(ctx, set[i].graph, threads);
-    for (int r = 0; r < reps; r++) {
-        double t0 = now_us();
-        ggml_graph_compute_with_ctx(ctx, set[r % sets].graph, threads);
-        t[r] = now_us() - t0;
-    }
-    const double us = median(t, reps);
+    const double us = time_graphs(ctx, set, sets, threads, reps, t);
     printf("%lld,ggml,%.3f,%.1f\n", (long long)N, us, 2.0 * state_bytes / (us * 1e3));
-    ggml_graph_compute_with_ctx(ctx, set[0].graph, threads);
-    for (int r = 0; r < reps; r++) {
-        double t0 = now_us();
-        ggml_graph_compute_with_ctx(ctx, set[0].graph, threads);
-        t[r] = now_us() - t0;
-    }
-    const double cached = median(t, reps);
+    const double cached = time_graphs(ctx, set, 1, threads, reps, t);
     printf("%lld,ggml-cached,%.3f,%.1f\n", (long long)N, cached, 2.0 * state_bytes / (cached * 1e3));
     /* the copy: sets pairs of buffers, one pair a call, as gdn bench's copy rotates */
     char **a = malloc((size_t)sets * sizeof *a), **b = malloc((size_t)sets * sizeof *b);
