@@ -47,6 +47,27 @@ constexpr int kWarpsPerBlock = kThreads / 32;
 #define GDN_MT_SWIZZLE 2
 #endif
 
+/* Cache hints on the state, an experiment for the T = 3 question (bench/NOTES.md, fifth
+ * 2026-12-06 session: at T = 2, 3 about 68% of L2 requests hit, at T = 4 58.6%, and T = 4 is
+ * the faster). GDN_MT_LOAD_HINT=1 loads the state with an L2 evict-first policy (the register
+ * loads and the cp.async ring alike) instead of .cs / no hint; GDN_MT_STORE_HINT=0 stores it
+ * without the .cs hint. */
+#ifndef GDN_MT_LOAD_HINT
+#define GDN_MT_LOAD_HINT 0
+#endif
+#ifndef GDN_MT_STORE_HINT
+#define GDN_MT_STORE_HINT 1
+#endif
+constexpr bool kLoadEvictFirst = GDN_MT_LOAD_HINT == 1;
+
+__device__ __forceinline__ void store_state16(void *at, uint4 x)
+{
+    if constexpr (GDN_MT_STORE_HINT == 1)
+        store16_streaming(at, x);
+    else
+        store16(at, x);
+}
+
 /* The smallest scale of the rows held in registers (S = c * s) before they are rescaled: u / c
  * then stays below 2^60 |u|, far from the float range, and rescales are rare (60 / log2(1/decay)
  * tokens apart; a typical decay of 0.9-1 never gets there within 16 tokens). */
@@ -227,9 +248,9 @@ __global__ void __launch_bounds__(kThreads) decode_multi_token_vk128(const __gri
     if constexpr (STAGES > 0) {
 #pragma unroll
         for (int b = 0; b < STAGES - 1; b++)
-            batches.stage(b);
+            batches.template stage<kLoadEvictFirst>(b);
     } else {
-        batches.template load<true>(0, raw[0]);
+        batches.template load<true, kLoadEvictFirst>(0, raw[0]);
     }
 
     if (stage_tokens<Act, BLOCK_ROWS, PLAIN>(p, bc, first, T, block_row0, smem, at)) {
@@ -248,7 +269,7 @@ __global__ void __launch_bounds__(kThreads) decode_multi_token_vk128(const __gri
     for (int b = 0; b < BATCHES; b++) {
         uint4 cur[SLOTS];
         if constexpr (STAGES > 0) {
-            batches.stage(b + STAGES - 1);
+            batches.template stage<kLoadEvictFirst>(b + STAGES - 1);
             copy_async_wait<STAGES - 1>(); /* batch b has landed */
             batches.staged(b, cur);
         } else {
@@ -256,7 +277,7 @@ __global__ void __launch_bounds__(kThreads) decode_multi_token_vk128(const __gri
             for (int j = 0; j < SLOTS; j++)
                 cur[j] = raw[b % 2][j];
             if (b + 1 < BATCHES)
-                batches.template load<true>(b + 1, raw[(b + 1) % 2]);
+                batches.template load<true, kLoadEvictFirst>(b + 1, raw[(b + 1) % 2]);
         }
         float s[SLOTS][VEC];
 #pragma unroll
@@ -334,8 +355,8 @@ __global__ void __launch_bounds__(kThreads) decode_multi_token_vk128(const __gri
                     for (int i = 0; i < VEC; i++)
                         x[i] = c * s[j][i];
                     if (row0 + batches.row_of(j) < V)
-                        store16_streaming(snap_row0 + batches.row_of(j) * kRowK + batches.col_of(j),
-                                          state_vec<St>::pack(x));
+                        store_state16(snap_row0 + batches.row_of(j) * kRowK + batches.col_of(j),
+                                      state_vec<St>::pack(x));
                 }
             }
         }
@@ -349,7 +370,7 @@ __global__ void __launch_bounds__(kThreads) decode_multi_token_vk128(const __gri
             for (int j = 0; j < SLOTS; j++) {
                 const int64_t row = row0 + batches.row_of(j);
                 if (row < V)
-                    store16_streaming(dst + row * kRowK + col + batches.col_of(j), state_vec<St>::pack(s[j]));
+                    store_state16(dst + row * kRowK + col + batches.col_of(j), state_vec<St>::pack(s[j]));
             }
         }
     }

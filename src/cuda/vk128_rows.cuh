@@ -110,7 +110,25 @@ __device__ __forceinline__ uint4 load16_streaming(const void *at)
 }
 __device__ __forceinline__ void store16_streaming(void *at, uint4 x)
 {
-    asm volatile("st.global.cs.v4.u32 [%0], {%1, %2, %3, %4};" ::"l"(at), "r"(x.x), "r"(x.y), "r"(x.z), "r"(x.w));
+    asm volatile("st.global.cs.v4.u32 [%0], {%1, %2, %3, %4};" ::"l"(at), "r"(x.x), "r"(x.y), "r"(x.z),
+                 "r"(x.w));
+}
+
+/* An L2 policy that marks the lines a load brings in evict-first (createpolicy, sm_80+), for
+ * state read once: the ld.global.cs hint of load16_streaming does not exist for cp.async. */
+__device__ __forceinline__ uint64_t l2_evict_first_policy(void)
+{
+    uint64_t policy;
+    asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
+    return policy;
+}
+__device__ __forceinline__ uint4 load16_evict_first(const void *at, uint64_t policy)
+{
+    uint4 x;
+    asm volatile("ld.global.L1::no_allocate.L2::cache_hint.v4.u32 {%0, %1, %2, %3}, [%4], %5;"
+                 : "=r"(x.x), "=r"(x.y), "=r"(x.z), "=r"(x.w)
+                 : "l"(at), "l"(policy));
+    return x;
 }
 
 /* cp.async (sm_80+): 16 bytes global -> shared without passing through registers; `size` 0
@@ -119,6 +137,14 @@ __device__ __forceinline__ void copy_async16(uint4 *smem, const void *gmem, bool
 {
     const unsigned at = (unsigned)__cvta_generic_to_shared(smem);
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(at), "l"(gmem), "r"(valid ? 16 : 0)
+                 : "memory");
+}
+__device__ __forceinline__ void copy_async16_evict_first(uint4 *smem, const void *gmem, bool valid,
+                                                         uint64_t policy)
+{
+    const unsigned at = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2, %3;" ::"r"(at), "l"(gmem),
+                 "r"(valid ? 16 : 0), "l"(policy)
                  : "memory");
 }
 __device__ __forceinline__ void copy_async_commit(void)
@@ -148,27 +174,38 @@ template <typename St, int SLOTS, int BATCHES, int RING, int P, int WR, int CH =
     __device__ __forceinline__ int64_t row_of(int j) const { return ((j / CH) ^ swizzle) * P; }
     static __device__ __forceinline__ int col_of(int j) { return (j % CH) * (kRowK / CH); }
 
-    template <bool STREAMING = false> __device__ __forceinline__ void load(int b, uint4 (&dst)[SLOTS]) const
+    /* EVICT_FIRST: the L2 evict-first policy instead of STREAMING's .cs (an experiment of the
+     * multi-token kernel, GDN_MT_LOAD_HINT) */
+    template <bool STREAMING = false, bool EVICT_FIRST = false>
+    __device__ __forceinline__ void load(int b, uint4 (&dst)[SLOTS]) const
     {
+        const uint64_t policy = EVICT_FIRST ? l2_evict_first_policy() : 0;
 #pragma unroll
         for (int j = 0; j < SLOTS; j++) {
             const int64_t row = warp_row0 + b * WR + row_of(j) + hw;
             const St *at = src + row * kRowK + col + col_of(j);
-            if constexpr (STREAMING)
+            if constexpr (EVICT_FIRST)
+                dst[j] = row < V ? load16_evict_first(at, policy) : make_uint4(0, 0, 0, 0);
+            else if constexpr (STREAMING)
                 dst[j] = row < V ? load16_streaming(at) : make_uint4(0, 0, 0, 0);
             else
                 dst[j] = row < V ? *reinterpret_cast<const uint4 *>(at) : make_uint4(0, 0, 0, 0);
         }
     }
 
-    __device__ __forceinline__ void stage(int b) const
+    template <bool EVICT_FIRST = false> __device__ __forceinline__ void stage(int b) const
     {
         if (b < BATCHES) {
+            const uint64_t policy = EVICT_FIRST ? l2_evict_first_policy() : 0;
 #pragma unroll
             for (int j = 0; j < SLOTS; j++) {
                 const int64_t row = warp_row0 + b * WR + row_of(j) + hw;
-                copy_async16(ring + ((b % RING) * SLOTS + j) * 32 + lane,
-                             row < V ? src + row * kRowK + col + col_of(j) : src, row < V);
+                uint4 *const to = ring + ((b % RING) * SLOTS + j) * 32 + lane;
+                const St *const from = row < V ? src + row * kRowK + col + col_of(j) : src;
+                if constexpr (EVICT_FIRST)
+                    copy_async16_evict_first(to, from, row < V, policy);
+                else
+                    copy_async16(to, from, row < V);
             }
         }
         copy_async_commit();
