@@ -61,6 +61,7 @@ static inline void vstore_bf16(uint16_t *p, vec_f x)
 }
 static inline vec_f vfma(vec_f a, vec_f b, vec_f c) { return _mm512_fmadd_ps(a, b, c); }
 static inline vec_f vmul(vec_f a, vec_f b) { return _mm512_mul_ps(a, b); }
+static inline vec_f vadd(vec_f a, vec_f b) { return _mm512_add_ps(a, b); }
 static inline vec_f vset1(float x) { return _mm512_set1_ps(x); }
 static inline vec_f vzero(void) { return _mm512_setzero_ps(); }
 static inline float vsum(vec_f x) { return _mm512_reduce_add_ps(x); }
@@ -74,23 +75,33 @@ static inline vec_f vload_bf16(const uint16_t *p)
     return _mm256_castsi256_ps(
         _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
 }
-static inline void vstore_bf16(uint16_t *p, vec_f x)
+/* u + 0x7fff + (bit 16 of u): gdn_f32_to_bf16's rounding of a float that is not NaN, the bf16 in
+ * the high half of each 32-bit lane */
+static inline __m256i bf16_round(__m256i u)
 {
-    const __m256i u = _mm256_castps_si256(x);
-    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
-    const __m256i rounded =
-        _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)), lsb), 16);
+    return _mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)),
+                            _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1)));
+}
+/* gdn_f32_to_bf16 of each float (its bits u), in the low half of each 32-bit lane */
+static inline __m256i bf16_bits(__m256i u)
+{
+    const __m256i rounded = _mm256_srli_epi32(bf16_round(u), 16);
     /* NaN: |u| > 0x7f800000, as signed compares of non-negative values */
     const __m256i nan =
         _mm256_cmpgt_epi32(_mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff)), _mm256_set1_epi32(0x7f800000));
     const __m256i quiet = _mm256_or_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x40));
-    const __m256i h = _mm256_blendv_epi8(rounded, quiet, nan);
+    return _mm256_blendv_epi8(rounded, quiet, nan);
+}
+static inline void vstore_bf16(uint16_t *p, vec_f x)
+{
+    const __m256i h = bf16_bits(_mm256_castps_si256(x));
     /* 8 x 32-bit -> 8 x 16-bit: values are < 2^16, so an unsigned saturating pack is exact */
     const __m128i packed = _mm_packus_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
     _mm_storeu_si128((__m128i *)p, packed);
 }
 static inline vec_f vfma(vec_f a, vec_f b, vec_f c) { return _mm256_fmadd_ps(a, b, c); }
 static inline vec_f vmul(vec_f a, vec_f b) { return _mm256_mul_ps(a, b); }
+static inline vec_f vadd(vec_f a, vec_f b) { return _mm256_add_ps(a, b); }
 static inline vec_f vset1(float x) { return _mm256_set1_ps(x); }
 static inline vec_f vzero(void) { return _mm256_setzero_ps(); }
 static inline float vsum(vec_f x)
@@ -136,14 +147,16 @@ GDN_ROWS_ONE_TOKEN(rows_one_token_bf16, uint16_t, vload_bf16, vstore_bf16)
 #undef GDN_ROWS_ONE_TOKEN
 #endif
 
-#if defined(GDN_CPU_AVX512)
+#if defined(GDN_CPU_AVX512) || defined(GDN_CPU_AVX2)
 /*
- * K = 128 bf16 rows in even/odd form: each 64-byte block of 32 bf16 is one vector of 32-bit
- * pairs, widened into its even elements (a shift) and its odd ones (a mask) with one
- * instruction each, where widening in order takes two (VPMOVZXWD, a shift) per 16 elements.
- * The dot products do not care about order (k and q are split the same way once per head); the
- * narrowing puts the pairs back together.
+ * K = 128 bf16 rows in even/odd form: each vector-wide block of bf16 (32 with AVX-512, 16 with
+ * AVX2) is one vector of 32-bit pairs, widened into its even elements (a shift) and its odd
+ * ones (a mask) with one instruction each, where widening in order takes two (VPMOVZXWD, a
+ * shift) per vector. The dot products do not care about order (k and q are split the same way
+ * once per head); the narrowing puts the pairs back together.
  */
+#if defined(GDN_CPU_AVX512)
+#define GDN_K128_BLOCKS 4 /* vectors of bf16 pairs a row */
 
 /* Narrows one row from its even (ye) and odd (yo) elements, 32 of each per block c. The
  * instruction (VCVTNE2PS2BF16) rounds to nearest even and quiets NaN exactly as bf16_bits,
@@ -152,7 +165,7 @@ GDN_ROWS_ONE_TOKEN(rows_one_token_bf16, uint16_t, vload_bf16, vstore_bf16)
  * zero) takes the integer sequence. One test per row: a class test, a mask test and two taken
  * branches per vector (GCC moved the instruction out of line) were ~30 of a row's ~150
  * instructions. */
-static inline void vstore_bf16_row128_eo(uint16_t *to, const vec_f ye[4], const vec_f yo[4])
+static inline void vstore_bf16_eo4(uint16_t *to, const vec_f ye[4], const vec_f yo[4])
 {
 #if defined(GDN_CPU_AVX512_BF16)
     __m512i w[4];
@@ -176,6 +189,11 @@ static inline void vstore_bf16_row128_eo(uint16_t *to, const vec_f ye[4], const 
                                             _mm512_slli_epi32(bf16_bits(_mm512_castps_si512(yo[c])), 16)));
 }
 
+/* k and q of the token split even/odd, in registers (AVX-512 has 32) */
+typedef struct {
+    vec_f ke[4], ko[4], qe[4], qo[4];
+} k128_inputs;
+
 /* 32 floats as their even and odd elements */
 static inline void split_even_odd(const float *x, vec_f *even, vec_f *odd)
 {
@@ -183,6 +201,13 @@ static inline void split_even_odd(const float *x, vec_f *even, vec_f *odd)
     const vec_f a = vload_f32(x), b = vload_f32(x + 16);
     *even = _mm512_permutex2var_ps(a, e, b);
     *odd = _mm512_permutex2var_ps(a, _mm512_add_epi32(e, _mm512_set1_epi32(1)), b);
+}
+
+static inline void k128_inputs_of(const float *k, const float *q, k128_inputs *in)
+{
+    for (int c = 0; c < 4; c++)
+        split_even_odd(k + 32 * c, &in->ke[c], &in->ko[c]),
+            split_even_odd(q + 32 * c, &in->qe[c], &in->qo[c]);
 }
 
 /* The totals of four vectors, lane by lane (one shuffle tree for all four instead of four
@@ -202,53 +227,153 @@ static inline void vsum4(vec_f a, vec_f b, vec_f c, vec_f d, float s[4])
     s[3] = _mm_cvtss_f32(_mm512_extractf32x4_ps(t, 3));
 }
 
-/* Rows a and b, K = 128 bf16 in even/odd form, widened and multiplied by the decay once: the
- * decayed rows go to da_out and db_out (even then odd elements of each block of 32) for the
- * update, and s[0] = decay (a.k), s[1] = decay (a.q), s[2] = decay (b.k), s[3] = decay (b.q),
- * one shuffle tree for all four. */
-static inline void dots2_bf16_k128(const uint16_t *fa, const uint16_t *fb, vec_f vdecay, const vec_f ke[4],
-                                   const vec_f ko[4], const vec_f qe[4], const vec_f qo[4], float *da_out,
-                                   float *db_out, float s[4])
+static inline __m512i vload_pairs(const uint16_t *p) { return _mm512_loadu_si512(p); }
+static inline vec_f pairs_even(__m512i x) { return _mm512_castsi512_ps(_mm512_slli_epi32(x, 16)); }
+static inline vec_f pairs_odd(__m512i x)
 {
-    const __m512i high = _mm512_set1_epi32((int)0xffff0000u);
-    vec_f ka0, ka1, qa0, qa1, kb0, kb1, qb0, qb1; /* the first products start them: no zeroed copies */
-    for (int c = 0; c < 4; c++) {
-        const __m512i da = _mm512_loadu_si512(fa + 32 * c), db = _mm512_loadu_si512(fb + 32 * c);
-        const vec_f ae = vmul(vdecay, _mm512_castsi512_ps(_mm512_slli_epi32(da, 16)));
-        const vec_f ao = vmul(vdecay, _mm512_castsi512_ps(_mm512_and_si512(da, high)));
-        const vec_f be = vmul(vdecay, _mm512_castsi512_ps(_mm512_slli_epi32(db, 16)));
-        const vec_f bo = vmul(vdecay, _mm512_castsi512_ps(_mm512_and_si512(db, high)));
-        _mm512_store_ps(da_out + 32 * c, ae), _mm512_store_ps(da_out + 32 * c + 16, ao);
-        _mm512_store_ps(db_out + 32 * c, be), _mm512_store_ps(db_out + 32 * c + 16, bo);
-        if (c == 0) {
-            ka0 = vmul(ae, ke[0]), ka1 = vmul(ao, ko[0]), qa0 = vmul(ae, qe[0]), qa1 = vmul(ao, qo[0]);
-            kb0 = vmul(be, ke[0]), kb1 = vmul(bo, ko[0]), qb0 = vmul(be, qe[0]), qb1 = vmul(bo, qo[0]);
-            continue;
-        }
-        ka0 = vfma(ae, ke[c], ka0), ka1 = vfma(ao, ko[c], ka1);
-        qa0 = vfma(ae, qe[c], qa0), qa1 = vfma(ao, qo[c], qa1);
-        kb0 = vfma(be, ke[c], kb0), kb1 = vfma(bo, ko[c], kb1);
-        qb0 = vfma(be, qe[c], qb0), qb1 = vfma(bo, qo[c], qb1);
-    }
-    vsum4(_mm512_add_ps(ka0, ka1), _mm512_add_ps(qa0, qa1), _mm512_add_ps(kb0, kb1), _mm512_add_ps(qb0, qb1),
-          s);
+    return _mm512_castsi512_ps(_mm512_and_si512(x, _mm512_set1_epi32((int)0xffff0000u)));
 }
+static inline vec_f k128_ke(const k128_inputs *in, int c) { return in->ke[c]; }
+static inline vec_f k128_ko(const k128_inputs *in, int c) { return in->ko[c]; }
+static inline vec_f k128_qe(const k128_inputs *in, int c) { return in->qe[c]; }
+static inline vec_f k128_qo(const k128_inputs *in, int c) { return in->qo[c]; }
 
 /* s' = decay s + u k for one K = 128 row from its decayed form (dots2_bf16_k128's output). */
-static inline void update_bf16_k128(const float *decayed, uint16_t *to, float u, const vec_f ke[4],
-                                    const vec_f ko[4])
+static inline void update_bf16_k128(const float *decayed, uint16_t *to, float u, const k128_inputs *in)
 {
     const vec_f vu = vset1(u);
     vec_f ye[4], yo[4];
     for (int c = 0; c < 4; c++) {
-        ye[c] = vfma(vu, ke[c], _mm512_load_ps(decayed + 32 * c));
-        yo[c] = vfma(vu, ko[c], _mm512_load_ps(decayed + 32 * c + 16));
+        ye[c] = vfma(vu, in->ke[c], _mm512_load_ps(decayed + 32 * c));
+        yo[c] = vfma(vu, in->ko[c], _mm512_load_ps(decayed + 32 * c + 16));
     }
-    vstore_bf16_row128_eo(to, ye, yo);
+    vstore_bf16_eo4(to, ye, yo);
+}
+#else /* AVX2 */
+#define GDN_K128_BLOCKS 8
+
+/* k and q of the token split even/odd, in L1: 16 vector registers hold neither, and a multiply-add
+ * takes its second factor from memory at no cost in instructions */
+typedef struct {
+    _Alignas(32) float ke[64], ko[64], qe[64], qo[64];
+} k128_inputs;
+
+/* 16 floats as their even and odd elements, in the lane order of a vector of bf16 pairs */
+static inline void split_even_odd(const float *x, vec_f *even, vec_f *odd)
+{
+    const vec_f a = vload_f32(x), b = vload_f32(x + 8);
+    /* per 128-bit lane x0 x2 x8 x10 | x4 x6 x12 x14, then the middle 64-bit pieces swapped */
+    const __m256d e = _mm256_castps_pd(_mm256_shuffle_ps(a, b, 0x88));
+    const __m256d o = _mm256_castps_pd(_mm256_shuffle_ps(a, b, 0xdd));
+    *even = _mm256_castpd_ps(_mm256_permute4x64_pd(e, 0xd8));
+    *odd = _mm256_castpd_ps(_mm256_permute4x64_pd(o, 0xd8));
+}
+
+static inline void k128_inputs_of(const float *k, const float *q, k128_inputs *in)
+{
+    for (int c = 0; c < 8; c++) {
+        vec_f e, o;
+        split_even_odd(k + 16 * c, &e, &o);
+        _mm256_store_ps(in->ke + 8 * c, e), _mm256_store_ps(in->ko + 8 * c, o);
+        split_even_odd(q + 16 * c, &e, &o);
+        _mm256_store_ps(in->qe + 8 * c, e), _mm256_store_ps(in->qo + 8 * c, o);
+    }
+}
+
+/* The totals of four vectors, lane by lane: the total of a in s[0], b in s[1]... */
+static inline void vsum4(vec_f a, vec_f b, vec_f c, vec_f d, float s[4])
+{
+    const vec_f t = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
+    _mm_storeu_ps(s, _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1)));
+}
+
+static inline __m256i vload_pairs(const uint16_t *p) { return _mm256_loadu_si256((const __m256i *)p); }
+static inline vec_f pairs_even(__m256i x) { return _mm256_castsi256_ps(_mm256_slli_epi32(x, 16)); }
+static inline vec_f pairs_odd(__m256i x)
+{
+    return _mm256_castsi256_ps(_mm256_and_si256(x, _mm256_set1_epi32((int)0xffff0000u)));
+}
+static inline vec_f k128_ke(const k128_inputs *in, int c) { return _mm256_load_ps(in->ke + 8 * c); }
+static inline vec_f k128_ko(const k128_inputs *in, int c) { return _mm256_load_ps(in->ko + 8 * c); }
+static inline vec_f k128_qe(const k128_inputs *in, int c) { return _mm256_load_ps(in->qe + 8 * c); }
+static inline vec_f k128_qo(const k128_inputs *in, int c) { return _mm256_load_ps(in->qo + 8 * c); }
+
+/*
+ * Narrows 64 elements from their even (ye) and odd (yo) elements, 8 of each per block c, with no
+ * conversion instruction (AVX2 has none): bf16_round of the even and odd elements, put together
+ * by one word blend. bf16_round is gdn_f32_to_bf16 for every float but NaN, so a NaN is looked
+ * for once per 64 elements (one unordered compare finds one in either of two vectors), and only
+ * then do they take bf16_bits, whose compare and blend per vector were a third of a row's
+ * instructions when every vector took them.
+ */
+static inline void vstore_bf16_eo4(uint16_t *to, const vec_f ye[4], const vec_f yo[4])
+{
+    vec_f nan = _mm256_cmp_ps(ye[0], yo[0], _CMP_UNORD_Q);
+    for (int c = 1; c < 4; c++)
+        nan = _mm256_or_ps(nan, _mm256_cmp_ps(ye[c], yo[c], _CMP_UNORD_Q));
+    if (__builtin_expect(_mm256_testz_ps(nan, nan), 1)) {
+        for (int c = 0; c < 4; c++) {
+            const __m256i e = _mm256_srli_epi32(bf16_round(_mm256_castps_si256(ye[c])), 16);
+            const __m256i o = bf16_round(_mm256_castps_si256(yo[c]));
+            _mm256_storeu_si256((__m256i *)(to + 16 * c), _mm256_blend_epi16(e, o, 0xaa));
+        }
+        return;
+    }
+    for (int c = 0; c < 4; c++)
+        _mm256_storeu_si256((__m256i *)(to + 16 * c),
+                            _mm256_or_si256(bf16_bits(_mm256_castps_si256(ye[c])),
+                                            _mm256_slli_epi32(bf16_bits(_mm256_castps_si256(yo[c])), 16)));
+}
+
+/* s' = decay s + u k for one K = 128 row from its decayed form (dots2_bf16_k128's output), in
+ * two halves of 64 elements (16 vector registers hold no more). */
+static inline void update_bf16_k128(const float *decayed, uint16_t *to, float u, const k128_inputs *in)
+{
+    const vec_f vu = vset1(u);
+    for (int half = 0; half < 2; half++) {
+        vec_f ye[4], yo[4];
+        for (int c = 0; c < 4; c++) {
+            const int b = 4 * half + c;
+            ye[c] = vfma(vu, k128_ke(in, b), _mm256_load_ps(decayed + 16 * b));
+            yo[c] = vfma(vu, k128_ko(in, b), _mm256_load_ps(decayed + 16 * b + 8));
+        }
+        vstore_bf16_eo4(to + 64 * half, ye, yo);
+    }
+}
+#endif
+
+/* Rows a and b, K = 128 bf16 in even/odd form, widened and multiplied by the decay once: the
+ * decayed rows go to da_out and db_out (even then odd elements of each block) for the update,
+ * and s[0] = decay (a.k), s[1] = decay (a.q), s[2] = decay (b.k), s[3] = decay (b.q), one
+ * shuffle tree for all four. */
+static inline void dots2_bf16_k128(const uint16_t *fa, const uint16_t *fb, vec_f vdecay,
+                                   const k128_inputs *in, float *da_out, float *db_out, float s[4])
+{
+    vec_f ka0, ka1, qa0, qa1, kb0, kb1, qb0, qb1; /* the first products start them: no zeroed copies */
+    for (int c = 0; c < GDN_K128_BLOCKS; c++) {
+        const int w = 2 * GDN_VEC_W * c; /* the block's first element */
+        const vec_f ae = vmul(vdecay, pairs_even(vload_pairs(fa + w))),
+                    ao = vmul(vdecay, pairs_odd(vload_pairs(fa + w)));
+        const vec_f be = vmul(vdecay, pairs_even(vload_pairs(fb + w))),
+                    bo = vmul(vdecay, pairs_odd(vload_pairs(fb + w)));
+        vstore_f32(da_out + w, ae), vstore_f32(da_out + w + GDN_VEC_W, ao);
+        vstore_f32(db_out + w, be), vstore_f32(db_out + w + GDN_VEC_W, bo);
+        const vec_f ke = k128_ke(in, c), ko = k128_ko(in, c), qe = k128_qe(in, c), qo = k128_qo(in, c);
+        if (c == 0) {
+            ka0 = vmul(ae, ke), ka1 = vmul(ao, ko), qa0 = vmul(ae, qe), qa1 = vmul(ao, qo);
+            kb0 = vmul(be, ke), kb1 = vmul(bo, ko), qb0 = vmul(be, qe), qb1 = vmul(bo, qo);
+            continue;
+        }
+        ka0 = vfma(ae, ke, ka0), ka1 = vfma(ao, ko, ka1);
+        qa0 = vfma(ae, qe, qa0), qa1 = vfma(ao, qo, qa1);
+        kb0 = vfma(be, ke, kb0), kb1 = vfma(bo, ko, kb1);
+        qb0 = vfma(be, qe, qb0), qb1 = vfma(bo, qo, qb1);
+    }
+    vsum4(vadd(ka0, ka1), vadd(qa0, qa1), vadd(kb0, kb1), vadd(qb0, qb1), s);
 }
 
 /*
- * K = 128, bf16, AVX-512: rows in even/odd form, in pairs so that one shuffle tree reduces both
+ * K = 128, bf16, AVX-512 and AVX2: rows in even/odd form, in pairs so that one shuffle tree reduces both
  * rows' two dot products. The loop is skewed: the dot products of rows j+2, j+3 are issued
  * before the update of rows j, j+1, whose u is known by then. In the plain order each pair's
  * update waited on its own ~90-cycle chain (loads, multiply-adds, the shuffle tree, u, the
@@ -259,7 +384,9 @@ static inline void update_bf16_k128(const float *decayed, uint16_t *to, float u,
  * vector instructions a row of ~75, the rows being instruction-bound: 8-11% slower at N = 16
  * and 64), and keeping them in registers would need 16 more. Rows are prefetched into L1 eight
  * ahead: 10-11% faster at N = 16 and 64 on the development VM than the hardware prefetchers
- * alone (4 and 16 ahead were no better).
+ * alone (4 and 16 ahead were no better). The AVX2 form is the same loop in 256-bit vectors (the
+ * AVX2 rows used to be widened in order and narrowed with a compare and blend per vector, ~380
+ * instructions a row against ~230 now; bench/NOTES.md, fifth 2026-12-06 session).
  */
 static void rows_one_token_bf16_k128(const gdn_problem *p, int64_t src, int64_t dst, const float *restrict k,
                                      const float *restrict q, const float *restrict v, float decay,
@@ -267,9 +394,8 @@ static void rows_one_token_bf16_k128(const gdn_problem *p, int64_t src, int64_t 
 {
     uint16_t *pool = p->state_pool;
     const int64_t V = p->head_dim_v;
-    vec_f ke[4], ko[4], qe[4], qo[4];
-    for (int c = 0; c < 4; c++)
-        split_even_odd(k + 32 * c, &ke[c], &ko[c]), split_even_odd(q + 32 * c, &qe[c], &qo[c]);
+    k128_inputs in;
+    k128_inputs_of(k, q, &in);
     const vec_f vdecay = vset1(decay);
     float u[2] = {0.0f, 0.0f}, next[2] = {0.0f, 0.0f};
     _Alignas(64) float decayed[2][2][128]; /* two pairs of decayed rows: the one being updated, the next */
@@ -281,7 +407,7 @@ static void rows_one_token_bf16_k128(const gdn_problem *p, int64_t src, int64_t 
             float s[4];
             for (int l = 0; l < 8; l++) /* rows j+8, j+9 (into the next head's tile at the end) */
                 _mm_prefetch((const char *)((uintptr_t)fa + 8 * 256 + 64 * l), _MM_HINT_T0);
-            dots2_bf16_k128(fa, fb, vdecay, ke, ko, qe, qo, cur[0], cur[1], s);
+            dots2_bf16_k128(fa, fb, vdecay, &in, cur[0], cur[1], s);
             next[0] = beta * (v[j] - s[0]);
             out[j] = s[1] + next[0] * kq;
             if (two) {
@@ -291,9 +417,9 @@ static void rows_one_token_bf16_k128(const gdn_problem *p, int64_t src, int64_t 
         }
         if (j >= 2 && dst >= 0) { /* the update of rows j-2, j-1 */
             const int64_t r = j - 2;
-            update_bf16_k128(prev[0], pool + dst + r * 128, u[0], ke, ko);
+            update_bf16_k128(prev[0], pool + dst + r * 128, u[0], &in);
             if (r + 1 < V)
-                update_bf16_k128(prev[1], pool + dst + (r + 1) * 128, u[1], ke, ko);
+                update_bf16_k128(prev[1], pool + dst + (r + 1) * 128, u[1], &in);
         }
         u[0] = next[0], u[1] = next[1];
     }
@@ -305,7 +431,7 @@ static int rows_one_token_vectors(const gdn_problem *p, int64_t src, int64_t dst
 #if defined(GDN_VEC_W)
     if (p->head_dim_k % (2 * GDN_VEC_W) != 0)
         return 0;
-#if defined(GDN_CPU_AVX512)
+#if defined(GDN_CPU_AVX512) || defined(GDN_CPU_AVX2)
     if (p->head_dim_k == 128 && p->state_dtype == GDN_DTYPE_BF16) {
         rows_one_token_bf16_k128(p, src, dst, in->k[0], in->q[0], in->v[0], in->decay[0], in->beta[0],
                                  in->kq[0], in->out[0]);
@@ -555,12 +681,12 @@ void GDN_CPU_ITEM_FN(const gdn_problem *p, int64_t item, head_inputs *in)
 void GDN_CPU_NARROW_FN(const float *x, uint16_t *out, int64_t n)
 {
     int64_t i = 0;
-#if defined(GDN_CPU_AVX512)
-    for (; i + 128 <= n; i += 128) { /* the K = 128 rows' narrowing */
+#if defined(GDN_K128_BLOCKS)
+    for (; i + 8 * GDN_VEC_W <= n; i += 8 * GDN_VEC_W) { /* the K = 128 rows' narrowing */
         vec_f ye[4], yo[4];
         for (int c = 0; c < 4; c++)
-            split_even_odd(x + i + 32 * c, &ye[c], &yo[c]);
-        vstore_bf16_row128_eo(out + i, ye, yo);
+            split_even_odd(x + i + 2 * GDN_VEC_W * c, &ye[c], &yo[c]);
+        vstore_bf16_eo4(out + i, ye, yo);
     }
 #endif
     for (; i + GDN_VEC_W <= n; i += GDN_VEC_W)
