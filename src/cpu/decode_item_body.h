@@ -300,25 +300,27 @@ static inline vec_f k128_ko(const k128_inputs *in, int c) { return _mm256_load_p
 static inline vec_f k128_qe(const k128_inputs *in, int c) { return _mm256_load_ps(in->qe + 8 * c); }
 static inline vec_f k128_qo(const k128_inputs *in, int c) { return _mm256_load_ps(in->qo + 8 * c); }
 
-/*
- * Narrows 64 elements from their even (ye) and odd (yo) elements, 8 of each per block c, with no
- * conversion instruction (AVX2 has none): bf16_round of the even and odd elements, put together
- * by one word blend. bf16_round is gdn_f32_to_bf16 for every float but NaN, so a NaN is looked
- * for once per 64 elements (one unordered compare finds one in either of two vectors), and only
- * then do they take bf16_bits, whose compare and blend per vector were a third of a row's
- * instructions when every vector took them.
- */
+/* Narrows 64 elements that hold no NaN from their even (ye) and odd (yo) elements, 8 of each per
+ * block c, with no conversion instruction (AVX2 has none): bf16_round (gdn_f32_to_bf16 for every
+ * float but NaN) of both, put together by one word blend. */
+static inline void vstore_bf16_eo4_no_nan(uint16_t *to, const vec_f ye[4], const vec_f yo[4])
+{
+    for (int c = 0; c < 4; c++) {
+        const __m256i e = _mm256_srli_epi32(bf16_round(_mm256_castps_si256(ye[c])), 16);
+        const __m256i o = bf16_round(_mm256_castps_si256(yo[c]));
+        _mm256_storeu_si256((__m256i *)(to + 16 * c), _mm256_blend_epi16(e, o, 0xaa));
+    }
+}
+
+/* The same for any floats: one unordered compare per pair of vectors finds a NaN in either, and
+ * only then do they take bf16_bits. */
 static inline void vstore_bf16_eo4(uint16_t *to, const vec_f ye[4], const vec_f yo[4])
 {
     vec_f nan = _mm256_cmp_ps(ye[0], yo[0], _CMP_UNORD_Q);
     for (int c = 1; c < 4; c++)
         nan = _mm256_or_ps(nan, _mm256_cmp_ps(ye[c], yo[c], _CMP_UNORD_Q));
     if (__builtin_expect(_mm256_testz_ps(nan, nan), 1)) {
-        for (int c = 0; c < 4; c++) {
-            const __m256i e = _mm256_srli_epi32(bf16_round(_mm256_castps_si256(ye[c])), 16);
-            const __m256i o = bf16_round(_mm256_castps_si256(yo[c]));
-            _mm256_storeu_si256((__m256i *)(to + 16 * c), _mm256_blend_epi16(e, o, 0xaa));
-        }
+        vstore_bf16_eo4_no_nan(to, ye, yo);
         return;
     }
     for (int c = 0; c < 4; c++)
@@ -327,11 +329,20 @@ static inline void vstore_bf16_eo4(uint16_t *to, const vec_f ye[4], const vec_f 
                                             _mm256_slli_epi32(bf16_bits(_mm256_castps_si256(yo[c])), 16)));
 }
 
-/* s' = decay s + u k for one K = 128 row from its decayed form (dots2_bf16_k128's output), in
- * two halves of 64 elements (16 vector registers hold no more). */
+/*
+ * s' = decay s + u k for one K = 128 row from its decayed form (dots2_bf16_k128's output), in
+ * two halves of 64 elements (16 vector registers hold no more). A finite u means no NaN can come
+ * out, so the row skips the NaN test: u = beta (v - decay (s.k)) is finite only if s.k is, and
+ * s.k, a sum of (decay s_i) k_i, is NaN or infinite as soon as one decay s_i or k_i is (inf 0 is
+ * NaN, NaN and inf survive every later sum); with every decay s_i, k_i and u finite the
+ * multiply-add u k_i + decay s_i is finite or +-inf, never NaN. Testing the vectors instead cost
+ * a compare and an OR per pair of vectors, and GCC then computed both narrowings before the
+ * branch and spilled the shifts they share (about a dozen stores a half row).
+ */
 static inline void update_bf16_k128(const float *decayed, uint16_t *to, float u, const k128_inputs *in)
 {
     const vec_f vu = vset1(u);
+    const int finite = isfinite(u);
     for (int half = 0; half < 2; half++) {
         vec_f ye[4], yo[4];
         for (int c = 0; c < 4; c++) {
@@ -339,7 +350,10 @@ static inline void update_bf16_k128(const float *decayed, uint16_t *to, float u,
             ye[c] = vfma(vu, k128_ke(in, b), _mm256_load_ps(decayed + 16 * b));
             yo[c] = vfma(vu, k128_ko(in, b), _mm256_load_ps(decayed + 16 * b + 8));
         }
-        vstore_bf16_eo4(to + 64 * half, ye, yo);
+        if (__builtin_expect(finite, 1))
+            vstore_bf16_eo4_no_nan(to + 64 * half, ye, yo);
+        else
+            vstore_bf16_eo4(to + 64 * half, ye, yo);
     }
 }
 #endif
