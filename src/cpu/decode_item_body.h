@@ -254,8 +254,8 @@ static inline void update_bf16_k128(const float *decayed, uint16_t *to, float u,
 #define GDN_K128_BLOCKS 8
 #define GDN_K128_SUMS 1
 
-/* k and q of the token split even/odd, in L1: 16 vector registers hold neither, and a multiply-add
- * takes its second factor from memory at no cost in instructions */
+/* k and q of the token split even/odd, in L1: 16 vector registers do not hold them beside a
+ * row's work (each vector is loaded once per block, for both rows of a pair) */
 typedef struct {
     _Alignas(32) float ke[64], ko[64], qe[64], qo[64];
 } k128_inputs;

@@ -58,15 +58,8 @@ constexpr int kWarpsPerBlock = kThreads / 32;
 #ifndef GDN_MT_STORE_HINT
 #define GDN_MT_STORE_HINT 1
 #endif
-constexpr bool kLoadEvictFirst = GDN_MT_LOAD_HINT == 1;
-
-__device__ __forceinline__ void store_state16(void *at, uint4 x)
-{
-    if constexpr (GDN_MT_STORE_HINT == 1)
-        store16_streaming(at, x);
-    else
-        store16(at, x);
-}
+constexpr load_hint kLoadHint = GDN_MT_LOAD_HINT == 1 ? load_hint::evict_first : load_hint::streaming;
+constexpr bool kStoreStreaming = GDN_MT_STORE_HINT == 1;
 
 /* The smallest scale of the rows held in registers (S = c * s) before they are rescaled: u / c
  * then stays below 2^60 |u|, far from the float range, and rescales are rare (60 / log2(1/decay)
@@ -248,9 +241,9 @@ __global__ void __launch_bounds__(kThreads) decode_multi_token_vk128(const __gri
     if constexpr (STAGES > 0) {
 #pragma unroll
         for (int b = 0; b < STAGES - 1; b++)
-            batches.template stage<kLoadEvictFirst>(b);
+            batches.template stage<kLoadHint>(b);
     } else {
-        batches.template load<true, kLoadEvictFirst>(0, raw[0]);
+        batches.template load<kLoadHint>(0, raw[0]);
     }
 
     if (stage_tokens<Act, BLOCK_ROWS, PLAIN>(p, bc, first, T, block_row0, smem, at)) {
@@ -269,7 +262,7 @@ __global__ void __launch_bounds__(kThreads) decode_multi_token_vk128(const __gri
     for (int b = 0; b < BATCHES; b++) {
         uint4 cur[SLOTS];
         if constexpr (STAGES > 0) {
-            batches.template stage<kLoadEvictFirst>(b + STAGES - 1);
+            batches.template stage<kLoadHint>(b + STAGES - 1);
             copy_async_wait<STAGES - 1>(); /* batch b has landed */
             batches.staged(b, cur);
         } else {
@@ -277,7 +270,7 @@ __global__ void __launch_bounds__(kThreads) decode_multi_token_vk128(const __gri
             for (int j = 0; j < SLOTS; j++)
                 cur[j] = raw[b % 2][j];
             if (b + 1 < BATCHES)
-                batches.template load<true, kLoadEvictFirst>(b + 1, raw[(b + 1) % 2]);
+                batches.template load<kLoadHint>(b + 1, raw[(b + 1) % 2]);
         }
         float s[SLOTS][VEC];
 #pragma unroll
@@ -355,8 +348,9 @@ __global__ void __launch_bounds__(kThreads) decode_multi_token_vk128(const __gri
                     for (int i = 0; i < VEC; i++)
                         x[i] = c * s[j][i];
                     if (row0 + batches.row_of(j) < V)
-                        store_state16(snap_row0 + batches.row_of(j) * kRowK + batches.col_of(j),
-                                      state_vec<St>::pack(x));
+                        store16_hinted<kStoreStreaming>(snap_row0 + batches.row_of(j) * kRowK +
+                                                            batches.col_of(j),
+                                                        state_vec<St>::pack(x));
                 }
             }
         }
@@ -370,7 +364,8 @@ __global__ void __launch_bounds__(kThreads) decode_multi_token_vk128(const __gri
             for (int j = 0; j < SLOTS; j++) {
                 const int64_t row = row0 + batches.row_of(j);
                 if (row < V)
-                    store_state16(dst + row * kRowK + col + batches.col_of(j), state_vec<St>::pack(s[j]));
+                    store16_hinted<kStoreStreaming>(dst + row * kRowK + col + batches.col_of(j),
+                                                    state_vec<St>::pack(s[j]));
             }
         }
     }

@@ -142,7 +142,7 @@ __global__ void __launch_bounds__(kThreads) decode_one_token_vk128(const __grid_
             for (int b = 0; b < STAGES - 1; b++)
                 batches.stage(b);
         } else {
-            batches.template load<STREAMING>(0, raw[0]);
+            batches.template load<STREAMING ? load_hint::streaming : load_hint::none>(0, raw[0]);
         }
     }
 
@@ -192,7 +192,8 @@ __global__ void __launch_bounds__(kThreads) decode_one_token_vk128(const __grid_
             for (int j = 0; j < SLOTS; j++)
                 cur[j] = raw[b % 2][j];
             if (b + 1 < BATCHES)
-                batches.template load<STREAMING>(b + 1, raw[(b + 1) % 2]);
+                batches.template load<STREAMING ? load_hint::streaming : load_hint::none>(b + 1,
+                                                                                          raw[(b + 1) % 2]);
         }
         float s[SLOTS][VEC];
         float sums[M];
@@ -224,12 +225,8 @@ __global__ void __launch_bounds__(kThreads) decode_one_token_vk128(const __grid_
 #pragma unroll
             for (int i = 0; i < VEC; i++)
                 s[j][i] = ts.decay * s[j][i] + uj * in.k[i];
-            if (dst && row < V) {
-                if constexpr (STREAMING)
-                    store16_streaming(dst + row * kRowK + col, state_vec<St>::pack(s[j]));
-                else
-                    store16(dst + row * kRowK + col, state_vec<St>::pack(s[j]));
-            }
+            if (dst && row < V)
+                store16_hinted<STREAMING>(dst + row * kRowK + col, state_vec<St>::pack(s[j]));
         }
     }
 }

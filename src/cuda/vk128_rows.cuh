@@ -113,6 +113,18 @@ __device__ __forceinline__ void store16_streaming(void *at, uint4 x)
     asm volatile("st.global.cs.v4.u32 [%0], {%1, %2, %3, %4};" ::"l"(at), "r"(x.x), "r"(x.y), "r"(x.z),
                  "r"(x.w));
 }
+/* store16_streaming where STREAMING, else store16 */
+template <bool STREAMING> __device__ __forceinline__ void store16_hinted(void *at, uint4 x)
+{
+    if constexpr (STREAMING)
+        store16_streaming(at, x);
+    else
+        store16(at, x);
+}
+
+/* The cache hint on a state load (row_batches::load and stage): none, .cs (load16_streaming;
+ * cp.async has no such form and takes none), or an L2 evict-first policy. */
+enum class load_hint { none, streaming, evict_first };
 
 /* An L2 policy that marks the lines a load brings in evict-first (createpolicy, sm_80+), for
  * state read once: the ld.global.cs hint of load16_streaming does not exist for cp.async. */
@@ -174,27 +186,26 @@ template <typename St, int SLOTS, int BATCHES, int RING, int P, int WR, int CH =
     __device__ __forceinline__ int64_t row_of(int j) const { return ((j / CH) ^ swizzle) * P; }
     static __device__ __forceinline__ int col_of(int j) { return (j % CH) * (kRowK / CH); }
 
-    /* EVICT_FIRST: the L2 evict-first policy instead of STREAMING's .cs (an experiment of the
-     * multi-token kernel, GDN_MT_LOAD_HINT) */
-    template <bool STREAMING = false, bool EVICT_FIRST = false>
+    template <load_hint HINT = load_hint::none>
     __device__ __forceinline__ void load(int b, uint4 (&dst)[SLOTS]) const
     {
-        const uint64_t policy = EVICT_FIRST ? l2_evict_first_policy() : 0;
+        const uint64_t policy = HINT == load_hint::evict_first ? l2_evict_first_policy() : 0;
 #pragma unroll
         for (int j = 0; j < SLOTS; j++) {
             const int64_t row = warp_row0 + b * WR + row_of(j) + hw;
             const St *at = src + row * kRowK + col + col_of(j);
-            if constexpr (EVICT_FIRST)
+            if constexpr (HINT == load_hint::evict_first)
                 dst[j] = row < V ? load16_evict_first(at, policy) : make_uint4(0, 0, 0, 0);
-            else if constexpr (STREAMING)
+            else if constexpr (HINT == load_hint::streaming)
                 dst[j] = row < V ? load16_streaming(at) : make_uint4(0, 0, 0, 0);
             else
                 dst[j] = row < V ? *reinterpret_cast<const uint4 *>(at) : make_uint4(0, 0, 0, 0);
         }
     }
 
-    template <bool EVICT_FIRST = false> __device__ __forceinline__ void stage(int b) const
+    template <load_hint HINT = load_hint::none> __device__ __forceinline__ void stage(int b) const
     {
+        constexpr bool EVICT_FIRST = HINT == load_hint::evict_first;
         if (b < BATCHES) {
             const uint64_t policy = EVICT_FIRST ? l2_evict_first_policy() : 0;
 #pragma unroll
