@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # One GPU call for two multi-token experiments (bench/NOTES.md, 2026-12-07):
 #  1. the GPU tests of TEST_GDN: the multi-token configuration tests (GDN_TEST_CONFIGS picks
-#     configurations, e.g. the new ones), the cuda suite, the vectors;
+#     configurations, e.g. new ones), the cuda suite, the vectors, in TEST_SECONDS (240);
 #  2. a sweep of SWEEP_GDN's multi-token configurations SWEEP_CONFIGS (default: the library's
-#     choice, r4x4, r8x4s3l8 and the configurations that take every token's dot products at once)
-#     at T = 2, 3, 4, f32 and bf16, N = 1, 16, 64, 256, two interleaved rounds;
+#     choice, r4x4, r4x4s3, r8x4s3l8, r8x4s3, r8x1l8) at SWEEP_TOKENS (2 3 4), f32 and bf16,
+#     N = SWEEP_NS (1, 16, 64, 256), SWEEP_ROUNDS (2) interleaved rounds. At 7156642 the
+#     configurations 14-20 took every token's dot products at once; they lost and were removed
+#     (bench/results/h100-2026-12-07-7156642-at-once/, bench/NOTES.md);
 #  3. the cache hints of f1be7f9: an interleaved A/B of the gdn builds named on the command line
 #     (main, GDN_MT_LOAD_HINT=1, GDN_MT_STORE_HINT=0, both) at T = 2..4 (bench/ab_builds.sh),
 #     cut off after AB_SECONDS.
@@ -18,13 +20,13 @@ shift 3
 mkdir -p "$out/ab"
 commit=${GDN_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
 . tests/gpu/steps.sh
-step tests 240 "$test_gdn" decode/cuda_multi_token_configs decode/cuda_all vectors/cuda cuda/ -huge
+step tests ${TEST_SECONDS:-240} "$test_gdn" decode/cuda_multi_token_configs decode/cuda_all vectors/cuda cuda/ -huge
 { echo "$header"; echo "round,shape,H,HV,K,V,state_dtype,N,T,token_slots,impl,median_us,gbps,pct_of_copy"; } >"$out/configs.csv"
-for round in 1 2; do
+for round in $(seq 1 "${SWEEP_ROUNDS:-2}"); do
     for state in f32 bf16; do
-        for T in 2 3 4; do
+        for T in ${SWEEP_TOKENS:-2 3 4}; do
             timeout 90 "$sweep_gdn" bench --backend cuda --shape qwen3-next --state "$state" --tokens "$T" \
-                --n "${SWEEP_NS:-1,16,64,256}" --reps 20 --csv --configs "${SWEEP_CONFIGS:--1,4,6,5,10,2,3,13,14,15,16,17,18,19,20}" |
+                --n "${SWEEP_NS:-1,16,64,256}" --reps 20 --csv --configs "${SWEEP_CONFIGS:--1,4,6,10,5,13}" |
                 tail -n +2 | sed "s/^/$round,/" >>"$out/configs.csv" || status=1
         done
     done

@@ -82,11 +82,10 @@ struct token_gates {
 /* Dynamic shared memory of a block for T tokens and BLOCK_ROWS rows: every part a multiple of
  * 16 bytes, so the float4 reads of q and k stay aligned. */
 struct stage_layout {
-    int64_t gates, snapshot, q, k, v, coef, ring, bytes;
+    int64_t gates, snapshot, q, k, v, ring, bytes;
 };
 
-__host__ __device__ constexpr stage_layout stage_layout_of(int64_t T, int64_t block_rows, int64_t ring_bytes,
-                                                           int64_t coef_bytes = 0)
+__host__ __device__ constexpr stage_layout stage_layout_of(int64_t T, int64_t block_rows, int64_t ring_bytes)
 {
     stage_layout s{};
     s.gates = 0;
@@ -94,108 +93,9 @@ __host__ __device__ constexpr stage_layout stage_layout_of(int64_t T, int64_t bl
     s.q = s.snapshot + 16 * ((T + 1) / 2);
     s.k = s.q + 4 * kRowK * T;
     s.v = s.k + 4 * kRowK * T;
-    s.coef = s.v + 16 * ((T * block_rows + 3) / 4);
-    s.ring = s.coef + coef_bytes;
+    s.ring = s.v + 16 * ((T * block_rows + 3) / 4);
     s.bytes = s.ring + ring_bytes;
     return s;
-}
-
-/*
- * Every token's dot products at once (TD > 0: T <= TD tokens). With s the row as read, a_t = s.k_t
- * and b_t = s.q_t (k and q normalised, q scaled), D_t = e^(g_1 + .. + g_t) and
- * r(i, t) = e^(g_(i+1) + .. + g_t), the recurrence u_t = beta_t (v_t - e^g_t s_(t-1).k_t),
- * s_t = e^g_t s_(t-1) + u_t k_t, o_t = s_t.q_t unrolls into
- *     u_t = beta_t v_t - beta_t D_t a_t - sum_(i<t) beta_t r(i, t) (k_i.k_t) u_i
- *     o_t = D_t b_t + sum_(i<=t) r(i, t) (k_i.q_t) u_i
- * so the 2T dot products of a row are independent of each other, reduced together, and the chain
- * from one token to the next is a few scalar multiply-adds instead of dots, a reduction and an
- * update. The coefficients are the same for every row of a (sequence, head): each warp computes
- * them once into its own corner of shared memory (no barrier). Layout, floats:
- */
-__host__ __device__ constexpr int pow2_at_least(int x)
-{
-    int p = 2;
-    while (p < x)
-        p *= 2;
-    return p;
-}
-template <int TD> struct token_coefs {
-    static constexpr int kPairs = TD * (TD - 1) / 2;            /* (i, t) with i < t, at t (t - 1) / 2 + i */
-    static constexpr int kPairSums = pow2_at_least(2 * kPairs); /* k_i.k_t, then k_i.q_t, padded */
-    static constexpr int ak = 0;                                /* [t][i]: beta_t r(i, t) k_i.k_t, i < t */
-    static constexpr int aq = ak + TD * TD;                     /* [t][i]: r(i, t) k_i.q_t, i <= t */
-    static constexpr int bv = aq + TD * TD;                     /* beta_t */
-    static constexpr int ba = bv + TD;                          /* beta_t D_t */
-    static constexpr int dd = ba + TD;                          /* D_t */
-    static constexpr int decay = dd + TD;                       /* e^g_t */
-    static constexpr int pairs = decay + TD;                    /* the pair dot products */
-    static constexpr int floats = (pairs + kPairSums + 3) / 4 * 4; /* a warp's */
-    static constexpr int64_t block_bytes = (int64_t)kWarpsPerBlock * floats * sizeof(float);
-};
-
-/* One warp's token_coefs<TD> for the T (<= TD) tokens staged at `at`; ends with __syncwarp. */
-template <int TD>
-__device__ void warp_token_coefs(const unsigned char *smem, const stage_layout &at, int T, float *coef,
-                                 int lane)
-{
-    using C = token_coefs<TD>;
-    const token_gates *gates = reinterpret_cast<const token_gates *>(smem + at.gates);
-    const float4 *q4 = reinterpret_cast<const float4 *>(smem + at.q),
-                 *k4 = reinterpret_cast<const float4 *>(smem + at.k);
-    float4 kx[TD], qx[TD];
-#pragma unroll
-    for (int t = 0; t < TD; t++) {
-        kx[t] = t < T ? k4[t * (kRowK / 4) + lane] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        qx[t] = t < T ? q4[t * (kRowK / 4) + lane] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    }
-    float sums[C::kPairSums];
-#pragma unroll
-    for (int i = 0; i < C::kPairSums; i++)
-        sums[i] = 0.0f;
-#pragma unroll
-    for (int t = 1; t < TD; t++)
-#pragma unroll
-        for (int i = 0; i < t; i++) {
-            const int at_pair = t * (t - 1) / 2 + i;
-            sums[at_pair] = kx[i].x * kx[t].x + kx[i].y * kx[t].y + kx[i].z * kx[t].z + kx[i].w * kx[t].w;
-            sums[C::kPairs + at_pair] =
-                kx[i].x * qx[t].x + kx[i].y * qx[t].y + kx[i].z * qx[t].z + kx[i].w * qx[t].w;
-        }
-    reduce_scatter_any<32, C::kPairSums>(sums, lane);
-    const float pair = sums[0];
-    constexpr int spread = 32 / C::kPairSums;
-    if (lane % spread == 0)
-        coef[C::pairs + lane / spread] = pair;
-    __syncwarp();
-    if (lane < TD * TD) { /* [t][i] of ak and aq */
-        const int t = lane / TD, i = lane % TD;
-        float ak = 0.0f, aq = 0.0f;
-        if (t < T && i <= t) {
-            float r = 1.0f; /* r(i, t) */
-            for (int j = i + 1; j <= t; j++)
-                r *= gates[j].decay;
-            if (i < t) {
-                const int at_pair = t * (t - 1) / 2 + i;
-                ak = gates[t].beta * r * coef[C::pairs + at_pair];
-                aq = r * coef[C::pairs + C::kPairs + at_pair];
-            } else {
-                aq = gates[t].kq;
-            }
-        }
-        coef[C::ak + lane] = ak;
-        coef[C::aq + lane] = aq;
-    } else if (lane < TD * TD + TD) {
-        const int t = lane - TD * TD;
-        float d = 1.0f; /* D_t */
-        for (int j = 0; j <= t && j < T; j++)
-            d *= gates[j].decay;
-        const bool live = t < T;
-        coef[C::bv + t] = live ? gates[t].beta : 0.0f;
-        coef[C::ba + t] = live ? gates[t].beta * d : 0.0f;
-        coef[C::dd + t] = live ? d : 0.0f;
-        coef[C::decay + t] = live ? gates[t].decay : 1.0f;
-    }
-    __syncwarp();
 }
 
 /* Bytes of the cp.async ring of a block (none when batches are prefetched into registers). */
@@ -267,129 +167,6 @@ __device__ bool stage_tokens(const gdn_problem &p, const block_coords &bc, int64
 }
 
 /*
- * The T (<= TD) tokens of one batch of rows held in s (SLOTS 16-byte pieces a lane, CH of them a
- * row, G lanes a row), every token's dot products at once (token_coefs): 2 T sums a row reduced
- * together, then lane l of a row group takes row (l % G) % R through the scalar recurrence, and
- * the update applies the T tokens to the rows in order (e^g_t s + u_t k_t, a snapshot after each
- * where the call asks). row0: the batch's first row of this lane's group; batch_row: the batch's
- * first row within the warp's rows, warp_rows: the warp's first row within the block's.
- */
-template <typename Act, typename St, int SLOTS, int CH, int G, int TD, int BLOCK_ROWS>
-__device__ __forceinline__ void
-tokens_at_once(const gdn_problem &p, float (&s)[SLOTS][state_vec<St>::n], const float *coef,
-               const unsigned char *smem, const stage_layout &at, int T, int64_t first, int64_t row0,
-               int batch_row, int warp_rows, int lane, int hw, int col, St *pool, const block_coords &bc)
-{
-    using C = token_coefs<TD>;
-    constexpr int VEC = state_vec<St>::n;
-    constexpr int P = 32 / G;      /* rows per warp load instruction */
-    constexpr int R = SLOTS / CH;  /* rows per lane */
-    constexpr int KV = CH * VEC;   /* columns per lane */
-    constexpr int MA = 2 * R * TD; /* sums per lane: [row][token][k, q] */
-    constexpr int X = MA >= G ? MA / G : 1, SPREAD = MA >= G ? 1 : G / MA;
-    static_assert(R <= G, "a lane for each row's recurrence");
-    const float *qs = reinterpret_cast<const float *>(smem + at.q) + col;
-    const float *ks = reinterpret_cast<const float *>(smem + at.k) + col;
-    const int64_t *snapshot = reinterpret_cast<const int64_t *>(smem + at.snapshot);
-    const int64_t V = p.head_dim_v;
-
-    float sums[MA];
-#pragma unroll
-    for (int t = 0; t < TD; t++) {
-        float k[KV], q[KV];
-#pragma unroll
-        for (int i = 0; i < KV; i += 4) {
-            const int at_col = t * kRowK + (i / VEC) * (kRowK / CH) + i % VEC;
-            const float4 kv =
-                t < T ? *reinterpret_cast<const float4 *>(ks + at_col) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-            const float4 qv =
-                t < T ? *reinterpret_cast<const float4 *>(qs + at_col) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-            k[i] = kv.x, k[i + 1] = kv.y, k[i + 2] = kv.z, k[i + 3] = kv.w;
-            q[i] = qv.x, q[i + 1] = qv.y, q[i + 2] = qv.z, q[i + 3] = qv.w;
-        }
-#pragma unroll
-        for (int r = 0; r < R; r++) {
-            float dk = 0.0f, dq = 0.0f;
-#pragma unroll
-            for (int i = 0; i < KV; i++) {
-                dk += s[r * CH + i / VEC][i % VEC] * k[i];
-                dq += s[r * CH + i / VEC][i % VEC] * q[i];
-            }
-            sums[(r * TD + t) * 2] = dk;
-            sums[(r * TD + t) * 2 + 1] = dq;
-        }
-    }
-    reduce_scatter_any<G, MA>(sums, lane);
-
-    /* value (rr TD + t) 2 + q of the group sits in lane (value / X) SPREAD, at index value % X,
-     * and X divides 2 TD, so the index is the same in every lane */
-    const int rr = (lane % G) % R;
-    float a[TD], bq[TD];
-#pragma unroll
-    for (int t = 0; t < TD; t++) {
-        const int base = hw * G + (rr * 2 * TD) / X * SPREAD;
-        a[t] = __shfl_sync(kFullMask, sums[(2 * t) % X], base + (2 * t) / X * SPREAD);
-        bq[t] = __shfl_sync(kFullMask, sums[(2 * t + 1) % X], base + (2 * t + 1) / X * SPREAD);
-    }
-    const float *vs = reinterpret_cast<const float *>(smem + at.v) + warp_rows + batch_row + rr * P + hw;
-    float u[TD], o[TD];
-#pragma unroll
-    for (int t = 0; t < TD; t++) {
-        const float v = t < T ? vs[t * BLOCK_ROWS] : 0.0f;
-        float x = coef[C::bv + t] * v - coef[C::ba + t] * a[t];
-#pragma unroll
-        for (int i = 0; i < t; i++)
-            x -= coef[C::ak + t * TD + i] * u[i];
-        u[t] = x;
-        float y = coef[C::dd + t] * bq[t];
-#pragma unroll
-        for (int i = 0; i <= t; i++)
-            y += coef[C::aq + t * TD + i] * u[i];
-        o[t] = y;
-    }
-
-#pragma unroll
-    for (int t = 0; t < TD; t++) {
-        if (t >= T) /* the same in every thread of the block */
-            break;
-        float k[KV];
-#pragma unroll
-        for (int i = 0; i < KV; i += 4) {
-            const float4 kv =
-                *reinterpret_cast<const float4 *>(ks + t * kRowK + (i / VEC) * (kRowK / CH) + i % VEC);
-            k[i] = kv.x, k[i + 1] = kv.y, k[i + 2] = kv.z, k[i + 3] = kv.w;
-        }
-        const float decay = coef[C::decay + t];
-#pragma unroll
-        for (int r = 0; r < R; r++) {
-            const float ur = __shfl_sync(kFullMask, u[t], hw * G + r);
-#pragma unroll
-            for (int i = 0; i < KV; i++)
-                s[r * CH + i / VEC][i % VEC] = fmaf(ur, k[i], decay * s[r * CH + i / VEC][i % VEC]);
-        }
-        const int64_t snap = snapshot[t];
-        if (snap >= 0) {
-            St *const snap_row0 = pool + snap + row0 * kRowK + col;
-#pragma unroll
-            for (int j = 0; j < SLOTS; j++)
-                if (row0 + (j / CH) * P < V)
-                    store16_hinted<kStoreStreaming>(snap_row0 + (j / CH) * P * kRowK +
-                                                        (j % CH) * (kRowK / CH),
-                                                    state_vec<St>::pack(s[j]));
-        }
-    }
-    /* o_t of row rr from the lanes (l % G) / R = t mod G / R of the row's group */
-    const int64_t row = row0 + rr * P;
-    if (row < V) {
-        Act *const out = static_cast<Act *>(p.out) + first * p.out_stride + bc.hv * V + row;
-#pragma unroll
-        for (int t = 0; t < TD; t++)
-            if (t < T && t % (G / R) == (lane % G) / R)
-                out[t * p.out_stride] = from_float<Act>(o[t]);
-    }
-}
-
-/*
  * One warp: BATCHES batches of WR consecutive rows of one (sequence, head) tile, each taken
  * through all T tokens; a block is blockDim.x / 32 such warps over consecutive row ranges.
  * SLOTS, G, the reduction and the ring are those of the one-token kernel (decode_one_token.cu),
@@ -397,8 +174,7 @@ tokens_at_once(const gdn_problem &p, float (&s)[SLOTS][state_vec<St>::n], const 
  * lanes a row (G = 8 with CH = 32 / VEC), so the reduction of a token costs about G / 32 of
  * the shuffles a row that G = 32 (f32) or 16 (bf16) lanes need.
  */
-template <typename Act, typename St, int SLOTS, int BATCHES, int STAGES, int CH, bool PLAIN, bool SWIZZLE,
-          int TD>
+template <typename Act, typename St, int SLOTS, int BATCHES, int STAGES, int CH, bool PLAIN, bool SWIZZLE>
 __global__ void __launch_bounds__(kThreads) decode_multi_token_vk128(const __grid_constant__ gdn_problem p)
 {
     constexpr int VEC = state_vec<St>::n;
@@ -414,7 +190,6 @@ __global__ void __launch_bounds__(kThreads) decode_multi_token_vk128(const __gri
     constexpr int WARP_ROWS = WR * BATCHES, BLOCK_ROWS = kWarpsPerBlock * WARP_ROWS;
     static_assert(M <= G, "more partial sums than lanes in a row group");
     static_assert((BLOCK_ROWS & (BLOCK_ROWS - 1)) == 0, "rows of a block: a power of two");
-    static_assert(TD == 0 || !SWIZZLE, "every token at once takes the rows in order");
     extern __shared__ __align__(16) unsigned char smem[];
 
     /* the slot first: the state loads wait for it and for nothing else */
@@ -425,13 +200,10 @@ __global__ void __launch_bounds__(kThreads) decode_multi_token_vk128(const __gri
     const block_coords bc = block_coords_of(p);
     const int64_t V = p.head_dim_v;
     const int64_t block_row0 = (int64_t)blockIdx.x * BLOCK_ROWS, warp_row0 = block_row0 + warp * WARP_ROWS;
-    const stage_layout at = stage_layout_of(p.num_tokens, BLOCK_ROWS, ring_bytes<SLOTS, STAGES>(),
-                                            TD > 0 ? token_coefs<TD>::block_bytes : 0);
+    const stage_layout at = stage_layout_of(p.num_tokens, BLOCK_ROWS, ring_bytes<SLOTS, STAGES>());
 
-    /* (the token loop's; TD > 0 reduces its own way) */
-    [[maybe_unused]] const int own_value = (lane % G) / SPREAD,
-                               own_slot = own_value / 2; /* the row, 0..R-1 */
-    [[maybe_unused]] const bool own_is_q = own_value & 1, own_stores = !own_is_q && (lane % SPREAD) == 0;
+    const int own_value = (lane % G) / SPREAD, own_slot = own_value / 2; /* the row, 0..R-1 */
+    const bool own_is_q = own_value & 1, own_stores = !own_is_q && (lane % SPREAD) == 0;
 
     if (T64 < 0 || first < 0) { /* cu_seqlens out of order or range */
         if (!p.long_tokens)     /* else the chunked kernel of the same call counts it */
@@ -478,18 +250,13 @@ __global__ void __launch_bounds__(kThreads) decode_multi_token_vk128(const __gri
         skip_bad_row(p); /* a snapshot slot outside the pool: nothing written */
         return;
     }
-    [[maybe_unused]] const token_gates *gates = reinterpret_cast<const token_gates *>(smem + at.gates);
-    [[maybe_unused]] const int64_t *snapshot = reinterpret_cast<const int64_t *>(smem + at.snapshot);
-    [[maybe_unused]] const float *qs = reinterpret_cast<const float *>(smem + at.q) + col;
-    [[maybe_unused]] const float *ks = reinterpret_cast<const float *>(smem + at.k) + col;
-    [[maybe_unused]] const float *vs =
-        reinterpret_cast<const float *>(smem + at.v) + warp * WARP_ROWS + own_slot * P + hw;
+    const token_gates *gates = reinterpret_cast<const token_gates *>(smem + at.gates);
+    const int64_t *snapshot = reinterpret_cast<const int64_t *>(smem + at.snapshot);
+    const float *qs = reinterpret_cast<const float *>(smem + at.q) + col;
+    const float *ks = reinterpret_cast<const float *>(smem + at.k) + col;
+    const float *vs = reinterpret_cast<const float *>(smem + at.v) + warp * WARP_ROWS + own_slot * P + hw;
     St *const pool = static_cast<St *>(p.state_pool);
     St *const dst = write < 0 ? nullptr : pool + gdn_tile_offset(&p, write, bc.hv);
-    [[maybe_unused]] float *const coef =
-        reinterpret_cast<float *>(smem + at.coef) + warp * (TD > 0 ? token_coefs<TD>::floats : 0);
-    if constexpr (TD > 0)
-        warp_token_coefs<TD>(smem, at, T, coef, lane);
 
 #pragma unroll
     for (int b = 0; b < BATCHES; b++) {
@@ -509,94 +276,89 @@ __global__ void __launch_bounds__(kThreads) decode_multi_token_vk128(const __gri
 #pragma unroll
         for (int j = 0; j < SLOTS; j++)
             state_vec<St>::unpack(cur[j], s[j]);
+        const int64_t own_row = warp_row0 + b * WR + own_slot * P + hw;
+        /* addresses advanced by a stride a token instead of recomputed in 64 bits */
+        const bool stores_out = own_stores && own_row < V;
+        Act *out_at = static_cast<Act *>(p.out) + first * p.out_stride + bc.hv * V + own_row;
         const int64_t row0 = warp_row0 + b * WR + hw;
-        if constexpr (TD > 0) {
-            tokens_at_once<Act, St, SLOTS, CH, G, TD, BLOCK_ROWS>(
-                p, s, coef, smem, at, T, first, row0, b * WR, warp * WARP_ROWS, lane, hw, col, pool, bc);
-        } else {
-            const int64_t own_row = warp_row0 + b * WR + own_slot * P + hw;
-            /* addresses advanced by a stride a token instead of recomputed in 64 bits */
-            const bool stores_out = own_stores && own_row < V;
-            Act *out_at = static_cast<Act *>(p.out) + first * p.out_stride + bc.hv * V + own_row;
-            /* The rows are held as S = c * s: a token's decay multiplies the scalar c instead of
-             * every element, so the update is one FFMA an element (s += (u / c) k) rather than a
-             * multiply and an FFMA. c is the same in every thread of the block (one head, the same
-             * tokens), so the rescale below, when c would leave the range where u / c is safe, is
-             * a uniform branch; a decay of exactly 0 goes through it too. */
-            float c = 1.0f;
+        /* The rows are held as S = c * s: a token's decay multiplies the scalar c instead of
+         * every element, so the update is one FFMA an element (s += (u / c) k) rather than a
+         * multiply and an FFMA. c is the same in every thread of the block (one head, the same
+         * tokens), so the rescale below, when c would leave the range where u / c is safe, is
+         * a uniform branch; a decay of exactly 0 goes through it too. */
+        float c = 1.0f;
 #pragma unroll 1
-            for (int t = 0; t < T; t++) {
-                float k[KV], q[KV]; /* piece c of a row: columns col + c * 128 / CH .. + VEC */
+        for (int t = 0; t < T; t++) {
+            float k[KV], q[KV]; /* piece c of a row: columns col + c * 128 / CH .. + VEC */
 #pragma unroll
-                for (int i = 0; i < KV; i += 4) {
-                    const int at = t * kRowK + (i / VEC) * (kRowK / CH) + i % VEC;
-                    const float4 kv = *reinterpret_cast<const float4 *>(ks + at);
-                    const float4 qv = *reinterpret_cast<const float4 *>(qs + at);
-                    k[i] = kv.x, k[i + 1] = kv.y, k[i + 2] = kv.z, k[i + 3] = kv.w;
-                    q[i] = qv.x, q[i + 1] = qv.y, q[i + 2] = qv.z, q[i + 3] = qv.w;
+            for (int i = 0; i < KV; i += 4) {
+                const int at = t * kRowK + (i / VEC) * (kRowK / CH) + i % VEC;
+                const float4 kv = *reinterpret_cast<const float4 *>(ks + at);
+                const float4 qv = *reinterpret_cast<const float4 *>(qs + at);
+                k[i] = kv.x, k[i + 1] = kv.y, k[i + 2] = kv.z, k[i + 3] = kv.w;
+                q[i] = qv.x, q[i + 1] = qv.y, q[i + 2] = qv.z, q[i + 3] = qv.w;
+            }
+            const token_gates tg = gates[t];
+            const float v_own = vs[t * BLOCK_ROWS + b * WR];
+            c *= tg.decay;
+            if (c < kMinRowScale) {
+#pragma unroll
+                for (int j = 0; j < SLOTS; j++)
+#pragma unroll
+                    for (int i = 0; i < VEC; i++)
+                        s[j][i] *= c;
+                c = 1.0f;
+            }
+            float sums[M];
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                float dk = 0.0f, dq = 0.0f;
+#pragma unroll
+                for (int i = 0; i < KV; i++) {
+                    dk += s[r * CH + i / VEC][i % VEC] * k[i];
+                    dq += s[r * CH + i / VEC][i % VEC] * q[i];
                 }
-                const token_gates tg = gates[t];
-                const float v_own = vs[t * BLOCK_ROWS + b * WR];
-                c *= tg.decay;
-                if (c < kMinRowScale) {
+                sums[2 * r] = dk;
+                sums[2 * r + 1] = dq;
+            }
+            const float mine =
+                SWIZZLE ? reduce_scatter_swizzled<G, M>(sums, lane) : reduce_scatter<G, M>(sums, lane);
+            const float other = __shfl_xor_sync(kFullMask, mine, SPREAD);
+            const float dot_k = c * (own_is_q ? other : mine), dot_q = c * (own_is_q ? mine : other);
+            const float u = tg.beta * (v_own - dot_k);
+            const float u_scaled = u * reciprocal_approx(c); /* c in [2^-60, 1]: a normal float */
 #pragma unroll
-                    for (int j = 0; j < SLOTS; j++)
+            for (int r = 0; r < R; r++) {
+                const float ur = __shfl_sync(kFullMask, u_scaled, hw * G + 2 * (r ^ swizzle) * SPREAD);
 #pragma unroll
-                        for (int i = 0; i < VEC; i++)
-                            s[j][i] *= c;
-                    c = 1.0f;
-                }
-                float sums[M];
+                for (int i = 0; i < KV; i++)
+                    s[r * CH + i / VEC][i % VEC] += ur * k[i];
+            }
+            /* the stores after every shuffle of the token, so no shuffle sits in a branch */
+            if (stores_out)
+                *out_at = from_float<Act>(dot_q + u * tg.kq);
+            out_at += p.out_stride;
+            const int64_t snap = snapshot[t];
+            if (snap >= 0) {
+                St *const snap_row0 = pool + snap + row0 * kRowK + col;
 #pragma unroll
-                for (int r = 0; r < R; r++) {
-                    float dk = 0.0f, dq = 0.0f;
+                for (int j = 0; j < SLOTS; j++) {
+                    float x[VEC];
 #pragma unroll
-                    for (int i = 0; i < KV; i++) {
-                        dk += s[r * CH + i / VEC][i % VEC] * k[i];
-                        dq += s[r * CH + i / VEC][i % VEC] * q[i];
-                    }
-                    sums[2 * r] = dk;
-                    sums[2 * r + 1] = dq;
-                }
-                const float mine =
-                    SWIZZLE ? reduce_scatter_swizzled<G, M>(sums, lane) : reduce_scatter<G, M>(sums, lane);
-                const float other = __shfl_xor_sync(kFullMask, mine, SPREAD);
-                const float dot_k = c * (own_is_q ? other : mine), dot_q = c * (own_is_q ? mine : other);
-                const float u = tg.beta * (v_own - dot_k);
-                const float u_scaled = u * reciprocal_approx(c); /* c in [2^-60, 1]: a normal float */
-#pragma unroll
-                for (int r = 0; r < R; r++) {
-                    const float ur = __shfl_sync(kFullMask, u_scaled, hw * G + 2 * (r ^ swizzle) * SPREAD);
-#pragma unroll
-                    for (int i = 0; i < KV; i++)
-                        s[r * CH + i / VEC][i % VEC] += ur * k[i];
-                }
-                /* the stores after every shuffle of the token, so no shuffle sits in a branch */
-                if (stores_out)
-                    *out_at = from_float<Act>(dot_q + u * tg.kq);
-                out_at += p.out_stride;
-                const int64_t snap = snapshot[t];
-                if (snap >= 0) {
-                    St *const snap_row0 = pool + snap + row0 * kRowK + col;
-#pragma unroll
-                    for (int j = 0; j < SLOTS; j++) {
-                        float x[VEC];
-#pragma unroll
-                        for (int i = 0; i < VEC; i++)
-                            x[i] = c * s[j][i];
-                        if (row0 + batches.row_of(j) < V)
-                            store16_hinted<kStoreStreaming>(snap_row0 + batches.row_of(j) * kRowK +
-                                                                batches.col_of(j),
-                                                            state_vec<St>::pack(x));
-                    }
+                    for (int i = 0; i < VEC; i++)
+                        x[i] = c * s[j][i];
+                    if (row0 + batches.row_of(j) < V)
+                        store16_hinted<kStoreStreaming>(snap_row0 + batches.row_of(j) * kRowK +
+                                                            batches.col_of(j),
+                                                        state_vec<St>::pack(x));
                 }
             }
-#pragma unroll
-            for (int j = 0; j < SLOTS; j++)
-#pragma unroll
-                for (int i = 0; i < VEC; i++)
-                    s[j][i] *= c;
         }
+#pragma unroll
+        for (int j = 0; j < SLOTS; j++)
+#pragma unroll
+            for (int i = 0; i < VEC; i++)
+                s[j][i] *= c;
         if (dst) {
 #pragma unroll
             for (int j = 0; j < SLOTS; j++) {
@@ -612,46 +374,24 @@ __global__ void __launch_bounds__(kThreads) decode_multi_token_vk128(const __gri
 /* Each configuration: rows per batch (f32 rows; bf16 takes two rows per load), batches per
  * warp, the shared-memory ring depth (0 = registers) and the lanes a row (0: one 16-byte
  * piece a lane, 32 lanes an f32 row, 16 a bf16 row; 8: CH pieces a lane). */
-constexpr gdn_kernel_shape kShapes[] = {{4, 1, 0, 0, 0, 0},
-                                        {8, 1, 0, 0, 0, 0},
-                                        {4, 2, 0, 0, 0, 0},
-                                        {8, 2, 0, 0, 0, 0},
-                                        {4, 4, 0, 0, 0, 0},
-                                        {8, 4, 3, 0, 0, 0},
-                                        {4, 4, 3, 0, 0, 0},
-                                        {4, 8, 4, 0, 0, 0},
-                                        {8, 8, 4, 0, 0, 0},
-                                        {8, 4, 0, 8, 0, 0},
-                                        {8, 4, 3, 8, 0, 0},
-                                        {8, 8, 4, 8, 0, 0},
-                                        {16, 4, 3, 8, 0, 0},
-                                        {8, 1, 0, 8, 0, 0},
-                                        /* every token's dot products at once, up to 4 tokens */
-                                        {4, 4, 0, 0, 0, 1},
-                                        {4, 4, 3, 0, 0, 1},
-                                        {8, 4, 3, 0, 0, 1},
-                                        {8, 4, 3, 8, 0, 1},
-                                        {4, 2, 0, 0, 0, 1},
-                                        {8, 2, 0, 0, 0, 1},
-                                        {8, 1, 0, 8, 0, 1}};
+constexpr gdn_kernel_shape kShapes[] = {{4, 1, 0, 0, 0},  {8, 1, 0, 0, 0}, {4, 2, 0, 0, 0}, {8, 2, 0, 0, 0},
+                                        {4, 4, 0, 0, 0},  {8, 4, 3, 0, 0}, {4, 4, 3, 0, 0}, {4, 8, 4, 0, 0},
+                                        {8, 8, 4, 0, 0},  {8, 4, 0, 8, 0}, {8, 4, 3, 8, 0}, {8, 8, 4, 8, 0},
+                                        {16, 4, 3, 8, 0}, {8, 1, 0, 8, 0}};
 constexpr int kShapeCount = sizeof kShapes / sizeof kShapes[0];
 
-template <typename Act, typename St, int SLOTS, int BATCHES, int STAGES, int CH, bool PLAIN, bool SWIZZLE,
-          int TD>
+template <typename Act, typename St, int SLOTS, int BATCHES, int STAGES, int CH, bool PLAIN, bool SWIZZLE>
 cudaError_t launch_kernel(const gdn_problem &p, cudaStream_t stream)
 {
     constexpr int P = 32 / (kRowK / (state_vec<St>::n * CH));
     constexpr int64_t warp_rows = (int64_t)(SLOTS / CH) * P * BATCHES,
                       block_rows = kWarpsPerBlock * warp_rows;
-    constexpr int64_t coef_bytes = TD > 0 ? token_coefs<TD>::block_bytes : 0;
-    const stage_layout at =
-        stage_layout_of(p.num_tokens, block_rows, ring_bytes<SLOTS, STAGES>(), coef_bytes);
-    const auto kernel = decode_multi_token_vk128<Act, St, SLOTS, BATCHES, STAGES, CH, PLAIN, SWIZZLE, TD>;
+    const stage_layout at = stage_layout_of(p.num_tokens, block_rows, ring_bytes<SLOTS, STAGES>());
+    const auto kernel = decode_multi_token_vk128<Act, St, SLOTS, BATCHES, STAGES, CH, PLAIN, SWIZZLE>;
     /* Past the default 48 KiB (T > 12 with the ring) a kernel must opt in (per device, so on
      * every such call); always to the most this instantiation can ask for, so that threads
      * racing with different T never lower each other's limit. */
-    constexpr int64_t most =
-        stage_layout_of(GDN_MAX_TOKENS, block_rows, ring_bytes<SLOTS, STAGES>(), coef_bytes).bytes;
+    constexpr int64_t most = stage_layout_of(GDN_MAX_TOKENS, block_rows, ring_bytes<SLOTS, STAGES>()).bytes;
     if (at.bytes > 48 * 1024) {
         const cudaError_t err =
             cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)most);
@@ -671,31 +411,12 @@ cudaError_t launch_kernel(const gdn_problem &p, cudaStream_t stream)
  * slot index and the state loads and a selection between the gate forms in the prologue
  * (2-4% at 23f4455, bench/NOTES.md). The other configurations (tuning) take every call in one. */
 template <typename Act, typename St, int SLOTS, int BATCHES, int STAGES, int CH = 1, bool CHOSEN = false,
-          bool SWIZZLE = GDN_MT_SWIZZLE == 1, int TD = 0>
-cudaError_t launch_plain_or_not(const gdn_problem &p, cudaStream_t stream)
-{
-    if (CHOSEN && !p.g && !p.has_initial_state)
-        return launch_kernel<Act, St, SLOTS, BATCHES, STAGES, CH, CHOSEN, SWIZZLE, TD>(p, stream);
-    return launch_kernel<Act, St, SLOTS, BATCHES, STAGES, CH, false, SWIZZLE, TD>(p, stream);
-}
-
-template <typename Act, typename St, int SLOTS, int BATCHES, int STAGES, int CH = 1, bool CHOSEN = false,
           bool SWIZZLE = GDN_MT_SWIZZLE == 1>
 cudaError_t launch_shape(const gdn_problem &p, cudaStream_t stream)
 {
-    return launch_plain_or_not<Act, St, SLOTS, BATCHES, STAGES, CH, CHOSEN, SWIZZLE>(p, stream);
-}
-
-/* The same shape with every token's dot products at once (token_coefs) for up to 4 tokens a
- * sequence; longer calls take the token loop. */
-template <typename Act, typename St, int SLOTS, int BATCHES, int STAGES, int CH = 1, bool CHOSEN = false>
-cudaError_t launch_shape_at_once(const gdn_problem &p, cudaStream_t stream)
-{
-    if (p.num_tokens <= 2)
-        return launch_plain_or_not<Act, St, SLOTS, BATCHES, STAGES, CH, CHOSEN, false, 2>(p, stream);
-    if (p.num_tokens <= 4)
-        return launch_plain_or_not<Act, St, SLOTS, BATCHES, STAGES, CH, CHOSEN, false, 4>(p, stream);
-    return launch_plain_or_not<Act, St, SLOTS, BATCHES, STAGES, CH, CHOSEN, false, 0>(p, stream);
+    if (CHOSEN && !p.g && !p.has_initial_state)
+        return launch_kernel<Act, St, SLOTS, BATCHES, STAGES, CH, CHOSEN, SWIZZLE>(p, stream);
+    return launch_kernel<Act, St, SLOTS, BATCHES, STAGES, CH, false, SWIZZLE>(p, stream);
 }
 
 template <typename Act, typename St>
@@ -717,14 +438,7 @@ cudaError_t launch_config(const gdn_problem &p, int config, cudaStream_t stream)
     case 10: return launch_shape<Act, St, 2 * CH8, 4, 3, CH8, true>(p, stream);
     case 11: return launch_shape<Act, St, 2 * CH8, 8, 4, CH8>(p, stream);
     case 12: return launch_shape<Act, St, 4 * CH8, 4, 3, CH8>(p, stream);
-    case 13: return launch_shape<Act, St, 2 * CH8, 1, 0, CH8, true, GDN_MT_SWIZZLE != 0>(p, stream);
-    case 14: return launch_shape_at_once<Act, St, 4 / D, 4, 0, 1, true>(p, stream);
-    case 15: return launch_shape_at_once<Act, St, 4 / D, 4, 3, 1, true>(p, stream);
-    case 16: return launch_shape_at_once<Act, St, 8 / D, 4, 3, 1, true>(p, stream);
-    case 17: return launch_shape_at_once<Act, St, 2 * CH8, 4, 3, CH8, true>(p, stream);
-    case 18: return launch_shape_at_once<Act, St, 4 / D, 2, 0, 1, true>(p, stream);
-    case 19: return launch_shape_at_once<Act, St, 8 / D, 2, 0, 1, true>(p, stream);
-    default: return launch_shape_at_once<Act, St, 2 * CH8, 1, 0, CH8, true>(p, stream);
+    default: return launch_shape<Act, St, 2 * CH8, 1, 0, CH8, true, GDN_MT_SWIZZLE != 0>(p, stream);
     }
 }
 

@@ -234,10 +234,10 @@ __global__ void __launch_bounds__(kThreads) decode_one_token_vk128(const __grid_
 /* Each configuration: rows per batch (f32 rows; bf16 takes two rows per load), batches per
  * warp, the shared-memory ring depth (0 = registers), lanes (the default) and 1 for streaming
  * cache hints on the state (name ending in c). */
-constexpr gdn_kernel_shape kShapes[] = {
-    {2, 1, 0, 0, 0, 0},  {4, 1, 0, 0, 0, 0},  {8, 1, 0, 0, 0, 0}, {4, 2, 0, 0, 0, 0}, {4, 4, 0, 0, 0, 0},
-    {8, 2, 0, 0, 0, 0},  {8, 4, 0, 0, 0, 0},  {8, 4, 3, 0, 0, 0}, {4, 8, 4, 0, 0, 0}, {8, 8, 3, 0, 0, 0},
-    {8, 16, 3, 0, 0, 0}, {4, 16, 4, 0, 0, 0}, {4, 1, 0, 0, 1, 0}, {8, 1, 0, 0, 1, 0}, {8, 2, 0, 0, 1, 0}};
+constexpr gdn_kernel_shape kShapes[] = {{2, 1, 0, 0, 0}, {4, 1, 0, 0, 0}, {8, 1, 0, 0, 0},  {4, 2, 0, 0, 0},
+                                        {4, 4, 0, 0, 0}, {8, 2, 0, 0, 0}, {8, 4, 0, 0, 0},  {8, 4, 3, 0, 0},
+                                        {4, 8, 4, 0, 0}, {8, 8, 3, 0, 0}, {8, 16, 3, 0, 0}, {4, 16, 4, 0, 0},
+                                        {4, 1, 0, 0, 1}, {8, 1, 0, 0, 1}, {8, 2, 0, 0, 1}};
 constexpr int kShapeCount = sizeof kShapes / sizeof kShapes[0];
 
 template <typename Act, typename St, int SLOTS, int BATCHES, int STAGES, bool PDL, bool STREAMING = false>

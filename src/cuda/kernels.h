@@ -37,7 +37,6 @@ cudaError_t gdn_cuda_launch_chunked(const gdn_problem *p, cudaStream_t stream);
 typedef struct gdn_kernel_shape {
     int rows, batches, stages, lanes; /* lanes: lanes a state row, 0 = the kernel's default */
     int streaming;                    /* one-token: streaming cache hints on the state (name ending in c) */
-    int at_once;                      /* multi-token: all tokens' dot products at once (name ending in a) */
 } gdn_kernel_shape;
 const gdn_kernel_shape *gdn_cuda_one_token_shapes(int *count);
 void gdn_cuda_one_token_force(int config);

@@ -125,6 +125,5 @@ extern "C" void gdn_cuda_config_name(gdn_cuda_kernel kernel, int config, char *b
         snprintf(stages, sizeof stages, "s%d", s.stages);
     if (s.lanes)
         snprintf(lanes, sizeof lanes, "l%d", s.lanes);
-    snprintf(buf, size, "r%dx%d%s%s%s%s", s.rows, s.batches, stages, lanes, s.streaming ? "c" : "",
-             s.at_once ? "a" : "");
+    snprintf(buf, size, "r%dx%d%s%s%s", s.rows, s.batches, stages, lanes, s.streaming ? "c" : "");
 }

@@ -61,38 +61,6 @@ template <int G, int M> __device__ __forceinline__ float reduce_scatter(float (&
     return row_sum<G / M>(x[0]); /* the lanes still holding parts of the same value */
 }
 
-/* log2 of a power of two, at compile time */
-__host__ __device__ constexpr int log2_of(int x) { return x <= 1 ? 0 : 1 + log2_of(x / 2); }
-
-/*
- * reduce_scatter for any M (a power of two >= 2): while both remain, halve the values and the
- * lanes; with M >= G lane l then holds, in x[0 .. M / G), the group's sums of values
- * (M / G) * (l % G) + i (at each step the upper lane of a pair keeps the upper half, so a lane's
- * bits, weighted by M / G, index its values); with M < G, x[0] holds the sum of value
- * (l % G) / (G / M) in every lane, as reduce_scatter returns it. Both loops have constant trip
- * counts: with the inner one running to h (a value of the outer one), NVVM left it rolled
- * ("nounroll") in the at-once kernels, and x went to local memory (64-256 byte stack frames).
- */
-template <int G, int M> __device__ __forceinline__ void reduce_scatter_any(float (&x)[M], int lane)
-{
-    constexpr int steps = M >= G ? log2_of(G) : log2_of(M);
-#pragma unroll
-    for (int step = 0; step < steps; step++) {
-        const int h = M >> (step + 1), offset = G >> (step + 1);
-        const bool upper = (lane & offset) != 0;
-#pragma unroll
-        for (int i = 0; i < M / 2; i++) {
-            if (i < h) {
-                const float send = upper ? x[i] : x[i + h];
-                const float keep = upper ? x[i + h] : x[i];
-                x[i] = keep + __shfl_xor_sync(kFullMask, send, offset);
-            }
-        }
-    }
-    if constexpr (M < G)
-        x[0] = row_sum<G / M>(x[0]);
-}
-
 /*
  * The row order that makes reduce_scatter's halving steps over rows select-free: a lane whose
  * row slot r holds row r ^ rows_swizzle<G, M>(lane) (M = 2 rows' sums, S.k and S.q, a row) has,
