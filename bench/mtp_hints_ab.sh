@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One GPU call for two multi-token experiments (bench/NOTES.md, 2026-12-07):
+# One GPU call for multi-token experiments, in three parts (bench/NOTES.md, 2026-12-07):
 #  1. the GPU tests of TEST_GDN: the multi-token configuration tests (GDN_TEST_CONFIGS picks
 #     configurations, e.g. new ones), the cuda suite, the vectors, in TEST_SECONDS (240);
 #  2. a sweep of SWEEP_GDN's multi-token configurations SWEEP_CONFIGS (default: the library's
@@ -47,7 +47,7 @@ for k in sorted(t):
           "  ", " ".join("%.3f" % (med[n] / base) if base and n in med else "nan" for n in names[1:]))
 PY
 cat "$out/configs.txt"
-# the A/B last, in what is left of AB_SECONDS (default 240)
+# the A/B last, cut off after AB_SECONDS (default 240)
 if [ "$#" -gt 0 ]; then
     AB_TOKENS=${AB_TOKENS:-2 3 4} AB_SLOTS=${AB_SLOTS:-0} AB_NS=${AB_NS:-1,16,64,256} \
         timeout "${AB_SECONDS:-240}" bench/ab_builds.sh "$out/ab" "$@" >"$out/ab/ab.txt" 2>&1 || status=1
