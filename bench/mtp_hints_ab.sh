@@ -8,7 +8,7 @@
 #     configurations 14-20 took every token's dot products at once; they lost and were removed
 #     (bench/results/h100-2026-12-07-7156642-at-once/, bench/NOTES.md);
 #  3. the cache hints of f1be7f9: an interleaved A/B of the gdn builds named on the command line
-#     (main, GDN_MT_LOAD_HINT=1, GDN_MT_STORE_HINT=0, both) at T = 2..4 (bench/ab_builds.sh),
+#     (main, GDN_MT_LOAD_HINT=1, GDN_MT_STORE_HINT=0 (removed since), both) at T = 2..4 (bench/ab_builds.sh),
 #     cut off after AB_SECONDS.
 #   bench/mtp_hints_ab.sh OUTDIR TEST_GDN SWEEP_GDN name=GDN name=GDN ...
 # Writes OUTDIR/tests.log, OUTDIR/ab/ab.csv and ab.txt (the table), OUTDIR/configs.csv and

@@ -47,19 +47,16 @@ constexpr int kWarpsPerBlock = kThreads / 32;
 #define GDN_MT_SWIZZLE 2
 #endif
 
-/* Cache hints on the state, an experiment for the T = 3 question (bench/NOTES.md, fifth
- * 2026-12-06 session: at T = 2, 3 about 68% of L2 requests hit, at T = 4 58.6%, and T = 4 is
- * the faster). GDN_MT_LOAD_HINT=1 loads the state with an L2 evict-first policy (the register
- * loads and the cp.async ring alike) instead of .cs / no hint; GDN_MT_STORE_HINT=0 stores it
- * without the .cs hint. */
+/* GDN_MT_LOAD_HINT=1 loads the state with an L2 evict-first policy (the register loads and the
+ * cp.async ring alike) instead of .cs / no hint. Measured on the H100 (bench/results/
+ * h100-2026-12-07-7156642-at-once/hints-ab.csv): 2-6% faster at N = 16, 1.5-4% slower at
+ * N = 256, and no answer to why T = 3 costs more than T = 4; kept as the candidate for a
+ * per-size hint. (Stores without .cs, the other switch of that run, lost 4-6% at f32 T = 2 and
+ * are gone.) */
 #ifndef GDN_MT_LOAD_HINT
 #define GDN_MT_LOAD_HINT 0
 #endif
-#ifndef GDN_MT_STORE_HINT
-#define GDN_MT_STORE_HINT 1
-#endif
 constexpr load_hint kLoadHint = GDN_MT_LOAD_HINT == 1 ? load_hint::evict_first : load_hint::streaming;
-constexpr bool kStoreStreaming = GDN_MT_STORE_HINT == 1;
 
 /* The smallest scale of the rows held in registers (S = c * s) before they are rescaled: u / c
  * then stays below 2^60 |u|, far from the float range, and rescales are rare (60 / log2(1/decay)
@@ -348,9 +345,8 @@ __global__ void __launch_bounds__(kThreads) decode_multi_token_vk128(const __gri
                     for (int i = 0; i < VEC; i++)
                         x[i] = c * s[j][i];
                     if (row0 + batches.row_of(j) < V)
-                        store16_hinted<kStoreStreaming>(snap_row0 + batches.row_of(j) * kRowK +
-                                                            batches.col_of(j),
-                                                        state_vec<St>::pack(x));
+                        store16_streaming(snap_row0 + batches.row_of(j) * kRowK + batches.col_of(j),
+                                          state_vec<St>::pack(x));
                 }
             }
         }
@@ -364,8 +360,7 @@ __global__ void __launch_bounds__(kThreads) decode_multi_token_vk128(const __gri
             for (int j = 0; j < SLOTS; j++) {
                 const int64_t row = row0 + batches.row_of(j);
                 if (row < V)
-                    store16_hinted<kStoreStreaming>(dst + row * kRowK + col + batches.col_of(j),
-                                                    state_vec<St>::pack(s[j]));
+                    store16_streaming(dst + row * kRowK + col + batches.col_of(j), state_vec<St>::pack(s[j]));
             }
         }
     }

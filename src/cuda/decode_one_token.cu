@@ -104,6 +104,7 @@ __global__ void __launch_bounds__(kThreads) decode_one_token_vk128(const __grid_
     constexpr int M = 2 * SLOTS;   /* partial sums per lane per batch */
     constexpr int SPREAD = G / M;  /* lanes holding each reduced value */
     constexpr int RING = STAGES > 0 ? STAGES : 1;
+    constexpr load_hint kHint = STREAMING ? load_hint::streaming : load_hint::none; /* register loads */
     static_assert(M <= G, "more partial sums than lanes in a row group");
     extern __shared__ uint4 ring[]; /* STAGES >= 2: [warp][stage][slot][lane] */
 
@@ -142,7 +143,7 @@ __global__ void __launch_bounds__(kThreads) decode_one_token_vk128(const __grid_
             for (int b = 0; b < STAGES - 1; b++)
                 batches.stage(b);
         } else {
-            batches.template load<STREAMING ? load_hint::streaming : load_hint::none>(0, raw[0]);
+            batches.template load<kHint>(0, raw[0]);
         }
     }
 
@@ -192,8 +193,7 @@ __global__ void __launch_bounds__(kThreads) decode_one_token_vk128(const __grid_
             for (int j = 0; j < SLOTS; j++)
                 cur[j] = raw[b % 2][j];
             if (b + 1 < BATCHES)
-                batches.template load<STREAMING ? load_hint::streaming : load_hint::none>(b + 1,
-                                                                                          raw[(b + 1) % 2]);
+                batches.template load<kHint>(b + 1, raw[(b + 1) % 2]);
         }
         float s[SLOTS][VEC];
         float sums[M];
