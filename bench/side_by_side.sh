@@ -53,8 +53,31 @@ mtp-prefill)
         --stem "prefill-$dev" --commit "$commit" --budget-s 240
     ;;
 decode)
-    step decode 560 python3 bench/peers/peer_bench.py --lib build/libgdn.so --out "$out" \
-        --stem "decode-$dev" --budget-s 500
+    step decode 450 python3 bench/peers/peer_bench.py --lib build/libgdn.so --out "$out" \
+        --stem "decode-$dev" --budget-s 380 --skip-cold
+    # then, with what time is left, every configuration of both decode kernels beside the
+    # library's choice (to retune choose_config on this device)
+    one=-1,$(seq -s, 0 14) multi=-1,$(seq -s, 0 13)
+    { echo "$header"; echo "shape,H,HV,K,V,state_dtype,N,T,token_slots,impl,median_us,gbps,pct_of_copy"; } \
+        >"$out/configs.csv"
+    sweep() { # shape state T configs Ns (T = 1: no T and token_slots columns of its own)
+        local add='s/^\([^,]*,[^,]*,[^,]*,[^,]*,[^,]*,[^,]*,[^,]*\),/\1,1,no,/'
+        [ "$3" = 1 ] || add=
+        timeout 60 build/gdn bench --backend cuda --shape "$1" --state "$2" --tokens "$3" --n "$5" --reps 20 \
+            --csv --configs "$4" | tail -n +2 | sed "$add"
+    }
+    start=$SECONDS
+    for shape in qwen3-next contest; do
+        for state in f32 bf16; do
+            ((SECONDS - start < 60)) && sweep "$shape" "$state" 1 "$one" 1,4,16,64,256,1024 >>"$out/configs.csv"
+        done
+    done
+    for T in 2 3 4 8; do
+        for state in f32 bf16; do
+            ((SECONDS - start < 110)) && sweep qwen3-next "$state" "$T" "$multi" 1,16,64,256 >>"$out/configs.csv"
+        done
+    done
+    echo "== configs: $(grep -vc '^#' "$out/configs.csv") rows in $((SECONDS - start)) s"
     ;;
 *)
     echo "side_by_side: unknown stage $stage" >&2
