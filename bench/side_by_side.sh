@@ -9,6 +9,8 @@
 #   bench/side_by_side.sh mtp-prefill OUTDIR    carry .whl/fla and .carry/bin: install the
 #        peers, the cuda tests, mtp_bench.py (mtp-DEV) and prefill_bench.py (prefill-DEV)
 #   bench/side_by_side.sh decode OUTDIR         the same carry: peer_bench.py (decode-DEV)
+#   bench/side_by_side.sh profile OUTDIR        the same carry: every configuration of both
+#        decode kernels timed (configs.csv), then ncu of the chosen kernels at N = 64
 #
 # DEV is h200 or h100, from the device's name. The binaries (libgdn.so, gdn, test_gdn of one
 # sm_90a build of the commit GDN_COMMIT) come xz'd in .carry/bin, built on the development
@@ -37,10 +39,12 @@ commit=${GDN_COMMIT:-unknown}
 export GDN_COMMIT=$commit PYTHONUNBUFFERED=1
 name=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
 case "$name" in *H200*) dev=h200 ;; *H100*) dev=h100 ;; *) dev=gpu ;; esac
-mkdir -p .whl/fi-parts
-cp "$parts"/fi-*-of-*.tarpart .whl/fi-parts/ 2>/dev/null
-bash bench/peers/install_peers.sh /tmp/site >"$out/install.log" 2>&1
-cat "$out/install.log"
+if [ "$stage" != profile ] && [ ! -d /tmp/site/flashinfer ]; then # installed once a machine
+    mkdir -p .whl/fi-parts
+    cp "$parts"/fi-*-of-*.tarpart .whl/fi-parts/ 2>/dev/null
+    bash bench/peers/install_peers.sh /tmp/site >"$out/install.log" 2>&1
+    cat "$out/install.log"
+fi
 export PYTHONPATH=/tmp/site
 . tests/gpu/steps.sh
 case "$stage" in
@@ -53,10 +57,12 @@ mtp-prefill)
         --stem "prefill-$dev" --commit "$commit" --budget-s 240
     ;;
 decode)
-    step decode 450 python3 bench/peers/peer_bench.py --lib build/libgdn.so --out "$out" \
-        --stem "decode-$dev" --budget-s 380 --skip-cold
-    # then, with what time is left, every configuration of both decode kernels beside the
-    # library's choice (to retune choose_config on this device)
+    step decode 500 python3 bench/peers/peer_bench.py --lib build/libgdn.so --out "$out" \
+        --stem "decode-$dev" --budget-s 420 --skip-cold
+    ;;
+profile)
+    # every configuration of both decode kernels beside the library's choice (to retune
+    # choose_config on this device), then ncu of the chosen kernels at N = 64
     one=-1,$(seq -s, 0 14) multi=-1,$(seq -s, 0 13)
     { echo "$header"; echo "shape,H,HV,K,V,state_dtype,N,T,token_slots,impl,median_us,gbps,pct_of_copy"; } \
         >"$out/configs.csv"
@@ -69,15 +75,23 @@ decode)
     start=$SECONDS
     for shape in qwen3-next contest; do
         for state in f32 bf16; do
-            ((SECONDS - start < 60)) && sweep "$shape" "$state" 1 "$one" 1,4,16,64,256,1024 >>"$out/configs.csv"
+            ((SECONDS - start < 70)) && sweep "$shape" "$state" 1 "$one" 1,4,16,64,256,1024 >>"$out/configs.csv"
         done
     done
     for T in 2 3 4 8; do
         for state in f32 bf16; do
-            ((SECONDS - start < 110)) && sweep qwen3-next "$state" "$T" "$multi" 1,16,64,256 >>"$out/configs.csv"
+            ((SECONDS - start < 200)) && sweep qwen3-next "$state" "$T" "$multi" 1,16,64,256 >>"$out/configs.csv"
         done
     done
     echo "== configs: $(grep -vc '^#' "$out/configs.csv") rows in $((SECONDS - start)) s"
+    ncu=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
+    for case in "f32 1" "f32 2" "f32 4" "bf16 1" "bf16 4"; do
+        set -- $case
+        step "ncu-$1-T$2" 60 "$ncu" --section SpeedOfLight --section Occupancy --section WarpStateStats \
+            --section SchedulerStats --section InstructionStats --section LaunchStats \
+            --section MemoryWorkloadAnalysis --kernel-name regex:decode_ --launch-count 1 --launch-skip 5 \
+            build/gdn bench --backend cuda --shape qwen3-next --state "$1" --tokens "$2" --n 64 --reps 2
+    done
     ;;
 *)
     echo "side_by_side: unknown stage $stage" >&2
