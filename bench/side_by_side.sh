@@ -63,6 +63,16 @@ decode)
 profile)
     # every configuration of both decode kernels beside the library's choice (to retune
     # choose_config on this device), then ncu of the chosen kernels at N = 64
+    # carried variant builds (.carry/bin/NAME.gdn.xz) against this build, interleaved
+    variants=()
+    for g in build/*.gdn; do
+        [ -e "$g" ] && chmod +x "$g" && variants+=("$(basename "$g" .gdn)=$g")
+    done
+    if ((${#variants[@]})); then
+        AB_TOKENS=${AB_TOKENS:-2 3 4 8} AB_SLOTS=0 AB_NS=1,16,64,256 step ab 150 bench/ab_builds.sh "$out/ab" \
+            base=build/gdn "${variants[@]}"
+        tail -40 "$out/ab.log"
+    fi
     one=-1,$(seq -s, 0 14) multi=-1,$(seq -s, 0 13)
     { echo "$header"; echo "shape,H,HV,K,V,state_dtype,N,T,token_slots,impl,median_us,gbps,pct_of_copy"; } \
         >"$out/configs.csv"
