@@ -58,11 +58,6 @@ constexpr int kWarpsPerBlock = kThreads / 32;
 #endif
 constexpr load_hint kLoadHint = GDN_MT_LOAD_HINT == 1 ? load_hint::evict_first : load_hint::streaming;
 
-/* GDN_MT_MIN_BLOCKS: blocks a multiprocessor ptxas must leave registers for (experiment). */
-#ifndef GDN_MT_MIN_BLOCKS
-#define GDN_MT_MIN_BLOCKS 1
-#endif
-
 /* The smallest scale of the rows held in registers (S = c * s) before they are rescaled: u / c
  * then stays below 2^60 |u|, far from the float range, and rescales are rare (60 / log2(1/decay)
  * tokens apart; a typical decay of 0.9-1 never gets there within 16 tokens). */
@@ -177,7 +172,7 @@ __device__ bool stage_tokens(const gdn_problem &p, const block_coords &bc, int64
  * the shuffles a row that G = 32 (f32) or 16 (bf16) lanes need.
  */
 template <typename Act, typename St, int SLOTS, int BATCHES, int STAGES, int CH, bool PLAIN, bool SWIZZLE>
-__global__ void __launch_bounds__(kThreads, GDN_MT_MIN_BLOCKS) decode_multi_token_vk128(const __grid_constant__ gdn_problem p)
+__global__ void __launch_bounds__(kThreads) decode_multi_token_vk128(const __grid_constant__ gdn_problem p)
 {
     constexpr int VEC = state_vec<St>::n;
     constexpr int G = kRowK / (VEC * CH); /* lanes per row */
