@@ -52,13 +52,13 @@ mtp-prefill)
     step info 20 build/gdn info
     step tests 200 build/test_gdn decode/cuda_multi_token_configs decode/cuda_all vectors/cuda cuda/ -huge
     step mtp 300 python3 bench/peers/mtp_bench.py --lib build/libgdn.so --out "$out" --stem "mtp-$dev" \
-        --budget-s 240
+        --budget-s 200
     step prefill 300 python3 bench/peers/prefill_bench.py --lib build/libgdn.so --out "$out" \
-        --stem "prefill-$dev" --commit "$commit" --budget-s 240
+        --stem "prefill-$dev" --commit "$commit" --budget-s 180
     ;;
 decode)
-    step decode 500 python3 bench/peers/peer_bench.py --lib build/libgdn.so --out "$out" \
-        --stem "decode-$dev" --budget-s 420 --skip-cold
+    step decode 420 python3 bench/peers/peer_bench.py --lib build/libgdn.so --out "$out" \
+        --stem "decode-$dev" --budget-s 320 --skip-cold
     ;;
 profile)
     # every configuration of both decode kernels beside the library's choice (to retune
