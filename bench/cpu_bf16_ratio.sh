@@ -14,7 +14,7 @@ while [ $# -gt 0 ] && [ "$1" != "--" ]; do commits+=("$1"); shift; done
 args=("$@")
 [ ${#args[@]} -gt 0 ] || args=(--shape qwen3-next --n 16,64 --reps 21)
 rounds=${ROUNDS:-7}
-. bench/cpu_scratch.sh
+. bench/cpu_scratch.sh HEAD # (a sourced file without arguments sees this script's $@ as its own)
 for c in "${commits[@]}"; do
     build_at "$c" gdn
 done

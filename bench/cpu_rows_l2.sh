@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 out=$1; shift
 commits=("$@")
 rounds=${ROUNDS:-7}
-. bench/cpu_scratch.sh
+. bench/cpu_scratch.sh HEAD # (a sourced file without arguments sees this script's $@ as its own)
 for c in "${commits[@]}"; do
     build_at "$c" libgdn.a
     cc -O2 -Iinclude bench/cpu_rows_l2.c "$scratch/build-$c/libgdn.a" -o "$scratch/rows-$c" -lpthread -lm
