@@ -9,6 +9,7 @@
 #   bench/side_by_side.sh mtp-prefill OUTDIR    carry .whl/fla and .carry/bin: install the
 #        peers, the cuda tests, mtp_bench.py (mtp-DEV) and prefill_bench.py (prefill-DEV)
 #   bench/side_by_side.sh decode OUTDIR         the same carry: peer_bench.py (decode-DEV)
+#   (or, when device time is short, mtp-decode then prefill: the same steps, the peers' first)
 #   bench/side_by_side.sh profile OUTDIR        the same carry: every configuration of both
 #        decode kernels timed (configs.csv), then ncu of the chosen kernels at N = 64
 #
@@ -47,18 +48,36 @@ if [ "$stage" != profile ] && [ ! -d /tmp/site/flashinfer ]; then # installed on
 fi
 export PYTHONPATH=/tmp/site
 . tests/gpu/steps.sh
-case "$stage" in
-mtp-prefill)
+run_tests() {
     step info 20 build/gdn info
-    [ "${SKIP_TESTS:-0}" = 1 ] || step tests 200 build/test_gdn decode/cuda_multi_token_configs decode/cuda_all vectors/cuda cuda/ -huge
+    step tests 200 build/test_gdn decode/cuda_multi_token_configs decode/cuda_all vectors/cuda cuda/ -huge
+}
+run_mtp() {
     step mtp 300 python3 bench/peers/mtp_bench.py --lib build/libgdn.so --out "$out" --stem "mtp-$dev" \
         --budget-s 200
+}
+run_prefill() {
     step prefill 300 python3 bench/peers/prefill_bench.py --lib build/libgdn.so --out "$out" \
         --stem "prefill-$dev" --commit "$commit" --budget-s 180
-    ;;
-decode)
+}
+run_decode() {
     step decode 420 python3 bench/peers/peer_bench.py --lib build/libgdn.so --out "$out" \
         --stem "decode-$dev" --budget-s 320 --skip-cold
+}
+case "$stage" in
+mtp-prefill)
+    [ "${SKIP_TESTS:-0}" = 1 ] || run_tests
+    run_mtp
+    run_prefill
+    ;;
+decode) run_decode ;;
+mtp-decode) # (the two with FlashInfer first, when device time is short)
+    run_mtp
+    run_decode
+    ;;
+prefill)
+    run_prefill
+    [ "${SKIP_TESTS:-0}" = 1 ] || run_tests
     ;;
 profile)
     # every configuration of both decode kernels beside the library's choice (to retune
