@@ -28,8 +28,10 @@ if [ "$stage" = part ]; then
     exit 0
 fi
 # more than 8 files do not come back from a call: everything goes into OUTDIR/STAGE.tar.xz
+# (SBS_DIRECT=1: straight into OUTDIR/STAGE, for a stage of few files that may be cut short)
 final=$2
 out=/tmp/side_by_side/$stage
+[ "${SBS_DIRECT:-0}" = 1 ] && out=$final/$stage
 rm -rf "$out"
 mkdir -p "$out" "$final" build
 for f in .carry/bin/*.xz; do
@@ -127,5 +129,5 @@ profile)
     exit 2
     ;;
 esac
-tar -C "$(dirname "$out")" -cJf "$final/$stage.tar.xz" "$stage"
+[ "${SBS_DIRECT:-0}" = 1 ] || tar -C "$(dirname "$out")" -cJf "$final/$stage.tar.xz" "$stage"
 exit $status
