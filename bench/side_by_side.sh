@@ -84,10 +84,15 @@ prefill)
 profile)
     # every configuration of both decode kernels beside the library's choice (to retune
     # choose_config on this device), then ncu of the chosen kernels at N = 64
-    # carried variant builds (.carry/bin/NAME.gdn.xz) against this build, interleaved
+    # carried variant builds (.carry/bin/NAME.gdn.xz, NAME.test_gdn.xz) tested, then timed
+    # against this build, interleaved
     variants=()
     for g in build/*.gdn; do
         [ -e "$g" ] && chmod +x "$g" && variants+=("$(basename "$g" .gdn)=$g")
+    done
+    for t in build/*.test_gdn; do # a variant's own tests, every configuration of both kernels
+        [ -e "$t" ] && chmod +x "$t" && step "tests-$(basename "$t" .test_gdn)" 200 "$t" \
+            decode/cuda_multi_token_configs decode/cuda_one_token_configs decode/cuda_all vectors/cuda
     done
     if ((${#variants[@]})); then
         AB_TOKENS=${AB_TOKENS:-2 3 4 8} AB_SLOTS=0 AB_NS=1,16,64,256 step ab 150 bench/ab_builds.sh "$out/ab" \

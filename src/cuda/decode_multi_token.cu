@@ -242,6 +242,8 @@ __global__ void __launch_bounds__(kThreads) decode_multi_token_vk128(const __gri
     } else {
         batches.template load<kLoadHint>(0, raw[0]);
     }
+    if (GDN_L2_PREFETCH && lane == 0)
+        batches.prefetch_l2(STAGES > 0 ? STAGES - 1 : 1);
 
     if (stage_tokens<Act, BLOCK_ROWS, PLAIN>(p, bc, first, T, block_row0, smem, at)) {
         skip_bad_row(p); /* a snapshot slot outside the pool: nothing written */

@@ -145,6 +145,8 @@ __global__ void __launch_bounds__(kThreads) decode_one_token_vk128(const __grid_
         } else {
             batches.template load<kHint>(0, raw[0]);
         }
+        if (GDN_L2_PREFETCH && lane == 0)
+            batches.prefetch_l2(STAGES > 0 ? STAGES - 1 : 1);
     }
 
     /* The activations are loaded after the state loads are issued, not with the slot: the

@@ -168,6 +168,27 @@ template <int PENDING> __device__ __forceinline__ void copy_async_wait(void)
     asm volatile("cp.async.wait_group %0;" ::"n"(PENDING) : "memory");
 }
 
+/* GDN_L2_PREFETCH=1: each warp of both row kernels asks the L2 for the rest of its rows (the
+ * batches it does not load at once) in one bulk prefetch, right after its first loads. Not the
+ * default: built for the next GPU session (bench/NOTES.md, seventh session: the multi-token
+ * kernel's warps wait on loads with too few bytes in flight, and neither more warps nor a
+ * deeper ring bought them; this asks for the bytes without registers or shared memory). */
+#ifndef GDN_L2_PREFETCH
+#define GDN_L2_PREFETCH 0
+#endif
+
+/* Asks the L2 for `bytes` (a multiple of 16) of global memory from `at` (16-byte aligned),
+ * holding no register or shared memory while they come (sm_90's bulk prefetch; nothing
+ * before sm_90). */
+__device__ __forceinline__ void prefetch_l2_bulk(const void *at, uint32_t bytes)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(at), "r"(bytes) : "memory");
+#else
+    (void)at, (void)bytes;
+#endif
+}
+
 /*
  * The batches of state rows one warp streams (both row kernels): slot j of batch b holds
  * row warp_row0 + b * WR + (j / CH) * P + hw of the tile at src, 16 bytes at column
@@ -220,6 +241,16 @@ template <typename St, int SLOTS, int BATCHES, int RING, int P, int WR, int CH =
             }
         }
         copy_async_commit();
+    }
+
+    /* Batches first..BATCHES-1 (consecutive rows, past V left out) asked of the L2 at once;
+     * for one lane of the warp to call (GDN_L2_PREFETCH). */
+    __device__ __forceinline__ void prefetch_l2(int first) const
+    {
+        const int64_t row0 = warp_row0 + (int64_t)first * WR, end = warp_row0 + (int64_t)BATCHES * WR;
+        const int64_t rows = (end < V ? end : V) - row0;
+        if (first < BATCHES && rows > 0)
+            prefetch_l2_bulk(src + row0 * kRowK, (uint32_t)(rows * kRowK * (int64_t)sizeof(St)));
     }
 
     __device__ __forceinline__ void staged(int b, uint4 (&dst)[SLOTS]) const
