@@ -6,7 +6,7 @@
 # stays warm (30 s after a call). Every later stage puts them back where install_peers.sh looks.
 #
 #   bench/side_by_side.sh part                  carry .whl/fi0 (then .whl/fi1): keep the part
-#   bench/side_by_side.sh mtp-prefill OUTDIR    carry .whl/fla and .carry/bin: install the
+#   bench/side_by_side.sh mtp-prefill OUTDIR    carry .whl/fla and .carry: install the
 #        peers, the cuda tests, mtp_bench.py (mtp-DEV) and prefill_bench.py (prefill-DEV)
 #   bench/side_by_side.sh decode OUTDIR         the same carry: peer_bench.py (decode-DEV)
 #   (or, when device time is short, mtp-decode then prefill: the same steps, the peers' first)

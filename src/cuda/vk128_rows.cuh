@@ -243,13 +243,13 @@ template <typename St, int SLOTS, int BATCHES, int RING, int P, int WR, int CH =
         copy_async_commit();
     }
 
-    /* Batches first..BATCHES-1 (consecutive rows, past V left out) asked of the L2 at once;
-     * for one lane of the warp to call (GDN_L2_PREFETCH). */
+    /* Batches first..BATCHES-1 (consecutive rows, past V left out; none when first >= BATCHES)
+     * asked of the L2 at once; for one lane of the warp to call (GDN_L2_PREFETCH). */
     __device__ __forceinline__ void prefetch_l2(int first) const
     {
         const int64_t row0 = warp_row0 + (int64_t)first * WR, end = warp_row0 + (int64_t)BATCHES * WR;
         const int64_t rows = (end < V ? end : V) - row0;
-        if (first < BATCHES && rows > 0)
+        if (rows > 0)
             prefetch_l2_bulk(src + row0 * kRowK, (uint32_t)(rows * kRowK * (int64_t)sizeof(St)));
     }
 
