@@ -12,6 +12,7 @@
 #   (or, when device time is short, mtp-decode then prefill: the same steps, the peers' first)
 #   bench/side_by_side.sh profile OUTDIR        the same carry: every configuration of both
 #        decode kernels timed (configs.csv), then ncu of the chosen kernels at N = 64
+#        (AB_TIMEOUT: seconds for the A/B of carried variants, 150; SBS_NCU=0: no ncu)
 #
 # DEV is h200 or h100, from the device's name. The binaries (libgdn.so, gdn, test_gdn of one
 # sm_90a build of the commit GDN_COMMIT) come xz'd in .carry/bin, built on the development
@@ -95,7 +96,7 @@ profile)
             decode/cuda_multi_token_configs decode/cuda_one_token_configs decode/cuda_all vectors/cuda
     done
     if ((${#variants[@]})); then
-        AB_TOKENS=${AB_TOKENS:-2 3 4 8} AB_SLOTS=0 AB_NS=1,16,64,256 step ab 150 bench/ab_builds.sh "$out/ab" \
+        AB_TOKENS=${AB_TOKENS:-2 3 4 8} AB_SLOTS=0 AB_NS=1,16,64,256 step ab "${AB_TIMEOUT:-150}" bench/ab_builds.sh "$out/ab" \
             base=build/gdn "${variants[@]}"
         tail -40 "$out/ab.log"
     fi
@@ -121,7 +122,9 @@ profile)
     done
     echo "== configs: $(grep -vc '^#' "$out/configs.csv") rows in $((SECONDS - start)) s"
     ncu=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
-    for case in "f32 1" "f32 2" "f32 4" "bf16 1" "bf16 4"; do
+    ncu_cases=("f32 1" "f32 2" "f32 4" "bf16 1" "bf16 4")
+    [ "${SBS_NCU:-1}" = 1 ] || ncu_cases=()
+    for case in "${ncu_cases[@]}"; do
         set -- $case
         step "ncu-$1-T$2" 60 "$ncu" --section SpeedOfLight --section Occupancy --section WarpStateStats \
             --section SchedulerStats --section InstructionStats --section LaunchStats \
