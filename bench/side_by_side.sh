@@ -10,6 +10,7 @@
 #        peers, the cuda tests, mtp_bench.py (mtp-DEV) and prefill_bench.py (prefill-DEV)
 #   bench/side_by_side.sh decode OUTDIR         the same carry: peer_bench.py (decode-DEV)
 #   (or, when device time is short, mtp-decode then prefill: the same steps, the peers' first)
+#   bench/side_by_side.sh mixed OUTDIR          .carry: the mixed-call overlap's tests and timing
 #   bench/side_by_side.sh profile OUTDIR        the same carry: every configuration of both
 #        decode kernels timed (configs.csv), then ncu of the chosen kernels at N = 64
 #        (AB_TIMEOUT: seconds for the A/B of carried variants, 150; SBS_NCU=0: no ncu)
@@ -43,7 +44,7 @@ commit=${GDN_COMMIT:-unknown}
 export GDN_COMMIT=$commit PYTHONUNBUFFERED=1
 name=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
 case "$name" in *H200*) dev=h200 ;; *H100*) dev=h100 ;; *) dev=gpu ;; esac
-if [ "$stage" != profile ] && [ ! -d /tmp/site/flashinfer ]; then # installed once a machine
+if [ "$stage" != profile ] && [ "$stage" != mixed ] && [ ! -d /tmp/site/flashinfer ]; then # installed once a machine
     mkdir -p .whl/fi-parts
     cp "$parts"/fi-*-of-*.tarpart .whl/fi-parts/ 2>/dev/null
     bash bench/peers/install_peers.sh /tmp/site >"$out/install.log" 2>&1
@@ -81,6 +82,19 @@ mtp-decode) # (the two with FlashInfer first, when device time is short)
 prefill)
     run_prefill
     [ "${SKIP_TESTS:-0}" = 1 ] || run_tests
+    ;;
+mixed)
+    # a mixed call's two kernels side by side (decode.cu, mixed_overlap): the tests that cover
+    # it, then the mixed case with the overlap off and on (GDN_MIXED_OVERLAP), 3 rounds, into
+    # one log (the csv lines start "mixed,")
+    step tests-mixed 240 build/test_gdn cuda/ -huge decode/cuda_all decode/cuda_prefill_chunked
+    for round in 1 2 3; do
+        for overlap in 0 1; do
+            GDN_MIXED_OVERLAP=$overlap timeout 60 python3 bench/prefill_tune.py --lib build/libgdn.so \
+                --cases mixed --label "gdn-overlap$overlap" 2>&1
+        done
+    done | { echo "$header"; cat; } >"$out/overlap.log"
+    grep -v '^#' "$out/overlap.log" | sort
     ;;
 profile)
     # every configuration of both decode kernels beside the library's choice (to retune

@@ -25,6 +25,7 @@
 #include <cuda_runtime.h>
 
 #include "../src/common/numeric.h"
+#include "../src/core/backends.h"
 #include "rng.h"
 
 enum { MAX_SEQS = 16, MAX_T = 4, POISON = 0xA5, PATTERN = 0x3C };
@@ -637,6 +638,121 @@ static void cuda_more_sequences_than_one_launch(void)
         free(host[i]);
 }
 
+/* ---- a mixed call's two kernels ---------------------------------------------------------- */
+
+/* A bf16 array of `count` N(0, scale^2) numbers, uploaded. */
+static void *upload_bf16_normal(rng *r, int64_t count, double scale)
+{
+    uint16_t *host = malloc((size_t)count * 2);
+    void *dev = NULL;
+    for (int64_t i = 0; i < count; i++)
+        host[i] = gdn_f32_to_bf16((float)(scale * rng_normal(r)));
+    if (cuda_check(cudaMalloc(&dev, (size_t)count * 2), "cudaMalloc bf16"))
+        cuda_check(cudaMemcpy(dev, host, (size_t)count * 2, cudaMemcpyHostToDevice), "upload bf16");
+    free(host);
+    return dev;
+}
+
+/* A mixed call (one sequence of 4096 tokens and 64 decodes, contest's heads, bf16 activations,
+ * a workspace) runs its two kernels side by side on sm_90 (src/cuda/decode.cu, mixed_overlap):
+ * the decodes' kernel starts while the chunked kernel walks the long sequence's chunks, for
+ * ~100 us. The stream's next operation must still see both finished: copies of the pool and the
+ * outputs enqueued right after the call, on its stream, must equal bit for bit the same bytes
+ * read after a full synchronisation; with the overlap on and off (which must also agree bit for
+ * bit), called directly and replayed from a CUDA graph. */
+static void cuda_mixed_call_ordering(void)
+{
+    enum { N = 65, H = 4, HV = 8, K = 128, V = 128, L = 4096 };
+    const int64_t rows = L + N - 1, tile = (int64_t)HV * V * K;
+    const size_t pool_bytes = (size_t)(N * tile) * 4, out_bytes = (size_t)(rows * HV * V) * 2;
+    rng r = {rng_fresh_seed()};
+    void *d_q = upload_bf16_normal(&r, rows * H * K, 1.0), *d_k = upload_bf16_normal(&r, rows * H * K, 1.0);
+    void *d_v = upload_bf16_normal(&r, rows * HV * V, 1.0), *d_a = upload_bf16_normal(&r, rows * HV, 1.0);
+    void *d_b = upload_bf16_normal(&r, rows * HV, 1.0);
+    float *A_log = random_f32(&r, HV, 0.0, 0.5), *dt_bias = random_f32(&r, HV, -2.0, 0.0);
+    float *pool = random_f32(&r, N * tile, -0.5, 0.5);
+    float *d_A = upload_f32(A_log, HV), *d_dt = upload_f32(dt_bias, HV), *d_pool = upload_f32(pool, N * tile);
+    int64_t cu[N + 1], slot[N];
+    cu[0] = 0;
+    for (int n = 0; n < N; n++)
+        cu[n + 1] = cu[n] + (n == 0 ? L : 1), slot[n] = N - 1 - n;
+    int64_t *d_cu = NULL, *d_slot = NULL;
+    void *d_out = NULL, *d_ws = NULL, *seen = NULL, *final = NULL, *first = NULL;
+    cuda_check(cudaMalloc((void **)&d_cu, sizeof cu), "cudaMalloc cu");
+    cuda_check(cudaMalloc((void **)&d_slot, sizeof slot), "cudaMalloc slots");
+    cuda_check(cudaMemcpy(d_cu, cu, sizeof cu, cudaMemcpyHostToDevice), "upload cu");
+    cuda_check(cudaMemcpy(d_slot, slot, sizeof slot, cudaMemcpyHostToDevice), "upload slots");
+    cuda_check(cudaMalloc(&d_out, out_bytes), "cudaMalloc out");
+    cuda_check(cudaMallocHost(&seen, pool_bytes + out_bytes), "cudaMallocHost");
+    final = malloc(pool_bytes + out_bytes), first = malloc(pool_bytes + out_bytes);
+    cudaStream_t stream;
+    cuda_check(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "stream");
+
+    gdn_decode_params p;
+    gdn_decode_params_init(&p);
+    p.num_seqs = N, p.num_q_heads = H, p.num_v_heads = HV, p.head_dim_k = K, p.head_dim_v = V;
+    p.act_dtype = GDN_DTYPE_BF16, p.state_dtype = GDN_DTYPE_F32, p.num_slots = N, p.num_tokens = L;
+    p.q = d_q, p.k = d_k, p.v = d_v, p.a = d_a, p.b = d_b, p.out = d_out, p.A_log = d_A, p.dt_bias = d_dt;
+    p.state_pool = d_pool, p.slot_indices = d_slot, p.cu_seqlens = d_cu;
+    p.backend = GDN_BACKEND_CUDA, p.stream = stream;
+    size_t ws_bytes = 0;
+    CHECK_MSG(gdn_decode_workspace_size(&p, &ws_bytes) == GDN_OK && ws_bytes > 0, "workspace size: %s",
+              gdn_last_error());
+    cuda_check(cudaMalloc(&d_ws, ws_bytes), "cudaMalloc workspace");
+    p.workspace = d_ws, p.workspace_bytes = ws_bytes;
+
+    int mismatches = 0, runs = 0;
+    for (int mode = 0; mode < 4; mode++) { /* overlap on, off; direct, graph */
+        const int overlap = mode % 2 == 0, graph = mode >= 2;
+        gdn_cuda_mixed_force_overlap(overlap);
+        cuda_check(cudaMemcpy(d_pool, pool, pool_bytes, cudaMemcpyHostToDevice), "reset pool");
+        cuda_check(cudaMemset(d_out, POISON, out_bytes), "poison out");
+        memset(seen, 0, pool_bytes + out_bytes);
+        cudaGraph_t g = NULL;
+        cudaGraphExec_t exec = NULL;
+        if (graph)
+            cuda_check(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), "begin capture");
+        CHECK_MSG(gdn_decode(&p) == GDN_OK, "mixed call: %s", gdn_last_error());
+        cuda_check(cudaMemcpyAsync(seen, d_pool, pool_bytes, cudaMemcpyDeviceToHost, stream), "copy pool");
+        cuda_check(cudaMemcpyAsync((char *)seen + pool_bytes, d_out, out_bytes, cudaMemcpyDeviceToHost, stream),
+                   "copy out");
+        if (graph) {
+            cuda_check(cudaStreamEndCapture(stream, &g), "end capture");
+            cuda_check(cudaGraphInstantiate(&exec, g, 0), "instantiate");
+            cuda_check(cudaGraphLaunch(exec, stream), "replay");
+        }
+        cuda_check(cudaStreamSynchronize(stream), "sync");
+        cuda_check(cudaMemcpy(final, d_pool, pool_bytes, cudaMemcpyDeviceToHost), "download pool");
+        cuda_check(cudaMemcpy((char *)final + pool_bytes, d_out, out_bytes, cudaMemcpyDeviceToHost),
+                   "download out");
+        if (exec)
+            cudaGraphExecDestroy(exec);
+        if (g)
+            cudaGraphDestroy(g);
+        const int same = memcmp(seen, final, pool_bytes + out_bytes) == 0;
+        CHECK_MSG(same, "overlap %d, %s: the copy enqueued after the call saw other bytes than the call left",
+                  overlap, graph ? "graph" : "direct");
+        mismatches += !same;
+        if (runs++ == 0)
+            memcpy(first, final, pool_bytes + out_bytes);
+        else
+            CHECK_MSG(memcmp(first, final, pool_bytes + out_bytes) == 0,
+                      "overlap %d, %s: results differ from the first run's", overlap, graph ? "graph" : "direct");
+    }
+    gdn_cuda_mixed_force_overlap(-1);
+    /* the call did its work: the long sequence's tile (slot N - 1) and a decode's (slot 0) changed */
+    CHECK_MSG(memcmp(first, pool, (size_t)tile * 4) != 0 &&
+                  memcmp((float *)first + (N - 1) * tile, pool + (N - 1) * tile, (size_t)tile * 4) != 0,
+              "the mixed call left its states unchanged");
+    test_note("%d runs, %d copies that saw the call unfinished", runs, mismatches);
+    cudaStreamDestroy(stream);
+    void *dev[] = {d_q, d_k, d_v, d_a, d_b, d_A, d_dt, d_pool, d_cu, d_slot, d_out, d_ws};
+    for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++)
+        cudaFree(dev[i]);
+    cudaFreeHost(seen);
+    free(final), free(first), free(A_log), free(dt_bias), free(pool);
+}
+
 /* ---- four streams ----------------------------------------------------------------------- */
 
 enum { STREAM_THREADS = 4, STREAM_STEPS = 16 };
@@ -736,6 +852,7 @@ void register_cuda_tests(void)
     test_add("cuda/bad_multi_token_indices_skipped", cuda_bad_multi_token_indices_skipped);
     test_add("cuda/checked_mode_in_graph", cuda_checked_mode_in_graph);
     test_add("cuda/four_streams", cuda_four_streams);
+    test_add("cuda/mixed_call_ordering", cuda_mixed_call_ordering);
     test_add("cuda/more_sequences_than_one_launch", cuda_more_sequences_than_one_launch);
     test_add("cuda/huge_pool_over_2g_elements", cuda_pool_over_2g_elements);
     test_add("cuda/paged_pool", cuda_paged_pool);

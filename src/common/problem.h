@@ -61,6 +61,11 @@ typedef struct gdn_problem {
      * cu_seqlens are counted there, not twice */
     int64_t long_tokens;
     int prefill_async; /* chunked kernel: q, k, v rows 16-byte aligned (cp.async staging) */
+    /* cuda mixed calls (decode.cu), set on both copies: the multi-token kernel of the short
+     * sequences is launched programmatically after the chunked kernel, which lets it start at
+     * once (on the multiprocessors the long sequences leave idle); its last block waits for the
+     * chunked kernel before it exits, so that the call ends after both */
+    int mixed_overlap;
     void *workspace;   /* the caller's scratch (cuda chunked prefill, split path; its size checked by
                           gdn_decode); may be NULL */
 } gdn_problem;

@@ -26,6 +26,8 @@
  * skipped entirely (nothing written), so a bad index can never write outside the pool; in
  * checked mode (bad_index_rows) such rows are also counted.
  */
+#include <stdlib.h>
+
 #include "device_common.cuh"
 #include "kernels.h"
 
@@ -477,17 +479,39 @@ template <typename Act, typename St, int MAXT> void launch_generic(const gdn_pro
     }
 }
 
+int forced_overlap = -1; /* gdn_cuda_mixed_force_overlap; -1 = by env */
+
+/* GDN_MIXED_OVERLAP=0 turns the overlap of a mixed call's two kernels off (read once). */
+bool mixed_overlap_on(void)
+{
+    const int forced = __atomic_load_n(&forced_overlap, __ATOMIC_RELAXED);
+    if (forced >= 0)
+        return forced != 0;
+    static int env = -1;
+    int on = __atomic_load_n(&env, __ATOMIC_RELAXED);
+    if (on < 0) {
+        const char *e = getenv("GDN_MIXED_OVERLAP");
+        on = !(e && e[0] == '0');
+        __atomic_store_n(&env, on, __ATOMIC_RELAXED);
+    }
+    return on != 0;
+}
+
 template <typename Act, typename St> cudaError_t launch(const gdn_problem &p, cudaStream_t stream)
 {
     const int64_t V = p.head_dim_v, K = p.head_dim_k, HV = p.num_v_heads, N = p.num_seqs;
     const bool single = p.num_tokens == 1;
     if (gdn_chunked_applies(&p)) {
         /* Sequences longer than GDN_MAX_TOKENS in chunks; the others (decodes, verifies) on the
-         * multi-token kernel, launched after it, when that kernel takes this pool. */
+         * multi-token kernel, launched after it, when that kernel takes this pool. A few long
+         * sequences leave most multiprocessors idle for the whole walk over their chunks (one
+         * of contest's 8 heads x 4 slices: 32 blocks), so from sm_90 on the multi-token kernel
+         * runs beside the chunked kernel (mixed_overlap; GDN_MIXED_OVERLAP=0: after it). */
         gdn_problem shorts = p, longs = p;
         shorts.num_tokens = GDN_MAX_TOKENS, shorts.long_tokens = p.num_tokens;
         const bool split = gdn_cuda_multi_token_applies(&shorts);
         longs.long_tokens = split ? p.num_tokens : 0;
+        shorts.mixed_overlap = longs.mixed_overlap = split && mixed_overlap_on() && cc_major() >= 9;
         const cudaError_t err = gdn_cuda_launch_chunked(&longs, stream);
         return err == cudaSuccess && split ? gdn_cuda_launch_multi_token(&shorts, stream) : err;
     }
@@ -561,4 +585,9 @@ extern "C" gdn_status gdn_cuda_decode(const gdn_problem *p)
     if (err != cudaSuccess)
         return gdn_fail(GDN_ERR_DEVICE, "decode kernel launch failed: %s", cudaGetErrorString(err));
     return GDN_OK;
+}
+
+extern "C" void gdn_cuda_mixed_force_overlap(int overlap)
+{
+    __atomic_store_n(&forced_overlap, overlap >= 0 ? (overlap != 0) : -1, __ATOMIC_RELAXED);
 }

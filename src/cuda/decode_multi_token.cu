@@ -172,7 +172,7 @@ __device__ bool stage_tokens(const gdn_problem &p, const block_coords &bc, int64
  * the shuffles a row that G = 32 (f32) or 16 (bf16) lanes need.
  */
 template <typename Act, typename St, int SLOTS, int BATCHES, int STAGES, int CH, bool PLAIN, bool SWIZZLE>
-__global__ void __launch_bounds__(kThreads) decode_multi_token_vk128(const __grid_constant__ gdn_problem p)
+__device__ __forceinline__ void multi_token_tile(const gdn_problem &p)
 {
     constexpr int VEC = state_vec<St>::n;
     constexpr int G = kRowK / (VEC * CH); /* lanes per row */
@@ -368,6 +368,18 @@ __global__ void __launch_bounds__(kThreads) decode_multi_token_vk128(const __gri
     }
 }
 
+template <typename Act, typename St, int SLOTS, int BATCHES, int STAGES, int CH, bool PLAIN, bool SWIZZLE>
+__global__ void __launch_bounds__(kThreads) decode_multi_token_vk128(const __grid_constant__ gdn_problem p)
+{
+    multi_token_tile<Act, St, SLOTS, BATCHES, STAGES, CH, PLAIN, SWIZZLE>(p);
+    /* Beside a mixed call's chunked kernel (decode.cu): one thread of the block scheduled last
+     * holds the grid open until that kernel is done, so the stream's next work waits for both
+     * (one block a call kept on a multiprocessor, instead of every block) */
+    if (p.mixed_overlap && threadIdx.x == 0 && blockIdx.x == gridDim.x - 1 && blockIdx.y == gridDim.y - 1 &&
+        blockIdx.z == gridDim.z - 1)
+        wait_for_prerequisite();
+}
+
 /* Each configuration: rows per batch (f32 rows; bf16 takes two rows per load), batches per
  * warp, the shared-memory ring depth (0 = registers) and the lanes a row (0: one 16-byte
  * piece a lane, 32 lanes an f32 row, 16 a bf16 row; 8: CH pieces a lane). */
@@ -398,6 +410,8 @@ cudaError_t launch_kernel(const gdn_problem &p, cudaStream_t stream)
     /* always 4 warps: the prologue's token loop and the value stage assume BLOCK_ROWS rows */
     const dim3 grid((unsigned)((p.head_dim_v + block_rows - 1) / block_rows), (unsigned)p.num_v_heads,
                     (unsigned)p.num_seqs);
+    if (p.mixed_overlap)
+        return launch_programmatic(kernel, grid, dim3(kThreads), (size_t)at.bytes, stream, p);
     kernel<<<grid, kThreads, (size_t)at.bytes, stream>>>(p);
     return cudaGetLastError();
 }

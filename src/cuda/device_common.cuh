@@ -216,6 +216,24 @@ __device__ __forceinline__ void wait_for_producer(void)
 #endif
 }
 
+/* The two halves apart, for a kernel that runs beside the one before it (a mixed call's short
+ * sequences beside the chunked kernel, decode.cu): the chunked kernel lets the next one launch
+ * at once, and one thread of the next kernel waits for it at the end, so the stream's next work
+ * still follows both. */
+__device__ __forceinline__ void let_dependents_launch(void)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void wait_for_prerequisite(void)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
 /* Launch side: `kernel` launched with programmatic stream serialization, so that it may start
  * while the previous kernel on the stream is still running (it must call wait_for_producer
  * before reading what that kernel wrote). */
