@@ -85,10 +85,11 @@ prefill)
     ;;
 mixed)
     # a mixed call's two kernels side by side (decode.cu, mixed_overlap): the tests that cover
-    # it, then the mixed case with the overlap off and on (GDN_MIXED_OVERLAP), 3 rounds, into
+    # it, then the mixed case with the overlap off and on (GDN_MIXED_OVERLAP), rounds of both, into
     # one log (the csv lines start "mixed,")
-    step tests-mixed 240 build/test_gdn cuda/ -huge decode/cuda_all decode/cuda_prefill_chunked
-    for round in 1 2 3; do
+    # (SBS_MIXED_TESTS: other tests; SBS_MIXED_ROUNDS: rounds)
+    step tests-mixed 240 build/test_gdn ${SBS_MIXED_TESTS:-cuda/ -huge decode/cuda_all decode/cuda_prefill_chunked}
+    for round in $(seq 1 "${SBS_MIXED_ROUNDS:-3}"); do
         for overlap in 0 1; do
             GDN_MIXED_OVERLAP=$overlap timeout 60 python3 bench/prefill_tune.py --lib build/libgdn.so \
                 --cases mixed --label "gdn-overlap$overlap" 2>&1
