@@ -654,9 +654,9 @@ static void *upload_bf16_normal(rng *r, int64_t count, double scale)
 }
 
 /* A mixed call (one sequence of 4096 tokens and 64 decodes, contest's heads, bf16 activations,
- * a workspace) runs its two kernels side by side on sm_90 (src/cuda/decode.cu, mixed_overlap):
- * the decodes' kernel starts while the chunked kernel walks the long sequence's chunks, for
- * ~100 us. The stream's next operation must still see both finished: copies of the pool and the
+ * a workspace) with the overlap on runs its two kernels side by side on sm_90 (src/cuda/decode.cu,
+ * mixed_overlap): the decodes' kernel starts while the chunked kernel walks the long sequence's
+ * chunks, for ~100 us. The stream's next operation must still see both finished: copies of the pool and the
  * outputs enqueued right after the call, on its stream, must equal bit for bit the same bytes
  * read after a full synchronisation; with the overlap on and off (which must also agree bit for
  * bit), called directly and replayed from a CUDA graph. */
@@ -714,8 +714,9 @@ static void cuda_mixed_call_ordering(void)
             cuda_check(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), "begin capture");
         CHECK_MSG(gdn_decode(&p) == GDN_OK, "mixed call: %s", gdn_last_error());
         cuda_check(cudaMemcpyAsync(seen, d_pool, pool_bytes, cudaMemcpyDeviceToHost, stream), "copy pool");
-        cuda_check(cudaMemcpyAsync((char *)seen + pool_bytes, d_out, out_bytes, cudaMemcpyDeviceToHost, stream),
-                   "copy out");
+        cuda_check(
+            cudaMemcpyAsync((char *)seen + pool_bytes, d_out, out_bytes, cudaMemcpyDeviceToHost, stream),
+            "copy out");
         if (graph) {
             cuda_check(cudaStreamEndCapture(stream, &g), "end capture");
             cuda_check(cudaGraphInstantiate(&exec, g, 0), "instantiate");
@@ -723,7 +724,7 @@ static void cuda_mixed_call_ordering(void)
         }
         cuda_check(cudaStreamSynchronize(stream), "sync");
         cuda_check(cudaMemcpy(final, d_pool, pool_bytes, cudaMemcpyDeviceToHost), "download pool");
-        cuda_check(cudaMemcpy((char *)final + pool_bytes, d_out, out_bytes, cudaMemcpyDeviceToHost),
+        cuda_check(cudaMemcpy((char *) final + pool_bytes, d_out, out_bytes, cudaMemcpyDeviceToHost),
                    "download out");
         if (exec)
             cudaGraphExecDestroy(exec);
@@ -737,7 +738,8 @@ static void cuda_mixed_call_ordering(void)
             memcpy(first, final, pool_bytes + out_bytes);
         else
             CHECK_MSG(memcmp(first, final, pool_bytes + out_bytes) == 0,
-                      "overlap %d, %s: results differ from the first run's", overlap, graph ? "graph" : "direct");
+                      "overlap %d, %s: results differ from the first run's", overlap,
+                      graph ? "graph" : "direct");
     }
     gdn_cuda_mixed_force_overlap(-1);
     /* the call did its work: the long sequence's tile (slot N - 1) and a decode's (slot 0) changed */

@@ -66,8 +66,8 @@ typedef struct gdn_problem {
      * once (on the multiprocessors the long sequences leave idle); its last block waits for the
      * chunked kernel before it exits, so that the call ends after both */
     int mixed_overlap;
-    void *workspace;   /* the caller's scratch (cuda chunked prefill, split path; its size checked by
-                          gdn_decode); may be NULL */
+    void *workspace; /* the caller's scratch (cuda chunked prefill, split path; its size checked by
+                        gdn_decode); may be NULL */
 } gdn_problem;
 
 /* The cuda chunked prefill's split path (prefill_chunked.cu) keeps one record of this many bytes

@@ -481,7 +481,8 @@ template <typename Act, typename St, int MAXT> void launch_generic(const gdn_pro
 
 int forced_overlap = -1; /* gdn_cuda_mixed_force_overlap; -1 = by env */
 
-/* GDN_MIXED_OVERLAP=0 turns the overlap of a mixed call's two kernels off (read once). */
+/* GDN_MIXED_OVERLAP=1 turns the overlap of a mixed call's two kernels on (read once). Off by
+ * default until a GPU run has measured it (built without a GPU; bench/NOTES.md). */
 bool mixed_overlap_on(void)
 {
     const int forced = __atomic_load_n(&forced_overlap, __ATOMIC_RELAXED);
@@ -491,7 +492,7 @@ bool mixed_overlap_on(void)
     int on = __atomic_load_n(&env, __ATOMIC_RELAXED);
     if (on < 0) {
         const char *e = getenv("GDN_MIXED_OVERLAP");
-        on = !(e && e[0] == '0');
+        on = e && e[0] == '1';
         __atomic_store_n(&env, on, __ATOMIC_RELAXED);
     }
     return on != 0;
@@ -506,7 +507,8 @@ template <typename Act, typename St> cudaError_t launch(const gdn_problem &p, cu
          * multi-token kernel, launched after it, when that kernel takes this pool. A few long
          * sequences leave most multiprocessors idle for the whole walk over their chunks (one
          * of contest's 8 heads x 4 slices: 32 blocks), so from sm_90 on the multi-token kernel
-         * runs beside the chunked kernel (mixed_overlap; GDN_MIXED_OVERLAP=0: after it). */
+         * can run beside the chunked kernel (mixed_overlap; GDN_MIXED_OVERLAP=1, not yet the
+         * default). */
         gdn_problem shorts = p, longs = p;
         shorts.num_tokens = GDN_MAX_TOKENS, shorts.long_tokens = p.num_tokens;
         const bool split = gdn_cuda_multi_token_applies(&shorts);

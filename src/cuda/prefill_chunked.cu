@@ -2428,7 +2428,8 @@ __global__ void __launch_bounds__(kChunkWarps * 32, 1) prefill_chunked_vk128(con
     __shared__ int warp_counts[kChunkWarps], mine_count;
     int64_t ranked_before = 0;
     unsigned uses[kBuffers] = {0, 0, 0}; /* (the pipelined path's buffers) */
-    if (p.mixed_overlap) /* the short sequences' kernel may start now (decode.cu) */
+    /* the short sequences' kernel of a mixed call may start now (decode.cu) */
+    if (p.mixed_overlap)
         let_dependents_launch();
     if constexpr (PATH == kPathPipelined && std::is_same<Act, bf16>::value) {
         if (threadIdx.x < 2 * kBuffers) /* FULL: the local threads arrive; EMPTY: the state threads */
@@ -2460,7 +2461,8 @@ __global__ void __launch_bounds__(128 * WGS, 1) prefill_walk_wgmma(const gdn_pro
     __shared__ int64_t mine[128 * WGS];
     __shared__ int warp_counts[4 * WGS], mine_count;
     int64_t ranked_before = 0;
-    if (p.mixed_overlap) /* the short sequences' kernel may start now (decode.cu) */
+    /* the short sequences' kernel of a mixed call may start now (decode.cu) */
+    if (p.mixed_overlap)
         let_dependents_launch();
     for (int64_t n0 = 0; n0 < p.num_seqs; n0 += blockDim.x) {
         const int count = rank_round<4 * WGS>(p, n0, ranked_before, mine, warp_counts, mine_count);
