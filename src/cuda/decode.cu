@@ -26,8 +26,6 @@
  * skipped entirely (nothing written), so a bad index can never write outside the pool; in
  * checked mode (bad_index_rows) such rows are also counted.
  */
-#include <stdlib.h>
-
 #include "device_common.cuh"
 #include "kernels.h"
 
@@ -489,13 +487,7 @@ bool mixed_overlap_on(void)
     if (forced >= 0)
         return forced != 0;
     static int env = -1;
-    int on = __atomic_load_n(&env, __ATOMIC_RELAXED);
-    if (on < 0) {
-        const char *e = getenv("GDN_MIXED_OVERLAP");
-        on = e && e[0] == '1';
-        __atomic_store_n(&env, on, __ATOMIC_RELAXED);
-    }
-    return on != 0;
+    return env_switch("GDN_MIXED_OVERLAP", &env, 0) != 0;
 }
 
 template <typename Act, typename St> cudaError_t launch(const gdn_problem &p, cudaStream_t stream)

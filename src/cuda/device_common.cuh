@@ -7,6 +7,8 @@
 #ifndef GDN_CUDA_DEVICE_COMMON_CUH
 #define GDN_CUDA_DEVICE_COMMON_CUH
 
+#include <stdlib.h>
+
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -199,6 +201,19 @@ template <cudaDeviceAttr ATTR> int device_attribute(int fallback)
     return value;
 }
 
+/* An environment switch read once ('1' on, '0' off, unset: fallback); racing threads store the
+ * same value. */
+[[maybe_unused]] int env_switch(const char *name, int *cache, int fallback)
+{
+    int e = __atomic_load_n(cache, __ATOMIC_RELAXED);
+    if (e < 0) {
+        const char *s = getenv(name);
+        e = s && (s[0] == '0' || s[0] == '1') ? s[0] == '1' : fallback;
+        __atomic_store_n(cache, e, __ATOMIC_RELAXED);
+    }
+    return e;
+}
+
 /* Multiprocessors of the current device (132 when the runtime cannot say). */
 [[maybe_unused]] int sm_count(void) { return device_attribute<cudaDevAttrMultiProcessorCount>(132); }
 
@@ -208,18 +223,13 @@ template <cudaDeviceAttr ATTR> int device_attribute(int fallback)
 /* Programmatic dependent launch (sm_90), kernel side: wait until the previous kernel of the stream
  * has finished and its writes are visible, then let the next kernel begin launching. No-ops
  * without the launch attribute. */
-__device__ __forceinline__ void wait_for_producer(void)
+__device__ __forceinline__ void wait_for_prerequisite(void)
 {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;" ::: "memory");
-    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
 }
 
-/* The two halves apart, for a kernel that runs beside the one before it (a mixed call's short
- * sequences beside the chunked kernel, decode.cu): the chunked kernel lets the next one launch
- * at once, and one thread of the next kernel waits for it at the end, so the stream's next work
- * still follows both. */
 __device__ __forceinline__ void let_dependents_launch(void)
 {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -227,11 +237,14 @@ __device__ __forceinline__ void let_dependents_launch(void)
 #endif
 }
 
-__device__ __forceinline__ void wait_for_prerequisite(void)
+/* Both halves, in this order. Used apart by a kernel that runs beside the one before it (a
+ * mixed call's short sequences beside the chunked kernel, decode.cu): the chunked kernel lets
+ * the next one launch at once, and one thread of the next kernel waits for it at the end, so
+ * the stream's next work still follows both. */
+__device__ __forceinline__ void wait_for_producer(void)
 {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
+    wait_for_prerequisite();
+    let_dependents_launch();
 }
 
 /* Launch side: `kernel` launched with programmatic stream serialization, so that it may start

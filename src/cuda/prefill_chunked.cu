@@ -2527,19 +2527,6 @@ int forced_wgmma = -1;    /* gdn_cuda_chunked_force_wgmma; -1 = by env and the c
 int forced_split = -1;    /* gdn_cuda_chunked_force_split; -1 = by env */
 int forced_pipeline = -1; /* gdn_cuda_chunked_force_pipeline; -1 = by env */
 
-/* An environment switch read once ('1' on, '0' off, unset: fallback); racing threads store the
- * same value. */
-int env_switch(const char *name, int *cache, int fallback)
-{
-    int e = __atomic_load_n(cache, __ATOMIC_RELAXED);
-    if (e < 0) {
-        const char *s = getenv(name);
-        e = s && (s[0] == '0' || s[0] == '1') ? s[0] == '1' : fallback;
-        __atomic_store_n(cache, e, __ATOMIC_RELAXED);
-    }
-    return e;
-}
-
 bool precise_for(const gdn_problem &p)
 {
     const int forced = __atomic_load_n(&forced_precise, __ATOMIC_RELAXED);
