@@ -240,9 +240,9 @@ static int class_ok(int want, const unsigned char *base, gdn_dtype dtype, size_t
  *     heads that read it: the documented effect (poison_effect), in outputs and written state.
  */
 static int nan_case(gdn_backend backend, gdn_dtype act, gdn_dtype state, gdn_state_layout layout,
-                    gdn_head_map map, int64_t T, int tensor, int kind, int64_t ptoken)
+                    gdn_head_map map, int64_t K, int64_t T, int tensor, int kind, int64_t ptoken)
 {
-    enum { N = 4, H = 2, HV = 4, K = 16, V = 8 };
+    enum { N = 4, H = 2, HV = 4, V = 8 };
     const int64_t Tn = T > 0 ? T : 1;
     int64_t slots = 8 + (T > 1 ? N * Tn : 0);
     int64_t read[N] = {0, 1, 2, -1}, write[N] = {4, 5, 6, 7};
@@ -410,7 +410,7 @@ static void nan_inf_containment(gdn_backend backend)
                         gdn_head_map map =
                             (a + tensor + kind) % 2 ? GDN_HEAD_MAP_TILED : GDN_HEAD_MAP_GROUPED;
                         failed += nan_case(backend, acts[a], states[s], l ? GDN_LAYOUT_KV : GDN_LAYOUT_VK,
-                                           map, 1, tensor, kind, 0) != 0;
+                                           map, 16, 1, tensor, kind, 0) != 0;
                         cases++;
                     }
     test_note(
@@ -425,12 +425,32 @@ static void nan_inf_multi_token(gdn_backend backend)
         for (int kind = 0; kind < 3; kind++)
             for (int64_t ptoken = 0; ptoken < 3; ptoken++) {
                 failed += nan_case(backend, GDN_DTYPE_BF16, ptoken == 1 ? GDN_DTYPE_BF16 : GDN_DTYPE_F32,
-                                   ptoken == 2 ? GDN_LAYOUT_KV : GDN_LAYOUT_VK, GDN_HEAD_MAP_GROUPED, 3,
+                                   ptoken == 2 ? GDN_LAYOUT_KV : GDN_LAYOUT_VK, GDN_HEAD_MAP_GROUPED, 16, 3,
                                    tensor, kind, ptoken) != 0;
                 cases++;
             }
     test_note("%d three-token cases with a snapshot per token, %d failed", cases, failed);
 }
+
+/* K = 128 has rows of its own in the cpu backend (one token, vk layout: the bf16 rows narrow
+ * without a NaN test when u is finite, and take another path when it is not), in every
+ * instruction-set variant this machine has */
+static void nan_inf_k128_on_isa(const char *isa)
+{
+    int cases = 0, failed = 0;
+    for (int s = 0; s < 2; s++)
+        for (int tensor = 0; tensor < 5; tensor++)
+            for (int kind = 0; kind < 3; kind++) {
+                const gdn_dtype state = s ? GDN_DTYPE_BF16 : GDN_DTYPE_F32;
+                failed += nan_case(GDN_BACKEND_CPU, GDN_DTYPE_BF16, state, GDN_LAYOUT_VK,
+                                   GDN_HEAD_MAP_GROUPED, 128, 1, tensor, kind, 0) != 0;
+                failed += nan_case(GDN_BACKEND_CPU, GDN_DTYPE_F32, state, GDN_LAYOUT_VK, GDN_HEAD_MAP_TILED,
+                                   128, 3, tensor, kind, kind) != 0;
+                cases += 2;
+            }
+    test_note("%s: %d K = 128 cases (one token and three), %d failed", isa, cases, failed);
+}
+static void nan_inf_k128_every_isa(void) { test_each_cpu_isa(nan_inf_k128_on_isa); }
 
 static void nan_inf_cpu(void) { nan_inf_containment(GDN_BACKEND_CPU); }
 static void nan_inf_reference(void) { nan_inf_containment(GDN_BACKEND_REFERENCE); }
@@ -1245,6 +1265,7 @@ void register_reliability_tests(void)
     test_add("reliability/nan_inf_multi_token_cpu", nan_inf_multi_token_cpu);
     test_add("reliability/nan_inf_multi_token_reference", nan_inf_multi_token_reference);
     test_add("reliability/nan_in_state_slot", nan_in_state_slot);
+    test_add("reliability/nan_inf_k128_every_isa", nan_inf_k128_every_isa);
     test_add("reliability/nan_in_gate_params", nan_in_gate_params);
     test_add("reliability/threads_decode", threads_decode);
     test_add("reliability/row_pieces_match_whole_call", row_pieces_match_whole_call);

@@ -329,6 +329,29 @@ static inline void vstore_bf16_eo4(uint16_t *to, const vec_f ye[4], const vec_f 
                                             _mm256_slli_epi32(bf16_bits(_mm256_castps_si256(yo[c])), 16)));
 }
 
+/* y = u k + decayed for half a row: its even elements in ye, the odd ones in yo */
+static inline void update_half_bf16_k128(const float *decayed, vec_f vu, const k128_inputs *in, int half,
+                                         vec_f ye[4], vec_f yo[4])
+{
+    for (int c = 0; c < 4; c++) {
+        const int b = 4 * half + c;
+        ye[c] = vfma(vu, k128_ke(in, b), _mm256_load_ps(decayed + 16 * b));
+        yo[c] = vfma(vu, k128_ko(in, b), _mm256_load_ps(decayed + 16 * b + 8));
+    }
+}
+
+/* The row of a u that is not finite, out of line: with the NaN-capable narrowing inlined beside the
+ * plain one, GCC kept both halves' ye and yo on the stack (8 stores a half row, every row) */
+static __attribute__((noinline, cold)) void update_bf16_k128_any(const float *decayed, uint16_t *to, float u,
+                                                                 const k128_inputs *in)
+{
+    for (int half = 0; half < 2; half++) {
+        vec_f ye[4], yo[4];
+        update_half_bf16_k128(decayed, vset1(u), in, half, ye, yo);
+        vstore_bf16_eo4(to + 64 * half, ye, yo);
+    }
+}
+
 /*
  * s' = decay s + u k for one K = 128 row from its decayed form (dots2_bf16_k128's output), in
  * two halves of 64 elements (16 vector registers hold no more). A finite u means no NaN can come
@@ -341,19 +364,15 @@ static inline void vstore_bf16_eo4(uint16_t *to, const vec_f ye[4], const vec_f 
  */
 static inline void update_bf16_k128(const float *decayed, uint16_t *to, float u, const k128_inputs *in)
 {
+    if (__builtin_expect(!isfinite(u), 0)) {
+        update_bf16_k128_any(decayed, to, u, in);
+        return;
+    }
     const vec_f vu = vset1(u);
-    const int finite = isfinite(u);
     for (int half = 0; half < 2; half++) {
         vec_f ye[4], yo[4];
-        for (int c = 0; c < 4; c++) {
-            const int b = 4 * half + c;
-            ye[c] = vfma(vu, k128_ke(in, b), _mm256_load_ps(decayed + 16 * b));
-            yo[c] = vfma(vu, k128_ko(in, b), _mm256_load_ps(decayed + 16 * b + 8));
-        }
-        if (__builtin_expect(finite, 1))
-            vstore_bf16_eo4_no_nan(to + 64 * half, ye, yo);
-        else
-            vstore_bf16_eo4(to + 64 * half, ye, yo);
+        update_half_bf16_k128(decayed, vu, in, half, ye, yo);
+        vstore_bf16_eo4_no_nan(to + 64 * half, ye, yo);
     }
 }
 #endif
