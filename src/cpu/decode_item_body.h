@@ -300,15 +300,28 @@ static inline vec_f k128_ko(const k128_inputs *in, int c) { return _mm256_load_p
 static inline vec_f k128_qe(const k128_inputs *in, int c) { return _mm256_load_ps(in->qe + 8 * c); }
 static inline vec_f k128_qo(const k128_inputs *in, int c) { return _mm256_load_ps(in->qo + 8 * c); }
 
-/* Narrows 64 elements that hold no NaN from their even (ye) and odd (yo) elements, 8 of each per
- * block c, with no conversion instruction (AVX2 has none): bf16_round (gdn_f32_to_bf16 for every
- * float but NaN) of both, put together by one word blend. */
+/*
+ * Narrows 64 elements that hold no NaN from their even (ye) and odd (yo) elements, 8 of each per
+ * block c, with no conversion instruction (AVX2 has none), as gdn_f32_to_bf16 for every float but
+ * NaN, in 16-bit words: the high words of the pair (truncated) by one blend, the low words by
+ * another, and the round-up of each word from VPAVGW, whose 17-bit sum (lo + (0x7ffe | lsb) + 1)
+ * has its top bit set exactly when lo + 0x7fff + lsb carries into the high word. A word of a
+ * float that is not NaN is at most 0xff80 (-inf), so adding the carry never overflows it. 9
+ * instructions per 16 elements against 10 for rounding each float (bf16_round) and a blend
+ * (bf16 rows 3-4% faster on the AMD EPYC VM). Checked once against the scalar rounding for all
+ * 2^32 patterns but NaN; numeric/bf16_narrowing_every_isa checks every high word with the low
+ * words at the edges of the carry.
+ */
 static inline void vstore_bf16_eo4_no_nan(uint16_t *to, const vec_f ye[4], const vec_f yo[4])
 {
     for (int c = 0; c < 4; c++) {
-        const __m256i e = _mm256_srli_epi32(bf16_round(_mm256_castps_si256(ye[c])), 16);
-        const __m256i o = bf16_round(_mm256_castps_si256(yo[c]));
-        _mm256_storeu_si256((__m256i *)(to + 16 * c), _mm256_blend_epi16(e, o, 0xaa));
+        const __m256i e = _mm256_castps_si256(ye[c]), o = _mm256_castps_si256(yo[c]);
+        const __m256i high = _mm256_blend_epi16(_mm256_srli_epi32(e, 16), o, 0xaa);
+        const __m256i low = _mm256_blend_epi16(e, _mm256_slli_epi32(o, 16), 0xaa);
+        const __m256i bias =
+            _mm256_or_si256(_mm256_and_si256(high, _mm256_set1_epi16(1)), _mm256_set1_epi16(0x7ffe));
+        const __m256i carry = _mm256_srli_epi16(_mm256_avg_epu16(low, bias), 15);
+        _mm256_storeu_si256((__m256i *)(to + 16 * c), _mm256_add_epi16(high, carry));
     }
 }
 
