@@ -301,10 +301,10 @@ typedef struct gdn_decode_params {
      * sequences of more than GDN_MAX_TOKENS tokens run in chunks of 64 on tensor cores (vk layout
      * and K = 128 only; other shapes are GDN_ERR_INVALID_SHAPE there, nothing written) and the
      * shorter sequences of the same call on the multi-token kernel, both enqueued by the one
-     * call, one after the other (GDN_MIXED_OVERLAP=1 in the environment, on compute capability
-     * 9.0 and later: the second runs beside the first, by programmatic dependent launch, on the
-     * multiprocessors the long sequences leave idle, and the stream's next work still waits for
-     * both; experimental, not yet measured on a GPU). The chunked products take bf16 operands with float32
+     * call; on compute capability 9.0 and later the second runs beside the first (programmatic
+     * dependent launch), on the multiprocessors the long sequences leave idle, and the stream's
+     * next work still waits for both (GDN_MIXED_OVERLAP=0 in the environment: one after the
+     * other, as on older GPUs). The chunked products take bf16 operands with float32
      * accumulation: with bf16 activations one bf16 term each (the accuracy of FLA's and FlashInfer's chunked
      * prefill, ~1e-3 relative), with f16 or f32 activations, or GDN_PREFILL_PRECISE=1 in the environment,
      * three (hi/lo splits; float32-level results). */

@@ -79,8 +79,8 @@ void gdn_cuda_chunked_force_split(int split);
  * negative = the default (GDN_PREFILL_WGMMA=0/1/2/4, else by the call's token count). */
 void gdn_cuda_chunked_force_wgmma(int slices);
 /* A mixed call (long sequences beside short ones, src/cuda/decode.cu) on sm_90: 1 = the short
- * sequences' kernel runs beside the chunked kernel (GDN_MIXED_OVERLAP=1), 0 = after it (the
- * default), negative = the default. */
+ * sequences' kernel runs beside the chunked kernel (the default), 0 = after it
+ * (GDN_MIXED_OVERLAP=0), negative = the default. */
 void gdn_cuda_mixed_force_overlap(int overlap);
 
 #ifdef __cplusplus

@@ -479,15 +479,16 @@ template <typename Act, typename St, int MAXT> void launch_generic(const gdn_pro
 
 int forced_overlap = -1; /* gdn_cuda_mixed_force_overlap; -1 = by env */
 
-/* GDN_MIXED_OVERLAP=1 turns the overlap of a mixed call's two kernels on (read once). Off by
- * default until a GPU run has measured it (built without a GPU; bench/NOTES.md). */
+/* The overlap of a mixed call's two kernels, on by default (GDN_MIXED_OVERLAP=0 turns it off;
+ * read once): on an H100, contest's mixed case 457-461 -> 368-377 us, qwen3-next's 818-829 ->
+ * 786-797 (bench/results/h100-2026-12-07-37f6e36-mixed). */
 bool mixed_overlap_on(void)
 {
     const int forced = __atomic_load_n(&forced_overlap, __ATOMIC_RELAXED);
     if (forced >= 0)
         return forced != 0;
     static int env = -1;
-    return env_switch("GDN_MIXED_OVERLAP", &env, 0) != 0;
+    return env_switch("GDN_MIXED_OVERLAP", &env, 1) != 0;
 }
 
 template <typename Act, typename St> cudaError_t launch(const gdn_problem &p, cudaStream_t stream)
@@ -499,8 +500,7 @@ template <typename Act, typename St> cudaError_t launch(const gdn_problem &p, cu
          * multi-token kernel, launched after it, when that kernel takes this pool. A few long
          * sequences leave most multiprocessors idle for the whole walk over their chunks (one
          * of contest's 8 heads x 4 slices: 32 blocks), so from sm_90 on the multi-token kernel
-         * can run beside the chunked kernel (mixed_overlap; GDN_MIXED_OVERLAP=1, not yet the
-         * default). */
+         * runs beside the chunked kernel (mixed_overlap; GDN_MIXED_OVERLAP=0 turns that off). */
         gdn_problem shorts = p, longs = p;
         shorts.num_tokens = GDN_MAX_TOKENS, shorts.long_tokens = p.num_tokens;
         const bool split = gdn_cuda_multi_token_applies(&shorts);
