@@ -10,6 +10,8 @@
 #        peers, the cuda tests, mtp_bench.py (mtp-DEV) and prefill_bench.py (prefill-DEV)
 #   bench/side_by_side.sh decode OUTDIR         the same carry: peer_bench.py (decode-DEV)
 #   (or, when device time is short, mtp-decode then prefill: the same steps, the peers' first)
+#   (SBS_PREFILL_ARGS: more prefill_bench.py arguments, e.g. the cases a cut-short run missed,
+#   --cases ... --shapes ...; its --merge joins the runs' json afterwards)
 #   bench/side_by_side.sh mixed OUTDIR          .carry: the mixed-call overlap's tests and timing
 #   bench/side_by_side.sh profile OUTDIR        the same carry: every configuration of both
 #        decode kernels timed (configs.csv), then ncu of the chosen kernels at N = 64
@@ -62,7 +64,7 @@ run_mtp() {
 }
 run_prefill() {
     step prefill 300 python3 bench/peers/prefill_bench.py --lib build/libgdn.so --out "$out" \
-        --stem "prefill-$dev" --commit "$commit" --budget-s 180
+        --stem "prefill-$dev" --commit "$commit" --budget-s 180 ${SBS_PREFILL_ARGS:-}
 }
 run_decode() {
     step decode 420 python3 bench/peers/peer_bench.py --lib build/libgdn.so --out "$out" \
