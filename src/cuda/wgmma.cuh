@@ -85,10 +85,9 @@ __device__ __forceinline__ void stsm_x4_t(unsigned at, unsigned x0, unsigned x1,
 #endif
 }
 
-#define GDN_WG_D16                                                                                         \
-    "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}"
-#define GDN_WG_D16_OPS(d)                                                                                  \
-    "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),      \
+#define GDN_WG_D16 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}"
+#define GDN_WG_D16_OPS(d)                                                                                    \
+    "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),          \
         "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
 
 /* d (64 x 32, float32) += A (64 x 16) B (16 x 32), A and B by descriptor. */
@@ -96,7 +95,8 @@ __device__ __forceinline__ void wgmma_ss(float (&d)[16], uint64_t a, uint64_t b)
 {
 #ifdef GDN_WGMMA
     asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 " GDN_WG_D16 ", %16, %17, p, 1, 1, 0, 0;\n}\n"
+                 "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 " GDN_WG_D16
+                 ", %16, %17, p, 1, 1, 0, 0;\n}\n"
                  : GDN_WG_D16_OPS(d)
                  : "l"(a), "l"(b), "r"(1));
 #else
@@ -105,7 +105,8 @@ __device__ __forceinline__ void wgmma_ss(float (&d)[16], uint64_t a, uint64_t b)
 #endif
 }
 
-/* d (64 x 32, float32) += A (64 x 16, this warp's rows 16 w.. as an mma.m16n8k16 A fragment) B (by descriptor). */
+/* d (64 x 32, float32) += A (64 x 16, this warp's rows 16 w.. as an mma.m16n8k16 A fragment) B (by
+ * descriptor). */
 __device__ __forceinline__ void wgmma_rs(float (&d)[16], const unsigned (&a)[4], uint64_t b)
 {
 #ifdef GDN_WGMMA
