@@ -5,7 +5,9 @@
 
 Issue 9 (decode-*.csv of peer_bench.py), issue 10 (mtp-*.csv of mtp_bench.py), issue 13
 (prefill-*.csv of prefill_bench.py). Prints every point that misses, and per target how many of
-the measured points meet it. A point a peer did not run is counted against the peers that did.
+the measured points meet it. A point a peer did not run is counted against the peers that did. A miss whose target time lies
+under the time of a copy of the same bytes (the `copy` rows of the same run) says so: a call that
+reads and writes every state byte once cannot be faster than that copy.
 """
 import argparse
 import collections
@@ -33,6 +35,15 @@ class Tally:
             print(f"    miss: {m}")
 
 
+def floor_note(target_us, impls):
+    """' (target X us < copy Y us)' when the target time is under the same run's copy, else ''."""
+    c = impls.get("copy")
+    if c is None:
+        return ""
+    copy_us = float(c["median_us"])
+    return f" (target {target_us:.2f} us < copy {copy_us:.2f} us)" if target_us < copy_us else ""
+
+
 def decode(path):
     t = collections.defaultdict(dict)
     for r in rows_of(path):
@@ -51,10 +62,12 @@ def decode(path):
             every.add(g <= peers[best], f"{shape} {state} N={n}: gdn {g:.2f} us, {best} {peers[best]:.2f} "
                                         f"({peers[best] / g:.3f}x)")
         if state == "bf16" and n >= 64 and "flashinfer" in peers:
-            bf16.add(peers["flashinfer"] / g >= 1.10, f"{shape} N={n}: {peers['flashinfer'] / g:.3f}x")
+            bf16.add(peers["flashinfer"] / g >= 1.10, f"{shape} N={n}: {peers['flashinfer'] / g:.3f}x" +
+                     floor_note(peers["flashinfer"] / 1.10, impls))
         if state == "f32" and n >= 64:
             gbps = float(impls["gdn"]["gbps"])
-            f32.add(gbps >= 4000, f"{shape} N={n}: {gbps / 1000:.2f} TB/s")
+            f32.add(gbps >= 4000, f"{shape} N={n}: {gbps / 1000:.2f} TB/s" +
+                    floor_note(g * gbps / 4000, impls))
         if shape == "qwen3-next" and n == 1:
             n1.add(g <= (3.5 if state == "f32" else 3.0), f"{state}: {g:.2f} us")
     for x in (every, bf16, f32, n1):
@@ -81,7 +94,7 @@ def mtp(path):
             if peers:
                 best = min(peers, key=peers.get)
                 f32.add(g <= 0.90 * peers[best], f"N={n} T={T}: gdn {g:.2f}, {best} {peers[best]:.2f} "
-                                                 f"({g / peers[best]:.3f}x)")
+                                                 f"({g / peers[best]:.3f}x)" + floor_note(0.90 * peers[best], impls))
         else:
             if "flashinfer" in impls:
                 p = float(impls["flashinfer"]["median_us"])
