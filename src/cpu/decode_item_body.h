@@ -394,6 +394,41 @@ static inline void update_bf16_k128(const float *decayed, uint16_t *to, float u,
 }
 #endif
 
+/* The sums of dots2_bf16_k128: [0] the even elements' products, [ODD] the odd ones': two sums each
+ * with AVX-512's 32 registers (shorter chains), one with AVX2's 16, where eight sums went to the
+ * stack and every multiply-add became a load, a multiply-add and a store (perf annotate, AMD EPYC
+ * VM) */
+enum { ODD = GDN_K128_SUMS - 1 };
+typedef struct {
+    vec_f ka[2], qa[2], kb[2], qb[2];
+} dots2_sums;
+
+/* Block c of rows a and b: widened, multiplied by the decay, stored decayed, and their products
+ * with k and q added to the sums */
+static inline void dots2_block_bf16_k128(const uint16_t *fa, const uint16_t *fb, vec_f vdecay,
+                                         const k128_inputs *in, float *da_out, float *db_out, int c,
+                                         dots2_sums *t)
+{
+    const int w = 2 * GDN_VEC_W * c; /* the block's first element */
+    const vec_f ae = vmul(vdecay, pairs_even(vload_pairs(fa + w))),
+                ao = vmul(vdecay, pairs_odd(vload_pairs(fa + w)));
+    const vec_f be = vmul(vdecay, pairs_even(vload_pairs(fb + w))),
+                bo = vmul(vdecay, pairs_odd(vload_pairs(fb + w)));
+    vstore_f32(da_out + w, ae), vstore_f32(da_out + w + GDN_VEC_W, ao);
+    vstore_f32(db_out + w, be), vstore_f32(db_out + w + GDN_VEC_W, bo);
+    const vec_f ke = k128_ke(in, c), ko = k128_ko(in, c), qe = k128_qe(in, c), qo = k128_qo(in, c);
+    t->ka[0] = vfma(ae, ke, t->ka[0]), t->qa[0] = vfma(ae, qe, t->qa[0]);
+    t->kb[0] = vfma(be, ke, t->kb[0]), t->qb[0] = vfma(be, qe, t->qb[0]);
+    t->ka[ODD] = vfma(ao, ko, t->ka[ODD]), t->qa[ODD] = vfma(ao, qo, t->qa[ODD]);
+    t->kb[ODD] = vfma(bo, ko, t->kb[ODD]), t->qb[ODD] = vfma(bo, qo, t->qb[ODD]);
+}
+
+static inline void dots2_totals(const dots2_sums *t, float s[4])
+{
+    vsum4(vadd(t->ka[0], t->ka[1]), vadd(t->qa[0], t->qa[1]), vadd(t->kb[0], t->kb[1]),
+          vadd(t->qb[0], t->qb[1]), s);
+}
+
 /* Rows a and b, K = 128 bf16 in even/odd form, widened and multiplied by the decay once: the
  * decayed rows go to da_out and db_out (even then odd elements of each block) for the update,
  * and s[0] = decay (a.k), s[1] = decay (a.q), s[2] = decay (b.k), s[3] = decay (b.q), one
@@ -401,28 +436,11 @@ static inline void update_bf16_k128(const float *decayed, uint16_t *to, float u,
 static inline void dots2_bf16_k128(const uint16_t *fa, const uint16_t *fb, vec_f vdecay,
                                    const k128_inputs *in, float *da_out, float *db_out, float s[4])
 {
-    /* [0] the even elements' products, [ODD] the odd ones': two sums each with AVX-512's 32
-     * registers (shorter chains), one with AVX2's 16, where eight sums went to the stack and every
-     * multiply-add became a load, a multiply-add and a store (perf annotate, AMD EPYC VM) */
-    enum { ODD = GDN_K128_SUMS - 1 };
-    vec_f ka[2] = {vzero(), vzero()}, qa[2] = {vzero(), vzero()}, kb[2] = {vzero(), vzero()},
-          qb[2] = {vzero(), vzero()};
+    dots2_sums t = {{vzero(), vzero()}, {vzero(), vzero()}, {vzero(), vzero()}, {vzero(), vzero()}};
 #pragma GCC unroll 8
-    for (int c = 0; c < GDN_K128_BLOCKS; c++) {
-        const int w = 2 * GDN_VEC_W * c; /* the block's first element */
-        const vec_f ae = vmul(vdecay, pairs_even(vload_pairs(fa + w))),
-                    ao = vmul(vdecay, pairs_odd(vload_pairs(fa + w)));
-        const vec_f be = vmul(vdecay, pairs_even(vload_pairs(fb + w))),
-                    bo = vmul(vdecay, pairs_odd(vload_pairs(fb + w)));
-        vstore_f32(da_out + w, ae), vstore_f32(da_out + w + GDN_VEC_W, ao);
-        vstore_f32(db_out + w, be), vstore_f32(db_out + w + GDN_VEC_W, bo);
-        const vec_f ke = k128_ke(in, c), ko = k128_ko(in, c), qe = k128_qe(in, c), qo = k128_qo(in, c);
-        ka[0] = vfma(ae, ke, ka[0]), qa[0] = vfma(ae, qe, qa[0]);
-        kb[0] = vfma(be, ke, kb[0]), qb[0] = vfma(be, qe, qb[0]);
-        ka[ODD] = vfma(ao, ko, ka[ODD]), qa[ODD] = vfma(ao, qo, qa[ODD]);
-        kb[ODD] = vfma(bo, ko, kb[ODD]), qb[ODD] = vfma(bo, qo, qb[ODD]);
-    }
-    vsum4(vadd(ka[0], ka[1]), vadd(qa[0], qa[1]), vadd(kb[0], kb[1]), vadd(qb[0], qb[1]), s);
+    for (int c = 0; c < GDN_K128_BLOCKS; c++)
+        dots2_block_bf16_k128(fa, fb, vdecay, in, da_out, db_out, c, &t);
+    dots2_totals(&t, s);
 }
 
 #if defined(GDN_CPU_AVX2)
@@ -437,28 +455,18 @@ static inline void dots2_update2_bf16_k128(const uint16_t *fa, const uint16_t *f
                                            const float *pa, const float *pb, uint16_t *ta, uint16_t *tb,
                                            float ua, float ub)
 {
-    vec_f ka = vzero(), qa = vzero(), kb = vzero(), qb = vzero();
+    dots2_sums t = {{vzero(), vzero()}, {vzero(), vzero()}, {vzero(), vzero()}, {vzero(), vzero()}};
     const vec_f vua = vset1(ua), vub = vset1(ub);
 #pragma GCC unroll 8
     for (int c = 0; c < GDN_K128_BLOCKS; c++) {
         const int w = 2 * GDN_VEC_W * c;
-        const vec_f ae = vmul(vdecay, pairs_even(vload_pairs(fa + w))),
-                    ao = vmul(vdecay, pairs_odd(vload_pairs(fa + w)));
-        const vec_f be = vmul(vdecay, pairs_even(vload_pairs(fb + w))),
-                    bo = vmul(vdecay, pairs_odd(vload_pairs(fb + w)));
-        vstore_f32(da_out + w, ae), vstore_f32(da_out + w + GDN_VEC_W, ao);
-        vstore_f32(db_out + w, be), vstore_f32(db_out + w + GDN_VEC_W, bo);
-        const vec_f ke = k128_ke(in, c), ko = k128_ko(in, c), qe = k128_qe(in, c), qo = k128_qo(in, c);
-        ka = vfma(ae, ke, ka), qa = vfma(ae, qe, qa);
-        kb = vfma(be, ke, kb), qb = vfma(be, qe, qb);
-        ka = vfma(ao, ko, ka), qa = vfma(ao, qo, qa);
-        kb = vfma(bo, ko, kb), qb = vfma(bo, qo, qb);
-        vstore_bf16_eo1_no_nan(ta + w, vfma(vua, ke, _mm256_load_ps(pa + w)),
-                               vfma(vua, ko, _mm256_load_ps(pa + w + GDN_VEC_W)));
-        vstore_bf16_eo1_no_nan(tb + w, vfma(vub, ke, _mm256_load_ps(pb + w)),
-                               vfma(vub, ko, _mm256_load_ps(pb + w + GDN_VEC_W)));
+        dots2_block_bf16_k128(fa, fb, vdecay, in, da_out, db_out, c, &t);
+        vstore_bf16_eo1_no_nan(ta + w, vfma(vua, k128_ke(in, c), _mm256_load_ps(pa + w)),
+                               vfma(vua, k128_ko(in, c), _mm256_load_ps(pa + w + GDN_VEC_W)));
+        vstore_bf16_eo1_no_nan(tb + w, vfma(vub, k128_ke(in, c), _mm256_load_ps(pb + w)),
+                               vfma(vub, k128_ko(in, c), _mm256_load_ps(pb + w + GDN_VEC_W)));
     }
-    vsum4(vadd(ka, vzero()), vadd(qa, vzero()), vadd(kb, vzero()), vadd(qb, vzero()), s); /* as dots2 */
+    dots2_totals(&t, s);
 }
 #endif
 
