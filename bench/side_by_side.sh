@@ -94,10 +94,12 @@ mixed)
     # cuda/ ones in a step of their own, so the long chunked suite cannot crowd them out)
     step tests-mixed-cuda 120 build/test_gdn cuda/ -huge
     step tests-mixed 240 build/test_gdn ${SBS_MIXED_TESTS:-decode/cuda_all decode/cuda_prefill_chunked}
+    # (SBS_MIXED_SWITCH: another 0/1 environment switch to time off and on, e.g. GDN_PREFILL_KARY)
+    switch=${SBS_MIXED_SWITCH:-GDN_MIXED_OVERLAP}
     for round in $(seq 1 "${SBS_MIXED_ROUNDS:-3}"); do
-        for overlap in 0 1; do
-            GDN_MIXED_OVERLAP=$overlap timeout 60 python3 bench/prefill_tune.py --lib build/libgdn.so \
-                --cases mixed --label "gdn-overlap$overlap" 2>&1
+        for on in 0 1; do
+            env "$switch=$on" timeout 60 python3 bench/prefill_tune.py --lib build/libgdn.so \
+                --cases mixed --label "gdn-$switch=$on" 2>&1
         done
     done | { echo "$header"; cat; } >"$out/overlap.log"
     grep -v '^#' "$out/overlap.log" | sort

@@ -61,6 +61,8 @@ typedef struct gdn_problem {
      * cu_seqlens are counted there, not twice */
     int64_t long_tokens;
     int prefill_async; /* chunked kernel: q, k, v rows 16-byte aligned (cp.async staging) */
+    int prefill_kary;  /* chunked kernel, split path: the local kernel finds a record's sequence
+                          by a 32-way search (GDN_PREFILL_KARY=1), not a binary one */
     /* cuda mixed calls (decode.cu), set on both copies: the multi-token kernel of the short
      * sequences is launched programmatically after the chunked kernel, which lets it start at
      * once (on the multiprocessors the long sequences leave idle); its last block waits for the

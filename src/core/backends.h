@@ -78,6 +78,10 @@ void gdn_cuda_chunked_force_split(int split);
  * warpgroups (slices of 32 state rows) a block, 0 = on mma.sync (the only walk elsewhere),
  * negative = the default (GDN_PREFILL_WGMMA=0/1/2/4, else by the call's token count). */
 void gdn_cuda_chunked_force_wgmma(int slices);
+/* The split path's local kernel finds each record's sequence by 1 = a 32-way search of cu_seqlens
+ * a warp, 0 = a binary search (the default; GDN_PREFILL_KARY=1 turns the other on), negative =
+ * the default. */
+void gdn_cuda_chunked_force_kary(int kary);
 /* A mixed call (long sequences beside short ones, src/cuda/decode.cu) on sm_90: 1 = the short
  * sequences' kernel runs beside the chunked kernel (the default), 0 = after it
  * (GDN_MIXED_OVERLAP=0), negative = the default. */

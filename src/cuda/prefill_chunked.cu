@@ -1732,6 +1732,41 @@ __device__ __forceinline__ unsigned char *record_at(const gdn_problem &p, int64_
            (r * p.num_v_heads + hv) * (int64_t)record_layout::bytes;
 }
 
+/*
+ * The sequence whose records start at or before record r: the last n with first_record(n) <= r
+ * (increasing in n for valid cu_seqlens; for any other order some n in range comes out, and the
+ * walk's tag check catches what that maps wrongly). A binary search is ~log2(num_seqs) dependent
+ * loads of cu_seqlens (9 for a mixed batch of 257 sequences), paid by every block of the local
+ * kernel, also by the blocks of records that belong to no chunk (one a decode of a mixed call),
+ * which only exit. With p.prefill_kary each warp probes 32 entries at once: the ballot's highest
+ * lane that is still at or before r narrows the range to one 32nd (2 rounds of loads for 257,
+ * 3 up to 32768). Checked against the binary search on the host (random increasing and
+ * unordered arrays of 1-5000 entries) before its first GPU run; off by default until measured.
+ */
+__device__ __forceinline__ int64_t record_sequence(const gdn_problem &p, int64_t r)
+{
+    int64_t lo = 0, hi = p.num_seqs - 1;
+    if (p.prefill_kary) {
+        const int lane = threadIdx.x % 32;
+        while (lo < hi) { /* (warp-uniform: lo and hi come from the ballot) */
+            const int64_t step = (hi - lo + 32) / 32, m = lo + lane * step;
+            const bool at_or_before = m <= hi && (lane == 0 || first_record(p, m) <= r);
+            const int last = 31 - __clz(__ballot_sync(kFullMask, at_or_before)); /* lane 0: lo itself */
+            lo += last * step;
+            hi = hi < lo + step - 1 ? hi : lo + step - 1;
+        }
+        return lo;
+    }
+    while (lo < hi) {
+        const int64_t mid = lo + (hi - lo + 1) / 2;
+        if (first_record(p, mid) <= r)
+            lo = mid;
+        else
+            hi = mid - 1;
+    }
+    return lo;
+}
+
 /* Shared memory of the local kernel, in bytes: q and k rows, the gates and the cumulative decays
  * (no v; 35.5 KiB, so that 5 blocks fit a multiprocessor by registers as well). A below the
  * diagonal blocks, the diagonal blocks, T and P overlay the q and k rows, which are dead once
@@ -1758,17 +1793,7 @@ __global__ void __launch_bounds__(kGroupThreads, 5) prefill_chunk_local(const gd
 {
     extern __shared__ __align__(16) unsigned char lsm[];
     const int64_t r = blockIdx.x, hv = blockIdx.y;
-    /* the sequence whose records start at or before r: the last n with first_record(n) <= r
-     * (increasing in n for valid cu_seqlens; the tag check of the walk catches the rest) */
-    int64_t lo = 0, hi = p.num_seqs - 1;
-    while (lo < hi) {
-        const int64_t mid = lo + (hi - lo + 1) / 2;
-        if (first_record(p, mid) <= r)
-            lo = mid;
-        else
-            hi = mid - 1;
-    }
-    const int64_t n = lo, ci = r - first_record(p, n);
+    const int64_t n = record_sequence(p, r), ci = r - first_record(p, n);
     const int64_t T = gdn_seq_tokens(&p, n), first = gdn_first_token_row(&p, n);
     if (ci < 0 || T <= 0 || first < 0 || ci * kChunk >= T || !chunked_owns(p, n))
         return;
@@ -2526,6 +2551,7 @@ int forced_precise = -1;  /* gdn_cuda_chunked_force_precise; -1 = by dtype and e
 int forced_wgmma = -1;    /* gdn_cuda_chunked_force_wgmma; -1 = by env and the call's shape */
 int forced_split = -1;    /* gdn_cuda_chunked_force_split; -1 = by env */
 int forced_pipeline = -1; /* gdn_cuda_chunked_force_pipeline; -1 = by env */
+int forced_kary = -1;     /* gdn_cuda_chunked_force_kary; -1 = by env */
 
 bool precise_for(const gdn_problem &p)
 {
@@ -2634,6 +2660,9 @@ cudaError_t gdn_cuda_launch_chunked(const gdn_problem *p_in, cudaStream_t stream
     const int64_t act = p.act_dtype == GDN_DTYPE_F32 ? 4 : 2;
     p.prefill_async = aligned16(p.q, p.q_stride * act) && aligned16(p.k, p.k_stride * act) &&
                       aligned16(p.v, p.v_stride * act) && (p.head_dim_v * act) % 16 == 0;
+    static int kary_env = -1;
+    const int kary = __atomic_load_n(&forced_kary, __ATOMIC_RELAXED);
+    p.prefill_kary = kary >= 0 ? kary : env_switch("GDN_PREFILL_KARY", &kary_env, 0);
     switch (p.act_dtype) {
     case GDN_DTYPE_F16: return launch_act<__half>(p, stream);
     case GDN_DTYPE_BF16: return launch_act<__nv_bfloat16>(p, stream);
@@ -2654,6 +2683,11 @@ void gdn_cuda_chunked_force_split(int split)
 void gdn_cuda_chunked_force_wgmma(int slices)
 {
     __atomic_store_n(&forced_wgmma, slices >= 0 ? slices : -1, __ATOMIC_RELAXED);
+}
+
+void gdn_cuda_chunked_force_kary(int kary)
+{
+    __atomic_store_n(&forced_kary, kary >= 0 ? (kary != 0) : -1, __ATOMIC_RELAXED);
 }
 
 void gdn_cuda_chunked_force_pipeline(int pipelined)
