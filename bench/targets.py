@@ -5,9 +5,9 @@
 
 Issue 9 (decode-*.csv of peer_bench.py), issue 10 (mtp-*.csv of mtp_bench.py), issue 13
 (prefill-*.csv of prefill_bench.py). Prints every point that misses, and per target how many of
-the measured points meet it. A point a peer did not run is counted against the peers that did. A miss whose target time lies
-under the time of a copy of the same bytes (the `copy` rows of the same run) says so: a call that
-reads and writes every state byte once cannot be faster than that copy.
+the measured points meet it. A point a peer did not run is counted against the peers that did.
+A miss whose target time lies under the time of a copy of the same bytes (the `copy` rows of the
+same run) says so: a call that reads and writes every state byte once cannot beat that copy.
 """
 import argparse
 import collections
