@@ -346,15 +346,20 @@ static inline void vstore_bf16_eo4(uint16_t *to, const vec_f ye[4], const vec_f 
                                             _mm256_slli_epi32(bf16_bits(_mm256_castps_si256(yo[c])), 16)));
 }
 
-/* y = u k + decayed for half a row: its even elements in ye, the odd ones in yo */
+/* y = u k + decayed for block b of a row (16 elements): its even elements in *ye, the odd in *yo */
+static inline void update_block_bf16_k128(const float *decayed, vec_f vu, const k128_inputs *in, int b,
+                                          vec_f *ye, vec_f *yo)
+{
+    *ye = vfma(vu, k128_ke(in, b), _mm256_load_ps(decayed + 16 * b));
+    *yo = vfma(vu, k128_ko(in, b), _mm256_load_ps(decayed + 16 * b + 8));
+}
+
+/* The same for half a row (blocks 4 half .. 4 half + 3) */
 static inline void update_half_bf16_k128(const float *decayed, vec_f vu, const k128_inputs *in, int half,
                                          vec_f ye[4], vec_f yo[4])
 {
-    for (int c = 0; c < 4; c++) {
-        const int b = 4 * half + c;
-        ye[c] = vfma(vu, k128_ke(in, b), _mm256_load_ps(decayed + 16 * b));
-        yo[c] = vfma(vu, k128_ko(in, b), _mm256_load_ps(decayed + 16 * b + 8));
-    }
+    for (int c = 0; c < 4; c++)
+        update_block_bf16_k128(decayed, vu, in, 4 * half + c, &ye[c], &yo[c]);
 }
 
 /* The row of a u that is not finite, out of line: with the NaN-capable narrowing inlined beside the
@@ -459,12 +464,12 @@ static inline void dots2_update2_bf16_k128(const uint16_t *fa, const uint16_t *f
     const vec_f vua = vset1(ua), vub = vset1(ub);
 #pragma GCC unroll 8
     for (int c = 0; c < GDN_K128_BLOCKS; c++) {
-        const int w = 2 * GDN_VEC_W * c;
+        vec_f ye, yo;
         dots2_block_bf16_k128(fa, fb, vdecay, in, da_out, db_out, c, &t);
-        vstore_bf16_eo1_no_nan(ta + w, vfma(vua, k128_ke(in, c), _mm256_load_ps(pa + w)),
-                               vfma(vua, k128_ko(in, c), _mm256_load_ps(pa + w + GDN_VEC_W)));
-        vstore_bf16_eo1_no_nan(tb + w, vfma(vub, k128_ke(in, c), _mm256_load_ps(pb + w)),
-                               vfma(vub, k128_ko(in, c), _mm256_load_ps(pb + w + GDN_VEC_W)));
+        update_block_bf16_k128(pa, vua, in, c, &ye, &yo);
+        vstore_bf16_eo1_no_nan(ta + 16 * c, ye, yo);
+        update_block_bf16_k128(pb, vub, in, c, &ye, &yo);
+        vstore_bf16_eo1_no_nan(tb + 16 * c, ye, yo);
     }
     dots2_totals(&t, s);
 }

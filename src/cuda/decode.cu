@@ -484,11 +484,8 @@ int forced_overlap = -1; /* gdn_cuda_mixed_force_overlap; -1 = by env */
  * 786-797 (bench/results/h100-2026-12-07-37f6e36-mixed). */
 bool mixed_overlap_on(void)
 {
-    const int forced = __atomic_load_n(&forced_overlap, __ATOMIC_RELAXED);
-    if (forced >= 0)
-        return forced != 0;
     static int env = -1;
-    return env_switch("GDN_MIXED_OVERLAP", &env, 1) != 0;
+    return forced_switch(&forced_overlap, "GDN_MIXED_OVERLAP", &env, 1) != 0;
 }
 
 template <typename Act, typename St> cudaError_t launch(const gdn_problem &p, cudaStream_t stream)

@@ -214,6 +214,14 @@ template <cudaDeviceAttr ATTR> int device_attribute(int fallback)
     return e;
 }
 
+/* A switch that a test hook may force: *forced when it is 0 or 1 (gdn_cuda_*_force_*), else the
+ * environment's (env_switch). */
+[[maybe_unused]] int forced_switch(const int *forced, const char *name, int *cache, int fallback)
+{
+    const int f = __atomic_load_n(forced, __ATOMIC_RELAXED);
+    return f >= 0 ? f != 0 : env_switch(name, cache, fallback);
+}
+
 /* Multiprocessors of the current device (132 when the runtime cannot say). */
 [[maybe_unused]] int sm_count(void) { return device_attribute<cudaDevAttrMultiProcessorCount>(132); }
 

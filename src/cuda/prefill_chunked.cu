@@ -2566,11 +2566,8 @@ bool precise_for(const gdn_problem &p)
 
 bool pipelined(void)
 {
-    const int forced = __atomic_load_n(&forced_pipeline, __ATOMIC_RELAXED);
-    if (forced >= 0)
-        return forced != 0;
     static int env = -1;
-    return env_switch("GDN_PREFILL_PIPELINE", &env, 1) != 0;
+    return forced_switch(&forced_pipeline, "GDN_PREFILL_PIPELINE", &env, 1) != 0;
 }
 
 /* The split path: bf16 activations, one term, a workspace that holds the call's records. */
@@ -2578,11 +2575,8 @@ bool split_for(const gdn_problem &p)
 {
     if (p.act_dtype != GDN_DTYPE_BF16 || !p.workspace) /* (its size: checked by gdn_decode) */
         return false;
-    const int forced = __atomic_load_n(&forced_split, __ATOMIC_RELAXED);
-    if (forced >= 0)
-        return forced != 0;
     static int env = -1;
-    return env_switch("GDN_PREFILL_SPLIT", &env, 1) != 0;
+    return forced_switch(&forced_split, "GDN_PREFILL_SPLIT", &env, 1) != 0;
 }
 
 /* Slices a block of the wgmma walk for a split call (0: the mma.sync walk). wgmma is sm_90a code:
@@ -2661,8 +2655,7 @@ cudaError_t gdn_cuda_launch_chunked(const gdn_problem *p_in, cudaStream_t stream
     p.prefill_async = aligned16(p.q, p.q_stride * act) && aligned16(p.k, p.k_stride * act) &&
                       aligned16(p.v, p.v_stride * act) && (p.head_dim_v * act) % 16 == 0;
     static int kary_env = -1;
-    const int kary = __atomic_load_n(&forced_kary, __ATOMIC_RELAXED);
-    p.prefill_kary = kary >= 0 ? kary : env_switch("GDN_PREFILL_KARY", &kary_env, 0);
+    p.prefill_kary = forced_switch(&forced_kary, "GDN_PREFILL_KARY", &kary_env, 0);
     switch (p.act_dtype) {
     case GDN_DTYPE_F16: return launch_act<__half>(p, stream);
     case GDN_DTYPE_BF16: return launch_act<__nv_bfloat16>(p, stream);
