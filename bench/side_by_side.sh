@@ -13,6 +13,8 @@
 #   (SBS_PREFILL_ARGS: more prefill_bench.py arguments, e.g. the cases a cut-short run missed,
 #   --cases ... --shapes ...; its --merge joins the runs' json afterwards)
 #   bench/side_by_side.sh mixed OUTDIR          .carry: the mixed-call overlap's tests and timing
+#   bench/side_by_side.sh walk-ncu OUTDIR       .carry: ncu (stall samples by SASS line) of the
+#        prefill split path's kernels
 #   bench/side_by_side.sh profile OUTDIR        the same carry: every configuration of both
 #        decode kernels timed (configs.csv), then ncu of the chosen kernels at N = 64
 #        (AB_TIMEOUT: seconds for the A/B of carried variants, 150; SBS_NCU=0: no ncu)
@@ -46,7 +48,7 @@ commit=${GDN_COMMIT:-unknown}
 export GDN_COMMIT=$commit PYTHONUNBUFFERED=1
 name=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
 case "$name" in *H200*) dev=h200 ;; *H100*) dev=h100 ;; *) dev=gpu ;; esac
-if [ "$stage" != profile ] && [ "$stage" != mixed ] && [ ! -d /tmp/site/flashinfer ]; then # installed once a machine
+if [ "$stage" != profile ] && [ "$stage" != mixed ] && [ "$stage" != walk-ncu ] && [ ! -d /tmp/site/flashinfer ]; then # installed once a machine
     mkdir -p .whl/fi-parts
     cp "$parts"/fi-*-of-*.tarpart .whl/fi-parts/ 2>/dev/null
     bash bench/peers/install_peers.sh /tmp/site >"$out/install.log" 2>&1
@@ -152,6 +154,32 @@ profile)
             --section SchedulerStats --section InstructionStats --section LaunchStats \
             --section MemoryWorkloadAnalysis --kernel-name regex:decode_ --launch-count 1 --launch-skip 5 \
             build/gdn bench --backend cuda --shape qwen3-next --state "$1" --tokens "$2" --n 64 --reps 2
+    done
+    ;;
+walk-ncu)
+    # where the prefill walk's time goes: ncu of the split path's two kernels (the chunk-local
+    # one and the walk) for one call, with the stall samples per SASS instruction (SourceCounters),
+    # as a report and as text (SBS_WALK_CASES: "shape case" pairs; SBS_WALK_KERNEL: the walk's
+    # name regex, prefill_chunked_vk128 = the mma.sync walk that one sequence takes)
+    ncu=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
+    walk_cases=${SBS_WALK_CASES:-contest 1x32768;qwen3-next 1x4096}
+    IFS=';' read -ra pairs <<<"$walk_cases"
+    for pair in "${pairs[@]}"; do
+        set -- $pair
+        name="ncu-$1-$2"
+        step "$name" 150 "$ncu" --clock-control none --section SpeedOfLight --section Occupancy \
+            --section WarpStateStats --section SchedulerStats --section InstructionStats \
+            --section LaunchStats --section MemoryWorkloadAnalysis --section SourceCounters \
+            --kernel-name "regex:${SBS_WALK_KERNEL:-prefill_chunked_vk128|prefill_walk_wgmma|prefill_chunk_local}" \
+            --launch-skip 2 --launch-count 2 -o "$out/$name" -f \
+            python3 bench/prefill_tune.py --lib build/libgdn.so --cases "$2" --shapes "$1" --reps 2
+        if [ -e "$out/$name.ncu-rep" ]; then
+            "$ncu" -i "$out/$name.ncu-rep" --page details >"$out/$name-details.txt" 2>&1
+            "$ncu" -i "$out/$name.ncu-rep" --page source --csv --print-source sass >"$out/$name-sass.csv" 2>&1 ||
+                "$ncu" -i "$out/$name.ncu-rep" --page source --csv >"$out/$name-sass.csv" 2>&1
+            head -c 600 "$out/$name-sass.csv"
+            echo
+        fi
     done
     ;;
 *)
