@@ -358,8 +358,8 @@ static int prefill_path_on(int path)
  * GDN_TC3_STATE_REL; one term (the default with bf16 activations), pipelined, phase by phase and
  * split (with a workspace; its walk on mma.sync, and on wgmma with 1, 2 and 4 slices a block
  * where the GPU is sm_90: elsewhere those three are the mma.sync walk again; and the mma.sync walk
- * with the local kernel's 32-way record search, GDN_PREFILL_KARY), within the tensor-core
- * tolerances. */
+ * with the local kernel's 32-way record search, GDN_PREFILL_KARY; and the mma.sync walk on
+ * records in the WY form, GDN_PREFILL_WY), within the tensor-core tolerances. */
 static void cuda_prefill_chunked(void)
 {
     if (!cuda_present())
@@ -372,8 +372,9 @@ static void cuda_prefill_chunked(void)
                                         "1-term products, split, wgmma walk of 1 slice a block",
                                         "1-term products, split, wgmma walk of 2 slices a block",
                                         "1-term products, split, wgmma walk of 4 slices a block",
-                                        "1-term products, split, mma.sync walk, 32-way record search"};
-    for (int path = 0; path < 8; path++) {
+                                        "1-term products, split, mma.sync walk, 32-way record search",
+                                        "1-term products, split, mma.sync walk, WY records"};
+    for (int path = 0; path < 9; path++) {
         if (!prefill_path_on(path))
             continue;
         gdn_cuda_chunked_force_precise(path == 0);
@@ -381,6 +382,7 @@ static void cuda_prefill_chunked(void)
         gdn_cuda_chunked_force_split(path >= 3);
         gdn_cuda_chunked_force_wgmma(path >= 4 && path <= 6 ? 1 << (path - 4) : 0);
         gdn_cuda_chunked_force_kary(path == 7);
+        gdn_cuda_chunked_force_wy(path == 8);
         case_workspace = path >= 3;
         tc_all = path == 0 ? 3 : 1;
         snprintf(config_note, sizeof config_note, "%s", paths[path]);
@@ -391,6 +393,7 @@ static void cuda_prefill_chunked(void)
     gdn_cuda_chunked_force_split(-1);
     gdn_cuda_chunked_force_wgmma(-1);
     gdn_cuda_chunked_force_kary(-1);
+    gdn_cuda_chunked_force_wy(-1);
     case_workspace = 0;
     tc_all = print_errors = 0;
     config_note[0] = '\0';
@@ -422,7 +425,7 @@ static void cuda_sanitize_prefill(void)
 {
     if (!cuda_present())
         return;
-    for (int path = 0; path < 8; path++) {
+    for (int path = 0; path < 9; path++) {
         if (!prefill_path_on(path))
             continue;
         const int precise = path == 0;
@@ -431,6 +434,7 @@ static void cuda_sanitize_prefill(void)
         gdn_cuda_chunked_force_split(path >= 3);
         gdn_cuda_chunked_force_wgmma(path >= 4 && path <= 6 ? 1 << (path - 4) : 0);
         gdn_cuda_chunked_force_kary(path == 7);
+        gdn_cuda_chunked_force_wy(path == 8);
         case_workspace = path >= 3;
         for (int i = 0; i < 3; i++) {
             decode_case c = base(3, 1, 2, 128, i == 2 ? 48 : 128);
@@ -446,6 +450,7 @@ static void cuda_sanitize_prefill(void)
     gdn_cuda_chunked_force_split(-1);
     gdn_cuda_chunked_force_wgmma(-1);
     gdn_cuda_chunked_force_kary(-1);
+    gdn_cuda_chunked_force_wy(-1);
     case_workspace = 0;
 }
 

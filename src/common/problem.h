@@ -63,6 +63,8 @@ typedef struct gdn_problem {
     int prefill_async; /* chunked kernel: q, k, v rows 16-byte aligned (cp.async staging) */
     int prefill_kary;  /* chunked kernel, split path: the local kernel finds a record's sequence
                           by a 32-way search (GDN_PREFILL_KARY=1), not a binary one */
+    int prefill_wy;    /* chunked kernel, split path: records in the WY form (GDN_PREFILL_WY=1,
+                          prefill_chunked.cu), set by the launch where the workspace holds them */
     /* cuda mixed calls (decode.cu), set on both copies: the multi-token kernel of the short
      * sequences is launched programmatically after the chunked kernel, which lets it start at
      * once (on the multiprocessors the long sequences leave idle); its last block waits for the
@@ -70,6 +72,7 @@ typedef struct gdn_problem {
     int mixed_overlap;
     void *workspace; /* the caller's scratch (cuda chunked prefill, split path; its size checked by
                         gdn_decode); may be NULL */
+    int64_t workspace_bytes;
 } gdn_problem;
 
 /* The cuda chunked prefill's split path (prefill_chunked.cu) keeps one record of this many bytes
@@ -77,6 +80,10 @@ typedef struct gdn_problem {
  * head: chunk ci of sequence n is record floor(first_row(n) / 64) + n + ci. */
 #define GDN_CHUNK_RECORD_BYTES 19728
 GDN_HD int64_t gdn_chunk_records(const gdn_problem *p) { return p->token_rows / 64 + p->num_seqs; }
+/* A record in the WY form (GDN_PREFILL_WY=1): P, the gates and the tag (10512 bytes), then
+ * W = T diag(beta rk^2 gam) K (64 x 128 bf16) and U0 = T diag(beta rk) V (64 x V rounded up to a
+ * multiple of 32, bf16). */
+GDN_HD int64_t gdn_chunk_record_wy_bytes(int64_t head_dim_v) { return 10512 + 16384 + 128 * ((head_dim_v + 31) / 32 * 32); }
 
 /* 1 when the cuda backend sends p's sequences of more than GDN_MAX_TOKENS tokens to the chunked
  * kernel (prefill_chunked.cu: vk, K = 128, no token slots). */

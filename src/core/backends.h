@@ -82,6 +82,14 @@ void gdn_cuda_chunked_force_wgmma(int slices);
  * a warp, 0 = a binary search (the default; GDN_PREFILL_KARY=1 turns the other on), negative =
  * the default. */
 void gdn_cuda_chunked_force_kary(int kary);
+/* The split path with the mma.sync walk keeps its records in the WY form: 1 = on (the local kernel
+ * also computes W = T diag(beta rk^2 gam) K and U0 = T diag(beta rk) V, and the walk's chain is
+ * U' = U0 - W S^T then the state update), 0 = off (the default; GDN_PREFILL_WY=1 turns it on),
+ * negative = the default. */
+void gdn_cuda_chunked_force_wy(int wy);
+/* Bytes of one record of the split path (the workspace holds one a chunk and value head): the WY
+ * form's while that is on, else GDN_CHUNK_RECORD_BYTES. */
+size_t gdn_cuda_chunk_record_bytes(int64_t head_dim_v);
 /* A mixed call (long sequences beside short ones, src/cuda/decode.cu) on sm_90: 1 = the short
  * sequences' kernel runs beside the chunked kernel (the default), 0 = after it
  * (GDN_MIXED_OVERLAP=0), negative = the default. */

@@ -34,6 +34,12 @@ void gdn_cuda_chunked_force_pipeline(int pipelined) { (void)pipelined; }
 void gdn_cuda_chunked_force_split(int split) { (void)split; }
 void gdn_cuda_chunked_force_wgmma(int slices) { (void)slices; }
 void gdn_cuda_chunked_force_kary(int kary) { (void)kary; }
+void gdn_cuda_chunked_force_wy(int wy) { (void)wy; }
+size_t gdn_cuda_chunk_record_bytes(int64_t head_dim_v)
+{
+    (void)head_dim_v;
+    return GDN_CHUNK_RECORD_BYTES;
+}
 void gdn_cuda_mixed_force_overlap(int overlap) { (void)overlap; }
 
 void gdn_cuda_config_name(gdn_cuda_kernel kernel, int config, char *buf, size_t size)

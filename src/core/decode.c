@@ -345,15 +345,15 @@ static gdn_status check_counter(const gdn_decode_params *p)
     return GDN_OK;
 }
 
-/* Bytes of workspace the call can use on `backend` (GDN_CHUNK_RECORD_BYTES per record, see
- * src/common/problem.h): only cuda calls that send sequences to the chunked kernel with bf16
- * activations. */
+/* Bytes of workspace the call can use on `backend` (GDN_CHUNK_RECORD_BYTES per record, or the
+ * WY form's size while GDN_PREFILL_WY is on, see src/common/problem.h): only cuda calls that send
+ * sequences to the chunked kernel with bf16 activations. */
 static size_t workspace_needed(const gdn_decode_params *p, gdn_backend backend)
 {
     const gdn_problem pr = gdn_problem_from_params(p);
     if (backend != GDN_BACKEND_CUDA || p->act_dtype != GDN_DTYPE_BF16 || !gdn_chunked_applies(&pr))
         return 0;
-    return (size_t)gdn_chunk_records(&pr) * (size_t)p->num_v_heads * GDN_CHUNK_RECORD_BYTES;
+    return (size_t)gdn_chunk_records(&pr) * (size_t)p->num_v_heads * gdn_cuda_chunk_record_bytes(p->head_dim_v);
 }
 
 /* A workspace large enough, aligned, in device memory, apart from the pool and out. */
@@ -500,6 +500,7 @@ gdn_problem gdn_problem_from_params(const gdn_decode_params *p)
     pr.g_stride = p->g_stride ? p->g_stride : p->num_v_heads;
     pr.beta_stride = p->beta_stride ? p->beta_stride : p->num_v_heads;
     pr.workspace = p->workspace;
+    pr.workspace_bytes = (int64_t)p->workspace_bytes;
     return pr;
 }
 

@@ -1726,10 +1726,34 @@ __device__ __forceinline__ int64_t first_record(const gdn_problem &p, int64_t n)
     return gdn_first_token_row(&p, n) / kChunk + n;
 }
 
+/* The WY form of a record (GDN_PREFILL_WY, the mma.sync walk only): P, the gates and the tag as
+ * above but without T, then W = T diag(beta rk^2 gam) K and U0 = T diag(beta rk) V, so that the
+ * walk's U' = T Z' becomes U' = U0 - W S^T: one product of the state fewer in its serial chain
+ * (FLA's chunked kernels keep the same two, w and u, for their recurrence). */
+struct record_wy {
+    static constexpr int p = 0;                          /* [C][kLdP] bf16 */
+    static constexpr int gates = p + kChunk * kLdP * 2;  /* gam, dec, beta, rq, rk: [C] floats each */
+    static constexpr int tag = gates + 5 * kChunk * 4;   /* as record_layout's */
+    static constexpr int w = tag + 16;                   /* [C][128] bf16 */
+    static constexpr int u0 = w + kChunk * kRowK * 2;    /* [C][Vp] bf16, Vp = V rounded up to 32 */
+    static constexpr int image = tag;                    /* P and the gates as a buffer's pb and gates */
+};
+static_assert(record_wy::w == 10512 && record_wy::u0 == 10512 + 16384 && record_wy::w % 16 == 0,
+              "the WY record size the host sizes workspaces by (gdn_chunk_record_wy_bytes)");
+
+__device__ __forceinline__ int64_t record_bytes(const gdn_problem &p)
+{
+    return p.prefill_wy ? gdn_chunk_record_wy_bytes(p.head_dim_v) : (int64_t)record_layout::bytes;
+}
+
 __device__ __forceinline__ unsigned char *record_at(const gdn_problem &p, int64_t r, int64_t hv)
 {
-    return static_cast<unsigned char *>(p.workspace) +
-           (r * p.num_v_heads + hv) * (int64_t)record_layout::bytes;
+    return static_cast<unsigned char *>(p.workspace) + (r * p.num_v_heads + hv) * record_bytes(p);
+}
+
+__device__ __forceinline__ int64_t *record_tag_at(const gdn_problem &p, unsigned char *rec)
+{
+    return reinterpret_cast<int64_t *>(rec + (p.prefill_wy ? record_wy::tag : record_layout::tag));
 }
 
 /*
@@ -1866,6 +1890,205 @@ __global__ void __launch_bounds__(kGroupThreads, 5) prefill_chunk_local(const gd
         *reinterpret_cast<int64_t *>(rec + record_layout::tag) = record_tag(n, ci);
 }
 
+/* ---- the WY form: the local kernel also computes W and U0 ------------------------------------
+ *
+ * Shared memory of the WY local kernel, in bytes: q and k rows, T and P apart from them (k is
+ * read again for W after T is done), the gates, and a group of 128 columns of v; A and the
+ * diagonal blocks overlay the q rows (dead once the Gram products are done), and the products'
+ * results pass through the q rows (W) and the k rows (U0) on their way to the record. */
+struct local_wy_smem {
+    static constexpr int qb = 0;
+    static constexpr int kb = qb + kChunk * kLdB * 2;
+    static constexpr int tb = kb + kChunk * kLdB * 2;
+    static constexpr int pb = tb + kChunk * kLdP * 2;
+    static constexpr int gates = pb + kChunk * kLdP * 2;
+    static constexpr int cum = gates + 5 * kChunk * 4;
+    static constexpr int xb = cum + kChunk * 4; /* [C][kLdB] v columns 128 g.., scaled by beta rk */
+    static constexpr int bytes = xb + kChunk * kLdB * 2;
+    static constexpr int ab = qb; /* (overlays the q rows) */
+    static constexpr int diag = ab + kChunk * kLdP * 2;
+};
+static_assert(local_wy_smem::diag + 4 * 16 * kLdD * 4 <= local_wy_smem::kb && local_wy_smem::xb % 16 == 0 &&
+                  local_wy_smem::pb - local_wy_smem::tb == kChunk * kLdP * 2,
+              "A and its diagonal blocks fit over the q rows");
+
+/* v columns [128 grp, 128 grp + 128) of chunk rows [c0, c0 + len) into xb (zeros past len and V). */
+__device__ __forceinline__ void stage_v_group(const gdn_problem &p, int64_t first, int64_t c0, int len,
+                                              int64_t hv, int grp, bf16 *xb)
+{
+    const int64_t V = p.head_dim_v;
+    const bf16 *v = static_cast<const bf16 *>(p.v) + (first + c0) * p.v_stride + hv * V;
+    for (int i = threadIdx.x; i < kChunk * 16; i += kGroupThreads) {
+        const int r = i / 16, c = 128 * grp + 8 * (i % 16);
+        bf16 *dst = xb + r * kLdB + 8 * (i % 16);
+        if (p.prefill_async && c + 8 <= V) {
+            copy_async16(reinterpret_cast<uint4 *>(dst), r < len ? v + r * p.v_stride + c : v, r < len);
+        } else {
+#pragma unroll
+            for (int e = 0; e < 8; e++)
+                dst[e] = r < len && c + e < V ? v[r * p.v_stride + c + e] : __float2bfloat16_rn(0.0f);
+        }
+    }
+}
+
+/* Rows of x (C rows of 128 bf16 at stride kLdB) times beta rk, and with_k also rk gam, rounded. */
+__device__ __forceinline__ void scale_rows(bf16 *x, const ws_buffer &w, bool with_k)
+{
+    for (int i = threadIdx.x; i < kChunk * 16; i += kGroupThreads) {
+        const int r = i / 16;
+        const float s = w.beta[r] * w.rk[r] * (with_k ? w.rk[r] * w.gam[r] : 1.0f);
+        uint4 *at = reinterpret_cast<uint4 *>(x + r * kLdB + 8 * (i % 16));
+        uint4 u = *at;
+        unsigned *pair = reinterpret_cast<unsigned *>(&u);
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            __nv_bfloat162 h;
+            memcpy(&h, &pair[e], sizeof h);
+            const float2 y = __bfloat1622float2(h);
+            pair[e] = pack_bf16(s * y.x, s * y.y);
+        }
+        *at = u;
+    }
+}
+
+/* Row block `warp` of T X (X: C rows of 128 columns at stride kLdB, T's lower blocks) as bf16 into
+ * dst (same layout); T's blocks above the diagonal are stale and never read. */
+__device__ __forceinline__ void t_times_rows(const bf16 *tb, const bf16 *x, bf16 *dst)
+{
+    const int lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4, mi = threadIdx.x / 32;
+    float acc[16][4];
+#pragma unroll
+    for (int j = 0; j < 16; j++)
+#pragma unroll
+        for (int e = 0; e < 4; e++)
+            acc[j][e] = 0.0f;
+#pragma unroll
+    for (int kb = 0; kb < 4; kb++) {
+        if (kb > mi)
+            break;
+        unsigned a[4];
+        ldsm_x4(a, frag_a_rows(tb, kLdP, 16 * mi, 16 * kb));
+#pragma unroll
+        for (int pr = 0; pr < 8; pr++) {
+            unsigned b[4];
+            ldsm_x4_t(b, frag_b2_kn(x, kLdB, 16 * pr, 16 * kb));
+            mma_bf16(acc[2 * pr], a, b);
+            mma_bf16(acc[2 * pr + 1], a, b + 2);
+        }
+    }
+    __syncthreads(); /* every warp is done reading x (dst may be another warp's x) */
+#pragma unroll
+    for (int j = 0; j < 16; j++)
+#pragma unroll
+        for (int half = 0; half < 2; half++)
+            store_bf16_pair(dst + (16 * mi + g + 8 * half) * kLdB + 8 * j + 2 * t4, acc[j][2 * half],
+                            acc[j][2 * half + 1]);
+}
+
+/* The local kernel of the WY form: the records of prefill_chunk_local without T, with W and U0. */
+__global__ void __launch_bounds__(kGroupThreads, 3) prefill_chunk_local_wy(const gdn_problem p)
+{
+    extern __shared__ __align__(16) unsigned char lsm[];
+    typedef local_wy_smem L;
+    const int64_t r = blockIdx.x, hv = blockIdx.y;
+    const int64_t n = record_sequence(p, r), ci = r - first_record(p, n);
+    const int64_t T = gdn_seq_tokens(&p, n), first = gdn_first_token_row(&p, n);
+    if (ci < 0 || T <= 0 || first < 0 || ci * kChunk >= T || !chunked_owns(p, n))
+        return;
+    const int64_t c0 = ci * kChunk, V = p.head_dim_v, vp = (V + 31) / 32 * 32;
+    const int len = (int)(T - c0 < kChunk ? T - c0 : kChunk);
+    const int warp = threadIdx.x / 32;
+    const int64_t h = gdn_qk_head(&p, hv);
+
+    stage_source<bf16> src;
+    src.q = static_cast<const bf16 *>(p.q) + first * p.q_stride + h * kRowK;
+    src.k = static_cast<const bf16 *>(p.k) + first * p.k_stride + h * kRowK;
+    src.v = nullptr;
+    src.q_stride = p.q_stride, src.k_stride = p.k_stride, src.v_stride = 0;
+    src.rows_v = kSlice; /* (no v staged by stage_raw) */
+    src.async = p.prefill_async != 0;
+    ws_buffer w;
+    w.qb = reinterpret_cast<bf16 *>(lsm + L::qb), w.kb = reinterpret_cast<bf16 *>(lsm + L::kb);
+    w.vb = nullptr, w.tb = reinterpret_cast<bf16 *>(lsm + L::tb), w.pb = reinterpret_cast<bf16 *>(lsm + L::pb);
+    w.gam = reinterpret_cast<float *>(lsm + L::gates), w.dec = w.gam + kChunk, w.beta = w.dec + kChunk;
+    w.rq = w.beta + kChunk, w.rk = w.rq + kChunk;
+    bf16 *const ab = reinterpret_cast<bf16 *>(lsm + L::ab), *const xb = reinterpret_cast<bf16 *>(lsm + L::xb);
+    float *const diag = reinterpret_cast<float *>(lsm + L::diag);
+    float *const cum = reinterpret_cast<float *>(lsm + L::cum);
+    stage_v_group(p, first, c0, len, hv, 0, xb);
+    stage_raw<false>(src, c0, len, w); /* (commits the v group's copies too) */
+    if (warp == 0) {
+        const pair_gates gates = load_pair_gates<bf16>(p, first, c0, len, hv);
+        chunk_gates<bf16>(p, gates, len, cum, w.gam, w.dec, w.beta, kLog2e);
+    }
+    copy_async_wait<0>();
+    __syncthreads(); /* the rows and the gates */
+    const bool l2norm = p.qk_l2norm != 0;
+    switch (warp) {
+    case 0: gram_raw<0, 3, false>(w, cum, ab, diag, p.scale, l2norm); break;
+    case 1: gram_raw<1, 2, false>(w, cum, ab, diag, p.scale, l2norm); break;
+    case 2: gram_raw<0, 3, true>(w, cum, ab, diag, p.scale, l2norm); break;
+    default: gram_raw<1, 2, true>(w, cum, ab, diag, p.scale, l2norm); break;
+    }
+    __syncthreads(); /* A and the diagonal inverses */
+    switch (warp) {
+    case 3: inverse_column<0>(ab, w.tb); break;
+    case 2: inverse_column<1>(ab, w.tb); break;
+    case 1: inverse_column<2>(ab, w.tb); break;
+    default: break;
+    }
+    __syncthreads(); /* T */
+
+    /* W = T diag(beta rk^2 gam) K into the q rows (dead since the Gram products) */
+    unsigned char *rec = record_at(p, r, hv);
+    scale_rows(w.kb, w, true);
+    scale_rows(xb, w, false);
+    __syncthreads();
+    t_times_rows(w.tb, w.kb, w.qb);
+    /* U0 = T diag(beta rk) V, 128 columns at a time (through the k rows) */
+    const int groups = (int)((vp + 127) / 128);
+    for (int grp = 0; grp < groups; grp++) {
+        if (grp > 0) {
+            stage_v_group(p, first, c0, len, hv, grp, xb);
+            copy_async_commit();
+            copy_async_wait<0>();
+            __syncthreads();
+            scale_rows(xb, w, false);
+        }
+        __syncthreads(); /* xb scaled */
+        t_times_rows(w.tb, xb, w.kb);
+        __syncthreads(); /* U0's group in the k rows, W in the q rows */
+        if (grp == 0)
+            for (int i = threadIdx.x; i < kChunk * 16; i += kGroupThreads)
+                *reinterpret_cast<uint4 *>(rec + record_wy::w + (i / 16) * 256 + 16 * (i % 16)) =
+                    *reinterpret_cast<const uint4 *>(w.qb + (i / 16) * kLdB + 8 * (i % 16));
+        const int cols = (int)(vp - 128 * grp < 128 ? vp - 128 * grp : 128), pieces = cols / 8;
+        for (int i = threadIdx.x; i < kChunk * pieces; i += kGroupThreads) {
+            const int row = i / pieces, pc = i % pieces;
+            *reinterpret_cast<uint4 *>(rec + record_wy::u0 + (row * vp + 128 * grp + 8 * pc) * 2) =
+                *reinterpret_cast<const uint4 *>(w.kb + row * kLdB + 8 * pc);
+        }
+        __syncthreads(); /* the k rows are read out before the next group's products write them */
+    }
+
+    /* P (its blocks above the diagonal as zeros), the gates, the tag */
+    {
+        const int piece = threadIdx.x % 8, row0 = threadIdx.x / 8;
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const int row = row0 + 16 * j, off = (row * kLdP + 8 * piece) * 2;
+            const uint4 x = piece / 2 <= j ? *reinterpret_cast<const uint4 *>(lsm + L::pb + off)
+                                           : make_uint4(0u, 0u, 0u, 0u);
+            *reinterpret_cast<uint4 *>(rec + record_wy::p + off) = x;
+        }
+    }
+    if (threadIdx.x < 5 * kChunk / 4)
+        reinterpret_cast<uint4 *>(rec + record_wy::gates)[threadIdx.x] =
+            reinterpret_cast<const uint4 *>(w.gam)[threadIdx.x];
+    if (threadIdx.x == 0)
+        *reinterpret_cast<int64_t *>(rec + record_wy::tag) = record_tag(n, ci);
+}
+
 /* Whether every record of sequence n carries its tag, by the whole block (only bad cu_seqlens
  * elsewhere in the call can break that): else the sequence is counted as bad and its walk skipped
  * before anything is written. */
@@ -1874,8 +2097,7 @@ __device__ __forceinline__ bool records_tagged(const gdn_problem &p, int64_t n, 
 {
     int mismatch = 0;
     for (int64_t ci = threadIdx.x; ci < chunks; ci += blockDim.x)
-        mismatch |= *reinterpret_cast<const int64_t *>(record_at(p, rec0 + ci, hv) + record_layout::tag) !=
-                    record_tag(n, ci);
+        mismatch |= *record_tag_at(p, record_at(p, rec0 + ci, hv)) != record_tag(n, ci);
     if (__syncthreads_or(mismatch)) {
         skip_bad_row(p);
         return false;
@@ -2045,6 +2267,187 @@ __device__ void chunked_sequence_split(const gdn_problem &p, int64_t n, unsigned
                                 pairs && len == kChunk);
 
         update_state_regs<2>(st, udb, w.kb, sb, mv, nk0, w.gam[kChunk - 1]);
+    }
+    copy_async_wait<0>();
+    if (write >= 0)
+        store_state_regs<St, 2>(p, bc, write, v0, rows_v, mv, nk0, st);
+    __syncthreads(); /* the next sequence reuses the shared memory */
+}
+
+/* ---- the WY form's walk: U' = U0 - W S^T, then the outputs and the state update ---------------
+ *
+ * The split walk's serial chain a chunk is K S^T, Z', a block barrier, U' = T Z', a barrier, then
+ * the state update; with W and U0 from the WY records it is W S^T, U', a barrier, the state
+ * update: one product, one barrier and the v rows fewer. Warps 0-3: W S^T for token block w % 4,
+ * then U' and U' dec into shared memory; warps 4-7: Q S^T (the outputs' first term), then P U'
+ * and the outputs; all: the state's rows 16 (w / 4).., columns 32 (w % 4).. in registers. */
+struct wy_buffer_layout {
+    static constexpr int qb = 0;                         /* [C][kLdB] raw q */
+    static constexpr int kb = qb + kChunk * kLdB * 2;    /* [C][kLdB] raw k */
+    static constexpr int wb = kb + kChunk * kLdB * 2;    /* [C][kLdB] W */
+    static constexpr int u0b = wb + kChunk * kLdB * 2;   /* [C][kLdV] U0's columns of the slice */
+    static constexpr int pb = u0b + kChunk * kLdV * 2;   /* [C][kLdP] P */
+    static constexpr int gates = pb + kChunk * kLdP * 2; /* gam, dec, beta, rq, rk */
+    static constexpr int buffer = gates + 5 * kChunk * 4;
+};
+struct split_wy_smem {
+    static constexpr int sb = kBuffers * wy_buffer_layout::buffer; /* [kSlice][kLdB] S as bf16 */
+    static constexpr int ub = sb + kSlice * kLdB * 2;              /* [C][kLdU] U' */
+    static constexpr int udb = ub + kChunk * kLdU * 2;             /* [C][kLdU] U' dec */
+    static constexpr int bytes = udb + kChunk * kLdU * 2;
+};
+static_assert(wy_buffer_layout::buffer % 16 == 0 && wy_buffer_layout::u0b % 16 == 0 &&
+                  wy_buffer_layout::gates - wy_buffer_layout::pb == record_wy::gates &&
+                  split_wy_smem::bytes + 4096 <= 227 * 1024,
+              "a WY buffer's pb and gates are the record's image; the block fits");
+
+/* Chunk ci's rows and its WY record (W, the slice's columns of U0 from v0, P and the gates) into
+ * the buffer at buf, by all 256 threads (one cp.async group). */
+__device__ __forceinline__ void stage_wy(const stage_source<bf16> &src, int64_t c0, int len,
+                                         const unsigned char *rec, int64_t v0, int64_t vp, unsigned char *buf)
+{
+    typedef wy_buffer_layout B;
+    const int tid = threadIdx.x;
+    bf16 *const qb = reinterpret_cast<bf16 *>(buf + B::qb), *const kb = reinterpret_cast<bf16 *>(buf + B::kb);
+    const int r0 = tid / 16, c = 8 * (tid % 16);
+    if (src.async) {
+#pragma unroll
+        for (int i = 0; i < kChunk / 16; i++) {
+            const int r = r0 + 16 * i;
+            const bool real = r < len;
+            copy_async16(reinterpret_cast<uint4 *>(qb + r * kLdB + c),
+                         real ? src.q + (c0 + r) * src.q_stride + c : src.q, real);
+            copy_async16(reinterpret_cast<uint4 *>(kb + r * kLdB + c),
+                         real ? src.k + (c0 + r) * src.k_stride + c : src.k, real);
+        }
+    } else {
+        const bf16 zero = __float2bfloat16_rn(0.0f);
+        for (int i = tid; i < kChunk * kRowK; i += 256) {
+            const int r = i / kRowK, cc = i % kRowK;
+            qb[r * kLdB + cc] = r < len ? src.q[(c0 + r) * src.q_stride + cc] : zero;
+            kb[r * kLdB + cc] = r < len ? src.k[(c0 + r) * src.k_stride + cc] : zero;
+        }
+    }
+    /* the record is 16-byte aligned whatever the activations */
+#pragma unroll
+    for (int i = 0; i < kChunk / 16; i++) {
+        const int r = r0 + 16 * i;
+        copy_async16(reinterpret_cast<uint4 *>(buf + B::wb + (r * kLdB + c) * 2), rec + record_wy::w + r * 256 + 2 * c,
+                     true);
+    }
+    {
+        const int rv = tid / 4, cv = 8 * (tid % 4);
+        copy_async16(reinterpret_cast<uint4 *>(buf + B::u0b + (rv * kLdV + cv) * 2),
+                     rec + record_wy::u0 + (rv * vp + v0 + cv) * 2, true);
+    }
+    for (int i = tid; i < record_wy::image / 16; i += 256)
+        copy_async16(reinterpret_cast<uint4 *>(buf + B::pb) + i, rec + record_wy::p + 16 * i, true);
+    copy_async_commit();
+}
+
+template <typename St>
+__device__ void chunked_sequence_wy(const gdn_problem &p, int64_t n, unsigned char *smb)
+{
+    typedef bf16 Act;
+    typedef wy_buffer_layout B;
+    bf16 *const sb = reinterpret_cast<bf16 *>(smb + split_wy_smem::sb);
+    bf16 *const ub = reinterpret_cast<bf16 *>(smb + split_wy_smem::ub);
+    bf16 *const udb = reinterpret_cast<bf16 *>(smb + split_wy_smem::udb);
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const int g = lane / 4, t4 = lane % 4;
+    seq_part<Act> sp;
+    if (!open_sequence<Act>(p, n, sp))
+        return;
+    const block_coords bc = sp.bc;
+    const int64_t V = sp.V, v0 = sp.v0, first = sp.first, read = sp.read, write = sp.write;
+    const int64_t vp = (V + 31) / 32 * 32;
+    const int rows_v = sp.rows_v;
+    const int64_t chunks = sp.chunks(), rec0 = first_record(p, n);
+    auto chunk_len = [&](int64_t ci) { return sp.chunk_len(ci); };
+
+    if (!records_tagged(p, n, rec0, chunks, bc.hv))
+        return;
+    auto stage = [&](int64_t ci) {
+        stage_wy(sp.src, ci * kChunk, chunk_len(ci), record_at(p, rec0 + ci, bc.hv), v0, vp,
+                 smb + (ci % kBuffers) * B::buffer);
+    };
+    stage(0);
+    if (chunks > 1)
+        stage(1);
+    else
+        copy_async_commit();
+    const bool pairs = rows_v == kSlice && reinterpret_cast<uintptr_t>(p.out) % 4 == 0 &&
+                       p.out_stride % 2 == 0 && (bc.hv * V + v0) % 2 == 0;
+
+    const int tb_ = warp % 4, mv = warp / 4, nk0 = 4 * (warp % 4);
+    const bool wwarp = warp < 4;
+    float st[4][4];
+    load_state_regs<St, 2>(p, bc, read, v0, rows_v, mv, nk0, st, sb);
+    for (int64_t ci = 0; ci < chunks; ci++) {
+        const int64_t c0 = ci * kChunk;
+        const int len = chunk_len(ci);
+        unsigned char *const buf = smb + (ci % kBuffers) * B::buffer;
+        const bf16 *const qb = reinterpret_cast<const bf16 *>(buf + B::qb);
+        const bf16 *const kb = reinterpret_cast<const bf16 *>(buf + B::kb);
+        const bf16 *const wb = reinterpret_cast<const bf16 *>(buf + B::wb);
+        const bf16 *const u0b = reinterpret_cast<const bf16 *>(buf + B::u0b);
+        const bf16 *const pb = reinterpret_cast<const bf16 *>(buf + B::pb);
+        const float *const gam = reinterpret_cast<const float *>(buf + B::gates), *const dec = gam + kChunk,
+                           *const rq = gam + 3 * kChunk;
+        copy_async_wait<1>();
+        __syncthreads(); /* chunk ci has landed, sb holds the state, buffer (ci + 2) % 3 is free */
+        if (ci + 2 < chunks)
+            stage(ci + 2);
+        else
+            copy_async_commit();
+
+        /* W S^T (U' = U0 - W S^T) or Q S^T (the outputs' first term) */
+        float acc[4][4];
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+                acc[j][e] = 0.0f;
+        const bf16 *X = wwarp ? wb : qb;
+#pragma unroll
+        for (int kk = 0; kk < kRowK; kk += 16) {
+            unsigned a[4];
+            ldsm_x4(a, frag_a_rows(X, kLdB, 16 * tb_, kk));
+#pragma unroll
+            for (int pr = 0; pr < 2; pr++) {
+                unsigned bb[4];
+                ldsm_x4(bb, frag_b2_nk(sb, kLdB, 16 * pr, kk));
+                mma_bf16(acc[2 * pr], a, bb);
+                mma_bf16(acc[2 * pr + 1], a, bb + 2);
+            }
+        }
+#pragma unroll
+        for (int half = 0; half < 2; half++) {
+            const int row = 16 * tb_ + g + 8 * half;
+            if (wwarp) {
+                const float f = dec[row];
+#pragma unroll
+                for (int j = 0; j < 4; j++) {
+                    const int col = 8 * j + 2 * t4;
+                    const float2 u0 =
+                        __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(u0b + row * kLdV + col));
+                    const float x0 = u0.x - acc[j][2 * half], x1 = u0.y - acc[j][2 * half + 1];
+                    store_bf16_pair(ub + row * kLdU + col, x0, x1);
+                    store_bf16_pair(udb + row * kLdU + col, x0 * f, x1 * f);
+                }
+            } else {
+                const float gq = gam[row] * rq[row];
+#pragma unroll
+                for (int j = 0; j < 4; j++)
+                    acc[j][2 * half] *= gq, acc[j][2 * half + 1] *= gq;
+            }
+        }
+        __syncthreads(); /* U', U' dec */
+
+        if (!wwarp)
+            finish_outputs<Act>(p, pb, ub, acc, tb_, len, rows_v, first + c0, bc.hv * V + v0,
+                                pairs && len == kChunk);
+        update_state_regs<2>(st, udb, kb, sb, mv, nk0, gam[kChunk - 1]);
     }
     copy_async_wait<0>();
     if (write >= 0)
@@ -2415,7 +2818,7 @@ __device__ void chunked_sequence_wgmma(const gdn_problem &p, int64_t n, unsigned
  * gridDim.z-th of this kernel's sequences in order (ranked 256 at a time by a block-wide count).
  */
 /* How a kernel computes its chunks: three-term products, one term phase by phase, one term pipelined. */
-enum chunk_path { kPathPrecise = 0, kPathTc1 = 1, kPathPipelined = 2, kPathSplit = 3 };
+enum chunk_path { kPathPrecise = 0, kPathTc1 = 1, kPathPipelined = 2, kPathSplit = 3, kPathSplitWy = 4 };
 
 /* One round of the ranking: sequences n0 .. n0 + blockDim.x - 1 that this kernel owns, ranked in
  * order after the ranked_before of earlier rounds; the block's (rank % gridDim.z == blockIdx.z)
@@ -2472,6 +2875,8 @@ __global__ void __launch_bounds__(kChunkWarps * 32, 1) prefill_chunked_vk128(con
                 chunked_sequence_ws<St>(p, mine[i], reinterpret_cast<unsigned char *>(sm), uses);
             else if constexpr (PATH == kPathSplit && std::is_same<Act, bf16>::value)
                 chunked_sequence_split<St>(p, mine[i], reinterpret_cast<unsigned char *>(sm));
+            else if constexpr (PATH == kPathSplitWy && std::is_same<Act, bf16>::value)
+                chunked_sequence_wy<St>(p, mine[i], reinterpret_cast<unsigned char *>(sm));
             else
                 chunked_sequence_tc1<Act, St>(p, mine[i], reinterpret_cast<unsigned char *>(sm));
         __syncthreads(); /* mine and the counts are rewritten by the next round */
@@ -2503,8 +2908,9 @@ cudaError_t launch_typed(const gdn_problem &p, cudaStream_t stream)
     const auto kernel = prefill_chunked_vk128<Act, St, PATH>;
     const int bytes = PATH == kPathPrecise ? chunk_smem::bytes((int)sizeof(Act))
                       : PATH == kPathPipelined && std::is_same<Act, bf16>::value ? ws_smem::bytes
-                      : PATH == kPathSplit && std::is_same<Act, bf16>::value
-                          ? split_smem::bytes
+                      : PATH == kPathSplit && std::is_same<Act, bf16>::value ? split_smem::bytes
+                      : PATH == kPathSplitWy && std::is_same<Act, bf16>::value
+                          ? split_wy_smem::bytes
                           : tc1_smem::bytes((int)sizeof(Act));
     const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
     if (err != cudaSuccess)
@@ -2530,6 +2936,18 @@ cudaError_t launch_chunk_local(const gdn_problem &p, cudaStream_t stream)
     return cudaGetLastError();
 }
 
+/* The WY form's local kernel over every record of the call. */
+cudaError_t launch_chunk_local_wy(const gdn_problem &p, cudaStream_t stream)
+{
+    const cudaError_t err = cudaFuncSetAttribute(
+        prefill_chunk_local_wy, cudaFuncAttributeMaxDynamicSharedMemorySize, local_wy_smem::bytes);
+    if (err != cudaSuccess)
+        return err;
+    const dim3 grid((unsigned)gdn_chunk_records(&p), (unsigned)p.num_v_heads);
+    prefill_chunk_local_wy<<<grid, kGroupThreads, local_wy_smem::bytes, stream>>>(p);
+    return cudaGetLastError();
+}
+
 /* The wgmma walk with WGS slices a block, after the chunk-local kernel. */
 template <typename St, int WGS> cudaError_t launch_wgmma_walk(const gdn_problem &p, cudaStream_t stream)
 {
@@ -2552,6 +2970,10 @@ int forced_wgmma = -1;    /* gdn_cuda_chunked_force_wgmma; -1 = by env and the c
 int forced_split = -1;    /* gdn_cuda_chunked_force_split; -1 = by env */
 int forced_pipeline = -1; /* gdn_cuda_chunked_force_pipeline; -1 = by env */
 int forced_kary = -1;     /* gdn_cuda_chunked_force_kary; -1 = by env */
+int forced_wy = -1;       /* gdn_cuda_chunked_force_wy; -1 = by env */
+int wy_env = -1;
+
+bool wy_switch(void) { return forced_switch(&forced_wy, "GDN_PREFILL_WY", &wy_env, 0) != 0; }
 
 bool precise_for(const gdn_problem &p)
 {
@@ -2614,6 +3036,10 @@ template <typename Act, typename St> cudaError_t launch_state(const gdn_problem 
     if (precise_for(p))
         return launch_typed<Act, St, kPathPrecise>(p, stream);
     if constexpr (std::is_same<Act, bf16>::value) {
+        if (split_for(p) && p.prefill_wy) { /* (set only where the mma.sync walk is chosen) */
+            const cudaError_t err = launch_chunk_local_wy(p, stream);
+            return err != cudaSuccess ? err : launch_typed<Act, St, kPathSplitWy>(p, stream);
+        }
         if (split_for(p)) {
             cudaError_t err = launch_chunk_local(p, stream);
             if (err != cudaSuccess)
@@ -2656,6 +3082,12 @@ cudaError_t gdn_cuda_launch_chunked(const gdn_problem *p_in, cudaStream_t stream
                       aligned16(p.v, p.v_stride * act) && (p.head_dim_v * act) % 16 == 0;
     static int kary_env = -1;
     p.prefill_kary = forced_switch(&forced_kary, "GDN_PREFILL_KARY", &kary_env, 0);
+    /* the WY form: bf16 activations on the split path's mma.sync walk, with a workspace sized for
+     * its records (gdn_decode sized it by gdn_cuda_chunk_record_bytes while the switch was on) */
+    p.prefill_wy = 0;
+    if (wy_switch() && p.act_dtype == GDN_DTYPE_BF16 && !precise_for(p) && split_for(p) && wgmma_slices(p) == 0 &&
+        p.workspace_bytes / gdn_chunk_record_wy_bytes(p.head_dim_v) >= gdn_chunk_records(&p) * p.num_v_heads)
+        p.prefill_wy = 1;
     switch (p.act_dtype) {
     case GDN_DTYPE_F16: return launch_act<__half>(p, stream);
     case GDN_DTYPE_BF16: return launch_act<__nv_bfloat16>(p, stream);
@@ -2676,6 +3108,16 @@ void gdn_cuda_chunked_force_split(int split)
 void gdn_cuda_chunked_force_wgmma(int slices)
 {
     __atomic_store_n(&forced_wgmma, slices >= 0 ? slices : -1, __ATOMIC_RELAXED);
+}
+
+void gdn_cuda_chunked_force_wy(int wy)
+{
+    __atomic_store_n(&forced_wy, wy >= 0 ? (wy != 0) : -1, __ATOMIC_RELAXED);
+}
+
+size_t gdn_cuda_chunk_record_bytes(int64_t head_dim_v)
+{
+    return wy_switch() ? (size_t)gdn_chunk_record_wy_bytes(head_dim_v) : (size_t)GDN_CHUNK_RECORD_BYTES;
 }
 
 void gdn_cuda_chunked_force_kary(int kary)
