@@ -83,7 +83,10 @@ GDN_HD int64_t gdn_chunk_records(const gdn_problem *p) { return p->token_rows / 
 /* A record in the WY form (GDN_PREFILL_WY=1): P, the gates and the tag (10512 bytes), then
  * W = T diag(beta rk^2 gam) K (64 x 128 bf16) and U0 = T diag(beta rk) V (64 x V rounded up to a
  * multiple of 32, bf16). */
-GDN_HD int64_t gdn_chunk_record_wy_bytes(int64_t head_dim_v) { return 10512 + 16384 + 128 * ((head_dim_v + 31) / 32 * 32); }
+GDN_HD int64_t gdn_chunk_record_wy_bytes(int64_t head_dim_v)
+{
+    return 10512 + 16384 + 128 * ((head_dim_v + 31) / 32 * 32);
+}
 
 /* 1 when the cuda backend sends p's sequences of more than GDN_MAX_TOKENS tokens to the chunked
  * kernel (prefill_chunked.cu: vk, K = 128, no token slots). */

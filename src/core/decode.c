@@ -353,7 +353,8 @@ static size_t workspace_needed(const gdn_decode_params *p, gdn_backend backend)
     const gdn_problem pr = gdn_problem_from_params(p);
     if (backend != GDN_BACKEND_CUDA || p->act_dtype != GDN_DTYPE_BF16 || !gdn_chunked_applies(&pr))
         return 0;
-    return (size_t)gdn_chunk_records(&pr) * (size_t)p->num_v_heads * gdn_cuda_chunk_record_bytes(p->head_dim_v);
+    return (size_t)gdn_chunk_records(&pr) * (size_t)p->num_v_heads *
+           gdn_cuda_chunk_record_bytes(p->head_dim_v);
 }
 
 /* A workspace large enough, aligned, in device memory, apart from the pool and out. */

@@ -1731,12 +1731,12 @@ __device__ __forceinline__ int64_t first_record(const gdn_problem &p, int64_t n)
  * walk's U' = T Z' becomes U' = U0 - W S^T: one product of the state fewer in its serial chain
  * (FLA's chunked kernels keep the same two, w and u, for their recurrence). */
 struct record_wy {
-    static constexpr int p = 0;                          /* [C][kLdP] bf16 */
-    static constexpr int gates = p + kChunk * kLdP * 2;  /* gam, dec, beta, rq, rk: [C] floats each */
-    static constexpr int tag = gates + 5 * kChunk * 4;   /* as record_layout's */
-    static constexpr int w = tag + 16;                   /* [C][128] bf16 */
-    static constexpr int u0 = w + kChunk * kRowK * 2;    /* [C][Vp] bf16, Vp = V rounded up to 32 */
-    static constexpr int image = tag;                    /* P and the gates as a buffer's pb and gates */
+    static constexpr int p = 0;                         /* [C][kLdP] bf16 */
+    static constexpr int gates = p + kChunk * kLdP * 2; /* gam, dec, beta, rq, rk: [C] floats each */
+    static constexpr int tag = gates + 5 * kChunk * 4;  /* as record_layout's */
+    static constexpr int w = tag + 16;                  /* [C][128] bf16 */
+    static constexpr int u0 = w + kChunk * kRowK * 2;   /* [C][Vp] bf16, Vp = V rounded up to 32 */
+    static constexpr int image = tag;                   /* P and the gates as a buffer's pb and gates */
 };
 static_assert(record_wy::w == 10512 && record_wy::u0 == 10512 + 16384 && record_wy::w % 16 == 0,
               "the WY record size the host sizes workspaces by (gdn_chunk_record_wy_bytes)");
@@ -2009,7 +2009,8 @@ __global__ void __launch_bounds__(kGroupThreads, 3) prefill_chunk_local_wy(const
     src.async = p.prefill_async != 0;
     ws_buffer w;
     w.qb = reinterpret_cast<bf16 *>(lsm + L::qb), w.kb = reinterpret_cast<bf16 *>(lsm + L::kb);
-    w.vb = nullptr, w.tb = reinterpret_cast<bf16 *>(lsm + L::tb), w.pb = reinterpret_cast<bf16 *>(lsm + L::pb);
+    w.vb = nullptr, w.tb = reinterpret_cast<bf16 *>(lsm + L::tb),
+    w.pb = reinterpret_cast<bf16 *>(lsm + L::pb);
     w.gam = reinterpret_cast<float *>(lsm + L::gates), w.dec = w.gam + kChunk, w.beta = w.dec + kChunk;
     w.rq = w.beta + kChunk, w.rk = w.rq + kChunk;
     bf16 *const ab = reinterpret_cast<bf16 *>(lsm + L::ab), *const xb = reinterpret_cast<bf16 *>(lsm + L::xb);
@@ -2332,8 +2333,8 @@ __device__ __forceinline__ void stage_wy(const stage_source<bf16> &src, int64_t 
 #pragma unroll
     for (int i = 0; i < kChunk / 16; i++) {
         const int r = r0 + 16 * i;
-        copy_async16(reinterpret_cast<uint4 *>(buf + B::wb + (r * kLdB + c) * 2), rec + record_wy::w + r * 256 + 2 * c,
-                     true);
+        copy_async16(reinterpret_cast<uint4 *>(buf + B::wb + (r * kLdB + c) * 2),
+                     rec + record_wy::w + r * 256 + 2 * c, true);
     }
     {
         const int rv = tid / 4, cv = 8 * (tid % 4);
@@ -2908,7 +2909,7 @@ cudaError_t launch_typed(const gdn_problem &p, cudaStream_t stream)
     const auto kernel = prefill_chunked_vk128<Act, St, PATH>;
     const int bytes = PATH == kPathPrecise ? chunk_smem::bytes((int)sizeof(Act))
                       : PATH == kPathPipelined && std::is_same<Act, bf16>::value ? ws_smem::bytes
-                      : PATH == kPathSplit && std::is_same<Act, bf16>::value ? split_smem::bytes
+                      : PATH == kPathSplit && std::is_same<Act, bf16>::value     ? split_smem::bytes
                       : PATH == kPathSplitWy && std::is_same<Act, bf16>::value
                           ? split_wy_smem::bytes
                           : tc1_smem::bytes((int)sizeof(Act));
@@ -3085,7 +3086,8 @@ cudaError_t gdn_cuda_launch_chunked(const gdn_problem *p_in, cudaStream_t stream
     /* the WY form: bf16 activations on the split path's mma.sync walk, with a workspace sized for
      * its records (gdn_decode sized it by gdn_cuda_chunk_record_bytes while the switch was on) */
     p.prefill_wy = 0;
-    if (wy_switch() && p.act_dtype == GDN_DTYPE_BF16 && !precise_for(p) && split_for(p) && wgmma_slices(p) == 0 &&
+    if (wy_switch() && p.act_dtype == GDN_DTYPE_BF16 && !precise_for(p) && split_for(p) &&
+        wgmma_slices(p) == 0 &&
         p.workspace_bytes / gdn_chunk_record_wy_bytes(p.head_dim_v) >= gdn_chunk_records(&p) * p.num_v_heads)
         p.prefill_wy = 1;
     switch (p.act_dtype) {
