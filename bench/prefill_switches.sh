@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # On the GPU machine: the chunked prefill's environment switches tested, then timed against the
-# default, interleaved (for a switch that is off by default until it wins: GDN_PREFILL_KARY,
-# GDN_PREFILL_WY, ...). Every step's log goes to OUTDIR as it runs.
+# default, interleaved (for a switch that is off by default until it wins, GDN_PREFILL_WY, or
+# that turns a default off, GDN_PREFILL_KARY=0). Every step's log goes to OUTDIR as it runs.
 #   bench/prefill_switches.sh OUTDIR       (build/test_gdn and build/libgdn.so as built or carried)
 # PS_PATHS: the prefill test paths (GDN_TEST_PREFILL_PATHS) of decode/cuda_prefill_chunked, and
 # PS_SAN_PATHS those of decode/cuda_sanitize_prefill under memcheck (empty: none);
-# PS_SWITCHES: settings to time beside the default ("GDN_PREFILL_WY=1 GDN_PREFILL_KARY=1");
+# PS_SWITCHES: settings to time beside the default ("GDN_PREFILL_WY=1 GDN_PREFILL_KARY=0");
 # PS_CASES / PS_SHAPES: prefill_tune.py's cases and shapes; PS_ROUNDS: rounds (2);
 # PS_TEST_S: seconds for the chunked tests (300). Give GDN_COMMIT.
 set -u -o pipefail
@@ -23,7 +23,7 @@ if [ -n "${PS_SAN_PATHS-8}" ]; then
     GDN_TEST_PREFILL_PATHS=${PS_SAN_PATHS-8} step memcheck 120 "$sanitizer" --tool memcheck --error-exitcode 1 \
         build/test_gdn decode/cuda_sanitize_prefill
 fi
-read -ra switches <<<"${PS_SWITCHES:-GDN_PREFILL_WY=1 GDN_PREFILL_KARY=1}"
+read -ra switches <<<"${PS_SWITCHES:-GDN_PREFILL_WY=1 GDN_PREFILL_KARY=0}"
 for round in $(seq 1 "${PS_ROUNDS:-2}"); do
     for setting in default "${switches[@]}"; do
         if [ "$setting" = default ]; then

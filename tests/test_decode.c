@@ -356,24 +356,26 @@ static int prefill_path_on(int path)
 
 /* The ways of the chunked products: three bf16 terms within the library's output tolerances and
  * GDN_TC3_STATE_REL; one term (the default with bf16 activations), pipelined, phase by phase and
- * split (with a workspace; its walk on mma.sync, and on wgmma with 1, 2 and 4 slices a block
- * where the GPU is sm_90: elsewhere those three are the mma.sync walk again; and the mma.sync walk
- * with the local kernel's 32-way record search, GDN_PREFILL_KARY; and the mma.sync walk on
- * records in the WY form, GDN_PREFILL_WY), within the tensor-core tolerances. */
+ * split (with a workspace; its walk on mma.sync with the local kernel's binary record search
+ * (GDN_PREFILL_KARY=0), then with its 32-way one (the default, also on the paths after it), on
+ * wgmma with 1, 2 and 4 slices a block where the GPU is sm_90: elsewhere those three are the
+ * mma.sync walk again; and the mma.sync walk on records in the WY form, GDN_PREFILL_WY), within
+ * the tensor-core tolerances. */
 static void cuda_prefill_chunked(void)
 {
     if (!cuda_present())
         return;
     print_errors = 1;
-    static const char *const paths[] = {"3-term products",
-                                        "1-term products, pipelined",
-                                        "1-term products, phase by phase",
-                                        "1-term products, split (workspace), mma.sync walk",
-                                        "1-term products, split, wgmma walk of 1 slice a block",
-                                        "1-term products, split, wgmma walk of 2 slices a block",
-                                        "1-term products, split, wgmma walk of 4 slices a block",
-                                        "1-term products, split, mma.sync walk, 32-way record search",
-                                        "1-term products, split, mma.sync walk, WY records"};
+    static const char *const paths[] = {
+        "3-term products",
+        "1-term products, pipelined",
+        "1-term products, phase by phase",
+        "1-term products, split (workspace), mma.sync walk, binary record search",
+        "1-term products, split, wgmma walk of 1 slice a block",
+        "1-term products, split, wgmma walk of 2 slices a block",
+        "1-term products, split, wgmma walk of 4 slices a block",
+        "1-term products, split, mma.sync walk, 32-way record search (default)",
+        "1-term products, split, mma.sync walk, WY records"};
     for (int path = 0; path < 9; path++) {
         if (!prefill_path_on(path))
             continue;
@@ -381,7 +383,7 @@ static void cuda_prefill_chunked(void)
         gdn_cuda_chunked_force_pipeline(path == 1);
         gdn_cuda_chunked_force_split(path >= 3);
         gdn_cuda_chunked_force_wgmma(path >= 4 && path <= 6 ? 1 << (path - 4) : 0);
-        gdn_cuda_chunked_force_kary(path == 7);
+        gdn_cuda_chunked_force_kary(path != 3); /* (the 32-way search is the default) */
         gdn_cuda_chunked_force_wy(path == 8);
         case_workspace = path >= 3;
         tc_all = path == 0 ? 3 : 1;
@@ -433,7 +435,7 @@ static void cuda_sanitize_prefill(void)
         gdn_cuda_chunked_force_pipeline(path == 1);
         gdn_cuda_chunked_force_split(path >= 3);
         gdn_cuda_chunked_force_wgmma(path >= 4 && path <= 6 ? 1 << (path - 4) : 0);
-        gdn_cuda_chunked_force_kary(path == 7);
+        gdn_cuda_chunked_force_kary(path != 3); /* (the 32-way search is the default) */
         gdn_cuda_chunked_force_wy(path == 8);
         case_workspace = path >= 3;
         for (int i = 0; i < 3; i++) {

@@ -62,7 +62,7 @@ typedef struct gdn_problem {
     int64_t long_tokens;
     int prefill_async; /* chunked kernel: q, k, v rows 16-byte aligned (cp.async staging) */
     int prefill_kary;  /* chunked kernel, split path: the local kernel finds a record's sequence
-                          by a 32-way search (GDN_PREFILL_KARY=1), not a binary one */
+                          by a 32-way search (the default; GDN_PREFILL_KARY=0: a binary one) */
     int prefill_wy;    /* chunked kernel, split path: records in the WY form (GDN_PREFILL_WY=1,
                           prefill_chunked.cu), set by the launch where the workspace holds them */
     /* cuda mixed calls (decode.cu), set on both copies: the multi-token kernel of the short

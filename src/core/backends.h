@@ -79,8 +79,7 @@ void gdn_cuda_chunked_force_split(int split);
  * negative = the default (GDN_PREFILL_WGMMA=0/1/2/4, else by the call's token count). */
 void gdn_cuda_chunked_force_wgmma(int slices);
 /* The split path's local kernel finds each record's sequence by 1 = a 32-way search of cu_seqlens
- * a warp, 0 = a binary search (the default; GDN_PREFILL_KARY=1 turns the other on), negative =
- * the default. */
+ * a warp (the default), 0 = a binary search (GDN_PREFILL_KARY=0), negative = the default. */
 void gdn_cuda_chunked_force_kary(int kary);
 /* The split path with the mma.sync walk keeps its records in the WY form: 1 = on (the local kernel
  * also computes W = T diag(beta rk^2 gam) K and U0 = T diag(beta rk) V, and the walk's chain is
