@@ -359,8 +359,9 @@ static int prefill_path_on(int path)
  * split (with a workspace; its walk on mma.sync with the local kernel's binary record search
  * (GDN_PREFILL_KARY=0), then with its 32-way one (the default, also on the paths after it), on
  * wgmma with 1, 2 and 4 slices a block where the GPU is sm_90: elsewhere those three are the
- * mma.sync walk again; and the mma.sync walk on records in the WY form, GDN_PREFILL_WY), within
- * the tensor-core tolerances. */
+ * mma.sync walk again; the mma.sync walk on records in the WY form, GDN_PREFILL_WY; and the
+ * mma.sync walk staging by running pointers, GDN_PREFILL_LEAN), within the tensor-core
+ * tolerances. */
 static void cuda_prefill_chunked(void)
 {
     if (!cuda_present())
@@ -375,8 +376,9 @@ static void cuda_prefill_chunked(void)
         "1-term products, split, wgmma walk of 2 slices a block",
         "1-term products, split, wgmma walk of 4 slices a block",
         "1-term products, split, mma.sync walk, 32-way record search (default)",
-        "1-term products, split, mma.sync walk, WY records"};
-    for (int path = 0; path < 9; path++) {
+        "1-term products, split, mma.sync walk, WY records",
+        "1-term products, split, mma.sync walk, staged by running pointers"};
+    for (int path = 0; path < 10; path++) {
         if (!prefill_path_on(path))
             continue;
         gdn_cuda_chunked_force_precise(path == 0);
@@ -385,6 +387,7 @@ static void cuda_prefill_chunked(void)
         gdn_cuda_chunked_force_wgmma(path >= 4 && path <= 6 ? 1 << (path - 4) : 0);
         gdn_cuda_chunked_force_kary(path != 3); /* (the 32-way search is the default) */
         gdn_cuda_chunked_force_wy(path == 8);
+        gdn_cuda_chunked_force_lean(path == 9);
         case_workspace = path >= 3;
         tc_all = path == 0 ? 3 : 1;
         snprintf(config_note, sizeof config_note, "%s", paths[path]);
@@ -396,6 +399,7 @@ static void cuda_prefill_chunked(void)
     gdn_cuda_chunked_force_wgmma(-1);
     gdn_cuda_chunked_force_kary(-1);
     gdn_cuda_chunked_force_wy(-1);
+    gdn_cuda_chunked_force_lean(-1);
     case_workspace = 0;
     tc_all = print_errors = 0;
     config_note[0] = '\0';
@@ -427,7 +431,7 @@ static void cuda_sanitize_prefill(void)
 {
     if (!cuda_present())
         return;
-    for (int path = 0; path < 9; path++) {
+    for (int path = 0; path < 10; path++) {
         if (!prefill_path_on(path))
             continue;
         const int precise = path == 0;
@@ -437,6 +441,7 @@ static void cuda_sanitize_prefill(void)
         gdn_cuda_chunked_force_wgmma(path >= 4 && path <= 6 ? 1 << (path - 4) : 0);
         gdn_cuda_chunked_force_kary(path != 3); /* (the 32-way search is the default) */
         gdn_cuda_chunked_force_wy(path == 8);
+        gdn_cuda_chunked_force_lean(path == 9);
         case_workspace = path >= 3;
         for (int i = 0; i < 3; i++) {
             decode_case c = base(3, 1, 2, 128, i == 2 ? 48 : 128);
@@ -453,6 +458,7 @@ static void cuda_sanitize_prefill(void)
     gdn_cuda_chunked_force_wgmma(-1);
     gdn_cuda_chunked_force_kary(-1);
     gdn_cuda_chunked_force_wy(-1);
+    gdn_cuda_chunked_force_lean(-1);
     case_workspace = 0;
 }
 

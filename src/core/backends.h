@@ -86,6 +86,9 @@ void gdn_cuda_chunked_force_kary(int kary);
  * U' = U0 - W S^T then the state update), 0 = off (the default; GDN_PREFILL_WY=1 turns it on),
  * negative = the default. */
 void gdn_cuda_chunked_force_wy(int wy);
+/* The split path's mma.sync walk stages each chunk by running pointers: 1 = on, 0 = off (the
+ * default; GDN_PREFILL_LEAN=1 turns it on), negative = the default. */
+void gdn_cuda_chunked_force_lean(int lean);
 /* Bytes of one record of the split path (the workspace holds one a chunk and value head): the WY
  * form's while that is on, else GDN_CHUNK_RECORD_BYTES. */
 size_t gdn_cuda_chunk_record_bytes(int64_t head_dim_v);

@@ -35,6 +35,7 @@ void gdn_cuda_chunked_force_split(int split) { (void)split; }
 void gdn_cuda_chunked_force_wgmma(int slices) { (void)slices; }
 void gdn_cuda_chunked_force_kary(int kary) { (void)kary; }
 void gdn_cuda_chunked_force_wy(int wy) { (void)wy; }
+void gdn_cuda_chunked_force_lean(int lean) { (void)lean; }
 size_t gdn_cuda_chunk_record_bytes(int64_t head_dim_v)
 {
     (void)head_dim_v;

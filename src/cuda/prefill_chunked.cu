@@ -2157,12 +2157,75 @@ __device__ __forceinline__ void stage_split(const stage_source<bf16> &src, int64
     copy_async_commit();
 }
 
+/* Where a thread's staging copies of the next chunk come from (GDN_PREFILL_LEAN=1): its pieces
+ * of q, k and v and the record, advanced by a chunk after each stage. ncu of the split walk (H200,
+ * 3a9e806, 1x4096) counted ~586 instructions a warp a chunk, ~250 of them stage_split's: 64-bit
+ * products of row and stride for every piece, the record's address and ci % 3 in 64 bits, the
+ * problem's fields reloaded; and every warp does them between the block barrier and its first
+ * product, inside the serial chain. With running pointers a full chunk's stage is its 14 copies
+ * and a few additions (the last, partial chunk and unaligned rows take stage_split). */
+struct split_cursor {
+    const bf16 *q, *k, *v;    /* row r0 of q and k (piece tid % 16), row tid / 4 of v, of the next chunk */
+    const unsigned char *rec; /* the next chunk's record */
+    int64_t q16, k16;         /* 16 rows of q and k */
+    int64_t q_next, k_next, v_next, rec_next; /* one chunk */
+    int64_t c0;                               /* the next chunk's first token */
+    int buf;                                  /* and its buffer */
+};
+
+__device__ __forceinline__ split_cursor split_cursor_at(const gdn_problem &p, const stage_source<bf16> &src,
+                                                        const unsigned char *rec0)
+{
+    const int tid = threadIdx.x;
+    split_cursor cur;
+    cur.q = src.q + (int64_t)(tid / 16) * src.q_stride + 8 * (tid % 16);
+    cur.k = src.k + (int64_t)(tid / 16) * src.k_stride + 8 * (tid % 16);
+    cur.v = src.v + (int64_t)(tid / 4) * src.v_stride + 8 * (tid % 4);
+    cur.rec = rec0;
+    cur.q16 = 16 * src.q_stride, cur.k16 = 16 * src.k_stride;
+    cur.q_next = kChunk * src.q_stride, cur.k_next = kChunk * src.k_stride,
+    cur.v_next = kChunk * src.v_stride;
+    cur.rec_next = p.num_v_heads * record_bytes(p);
+    cur.c0 = 0, cur.buf = 0;
+    return cur;
+}
+
+/* The next chunk (len tokens) into its buffer, then the cursor one chunk on. */
+__device__ __forceinline__ void stage_split_lean(const stage_source<bf16> &src, split_cursor &cur, int len,
+                                                 unsigned char *smb)
+{
+    const ws_buffer w = ws_buffer_at(smb, cur.buf);
+    if (src.async && src.rows_v == kSlice && len == kChunk) {
+        const int tid = threadIdx.x, r0 = tid / 16, c = 8 * (tid % 16);
+        const bf16 *q = cur.q, *k = cur.k;
+#pragma unroll
+        for (int i = 0; i < kChunk / 16; i++) {
+            copy_async16(reinterpret_cast<uint4 *>(w.qb + (r0 + 16 * i) * kLdB + c), q, true);
+            copy_async16(reinterpret_cast<uint4 *>(w.kb + (r0 + 16 * i) * kLdB + c), k, true);
+            q += cur.q16, k += cur.k16;
+        }
+        copy_async16(reinterpret_cast<uint4 *>(w.vb + (tid / 4) * kLdV + 8 * (tid % 4)), cur.v, true);
+        constexpr int pieces = record_layout::image / 16;
+#pragma unroll
+        for (int j = 0; j < (pieces + 255) / 256; j++) {
+            const int i = tid + 256 * j;
+            if ((j + 1) * 256 <= pieces || i < pieces)
+                copy_async16(reinterpret_cast<uint4 *>(w.tb) + i, cur.rec + 16 * i, true);
+        }
+        copy_async_commit();
+    } else {
+        stage_split(src, cur.c0, len, cur.rec, w);
+    }
+    cur.q += cur.q_next, cur.k += cur.k_next, cur.v += cur.v_next, cur.rec += cur.rec_next;
+    cur.c0 += kChunk, cur.buf = cur.buf == kBuffers - 1 ? 0 : cur.buf + 1;
+}
+
 /* Sequence n's walk over its chunks with the records of prefill_chunk_local, all 8 warps on the
  * state work. Warp w: K S^T (w < 4) or Q S^T (w >= 4) for token block w % 4; U' = T Z' for
  * columns 8 (w % 4).. and row blocks {0, 3} or {1, 2}; the outputs (w >= 4, its token block);
  * the state's rows 16 (w / 4).., columns 32 (w % 4).. in registers. Three block barriers a chunk;
  * cp.async fills chunk ci + 2 while ci is computed. */
-template <typename St>
+template <typename St, bool LEAN>
 __device__ void chunked_sequence_split(const gdn_problem &p, int64_t n, unsigned char *smb)
 {
     typedef bf16 Act;
@@ -2186,9 +2249,13 @@ __device__ void chunked_sequence_split(const gdn_problem &p, int64_t n, unsigned
 
     /* chunk ci into buffer ci % 3 by cp.async, one group a chunk (bulk copies of the rows by one
      * warp were 2.3x slower on the H100, 046a0e6: the lanes' copies are issued one after another) */
+    split_cursor cur = split_cursor_at(p, sp.src, record_at(p, rec0, bc.hv));
     auto stage = [&](int64_t ci) {
-        stage_split(sp.src, ci * kChunk, chunk_len(ci), record_at(p, rec0 + ci, bc.hv),
-                    ws_buffer_at(smb, (int)(ci % kBuffers)));
+        if constexpr (LEAN)
+            stage_split_lean(sp.src, cur, chunk_len(ci), smb);
+        else
+            stage_split(sp.src, ci * kChunk, chunk_len(ci), record_at(p, rec0 + ci, bc.hv),
+                        ws_buffer_at(smb, (int)(ci % kBuffers)));
     };
     stage(0);
     if (chunks > 1)
@@ -2203,10 +2270,12 @@ __device__ void chunked_sequence_split(const gdn_problem &p, int64_t n, unsigned
     const bool kwarp = warp < 4;
     float st[4][4];
     load_state_regs<St, 2>(p, bc, read, v0, rows_v, mv, nk0, st, sb);
+    int b = 0; /* ci % kBuffers */
     for (int64_t ci = 0; ci < chunks; ci++) {
         const int64_t c0 = ci * kChunk;
         const int len = chunk_len(ci);
-        const ws_buffer w = ws_buffer_at(smb, (int)(ci % kBuffers));
+        const ws_buffer w = ws_buffer_at(smb, LEAN ? b : (int)(ci % kBuffers));
+        b = b == kBuffers - 1 ? 0 : b + 1;
         copy_async_wait<1>();
         __syncthreads(); /* chunk ci has landed, sb holds the state, buffer (ci + 2) % 3 is free */
         if (ci + 2 < chunks)
@@ -2820,7 +2889,14 @@ __device__ void chunked_sequence_wgmma(const gdn_problem &p, int64_t n, unsigned
  * gridDim.z-th of this kernel's sequences in order (ranked 256 at a time by a block-wide count).
  */
 /* How a kernel computes its chunks: three-term products, one term phase by phase, one term pipelined. */
-enum chunk_path { kPathPrecise = 0, kPathTc1 = 1, kPathPipelined = 2, kPathSplit = 3, kPathSplitWy = 4 };
+enum chunk_path {
+    kPathPrecise = 0,
+    kPathTc1 = 1,
+    kPathPipelined = 2,
+    kPathSplit = 3,
+    kPathSplitWy = 4,
+    kPathSplitLean = 5
+};
 
 /* One round of the ranking: sequences n0 .. n0 + blockDim.x - 1 that this kernel owns, ranked in
  * order after the ranked_before of earlier rounds; the block's (rank % gridDim.z == blockIdx.z)
@@ -2875,8 +2951,10 @@ __global__ void __launch_bounds__(kChunkWarps * 32, 1) prefill_chunked_vk128(con
                 chunked_sequence<Act, St, true>(p, mine[i], sm);
             else if constexpr (PATH == kPathPipelined && std::is_same<Act, bf16>::value)
                 chunked_sequence_ws<St>(p, mine[i], reinterpret_cast<unsigned char *>(sm), uses);
-            else if constexpr (PATH == kPathSplit && std::is_same<Act, bf16>::value)
-                chunked_sequence_split<St>(p, mine[i], reinterpret_cast<unsigned char *>(sm));
+            else if constexpr ((PATH == kPathSplit || PATH == kPathSplitLean) &&
+                               std::is_same<Act, bf16>::value)
+                chunked_sequence_split<St, PATH == kPathSplitLean>(p, mine[i],
+                                                                   reinterpret_cast<unsigned char *>(sm));
             else if constexpr (PATH == kPathSplitWy && std::is_same<Act, bf16>::value)
                 chunked_sequence_wy<St>(p, mine[i], reinterpret_cast<unsigned char *>(sm));
             else
@@ -2908,12 +2986,16 @@ template <typename Act, typename St, int PATH>
 cudaError_t launch_typed(const gdn_problem &p, cudaStream_t stream)
 {
     const auto kernel = prefill_chunked_vk128<Act, St, PATH>;
-    const int bytes = PATH == kPathPrecise ? chunk_smem::bytes((int)sizeof(Act))
-                      : PATH == kPathPipelined && std::is_same<Act, bf16>::value ? ws_smem::bytes
-                      : PATH == kPathSplit && std::is_same<Act, bf16>::value     ? split_smem::bytes
-                      : PATH == kPathSplitWy && std::is_same<Act, bf16>::value
-                          ? split_wy_smem::bytes
-                          : tc1_smem::bytes((int)sizeof(Act));
+    constexpr bool one_term_bf16 = std::is_same<Act, bf16>::value;
+    int bytes = tc1_smem::bytes((int)sizeof(Act));
+    if (PATH == kPathPrecise)
+        bytes = chunk_smem::bytes((int)sizeof(Act));
+    else if (PATH == kPathPipelined && one_term_bf16)
+        bytes = ws_smem::bytes;
+    else if ((PATH == kPathSplit || PATH == kPathSplitLean) && one_term_bf16)
+        bytes = split_smem::bytes;
+    else if (PATH == kPathSplitWy && one_term_bf16)
+        bytes = split_wy_smem::bytes;
     const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
     if (err != cudaSuccess)
         return err;
@@ -2976,6 +3058,15 @@ int forced_wy = -1;       /* gdn_cuda_chunked_force_wy; -1 = by env */
 int wy_env = -1;
 
 bool wy_switch(void) { return forced_switch(&forced_wy, "GDN_PREFILL_WY", &wy_env, 0) != 0; }
+
+int forced_lean = -1; /* gdn_cuda_chunked_force_lean; -1 = by env */
+
+/* The split path's mma.sync walk stages its chunks by running pointers (split_cursor). */
+bool lean_staging(void)
+{
+    static int env = -1;
+    return forced_switch(&forced_lean, "GDN_PREFILL_LEAN", &env, 0) != 0;
+}
 
 bool precise_for(const gdn_problem &p)
 {
@@ -3050,7 +3141,9 @@ template <typename Act, typename St> cudaError_t launch_state(const gdn_problem 
             case 1: return launch_wgmma_walk<St, 1>(p, stream);
             case 2: return launch_wgmma_walk<St, 2>(p, stream);
             case 4: return launch_wgmma_walk<St, 4>(p, stream);
-            default: return launch_typed<Act, St, kPathSplit>(p, stream);
+            default:
+                return lean_staging() ? launch_typed<Act, St, kPathSplitLean>(p, stream)
+                                      : launch_typed<Act, St, kPathSplit>(p, stream);
             }
         }
     }
@@ -3111,6 +3204,11 @@ void gdn_cuda_chunked_force_split(int split)
 void gdn_cuda_chunked_force_wgmma(int slices)
 {
     __atomic_store_n(&forced_wgmma, slices >= 0 ? slices : -1, __ATOMIC_RELAXED);
+}
+
+void gdn_cuda_chunked_force_lean(int lean)
+{
+    __atomic_store_n(&forced_lean, lean >= 0 ? (lean != 0) : -1, __ATOMIC_RELAXED);
 }
 
 void gdn_cuda_chunked_force_wy(int wy)
