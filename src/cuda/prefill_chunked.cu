@@ -1811,44 +1811,61 @@ struct local_smem {
 static_assert(local_smem::pb + kChunk * kLdP * 2 <= local_smem::gates && local_smem::tb % 16 == 0,
               "A, its diagonal blocks, T and P fit over the q and k rows");
 
-/* One block of 4 warps per (record, value head): the chunk-local work of the pipelined path for
- * the chunk that record belongs to, written to the workspace. Records of no chunk (past a
- * sequence's last chunk, sequences the multi-token kernel takes, bad cu_seqlens) are left alone. */
-__global__ void __launch_bounds__(kGroupThreads, 5) prefill_chunk_local(const gdn_problem p)
+/* The record a block of a local kernel works on (chunk ci of sequence n, c0 its first token, len
+ * its tokens), or false for a record of no chunk: past a sequence's last chunk, a sequence the
+ * multi-token kernel takes, bad cu_seqlens. */
+struct local_chunk {
+    int64_t r, hv, n, ci, first, c0;
+    int len;
+};
+__device__ __forceinline__ bool open_local_chunk(const gdn_problem &p, local_chunk &lc)
 {
-    extern __shared__ __align__(16) unsigned char lsm[];
-    const int64_t r = blockIdx.x, hv = blockIdx.y;
-    const int64_t n = record_sequence(p, r), ci = r - first_record(p, n);
-    const int64_t T = gdn_seq_tokens(&p, n), first = gdn_first_token_row(&p, n);
-    if (ci < 0 || T <= 0 || first < 0 || ci * kChunk >= T || !chunked_owns(p, n))
-        return;
-    const int64_t c0 = ci * kChunk;
-    const int len = (int)(T - c0 < kChunk ? T - c0 : kChunk);
-    const int warp = threadIdx.x / 32;
-    const int64_t h = gdn_qk_head(&p, hv);
+    lc.r = blockIdx.x, lc.hv = blockIdx.y;
+    lc.n = record_sequence(p, lc.r), lc.ci = lc.r - first_record(p, lc.n);
+    const int64_t T = gdn_seq_tokens(&p, lc.n);
+    lc.first = gdn_first_token_row(&p, lc.n);
+    if (lc.ci < 0 || T <= 0 || lc.first < 0 || lc.ci * kChunk >= T || !chunked_owns(p, lc.n))
+        return false;
+    lc.c0 = lc.ci * kChunk;
+    lc.len = (int)(T - lc.c0 < kChunk ? T - lc.c0 : kChunk);
+    return true;
+}
 
+/* The q and k rows of the chunk's head (no v: stage_raw<false>). */
+__device__ __forceinline__ stage_source<bf16> local_source(const gdn_problem &p, const local_chunk &lc)
+{
+    const int64_t h = gdn_qk_head(&p, lc.hv);
     stage_source<bf16> src;
-    src.q = static_cast<const bf16 *>(p.q) + first * p.q_stride + h * kRowK;
-    src.k = static_cast<const bf16 *>(p.k) + first * p.k_stride + h * kRowK;
+    src.q = static_cast<const bf16 *>(p.q) + lc.first * p.q_stride + h * kRowK;
+    src.k = static_cast<const bf16 *>(p.k) + lc.first * p.k_stride + h * kRowK;
     src.v = nullptr;
     src.q_stride = p.q_stride, src.k_stride = p.k_stride, src.v_stride = 0;
-    src.rows_v = kSlice; /* (no v staged) */
+    src.rows_v = kSlice;
     src.async = p.prefill_async != 0;
+    return src;
+}
+
+/* A local kernel's rows, T, P and gates in shared memory laid out as L says. */
+template <typename L> __device__ __forceinline__ ws_buffer local_buffer(unsigned char *lsm)
+{
     ws_buffer w;
-    w.qb = reinterpret_cast<bf16 *>(lsm + local_smem::qb),
-    w.kb = reinterpret_cast<bf16 *>(lsm + local_smem::kb);
-    w.vb = nullptr, w.tb = reinterpret_cast<bf16 *>(lsm + local_smem::tb);
-    w.pb = reinterpret_cast<bf16 *>(lsm + local_smem::pb);
-    w.gam = reinterpret_cast<float *>(lsm + local_smem::gates), w.dec = w.gam + kChunk,
-    w.beta = w.dec + kChunk;
+    w.qb = reinterpret_cast<bf16 *>(lsm + L::qb), w.kb = reinterpret_cast<bf16 *>(lsm + L::kb);
+    w.vb = nullptr, w.tb = reinterpret_cast<bf16 *>(lsm + L::tb),
+    w.pb = reinterpret_cast<bf16 *>(lsm + L::pb);
+    w.gam = reinterpret_cast<float *>(lsm + L::gates), w.dec = w.gam + kChunk, w.beta = w.dec + kChunk;
     w.rq = w.beta + kChunk, w.rk = w.rq + kChunk;
-    bf16 *const ab = reinterpret_cast<bf16 *>(lsm + local_smem::ab);
-    float *const diag = reinterpret_cast<float *>(lsm + local_smem::diag);
-    float *const cum = reinterpret_cast<float *>(lsm + local_smem::cum);
-    stage_raw<false>(src, c0, len, w);
+    return w;
+}
+
+/* After the rows are staged (their copies committed): the gates, the Gram products and their
+ * epilogues (P, A, the diagonal inverses), then T; ends on a block barrier. */
+__device__ __forceinline__ void local_gram_and_t(const gdn_problem &p, const local_chunk &lc,
+                                                 const ws_buffer &w, bf16 *ab, float *diag, float *cum)
+{
+    const int warp = threadIdx.x / 32;
     if (warp == 0) {
-        const pair_gates gates = load_pair_gates<bf16>(p, first, c0, len, hv);
-        chunk_gates<bf16>(p, gates, len, cum, w.gam, w.dec, w.beta, kLog2e);
+        const pair_gates gates = load_pair_gates<bf16>(p, lc.first, lc.c0, lc.len, lc.hv);
+        chunk_gates<bf16>(p, gates, lc.len, cum, w.gam, w.dec, w.beta, kLog2e);
     }
     copy_async_wait<0>();
     __syncthreads(); /* the rows and the gates */
@@ -1866,8 +1883,24 @@ __global__ void __launch_bounds__(kGroupThreads, 5) prefill_chunk_local(const gd
     case 1: inverse_column<2>(ab, w.tb); break;
     default: break;
     }
-    __syncthreads();
+    __syncthreads(); /* T */
+}
 
+/* One block of 4 warps per (record, value head): the chunk-local work of the pipelined path for
+ * the chunk that record belongs to, written to the workspace. Records of no chunk (past a
+ * sequence's last chunk, sequences the multi-token kernel takes, bad cu_seqlens) are left alone. */
+__global__ void __launch_bounds__(kGroupThreads, 5) prefill_chunk_local(const gdn_problem p)
+{
+    extern __shared__ __align__(16) unsigned char lsm[];
+    local_chunk lc;
+    if (!open_local_chunk(p, lc))
+        return;
+    const int64_t r = lc.r, hv = lc.hv, n = lc.n, ci = lc.ci;
+    const ws_buffer w = local_buffer<local_smem>(lsm);
+    stage_raw<false>(local_source(p, lc), lc.c0, lc.len, w);
+    local_gram_and_t(p, lc, w, reinterpret_cast<bf16 *>(lsm + local_smem::ab),
+                     reinterpret_cast<float *>(lsm + local_smem::diag),
+                     reinterpret_cast<float *>(lsm + local_smem::cum));
     /* the record: T and P row by row in 16-byte pieces (thread: piece tid % 8 of rows tid / 8 +
      * 16 i), the blocks above the diagonal as zeros (their shared memory holds stale rows); the
      * padding columns are never read and stay unwritten. (A loop over every piece with divisions
@@ -1991,56 +2024,18 @@ __global__ void __launch_bounds__(kGroupThreads, 3) prefill_chunk_local_wy(const
 {
     extern __shared__ __align__(16) unsigned char lsm[];
     typedef local_wy_smem L;
-    const int64_t r = blockIdx.x, hv = blockIdx.y;
-    const int64_t n = record_sequence(p, r), ci = r - first_record(p, n);
-    const int64_t T = gdn_seq_tokens(&p, n), first = gdn_first_token_row(&p, n);
-    if (ci < 0 || T <= 0 || first < 0 || ci * kChunk >= T || !chunked_owns(p, n))
+    local_chunk lc;
+    if (!open_local_chunk(p, lc))
         return;
-    const int64_t c0 = ci * kChunk, V = p.head_dim_v, vp = (V + 31) / 32 * 32;
-    const int len = (int)(T - c0 < kChunk ? T - c0 : kChunk);
-    const int warp = threadIdx.x / 32;
-    const int64_t h = gdn_qk_head(&p, hv);
-
-    stage_source<bf16> src;
-    src.q = static_cast<const bf16 *>(p.q) + first * p.q_stride + h * kRowK;
-    src.k = static_cast<const bf16 *>(p.k) + first * p.k_stride + h * kRowK;
-    src.v = nullptr;
-    src.q_stride = p.q_stride, src.k_stride = p.k_stride, src.v_stride = 0;
-    src.rows_v = kSlice; /* (no v staged by stage_raw) */
-    src.async = p.prefill_async != 0;
-    ws_buffer w;
-    w.qb = reinterpret_cast<bf16 *>(lsm + L::qb), w.kb = reinterpret_cast<bf16 *>(lsm + L::kb);
-    w.vb = nullptr, w.tb = reinterpret_cast<bf16 *>(lsm + L::tb),
-    w.pb = reinterpret_cast<bf16 *>(lsm + L::pb);
-    w.gam = reinterpret_cast<float *>(lsm + L::gates), w.dec = w.gam + kChunk, w.beta = w.dec + kChunk;
-    w.rq = w.beta + kChunk, w.rk = w.rq + kChunk;
-    bf16 *const ab = reinterpret_cast<bf16 *>(lsm + L::ab), *const xb = reinterpret_cast<bf16 *>(lsm + L::xb);
-    float *const diag = reinterpret_cast<float *>(lsm + L::diag);
-    float *const cum = reinterpret_cast<float *>(lsm + L::cum);
+    const int64_t r = lc.r, hv = lc.hv, n = lc.n, ci = lc.ci, first = lc.first, c0 = lc.c0;
+    const int64_t V = p.head_dim_v, vp = (V + 31) / 32 * 32;
+    const int len = lc.len;
+    const ws_buffer w = local_buffer<L>(lsm);
+    bf16 *const xb = reinterpret_cast<bf16 *>(lsm + L::xb);
     stage_v_group(p, first, c0, len, hv, 0, xb);
-    stage_raw<false>(src, c0, len, w); /* (commits the v group's copies too) */
-    if (warp == 0) {
-        const pair_gates gates = load_pair_gates<bf16>(p, first, c0, len, hv);
-        chunk_gates<bf16>(p, gates, len, cum, w.gam, w.dec, w.beta, kLog2e);
-    }
-    copy_async_wait<0>();
-    __syncthreads(); /* the rows and the gates */
-    const bool l2norm = p.qk_l2norm != 0;
-    switch (warp) {
-    case 0: gram_raw<0, 3, false>(w, cum, ab, diag, p.scale, l2norm); break;
-    case 1: gram_raw<1, 2, false>(w, cum, ab, diag, p.scale, l2norm); break;
-    case 2: gram_raw<0, 3, true>(w, cum, ab, diag, p.scale, l2norm); break;
-    default: gram_raw<1, 2, true>(w, cum, ab, diag, p.scale, l2norm); break;
-    }
-    __syncthreads(); /* A and the diagonal inverses */
-    switch (warp) {
-    case 3: inverse_column<0>(ab, w.tb); break;
-    case 2: inverse_column<1>(ab, w.tb); break;
-    case 1: inverse_column<2>(ab, w.tb); break;
-    default: break;
-    }
-    __syncthreads(); /* T */
-
+    stage_raw<false>(local_source(p, lc), c0, len, w); /* (commits the v group's copies too) */
+    local_gram_and_t(p, lc, w, reinterpret_cast<bf16 *>(lsm + L::ab),
+                     reinterpret_cast<float *>(lsm + L::diag), reinterpret_cast<float *>(lsm + L::cum));
     /* W = T diag(beta rk^2 gam) K into the q rows (dead since the Gram products) */
     unsigned char *rec = record_at(p, r, hv);
     scale_rows(w.kb, w, true);
@@ -2155,6 +2150,29 @@ __device__ __forceinline__ void stage_split(const stage_source<bf16> &src, int64
     for (int i = tid; i < record_layout::image / 16; i += 256)
         copy_async16(reinterpret_cast<uint4 *>(w.tb) + i, rec + 16 * i, true);
     copy_async_commit();
+}
+
+/* acc = X S^T for token rows 16 tb.. of X (C rows of 128 at stride kLdB) and the slice's 32 state
+ * rows (sb, bf16): the split walks' product of the state. */
+__device__ __forceinline__ void rows_times_state(const bf16 *X, const bf16 *sb, int tb, float (&acc)[4][4])
+{
+#pragma unroll
+    for (int j = 0; j < 4; j++)
+#pragma unroll
+        for (int e = 0; e < 4; e++)
+            acc[j][e] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < kRowK; kk += 16) {
+        unsigned a[4];
+        ldsm_x4(a, frag_a_rows(X, kLdB, 16 * tb, kk));
+#pragma unroll
+        for (int pr = 0; pr < 2; pr++) {
+            unsigned bb[4];
+            ldsm_x4(bb, frag_b2_nk(sb, kLdB, 16 * pr, kk));
+            mma_bf16(acc[2 * pr], a, bb);
+            mma_bf16(acc[2 * pr + 1], a, bb + 2);
+        }
+    }
 }
 
 /* Where a thread's staging copies of the next chunk come from (GDN_PREFILL_LEAN=1): its pieces
@@ -2285,24 +2303,7 @@ __device__ void chunked_sequence_split(const gdn_problem &p, int64_t n, unsigned
 
         /* K S^T (Z' = beta rk (v - gam rk K S^T)) or Q S^T (the outputs' first term) */
         float acc[4][4];
-#pragma unroll
-        for (int j = 0; j < 4; j++)
-#pragma unroll
-            for (int e = 0; e < 4; e++)
-                acc[j][e] = 0.0f;
-        const bf16 *X = kwarp ? w.kb : w.qb;
-#pragma unroll
-        for (int kk = 0; kk < kRowK; kk += 16) {
-            unsigned a[4];
-            ldsm_x4(a, frag_a_rows(X, kLdB, 16 * tb_, kk));
-#pragma unroll
-            for (int pr = 0; pr < 2; pr++) {
-                unsigned bb[4];
-                ldsm_x4(bb, frag_b2_nk(sb, kLdB, 16 * pr, kk));
-                mma_bf16(acc[2 * pr], a, bb);
-                mma_bf16(acc[2 * pr + 1], a, bb + 2);
-            }
-        }
+        rows_times_state(kwarp ? w.kb : w.qb, sb, tb_, acc);
         if (kwarp)
             z_rows(w, acc, tb_, zb);
         else
@@ -2474,24 +2475,7 @@ __device__ void chunked_sequence_wy(const gdn_problem &p, int64_t n, unsigned ch
 
         /* W S^T (U' = U0 - W S^T) or Q S^T (the outputs' first term) */
         float acc[4][4];
-#pragma unroll
-        for (int j = 0; j < 4; j++)
-#pragma unroll
-            for (int e = 0; e < 4; e++)
-                acc[j][e] = 0.0f;
-        const bf16 *X = wwarp ? wb : qb;
-#pragma unroll
-        for (int kk = 0; kk < kRowK; kk += 16) {
-            unsigned a[4];
-            ldsm_x4(a, frag_a_rows(X, kLdB, 16 * tb_, kk));
-#pragma unroll
-            for (int pr = 0; pr < 2; pr++) {
-                unsigned bb[4];
-                ldsm_x4(bb, frag_b2_nk(sb, kLdB, 16 * pr, kk));
-                mma_bf16(acc[2 * pr], a, bb);
-                mma_bf16(acc[2 * pr + 1], a, bb + 2);
-            }
-        }
+        rows_times_state(wwarp ? wb : qb, sb, tb_, acc);
 #pragma unroll
         for (int half = 0; half < 2; half++) {
             const int row = 16 * tb_ + g + 8 * half;
