@@ -354,6 +354,22 @@ static int prefill_path_on(int path)
     return 0;
 }
 
+/* The cuda chunked kernel's switches for prefill test path `path` (the list in
+ * cuda_prefill_chunked), with a workspace from path 3 on; -1: every switch back to its default,
+ * no workspace. */
+static void force_prefill_path(int path)
+{
+    const int any = path < 0;
+    gdn_cuda_chunked_force_precise(any ? -1 : path == 0);
+    gdn_cuda_chunked_force_pipeline(any ? -1 : path == 1);
+    gdn_cuda_chunked_force_split(any ? -1 : path >= 3);
+    gdn_cuda_chunked_force_wgmma(any ? -1 : path >= 4 && path <= 6 ? 1 << (path - 4) : 0);
+    gdn_cuda_chunked_force_kary(any ? -1 : path != 3); /* (the 32-way search is the default) */
+    gdn_cuda_chunked_force_wy(any ? -1 : path == 8);
+    gdn_cuda_chunked_force_lean(any ? -1 : path == 9);
+    case_workspace = !any && path >= 3;
+}
+
 /* The ways of the chunked products: three bf16 terms within the library's output tolerances and
  * GDN_TC3_STATE_REL; one term (the default with bf16 activations), pipelined, phase by phase and
  * split (with a workspace; its walk on mma.sync with the local kernel's binary record search
@@ -381,26 +397,12 @@ static void cuda_prefill_chunked(void)
     for (int path = 0; path < 10; path++) {
         if (!prefill_path_on(path))
             continue;
-        gdn_cuda_chunked_force_precise(path == 0);
-        gdn_cuda_chunked_force_pipeline(path == 1);
-        gdn_cuda_chunked_force_split(path >= 3);
-        gdn_cuda_chunked_force_wgmma(path >= 4 && path <= 6 ? 1 << (path - 4) : 0);
-        gdn_cuda_chunked_force_kary(path != 3); /* (the 32-way search is the default) */
-        gdn_cuda_chunked_force_wy(path == 8);
-        gdn_cuda_chunked_force_lean(path == 9);
-        case_workspace = path >= 3;
+        force_prefill_path(path);
         tc_all = path == 0 ? 3 : 1;
         snprintf(config_note, sizeof config_note, "%s", paths[path]);
         prefill_chunked_cases(GDN_BACKEND_CUDA);
     }
-    gdn_cuda_chunked_force_precise(-1);
-    gdn_cuda_chunked_force_pipeline(-1);
-    gdn_cuda_chunked_force_split(-1);
-    gdn_cuda_chunked_force_wgmma(-1);
-    gdn_cuda_chunked_force_kary(-1);
-    gdn_cuda_chunked_force_wy(-1);
-    gdn_cuda_chunked_force_lean(-1);
-    case_workspace = 0;
+    force_prefill_path(-1);
     tc_all = print_errors = 0;
     config_note[0] = '\0';
     /* the defaults: bf16 activations take one term */
@@ -435,14 +437,7 @@ static void cuda_sanitize_prefill(void)
         if (!prefill_path_on(path))
             continue;
         const int precise = path == 0;
-        gdn_cuda_chunked_force_precise(precise);
-        gdn_cuda_chunked_force_pipeline(path == 1);
-        gdn_cuda_chunked_force_split(path >= 3);
-        gdn_cuda_chunked_force_wgmma(path >= 4 && path <= 6 ? 1 << (path - 4) : 0);
-        gdn_cuda_chunked_force_kary(path != 3); /* (the 32-way search is the default) */
-        gdn_cuda_chunked_force_wy(path == 8);
-        gdn_cuda_chunked_force_lean(path == 9);
-        case_workspace = path >= 3;
+        force_prefill_path(path);
         for (int i = 0; i < 3; i++) {
             decode_case c = base(3, 1, 2, 128, i == 2 ? 48 : 128);
             c.num_tokens = 70 + 30 * i, c.varlen = 1, c.padding = i == 1, c.zero_init = i == 0;
@@ -452,14 +447,7 @@ static void cuda_sanitize_prefill(void)
             expect_pass(c, GDN_BACKEND_CUDA, 1);
         }
     }
-    gdn_cuda_chunked_force_precise(-1);
-    gdn_cuda_chunked_force_pipeline(-1);
-    gdn_cuda_chunked_force_split(-1);
-    gdn_cuda_chunked_force_wgmma(-1);
-    gdn_cuda_chunked_force_kary(-1);
-    gdn_cuda_chunked_force_wy(-1);
-    gdn_cuda_chunked_force_lean(-1);
-    case_workspace = 0;
+    force_prefill_path(-1);
 }
 
 /* Both ways the cpu backend computes long sequences: in chunks and token by token. */
