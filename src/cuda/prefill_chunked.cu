@@ -1902,8 +1902,8 @@ __global__ void __launch_bounds__(kGroupThreads, 5) prefill_chunk_local(const gd
                      reinterpret_cast<float *>(lsm + local_smem::diag),
                      reinterpret_cast<float *>(lsm + local_smem::cum));
     /* the record: T and P row by row in 16-byte pieces (thread: piece tid % 8 of rows tid / 8 +
-     * 16 i), the blocks above the diagonal as zeros (their shared memory holds stale rows); the
-     * padding columns are never read and stay unwritten. (A loop over every piece with divisions
+     * 16 i), the blocks above the diagonal as zeros (their shared memory holds stale rows), then
+     * the padding columns. (A loop over every piece with divisions
      * and selects took ~360 instructions a warp, a fifth of the kernel's: ncu of 046a0e6.) */
     static_assert(local_smem::pb - local_smem::tb == record_layout::p, "T and P as in the record");
     unsigned char *rec = record_at(p, r, hv);
@@ -1916,6 +1916,13 @@ __global__ void __launch_bounds__(kGroupThreads, 5) prefill_chunk_local(const gd
                                                : make_uint4(0u, 0u, 0u, 0u);
             *reinterpret_cast<uint4 *>(rec + record_layout::t + off) = x;
         }
+        /* the padding columns as zeros too: nothing reads them, but the walks copy the record
+         * image whole, and a copy of bytes never written is what compute-sanitizer's initcheck
+         * reports (and what a fresh workspace would carry as garbage) */
+        static_assert(kGroupThreads == 2 * kChunk && kLdP == kChunk + 8, "a padding piece a thread");
+        const int m = threadIdx.x / kChunk, row = threadIdx.x % kChunk;
+        *reinterpret_cast<uint4 *>(rec + record_layout::t + m * record_layout::p +
+                                   (row * kLdP + kChunk) * 2) = make_uint4(0u, 0u, 0u, 0u);
     }
     if (threadIdx.x < 5 * kChunk / 4)
         reinterpret_cast<uint4 *>(rec + record_layout::gates)[threadIdx.x] =
@@ -2078,6 +2085,9 @@ __global__ void __launch_bounds__(kGroupThreads, 3) prefill_chunk_local_wy(const
                                            : make_uint4(0u, 0u, 0u, 0u);
             *reinterpret_cast<uint4 *>(rec + record_wy::p + off) = x;
         }
+        if (threadIdx.x < kChunk) /* P's padding columns, as in prefill_chunk_local */
+            *reinterpret_cast<uint4 *>(rec + record_wy::p + (threadIdx.x * kLdP + kChunk) * 2) =
+                make_uint4(0u, 0u, 0u, 0u);
     }
     if (threadIdx.x < 5 * kChunk / 4)
         reinterpret_cast<uint4 *>(rec + record_wy::gates)[threadIdx.x] =
