@@ -174,11 +174,14 @@ walk-ncu)
             --launch-skip 2 --launch-count 2 -o "$out/$name" -f \
             python3 bench/prefill_tune.py --lib build/libgdn.so --cases "$2" --shapes "$1" --reps 2
         if [ -e "$out/$name.ncu-rep" ]; then
-            "$ncu" -i "$out/$name.ncu-rep" --page details >"$out/$name-details.txt" 2>&1
+            # (the details with every section's body: the stall reasons' table too)
+            "$ncu" -i "$out/$name.ncu-rep" --page details --print-details all >"$out/$name-details.txt" 2>&1 ||
+                "$ncu" -i "$out/$name.ncu-rep" --page details >"$out/$name-details.txt" 2>&1
             "$ncu" -i "$out/$name.ncu-rep" --page source --csv --print-source sass >"$out/$name-sass.csv" 2>&1 ||
                 "$ncu" -i "$out/$name.ncu-rep" --page source --csv >"$out/$name-sass.csv" 2>&1
-            head -c 600 "$out/$name-sass.csv"
-            echo
+            # the summary here: the source page is 5-6 MB a case, too much to bring back
+            python3 bench/ncu_sass_summary.py "$out/$name-sass.csv" >"$out/$name-sass-summary.txt" 2>&1
+            head -n 30 "$out/$name-sass-summary.txt"
         fi
     done
     ;;

@@ -366,18 +366,19 @@ static void force_prefill_path(int path)
     gdn_cuda_chunked_force_wgmma(any ? -1 : path >= 4 && path <= 6 ? 1 << (path - 4) : 0);
     gdn_cuda_chunked_force_kary(any ? -1 : path != 3); /* (the 32-way search is the default) */
     gdn_cuda_chunked_force_wy(any ? -1 : path == 8);
-    gdn_cuda_chunked_force_lean(any ? -1 : path == 9);
+    gdn_cuda_chunked_force_lean(any ? -1 : path != 3); /* (running pointers: the default) */
+    gdn_cuda_chunked_force_spread(any ? -1 : path == 9);
     case_workspace = !any && path >= 3;
 }
 
 /* The ways of the chunked products: three bf16 terms within the library's output tolerances and
  * GDN_TC3_STATE_REL; one term (the default with bf16 activations), pipelined, phase by phase and
  * split (with a workspace; its walk on mma.sync with the local kernel's binary record search
- * (GDN_PREFILL_KARY=0), then with its 32-way one (the default, also on the paths after it), on
- * wgmma with 1, 2 and 4 slices a block where the GPU is sm_90: elsewhere those three are the
- * mma.sync walk again; the mma.sync walk on records in the WY form, GDN_PREFILL_WY; and the
- * mma.sync walk staging by running pointers, GDN_PREFILL_LEAN), within the tensor-core
- * tolerances. */
+ * (GDN_PREFILL_KARY=0) and staging by offsets (GDN_PREFILL_LEAN=0), then with the 32-way search
+ * and running pointers (the defaults, also on the paths after it), on wgmma with 1, 2 and 4
+ * slices a block where the GPU is sm_90: elsewhere those three are the mma.sync walk again; the
+ * mma.sync walk on records in the WY form, GDN_PREFILL_WY; and the mma.sync walk with its stage
+ * spread over the two warp groups, GDN_PREFILL_SPREAD), within the tensor-core tolerances. */
 static void cuda_prefill_chunked(void)
 {
     if (!cuda_present())
@@ -387,13 +388,13 @@ static void cuda_prefill_chunked(void)
         "3-term products",
         "1-term products, pipelined",
         "1-term products, phase by phase",
-        "1-term products, split (workspace), mma.sync walk, binary record search",
+        "1-term products, split (workspace), mma.sync walk, binary record search, staged by offsets",
         "1-term products, split, wgmma walk of 1 slice a block",
         "1-term products, split, wgmma walk of 2 slices a block",
         "1-term products, split, wgmma walk of 4 slices a block",
         "1-term products, split, mma.sync walk, 32-way record search (default)",
         "1-term products, split, mma.sync walk, WY records",
-        "1-term products, split, mma.sync walk, staged by running pointers"};
+        "1-term products, split, mma.sync walk, running pointers spread over the warp groups"};
     for (int path = 0; path < 10; path++) {
         if (!prefill_path_on(path))
             continue;

@@ -2248,12 +2248,74 @@ __device__ __forceinline__ void stage_split_lean(const stage_source<bf16> &src, 
     cur.c0 += kChunk, cur.buf = cur.buf == kBuffers - 1 ? 0 : cur.buf + 1;
 }
 
+/* Staging spread over the warps' slack (GDN_PREFILL_SPREAD=1, on top of the running pointers).
+ * ncu of the lean walk (H100, 012cd2a, qwen3-next 1x4096) put ~25% of its stall samples on the
+ * stage itself: every warp issues ~22 cp.async right after the loop's first barrier, and the
+ * copies' address registers wait on the memory pipe before the first product can start. Each
+ * warp has idle time elsewhere in a chunk: warps 4-7 (Q S^T) wait at the Z' barrier for warps
+ * 0-3's z_rows, and warps 0-3 wait at the loop's barrier for warps 4-7's outputs. So warps 4-7
+ * copy chunk ci + 2's q rows, v rows and the first half of its record right after their Q S^T,
+ * and warps 0-3 its k rows and the record's second half after their state update. Each thread
+ * still commits one cp.async group a chunk, so the loop's wait_group<1> is unchanged. */
+struct spread_cursor {
+    const bf16 *rows;         /* q (warps 4-7) or k (warps 0-3): row t / 16, piece t % 16, t = tid % 128 */
+    const bf16 *v;            /* (warps 4-7) v row t / 4, piece t % 4; and 32 rows on */
+    const unsigned char *rec; /* the record */
+    int64_t rows8, rows_next, v32, v_next, rec_next;
+};
+
+/* The cursor at chunk 2 (chunks 0 and 1 are staged before the loop). */
+__device__ __forceinline__ spread_cursor spread_cursor_at(const gdn_problem &p, const stage_source<bf16> &src,
+                                                          const unsigned char *rec0, bool qwarp)
+{
+    const int t = threadIdx.x % 128;
+    const int64_t stride = qwarp ? src.q_stride : src.k_stride;
+    spread_cursor cur;
+    cur.rows = (qwarp ? src.q : src.k) + (2 * kChunk + t / 16) * stride + 8 * (t % 16);
+    cur.v = src.v + (2 * kChunk + t / 4) * src.v_stride + 8 * (t % 4);
+    cur.rows8 = 8 * stride, cur.rows_next = kChunk * stride;
+    cur.v32 = 32 * src.v_stride, cur.v_next = kChunk * src.v_stride;
+    cur.rec_next = p.num_v_heads * record_bytes(p);
+    cur.rec = rec0 + 2 * cur.rec_next;
+    return cur;
+}
+
+/* This warp group's half of a full chunk into buffer w (one cp.async group), then the cursor one
+ * chunk on. */
+static_assert(record_layout::image % 32 == 0 && kSlice == 32, "the record in two halves; v rows of 4 pieces");
+__device__ __forceinline__ void stage_spread(spread_cursor &cur, bool qwarp, const ws_buffer &w)
+{
+    const int t = threadIdx.x % 128;
+    bf16 *const dst = (qwarp ? w.qb : w.kb) + (t / 16) * kLdB + 8 * (t % 16);
+    const bf16 *src = cur.rows;
+#pragma unroll
+    for (int i = 0; i < kChunk / 8; i++) {
+        copy_async16(reinterpret_cast<uint4 *>(dst + 8 * i * kLdB), src, true);
+        src += cur.rows8;
+    }
+    if (qwarp) {
+        bf16 *const vd = w.vb + (t / 4) * kLdV + 8 * (t % 4);
+        copy_async16(reinterpret_cast<uint4 *>(vd), cur.v, true);
+        copy_async16(reinterpret_cast<uint4 *>(vd + 32 * kLdV), cur.v + cur.v32, true);
+    }
+    constexpr int half = record_layout::image / 32; /* 16-byte pieces a group */
+    const int base = qwarp ? 0 : half;
+#pragma unroll
+    for (int j = 0; j < (half + 127) / 128; j++) {
+        const int i = t + 128 * j;
+        if ((j + 1) * 128 <= half || i < half)
+            copy_async16(reinterpret_cast<uint4 *>(w.tb) + base + i, cur.rec + 16 * (base + i), true);
+    }
+    copy_async_commit();
+    cur.rows += cur.rows_next, cur.v += cur.v_next, cur.rec += cur.rec_next;
+}
+
 /* Sequence n's walk over its chunks with the records of prefill_chunk_local, all 8 warps on the
  * state work. Warp w: K S^T (w < 4) or Q S^T (w >= 4) for token block w % 4; U' = T Z' for
  * columns 8 (w % 4).. and row blocks {0, 3} or {1, 2}; the outputs (w >= 4, its token block);
  * the state's rows 16 (w / 4).., columns 32 (w % 4).. in registers. Three block barriers a chunk;
  * cp.async fills chunk ci + 2 while ci is computed. */
-template <typename St, bool LEAN>
+template <typename St, int STAGING> /* 0: stage_split; 1: running pointers; 2: and spread */
 __device__ void chunked_sequence_split(const gdn_problem &p, int64_t n, unsigned char *smb)
 {
     typedef bf16 Act;
@@ -2277,6 +2339,7 @@ __device__ void chunked_sequence_split(const gdn_problem &p, int64_t n, unsigned
 
     /* chunk ci into buffer ci % 3 by cp.async, one group a chunk (bulk copies of the rows by one
      * warp were 2.3x slower on the H100, 046a0e6: the lanes' copies are issued one after another) */
+    constexpr bool LEAN = STAGING == 1;
     split_cursor cur = split_cursor_at(p, sp.src, record_at(p, rec0, bc.hv));
     auto stage = [&](int64_t ci) {
         if constexpr (LEAN)
@@ -2285,6 +2348,8 @@ __device__ void chunked_sequence_split(const gdn_problem &p, int64_t n, unsigned
             stage_split(sp.src, ci * kChunk, chunk_len(ci), record_at(p, rec0 + ci, bc.hv),
                         ws_buffer_at(smb, (int)(ci % kBuffers)));
     };
+    spread_cursor spread = spread_cursor_at(p, sp.src, record_at(p, rec0, bc.hv), warp >= 4);
+    const bool spread_rows = STAGING == 2 && sp.src.async && rows_v == kSlice;
     stage(0);
     if (chunks > 1)
         stage(1);
@@ -2302,11 +2367,15 @@ __device__ void chunked_sequence_split(const gdn_problem &p, int64_t n, unsigned
     for (int64_t ci = 0; ci < chunks; ci++) {
         const int64_t c0 = ci * kChunk;
         const int len = chunk_len(ci);
-        const ws_buffer w = ws_buffer_at(smb, LEAN ? b : (int)(ci % kBuffers));
+        const ws_buffer w = ws_buffer_at(smb, STAGING ? b : (int)(ci % kBuffers));
+        const ws_buffer w2 = ws_buffer_at(smb, b == 0 ? kBuffers - 1 : b - 1); /* chunk ci + 2's */
         b = b == kBuffers - 1 ? 0 : b + 1;
+        const bool spread_now = spread_rows && ci + 2 < chunks && chunk_len(ci + 2) == kChunk;
         copy_async_wait<1>();
         __syncthreads(); /* chunk ci has landed, sb holds the state, buffer (ci + 2) % 3 is free */
-        if (ci + 2 < chunks)
+        if (spread_now)
+            ; /* (staged by the two warp groups below) */
+        else if (ci + 2 < chunks)
             stage(ci + 2);
         else
             copy_async_commit();
@@ -2325,6 +2394,8 @@ __device__ void chunked_sequence_split(const gdn_problem &p, int64_t n, unsigned
                 for (int j = 0; j < 4; j++)
                     acc[j][2 * half] *= gq, acc[j][2 * half + 1] *= gq;
             }
+        if (spread_now && !kwarp)
+            stage_spread(spread, true, w2);
         __syncthreads(); /* Z' */
 
         /* U' = T Z': columns 8 (w % 4).., row blocks {0, 3} (w < 4) or {1, 2} */
@@ -2349,6 +2420,8 @@ __device__ void chunked_sequence_split(const gdn_problem &p, int64_t n, unsigned
                                 pairs && len == kChunk);
 
         update_state_regs<2>(st, udb, w.kb, sb, mv, nk0, w.gam[kChunk - 1]);
+        if (spread_now && kwarp)
+            stage_spread(spread, false, w2);
     }
     copy_async_wait<0>();
     if (write >= 0)
@@ -2889,7 +2962,8 @@ enum chunk_path {
     kPathPipelined = 2,
     kPathSplit = 3,
     kPathSplitWy = 4,
-    kPathSplitLean = 5
+    kPathSplitLean = 5,
+    kPathSplitSpread = 6
 };
 
 /* One round of the ranking: sequences n0 .. n0 + blockDim.x - 1 that this kernel owns, ranked in
@@ -2945,10 +3019,10 @@ __global__ void __launch_bounds__(kChunkWarps * 32, 1) prefill_chunked_vk128(con
                 chunked_sequence<Act, St, true>(p, mine[i], sm);
             else if constexpr (PATH == kPathPipelined && std::is_same<Act, bf16>::value)
                 chunked_sequence_ws<St>(p, mine[i], reinterpret_cast<unsigned char *>(sm), uses);
-            else if constexpr ((PATH == kPathSplit || PATH == kPathSplitLean) &&
+            else if constexpr ((PATH == kPathSplit || PATH == kPathSplitLean || PATH == kPathSplitSpread) &&
                                std::is_same<Act, bf16>::value)
-                chunked_sequence_split<St, PATH == kPathSplitLean>(p, mine[i],
-                                                                   reinterpret_cast<unsigned char *>(sm));
+                chunked_sequence_split<St, PATH == kPathSplitSpread ? 2 : PATH == kPathSplitLean>(
+                    p, mine[i], reinterpret_cast<unsigned char *>(sm));
             else if constexpr (PATH == kPathSplitWy && std::is_same<Act, bf16>::value)
                 chunked_sequence_wy<St>(p, mine[i], reinterpret_cast<unsigned char *>(sm));
             else
@@ -2986,7 +3060,7 @@ cudaError_t launch_typed(const gdn_problem &p, cudaStream_t stream)
         bytes = chunk_smem::bytes((int)sizeof(Act));
     else if (PATH == kPathPipelined && one_term_bf16)
         bytes = ws_smem::bytes;
-    else if ((PATH == kPathSplit || PATH == kPathSplitLean) && one_term_bf16)
+    else if ((PATH == kPathSplit || PATH == kPathSplitLean || PATH == kPathSplitSpread) && one_term_bf16)
         bytes = split_smem::bytes;
     else if (PATH == kPathSplitWy && one_term_bf16)
         bytes = split_wy_smem::bytes;
@@ -3053,13 +3127,22 @@ int wy_env = -1;
 
 bool wy_switch(void) { return forced_switch(&forced_wy, "GDN_PREFILL_WY", &wy_env, 0) != 0; }
 
-int forced_lean = -1; /* gdn_cuda_chunked_force_lean; -1 = by env */
+int forced_lean = -1;   /* gdn_cuda_chunked_force_lean; -1 = by env */
+int forced_spread = -1; /* gdn_cuda_chunked_force_spread; -1 = by env */
 
-/* The split path's mma.sync walk stages its chunks by running pointers (split_cursor). */
+/* The split path's mma.sync walk stages its chunks by running pointers (split_cursor): the
+ * default since it won every case it runs on an H100 by 2-5% (012cd2a, bench/results). */
 bool lean_staging(void)
 {
     static int env = -1;
-    return forced_switch(&forced_lean, "GDN_PREFILL_LEAN", &env, 0) != 0;
+    return forced_switch(&forced_lean, "GDN_PREFILL_LEAN", &env, 1) != 0;
+}
+
+/* With the running pointers: the stage spread over the warps' slack (spread_cursor). */
+bool spread_staging(void)
+{
+    static int env = -1;
+    return forced_switch(&forced_spread, "GDN_PREFILL_SPREAD", &env, 0) != 0;
 }
 
 bool precise_for(const gdn_problem &p)
@@ -3136,8 +3219,10 @@ template <typename Act, typename St> cudaError_t launch_state(const gdn_problem 
             case 2: return launch_wgmma_walk<St, 2>(p, stream);
             case 4: return launch_wgmma_walk<St, 4>(p, stream);
             default:
-                return lean_staging() ? launch_typed<Act, St, kPathSplitLean>(p, stream)
-                                      : launch_typed<Act, St, kPathSplit>(p, stream);
+                if (!lean_staging())
+                    return launch_typed<Act, St, kPathSplit>(p, stream);
+                return spread_staging() ? launch_typed<Act, St, kPathSplitSpread>(p, stream)
+                                        : launch_typed<Act, St, kPathSplitLean>(p, stream);
             }
         }
     }
@@ -3203,6 +3288,11 @@ void gdn_cuda_chunked_force_wgmma(int slices)
 void gdn_cuda_chunked_force_lean(int lean)
 {
     __atomic_store_n(&forced_lean, lean >= 0 ? (lean != 0) : -1, __ATOMIC_RELAXED);
+}
+
+void gdn_cuda_chunked_force_spread(int spread)
+{
+    __atomic_store_n(&forced_spread, spread >= 0 ? (spread != 0) : -1, __ATOMIC_RELAXED);
 }
 
 void gdn_cuda_chunked_force_wy(int wy)
