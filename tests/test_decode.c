@@ -341,16 +341,20 @@ static void prefill_chunked_cases(gdn_backend backend)
     expect_pass(c, backend, 1);
 }
 
-/* Whether the prefill path tests run path `path`: GDN_TEST_PREFILL_PATHS (e.g. "4,5,6") names
+/* Whether the prefill path tests run path `path`: GDN_TEST_PREFILL_PATHS (e.g. "4,5,10") names
  * some of them (a GPU run that only needs the new ones); unset: all. */
 static int prefill_path_on(int path)
 {
     const char *only = getenv("GDN_TEST_PREFILL_PATHS");
     if (!only || !*only)
         return 1;
-    for (const char *c = only; *c; c++)
-        if (*c - '0' == path && (c == only || c[-1] == ',') && (c[1] == ',' || c[1] == '\0'))
+    for (const char *c = only; *c;) {
+        char *end;
+        const long named = strtol(c, &end, 10);
+        if (end != c && named == path && (*end == ',' || *end == '\0'))
             return 1;
+        c = *end ? end + 1 : end;
+    }
     return 0;
 }
 
@@ -363,11 +367,11 @@ static void force_prefill_path(int path)
     gdn_cuda_chunked_force_precise(any ? -1 : path == 0);
     gdn_cuda_chunked_force_pipeline(any ? -1 : path == 1);
     gdn_cuda_chunked_force_split(any ? -1 : path >= 3);
-    gdn_cuda_chunked_force_wgmma(any ? -1 : path >= 4 && path <= 6 ? 1 << (path - 4) : 0);
+    gdn_cuda_chunked_force_wgmma(any ? -1 : path >= 4 && path <= 6 ? 1 << (path - 4) : path == 10 ? 2 : 0);
     gdn_cuda_chunked_force_kary(any ? -1 : path != 3); /* (the 32-way search is the default) */
     gdn_cuda_chunked_force_wy(any ? -1 : path == 8);
     gdn_cuda_chunked_force_lean(any ? -1 : path != 3); /* (running pointers: the default) */
-    gdn_cuda_chunked_force_spread(any ? -1 : path == 9);
+    gdn_cuda_chunked_force_spread(any ? -1 : path == 9 || path == 10);
     case_workspace = !any && path >= 3;
 }
 
@@ -377,8 +381,9 @@ static void force_prefill_path(int path)
  * (GDN_PREFILL_KARY=0) and staging by offsets (GDN_PREFILL_LEAN=0), then with the 32-way search
  * and running pointers (the defaults, also on the paths after it), on wgmma with 1, 2 and 4
  * slices a block where the GPU is sm_90: elsewhere those three are the mma.sync walk again; the
- * mma.sync walk on records in the WY form, GDN_PREFILL_WY; and the mma.sync walk with its stage
- * spread over the two warp groups, GDN_PREFILL_SPREAD), within the tensor-core tolerances. */
+ * mma.sync walk on records in the WY form, GDN_PREFILL_WY; and with GDN_PREFILL_SPREAD the
+ * mma.sync walk with its stage spread over the two warp groups, the wgmma walk of 2 slices with
+ * its stage after the first products), within the tensor-core tolerances. */
 static void cuda_prefill_chunked(void)
 {
     if (!cuda_present())
@@ -394,8 +399,9 @@ static void cuda_prefill_chunked(void)
         "1-term products, split, wgmma walk of 4 slices a block",
         "1-term products, split, mma.sync walk, 32-way record search (default)",
         "1-term products, split, mma.sync walk, WY records",
-        "1-term products, split, mma.sync walk, running pointers spread over the warp groups"};
-    for (int path = 0; path < 10; path++) {
+        "1-term products, split, mma.sync walk, running pointers spread over the warp groups",
+        "1-term products, split, wgmma walk of 2 slices a block, stage after the first products"};
+    for (int path = 0; path < 11; path++) {
         if (!prefill_path_on(path))
             continue;
         force_prefill_path(path);
@@ -429,19 +435,20 @@ static void cuda_prefill_workspace_refused(void)
 }
 
 /* A few small chunked calls in both precisions, for compute-sanitizer (the full matrix above
- * takes too long under it): a partial last chunk, a mixed call, padding, bf16 state, V = 48. */
+ * takes too long under it): a partial last chunk, a mixed call, padding, bf16 state, V = 48, and
+ * sequences of up to 5 chunks (the walks' stages inside the loop). */
 static void cuda_sanitize_prefill(void)
 {
     if (!cuda_present())
         return;
-    for (int path = 0; path < 10; path++) {
+    for (int path = 0; path < 11; path++) {
         if (!prefill_path_on(path))
             continue;
         const int precise = path == 0;
         force_prefill_path(path);
-        for (int i = 0; i < 3; i++) {
+        for (int i = 0; i < 4; i++) {
             decode_case c = base(3, 1, 2, 128, i == 2 ? 48 : 128);
-            c.num_tokens = 70 + 30 * i, c.varlen = 1, c.padding = i == 1, c.zero_init = i == 0;
+            c.num_tokens = i == 3 ? 700 : 70 + 30 * i, c.varlen = 1, c.padding = i == 1, c.zero_init = i == 0;
             c.act_dtype = i == 1 ? GDN_DTYPE_F32 : GDN_DTYPE_BF16;
             c.state_dtype = i == 2 ? GDN_DTYPE_BF16 : GDN_DTYPE_F32;
             c.tc_products = precise ? 3 : 1;

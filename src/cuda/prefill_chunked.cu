@@ -2711,7 +2711,7 @@ __device__ __forceinline__ void stage_wg(const stage_source<bf16> &src, int64_t 
 /* Sequence n's walk for the block's WGS slices, warpgroup wg on slice blockIdx.x * WGS + wg. The
  * state of the slice is the accumulator of S^T (k x v): st[mt] holds rows k = 64 mt + 16 w + g (+ 8),
  * columns v = 8 j + 2 t4 (+ 1) for warp w of the warpgroup, as wgmma's accumulator layout has it. */
-template <typename St, int WGS>
+template <typename St, int WGS, bool LATE> /* LATE: the stage after the first products' issue */
 __device__ void chunked_sequence_wgmma(const gdn_problem &p, int64_t n, unsigned char *smb)
 {
     typedef wg_smem<WGS> L;
@@ -2781,10 +2781,14 @@ __device__ void chunked_sequence_wgmma(const gdn_problem &p, int64_t n, unsigned
             copy_async_wait<0>();
         fence_async_smem(); /* the staged rows and this warpgroup's S image, for wgmma */
         __syncthreads();    /* chunk ci has landed; buffer (ci + pipe) % buffers is free */
-        if (ci + pipe < chunks)
-            stage(ci + pipe);
-        else
-            copy_async_commit();
+        auto stage_next = [&]() {
+            if (ci + pipe < chunks)
+                stage(ci + pipe);
+            else
+                copy_async_commit();
+        };
+        if constexpr (!LATE)
+            stage_next();
         const unsigned qb_at = smem_u32(buf + L::qb), kb_at = smem_u32(buf + L::kb);
         const bf16 *const vb = reinterpret_cast<const bf16 *>(buf + L::vb) + kSlice * wg;
         const bf16 *const tb = reinterpret_cast<const bf16 *>(buf + L::tb);
@@ -2808,6 +2812,11 @@ __device__ void chunked_sequence_wgmma(const gdn_problem &p, int64_t n, unsigned
         for (int ks = 0; ks < kRowK / 16; ks++)
             wgmma_ss(o, core_desc<kRowK>(qb_at + 256 * ks), core_desc<kRowK>(sv_at + 256 * ks));
         wg_commit();
+        /* (GDN_PREFILL_SPREAD: the copies of chunk ci + pipe issue while the tensor cores run
+         * Z and O; ncu of the default, H100 012cd2a qwen3-next 4x4096, had ~29% of the walk's
+         * stall samples on the stage's cp.async issued before them) */
+        if constexpr (LATE)
+            stage_next();
         wg_wait<1>();
         wg_hold(z);
 
@@ -3032,7 +3041,7 @@ __global__ void __launch_bounds__(kChunkWarps * 32, 1) prefill_chunked_vk128(con
 }
 
 /* The wgmma walk's kernel: WGS warpgroups a block on WGS slices of a head; the grid as above. */
-template <typename St, int WGS>
+template <typename St, int WGS, bool LATE>
 __global__ void __launch_bounds__(128 * WGS, 1) prefill_walk_wgmma(const gdn_problem p)
 {
     extern __shared__ __align__(128) unsigned char wsm[];
@@ -3045,7 +3054,7 @@ __global__ void __launch_bounds__(128 * WGS, 1) prefill_walk_wgmma(const gdn_pro
     for (int64_t n0 = 0; n0 < p.num_seqs; n0 += blockDim.x) {
         const int count = rank_round<4 * WGS>(p, n0, ranked_before, mine, warp_counts, mine_count);
         for (int i = 0; i < count; i++)
-            chunked_sequence_wgmma<St, WGS>(p, mine[i], wsm);
+            chunked_sequence_wgmma<St, WGS, LATE>(p, mine[i], wsm);
         __syncthreads(); /* mine and the counts are rewritten by the next round */
     }
 }
@@ -3101,9 +3110,10 @@ cudaError_t launch_chunk_local_wy(const gdn_problem &p, cudaStream_t stream)
 }
 
 /* The wgmma walk with WGS slices a block, after the chunk-local kernel. */
-template <typename St, int WGS> cudaError_t launch_wgmma_walk(const gdn_problem &p, cudaStream_t stream)
+template <typename St, int WGS, bool LATE = false>
+cudaError_t launch_wgmma_walk(const gdn_problem &p, cudaStream_t stream)
 {
-    const auto kernel = prefill_walk_wgmma<St, WGS>;
+    const auto kernel = prefill_walk_wgmma<St, WGS, LATE>;
     const int bytes = wg_smem<WGS>::bytes;
     const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
     if (err != cudaSuccess)
@@ -3216,7 +3226,9 @@ template <typename Act, typename St> cudaError_t launch_state(const gdn_problem 
                 return err;
             switch (wgmma_slices(p)) {
             case 1: return launch_wgmma_walk<St, 1>(p, stream);
-            case 2: return launch_wgmma_walk<St, 2>(p, stream);
+            case 2:
+                return lean_staging() && spread_staging() ? launch_wgmma_walk<St, 2, true>(p, stream)
+                                                          : launch_wgmma_walk<St, 2>(p, stream);
             case 4: return launch_wgmma_walk<St, 4>(p, stream);
             default:
                 if (!lean_staging())
