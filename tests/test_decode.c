@@ -370,8 +370,9 @@ static void force_prefill_path(int path)
     gdn_cuda_chunked_force_wgmma(any ? -1 : path >= 4 && path <= 6 ? 1 << (path - 4) : path == 10 ? 2 : 0);
     gdn_cuda_chunked_force_kary(any ? -1 : path != 3); /* (the 32-way search is the default) */
     gdn_cuda_chunked_force_wy(any ? -1 : path == 8);
-    gdn_cuda_chunked_force_lean(any ? -1 : path != 3); /* (running pointers: the default) */
-    gdn_cuda_chunked_force_spread(any ? -1 : path == 9 || path == 10);
+    gdn_cuda_chunked_force_lean(any ? -1 : path != 3);   /* (running pointers: the default) */
+    gdn_cuda_chunked_force_spread(any ? -1 : path != 9); /* (spread: the default) */
+    gdn_cuda_chunked_force_wg_late(any ? -1 : path == 10);
     case_workspace = !any && path >= 3;
 }
 
@@ -379,11 +380,12 @@ static void force_prefill_path(int path)
  * GDN_TC3_STATE_REL; one term (the default with bf16 activations), pipelined, phase by phase and
  * split (with a workspace; its walk on mma.sync with the local kernel's binary record search
  * (GDN_PREFILL_KARY=0) and staging by offsets (GDN_PREFILL_LEAN=0), then with the 32-way search
- * and running pointers (the defaults, also on the paths after it), on wgmma with 1, 2 and 4
- * slices a block where the GPU is sm_90: elsewhere those three are the mma.sync walk again; the
- * mma.sync walk on records in the WY form, GDN_PREFILL_WY; and with GDN_PREFILL_SPREAD the
- * mma.sync walk with its stage spread over the two warp groups, the wgmma walk of 2 slices with
- * its stage after the first products), within the tensor-core tolerances. */
+ * and running pointers spread over the two warp groups (the defaults, also on the paths after
+ * it), on wgmma with 1, 2 and 4 slices a block where the GPU is sm_90: elsewhere those three are
+ * the mma.sync walk again; the mma.sync walk on records in the WY form, GDN_PREFILL_WY; the
+ * mma.sync walk with its whole stage at the loop's barrier, GDN_PREFILL_SPREAD=0; and the wgmma
+ * walk of 2 slices staging after its first products, GDN_PREFILL_WG_LATE), within the
+ * tensor-core tolerances. */
 static void cuda_prefill_chunked(void)
 {
     if (!cuda_present())
@@ -397,9 +399,9 @@ static void cuda_prefill_chunked(void)
         "1-term products, split, wgmma walk of 1 slice a block",
         "1-term products, split, wgmma walk of 2 slices a block",
         "1-term products, split, wgmma walk of 4 slices a block",
-        "1-term products, split, mma.sync walk, 32-way record search (default)",
+        "1-term products, split, mma.sync walk, 32-way record search, spread stage (default)",
         "1-term products, split, mma.sync walk, WY records",
-        "1-term products, split, mma.sync walk, running pointers spread over the warp groups",
+        "1-term products, split, mma.sync walk, running pointers, all at the loop's barrier",
         "1-term products, split, wgmma walk of 2 slices a block, stage after the first products"};
     for (int path = 0; path < 11; path++) {
         if (!prefill_path_on(path))

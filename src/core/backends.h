@@ -90,9 +90,12 @@ void gdn_cuda_chunked_force_wy(int wy);
  * GDN_PREFILL_LEAN=0 turns it off), 0 = off, negative = the default. */
 void gdn_cuda_chunked_force_lean(int lean);
 /* With the running pointers, the stage split between the walk's two warp groups at their idle
- * points: 1 = on, 0 = off (the default; GDN_PREFILL_SPREAD=1 turns it on), negative = the
+ * points: 1 = on (the default; GDN_PREFILL_SPREAD=0 turns it off), 0 = off, negative = the
  * default. */
 void gdn_cuda_chunked_force_spread(int spread);
+/* The wgmma walk of 2 slices a block stages after issuing its first products: 1 = on, 0 = off
+ * (the default; GDN_PREFILL_WG_LATE=1 turns it on), negative = the default. */
+void gdn_cuda_chunked_force_wg_late(int late);
 /* Bytes of one record of the split path (the workspace holds one a chunk and value head): the WY
  * form's while that is on, else GDN_CHUNK_RECORD_BYTES. */
 size_t gdn_cuda_chunk_record_bytes(int64_t head_dim_v);

@@ -2248,7 +2248,8 @@ __device__ __forceinline__ void stage_split_lean(const stage_source<bf16> &src, 
     cur.c0 += kChunk, cur.buf = cur.buf == kBuffers - 1 ? 0 : cur.buf + 1;
 }
 
-/* Staging spread over the warps' slack (GDN_PREFILL_SPREAD=1, on top of the running pointers).
+/* Staging spread over the warps' slack (GDN_PREFILL_SPREAD, on top of the running pointers; the
+ * default).
  * ncu of the lean walk (H100, 012cd2a, qwen3-next 1x4096) put ~25% of its stall samples on the
  * stage itself: every warp issues ~22 cp.async right after the loop's first barrier, and the
  * copies' address registers wait on the memory pipe before the first product can start. Each
@@ -2812,9 +2813,10 @@ __device__ void chunked_sequence_wgmma(const gdn_problem &p, int64_t n, unsigned
         for (int ks = 0; ks < kRowK / 16; ks++)
             wgmma_ss(o, core_desc<kRowK>(qb_at + 256 * ks), core_desc<kRowK>(sv_at + 256 * ks));
         wg_commit();
-        /* (GDN_PREFILL_SPREAD: the copies of chunk ci + pipe issue while the tensor cores run
+        /* (GDN_PREFILL_WG_LATE: the copies of chunk ci + pipe issue while the tensor cores run
          * Z and O; ncu of the default, H100 012cd2a qwen3-next 4x4096, had ~29% of the walk's
-         * stall samples on the stage's cp.async issued before them) */
+         * stall samples on the stage's cp.async issued before them; but moving them here
+         * changed nothing, 498e0df) */
         if constexpr (LATE)
             stage_next();
         wg_wait<1>();
@@ -3137,8 +3139,9 @@ int wy_env = -1;
 
 bool wy_switch(void) { return forced_switch(&forced_wy, "GDN_PREFILL_WY", &wy_env, 0) != 0; }
 
-int forced_lean = -1;   /* gdn_cuda_chunked_force_lean; -1 = by env */
-int forced_spread = -1; /* gdn_cuda_chunked_force_spread; -1 = by env */
+int forced_lean = -1;    /* gdn_cuda_chunked_force_lean; -1 = by env */
+int forced_spread = -1;  /* gdn_cuda_chunked_force_spread; -1 = by env */
+int forced_wg_late = -1; /* gdn_cuda_chunked_force_wg_late; -1 = by env */
 
 /* The split path's mma.sync walk stages its chunks by running pointers (split_cursor): the
  * default since it won every case it runs on an H100 by 2-5% (012cd2a, bench/results). */
@@ -3148,11 +3151,20 @@ bool lean_staging(void)
     return forced_switch(&forced_lean, "GDN_PREFILL_LEAN", &env, 1) != 0;
 }
 
-/* With the running pointers: the stage spread over the warps' slack (spread_cursor). */
+/* With the running pointers: the stage spread over the warps' slack (spread_cursor). The
+ * default since it won every case the mma.sync walk runs on an H100 by 1.5-8% (498e0df). */
 bool spread_staging(void)
 {
     static int env = -1;
-    return forced_switch(&forced_spread, "GDN_PREFILL_SPREAD", &env, 0) != 0;
+    return forced_switch(&forced_spread, "GDN_PREFILL_SPREAD", &env, 1) != 0;
+}
+
+/* The wgmma walk of 2 slices stages after its first products' issue: off, it changed nothing on
+ * an H100 (qwen3-next 4x4096 697 us either way, 498e0df). */
+bool wg_late_staging(void)
+{
+    static int env = -1;
+    return forced_switch(&forced_wg_late, "GDN_PREFILL_WG_LATE", &env, 0) != 0;
 }
 
 bool precise_for(const gdn_problem &p)
@@ -3227,8 +3239,8 @@ template <typename Act, typename St> cudaError_t launch_state(const gdn_problem 
             switch (wgmma_slices(p)) {
             case 1: return launch_wgmma_walk<St, 1>(p, stream);
             case 2:
-                return lean_staging() && spread_staging() ? launch_wgmma_walk<St, 2, true>(p, stream)
-                                                          : launch_wgmma_walk<St, 2>(p, stream);
+                return wg_late_staging() ? launch_wgmma_walk<St, 2, true>(p, stream)
+                                         : launch_wgmma_walk<St, 2>(p, stream);
             case 4: return launch_wgmma_walk<St, 4>(p, stream);
             default:
                 if (!lean_staging())
@@ -3305,6 +3317,11 @@ void gdn_cuda_chunked_force_lean(int lean)
 void gdn_cuda_chunked_force_spread(int spread)
 {
     __atomic_store_n(&forced_spread, spread >= 0 ? (spread != 0) : -1, __ATOMIC_RELAXED);
+}
+
+void gdn_cuda_chunked_force_wg_late(int late)
+{
+    __atomic_store_n(&forced_wg_late, late >= 0 ? (late != 0) : -1, __ATOMIC_RELAXED);
 }
 
 void gdn_cuda_chunked_force_wy(int wy)
