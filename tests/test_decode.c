@@ -358,6 +358,9 @@ static int prefill_path_on(int path)
     return 0;
 }
 
+/* Prefill test paths 0 .. kPrefillPaths - 1 (named in cuda_prefill_chunked). */
+enum { kPrefillPaths = 11 };
+
 /* The cuda chunked kernel's switches for prefill test path `path` (the list in
  * cuda_prefill_chunked), with a workspace from path 3 on; -1: every switch back to its default,
  * no workspace. */
@@ -391,7 +394,7 @@ static void cuda_prefill_chunked(void)
     if (!cuda_present())
         return;
     print_errors = 1;
-    static const char *const paths[] = {
+    static const char *const paths[kPrefillPaths] = {
         "3-term products",
         "1-term products, pipelined",
         "1-term products, phase by phase",
@@ -403,7 +406,7 @@ static void cuda_prefill_chunked(void)
         "1-term products, split, mma.sync walk, WY records",
         "1-term products, split, mma.sync walk, running pointers, all at the loop's barrier",
         "1-term products, split, wgmma walk of 2 slices a block, stage after the first products"};
-    for (int path = 0; path < 11; path++) {
+    for (int path = 0; path < kPrefillPaths; path++) {
         if (!prefill_path_on(path))
             continue;
         force_prefill_path(path);
@@ -443,7 +446,7 @@ static void cuda_sanitize_prefill(void)
 {
     if (!cuda_present())
         return;
-    for (int path = 0; path < 11; path++) {
+    for (int path = 0; path < kPrefillPaths; path++) {
         if (!prefill_path_on(path))
             continue;
         const int precise = path == 0;

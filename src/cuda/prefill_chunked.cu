@@ -2185,7 +2185,21 @@ __device__ __forceinline__ void rows_times_state(const bf16 *X, const bf16 *sb, 
     }
 }
 
-/* Where a thread's staging copies of the next chunk come from (GDN_PREFILL_LEAN=1): its pieces
+/* Pieces first .. first + COUNT - 1 of a record's image (16 bytes each) into the buffer's tb by
+ * THREADS threads, thread t taking first + t, first + t + THREADS, ...: the running-pointer
+ * stages' record copy. */
+template <int THREADS, int COUNT>
+__device__ __forceinline__ void copy_record_pieces(bf16 *tb, const unsigned char *rec, int first, int t)
+{
+#pragma unroll
+    for (int j = 0; j < (COUNT + THREADS - 1) / THREADS; j++) {
+        const int i = t + THREADS * j;
+        if ((j + 1) * THREADS <= COUNT || i < COUNT)
+            copy_async16(reinterpret_cast<uint4 *>(tb) + first + i, rec + 16 * (first + i), true);
+    }
+}
+
+/* Where a thread's staging copies of the next chunk come from (GDN_PREFILL_LEAN, the default): its pieces
  * of q, k and v and the record, advanced by a chunk after each stage. ncu of the split walk (H200,
  * 3a9e806, 1x4096) counted ~586 instructions a warp a chunk, ~250 of them stage_split's: 64-bit
  * products of row and stride for every piece, the record's address and ci % 3 in 64 bits, the
@@ -2233,13 +2247,7 @@ __device__ __forceinline__ void stage_split_lean(const stage_source<bf16> &src, 
             q += cur.q16, k += cur.k16;
         }
         copy_async16(reinterpret_cast<uint4 *>(w.vb + (tid / 4) * kLdV + 8 * (tid % 4)), cur.v, true);
-        constexpr int pieces = record_layout::image / 16;
-#pragma unroll
-        for (int j = 0; j < (pieces + 255) / 256; j++) {
-            const int i = tid + 256 * j;
-            if ((j + 1) * 256 <= pieces || i < pieces)
-                copy_async16(reinterpret_cast<uint4 *>(w.tb) + i, cur.rec + 16 * i, true);
-        }
+        copy_record_pieces<256, record_layout::image / 16>(w.tb, cur.rec, 0, tid);
         copy_async_commit();
     } else {
         stage_split(src, cur.c0, len, cur.rec, w);
@@ -2300,13 +2308,7 @@ __device__ __forceinline__ void stage_spread(spread_cursor &cur, bool qwarp, con
         copy_async16(reinterpret_cast<uint4 *>(vd + 32 * kLdV), cur.v + cur.v32, true);
     }
     constexpr int half = record_layout::image / 32; /* 16-byte pieces a group */
-    const int base = qwarp ? 0 : half;
-#pragma unroll
-    for (int j = 0; j < (half + 127) / 128; j++) {
-        const int i = t + 128 * j;
-        if ((j + 1) * 128 <= half || i < half)
-            copy_async16(reinterpret_cast<uint4 *>(w.tb) + base + i, cur.rec + 16 * (base + i), true);
-    }
+    copy_record_pieces<128, half>(w.tb, cur.rec, qwarp ? 0 : half, t);
     copy_async_commit();
     cur.rows += cur.rows_next, cur.v += cur.v_next, cur.rec += cur.rec_next;
 }
