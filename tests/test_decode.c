@@ -336,12 +336,6 @@ static void prefill_chunked_cases(gdn_backend backend)
         c.act_dtype = acts[2 * i];
         expect_pass(c, backend, 2);
     }
-    for (int i = 0; i < 2; i++) { /* four value heads a key head (two pairs of each), both maps */
-        decode_case c = base(3, 2, 8, 128, 64);
-        c.num_tokens = 230, c.varlen = 1, c.act_dtype = GDN_DTYPE_BF16;
-        c.head_map = i ? GDN_HEAD_MAP_TILED : GDN_HEAD_MAP_GROUPED;
-        expect_pass(c, backend, 2);
-    }
     decode_case c = base(3, 16, 32, 128, 128);
     c.num_tokens = 1100, c.varlen = 1, c.act_dtype = GDN_DTYPE_BF16, c.zero_init = 1;
     expect_pass(c, backend, 1);
@@ -365,7 +359,7 @@ static int prefill_path_on(int path)
 }
 
 /* Prefill test paths 0 .. kPrefillPaths - 1 (named in cuda_prefill_chunked). */
-enum { kPrefillPaths = 12 };
+enum { kPrefillPaths = 11 };
 
 /* The cuda chunked kernel's switches for prefill test path `path` (the list in
  * cuda_prefill_chunked), with a workspace from path 3 on; -1: every switch back to its default,
@@ -382,7 +376,6 @@ static void force_prefill_path(int path)
     gdn_cuda_chunked_force_lean(any ? -1 : path != 3);   /* (running pointers: the default) */
     gdn_cuda_chunked_force_spread(any ? -1 : path != 9); /* (spread: the default) */
     gdn_cuda_chunked_force_wg_late(any ? -1 : path == 10);
-    gdn_cuda_chunked_force_pair(any ? -1 : path == 11);
     case_workspace = !any && path >= 3;
 }
 
@@ -394,8 +387,8 @@ static void force_prefill_path(int path)
  * it), on wgmma with 1, 2 and 4 slices a block where the GPU is sm_90: elsewhere those three are
  * the mma.sync walk again; the mma.sync walk on records in the WY form, GDN_PREFILL_WY; the
  * mma.sync walk with its whole stage at the loop's barrier, GDN_PREFILL_SPREAD=0; and the wgmma
- * walk of 2 slices staging after its first products, GDN_PREFILL_WG_LATE; the local kernel on
- * two value heads of a key head a block, GDN_PREFILL_PAIR), within the tensor-core tolerances. */
+ * walk of 2 slices staging after its first products, GDN_PREFILL_WG_LATE), within the
+ * tensor-core tolerances. */
 static void cuda_prefill_chunked(void)
 {
     if (!cuda_present())
@@ -412,8 +405,7 @@ static void cuda_prefill_chunked(void)
         "1-term products, split, mma.sync walk, 32-way record search, spread stage (default)",
         "1-term products, split, mma.sync walk, WY records",
         "1-term products, split, mma.sync walk, running pointers, all at the loop's barrier",
-        "1-term products, split, wgmma walk of 2 slices a block, stage after the first products",
-        "1-term products, split, mma.sync walk, local kernel by pairs of value heads"};
+        "1-term products, split, wgmma walk of 2 slices a block, stage after the first products"};
     for (int path = 0; path < kPrefillPaths; path++) {
         if (!prefill_path_on(path))
             continue;

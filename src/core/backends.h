@@ -93,10 +93,6 @@ void gdn_cuda_chunked_force_lean(int lean);
  * points: 1 = on (the default; GDN_PREFILL_SPREAD=0 turns it off), 0 = off, negative = the
  * default. */
 void gdn_cuda_chunked_force_spread(int spread);
-/* The split path's local kernel takes the two value heads of a pair of one key head a block
- * (where HV is a multiple of 2 H): 1 = on, 0 = off (the default; GDN_PREFILL_PAIR=1 turns it on),
- * negative = the default. */
-void gdn_cuda_chunked_force_pair(int pair);
 /* The wgmma walk of 2 slices a block stages after issuing its first products: 1 = on, 0 = off
  * (the default; GDN_PREFILL_WG_LATE=1 turns it on), negative = the default. */
 void gdn_cuda_chunked_force_wg_late(int late);

@@ -1291,16 +1291,14 @@ __device__ __forceinline__ void stage_raw(const stage_source<bf16> &src, int64_t
  * Only row factors: with D = diag(rk) the normalised A = diag(beta) D K K^T D (decays applied)
  * gives (I + A)^{-1} = D^{-1} (I + M)^{-1} D, so U = D^{-1} U' with U' = (I + M)^{-1} (D Z),
  * and the column factors rk_s cancel against U's D^{-1} in P U and in the state update
- * (U' meets the raw k rows). The exponent of e(t,s) is in base 2: cum holds G_t log2(e).
- * HEADS value heads of one key head share the rows and so the products: each gets the epilogues
- * with its own gates into its own buffers (w[h], cum[h], ab[h], diag[h]; the rows are w[0]'s). */
-template <int MA, int MB, bool is_q, int HEADS>
-__device__ __forceinline__ void gram_raw_heads(const ws_buffer *w, const float *const *cum, bf16 *const *ab,
-                                               float *const *diag, float scale, bool l2norm)
+ * (U' meets the raw k rows). The exponent of e(t,s) is in base 2: cum holds G_t log2(e). */
+template <int MA, int MB, bool is_q>
+__device__ __forceinline__ void gram_raw(const ws_buffer &w, const float *cum, bf16 *ab, float *diag,
+                                         float scale, bool l2norm)
 {
     constexpr int NA = 2 * MA + 2, NB = 2 * MB + 2;
     const int lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
-    const bf16 *X = is_q ? w[0].qb : w[0].kb;
+    const bf16 *X = is_q ? w.qb : w.kb;
     float acc_a[NA][4], acc_b[NB][4], qd[2][2][4];
 #pragma unroll
     for (int e = 0; e < 4; e++) {
@@ -1322,7 +1320,7 @@ __device__ __forceinline__ void gram_raw_heads(const ws_buffer *w, const float *
 #pragma unroll
         for (int pr = 0; pr < NB / 2; pr++) {
             unsigned b[4];
-            ldsm_x4(b, frag_b2_nk(w[0].kb, kLdB, 16 * pr, kk));
+            ldsm_x4(b, frag_b2_nk(w.kb, kLdB, 16 * pr, kk));
             mma_bf16(acc_b[2 * pr], a1, b);
             mma_bf16(acc_b[2 * pr + 1], a1, b + 2);
             if (2 * pr < NA) {
@@ -1332,88 +1330,65 @@ __device__ __forceinline__ void gram_raw_heads(const ws_buffer *w, const float *
         }
         if (is_q && l2norm) {
             unsigned b[4];
-            ldsm_x4(b, frag_b2_nk(w[0].qb, kLdB, 16 * MA, kk));
+            ldsm_x4(b, frag_b2_nk(w.qb, kLdB, 16 * MA, kk));
             mma_bf16(qd[0][0], a0, b);
             mma_bf16(qd[0][1], a0, b + 2);
-            ldsm_x4(b, frag_b2_nk(w[0].qb, kLdB, 16 * MB, kk));
+            ldsm_x4(b, frag_b2_nk(w.qb, kLdB, 16 * MB, kk));
             mma_bf16(qd[1][0], a1, b);
             mma_bf16(qd[1][1], a1, b + 2);
         }
     }
     /* the diagonal of a 16 x 16 tile: row g col g in the first n-tile (element g % 2 of lanes
      * with g / 2 == t4), row g + 8 col g + 8 in the second (element 2 + g % 2) */
-    /* (the factors depend on the rows only: each head's gates get the same ones) */
-    auto norms = [&](int m, const float *t0, const float *t1, bool of_q, float f) {
+    auto norms = [&](int m, const float *t0, const float *t1, float *dst, float f) {
         if (!l2norm) {
             if (lane < 16)
-#pragma unroll
-                for (int h = 0; h < HEADS; h++)
-                    (of_q ? w[h].rq : w[h].rk)[16 * m + lane] = f;
+                dst[16 * m + lane] = f;
         } else if (g / 2 == t4) {
             /* selects, not t0[g % 2]: a runtime index would move the accumulators to the stack */
             const float d0 = g % 2 ? t0[1] : t0[0], d1 = g % 2 ? t1[3] : t1[2];
-            const float f0 = f * inv_sqrt(d0 + GDN_L2NORM_EPS), f1 = f * inv_sqrt(d1 + GDN_L2NORM_EPS);
-#pragma unroll
-            for (int h = 0; h < HEADS; h++) {
-                float *dst = of_q ? w[h].rq : w[h].rk;
-                dst[16 * m + g] = f0;
-                dst[16 * m + 8 + g] = f1;
-            }
+            dst[16 * m + g] = f * inv_sqrt(d0 + GDN_L2NORM_EPS);
+            dst[16 * m + 8 + g] = f * inv_sqrt(d1 + GDN_L2NORM_EPS);
         }
     };
     if constexpr (is_q) {
-        norms(MA, qd[0][0], qd[0][1], true, scale);
-        norms(MB, qd[1][0], qd[1][1], true, scale);
+        norms(MA, qd[0][0], qd[0][1], w.rq, scale);
+        norms(MB, qd[1][0], qd[1][1], w.rq, scale);
     } else {
-        norms(MA, acc_a[2 * MA], acc_a[2 * MA + 1], false, 1.0f);
-        norms(MB, acc_b[2 * MB], acc_b[2 * MB + 1], false, 1.0f);
+        norms(MA, acc_a[2 * MA], acc_a[2 * MA + 1], w.rk, 1.0f);
+        norms(MB, acc_b[2 * MB], acc_b[2 * MB + 1], w.rk, 1.0f);
     }
     named_sync(kBarLocal, kGroupThreads); /* every norm factor, the gates */
 
     /* __expf: the exponent is <= 0 and the products are bf16, so its ~2 ulp do not show */
-    auto epilogue = [&](int h, int mi, int nj, const float *acc) {
+    auto epilogue = [&](int mi, int nj, const float *acc) {
         const int col = 8 * nj + 2 * t4;
-        const float2 cc = *reinterpret_cast<const float2 *>(cum[h] + col);
+        const float2 cc = *reinterpret_cast<const float2 *>(cum + col);
 #pragma unroll
         for (int half = 0; half < 2; half++) {
             const int row = 16 * mi + g + 8 * half;
-            const float cr = cum[h][row],
-                        fr = is_q ? w[h].rq[row] : w[h].beta[row] * w[h].rk[row] * w[h].rk[row];
+            const float cr = cum[row], fr = is_q ? w.rq[row] : w.beta[row] * w.rk[row] * w.rk[row];
             const bool in0 = is_q ? col <= row : col < row, in1 = is_q ? col + 1 <= row : col + 1 < row;
             const float v0 = in0 ? fr * fast_exp2(cr - cc.x) * acc[2 * half] : 0.0f;
             const float v1 = in1 ? fr * fast_exp2(cr - cc.y) * acc[2 * half + 1] : 0.0f;
             if constexpr (is_q)
-                store_bf16_pair(w[h].pb + row * kLdP + col, v0, v1);
+                store_bf16_pair(w.pb + row * kLdP + col, v0, v1);
             else if (nj >= 2 * mi)
-                *reinterpret_cast<float2 *>(diag[h] + (mi * 16 + row - 16 * mi) * kLdD + col - 16 * mi) =
+                *reinterpret_cast<float2 *>(diag + (mi * 16 + row - 16 * mi) * kLdD + col - 16 * mi) =
                     make_float2(v0, v1);
             else
-                store_bf16_pair(ab[h] + row * kLdP + col, v0, v1);
+                store_bf16_pair(ab + row * kLdP + col, v0, v1);
         }
     };
 #pragma unroll
-    for (int h = 0; h < HEADS; h++) {
+    for (int j = 0; j < NA; j++)
+        epilogue(MA, j, acc_a[j]);
 #pragma unroll
-        for (int j = 0; j < NA; j++)
-            epilogue(h, MA, j, acc_a[j]);
-#pragma unroll
-        for (int j = 0; j < NB; j++)
-            epilogue(h, MB, j, acc_b[j]);
-        if constexpr (!is_q) {
-            invert_diagonal_pair<MA, MB>(diag[h], w[h].tb);
-        }
+    for (int j = 0; j < NB; j++)
+        epilogue(MB, j, acc_b[j]);
+    if constexpr (!is_q) {
+        invert_diagonal_pair<MA, MB>(diag, w.tb);
     }
-}
-
-/* gram_raw_heads for one value head. */
-template <int MA, int MB, bool is_q>
-__device__ __forceinline__ void gram_raw(const ws_buffer &w, const float *cum, bf16 *ab, float *diag,
-                                         float scale, bool l2norm)
-{
-    const float *const cums[1] = {cum};
-    bf16 *const abs[1] = {ab};
-    float *const diags[1] = {diag};
-    gram_raw_heads<MA, MB, is_q, 1>(&w, cums, abs, diags, scale, l2norm);
 }
 
 /* T's column block j below the diagonal, by warp: T_ij = -D_i sum_{j<=k<i} A_ik T_kj with
@@ -1843,9 +1818,9 @@ struct local_chunk {
     int64_t r, hv, n, ci, first, c0;
     int len;
 };
-__device__ __forceinline__ bool open_local_chunk(const gdn_problem &p, local_chunk &lc, int64_t hv)
+__device__ __forceinline__ bool open_local_chunk(const gdn_problem &p, local_chunk &lc)
 {
-    lc.r = blockIdx.x, lc.hv = hv;
+    lc.r = blockIdx.x, lc.hv = blockIdx.y;
     lc.n = record_sequence(p, lc.r), lc.ci = lc.r - first_record(p, lc.n);
     const int64_t T = gdn_seq_tokens(&p, lc.n);
     lc.first = gdn_first_token_row(&p, lc.n);
@@ -1911,22 +1886,34 @@ __device__ __forceinline__ void local_gram_and_t(const gdn_problem &p, const loc
     __syncthreads(); /* T */
 }
 
-/* Record lc.r of value head hv from shared memory: T and P row by row in 16-byte pieces (thread:
- * piece tid % 8 of rows tid / 8 + 16 i; from tb, P record_layout::p after it), the blocks above
- * the diagonal as zeros (their shared memory holds stale rows), the padding columns, then the
- * gates (from gam: 5 C floats) and the tag. (A loop over every piece with divisions and selects
- * took ~360 instructions a warp, a fifth of the kernel's: ncu of 046a0e6.) */
-__device__ __forceinline__ void store_record(const gdn_problem &p, const local_chunk &lc, int64_t hv,
-                                             const unsigned char *tb, const float *gam)
+/* One block of 4 warps per (record, value head): the chunk-local work of the pipelined path for
+ * the chunk that record belongs to, written to the workspace. Records of no chunk (past a
+ * sequence's last chunk, sequences the multi-token kernel takes, bad cu_seqlens) are left alone. */
+__global__ void __launch_bounds__(kGroupThreads, 5) prefill_chunk_local(const gdn_problem p)
 {
-    unsigned char *rec = record_at(p, lc.r, hv);
+    extern __shared__ __align__(16) unsigned char lsm[];
+    local_chunk lc;
+    if (!open_local_chunk(p, lc))
+        return;
+    const int64_t r = lc.r, hv = lc.hv, n = lc.n, ci = lc.ci;
+    const ws_buffer w = local_buffer<local_smem>(lsm);
+    stage_raw<false>(local_source(p, lc), lc.c0, lc.len, w);
+    local_gram_and_t(p, lc, w, reinterpret_cast<bf16 *>(lsm + local_smem::ab),
+                     reinterpret_cast<float *>(lsm + local_smem::diag),
+                     reinterpret_cast<float *>(lsm + local_smem::cum));
+    /* the record: T and P row by row in 16-byte pieces (thread: piece tid % 8 of rows tid / 8 +
+     * 16 i), the blocks above the diagonal as zeros (their shared memory holds stale rows), then
+     * the padding columns. (A loop over every piece with divisions
+     * and selects took ~360 instructions a warp, a fifth of the kernel's: ncu of 046a0e6.) */
+    static_assert(local_smem::pb - local_smem::tb == record_layout::p, "T and P as in the record");
+    unsigned char *rec = record_at(p, r, hv);
     {
         const int piece = threadIdx.x % 8, row0 = threadIdx.x / 8;
 #pragma unroll
         for (int j = 0; j < 8; j++) {
             const int off = (j / 4) * record_layout::p + ((row0 + 16 * (j % 4)) * kLdP + 8 * piece) * 2;
-            const uint4 x =
-                piece / 2 <= j % 4 ? *reinterpret_cast<const uint4 *>(tb + off) : make_uint4(0u, 0u, 0u, 0u);
+            const uint4 x = piece / 2 <= j % 4 ? *reinterpret_cast<const uint4 *>(lsm + local_smem::tb + off)
+                                               : make_uint4(0u, 0u, 0u, 0u);
             *reinterpret_cast<uint4 *>(rec + record_layout::t + off) = x;
         }
         /* the padding columns as zeros too: nothing reads them, but the walks copy the record
@@ -1939,117 +1926,9 @@ __device__ __forceinline__ void store_record(const gdn_problem &p, const local_c
     }
     if (threadIdx.x < 5 * kChunk / 4)
         reinterpret_cast<uint4 *>(rec + record_layout::gates)[threadIdx.x] =
-            reinterpret_cast<const uint4 *>(gam)[threadIdx.x];
+            reinterpret_cast<const uint4 *>(w.gam)[threadIdx.x];
     if (threadIdx.x == 0)
-        *reinterpret_cast<int64_t *>(rec + record_layout::tag) = record_tag(lc.n, lc.ci);
-}
-
-/* One block of 4 warps per (record, value head): the chunk-local work of the pipelined path for
- * the chunk that record belongs to, written to the workspace. Records of no chunk (past a
- * sequence's last chunk, sequences the multi-token kernel takes, bad cu_seqlens) are left alone. */
-__global__ void __launch_bounds__(kGroupThreads, 5) prefill_chunk_local(const gdn_problem p)
-{
-    extern __shared__ __align__(16) unsigned char lsm[];
-    local_chunk lc;
-    if (!open_local_chunk(p, lc, blockIdx.y))
-        return;
-    const ws_buffer w = local_buffer<local_smem>(lsm);
-    stage_raw<false>(local_source(p, lc), lc.c0, lc.len, w);
-    local_gram_and_t(p, lc, w, reinterpret_cast<bf16 *>(lsm + local_smem::ab),
-                     reinterpret_cast<float *>(lsm + local_smem::diag),
-                     reinterpret_cast<float *>(lsm + local_smem::cum));
-    static_assert(local_smem::pb - local_smem::tb == record_layout::p, "T and P as in the record");
-    store_record(p, lc, lc.hv, lsm + local_smem::tb, w.gam);
-}
-
-/* ---- two value heads of a key head a block (GDN_PREFILL_PAIR) -------------------------------
- *
- * Where every key head has an even number of value heads (qwen3-next: HV = 2 H), the two value
- * heads of a pair read the same q and k rows and take the same Gram products; only the gates
- * (decays, beta) differ. One block stages the rows once, takes the products once, and runs the
- * epilogues, the inverse and the record store for each head. The first head's A, T and P overlay
- * the rows (dead after the products, as in prefill_chunk_local), the second's lie apart: 69 KiB,
- * three blocks (six records) a multiprocessor against five single blocks (five records). */
-struct local_pair_smem {
-    static constexpr int rows_end = 2 * kChunk * kLdB * 2; /* the q and k rows */
-    static constexpr int set_bytes = local_smem::pb + kChunk * kLdP * 2 - local_smem::ab; /* A .. P */
-    static constexpr int set1 = rows_end;
-    static constexpr int gates = set1 + set_bytes;         /* [2][5 C] floats */
-    static constexpr int cum = gates + 2 * 5 * kChunk * 4; /* [2][C] */
-    static constexpr int bytes = cum + 2 * kChunk * 4;
-};
-static_assert(local_smem::ab + local_pair_smem::set_bytes <= local_pair_smem::rows_end &&
-                  local_pair_smem::set1 % 16 == 0 && local_pair_smem::gates % 16 == 0,
-              "the first head's A .. P fit over the rows");
-
-/* The layout of head H of a pair, as local_buffer reads it. */
-template <int H> struct local_pair_head {
-    static constexpr int qb = local_smem::qb, kb = local_smem::kb;
-    static constexpr int ab = H ? local_pair_smem::set1 : local_smem::ab;
-    static constexpr int diag = ab + (local_smem::diag - local_smem::ab);
-    static constexpr int tb = ab + (local_smem::tb - local_smem::ab);
-    static constexpr int pb = ab + (local_smem::pb - local_smem::ab);
-    static constexpr int gates = local_pair_smem::gates + H * 5 * kChunk * 4;
-    static constexpr int cum = local_pair_smem::cum + H * kChunk * 4;
-};
-
-/* The value heads of pair j: two of the same key head (gdn_qk_head), for HV a multiple of 2 H. */
-__device__ __forceinline__ void pair_heads(const gdn_problem &p, int64_t j, int64_t (&hv)[2])
-{
-    const int64_t H = p.num_q_heads;
-    const bool tiled = p.head_map == GDN_HEAD_MAP_TILED;
-    hv[0] = tiled ? j % H + 2 * H * (j / H) : 2 * j;
-    hv[1] = hv[0] + (tiled ? H : 1);
-}
-
-__global__ void __launch_bounds__(kGroupThreads, 3) prefill_chunk_local_pair(const gdn_problem p)
-{
-    extern __shared__ __align__(16) unsigned char lsm[];
-    int64_t hv[2];
-    pair_heads(p, blockIdx.y, hv);
-    local_chunk lc;
-    if (!open_local_chunk(p, lc, hv[0]))
-        return;
-    const ws_buffer w[2] = {local_buffer<local_pair_head<0>>(lsm), local_buffer<local_pair_head<1>>(lsm)};
-    float *const cum[2] = {reinterpret_cast<float *>(lsm + local_pair_head<0>::cum),
-                           reinterpret_cast<float *>(lsm + local_pair_head<1>::cum)};
-    bf16 *const ab[2] = {reinterpret_cast<bf16 *>(lsm + local_pair_head<0>::ab),
-                         reinterpret_cast<bf16 *>(lsm + local_pair_head<1>::ab)};
-    float *const diag[2] = {reinterpret_cast<float *>(lsm + local_pair_head<0>::diag),
-                            reinterpret_cast<float *>(lsm + local_pair_head<1>::diag)};
-    stage_raw<false>(local_source(p, lc), lc.c0, lc.len, w[0]);
-    const int warp = threadIdx.x / 32;
-    if (warp < 2) {
-        const pair_gates gates = load_pair_gates<bf16>(p, lc.first, lc.c0, lc.len, hv[warp]);
-        chunk_gates<bf16>(p, gates, lc.len, cum[warp], w[warp].gam, w[warp].dec, w[warp].beta, kLog2e);
-    }
-    copy_async_wait<0>();
-    __syncthreads(); /* the rows and both heads' gates */
-    const float *const cumc[2] = {cum[0], cum[1]};
-    const bool l2norm = p.qk_l2norm != 0;
-    switch (warp) {
-    case 0: gram_raw_heads<0, 3, false, 2>(w, cumc, ab, diag, p.scale, l2norm); break;
-    case 1: gram_raw_heads<1, 2, false, 2>(w, cumc, ab, diag, p.scale, l2norm); break;
-    case 2: gram_raw_heads<0, 3, true, 2>(w, cumc, ab, diag, p.scale, l2norm); break;
-    default: gram_raw_heads<1, 2, true, 2>(w, cumc, ab, diag, p.scale, l2norm); break;
-    }
-    __syncthreads(); /* A and the diagonal inverses of both heads */
-    /* T's column blocks, independent of each other: block 0 (the longest) a warp each, 1 and 2 */
-    switch (warp) {
-    case 3: inverse_column<0>(ab[0], w[0].tb); break;
-    case 2: inverse_column<0>(ab[1], w[1].tb); break;
-    case 1:
-        inverse_column<1>(ab[0], w[0].tb);
-        inverse_column<2>(ab[0], w[0].tb);
-        break;
-    default:
-        inverse_column<1>(ab[1], w[1].tb);
-        inverse_column<2>(ab[1], w[1].tb);
-        break;
-    }
-    __syncthreads(); /* T */
-    store_record(p, lc, hv[0], lsm + local_pair_head<0>::tb, w[0].gam);
-    store_record(p, lc, hv[1], lsm + local_pair_head<1>::tb, w[1].gam);
+        *reinterpret_cast<int64_t *>(rec + record_layout::tag) = record_tag(n, ci);
 }
 
 /* ---- the WY form: the local kernel also computes W and U0 ------------------------------------
@@ -2153,7 +2032,7 @@ __global__ void __launch_bounds__(kGroupThreads, 3) prefill_chunk_local_wy(const
     extern __shared__ __align__(16) unsigned char lsm[];
     typedef local_wy_smem L;
     local_chunk lc;
-    if (!open_local_chunk(p, lc, blockIdx.y))
+    if (!open_local_chunk(p, lc))
         return;
     const int64_t r = lc.r, hv = lc.hv, n = lc.n, ci = lc.ci, first = lc.first, c0 = lc.c0;
     const int64_t V = p.head_dim_v, vp = (V + 31) / 32 * 32;
@@ -3210,21 +3089,9 @@ cudaError_t launch_typed(const gdn_problem &p, cudaStream_t stream)
     return cudaGetLastError();
 }
 
-bool local_pairs(const gdn_problem &p);
-
-/* The chunk-local kernel over every record of the call (bf16 activations only): by pairs of value
- * heads where the switch is on and the heads pair up, else one value head a block. */
+/* The chunk-local kernel over every record of the call (bf16 activations only). */
 cudaError_t launch_chunk_local(const gdn_problem &p, cudaStream_t stream)
 {
-    if (local_pairs(p)) {
-        const cudaError_t err = cudaFuncSetAttribute(
-            prefill_chunk_local_pair, cudaFuncAttributeMaxDynamicSharedMemorySize, local_pair_smem::bytes);
-        if (err != cudaSuccess)
-            return err;
-        const dim3 grid((unsigned)gdn_chunk_records(&p), (unsigned)(p.num_v_heads / 2));
-        prefill_chunk_local_pair<<<grid, kGroupThreads, local_pair_smem::bytes, stream>>>(p);
-        return cudaGetLastError();
-    }
     const cudaError_t err = cudaFuncSetAttribute(
         prefill_chunk_local, cudaFuncAttributeMaxDynamicSharedMemorySize, local_smem::bytes);
     if (err != cudaSuccess)
@@ -3274,19 +3141,9 @@ int wy_env = -1;
 
 bool wy_switch(void) { return forced_switch(&forced_wy, "GDN_PREFILL_WY", &wy_env, 0) != 0; }
 
-int forced_pair = -1;    /* gdn_cuda_chunked_force_pair; -1 = by env */
 int forced_lean = -1;    /* gdn_cuda_chunked_force_lean; -1 = by env */
 int forced_spread = -1;  /* gdn_cuda_chunked_force_spread; -1 = by env */
 int forced_wg_late = -1; /* gdn_cuda_chunked_force_wg_late; -1 = by env */
-
-/* The local kernel takes two value heads of a key head a block (prefill_chunk_local_pair) where
- * every key head has an even number of them: off until it wins on a GPU. */
-bool local_pairs(const gdn_problem &p)
-{
-    static int env = -1;
-    return p.num_q_heads > 0 && p.num_v_heads % (2 * p.num_q_heads) == 0 &&
-           forced_switch(&forced_pair, "GDN_PREFILL_PAIR", &env, 0) != 0;
-}
 
 /* The split path's mma.sync walk stages its chunks by running pointers (split_cursor): the
  * default since it won every case it runs on an H100 by 2-5% (012cd2a, bench/results). */
@@ -3457,11 +3314,6 @@ void gdn_cuda_chunked_force_wgmma(int slices)
 void gdn_cuda_chunked_force_lean(int lean)
 {
     __atomic_store_n(&forced_lean, lean >= 0 ? (lean != 0) : -1, __ATOMIC_RELAXED);
-}
-
-void gdn_cuda_chunked_force_pair(int pair)
-{
-    __atomic_store_n(&forced_pair, pair >= 0 ? (pair != 0) : -1, __ATOMIC_RELAXED);
 }
 
 void gdn_cuda_chunked_force_spread(int spread)
