@@ -336,6 +336,12 @@ static void prefill_chunked_cases(gdn_backend backend)
         c.act_dtype = acts[2 * i];
         expect_pass(c, backend, 2);
     }
+    for (int i = 0; i < 2; i++) { /* four value heads a key head, both maps */
+        decode_case c = base(3, 2, 8, 128, 64);
+        c.num_tokens = 230, c.varlen = 1, c.act_dtype = GDN_DTYPE_BF16;
+        c.head_map = i ? GDN_HEAD_MAP_TILED : GDN_HEAD_MAP_GROUPED;
+        expect_pass(c, backend, 2);
+    }
     decode_case c = base(3, 16, 32, 128, 128);
     c.num_tokens = 1100, c.varlen = 1, c.act_dtype = GDN_DTYPE_BF16, c.zero_init = 1;
     expect_pass(c, backend, 1);
@@ -359,7 +365,7 @@ static int prefill_path_on(int path)
 }
 
 /* Prefill test paths 0 .. kPrefillPaths - 1 (named in cuda_prefill_chunked). */
-enum { kPrefillPaths = 11 };
+enum { kPrefillPaths = 13 };
 
 /* The cuda chunked kernel's switches for prefill test path `path` (the list in
  * cuda_prefill_chunked), with a workspace from path 3 on; -1: every switch back to its default,
@@ -370,12 +376,16 @@ static void force_prefill_path(int path)
     gdn_cuda_chunked_force_precise(any ? -1 : path == 0);
     gdn_cuda_chunked_force_pipeline(any ? -1 : path == 1);
     gdn_cuda_chunked_force_split(any ? -1 : path >= 3);
-    gdn_cuda_chunked_force_wgmma(any ? -1 : path >= 4 && path <= 6 ? 1 << (path - 4) : path == 10 ? 2 : 0);
+    gdn_cuda_chunked_force_wgmma(any                        ? -1
+                                 : path >= 4 && path <= 6   ? 1 << (path - 4)
+                                 : path == 10 || path == 12 ? 2
+                                                            : 0);
     gdn_cuda_chunked_force_kary(any ? -1 : path != 3); /* (the 32-way search is the default) */
     gdn_cuda_chunked_force_wy(any ? -1 : path == 8);
     gdn_cuda_chunked_force_lean(any ? -1 : path != 3);   /* (running pointers: the default) */
     gdn_cuda_chunked_force_spread(any ? -1 : path != 9); /* (spread: the default) */
     gdn_cuda_chunked_force_wg_late(any ? -1 : path == 10);
+    gdn_cuda_chunked_force_bulk(any ? -1 : path == 11 || path == 12);
     case_workspace = !any && path >= 3;
 }
 
@@ -387,7 +397,8 @@ static void force_prefill_path(int path)
  * it), on wgmma with 1, 2 and 4 slices a block where the GPU is sm_90: elsewhere those three are
  * the mma.sync walk again; the mma.sync walk on records in the WY form, GDN_PREFILL_WY; the
  * mma.sync walk with its whole stage at the loop's barrier, GDN_PREFILL_SPREAD=0; and the wgmma
- * walk of 2 slices staging after its first products, GDN_PREFILL_WG_LATE), within the
+ * walk of 2 slices staging after its first products, GDN_PREFILL_WG_LATE; the mma.sync walk and the
+ * wgmma walk of 2 slices with each record by one bulk copy, GDN_PREFILL_BULK), within the
  * tensor-core tolerances. */
 static void cuda_prefill_chunked(void)
 {
@@ -405,7 +416,9 @@ static void cuda_prefill_chunked(void)
         "1-term products, split, mma.sync walk, 32-way record search, spread stage (default)",
         "1-term products, split, mma.sync walk, WY records",
         "1-term products, split, mma.sync walk, running pointers, all at the loop's barrier",
-        "1-term products, split, wgmma walk of 2 slices a block, stage after the first products"};
+        "1-term products, split, wgmma walk of 2 slices a block, stage after the first products",
+        "1-term products, split, mma.sync walk, spread stage, records by bulk copies",
+        "1-term products, split, wgmma walk of 2 slices a block, records by bulk copies"};
     for (int path = 0; path < kPrefillPaths; path++) {
         if (!prefill_path_on(path))
             continue;

@@ -93,6 +93,10 @@ void gdn_cuda_chunked_force_lean(int lean);
  * points: 1 = on (the default; GDN_PREFILL_SPREAD=0 turns it off), 0 = off, negative = the
  * default. */
 void gdn_cuda_chunked_force_spread(int spread);
+/* On sm_90, the mma.sync walk with the spread staging and the wgmma walk of 2 slices copy each
+ * record by one bulk copy on an mbarrier: 1 = on, 0 = off (the default; GDN_PREFILL_BULK=1 turns
+ * it on), negative = the default. */
+void gdn_cuda_chunked_force_bulk(int bulk);
 /* The wgmma walk of 2 slices a block stages after issuing its first products: 1 = on, 0 = off
  * (the default; GDN_PREFILL_WG_LATE=1 turns it on), negative = the default. */
 void gdn_cuda_chunked_force_wg_late(int late);

@@ -38,6 +38,7 @@ void gdn_cuda_chunked_force_wy(int wy) { (void)wy; }
 void gdn_cuda_chunked_force_lean(int lean) { (void)lean; }
 void gdn_cuda_chunked_force_spread(int spread) { (void)spread; }
 void gdn_cuda_chunked_force_wg_late(int late) { (void)late; }
+void gdn_cuda_chunked_force_bulk(int bulk) { (void)bulk; }
 size_t gdn_cuda_chunk_record_bytes(int64_t head_dim_v)
 {
     (void)head_dim_v;

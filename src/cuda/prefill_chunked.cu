@@ -1185,6 +1185,34 @@ __device__ __forceinline__ void mbar_wait(uint64_t *bar, unsigned parity)
 #endif
 }
 
+/* The bulk copy of a record (GDN_PREFILL_BULK): one thread arms the buffer's mbarrier for `bytes`
+ * and starts one cp.async.bulk of them (the copy engine's, not 1232 16-byte cp.async spread over
+ * the warps); the phase completes when they have landed. sm_90. */
+__device__ __forceinline__ void bulk_copy_armed(void *dst, const void *src, unsigned bytes, uint64_t *bar)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("{\n\t.reg .b64 state;\n\t"
+                 "mbarrier.arrive.expect_tx.shared::cta.b64 state, [%0], %1;\n\t}" ::"r"(smem_u32(bar)),
+                 "r"(bytes)
+                 : "memory");
+    asm volatile(
+        "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
+            smem_u32(dst)),
+        "l"(src), "r"(bytes), "r"(smem_u32(bar))
+        : "memory");
+#else
+    (void)dst, (void)src, (void)bytes, (void)bar;
+    __trap(); /* (the host selects the bulk path on sm_90 only) */
+#endif
+}
+/* The mbarriers' initialisation made visible to the copy engine (before the block barrier). */
+__device__ __forceinline__ void fence_mbarrier_init(void)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+#endif
+}
+
 /* Byte offsets: the chunk buffers, the state warps' part, the local warps' part. */
 struct ws_smem {
     static constexpr int qb = 0;                         /* [C][kLdB] raw q */
@@ -2120,11 +2148,16 @@ struct split_smem {
     static constexpr int ub = zb + kChunk * kLdU * 2;
     static constexpr int udb = ub + kChunk * kLdU * 2;
     static constexpr int bytes = udb + kChunk * kLdU * 2;
+    static constexpr int bars = bytes; /* (GDN_PREFILL_BULK) an mbarrier a buffer */
+    static constexpr int bulk_bytes = bars + kBuffers * 8;
 };
-static_assert(split_smem::sb % 16 == 0 && split_smem::bytes + 4096 <= 227 * 1024, "fits a block");
+static_assert(split_smem::sb % 16 == 0 && split_smem::bulk_bytes + 4096 <= 227 * 1024 &&
+                  split_smem::bars % 8 == 0,
+              "fits a block");
 
 /* Chunk ci's rows and record into buffer w, by all 256 threads (one cp.async group). */
 static_assert(kChunkWarps * 32 == 256, "stage_split's thread map");
+template <bool RECORD = true> /* false: the record comes by a bulk copy of its own */
 __device__ __forceinline__ void stage_split(const stage_source<bf16> &src, int64_t c0, int len,
                                             const unsigned char *rec, const ws_buffer &w)
 {
@@ -2157,7 +2190,7 @@ __device__ __forceinline__ void stage_split(const stage_source<bf16> &src, int64
         }
     }
     /* the record, as it is: the image of tb, pb and the gates */
-    for (int i = tid; i < record_layout::image / 16; i += 256)
+    for (int i = tid; RECORD && i < record_layout::image / 16; i += 256)
         copy_async16(reinterpret_cast<uint4 *>(w.tb) + i, rec + 16 * i, true);
     copy_async_commit();
 }
@@ -2292,6 +2325,7 @@ __device__ __forceinline__ spread_cursor spread_cursor_at(const gdn_problem &p, 
 /* This warp group's half of a full chunk into buffer w (one cp.async group), then the cursor one
  * chunk on. */
 static_assert(record_layout::image % 32 == 0 && kSlice == 32, "the record in two halves; v rows of 4 pieces");
+template <bool RECORD = true> /* false: the record comes by a bulk copy of its own */
 __device__ __forceinline__ void stage_spread(spread_cursor &cur, bool qwarp, const ws_buffer &w)
 {
     const int t = threadIdx.x % 128;
@@ -2308,7 +2342,8 @@ __device__ __forceinline__ void stage_spread(spread_cursor &cur, bool qwarp, con
         copy_async16(reinterpret_cast<uint4 *>(vd + 32 * kLdV), cur.v + cur.v32, true);
     }
     constexpr int half = record_layout::image / 32; /* 16-byte pieces a group */
-    copy_record_pieces<128, half>(w.tb, cur.rec, qwarp ? 0 : half, t);
+    if constexpr (RECORD)
+        copy_record_pieces<128, half>(w.tb, cur.rec, qwarp ? 0 : half, t);
     copy_async_commit();
     cur.rows += cur.rows_next, cur.v += cur.v_next, cur.rec += cur.rec_next;
 }
@@ -2318,8 +2353,11 @@ __device__ __forceinline__ void stage_spread(spread_cursor &cur, bool qwarp, con
  * columns 8 (w % 4).. and row blocks {0, 3} or {1, 2}; the outputs (w >= 4, its token block);
  * the state's rows 16 (w / 4).., columns 32 (w % 4).. in registers. Three block barriers a chunk;
  * cp.async fills chunk ci + 2 while ci is computed. */
-template <typename St, int STAGING> /* 0: stage_split; 1: running pointers; 2: and spread */
-__device__ void chunked_sequence_split(const gdn_problem &p, int64_t n, unsigned char *smb)
+template <typename St, int STAGING> /* 0: stage_split; 1: running pointers; 2: and spread; 3: and
+                                        the records by bulk copies (bulk_phase: the parity each
+                                        buffer's mbarrier waits for next, across sequences) */
+__device__ void chunked_sequence_split(const gdn_problem &p, int64_t n, unsigned char *smb,
+                                       unsigned &bulk_phase)
 {
     typedef bf16 Act;
     bf16 *const sb = reinterpret_cast<bf16 *>(smb + split_smem::sb);
@@ -2342,17 +2380,25 @@ __device__ void chunked_sequence_split(const gdn_problem &p, int64_t n, unsigned
 
     /* chunk ci into buffer ci % 3 by cp.async, one group a chunk (bulk copies of the rows by one
      * warp were 2.3x slower on the H100, 046a0e6: the lanes' copies are issued one after another) */
-    constexpr bool LEAN = STAGING == 1;
+    constexpr bool LEAN = STAGING == 1, BULK = STAGING == 3;
+    uint64_t *const bars = reinterpret_cast<uint64_t *>(smb + split_smem::bars);
+    /* (BULK) chunk ci's record into buffer b by thread `by` */
+    auto bulk_record = [&](int64_t ci, int b, int by) {
+        if (BULK && threadIdx.x == by)
+            bulk_copy_armed(ws_buffer_at(smb, b).tb, record_at(p, rec0 + ci, bc.hv), record_layout::image,
+                            bars + b);
+    };
     split_cursor cur = split_cursor_at(p, sp.src, record_at(p, rec0, bc.hv));
     auto stage = [&](int64_t ci) {
         if constexpr (LEAN)
             stage_split_lean(sp.src, cur, chunk_len(ci), smb);
         else
-            stage_split(sp.src, ci * kChunk, chunk_len(ci), record_at(p, rec0 + ci, bc.hv),
-                        ws_buffer_at(smb, (int)(ci % kBuffers)));
+            stage_split<!BULK>(sp.src, ci * kChunk, chunk_len(ci), record_at(p, rec0 + ci, bc.hv),
+                               ws_buffer_at(smb, (int)(ci % kBuffers)));
+        bulk_record(ci, (int)(ci % kBuffers), 0);
     };
     spread_cursor spread = spread_cursor_at(p, sp.src, record_at(p, rec0, bc.hv), warp >= 4);
-    const bool spread_rows = STAGING == 2 && sp.src.async && rows_v == kSlice;
+    const bool spread_rows = STAGING >= 2 && sp.src.async && rows_v == kSlice;
     stage(0);
     if (chunks > 1)
         stage(1);
@@ -2371,7 +2417,12 @@ __device__ void chunked_sequence_split(const gdn_problem &p, int64_t n, unsigned
         const int64_t c0 = ci * kChunk;
         const int len = chunk_len(ci);
         const ws_buffer w = ws_buffer_at(smb, STAGING ? b : (int)(ci % kBuffers));
-        const ws_buffer w2 = ws_buffer_at(smb, b == 0 ? kBuffers - 1 : b - 1); /* chunk ci + 2's */
+        const int b2 = b == 0 ? kBuffers - 1 : b - 1;
+        const ws_buffer w2 = ws_buffer_at(smb, b2); /* chunk ci + 2's */
+        if constexpr (BULK) {
+            mbar_wait(bars + b, (bulk_phase >> b) & 1u);
+            bulk_phase ^= 1u << b;
+        }
         b = b == kBuffers - 1 ? 0 : b + 1;
         const bool spread_now = spread_rows && ci + 2 < chunks && chunk_len(ci + 2) == kChunk;
         copy_async_wait<1>();
@@ -2397,8 +2448,10 @@ __device__ void chunked_sequence_split(const gdn_problem &p, int64_t n, unsigned
                 for (int j = 0; j < 4; j++)
                     acc[j][2 * half] *= gq, acc[j][2 * half + 1] *= gq;
             }
-        if (spread_now && !kwarp)
-            stage_spread(spread, true, w2);
+        if (spread_now && !kwarp) {
+            stage_spread<!BULK>(spread, true, w2);
+            bulk_record(ci + 2, b2, 4 * 32);
+        }
         __syncthreads(); /* Z' */
 
         /* U' = T Z': columns 8 (w % 4).., row blocks {0, 3} (w < 4) or {1, 2} */
@@ -2424,7 +2477,7 @@ __device__ void chunked_sequence_split(const gdn_problem &p, int64_t n, unsigned
 
         update_state_regs<2>(st, udb, w.kb, sb, mv, nk0, w.gam[kChunk - 1]);
         if (spread_now && kwarp)
-            stage_spread(spread, false, w2);
+            stage_spread<!BULK>(spread, false, w2);
     }
     copy_async_wait<0>();
     if (write >= 0)
@@ -2660,7 +2713,7 @@ __device__ __forceinline__ void store_transposed(unsigned at, int r0, const unsi
 }
 
 /* Chunk rows [c0, c0 + len) and the record into the buffer at `buf`, by every thread of the block. */
-template <int WGS>
+template <int WGS, bool RECORD = true> /* false: the record comes by a bulk copy of its own */
 __device__ __forceinline__ void stage_wg(const stage_source<bf16> &src, int64_t c0, int len, int cols_v,
                                          const unsigned char *rec, unsigned char *buf)
 {
@@ -2706,7 +2759,7 @@ __device__ __forceinline__ void stage_wg(const stage_source<bf16> &src, int64_t 
             vb[r * L::ldv + c] = r < len && c < cols_v ? src.v[(c0 + r) * src.v_stride + c] : zero;
         }
     }
-    for (int i = tid; i < record_layout::image / 16; i += threads)
+    for (int i = tid; RECORD && i < record_layout::image / 16; i += threads)
         copy_async16(reinterpret_cast<uint4 *>(buf + L::tb) + i, rec + 16 * i, true);
     copy_async_commit();
 }
@@ -2714,8 +2767,12 @@ __device__ __forceinline__ void stage_wg(const stage_source<bf16> &src, int64_t 
 /* Sequence n's walk for the block's WGS slices, warpgroup wg on slice blockIdx.x * WGS + wg. The
  * state of the slice is the accumulator of S^T (k x v): st[mt] holds rows k = 64 mt + 16 w + g (+ 8),
  * columns v = 8 j + 2 t4 (+ 1) for warp w of the warpgroup, as wgmma's accumulator layout has it. */
-template <typename St, int WGS, bool LATE> /* LATE: the stage after the first products' issue */
-__device__ void chunked_sequence_wgmma(const gdn_problem &p, int64_t n, unsigned char *smb)
+template <typename St, int WGS, bool LATE, bool BULK> /* LATE: the stage after the first products'
+                                                        issue; BULK: each record by a bulk copy on
+                                                        its buffer's mbarrier (bars; bulk_phase: the
+                                                        parities they wait for next) */
+__device__ void chunked_sequence_wgmma(const gdn_problem &p, int64_t n, unsigned char *smb, uint64_t *bars,
+                                       unsigned &bulk_phase)
 {
     typedef wg_smem<WGS> L;
     const int lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
@@ -2732,8 +2789,12 @@ __device__ void chunked_sequence_wgmma(const gdn_problem &p, int64_t n, unsigned
     if (!records_tagged(p, n, rec0, chunks, bc.hv))
         return;
     auto stage = [&](int64_t ci) {
-        stage_wg<WGS>(sp.src, ci * kChunk, sp.chunk_len(ci), sp.rows_v, record_at(p, rec0 + ci, bc.hv),
-                      smb + (ci % L::buffers) * L::buffer);
+        unsigned char *const buf = smb + (ci % L::buffers) * L::buffer;
+        stage_wg<WGS, !BULK>(sp.src, ci * kChunk, sp.chunk_len(ci), sp.rows_v, record_at(p, rec0 + ci, bc.hv),
+                             buf);
+        if (BULK && threadIdx.x == 0)
+            bulk_copy_armed(buf + L::tb, record_at(p, rec0 + ci, bc.hv), record_layout::image,
+                            bars + ci % L::buffers);
     };
     stage(0);
     if (L::buffers > 2 && chunks > 1)
@@ -2778,6 +2839,11 @@ __device__ void chunked_sequence_wgmma(const gdn_problem &p, int64_t n, unsigned
         const int64_t c0 = ci * kChunk;
         const int len = sp.chunk_len(ci);
         unsigned char *const buf = smb + (ci % L::buffers) * L::buffer;
+        if constexpr (BULK) {
+            const int b = (int)(ci % L::buffers);
+            mbar_wait(bars + b, (bulk_phase >> b) & 1u);
+            bulk_phase ^= 1u << b;
+        }
         if (L::buffers > 2)
             copy_async_wait<1>();
         else
@@ -2976,7 +3042,8 @@ enum chunk_path {
     kPathSplit = 3,
     kPathSplitWy = 4,
     kPathSplitLean = 5,
-    kPathSplitSpread = 6
+    kPathSplitSpread = 6,
+    kPathSplitBulk = 7
 };
 
 /* One round of the ranking: sequences n0 .. n0 + blockDim.x - 1 that this kernel owns, ranked in
@@ -3015,6 +3082,7 @@ __global__ void __launch_bounds__(kChunkWarps * 32, 1) prefill_chunked_vk128(con
     __shared__ int warp_counts[kChunkWarps], mine_count;
     int64_t ranked_before = 0;
     unsigned uses[kBuffers] = {0, 0, 0}; /* (the pipelined path's buffers) */
+    unsigned bulk_phase = 0;             /* (the bulk path's mbarriers, a parity bit each) */
     /* the short sequences' kernel of a mixed call may start now (decode.cu) */
     if (p.mixed_overlap)
         let_dependents_launch();
@@ -3025,6 +3093,13 @@ __global__ void __launch_bounds__(kChunkWarps * 32, 1) prefill_chunked_vk128(con
                       kGroupThreads);
         /* (the ranking below passes a __syncthreads before any sequence) */
     }
+    if constexpr (PATH == kPathSplitBulk && std::is_same<Act, bf16>::value) {
+        if (threadIdx.x < kBuffers)
+            mbar_init(reinterpret_cast<uint64_t *>(reinterpret_cast<unsigned char *>(sm) + split_smem::bars) +
+                          threadIdx.x,
+                      1);
+        fence_mbarrier_init(); /* (and the ranking's __syncthreads) */
+    }
     for (int64_t n0 = 0; n0 < p.num_seqs; n0 += blockDim.x) {
         const int count = rank_round<kChunkWarps>(p, n0, ranked_before, mine, warp_counts, mine_count);
         for (int i = 0; i < count; i++)
@@ -3032,10 +3107,13 @@ __global__ void __launch_bounds__(kChunkWarps * 32, 1) prefill_chunked_vk128(con
                 chunked_sequence<Act, St, true>(p, mine[i], sm);
             else if constexpr (PATH == kPathPipelined && std::is_same<Act, bf16>::value)
                 chunked_sequence_ws<St>(p, mine[i], reinterpret_cast<unsigned char *>(sm), uses);
-            else if constexpr ((PATH == kPathSplit || PATH == kPathSplitLean || PATH == kPathSplitSpread) &&
+            else if constexpr ((PATH == kPathSplit || PATH == kPathSplitLean || PATH == kPathSplitSpread ||
+                                PATH == kPathSplitBulk) &&
                                std::is_same<Act, bf16>::value)
-                chunked_sequence_split<St, PATH == kPathSplitSpread ? 2 : PATH == kPathSplitLean>(
-                    p, mine[i], reinterpret_cast<unsigned char *>(sm));
+                chunked_sequence_split<St, PATH == kPathSplitBulk     ? 3
+                                           : PATH == kPathSplitSpread ? 2
+                                                                      : PATH == kPathSplitLean>(
+                    p, mine[i], reinterpret_cast<unsigned char *>(sm), bulk_phase);
             else if constexpr (PATH == kPathSplitWy && std::is_same<Act, bf16>::value)
                 chunked_sequence_wy<St>(p, mine[i], reinterpret_cast<unsigned char *>(sm));
             else
@@ -3045,20 +3123,27 @@ __global__ void __launch_bounds__(kChunkWarps * 32, 1) prefill_chunked_vk128(con
 }
 
 /* The wgmma walk's kernel: WGS warpgroups a block on WGS slices of a head; the grid as above. */
-template <typename St, int WGS, bool LATE>
+template <typename St, int WGS, bool LATE, bool BULK>
 __global__ void __launch_bounds__(128 * WGS, 1) prefill_walk_wgmma(const gdn_problem p)
 {
     extern __shared__ __align__(128) unsigned char wsm[];
     __shared__ int64_t mine[128 * WGS];
     __shared__ int warp_counts[4 * WGS], mine_count;
+    __shared__ uint64_t bars[BULK ? wg_smem<WGS>::buffers : 1];
     int64_t ranked_before = 0;
+    unsigned bulk_phase = 0;
     /* the short sequences' kernel of a mixed call may start now (decode.cu) */
     if (p.mixed_overlap)
         let_dependents_launch();
+    if constexpr (BULK) {
+        if (threadIdx.x < wg_smem<WGS>::buffers)
+            mbar_init(bars + threadIdx.x, 1);
+        fence_mbarrier_init(); /* (and the ranking's __syncthreads) */
+    }
     for (int64_t n0 = 0; n0 < p.num_seqs; n0 += blockDim.x) {
         const int count = rank_round<4 * WGS>(p, n0, ranked_before, mine, warp_counts, mine_count);
         for (int i = 0; i < count; i++)
-            chunked_sequence_wgmma<St, WGS, LATE>(p, mine[i], wsm);
+            chunked_sequence_wgmma<St, WGS, LATE, BULK>(p, mine[i], wsm, bars, bulk_phase);
         __syncthreads(); /* mine and the counts are rewritten by the next round */
     }
 }
@@ -3075,6 +3160,8 @@ cudaError_t launch_typed(const gdn_problem &p, cudaStream_t stream)
         bytes = ws_smem::bytes;
     else if ((PATH == kPathSplit || PATH == kPathSplitLean || PATH == kPathSplitSpread) && one_term_bf16)
         bytes = split_smem::bytes;
+    else if (PATH == kPathSplitBulk && one_term_bf16)
+        bytes = split_smem::bulk_bytes;
     else if (PATH == kPathSplitWy && one_term_bf16)
         bytes = split_wy_smem::bytes;
     const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
@@ -3114,10 +3201,10 @@ cudaError_t launch_chunk_local_wy(const gdn_problem &p, cudaStream_t stream)
 }
 
 /* The wgmma walk with WGS slices a block, after the chunk-local kernel. */
-template <typename St, int WGS, bool LATE = false>
+template <typename St, int WGS, bool LATE = false, bool BULK = false>
 cudaError_t launch_wgmma_walk(const gdn_problem &p, cudaStream_t stream)
 {
-    const auto kernel = prefill_walk_wgmma<St, WGS, LATE>;
+    const auto kernel = prefill_walk_wgmma<St, WGS, LATE, BULK>;
     const int bytes = wg_smem<WGS>::bytes;
     const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
     if (err != cudaSuccess)
@@ -3141,6 +3228,7 @@ int wy_env = -1;
 
 bool wy_switch(void) { return forced_switch(&forced_wy, "GDN_PREFILL_WY", &wy_env, 0) != 0; }
 
+int forced_bulk = -1;    /* gdn_cuda_chunked_force_bulk; -1 = by env */
 int forced_lean = -1;    /* gdn_cuda_chunked_force_lean; -1 = by env */
 int forced_spread = -1;  /* gdn_cuda_chunked_force_spread; -1 = by env */
 int forced_wg_late = -1; /* gdn_cuda_chunked_force_wg_late; -1 = by env */
@@ -3159,6 +3247,15 @@ bool spread_staging(void)
 {
     static int env = -1;
     return forced_switch(&forced_spread, "GDN_PREFILL_SPREAD", &env, 1) != 0;
+}
+
+/* Each record by one bulk copy on an mbarrier instead of 16-byte cp.async pieces spread over the
+ * threads, in the mma.sync walk with the spread staging (kPathSplitBulk) and the wgmma walk of 2
+ * slices (sm_90): off until it wins on a GPU. */
+bool bulk_records(void)
+{
+    static int env = -1;
+    return cc_major() >= 9 && forced_switch(&forced_bulk, "GDN_PREFILL_BULK", &env, 0) != 0;
 }
 
 /* The wgmma walk of 2 slices stages after its first products' issue: off, it changed nothing on
@@ -3241,14 +3338,18 @@ template <typename Act, typename St> cudaError_t launch_state(const gdn_problem 
             switch (wgmma_slices(p)) {
             case 1: return launch_wgmma_walk<St, 1>(p, stream);
             case 2:
-                return wg_late_staging() ? launch_wgmma_walk<St, 2, true>(p, stream)
-                                         : launch_wgmma_walk<St, 2>(p, stream);
+                if (wg_late_staging())
+                    return launch_wgmma_walk<St, 2, true>(p, stream);
+                return bulk_records() ? launch_wgmma_walk<St, 2, false, true>(p, stream)
+                                      : launch_wgmma_walk<St, 2>(p, stream);
             case 4: return launch_wgmma_walk<St, 4>(p, stream);
             default:
                 if (!lean_staging())
                     return launch_typed<Act, St, kPathSplit>(p, stream);
-                return spread_staging() ? launch_typed<Act, St, kPathSplitSpread>(p, stream)
-                                        : launch_typed<Act, St, kPathSplitLean>(p, stream);
+                if (!spread_staging())
+                    return launch_typed<Act, St, kPathSplitLean>(p, stream);
+                return bulk_records() ? launch_typed<Act, St, kPathSplitBulk>(p, stream)
+                                      : launch_typed<Act, St, kPathSplitSpread>(p, stream);
             }
         }
     }
@@ -3314,6 +3415,11 @@ void gdn_cuda_chunked_force_wgmma(int slices)
 void gdn_cuda_chunked_force_lean(int lean)
 {
     __atomic_store_n(&forced_lean, lean >= 0 ? (lean != 0) : -1, __ATOMIC_RELAXED);
+}
+
+void gdn_cuda_chunked_force_bulk(int bulk)
+{
+    __atomic_store_n(&forced_bulk, bulk >= 0 ? (bulk != 0) : -1, __ATOMIC_RELAXED);
 }
 
 void gdn_cuda_chunked_force_spread(int spread)
