@@ -365,7 +365,7 @@ static int prefill_path_on(int path)
 }
 
 /* Prefill test paths 0 .. kPrefillPaths - 1 (named in cuda_prefill_chunked). */
-enum { kPrefillPaths = 13 };
+enum { kPrefillPaths = 14 };
 
 /* The cuda chunked kernel's switches for prefill test path `path` (the list in
  * cuda_prefill_chunked), with a workspace from path 3 on; -1: every switch back to its default,
@@ -386,6 +386,7 @@ static void force_prefill_path(int path)
     gdn_cuda_chunked_force_spread(any ? -1 : path != 9); /* (spread: the default) */
     gdn_cuda_chunked_force_wg_late(any ? -1 : path == 10);
     gdn_cuda_chunked_force_bulk(any ? -1 : path == 11 || path == 12);
+    gdn_cuda_chunked_force_local_blocks(any ? -1 : path == 13);
     case_workspace = !any && path >= 3;
 }
 
@@ -398,8 +399,8 @@ static void force_prefill_path(int path)
  * the mma.sync walk again; the mma.sync walk on records in the WY form, GDN_PREFILL_WY; the
  * mma.sync walk with its whole stage at the loop's barrier, GDN_PREFILL_SPREAD=0; and the wgmma
  * walk of 2 slices staging after its first products, GDN_PREFILL_WG_LATE; the mma.sync walk and the
- * wgmma walk of 2 slices with each record by one bulk copy, GDN_PREFILL_BULK), within the
- * tensor-core tolerances. */
+ * wgmma walk of 2 slices with each record by one bulk copy, GDN_PREFILL_BULK; the local kernel at
+ * 6 blocks a multiprocessor, GDN_PREFILL_LOCAL_BLOCKS=6), within the tensor-core tolerances. */
 static void cuda_prefill_chunked(void)
 {
     if (!cuda_present())
@@ -418,7 +419,8 @@ static void cuda_prefill_chunked(void)
         "1-term products, split, mma.sync walk, running pointers, all at the loop's barrier",
         "1-term products, split, wgmma walk of 2 slices a block, stage after the first products",
         "1-term products, split, mma.sync walk, spread stage, records by bulk copies",
-        "1-term products, split, wgmma walk of 2 slices a block, records by bulk copies"};
+        "1-term products, split, wgmma walk of 2 slices a block, records by bulk copies",
+        "1-term products, split, mma.sync walk, local kernel at 6 blocks a multiprocessor"};
     for (int path = 0; path < kPrefillPaths; path++) {
         if (!prefill_path_on(path))
             continue;

@@ -1916,8 +1916,11 @@ __device__ __forceinline__ void local_gram_and_t(const gdn_problem &p, const loc
 
 /* One block of 4 warps per (record, value head): the chunk-local work of the pipelined path for
  * the chunk that record belongs to, written to the workspace. Records of no chunk (past a
- * sequence's last chunk, sequences the multi-token kernel takes, bad cu_seqlens) are left alone. */
-__global__ void __launch_bounds__(kGroupThreads, 5) prefill_chunk_local(const gdn_problem p)
+ * sequence's last chunk, sequences the multi-token kernel takes, bad cu_seqlens) are left alone.
+ * BLOCKS a multiprocessor: 5 (94 registers), or 6 (GDN_PREFILL_LOCAL_BLOCKS=6: at most 80
+ * registers, 36.4 KB of shared memory each; the kernel waits on latency, so more warps may pay). */
+template <int BLOCKS>
+__global__ void __launch_bounds__(kGroupThreads, BLOCKS) prefill_chunk_local(const gdn_problem p)
 {
     extern __shared__ __align__(16) unsigned char lsm[];
     local_chunk lc;
@@ -3176,15 +3179,18 @@ cudaError_t launch_typed(const gdn_problem &p, cudaStream_t stream)
     return cudaGetLastError();
 }
 
+int local_blocks(void);
+
 /* The chunk-local kernel over every record of the call (bf16 activations only). */
 cudaError_t launch_chunk_local(const gdn_problem &p, cudaStream_t stream)
 {
-    const cudaError_t err = cudaFuncSetAttribute(
-        prefill_chunk_local, cudaFuncAttributeMaxDynamicSharedMemorySize, local_smem::bytes);
+    const auto kernel = local_blocks() == 6 ? prefill_chunk_local<6> : prefill_chunk_local<5>;
+    const cudaError_t err =
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, local_smem::bytes);
     if (err != cudaSuccess)
         return err;
     const dim3 grid((unsigned)gdn_chunk_records(&p), (unsigned)p.num_v_heads);
-    prefill_chunk_local<<<grid, kGroupThreads, local_smem::bytes, stream>>>(p);
+    kernel<<<grid, kGroupThreads, local_smem::bytes, stream>>>(p);
     return cudaGetLastError();
 }
 
@@ -3229,6 +3235,7 @@ int wy_env = -1;
 bool wy_switch(void) { return forced_switch(&forced_wy, "GDN_PREFILL_WY", &wy_env, 0) != 0; }
 
 int forced_bulk = -1;    /* gdn_cuda_chunked_force_bulk; -1 = by env */
+int forced_local6 = -1;  /* gdn_cuda_chunked_force_local_blocks; -1 = by env */
 int forced_lean = -1;    /* gdn_cuda_chunked_force_lean; -1 = by env */
 int forced_spread = -1;  /* gdn_cuda_chunked_force_spread; -1 = by env */
 int forced_wg_late = -1; /* gdn_cuda_chunked_force_wg_late; -1 = by env */
@@ -3247,6 +3254,21 @@ bool spread_staging(void)
 {
     static int env = -1;
     return forced_switch(&forced_spread, "GDN_PREFILL_SPREAD", &env, 1) != 0;
+}
+
+/* Blocks of the local kernel a multiprocessor: 5, or 6 with GDN_PREFILL_LOCAL_BLOCKS=6 (off until
+ * it wins on a GPU). */
+int local_blocks(void)
+{
+    static int env = -2; /* -1: unset or unreadable */
+    int e = __atomic_load_n(&env, __ATOMIC_RELAXED);
+    if (e == -2) {
+        const char *s = getenv("GDN_PREFILL_LOCAL_BLOCKS");
+        e = s && s[0] == '6' && !s[1] ? 6 : -1;
+        __atomic_store_n(&env, e, __ATOMIC_RELAXED);
+    }
+    const int forced = __atomic_load_n(&forced_local6, __ATOMIC_RELAXED);
+    return forced >= 0 ? (forced ? 6 : 5) : e == 6 ? 6 : 5;
 }
 
 /* Each record by one bulk copy on an mbarrier instead of 16-byte cp.async pieces spread over the
@@ -3415,6 +3437,11 @@ void gdn_cuda_chunked_force_wgmma(int slices)
 void gdn_cuda_chunked_force_lean(int lean)
 {
     __atomic_store_n(&forced_lean, lean >= 0 ? (lean != 0) : -1, __ATOMIC_RELAXED);
+}
+
+void gdn_cuda_chunked_force_local_blocks(int six)
+{
+    __atomic_store_n(&forced_local6, six >= 0 ? (six != 0) : -1, __ATOMIC_RELAXED);
 }
 
 void gdn_cuda_chunked_force_bulk(int bulk)
