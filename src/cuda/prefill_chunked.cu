@@ -1202,7 +1202,7 @@ __device__ __forceinline__ void bulk_copy_armed(void *dst, const void *src, unsi
         : "memory");
 #else
     (void)dst, (void)src, (void)bytes, (void)bar;
-    __trap(); /* (the host selects the bulk path on sm_90 only) */
+    __trap(); /* (the host selects the bulk path on compute capability 9.0 only) */
 #endif
 }
 /* The mbarriers' initialisation made visible to the copy engine (before the block barrier). */
@@ -3273,11 +3273,14 @@ int local_blocks(void)
 
 /* Each record by one bulk copy on an mbarrier instead of 16-byte cp.async pieces spread over the
  * threads, in the mma.sync walk with the spread staging (kPathSplitBulk) and the wgmma walk of 2
- * slices (sm_90): off until it wins on a GPU. */
+ * slices: off until it wins on a GPU. */
 bool bulk_records(void)
 {
     static int env = -1;
-    return cc_major() >= 9 && forced_switch(&forced_bulk, "GDN_PREFILL_BULK", &env, 0) != 0;
+    /* (compute capability 9.0 exactly, as for wgmma: the build's sm_90a code has the bulk copy;
+     * another device runs the compute_80 PTX, where it traps) */
+    return 10 * cc_major() + device_attribute<cudaDevAttrComputeCapabilityMinor>(0) == 90 &&
+           forced_switch(&forced_bulk, "GDN_PREFILL_BULK", &env, 0) != 0;
 }
 
 /* The wgmma walk of 2 slices stages after its first products' issue: off, it changed nothing on
