@@ -5,7 +5,8 @@
 #   bench/prefill_switches.sh OUTDIR       (build/test_gdn and build/libgdn.so as built or carried)
 # PS_PATHS: the prefill test paths (GDN_TEST_PREFILL_PATHS) of decode/cuda_prefill_chunked, and
 # PS_SAN_PATHS those of decode/cuda_sanitize_prefill under memcheck (empty: none);
-# PS_SWITCHES: settings to time beside the default ("GDN_PREFILL_WY=1 GDN_PREFILL_KARY=0");
+# PS_SWITCHES: settings to time beside the default ("GDN_PREFILL_WY=1 GDN_PREFILL_KARY=0"; commas
+# join several into one setting: "GDN_PREFILL_BULK=1,GDN_PREFILL_LOCAL_BLOCKS=6");
 # PS_CASES / PS_SHAPES: prefill_tune.py's cases and shapes; PS_ROUNDS: rounds (2);
 # PS_TEST_S: seconds for the chunked tests (300). Give GDN_COMMIT.
 set -u -o pipefail
@@ -30,9 +31,9 @@ for round in $(seq 1 "${PS_ROUNDS:-2}"); do
             timeout 120 python3 bench/prefill_tune.py --lib build/libgdn.so --cases "${PS_CASES:-1x4096,4x4096,1x32768,mixed}" \
                 --shapes "${PS_SHAPES:-qwen3-next,contest}" --label gdn-default 2>&1
         else
-            env "$setting" timeout 120 python3 bench/prefill_tune.py --lib build/libgdn.so \
+            env ${setting//,/ } timeout 120 python3 bench/prefill_tune.py --lib build/libgdn.so \
                 --cases "${PS_CASES:-1x4096,4x4096,1x32768,mixed}" --shapes "${PS_SHAPES:-qwen3-next,contest}" \
-                --label "gdn-$setting" 2>&1
+                --label "gdn-${setting//,/+}" 2>&1
         fi
     done
 done | { echo "$header"; cat; } >"$out/timing.log"
