@@ -385,8 +385,9 @@ static void force_prefill_path(int path)
     gdn_cuda_chunked_force_lean(any ? -1 : path != 3);   /* (running pointers: the default) */
     gdn_cuda_chunked_force_spread(any ? -1 : path != 9); /* (spread: the default) */
     gdn_cuda_chunked_force_wg_late(any ? -1 : path == 10);
-    gdn_cuda_chunked_force_bulk(any ? -1 : path == 11 || path == 12);
-    gdn_cuda_chunked_force_local_blocks(any ? -1 : path == 13);
+    /* (path 7 takes these two as the library chooses them: the default, whichever that is) */
+    gdn_cuda_chunked_force_bulk(any || path == 7 ? -1 : path == 11 || path == 12);
+    gdn_cuda_chunked_force_local_blocks(any || path == 7 ? -1 : path == 13);
     case_workspace = !any && path >= 3;
 }
 
