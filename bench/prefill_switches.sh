@@ -6,7 +6,7 @@
 # PS_PATHS: the prefill test paths (GDN_TEST_PREFILL_PATHS) of decode/cuda_prefill_chunked, and
 # PS_SAN_PATHS those of decode/cuda_sanitize_prefill under memcheck (empty: none);
 # PS_SWITCHES: settings to time beside the default ("GDN_PREFILL_WY=1 GDN_PREFILL_KARY=0"; commas
-# join several into one setting: "GDN_PREFILL_BULK=1,GDN_PREFILL_LOCAL_BLOCKS=6");
+# join several into one setting: "GDN_PREFILL_BULK=1,GDN_PREFILL_LOCAL6=1");
 # PS_CASES / PS_SHAPES: prefill_tune.py's cases and shapes; PS_ROUNDS: rounds (2);
 # PS_TEST_S: seconds for the chunked tests (300). Give GDN_COMMIT.
 set -u -o pipefail

@@ -401,7 +401,7 @@ static void force_prefill_path(int path)
  * mma.sync walk with its whole stage at the loop's barrier, GDN_PREFILL_SPREAD=0; and the wgmma
  * walk of 2 slices staging after its first products, GDN_PREFILL_WG_LATE; the mma.sync walk and the
  * wgmma walk of 2 slices with each record by one bulk copy, GDN_PREFILL_BULK; the local kernel at
- * 6 blocks a multiprocessor, GDN_PREFILL_LOCAL_BLOCKS=6), within the tensor-core tolerances. */
+ * 6 blocks a multiprocessor, GDN_PREFILL_LOCAL6=1), within the tensor-core tolerances. */
 static void cuda_prefill_chunked(void)
 {
     if (!cuda_present())

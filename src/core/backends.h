@@ -98,7 +98,7 @@ void gdn_cuda_chunked_force_spread(int spread);
  * it on), negative = the default. */
 void gdn_cuda_chunked_force_bulk(int bulk);
 /* The split path's local kernel at 6 blocks a multiprocessor (at most 80 registers) instead of 5:
- * 1 = on, 0 = off (the default; GDN_PREFILL_LOCAL_BLOCKS=6 turns it on), negative = the default. */
+ * 1 = on, 0 = off (the default; GDN_PREFILL_LOCAL6=1 turns it on), negative = the default. */
 void gdn_cuda_chunked_force_local_blocks(int six);
 /* The wgmma walk of 2 slices a block stages after issuing its first products: 1 = on, 0 = off
  * (the default; GDN_PREFILL_WG_LATE=1 turns it on), negative = the default. */

@@ -1205,12 +1205,23 @@ __device__ __forceinline__ void bulk_copy_armed(void *dst, const void *src, unsi
     __trap(); /* (the host selects the bulk path on compute capability 9.0 only) */
 #endif
 }
-/* The mbarriers' initialisation made visible to the copy engine (before the block barrier). */
-__device__ __forceinline__ void fence_mbarrier_init(void)
+/* The bulk path's mbarriers, one a chunk buffer, initialised and made visible to the copy engine
+ * (a block barrier must follow before the first copy). */
+__device__ __forceinline__ void bulk_bars_init(uint64_t *bars, int count)
 {
+    if ((int)threadIdx.x < count)
+        mbar_init(bars + threadIdx.x, 1);
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
 #endif
+}
+
+/* Until buffer b's record has landed; phase holds the parity each buffer waits for next (one bit a
+ * buffer, kept across the sequences a block walks). */
+__device__ __forceinline__ void bulk_wait(uint64_t *bars, int b, unsigned &phase)
+{
+    mbar_wait(bars + b, (phase >> b) & 1u);
+    phase ^= 1u << b;
 }
 
 /* Byte offsets: the chunk buffers, the state warps' part, the local warps' part. */
@@ -1779,6 +1790,13 @@ __device__ __forceinline__ unsigned char *record_at(const gdn_problem &p, int64_
     return static_cast<unsigned char *>(p.workspace) + (r * p.num_v_heads + hv) * record_bytes(p);
 }
 
+/* Record r of value head hv (its image: T, P and the gates) into dst by one bulk copy on bar. */
+__device__ __forceinline__ void bulk_record(const gdn_problem &p, int64_t r, int64_t hv, void *dst,
+                                            uint64_t *bar)
+{
+    bulk_copy_armed(dst, record_at(p, r, hv), record_layout::image, bar);
+}
+
 __device__ __forceinline__ int64_t *record_tag_at(const gdn_problem &p, unsigned char *rec)
 {
     return reinterpret_cast<int64_t *>(rec + (p.prefill_wy ? record_wy::tag : record_layout::tag));
@@ -1917,7 +1935,7 @@ __device__ __forceinline__ void local_gram_and_t(const gdn_problem &p, const loc
 /* One block of 4 warps per (record, value head): the chunk-local work of the pipelined path for
  * the chunk that record belongs to, written to the workspace. Records of no chunk (past a
  * sequence's last chunk, sequences the multi-token kernel takes, bad cu_seqlens) are left alone.
- * BLOCKS a multiprocessor: 5 (94 registers), or 6 (GDN_PREFILL_LOCAL_BLOCKS=6: at most 80
+ * BLOCKS a multiprocessor: 5 (94 registers), or 6 (GDN_PREFILL_LOCAL6=1: at most 80
  * registers, 36.4 KB of shared memory each; the kernel waits on latency, so more warps may pay). */
 template <int BLOCKS>
 __global__ void __launch_bounds__(kGroupThreads, BLOCKS) prefill_chunk_local(const gdn_problem p)
@@ -2386,10 +2404,9 @@ __device__ void chunked_sequence_split(const gdn_problem &p, int64_t n, unsigned
     constexpr bool LEAN = STAGING == 1, BULK = STAGING == 3;
     uint64_t *const bars = reinterpret_cast<uint64_t *>(smb + split_smem::bars);
     /* (BULK) chunk ci's record into buffer b by thread `by` */
-    auto bulk_record = [&](int64_t ci, int b, int by) {
+    auto record_by = [&](int64_t ci, int b, int by) {
         if (BULK && threadIdx.x == by)
-            bulk_copy_armed(ws_buffer_at(smb, b).tb, record_at(p, rec0 + ci, bc.hv), record_layout::image,
-                            bars + b);
+            bulk_record(p, rec0 + ci, bc.hv, ws_buffer_at(smb, b).tb, bars + b);
     };
     split_cursor cur = split_cursor_at(p, sp.src, record_at(p, rec0, bc.hv));
     auto stage = [&](int64_t ci) {
@@ -2398,7 +2415,7 @@ __device__ void chunked_sequence_split(const gdn_problem &p, int64_t n, unsigned
         else
             stage_split<!BULK>(sp.src, ci * kChunk, chunk_len(ci), record_at(p, rec0 + ci, bc.hv),
                                ws_buffer_at(smb, (int)(ci % kBuffers)));
-        bulk_record(ci, (int)(ci % kBuffers), 0);
+        record_by(ci, (int)(ci % kBuffers), 0);
     };
     spread_cursor spread = spread_cursor_at(p, sp.src, record_at(p, rec0, bc.hv), warp >= 4);
     const bool spread_rows = STAGING >= 2 && sp.src.async && rows_v == kSlice;
@@ -2422,10 +2439,8 @@ __device__ void chunked_sequence_split(const gdn_problem &p, int64_t n, unsigned
         const ws_buffer w = ws_buffer_at(smb, STAGING ? b : (int)(ci % kBuffers));
         const int b2 = b == 0 ? kBuffers - 1 : b - 1;
         const ws_buffer w2 = ws_buffer_at(smb, b2); /* chunk ci + 2's */
-        if constexpr (BULK) {
-            mbar_wait(bars + b, (bulk_phase >> b) & 1u);
-            bulk_phase ^= 1u << b;
-        }
+        if constexpr (BULK)
+            bulk_wait(bars, b, bulk_phase);
         b = b == kBuffers - 1 ? 0 : b + 1;
         const bool spread_now = spread_rows && ci + 2 < chunks && chunk_len(ci + 2) == kChunk;
         copy_async_wait<1>();
@@ -2453,7 +2468,7 @@ __device__ void chunked_sequence_split(const gdn_problem &p, int64_t n, unsigned
             }
         if (spread_now && !kwarp) {
             stage_spread<!BULK>(spread, true, w2);
-            bulk_record(ci + 2, b2, 4 * 32);
+            record_by(ci + 2, b2, 4 * 32);
         }
         __syncthreads(); /* Z' */
 
@@ -2796,8 +2811,7 @@ __device__ void chunked_sequence_wgmma(const gdn_problem &p, int64_t n, unsigned
         stage_wg<WGS, !BULK>(sp.src, ci * kChunk, sp.chunk_len(ci), sp.rows_v, record_at(p, rec0 + ci, bc.hv),
                              buf);
         if (BULK && threadIdx.x == 0)
-            bulk_copy_armed(buf + L::tb, record_at(p, rec0 + ci, bc.hv), record_layout::image,
-                            bars + ci % L::buffers);
+            bulk_record(p, rec0 + ci, bc.hv, buf + L::tb, bars + ci % L::buffers);
     };
     stage(0);
     if (L::buffers > 2 && chunks > 1)
@@ -2842,11 +2856,8 @@ __device__ void chunked_sequence_wgmma(const gdn_problem &p, int64_t n, unsigned
         const int64_t c0 = ci * kChunk;
         const int len = sp.chunk_len(ci);
         unsigned char *const buf = smb + (ci % L::buffers) * L::buffer;
-        if constexpr (BULK) {
-            const int b = (int)(ci % L::buffers);
-            mbar_wait(bars + b, (bulk_phase >> b) & 1u);
-            bulk_phase ^= 1u << b;
-        }
+        if constexpr (BULK)
+            bulk_wait(bars, (int)(ci % L::buffers), bulk_phase);
         if (L::buffers > 2)
             copy_async_wait<1>();
         else
@@ -3096,13 +3107,10 @@ __global__ void __launch_bounds__(kChunkWarps * 32, 1) prefill_chunked_vk128(con
                       kGroupThreads);
         /* (the ranking below passes a __syncthreads before any sequence) */
     }
-    if constexpr (PATH == kPathSplitBulk && std::is_same<Act, bf16>::value) {
-        if (threadIdx.x < kBuffers)
-            mbar_init(reinterpret_cast<uint64_t *>(reinterpret_cast<unsigned char *>(sm) + split_smem::bars) +
-                          threadIdx.x,
-                      1);
-        fence_mbarrier_init(); /* (and the ranking's __syncthreads) */
-    }
+    if constexpr (PATH == kPathSplitBulk &&
+                  std::is_same<Act, bf16>::value) /* (the ranking's barrier follows) */
+        bulk_bars_init(reinterpret_cast<uint64_t *>(reinterpret_cast<unsigned char *>(sm) + split_smem::bars),
+                       kBuffers);
     for (int64_t n0 = 0; n0 < p.num_seqs; n0 += blockDim.x) {
         const int count = rank_round<kChunkWarps>(p, n0, ranked_before, mine, warp_counts, mine_count);
         for (int i = 0; i < count; i++)
@@ -3138,11 +3146,8 @@ __global__ void __launch_bounds__(128 * WGS, 1) prefill_walk_wgmma(const gdn_pro
     /* the short sequences' kernel of a mixed call may start now (decode.cu) */
     if (p.mixed_overlap)
         let_dependents_launch();
-    if constexpr (BULK) {
-        if (threadIdx.x < wg_smem<WGS>::buffers)
-            mbar_init(bars + threadIdx.x, 1);
-        fence_mbarrier_init(); /* (and the ranking's __syncthreads) */
-    }
+    if constexpr (BULK) /* (the ranking's barrier follows) */
+        bulk_bars_init(bars, wg_smem<WGS>::buffers);
     for (int64_t n0 = 0; n0 < p.num_seqs; n0 += blockDim.x) {
         const int count = rank_round<4 * WGS>(p, n0, ranked_before, mine, warp_counts, mine_count);
         for (int i = 0; i < count; i++)
@@ -3256,19 +3261,12 @@ bool spread_staging(void)
     return forced_switch(&forced_spread, "GDN_PREFILL_SPREAD", &env, 1) != 0;
 }
 
-/* Blocks of the local kernel a multiprocessor: 5, or 6 with GDN_PREFILL_LOCAL_BLOCKS=6 (off until
- * it wins on a GPU). */
+/* Blocks of the local kernel a multiprocessor: 5, or 6 with GDN_PREFILL_LOCAL6=1 (off until it
+ * wins on a GPU). */
 int local_blocks(void)
 {
-    static int env = -2; /* -1: unset or unreadable */
-    int e = __atomic_load_n(&env, __ATOMIC_RELAXED);
-    if (e == -2) {
-        const char *s = getenv("GDN_PREFILL_LOCAL_BLOCKS");
-        e = s && s[0] == '6' && !s[1] ? 6 : -1;
-        __atomic_store_n(&env, e, __ATOMIC_RELAXED);
-    }
-    const int forced = __atomic_load_n(&forced_local6, __ATOMIC_RELAXED);
-    return forced >= 0 ? (forced ? 6 : 5) : e == 6 ? 6 : 5;
+    static int env = -1;
+    return forced_switch(&forced_local6, "GDN_PREFILL_LOCAL6", &env, 0) ? 6 : 5;
 }
 
 /* Each record by one bulk copy on an mbarrier instead of 16-byte cp.async pieces spread over the
