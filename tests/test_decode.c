@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/mman.h>
 
+#include "../src/common/numeric.h"
 #include "../src/common/problem.h"
 #include "../src/core/backends.h"
 #include "decode_case.h"
@@ -866,6 +867,69 @@ static void matrix_on_isa(const char *isa)
 
 static void cpu_every_isa(void) { test_each_cpu_isa(matrix_on_isa); }
 
+/* A step with g = 0 and beta = 0 (decay 1, u = 0) stores every bf16 state word as it read it, on
+ * every instruction set. The K = 128 rows narrow with VCVTNE2PS2BF16 where the CPU has it, which
+ * reads a denormal as zero, so a row that holds a denormal must be stored again by the exact
+ * sequence: rows of normal words, rows with one denormal or one zero among normal ones, and rows
+ * of denormals only, in heads of V = 7 (an odd last row, paired with itself) and V = 128, one and
+ * two steps (the second reads the first's stores). */
+static int64_t identity_changed;
+static void bf16_identity_step_on_isa(const char *isa)
+{
+    enum { N = 2, HV = 2, K = 128, VMAX = 128 };
+    static uint16_t pool[N * HV * VMAX * K], before[N * HV * VMAX * K];
+    static float q[N * K], k[N * K], v[N * HV * VMAX], g[N * HV], beta[N * HV], out[N * HV * VMAX];
+    rng r = {seed++};
+    int64_t changed = 0;
+    for (int case_v = 0; case_v < 2; case_v++) {
+        const int64_t V = case_v ? 128 : 7, rows = N * HV * V;
+        for (int i = 0; i < N * K; i++)
+            q[i] = (float)rng_normal(&r), k[i] = (float)rng_normal(&r);
+        for (int64_t i = 0; i < N * HV * V; i++)
+            v[i] = (float)rng_normal(&r);
+        for (int i = 0; i < N * HV; i++)
+            g[i] = 0.0f, beta[i] = 0.0f;
+        for (int64_t row = 0; row < rows; row++)
+            for (int64_t i = 0; i < K; i++) {
+                uint16_t w = gdn_f32_to_bf16((float)(0.5 * rng_normal(&r)));
+                const int64_t odd_one = (row * 37) % K;
+                const uint16_t sign = (uint16_t)((uint32_t)rng_next(&r) & 0x8000u);
+                const uint16_t denormal = (uint16_t)(sign | (1u + (uint32_t)rng_next(&r) % 0x7fu));
+                if ((row % 4 == 1 && i == odd_one) || row % 4 == 3)
+                    w = denormal;
+                else if (row % 4 == 2 && i == odd_one)
+                    w = 0x0000u;
+                else if ((w & 0x7fffu) == 0)
+                    w = 0x3f80u; /* no -0: 0 k + (-0) is +0 */
+                pool[row * K + i] = w;
+            }
+        memcpy(before, pool, sizeof pool);
+        gdn_decode_params p;
+        gdn_decode_params_init(&p);
+        const int64_t slots[N] = {1, 0};
+        p.num_seqs = N, p.num_q_heads = 1, p.num_v_heads = HV, p.head_dim_k = K, p.head_dim_v = V;
+        p.act_dtype = GDN_DTYPE_F32, p.q = q, p.k = k, p.v = v, p.out = out, p.g = g, p.beta = beta;
+        p.state_pool = pool, p.num_slots = N, p.state_dtype = GDN_DTYPE_BF16, p.slot_indices = slots;
+        p.backend = GDN_BACKEND_CPU, p.num_threads = 1;
+        for (int step = 0; step < 2; step++) {
+            CHECK_MSG(gdn_decode(&p) == GDN_OK, "%s: %s", isa, gdn_last_error());
+            for (int64_t i = 0; i < rows * K; i++)
+                changed += pool[i] != before[i];
+        }
+    }
+    if (changed)
+        test_note("%s: %lld bf16 state words changed by an identity step", isa, (long long)changed);
+    identity_changed += changed;
+}
+
+static void cpu_bf16_identity_step_every_isa(void)
+{
+    identity_changed = 0;
+    test_each_cpu_isa(bf16_identity_step_on_isa);
+    CHECK_MSG(identity_changed == 0, "%lld bf16 state words changed by identity steps",
+              (long long)identity_changed);
+}
+
 /* The cpu backend with several threads must give bit-identical results to one thread. */
 static void cpu_threads_agree(void)
 {
@@ -889,6 +953,7 @@ void register_decode_tests(void)
     test_add("decode/prefill_gates_and_initial_state", prefill_gates_and_initial_state);
     test_add("decode/cpu_prefill_16384", cpu_prefill_16384);
     test_add("decode/cpu_every_isa", cpu_every_isa);
+    test_add("decode/cpu_bf16_identity_step_every_isa", cpu_bf16_identity_step_every_isa);
     test_add("decode/snapshots_match_single_steps", snapshots_match_single_steps);
     test_add("decode/cpu_paged_pool", cpu_paged_pool);
     test_add("decode/reference_paged_pool", reference_paged_pool);

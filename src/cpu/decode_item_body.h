@@ -166,6 +166,22 @@ GDN_ROWS_ONE_TOKEN(rows_one_token_bf16, uint16_t, vload_bf16, vstore_bf16)
  * zero) takes the integer sequence. One test per row: a class test, a mask test and two taken
  * branches per vector (GCC moved the instruction out of line) were ~30 of a row's ~150
  * instructions. */
+#if defined(GDN_CPU_AVX512_BF16)
+/* VCVTNE2PS2BF16's words (the 16 even elements, then the 16 odd) back in row order */
+static inline __m512i bf16_pairs_order(void)
+{
+    return _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5,
+                            20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+}
+#endif
+
+/* One block of 32 (even elements ye, odd yo) narrowed by the integer sequence (any float) */
+static inline void vstore_bf16_eo1_bits(uint16_t *to, vec_f ye, vec_f yo)
+{
+    _mm512_storeu_si512(to, _mm512_or_si512(bf16_bits(_mm512_castps_si512(ye)),
+                                            _mm512_slli_epi32(bf16_bits(_mm512_castps_si512(yo)), 16)));
+}
+
 static inline void vstore_bf16_eo4(uint16_t *to, const vec_f ye[4], const vec_f yo[4])
 {
 #if defined(GDN_CPU_AVX512_BF16)
@@ -177,17 +193,13 @@ static inline void vstore_bf16_eo4(uint16_t *to, const vec_f ye[4], const vec_f 
         nonzero = _mm512_mask_test_epi16_mask(nonzero, w[c], _mm512_set1_epi16(0x7fff));
     }
     if (__builtin_expect(nonzero == 0xffffffffu, 1)) {
-        const __m512i pairs = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
-                                               23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
         for (int c = 0; c < 4; c++)
-            _mm512_storeu_si512(to + 32 * c, _mm512_permutexvar_epi16(pairs, w[c]));
+            _mm512_storeu_si512(to + 32 * c, _mm512_permutexvar_epi16(bf16_pairs_order(), w[c]));
         return;
     }
 #endif
     for (int c = 0; c < 4; c++)
-        _mm512_storeu_si512(to + 32 * c,
-                            _mm512_or_si512(bf16_bits(_mm512_castps_si512(ye[c])),
-                                            _mm512_slli_epi32(bf16_bits(_mm512_castps_si512(yo[c])), 16)));
+        vstore_bf16_eo1_bits(to + 32 * c, ye[c], yo[c]);
 }
 
 /* k and q of the token split even/odd, in registers (AVX-512 has 32) */
@@ -249,6 +261,35 @@ static inline void update_bf16_k128(const float *decayed, uint16_t *to, float u,
         yo[c] = vfma(vu, in->ko[c], _mm512_load_ps(decayed + 32 * c + 16));
     }
     vstore_bf16_eo4(to, ye, yo);
+}
+
+/* Block c (32 elements) of that update, narrowed and stored, for the fused step
+ * (dots2_update2_bf16_k128). With VCVTNE2PS2BF16 the block is stored as converted and its +-0
+ * words clear bits of *nonzero: a row with any is stored again by update_bf16_k128_bits (the
+ * instruction reads a denormal as zero; see vstore_bf16_eo4). */
+static inline void update_block_store_bf16_k128(const float *decayed, vec_f vu, const k128_inputs *in, int c,
+                                                uint16_t *to, __mmask32 *nonzero)
+{
+    const vec_f ye = vfma(vu, in->ke[c], _mm512_load_ps(decayed + 32 * c));
+    const vec_f yo = vfma(vu, in->ko[c], _mm512_load_ps(decayed + 32 * c + 16));
+#if defined(GDN_CPU_AVX512_BF16)
+    const __m512i w = (__m512i)_mm512_cvtne2ps_pbh(yo, ye);
+    *nonzero = _mm512_mask_test_epi16_mask(*nonzero, w, _mm512_set1_epi16(0x7fff));
+    _mm512_storeu_si512(to + 32 * c, _mm512_permutexvar_epi16(bf16_pairs_order(), w));
+#else
+    (void)nonzero;
+    vstore_bf16_eo1_bits(to + 32 * c, ye, yo);
+#endif
+}
+
+/* The whole update of a row by the integer narrowing, out of line (rare: a row with +-0 words) */
+static __attribute__((noinline, cold)) void update_bf16_k128_bits(const float *decayed, uint16_t *to, float u,
+                                                                  const k128_inputs *in)
+{
+    const vec_f vu = vset1(u);
+    for (int c = 0; c < 4; c++)
+        vstore_bf16_eo1_bits(to + 32 * c, vfma(vu, in->ke[c], _mm512_load_ps(decayed + 32 * c)),
+                             vfma(vu, in->ko[c], _mm512_load_ps(decayed + 32 * c + 16)));
 }
 #else /* AVX2 */
 #define GDN_K128_BLOCKS 8
@@ -473,6 +514,28 @@ static inline void dots2_update2_bf16_k128(const uint16_t *fa, const uint16_t *f
     }
     dots2_totals(&t, s);
 }
+#else
+/* AVX-512: the same, a block of 32 elements at a time */
+static inline void dots2_update2_bf16_k128(const uint16_t *fa, const uint16_t *fb, vec_f vdecay,
+                                           const k128_inputs *in, float *da_out, float *db_out, float s[4],
+                                           const float *pa, const float *pb, uint16_t *ta, uint16_t *tb,
+                                           float ua, float ub)
+{
+    dots2_sums t = {{vzero(), vzero()}, {vzero(), vzero()}, {vzero(), vzero()}, {vzero(), vzero()}};
+    const vec_f vua = vset1(ua), vub = vset1(ub);
+    __mmask32 nonzero_a = 0xffffffffu, nonzero_b = 0xffffffffu;
+#pragma GCC unroll 4
+    for (int c = 0; c < GDN_K128_BLOCKS; c++) {
+        dots2_block_bf16_k128(fa, fb, vdecay, in, da_out, db_out, c, &t);
+        update_block_store_bf16_k128(pa, vua, in, c, ta, &nonzero_a);
+        update_block_store_bf16_k128(pb, vub, in, c, tb, &nonzero_b);
+    }
+    if (__builtin_expect(nonzero_a != 0xffffffffu, 0))
+        update_bf16_k128_bits(pa, ta, ua, in);
+    if (__builtin_expect(nonzero_b != 0xffffffffu, 0))
+        update_bf16_k128_bits(pb, tb, ub, in);
+    dots2_totals(&t, s);
+}
 #endif
 
 /*
@@ -511,14 +574,12 @@ static void rows_one_token_bf16_k128(const gdn_problem *p, int64_t src, int64_t 
             float s[4];
             for (int l = 0; l < 8; l++) /* rows j+8, j+9 (into the next head's tile at the end) */
                 _mm_prefetch((const char *)((uintptr_t)fa + 8 * 256 + 64 * l), _MM_HINT_T0);
-#if defined(GDN_CPU_AVX2)
             /* (rows j-2 and j-1 exist whenever j < V) */
             fused = j >= 2 && dst >= 0 && isfinite(u[0]) && isfinite(u[1]);
             if (fused)
                 dots2_update2_bf16_k128(fa, fb, vdecay, &in, cur[0], cur[1], s, prev[0], prev[1],
                                         pool + dst + (j - 2) * 128, pool + dst + (j - 1) * 128, u[0], u[1]);
             else
-#endif
                 dots2_bf16_k128(fa, fb, vdecay, &in, cur[0], cur[1], s);
             next[0] = beta * (v[j] - s[0]);
             out[j] = s[1] + next[0] * kq;
