@@ -125,6 +125,10 @@ static inline float vsum(vec_f x)
         const vec_f vdecay = vset1(decay);                                                                   \
         for (int64_t j = 0; j < p->head_dim_v; j++) {                                                        \
             const ST *from = pool + src + j * K;                                                             \
+            /* the row 8 KiB ahead into L2: the hardware prefetchers alone left the f32 rows 12-17%          \
+             * slower on the AMD EPYC (Zen 4) VM; 4 and 16 KiB were no better (bench/NOTES.md) */            \
+            for (int64_t l = 0; l < K * (int64_t)sizeof(ST); l += 64)                                        \
+                _mm_prefetch((const char *)from + 8192 + l, _MM_HINT_T1);                                    \
             vec_f k0 = vzero(), k1 = vzero(), q0 = vzero(), q1 = vzero();                                    \
             for (int64_t i = 0; i < K; i += 2 * GDN_VEC_W) {                                                 \
                 const vec_f x0 = LOAD(from + i), x1 = LOAD(from + i + GDN_VEC_W);                            \
@@ -495,7 +499,9 @@ static inline void dots2_bf16_k128(const uint16_t *fa, const uint16_t *fb, vec_f
  * two chains' instructions are interleaved in the out-of-order window instead of following each
  * other (same arithmetic, same bits). On the AMD EPYC VM (bench/results/cpu-bf16-fuse-*): bf16
  * qwen3-next N = 16 5-9% faster (faster in 17 of 18 interleaved rounds), N = 64 within the
- * noise (12 of 18). Not done for AVX-512: no machine here to measure it on. */
+ * noise (12 of 18). The AVX-512 form below: 5-8% on the Zen 4 VM (faster in 8 and 7 of 11
+ * rounds at N = 16 and 64), 1-6% with the L2 prefetch beside it (9 and 7 of 11): small, kept
+ * for the one loop both instruction sets share. */
 static inline void dots2_update2_bf16_k128(const uint16_t *fa, const uint16_t *fb, vec_f vdecay,
                                            const k128_inputs *in, float *da_out, float *db_out, float s[4],
                                            const float *pa, const float *pb, uint16_t *ta, uint16_t *tb,
@@ -550,9 +556,11 @@ static inline void dots2_update2_bf16_k128(const uint16_t *fa, const uint16_t *f
  * vector instructions a row of ~75, the rows being instruction-bound: 8-11% slower at N = 16
  * and 64), and keeping them in registers would need 16 more. Rows are prefetched into L1 eight
  * ahead: 10-11% faster at N = 16 and 64 on the development VM than the hardware prefetchers
- * alone (4 and 16 ahead were no better). The AVX2 form is the same loop in 256-bit vectors (the
- * AVX2 rows used to be widened in order and narrowed with a compare and blend per vector, ~380
- * instructions a row against ~230 now; bench/NOTES.md, fifth 2026-12-06 session).
+ * alone (4 and 16 ahead were no better), and also into L2 32 ahead: bf16 13-19% faster on the AMD
+ * EPYC (Zen 4) VM, faster in 38 of 44 interleaved rounds (64 ahead the same, L2 alone the same). The AVX2
+ * form is the same loop in 256-bit vectors (the AVX2 rows used to be widened in order and narrowed with a
+ * compare and blend per vector, ~380 instructions a row against ~230 now; bench/NOTES.md, fifth 2026-12-06
+ * session).
  */
 static void rows_one_token_bf16_k128(const gdn_problem *p, int64_t src, int64_t dst, const float *restrict k,
                                      const float *restrict q, const float *restrict v, float decay,
@@ -572,8 +580,10 @@ static void rows_one_token_bf16_k128(const gdn_problem *p, int64_t src, int64_t 
             const int two = j + 1 < V;
             const uint16_t *fa = pool + src + j * 128, *fb = two ? fa + 128 : fa;
             float s[4];
-            for (int l = 0; l < 8; l++) /* rows j+8, j+9 (into the next head's tile at the end) */
-                _mm_prefetch((const char *)((uintptr_t)fa + 8 * 256 + 64 * l), _MM_HINT_T0);
+            /* rows j+8, j+9 into L1 and j+32, j+33 into L2 (into the next head's tile at the end) */
+            for (int l = 0; l < 8; l++)
+                _mm_prefetch((const char *)((uintptr_t)fa + 8 * 256 + 64 * l), _MM_HINT_T0),
+                    _mm_prefetch((const char *)((uintptr_t)fa + 32 * 256 + 64 * l), _MM_HINT_T1);
             /* (rows j-2 and j-1 exist whenever j < V) */
             fused = j >= 2 && dst >= 0 && isfinite(u[0]) && isfinite(u[1]);
             if (fused)
