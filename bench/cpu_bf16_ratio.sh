@@ -33,19 +33,4 @@ done
         done
     done
 } >"$out"
-python3 - "$out" <<'PY'
-import collections, csv, statistics, sys
-rows = [r for r in csv.DictReader(l for l in open(sys.argv[1]) if not l.startswith("#"))]
-t = collections.defaultdict(list)
-for r in rows:
-    t[(r["commit"], r["shape"], int(r["N"]), r["impl"], r["state_dtype"], int(r["round"]))] = float(r["median_us"])
-keys = sorted({(k[0], k[1], k[2]) for k in t}, key=lambda k: (k[1], k[2]))
-print("commit shape N: f32 us, bf16 us (medians over rounds), f32/bf16 time ratio (of the medians; per-round range)")
-for c, shape, n in keys:
-    f = {k[5]: v for k, v in t.items() if k[:5] == (c, shape, n, "gdn", "f32")}
-    b = {k[5]: v for k, v in t.items() if k[:5] == (c, shape, n, "gdn", "bf16")}
-    per_round = sorted(f[r] / b[r] for r in f if r in b)
-    mf, mb = statistics.median(f.values()), statistics.median(b.values())
-    print("%s %s %d: f32 %.0f, bf16 %.0f, ratio %.2f (rounds %.2f-%.2f)" %
-          (c, shape, n, mf, mb, mf / mb, per_round[0], per_round[-1]))
-PY
+python3 bench/cpu_ratio_summary.py "$out"
