@@ -366,7 +366,7 @@ static int prefill_path_on(int path)
 }
 
 /* Prefill test paths 0 .. kPrefillPaths - 1 (named in cuda_prefill_chunked). */
-enum { kPrefillPaths = 14 };
+enum { kPrefillPaths = 15 };
 
 /* The cuda chunked kernel's switches for prefill test path `path` (the list in
  * cuda_prefill_chunked), with a workspace from path 3 on; -1: every switch back to its default,
@@ -389,6 +389,7 @@ static void force_prefill_path(int path)
     /* (path 7 takes these two as the library chooses them: the default, whichever that is) */
     gdn_cuda_chunked_force_bulk(any || path == 7 ? -1 : path == 11 || path == 12);
     gdn_cuda_chunked_force_local_blocks(any || path == 7 ? -1 : path == 13);
+    gdn_cuda_chunked_force_head_walk(any || path == 7 ? -1 : path == 14);
     case_workspace = !any && path >= 3;
 }
 
@@ -402,7 +403,8 @@ static void force_prefill_path(int path)
  * mma.sync walk with its whole stage at the loop's barrier, GDN_PREFILL_SPREAD=0; and the wgmma
  * walk of 2 slices staging after its first products, GDN_PREFILL_WG_LATE; the mma.sync walk and the
  * wgmma walk of 2 slices with each record by one bulk copy, GDN_PREFILL_BULK; the local kernel at
- * 6 blocks a multiprocessor, GDN_PREFILL_LOCAL6=1), within the tensor-core tolerances. */
+ * 6 blocks a multiprocessor, GDN_PREFILL_LOCAL6=1; the head walk, GDN_PREFILL_HEAD_WALK=1), within the
+ * tensor-core tolerances. */
 static void cuda_prefill_chunked(void)
 {
     if (!cuda_present())
@@ -422,7 +424,8 @@ static void cuda_prefill_chunked(void)
         "1-term products, split, wgmma walk of 2 slices a block, stage after the first products",
         "1-term products, split, mma.sync walk, spread stage, records by bulk copies",
         "1-term products, split, wgmma walk of 2 slices a block, records by bulk copies",
-        "1-term products, split, mma.sync walk, local kernel at 6 blocks a multiprocessor"};
+        "1-term products, split, mma.sync walk, local kernel at 6 blocks a multiprocessor",
+        "1-term products, split, head walk (state as wgmma's A operand; V = 128 on sm_90, else the default)"};
     for (int path = 0; path < kPrefillPaths; path++) {
         if (!prefill_path_on(path))
             continue;

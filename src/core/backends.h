@@ -100,6 +100,10 @@ void gdn_cuda_chunked_force_bulk(int bulk);
 /* The split path's local kernel at 6 blocks a multiprocessor (at most 80 registers) instead of 5:
  * 1 = on, 0 = off (the default; GDN_PREFILL_LOCAL6=1 turns it on), negative = the default. */
 void gdn_cuda_chunked_force_local_blocks(int six);
+/* On sm_90 with V = 128, the split path's walk as one block a value head with the state as
+ * wgmma's A operand (prefill_walk_head): 1 = on, 0 = off (the default; GDN_PREFILL_HEAD_WALK=1
+ * turns it on), negative = the default. */
+void gdn_cuda_chunked_force_head_walk(int on);
 /* The wgmma walk of 2 slices a block stages after issuing its first products: 1 = on, 0 = off
  * (the default; GDN_PREFILL_WG_LATE=1 turns it on), negative = the default. */
 void gdn_cuda_chunked_force_wg_late(int late);

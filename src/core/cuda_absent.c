@@ -39,6 +39,7 @@ void gdn_cuda_chunked_force_lean(int lean) { (void)lean; }
 void gdn_cuda_chunked_force_spread(int spread) { (void)spread; }
 void gdn_cuda_chunked_force_wg_late(int late) { (void)late; }
 void gdn_cuda_chunked_force_bulk(int bulk) { (void)bulk; }
+void gdn_cuda_chunked_force_head_walk(int on) { (void)on; }
 void gdn_cuda_chunked_force_local_blocks(int six) { (void)six; }
 size_t gdn_cuda_chunk_record_bytes(int64_t head_dim_v)
 {

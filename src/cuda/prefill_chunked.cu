@@ -3156,6 +3156,255 @@ __global__ void __launch_bounds__(128 * WGS, 1) prefill_walk_wgmma(const gdn_pro
     }
 }
 
+/*
+ * The head walk (GDN_PREFILL_HEAD_WALK=1, off; written without a GPU, bench/NOTES.md "The next
+ * walk"): a block of two warpgroups walks a whole head (V = 128) with the state as wgmma's A
+ * operand. Warpgroup wg holds S (v x k) for value rows 64 wg .. 64 wg + 63 as an m64n128
+ * accumulator (st[4 j + 2 h + e]: row 64 wg + 16 wq + g + 8 h, column 8 j + 2 t4 + e), and a
+ * chunk is, every B operand from shared memory and every A from registers:
+ *   Z^T = S K^T, O^T = S Q^T                  (m64n64, A = bf16(S))
+ *   Z'^T = beta rk (v^T - gam rk Z^T), U'^T = Z'^T T^T       (B = T in the core layout)
+ *   O^T = gam rq O^T + U'^T P^T, S = dec_last S + (U' dec)^T K  (B = K read MN-major)
+ * so no register value goes through shared memory (gdn's wgmma walk stores S, Z' and U' there
+ * every chunk). This first version keeps the wgmma walk's staging by every thread and a block
+ * barrier a chunk; T and P come in the record as padded rows and are re-laid into the core
+ * layout after each chunk lands.
+ */
+struct hw_smem {
+    static constexpr int ldv = kRowK + 8; /* bf16 between rows of v (all 128 columns) */
+    static constexpr int buffers = 2;
+    static constexpr int qb = 0; /* [C][128] core */
+    static constexpr int kb = qb + kChunk * kRowK * 2;
+    static constexpr int vb = kb + kChunk * kRowK * 2; /* [C][ldv] */
+    static constexpr int tb = vb + kChunk * ldv * 2;   /* the record's image */
+    static constexpr int buffer = (tb + record_layout::image + 127) / 128 * 128;
+    static constexpr int tc = buffers * buffer; /* T [C][C] core */
+    static constexpr int pc = tc + kChunk * kChunk * 2;
+    static constexpr int bytes = pc + kChunk * kChunk * 2;
+};
+static_assert(hw_smem::buffer % 128 == 0 && hw_smem::tb % 16 == 0, "buffers on 128-byte boundaries");
+
+/* Chunk rows [c0, c0 + len) (q and k into the core layout, all 128 columns of v) and the record
+ * into the buffer at `buf`, by the block's 256 threads. */
+__device__ __forceinline__ void hw_stage(const stage_source<bf16> &src, int64_t c0, int len,
+                                         const unsigned char *rec, unsigned char *buf)
+{
+    typedef hw_smem L;
+    const int tid = threadIdx.x;
+    unsigned char *const qb = buf + L::qb, *const kb = buf + L::kb;
+    bf16 *const vb = reinterpret_cast<bf16 *>(buf + L::vb);
+    if (src.async && src.rows_v == kRowK) {
+        for (int i = tid; i < kChunk * 16; i += 256) { /* 16-byte piece i % 16 of row i / 16 */
+            const int r = i / 16, c = 8 * (i % 16);
+            const bool real = r < len;
+            copy_async16(reinterpret_cast<uint4 *>(qb + core_offset<kRowK>(r, c)),
+                         real ? src.q + (c0 + r) * src.q_stride + c : src.q, real);
+            copy_async16(reinterpret_cast<uint4 *>(kb + core_offset<kRowK>(r, c)),
+                         real ? src.k + (c0 + r) * src.k_stride + c : src.k, real);
+            copy_async16(reinterpret_cast<uint4 *>(vb + r * L::ldv + c),
+                         real ? src.v + (c0 + r) * src.v_stride + c : src.v, real);
+        }
+    } else {
+        const bf16 zero = __float2bfloat16_rn(0.0f);
+        for (int i = tid; i < kChunk * kRowK; i += 256) {
+            const int r = i / kRowK, c = i % kRowK;
+            *reinterpret_cast<bf16 *>(qb + core_offset<kRowK>(r, c)) =
+                r < len ? src.q[(c0 + r) * src.q_stride + c] : zero;
+            *reinterpret_cast<bf16 *>(kb + core_offset<kRowK>(r, c)) =
+                r < len ? src.k[(c0 + r) * src.k_stride + c] : zero;
+            vb[r * L::ldv + c] = r < len && c < src.rows_v ? src.v[(c0 + r) * src.v_stride + c] : zero;
+        }
+    }
+    for (int i = tid; i < record_layout::image / 16; i += 256)
+        copy_async16(reinterpret_cast<uint4 *>(buf + L::tb) + i, rec + 16 * i, true);
+    copy_async_commit();
+}
+
+/* wgmma's A fragments read asynchronously: kept unmodified until the group that reads them is done */
+template <int N> __device__ __forceinline__ void hw_hold_a(unsigned (&a)[N][4])
+{
+#pragma unroll
+    for (int i = 0; i < N; i++)
+        asm volatile("" : "+r"(a[i][0]), "+r"(a[i][1]), "+r"(a[i][2]), "+r"(a[i][3])::"memory");
+}
+
+template <typename St>
+__device__ void chunked_sequence_head(const gdn_problem &p, int64_t n, unsigned char *smb)
+{
+    typedef hw_smem L;
+    const int lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
+    const int wg = threadIdx.x / 128, wq = (threadIdx.x / 32) % 4;
+    seq_part<bf16> sp;
+    if (!open_sequence<bf16>(p, n, sp, kRowK / kSlice)) /* one block: all V = 128 rows */
+        return;
+    const block_coords bc = sp.bc;
+    const int64_t V = sp.V, first = sp.first, read = sp.read, write = sp.write;
+    const int64_t chunks = sp.chunks(), rec0 = first_record(p, n);
+    if (!records_tagged(p, n, rec0, chunks, bc.hv))
+        return;
+    const int vw = 64 * wg; /* this warpgroup's first value row */
+    auto stage = [&](int64_t ci) {
+        hw_stage(sp.src, ci * kChunk, sp.chunk_len(ci), record_at(p, rec0 + ci, bc.hv),
+                 smb + (ci % L::buffers) * L::buffer);
+    };
+    stage(0);
+
+    /* the initial state (zeros without one) */
+    float st[64];
+    {
+        const bool zero = gdn_zero_initial_state(&p, bc.n);
+        const St *tile = static_cast<const St *>(p.state_pool) + gdn_tile_offset(&p, read, bc.hv);
+#pragma unroll
+        for (int i = 0; i < 64; i++) {
+            const int v = vw + 16 * wq + g + 8 * ((i >> 1) & 1), k = 8 * (i >> 2) + 2 * t4 + (i & 1);
+            st[i] = zero ? 0.0f : to_float<St>(tile[(int64_t)v * kRowK + k]);
+        }
+    }
+    const unsigned tc_at = smem_u32(smb + L::tc), pc_at = smem_u32(smb + L::pc);
+    for (int64_t ci = 0; ci < chunks; ci++) {
+        const int64_t c0 = ci * kChunk;
+        const int len = sp.chunk_len(ci);
+        unsigned char *const buf = smb + (ci % L::buffers) * L::buffer;
+        copy_async_wait<0>();
+        __syncthreads(); /* chunk ci has landed; the other buffer and T, P's core images are free */
+        if (ci + 1 < chunks)
+            stage(ci + 1);
+        else
+            copy_async_commit();
+        /* T and P into the core layout (B operands: row t holds the k dimension t') */
+        {
+            const bf16 *const rt = reinterpret_cast<const bf16 *>(buf + L::tb);
+            for (int i = threadIdx.x; i < 2 * kChunk * 8; i += 256) {
+                const int m = i / (kChunk * 8), r = (i / 8) % kChunk, c = 8 * (i % 8);
+                const uint4 x = *reinterpret_cast<const uint4 *>(rt + m * kChunk * kLdP + r * kLdP + c);
+                *reinterpret_cast<uint4 *>(smb + (m ? L::pc : L::tc) + core_offset<kChunk>(r, c)) = x;
+            }
+        }
+        fence_async_smem(); /* the staged rows and the core images, for wgmma */
+        __syncthreads();
+        const unsigned qb_at = smem_u32(buf + L::qb), kb_at = smem_u32(buf + L::kb);
+        const bf16 *const vb = reinterpret_cast<const bf16 *>(buf + L::vb);
+        const float *const gam = reinterpret_cast<const float *>(buf + L::tb + record_layout::gates);
+        const float *const dec = gam + kChunk, *const beta = dec + kChunk, *const rq = beta + kChunk,
+                           *const rk = rq + kChunk;
+
+        /* Z^T = S K^T and O^T = S Q^T */
+        float z[32], o[32];
+#pragma unroll
+        for (int i = 0; i < 32; i++)
+            z[i] = 0.0f, o[i] = 0.0f;
+        unsigned sa[8][4];
+#pragma unroll
+        for (int ks = 0; ks < 8; ks++)
+            acc_as_a(st, ks, sa[ks]);
+        wg_hold(z), wg_hold(o);
+        wg_fence();
+#pragma unroll
+        for (int ks = 0; ks < 8; ks++)
+            wgmma_rs_n64(z, sa[ks], core_desc<kRowK>(kb_at + 256 * ks));
+#pragma unroll
+        for (int ks = 0; ks < 8; ks++)
+            wgmma_rs_n64(o, sa[ks], core_desc<kRowK>(qb_at + 256 * ks));
+        wg_commit();
+        wg_wait<0>();
+        wg_hold(z), wg_hold(o);
+        hw_hold_a(sa);
+
+        /* Z'^T = beta rk (v^T - gam rk Z^T) (column t = 8 j + 2 t4 + e), then U'^T = Z'^T T^T */
+#pragma unroll
+        for (int i = 0; i < 32; i++) {
+            const int v = vw + 16 * wq + g + 8 * ((i >> 1) & 1), t = 8 * (i >> 2) + 2 * t4 + (i & 1);
+            const float y = __bfloat162float(vb[t * L::ldv + v]);
+            z[i] = beta[t] * rk[t] * (y - gam[t] * rk[t] * z[i]);
+        }
+        float u[32];
+#pragma unroll
+        for (int i = 0; i < 32; i++)
+            u[i] = 0.0f;
+        unsigned za[4][4];
+#pragma unroll
+        for (int ks = 0; ks < 4; ks++)
+            acc_as_a(z, ks, za[ks]);
+        wg_hold(u);
+        wg_fence();
+#pragma unroll
+        for (int ks = 0; ks < 4; ks++)
+            wgmma_rs_n64(u, za[ks], core_desc<kChunk>(tc_at + 256 * ks));
+        wg_commit();
+        wg_wait<0>();
+        wg_hold(u);
+        hw_hold_a(za);
+
+        /* O^T = gam rq O^T + U'^T P^T; S = dec_last S + (U' dec)^T K */
+        unsigned ua[4][4], uda[4][4];
+#pragma unroll
+        for (int ks = 0; ks < 4; ks++)
+            acc_as_a(u, ks, ua[ks]);
+#pragma unroll
+        for (int i = 0; i < 32; i++) {
+            const int t = 8 * (i >> 2) + 2 * t4 + (i & 1);
+            o[i] *= gam[t] * rq[t];
+            u[i] *= dec[t];
+        }
+#pragma unroll
+        for (int ks = 0; ks < 4; ks++)
+            acc_as_a(u, ks, uda[ks]);
+        const float keep = gam[kChunk - 1];
+#pragma unroll
+        for (int i = 0; i < 64; i++)
+            st[i] *= keep;
+        wg_hold(o), wg_hold(st);
+        wg_fence();
+#pragma unroll
+        for (int ks = 0; ks < 4; ks++)
+            wgmma_rs_n64(o, ua[ks], core_desc<kChunk>(pc_at + 256 * ks));
+#pragma unroll
+        for (int ks = 0; ks < 4; ks++) /* k-step ks: tokens 16 ks.., two core matrices of K's rows */
+            wgmma_rs_n128_tb(st, uda[ks],
+                             mn_desc(kb_at + 2 * (kRowK / 8) * 128 * ks, (kRowK / 8) * 128, 128));
+        wg_commit();
+        wg_wait<0>();
+        wg_hold(o), wg_hold(st);
+        hw_hold_a(ua), hw_hold_a(uda);
+
+        /* the outputs of tokens < len */
+        bf16 *const orow = static_cast<bf16 *>(p.out) + (first + c0) * p.out_stride + bc.hv * V;
+#pragma unroll
+        for (int i = 0; i < 32; i++) {
+            const int v = vw + 16 * wq + g + 8 * ((i >> 1) & 1), t = 8 * (i >> 2) + 2 * t4 + (i & 1);
+            if (t < len)
+                orow[t * p.out_stride + v] = __float2bfloat16_rn(o[i]);
+        }
+    }
+    copy_async_wait<0>();
+    if (write >= 0) {
+        St *tile = static_cast<St *>(p.state_pool) + gdn_tile_offset(&p, write, bc.hv);
+#pragma unroll
+        for (int i = 0; i < 64; i++) {
+            const int v = vw + 16 * wq + g + 8 * ((i >> 1) & 1), k = 8 * (i >> 2) + 2 * t4 + (i & 1);
+            tile[(int64_t)v * kRowK + k] = from_float<St>(st[i]);
+        }
+    }
+    __syncthreads(); /* the next sequence reuses the shared memory */
+}
+
+/* The head walk's kernel: one block a value head, the grid's y; z = a group of sequences. */
+template <typename St> __global__ void __launch_bounds__(256, 1) prefill_walk_head(const gdn_problem p)
+{
+    extern __shared__ __align__(128) unsigned char hsm[];
+    __shared__ int64_t mine[256];
+    __shared__ int warp_counts[8], mine_count;
+    int64_t ranked_before = 0;
+    if (p.mixed_overlap)
+        let_dependents_launch();
+    for (int64_t n0 = 0; n0 < p.num_seqs; n0 += blockDim.x) {
+        const int count = rank_round<8>(p, n0, ranked_before, mine, warp_counts, mine_count);
+        for (int i = 0; i < count; i++)
+            chunked_sequence_head<St>(p, mine[i], hsm);
+        __syncthreads(); /* mine and the counts are rewritten by the next round */
+    }
+}
+
 template <typename Act, typename St, int PATH>
 cudaError_t launch_typed(const gdn_problem &p, cudaStream_t stream)
 {
@@ -3229,6 +3478,21 @@ cudaError_t launch_wgmma_walk(const gdn_problem &p, cudaStream_t stream)
     return cudaGetLastError();
 }
 
+/* The head walk after the chunk-local kernel: one block a value head of each sequence group. */
+template <typename St> cudaError_t launch_head_walk(const gdn_problem &p, cudaStream_t stream)
+{
+    const auto kernel = prefill_walk_head<St>;
+    const cudaError_t err =
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, hw_smem::bytes);
+    if (err != cudaSuccess)
+        return err;
+    int64_t groups = (2 * sm_count() + p.num_v_heads - 1) / p.num_v_heads;
+    groups = groups < 1 ? 1 : groups > p.num_seqs ? p.num_seqs : groups;
+    const dim3 grid(1u, (unsigned)p.num_v_heads, (unsigned)groups);
+    kernel<<<grid, 256, (size_t)hw_smem::bytes, stream>>>(p);
+    return cudaGetLastError();
+}
+
 int forced_precise = -1;  /* gdn_cuda_chunked_force_precise; -1 = by dtype and env */
 int forced_wgmma = -1;    /* gdn_cuda_chunked_force_wgmma; -1 = by env and the call's shape */
 int forced_split = -1;    /* gdn_cuda_chunked_force_split; -1 = by env */
@@ -3239,11 +3503,22 @@ int wy_env = -1;
 
 bool wy_switch(void) { return forced_switch(&forced_wy, "GDN_PREFILL_WY", &wy_env, 0) != 0; }
 
-int forced_bulk = -1;    /* gdn_cuda_chunked_force_bulk; -1 = by env */
-int forced_local6 = -1;  /* gdn_cuda_chunked_force_local_blocks; -1 = by env */
-int forced_lean = -1;    /* gdn_cuda_chunked_force_lean; -1 = by env */
-int forced_spread = -1;  /* gdn_cuda_chunked_force_spread; -1 = by env */
-int forced_wg_late = -1; /* gdn_cuda_chunked_force_wg_late; -1 = by env */
+int forced_bulk = -1;      /* gdn_cuda_chunked_force_bulk; -1 = by env */
+int forced_local6 = -1;    /* gdn_cuda_chunked_force_local_blocks; -1 = by env */
+int forced_lean = -1;      /* gdn_cuda_chunked_force_lean; -1 = by env */
+int forced_spread = -1;    /* gdn_cuda_chunked_force_spread; -1 = by env */
+int forced_wg_late = -1;   /* gdn_cuda_chunked_force_wg_late; -1 = by env */
+int forced_head_walk = -1; /* gdn_cuda_chunked_force_head_walk; -1 = by env */
+
+/* The head walk (prefill_walk_head) for a split call with V = 128 on compute capability 9.0: off
+ * until a GPU has tested and timed it (GDN_PREFILL_HEAD_WALK=1 turns it on). */
+bool head_walk_for(const gdn_problem &p)
+{
+    static int env = -1;
+    return p.head_dim_v == 128 &&
+           10 * cc_major() + device_attribute<cudaDevAttrComputeCapabilityMinor>(0) == 90 &&
+           forced_switch(&forced_head_walk, "GDN_PREFILL_HEAD_WALK", &env, 0) != 0;
+}
 
 /* The split path's mma.sync walk stages its chunks by running pointers (split_cursor): the
  * default since it won every case it runs on an H100 by 2-5% (012cd2a, bench/results). */
@@ -3358,6 +3633,8 @@ template <typename Act, typename St> cudaError_t launch_state(const gdn_problem 
             cudaError_t err = launch_chunk_local(p, stream);
             if (err != cudaSuccess)
                 return err;
+            if (head_walk_for(p))
+                return launch_head_walk<St>(p, stream);
             switch (wgmma_slices(p)) {
             case 1: return launch_wgmma_walk<St, 1>(p, stream);
             case 2:
@@ -3458,6 +3735,11 @@ void gdn_cuda_chunked_force_spread(int spread)
 void gdn_cuda_chunked_force_wg_late(int late)
 {
     __atomic_store_n(&forced_wg_late, late >= 0 ? (late != 0) : -1, __ATOMIC_RELAXED);
+}
+
+void gdn_cuda_chunked_force_head_walk(int on)
+{
+    __atomic_store_n(&forced_head_walk, on >= 0 ? (on != 0) : -1, __ATOMIC_RELAXED);
 }
 
 void gdn_cuda_chunked_force_wy(int wy)

@@ -123,8 +123,8 @@ __device__ __forceinline__ void wgmma_rs(float (&d)[16], const unsigned (&a)[4],
 }
 
 /*
- * The forms a walk with the state as the A operand needs (M = 64 state rows of a warpgroup; not
- * used by a kernel yet, held to a plain product by tests/gpu/wgmma_check.cu): m64n64k16 and
+ * The forms a walk with the state as the A operand needs (M = 64 state rows of a warpgroup; the
+ * head walk, prefill_walk_head; held to a plain product by tests/gpu/wgmma_check.cu): m64n64k16 and
  * m64n128k16 with A in registers, and a B operand read MN-major (transposed) from a K-major
  * core-matrix tile, e.g. K [t][k] as the B of S += X K (K dimension t, N dimension k).
  */

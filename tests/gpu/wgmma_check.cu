@@ -6,7 +6,7 @@
  *         documented layout), B (32 x 64) by descriptor
  *   rs-t: D (128 x 32, two tiles) = K^T U, K (64 x 128) in the core-matrix layout read transposed
  *         by ldmatrix.trans (as the walk's state update does), U^T (32 x 64) by descriptor
- * and the forms a walk with the state as the A operand would use (not used by a kernel yet):
+ * and the forms the head walk (the state as the A operand, prefill_walk_head) uses:
  *   chain: Z^T (64 x 64) = S K^T with S (64 x 128) an m64n128 accumulator given to wgmma as A
  *         fragments (acc_as_a), K (64 x 128) by descriptor; then U^T = bf16(Z^T) T^T with Z^T's
  *         accumulator as the A fragments, T (64 x 64) by descriptor (wgmma_rs_n64)
