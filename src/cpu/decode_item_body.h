@@ -271,8 +271,10 @@ static inline void update_bf16_k128(const float *decayed, uint16_t *to, float u,
  * (dots2_update2_bf16_k128). With VCVTNE2PS2BF16 the block is stored as converted and its +-0
  * words clear bits of *nonzero: a row with any is stored again by update_bf16_k128_bits (the
  * instruction reads a denormal as zero; see vstore_bf16_eo4). */
+typedef __mmask32 row_check; /* the words that were not +-0 */
+enum { kRowCheckInit = -1 }; /* (all 32 bits) */
 static inline void update_block_store_bf16_k128(const float *decayed, vec_f vu, const k128_inputs *in, int c,
-                                                uint16_t *to, __mmask32 *nonzero)
+                                                uint16_t *to, row_check *nonzero)
 {
     const vec_f ye = vfma(vu, in->ke[c], _mm512_load_ps(decayed + 32 * c));
     const vec_f yo = vfma(vu, in->ko[c], _mm512_load_ps(decayed + 32 * c + 16));
@@ -294,6 +296,12 @@ static __attribute__((noinline, cold)) void update_bf16_k128_bits(const float *d
     for (int c = 0; c < 4; c++)
         vstore_bf16_eo1_bits(to + 32 * c, vfma(vu, in->ke[c], _mm512_load_ps(decayed + 32 * c)),
                              vfma(vu, in->ko[c], _mm512_load_ps(decayed + 32 * c + 16)));
+}
+static inline void restore_row_bf16_k128(const float *decayed, uint16_t *to, float u, const k128_inputs *in,
+                                         row_check nonzero)
+{
+    if (__builtin_expect(nonzero != (row_check)kRowCheckInit, 0))
+        update_bf16_k128_bits(decayed, to, u, in);
 }
 #else /* AVX2 */
 #define GDN_K128_BLOCKS 8
@@ -442,6 +450,24 @@ static inline void update_bf16_k128(const float *decayed, uint16_t *to, float u,
         vstore_bf16_eo4_no_nan(to + 64 * half, ye, yo);
     }
 }
+
+/* The fused step's update of block c (16 elements) of a row with a finite u: nothing to check
+ * afterwards (row_check, restore_row_bf16_k128: the AVX-512 narrowing's) */
+typedef int row_check;
+enum { kRowCheckInit = 0 };
+static inline void update_block_store_bf16_k128(const float *decayed, vec_f vu, const k128_inputs *in, int c,
+                                                uint16_t *to, row_check *check)
+{
+    vec_f ye, yo;
+    (void)check;
+    update_block_bf16_k128(decayed, vu, in, c, &ye, &yo);
+    vstore_bf16_eo1_no_nan(to + 16 * c, ye, yo);
+}
+static inline void restore_row_bf16_k128(const float *decayed, uint16_t *to, float u, const k128_inputs *in,
+                                         row_check check)
+{
+    (void)decayed, (void)to, (void)u, (void)in, (void)check;
+}
 #endif
 
 /* The sums of dots2_bf16_k128: [0] the even elements' products, [ODD] the odd ones': two sums each
@@ -493,15 +519,15 @@ static inline void dots2_bf16_k128(const uint16_t *fa, const uint16_t *fb, vec_f
     dots2_totals(&t, s);
 }
 
-#if defined(GDN_CPU_AVX2)
-/* AVX2: dots2_bf16_k128 of rows a, b with, block by block beside it, the update of the previous
+/* dots2_bf16_k128 of rows a, b with, block by block beside it, the update of the previous
  * pair (update_bf16_k128 of its decayed rows pa, pb with finite ua, ub into ta, tb), so that the
  * two chains' instructions are interleaved in the out-of-order window instead of following each
- * other (same arithmetic, same bits). On the AMD EPYC VM (bench/results/cpu-bf16-fuse-*): bf16
+ * other (same arithmetic, same bits; with VCVTNE2PS2BF16 a row that came out with a +-0 word is
+ * stored again exactly). AVX2 on the AMD EPYC VM (bench/results/cpu-bf16-fuse-*): bf16
  * qwen3-next N = 16 5-9% faster (faster in 17 of 18 interleaved rounds), N = 64 within the
- * noise (12 of 18). The AVX-512 form below: 5-8% on the Zen 4 VM (faster in 8 and 7 of 11
- * rounds at N = 16 and 64), 1-6% with the L2 prefetch beside it (9 and 7 of 11): small, kept
- * for the one loop both instruction sets share. */
+ * noise (12 of 18). AVX-512 on the Zen 4 VM: 5-8% (faster in 8 and 7 of 11 rounds at N = 16 and
+ * 64), 1-6% with the L2 prefetch beside it (9 and 7 of 11): small, kept for the one loop both
+ * instruction sets share. */
 static inline void dots2_update2_bf16_k128(const uint16_t *fa, const uint16_t *fb, vec_f vdecay,
                                            const k128_inputs *in, float *da_out, float *db_out, float s[4],
                                            const float *pa, const float *pb, uint16_t *ta, uint16_t *tb,
@@ -509,40 +535,17 @@ static inline void dots2_update2_bf16_k128(const uint16_t *fa, const uint16_t *f
 {
     dots2_sums t = {{vzero(), vzero()}, {vzero(), vzero()}, {vzero(), vzero()}, {vzero(), vzero()}};
     const vec_f vua = vset1(ua), vub = vset1(ub);
+    row_check check_a = (row_check)kRowCheckInit, check_b = (row_check)kRowCheckInit;
 #pragma GCC unroll 8
     for (int c = 0; c < GDN_K128_BLOCKS; c++) {
-        vec_f ye, yo;
         dots2_block_bf16_k128(fa, fb, vdecay, in, da_out, db_out, c, &t);
-        update_block_bf16_k128(pa, vua, in, c, &ye, &yo);
-        vstore_bf16_eo1_no_nan(ta + 16 * c, ye, yo);
-        update_block_bf16_k128(pb, vub, in, c, &ye, &yo);
-        vstore_bf16_eo1_no_nan(tb + 16 * c, ye, yo);
+        update_block_store_bf16_k128(pa, vua, in, c, ta, &check_a);
+        update_block_store_bf16_k128(pb, vub, in, c, tb, &check_b);
     }
+    restore_row_bf16_k128(pa, ta, ua, in, check_a);
+    restore_row_bf16_k128(pb, tb, ub, in, check_b);
     dots2_totals(&t, s);
 }
-#else
-/* AVX-512: the same, a block of 32 elements at a time */
-static inline void dots2_update2_bf16_k128(const uint16_t *fa, const uint16_t *fb, vec_f vdecay,
-                                           const k128_inputs *in, float *da_out, float *db_out, float s[4],
-                                           const float *pa, const float *pb, uint16_t *ta, uint16_t *tb,
-                                           float ua, float ub)
-{
-    dots2_sums t = {{vzero(), vzero()}, {vzero(), vzero()}, {vzero(), vzero()}, {vzero(), vzero()}};
-    const vec_f vua = vset1(ua), vub = vset1(ub);
-    __mmask32 nonzero_a = 0xffffffffu, nonzero_b = 0xffffffffu;
-#pragma GCC unroll 4
-    for (int c = 0; c < GDN_K128_BLOCKS; c++) {
-        dots2_block_bf16_k128(fa, fb, vdecay, in, da_out, db_out, c, &t);
-        update_block_store_bf16_k128(pa, vua, in, c, ta, &nonzero_a);
-        update_block_store_bf16_k128(pb, vub, in, c, tb, &nonzero_b);
-    }
-    if (__builtin_expect(nonzero_a != 0xffffffffu, 0))
-        update_bf16_k128_bits(pa, ta, ua, in);
-    if (__builtin_expect(nonzero_b != 0xffffffffu, 0))
-        update_bf16_k128_bits(pb, tb, ub, in);
-    dots2_totals(&t, s);
-}
-#endif
 
 /*
  * K = 128, bf16, AVX-512 and AVX2: rows in even/odd form, in pairs so that one shuffle tree reduces both
