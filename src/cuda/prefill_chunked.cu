@@ -74,14 +74,6 @@ struct chunk_smem {
 
 /* ---- mma.sync m16n8k16, bf16 operands, float32 accumulators ------------------------------- */
 
-__device__ __forceinline__ unsigned pack_bf16(float lo, float hi)
-{
-    __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
-    unsigned w;
-    memcpy(&w, &h, sizeof w);
-    return w;
-}
-
 /* x0, x1 as one bf16 pair (hi) and, when PRECISE, the pair of what that rounding lost (lo). */
 template <bool PRECISE>
 __device__ __forceinline__ void split_pair(float x0, float x1, unsigned &hi, unsigned &lo)
@@ -2730,20 +2722,22 @@ __device__ __forceinline__ void store_transposed(unsigned at, int r0, const unsi
     }
 }
 
-/* Chunk rows [c0, c0 + len) and the record into the buffer at `buf`, by every thread of the block. */
-template <int WGS, bool RECORD = true> /* false: the record comes by a bulk copy of its own */
+/* Chunk rows [c0, c0 + len) and the record into the buffer at `buf`, by the block's THREADS
+ * threads (the head walk: the layout of 4 slices, 256 threads). */
+template <int WGS, bool RECORD = true, /* false: the record comes by a bulk copy of its own */
+          int THREADS = 128 * WGS>
 __device__ __forceinline__ void stage_wg(const stage_source<bf16> &src, int64_t c0, int len, int cols_v,
                                          const unsigned char *rec, unsigned char *buf)
 {
     typedef wg_smem<WGS> L;
-    constexpr int threads = 128 * WGS;
+    constexpr int threads = THREADS;
     const int tid = threadIdx.x;
     unsigned char *const qb = buf + L::qb, *const kb = buf + L::kb;
     bf16 *const vb = reinterpret_cast<bf16 *>(buf + L::vb);
     if (src.async && cols_v == kSlice * WGS) {
         /* thread tid: 16-byte piece tid % 16 of q and k rows tid / 16 + rstep j (each rstep rows
          * further: rstep * 256 bytes in the core layout), piece tid % (4 WGS) of v rows
-         * tid / (4 WGS) and + 32 */
+         * tid / (4 WGS) + vstep j */
         constexpr int rstep = threads / 16;
         const int r0 = tid / 16, c = 8 * (tid % 16);
         const bf16 *q = src.q + (c0 + r0) * src.q_stride + c, *k = src.k + (c0 + r0) * src.k_stride + c;
@@ -2755,13 +2749,14 @@ __device__ __forceinline__ void stage_wg(const stage_source<bf16> &src, int64_t 
             copy_async16(reinterpret_cast<uint4 *>(qd + rstep * 256 * j), real ? q + j * qj : src.q, real);
             copy_async16(reinterpret_cast<uint4 *>(kd + rstep * 256 * j), real ? k + j * kj : src.k, real);
         }
+        constexpr int vstep = threads / (4 * WGS); /* v rows a pass */
         const int rv = tid / (4 * WGS), cv = 8 * (tid % (4 * WGS));
         const bf16 *v = src.v + (c0 + rv) * src.v_stride + cv;
 #pragma unroll
-        for (int j = 0; j < 2; j++) {
-            const bool real = rv + 32 * j < len;
-            copy_async16(reinterpret_cast<uint4 *>(vb + (rv + 32 * j) * L::ldv + cv),
-                         real ? v + 32 * j * src.v_stride : src.v, real);
+        for (int j = 0; j < kChunk / vstep; j++) {
+            const bool real = rv + vstep * j < len;
+            copy_async16(reinterpret_cast<uint4 *>(vb + (rv + vstep * j) * L::ldv + cv),
+                         real ? v + vstep * j * src.v_stride : src.v, real);
         }
     } else {
         const bf16 zero = __float2bfloat16_rn(0.0f);
@@ -3170,68 +3165,21 @@ __global__ void __launch_bounds__(128 * WGS, 1) prefill_walk_wgmma(const gdn_pro
  * barrier a chunk; T and P come in the record as padded rows and are re-laid into the core
  * layout after each chunk lands.
  */
+/* Shared memory: two chunk buffers of the wgmma walk's 4-slice layout (q, k, all 128 columns of
+ * v, the record), then T and P as [C][C] core tiles. */
 struct hw_smem {
-    static constexpr int ldv = kRowK + 8; /* bf16 between rows of v (all 128 columns) */
-    static constexpr int buffers = 2;
-    static constexpr int qb = 0; /* [C][128] core */
-    static constexpr int kb = qb + kChunk * kRowK * 2;
-    static constexpr int vb = kb + kChunk * kRowK * 2; /* [C][ldv] */
-    static constexpr int tb = vb + kChunk * ldv * 2;   /* the record's image */
-    static constexpr int buffer = (tb + record_layout::image + 127) / 128 * 128;
-    static constexpr int tc = buffers * buffer; /* T [C][C] core */
+    typedef wg_smem<4> chunks;
+    static constexpr int tc = chunks::groups;
     static constexpr int pc = tc + kChunk * kChunk * 2;
     static constexpr int bytes = pc + kChunk * kChunk * 2;
 };
-static_assert(hw_smem::buffer % 128 == 0 && hw_smem::tb % 16 == 0, "buffers on 128-byte boundaries");
-
-/* Chunk rows [c0, c0 + len) (q and k into the core layout, all 128 columns of v) and the record
- * into the buffer at `buf`, by the block's 256 threads. */
-__device__ __forceinline__ void hw_stage(const stage_source<bf16> &src, int64_t c0, int len,
-                                         const unsigned char *rec, unsigned char *buf)
-{
-    typedef hw_smem L;
-    const int tid = threadIdx.x;
-    unsigned char *const qb = buf + L::qb, *const kb = buf + L::kb;
-    bf16 *const vb = reinterpret_cast<bf16 *>(buf + L::vb);
-    if (src.async && src.rows_v == kRowK) {
-        for (int i = tid; i < kChunk * 16; i += 256) { /* 16-byte piece i % 16 of row i / 16 */
-            const int r = i / 16, c = 8 * (i % 16);
-            const bool real = r < len;
-            copy_async16(reinterpret_cast<uint4 *>(qb + core_offset<kRowK>(r, c)),
-                         real ? src.q + (c0 + r) * src.q_stride + c : src.q, real);
-            copy_async16(reinterpret_cast<uint4 *>(kb + core_offset<kRowK>(r, c)),
-                         real ? src.k + (c0 + r) * src.k_stride + c : src.k, real);
-            copy_async16(reinterpret_cast<uint4 *>(vb + r * L::ldv + c),
-                         real ? src.v + (c0 + r) * src.v_stride + c : src.v, real);
-        }
-    } else {
-        const bf16 zero = __float2bfloat16_rn(0.0f);
-        for (int i = tid; i < kChunk * kRowK; i += 256) {
-            const int r = i / kRowK, c = i % kRowK;
-            *reinterpret_cast<bf16 *>(qb + core_offset<kRowK>(r, c)) =
-                r < len ? src.q[(c0 + r) * src.q_stride + c] : zero;
-            *reinterpret_cast<bf16 *>(kb + core_offset<kRowK>(r, c)) =
-                r < len ? src.k[(c0 + r) * src.k_stride + c] : zero;
-            vb[r * L::ldv + c] = r < len && c < src.rows_v ? src.v[(c0 + r) * src.v_stride + c] : zero;
-        }
-    }
-    for (int i = tid; i < record_layout::image / 16; i += 256)
-        copy_async16(reinterpret_cast<uint4 *>(buf + L::tb) + i, rec + 16 * i, true);
-    copy_async_commit();
-}
-
-/* wgmma's A fragments read asynchronously: kept unmodified until the group that reads them is done */
-template <int N> __device__ __forceinline__ void hw_hold_a(unsigned (&a)[N][4])
-{
-#pragma unroll
-    for (int i = 0; i < N; i++)
-        asm volatile("" : "+r"(a[i][0]), "+r"(a[i][1]), "+r"(a[i][2]), "+r"(a[i][3])::"memory");
-}
+static_assert(wg_smem<4>::buffers == 2 && wg_smem<4>::ldv == kRowK + 8, "the head walk's chunk buffers");
 
 template <typename St>
 __device__ void chunked_sequence_head(const gdn_problem &p, int64_t n, unsigned char *smb)
 {
     typedef hw_smem L;
+    typedef hw_smem::chunks C;
     const int lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
     const int wg = threadIdx.x / 128, wq = (threadIdx.x / 32) % 4;
     seq_part<bf16> sp;
@@ -3244,8 +3192,8 @@ __device__ void chunked_sequence_head(const gdn_problem &p, int64_t n, unsigned 
         return;
     const int vw = 64 * wg; /* this warpgroup's first value row */
     auto stage = [&](int64_t ci) {
-        hw_stage(sp.src, ci * kChunk, sp.chunk_len(ci), record_at(p, rec0 + ci, bc.hv),
-                 smb + (ci % L::buffers) * L::buffer);
+        stage_wg<4, true, 256>(sp.src, ci * kChunk, sp.chunk_len(ci), sp.rows_v,
+                               record_at(p, rec0 + ci, bc.hv), smb + (ci % C::buffers) * C::buffer);
     };
     stage(0);
 
@@ -3264,7 +3212,7 @@ __device__ void chunked_sequence_head(const gdn_problem &p, int64_t n, unsigned 
     for (int64_t ci = 0; ci < chunks; ci++) {
         const int64_t c0 = ci * kChunk;
         const int len = sp.chunk_len(ci);
-        unsigned char *const buf = smb + (ci % L::buffers) * L::buffer;
+        unsigned char *const buf = smb + (ci % C::buffers) * C::buffer;
         copy_async_wait<0>();
         __syncthreads(); /* chunk ci has landed; the other buffer and T, P's core images are free */
         if (ci + 1 < chunks)
@@ -3273,7 +3221,7 @@ __device__ void chunked_sequence_head(const gdn_problem &p, int64_t n, unsigned 
             copy_async_commit();
         /* T and P into the core layout (B operands: row t holds the k dimension t') */
         {
-            const bf16 *const rt = reinterpret_cast<const bf16 *>(buf + L::tb);
+            const bf16 *const rt = reinterpret_cast<const bf16 *>(buf + C::tb);
             for (int i = threadIdx.x; i < 2 * kChunk * 8; i += 256) {
                 const int m = i / (kChunk * 8), r = (i / 8) % kChunk, c = 8 * (i % 8);
                 const uint4 x = *reinterpret_cast<const uint4 *>(rt + m * kChunk * kLdP + r * kLdP + c);
@@ -3282,9 +3230,9 @@ __device__ void chunked_sequence_head(const gdn_problem &p, int64_t n, unsigned 
         }
         fence_async_smem(); /* the staged rows and the core images, for wgmma */
         __syncthreads();
-        const unsigned qb_at = smem_u32(buf + L::qb), kb_at = smem_u32(buf + L::kb);
-        const bf16 *const vb = reinterpret_cast<const bf16 *>(buf + L::vb);
-        const float *const gam = reinterpret_cast<const float *>(buf + L::tb + record_layout::gates);
+        const unsigned qb_at = smem_u32(buf + C::qb), kb_at = smem_u32(buf + C::kb);
+        const bf16 *const vb = reinterpret_cast<const bf16 *>(buf + C::vb);
+        const float *const gam = reinterpret_cast<const float *>(buf + C::tb + record_layout::gates);
         const float *const dec = gam + kChunk, *const beta = dec + kChunk, *const rq = beta + kChunk,
                            *const rk = rq + kChunk;
 
@@ -3308,13 +3256,13 @@ __device__ void chunked_sequence_head(const gdn_problem &p, int64_t n, unsigned 
         wg_commit();
         wg_wait<0>();
         wg_hold(z), wg_hold(o);
-        hw_hold_a(sa);
+        wg_hold_a(sa);
 
         /* Z'^T = beta rk (v^T - gam rk Z^T) (column t = 8 j + 2 t4 + e), then U'^T = Z'^T T^T */
 #pragma unroll
         for (int i = 0; i < 32; i++) {
             const int v = vw + 16 * wq + g + 8 * ((i >> 1) & 1), t = 8 * (i >> 2) + 2 * t4 + (i & 1);
-            const float y = __bfloat162float(vb[t * L::ldv + v]);
+            const float y = __bfloat162float(vb[t * C::ldv + v]);
             z[i] = beta[t] * rk[t] * (y - gam[t] * rk[t] * z[i]);
         }
         float u[32];
@@ -3333,7 +3281,7 @@ __device__ void chunked_sequence_head(const gdn_problem &p, int64_t n, unsigned 
         wg_commit();
         wg_wait<0>();
         wg_hold(u);
-        hw_hold_a(za);
+        wg_hold_a(za);
 
         /* O^T = gam rq O^T + U'^T P^T; S = dec_last S + (U' dec)^T K */
         unsigned ua[4][4], uda[4][4];
@@ -3365,7 +3313,7 @@ __device__ void chunked_sequence_head(const gdn_problem &p, int64_t n, unsigned 
         wg_commit();
         wg_wait<0>();
         wg_hold(o), wg_hold(st);
-        hw_hold_a(ua), hw_hold_a(uda);
+        wg_hold_a(ua), wg_hold_a(uda);
 
         /* the outputs of tokens < len */
         bf16 *const orow = static_cast<bf16 *>(p.out) + (first + c0) * p.out_stride + bc.hv * V;
@@ -3478,6 +3426,13 @@ cudaError_t launch_wgmma_walk(const gdn_problem &p, cudaStream_t stream)
     return cudaGetLastError();
 }
 
+/* Compute capability 9.0 exactly (both attributes cached per device): the build's sm_90a code,
+ * with wgmma and the bulk copies; another device runs the compute_80 PTX, where they trap. */
+bool sm90a_device(void)
+{
+    return 10 * cc_major() + device_attribute<cudaDevAttrComputeCapabilityMinor>(0) == 90;
+}
+
 /* The head walk after the chunk-local kernel: one block a value head of each sequence group. */
 template <typename St> cudaError_t launch_head_walk(const gdn_problem &p, cudaStream_t stream)
 {
@@ -3515,8 +3470,7 @@ int forced_head_walk = -1; /* gdn_cuda_chunked_force_head_walk; -1 = by env */
 bool head_walk_for(const gdn_problem &p)
 {
     static int env = -1;
-    return p.head_dim_v == 128 &&
-           10 * cc_major() + device_attribute<cudaDevAttrComputeCapabilityMinor>(0) == 90 &&
+    return p.head_dim_v == 128 && sm90a_device() &&
            forced_switch(&forced_head_walk, "GDN_PREFILL_HEAD_WALK", &env, 0) != 0;
 }
 
@@ -3550,10 +3504,7 @@ int local_blocks(void)
 bool bulk_records(void)
 {
     static int env = -1;
-    /* (compute capability 9.0 exactly, as for wgmma: the build's sm_90a code has the bulk copy;
-     * another device runs the compute_80 PTX, where it traps) */
-    return 10 * cc_major() + device_attribute<cudaDevAttrComputeCapabilityMinor>(0) == 90 &&
-           forced_switch(&forced_bulk, "GDN_PREFILL_BULK", &env, 0) != 0;
+    return sm90a_device() && forced_switch(&forced_bulk, "GDN_PREFILL_BULK", &env, 0) != 0;
 }
 
 /* The wgmma walk of 2 slices stages after its first products' issue: off, it changed nothing on
@@ -3598,8 +3549,7 @@ bool split_for(const gdn_problem &p)
  * 882 against 1124/779/780; 1x32768 1750 against 2131/2484/4326.) */
 int wgmma_slices(const gdn_problem &p)
 {
-    /* of the current device (both attributes are cached per device) */
-    if (10 * cc_major() + device_attribute<cudaDevAttrComputeCapabilityMinor>(0) != 90)
+    if (!sm90a_device())
         return 0;
     int wgs = __atomic_load_n(&forced_wgmma, __ATOMIC_RELAXED);
     if (wgs < 0) {

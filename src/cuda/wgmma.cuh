@@ -19,10 +19,20 @@
 
 #include <cuda_bf16.h>
 #include <stdint.h>
+#include <string.h>
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define GDN_WGMMA 1
 #endif
+
+/* lo, hi rounded to bf16 as one register (lo in the low half), as mma and wgmma fragments hold them */
+__device__ __forceinline__ unsigned pack_bf16(float lo, float hi)
+{
+    __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+    unsigned w;
+    memcpy(&w, &h, sizeof w);
+    return w;
+}
 
 /* Byte offset of element (r, c) of a [rows][KD] bf16 tile in the core-matrix layout. */
 template <int KD> __device__ __forceinline__ int core_offset(int r, int c)
@@ -189,11 +199,13 @@ __device__ __forceinline__ uint64_t mn_desc(unsigned at, unsigned k_step, unsign
            ((uint64_t)(mn_step >> 4) << 32);
 }
 
-/* lo, hi rounded to bf16 as one register (lo in the low half) */
-__device__ __forceinline__ unsigned pack_bf16x2(float lo, float hi)
+/* wgmma reads A fragments in registers asynchronously: they stay unmodified until the group that
+ * reads them is done (call after its wait) */
+template <int N> __device__ __forceinline__ void wg_hold_a(unsigned (&a)[N][4])
 {
-    const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
-    return (unsigned)__bfloat16_as_ushort(h.x) | ((unsigned)__bfloat16_as_ushort(h.y) << 16);
+#pragma unroll
+    for (int i = 0; i < N; i++)
+        asm volatile("" : "+r"(a[i][0]), "+r"(a[i][1]), "+r"(a[i][2]), "+r"(a[i][3])::"memory");
 }
 
 /* Columns 16 ks .. 16 ks + 15 of an accumulator (any N) as the A fragment of the next product's
@@ -203,10 +215,10 @@ __device__ __forceinline__ unsigned pack_bf16x2(float lo, float hi)
 template <int N> __device__ __forceinline__ void acc_as_a(const float (&d)[N], int ks, unsigned (&a)[4])
 {
     const int i = 8 * ks;
-    a[0] = pack_bf16x2(d[i], d[i + 1]);
-    a[1] = pack_bf16x2(d[i + 2], d[i + 3]);
-    a[2] = pack_bf16x2(d[i + 4], d[i + 5]);
-    a[3] = pack_bf16x2(d[i + 6], d[i + 7]);
+    a[0] = pack_bf16(d[i], d[i + 1]);
+    a[1] = pack_bf16(d[i + 2], d[i + 3]);
+    a[2] = pack_bf16(d[i + 4], d[i + 5]);
+    a[3] = pack_bf16(d[i + 6], d[i + 7]);
 }
 
 #endif

@@ -133,12 +133,6 @@ template <int R> __device__ void store_acc_n(const float (&d)[R], float *m)
     for (int i = 0; i < R; i++)
         m[(16 * w + g + 8 * ((i >> 1) & 1)) * (2 * R) + 8 * (i >> 2) + 2 * t4 + (i & 1)] = d[i];
 }
-/* keeps A fragments live (unmodified) until the wgmma that reads them has completed */
-template <int N> __device__ void hold_a(unsigned (&a)[N][4])
-{
-    for (int i = 0; i < N; i++)
-        asm volatile("" : "+r"(a[i][0]), "+r"(a[i][1]), "+r"(a[i][2]), "+r"(a[i][3])::"memory");
-}
 
 /* s: 64 x 128 (bf16 values as float), k: 64 x 128 bf16, t: 64 x 64 bf16; z: 64 x 64, u: 64 x 64 */
 __global__ void check_chain(const float *s, const bf16 *k, const bf16 *t, float *z_out, float *u_out)
@@ -160,7 +154,7 @@ __global__ void check_chain(const float *s, const bf16 *k, const bf16 *t, float 
     wg_commit();
     wg_wait<0>();
     wg_hold(z);
-    hold_a(a);
+    wg_hold_a(a);
     store_acc_n(z, z_out);
     for (int ks = 0; ks < 4; ks++)
         acc_as_a(z, ks, b[ks]);
@@ -171,7 +165,7 @@ __global__ void check_chain(const float *s, const bf16 *k, const bf16 *t, float 
     wg_commit();
     wg_wait<0>();
     wg_hold(u);
-    hold_a(b);
+    wg_hold_a(b);
     store_acc_n(u, u_out);
 }
 
@@ -195,7 +189,7 @@ __global__ void check_tb(const float *s0, const float *x, const bf16 *k, float *
     wg_commit();
     wg_wait<0>();
     wg_hold(acc);
-    hold_a(a);
+    wg_hold_a(a);
     store_acc_n(acc, out);
 }
 
